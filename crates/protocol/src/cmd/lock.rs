@@ -1,0 +1,94 @@
+//! Lock commands: `acquire`, `release`, `cancel` and `status`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{FenceToken, LockMode, RequestId, SessionId};
+use crate::name::ResourceName;
+
+/// `acquire`: take a lock on a resource, waiting in its FIFO queue if need be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acquire {
+    /// The resource; created on demand.
+    pub resource: ResourceName,
+    /// Exclusive (the default) or shared.
+    #[serde(default)]
+    pub mode: LockMode,
+    /// How long to wait: absent waits as long as it takes, 0 tries once and never queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The result of a granted `acquire`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireOk {
+    /// The fencing token of this grant.
+    pub token: FenceToken,
+    /// The mode granted (the one asked for).
+    pub mode: LockMode,
+}
+
+/// `release`: give back a lock held with `token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The resource.
+    pub resource: ResourceName,
+    /// The token the lock was granted with.
+    pub token: FenceToken,
+}
+
+/// `cancel`: withdraw a waiting `acquire` sent earlier on the same connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The `id` of the waiting acquire.
+    pub target: RequestId,
+}
+
+/// `status`: who holds and who waits.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// One resource (always reported, even when idle), or every busy resource when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceName>,
+}
+
+/// The result of `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StatusOk {
+    /// Resources in name order.
+    pub resources: Vec<ResourceStatus>,
+}
+
+/// One resource in a `status` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    /// The resource.
+    pub resource: ResourceName,
+    /// Current holders, in grant order.
+    pub holders: Vec<HolderStatus>,
+    /// Waiters, first in line first.
+    pub waiters: Vec<WaiterStatus>,
+}
+
+/// A holder in a `status` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderStatus {
+    /// The holding session.
+    pub session: SessionId,
+    /// The mode held.
+    pub mode: LockMode,
+    /// The fencing token of the grant.
+    pub token: FenceToken,
+    /// How long the lock has been held, in milliseconds.
+    pub held_ms: u64,
+}
+
+/// A waiter in a `status` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaiterStatus {
+    /// The waiting session.
+    pub session: SessionId,
+    /// The mode asked for.
+    pub mode: LockMode,
+    /// How long it has waited, in milliseconds.
+    pub waited_ms: u64,
+}

@@ -1,0 +1,264 @@
+//! Requests: the `Request` envelope, the `Command` enum, and parsing a line into them.
+//!
+//! Parsing is strict about what it needs and lenient about what it does not: unknown fields are
+//! ignored (so newer clients can talk to older servers), `null` counts as absent, and every
+//! problem becomes a [`RequestError`] with the code and the request id when it could be read.
+
+mod lock;
+mod session;
+mod value;
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::lock::{
+    Acquire, AcquireOk, Cancel, HolderStatus, Release, ResourceStatus, Status, StatusOk,
+    WaiterStatus,
+};
+pub use self::session::{Hello, HelloOk};
+pub use self::value::{Read, ReadOk, Write, DEFAULT_MAX_VALUE_BYTES};
+use crate::error::{ErrorBody, ErrorCode};
+use crate::ids::{FenceToken, LockMode, RequestId};
+use crate::name::ResourceName;
+
+/// One request frame: `{"id": <u64>, "op": "<op>", ...fields}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Request {
+    /// The client's id for this request, echoed in the reply.
+    pub id: RequestId,
+    /// What to do.
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+/// The operations of protocol v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Name the client and set the lease.
+    Hello(Hello),
+    /// Take a lock.
+    Acquire(Acquire),
+    /// Give a lock back.
+    Release(Release),
+    /// Read the value under a lock.
+    Read(Read),
+    /// Write the value under the exclusive lock.
+    Write(Write),
+    /// Withdraw a waiting acquire.
+    Cancel(Cancel),
+    /// Keep the session alive.
+    Ping,
+    /// List holders and waiters.
+    Status(Status),
+}
+
+impl Command {
+    /// The op name on the wire.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Command::Hello(_) => "hello",
+            Command::Acquire(_) => "acquire",
+            Command::Release(_) => "release",
+            Command::Read(_) => "read",
+            Command::Write(_) => "write",
+            Command::Cancel(_) => "cancel",
+            Command::Ping => "ping",
+            Command::Status(_) => "status",
+        }
+    }
+}
+
+/// A request that could not be parsed: the reply to send, and the id when it could be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct RequestError {
+    /// The request's id, or `None` when the frame was too broken to read it.
+    pub id: Option<RequestId>,
+    /// The code and message.
+    pub error: ErrorBody,
+}
+
+impl Request {
+    /// Parses one frame (a line without its newline).
+    pub fn parse(line: &[u8]) -> Result<Request, RequestError> {
+        // serde would also accept a JSON array for a struct; the protocol wants an object.
+        let first = line.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(RequestError {
+                id: None,
+                error: ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    describe_non_object(line, first.copied()),
+                ),
+            });
+        }
+        let raw: RawRequest<'_> = match serde_json::from_slice(line) {
+            Ok(raw) => raw,
+            Err(err) => {
+                return Err(RequestError {
+                    id: salvage_id(line),
+                    error: ErrorBody::new(ErrorCode::BadRequest, json_error_message(&err)),
+                })
+            }
+        };
+        let Some(id) = raw.id else {
+            return Err(RequestError {
+                id: None,
+                error: ErrorBody::new(ErrorCode::BadRequest, "missing field `id` (a u64)"),
+            });
+        };
+        let id = RequestId(id);
+        raw.into_command()
+            .map(|command| Request { id, command })
+            .map_err(|error| RequestError {
+                id: Some(id),
+                error,
+            })
+    }
+
+    /// The frame as one line of JSON, without the newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain data with string keys into a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Every field any op may carry. Unknown fields are ignored; `null` reads as absent.
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    id: Option<u64>,
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    resource: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    mode: Option<Cow<'a, str>>,
+    timeout_ms: Option<u64>,
+    token: Option<u64>,
+    #[serde(borrow)]
+    value: Option<Cow<'a, str>>,
+    target: Option<u64>,
+    #[serde(borrow)]
+    client: Option<Cow<'a, str>>,
+    lease_ms: Option<u64>,
+}
+
+impl RawRequest<'_> {
+    fn into_command(self) -> Result<Command, ErrorBody> {
+        let Some(op) = self.op.as_deref() else {
+            return Err(missing("op", "a string"));
+        };
+        Ok(match op {
+            "hello" => Command::Hello(Hello {
+                client: self.client.map(Cow::into_owned),
+                lease_ms: self.lease_ms,
+            }),
+            "acquire" => Command::Acquire(Acquire {
+                resource: resource(self.resource)?,
+                mode: match self.mode.as_deref() {
+                    None => LockMode::Exclusive,
+                    Some(mode) => LockMode::from_wire(mode).ok_or_else(|| {
+                        ErrorBody::new(
+                            ErrorCode::BadRequest,
+                            format!("unknown mode {mode:?}; expected \"exclusive\" or \"shared\""),
+                        )
+                    })?,
+                },
+                timeout_ms: self.timeout_ms,
+            }),
+            "release" => Command::Release(Release {
+                resource: resource(self.resource)?,
+                token: token(self.token)?,
+            }),
+            "read" => Command::Read(Read {
+                resource: resource(self.resource)?,
+                token: token(self.token)?,
+            }),
+            "write" => Command::Write(Write {
+                resource: resource(self.resource)?,
+                token: token(self.token)?,
+                value: self
+                    .value
+                    .ok_or_else(|| missing("value", "a string"))?
+                    .into_owned(),
+            }),
+            "cancel" => Command::Cancel(Cancel {
+                target: RequestId(self.target.ok_or_else(|| missing("target", "a u64"))?),
+            }),
+            "ping" => Command::Ping,
+            "status" => Command::Status(Status {
+                resource: self.resource.map(|name| valid_name(&name)).transpose()?,
+            }),
+            other => {
+                return Err(ErrorBody::new(
+                    ErrorCode::UnknownOp,
+                    format!(
+                        "unknown op {other:?}; expected one of hello, acquire, release, read, \
+                         write, cancel, ping, status"
+                    ),
+                ))
+            }
+        })
+    }
+}
+
+fn missing(field: &str, what: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::BadRequest,
+        format!("missing field `{field}` ({what})"),
+    )
+}
+
+fn resource(name: Option<Cow<'_, str>>) -> Result<ResourceName, ErrorBody> {
+    valid_name(&name.ok_or_else(|| missing("resource", "a string"))?)
+}
+
+fn valid_name(name: &str) -> Result<ResourceName, ErrorBody> {
+    ResourceName::new(name)
+        .map_err(|err| ErrorBody::new(ErrorCode::InvalidResource, err.to_string()))
+}
+
+fn token(token: Option<u64>) -> Result<FenceToken, ErrorBody> {
+    token
+        .map(FenceToken)
+        .ok_or_else(|| missing("token", "a u64"))
+}
+
+/// Finds the id of a frame that failed to parse as a request, so the error can carry it.
+fn salvage_id(line: &[u8]) -> Option<RequestId> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<u64>,
+    }
+    // Only a well-formed object with a well-typed id counts; anything else gets `id: null`.
+    serde_json::from_slice::<IdOnly>(line)
+        .ok()
+        .and_then(|frame| frame.id)
+        .map(RequestId)
+}
+
+fn describe_non_object(line: &[u8], first: Option<u8>) -> String {
+    match first {
+        None => "empty frame; expected a JSON object".to_owned(),
+        Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok() => {
+            "frame is JSON but not an object; expected {\"id\": <u64>, \"op\": \"<op>\", ...}"
+                .to_owned()
+        }
+        Some(_) => "frame is not valid JSON; expected a JSON object on one line".to_owned(),
+    }
+}
+
+fn json_error_message(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Data => format!("ill-typed field: {err}"),
+        Category::Syntax | Category::Eof | Category::Io => {
+            format!("frame is not valid JSON: {err}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

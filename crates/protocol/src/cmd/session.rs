@@ -1,0 +1,30 @@
+//! Session commands: `hello` (optional; sets the lease) and `ping` (keeps the session alive).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::SessionId;
+
+/// `hello`: names the client and asks for a lease. Optional; a session that never sends it gets
+/// the server's default lease.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Hello {
+    /// A free-form name for logs and `status`, e.g. `backup@host1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The lease asked for, in milliseconds; the server clamps it to its allowed range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+}
+
+/// The result of `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloOk {
+    /// This connection's session id, as shown by `status`.
+    pub session: SessionId,
+    /// The lease granted: the session expires after this long without a frame from the client.
+    pub lease_ms: u64,
+    /// The server's name and version, e.g. `lockd 0.1.0`.
+    pub server: String,
+    /// The protocol version, 1.
+    pub protocol: u32,
+}

@@ -1,0 +1,249 @@
+//! Parsing tests: every op, every field error, and the id rules for broken frames.
+
+use super::*;
+
+fn parse(line: &str) -> Result<Request, RequestError> {
+    Request::parse(line.as_bytes())
+}
+
+fn err(line: &str) -> (Option<u64>, ErrorCode, String) {
+    let err = parse(line).expect_err(line);
+    (err.id.map(|id| id.0), err.error.code, err.error.message)
+}
+
+fn name(s: &str) -> ResourceName {
+    ResourceName::new(s).unwrap()
+}
+
+#[test]
+fn parses_every_op() {
+    let cases = [
+        (
+            r#"{"id":1,"op":"hello","client":"me","lease_ms":5000}"#,
+            Command::Hello(Hello {
+                client: Some("me".into()),
+                lease_ms: Some(5000),
+            }),
+        ),
+        (r#"{"id":1,"op":"hello"}"#, Command::Hello(Hello::default())),
+        (
+            r#"{"id":1,"op":"acquire","resource":"file_A"}"#,
+            Command::Acquire(Acquire {
+                resource: name("file_A"),
+                mode: LockMode::Exclusive,
+                timeout_ms: None,
+            }),
+        ),
+        (
+            r#"{"id":1,"op":"acquire","resource":"f","mode":"shared","timeout_ms":0}"#,
+            Command::Acquire(Acquire {
+                resource: name("f"),
+                mode: LockMode::Shared,
+                timeout_ms: Some(0),
+            }),
+        ),
+        (
+            r#"{"id":1,"op":"release","resource":"f","token":3}"#,
+            Command::Release(Release {
+                resource: name("f"),
+                token: FenceToken(3),
+            }),
+        ),
+        (
+            r#"{"id":1,"op":"read","resource":"f","token":3}"#,
+            Command::Read(Read {
+                resource: name("f"),
+                token: FenceToken(3),
+            }),
+        ),
+        (
+            r#"{"id":1,"op":"write","resource":"f","token":3,"value":"a\nb\"c"}"#,
+            Command::Write(Write {
+                resource: name("f"),
+                token: FenceToken(3),
+                value: "a\nb\"c".into(),
+            }),
+        ),
+        (
+            r#"{"id":1,"op":"cancel","target":9}"#,
+            Command::Cancel(Cancel {
+                target: RequestId(9),
+            }),
+        ),
+        (r#"{"id":1,"op":"ping"}"#, Command::Ping),
+        (
+            r#"{"id":1,"op":"status"}"#,
+            Command::Status(Status::default()),
+        ),
+        (
+            r#"{"id":1,"op":"status","resource":"f"}"#,
+            Command::Status(Status {
+                resource: Some(name("f")),
+            }),
+        ),
+    ];
+    for (line, command) in cases {
+        let request = parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(request.id, RequestId(1));
+        assert_eq!(request.command, command, "{line}");
+    }
+}
+
+#[test]
+fn encoding_round_trips() {
+    let requests = [
+        Command::Hello(Hello {
+            client: Some("c".into()),
+            lease_ms: None,
+        }),
+        Command::Acquire(Acquire {
+            resource: name("jobs/nightly"),
+            mode: LockMode::Shared,
+            timeout_ms: Some(10),
+        }),
+        Command::Write(Write {
+            resource: name("x"),
+            token: FenceToken(u64::MAX),
+            value: "ünïcödé\u{0}".into(),
+        }),
+        Command::Ping,
+        Command::Status(Status { resource: None }),
+    ];
+    for command in requests {
+        let request = Request {
+            id: RequestId(u64::MAX),
+            command,
+        };
+        assert_eq!(Request::parse(&request.to_json()).unwrap(), request);
+    }
+}
+
+#[test]
+fn ignores_unknown_fields_and_treats_null_as_absent() {
+    let request =
+        parse(r#"{"id":5,"op":"acquire","resource":"f","mode":null,"extra":[1,{}]}"#).unwrap();
+    assert_eq!(
+        request.command,
+        Command::Acquire(Acquire {
+            resource: name("f"),
+            mode: LockMode::Exclusive,
+            timeout_ms: None
+        })
+    );
+}
+
+#[test]
+fn broken_frames_are_bad_requests_with_null_id() {
+    for line in [
+        "not json",
+        "[1,\"ping\"]",
+        "42",
+        "\"str\"",
+        "{\"id\":1,\"op\":\"ping\"",
+        "{\"id\":1,\"op\":\"ping\"} trailing",
+        "{\"op\":\"ping\"}",
+        "{\"id\":-1,\"op\":\"ping\"}",
+        "{\"id\":\"1\",\"op\":\"ping\"}",
+        "{\"id\":1.5,\"op\":\"ping\"}",
+    ] {
+        let (id, code, message) = err(line);
+        assert_eq!(
+            (id, code),
+            (None, ErrorCode::BadRequest),
+            "{line}: {message}"
+        );
+    }
+}
+
+#[test]
+fn invalid_utf8_is_a_bad_request() {
+    let err = Request::parse(b"{\"id\":1,\"op\":\"acquire\",\"resource\":\"\xff\"}").unwrap_err();
+    assert_eq!(err.error.code, ErrorCode::BadRequest);
+}
+
+#[test]
+fn field_errors_keep_the_id() {
+    let cases = [
+        (r#"{"id":7}"#, ErrorCode::BadRequest, "missing field `op`"),
+        (r#"{"id":7,"op":5}"#, ErrorCode::BadRequest, "ill-typed"),
+        (
+            r#"{"id":7,"op":"fly"}"#,
+            ErrorCode::UnknownOp,
+            "unknown op \"fly\"",
+        ),
+        (
+            r#"{"id":7,"op":"acquire"}"#,
+            ErrorCode::BadRequest,
+            "missing field `resource`",
+        ),
+        (
+            r#"{"id":7,"op":"acquire","resource":""}"#,
+            ErrorCode::InvalidResource,
+            "empty",
+        ),
+        (
+            r#"{"id":7,"op":"acquire","resource":"a b"}"#,
+            ErrorCode::InvalidResource,
+            "' '",
+        ),
+        (
+            r#"{"id":7,"op":"acquire","resource":7}"#,
+            ErrorCode::BadRequest,
+            "ill-typed",
+        ),
+        (
+            r#"{"id":7,"op":"acquire","resource":"f","mode":"x"}"#,
+            ErrorCode::BadRequest,
+            "unknown mode",
+        ),
+        (
+            r#"{"id":7,"op":"acquire","resource":"f","timeout_ms":-5}"#,
+            ErrorCode::BadRequest,
+            "ill-typed",
+        ),
+        (
+            r#"{"id":7,"op":"release","resource":"f"}"#,
+            ErrorCode::BadRequest,
+            "missing field `token`",
+        ),
+        (
+            r#"{"id":7,"op":"write","resource":"f","token":1}"#,
+            ErrorCode::BadRequest,
+            "missing field `value`",
+        ),
+        (
+            r#"{"id":7,"op":"write","resource":"f","token":1,"value":5}"#,
+            ErrorCode::BadRequest,
+            "ill-typed",
+        ),
+        (
+            r#"{"id":7,"op":"cancel"}"#,
+            ErrorCode::BadRequest,
+            "missing field `target`",
+        ),
+        (
+            r#"{"id":7,"op":"status","resource":"\t"}"#,
+            ErrorCode::InvalidResource,
+            "control",
+        ),
+        (
+            r#"{"id":7,"op":"ping","id":8}"#,
+            ErrorCode::BadRequest,
+            "duplicate field",
+        ),
+    ];
+    for (line, code, needle) in cases {
+        let (id, got_code, message) = err(line);
+        assert_eq!(got_code, code, "{line}: {message}");
+        if line.contains("\"id\":8") {
+            // A duplicate id is ambiguous, so the error carries none.
+            assert_eq!(id, None);
+        } else {
+            assert_eq!(id, Some(7), "{line}: {message}");
+        }
+        assert!(
+            message.contains(needle),
+            "{line}: {message:?} lacks {needle:?}"
+        );
+    }
+}

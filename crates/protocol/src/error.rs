@@ -1,0 +1,108 @@
+//! The error codes of protocol v1: one table of wire name and meaning.
+//!
+//! Every failed request is answered with exactly one of these codes. The table below is the
+//! single source of truth: the enum, its wire names and the descriptions in docs/protocol.md
+//! all follow it, and a test checks the doc against it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $wire:literal : $description:literal,)*) => {
+        /// Why a request failed, as sent in `error.code`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order of the table.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The name on the wire, e.g. `not_held`.
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $wire,)* }
+            }
+
+            /// One sentence saying when the server sends this code.
+            pub fn description(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $description,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The frame is not a JSON object, or a field is missing, ill-typed or out of range.
+    BadRequest = "bad_request": "The frame is not a JSON object, or a field is missing, ill-typed or out of range (including an unknown mode and a negative number).",
+    /// The `op` field names no operation of this protocol version.
+    UnknownOp = "unknown_op": "The `op` field names no operation of this protocol version.",
+    /// The resource name is empty, too long, or contains control characters or whitespace.
+    InvalidResource = "invalid_resource": "The resource name is empty, longer than 256 bytes, or contains a control character or whitespace.",
+    /// The line is longer than the server's frame limit.
+    FrameTooLarge = "frame_too_large": "The line is longer than the server's frame limit (`--max-frame-bytes`); the rest of the line is discarded.",
+    /// The value of a `write` is longer than the server's value limit.
+    ValueTooLarge = "value_too_large": "The value of a `write` is longer than the server's value limit (`--max-value-bytes`).",
+    /// An acquire was not granted within its `timeout_ms`.
+    Timeout = "timeout": "An acquire was not granted within its `timeout_ms` (with `timeout_ms: 0`, the lock was not free at once).",
+    /// A waiting acquire was withdrawn by a `cancel` request.
+    Cancelled = "cancelled": "A waiting acquire was withdrawn by a `cancel` request from the same connection.",
+    /// The session already holds or waits for this resource.
+    AlreadyHeld = "already_held": "The session already holds or waits for this resource (locks are not re-entrant).",
+    /// The session holds no lock on this resource with this token.
+    NotHeld = "not_held": "The session holds no lock on this resource with this token.",
+    /// A `write` was attempted under a shared lock.
+    NotExclusive = "not_exclusive": "A `write` was attempted under a shared lock; writing needs the exclusive lock.",
+    /// The server failed in a way that is not the client's fault.
+    Internal = "internal": "The server failed in a way that is not the client's fault; the message says what happened.",
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `error` object of a failed reply: a code and one clear sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The machine-readable reason.
+    pub code: ErrorCode,
+    /// A sentence for humans; its wording may change between releases.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error body with the given code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ErrorBody {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_match_serde() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            let back: ErrorCode = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, *code);
+        }
+    }
+}

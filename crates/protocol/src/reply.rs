@@ -1,0 +1,300 @@
+//! Server frames: replies (success or failure) and progress events, and how clients read them.
+//!
+//! - Success: `{"id": <id>, "ok": true, ...result}`
+//! - Failure: `{"id": <id or null>, "ok": false, "error": {"code": "...", "message": "..."}}`
+//! - Event: `{"id": <id>, "event": "queued", "position": <n>}`
+
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk};
+use crate::error::{ErrorBody, ErrorCode};
+use crate::ids::RequestId;
+
+/// The fields a successful reply adds next to `id` and `ok`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ReplyBody {
+    /// No fields: `release`, `write`, `cancel`, `ping`.
+    Empty {},
+    /// `hello`.
+    Hello(HelloOk),
+    /// `acquire`.
+    Acquired(AcquireOk),
+    /// `read`.
+    Value(ReadOk),
+    /// `status`.
+    Status(StatusOk),
+}
+
+impl ReplyBody {
+    /// The body of a reply with no fields.
+    pub const EMPTY: ReplyBody = ReplyBody::Empty {};
+}
+
+/// A frame the server sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerFrame {
+    /// The request succeeded.
+    Ok {
+        /// The request's id.
+        id: RequestId,
+        /// Its result.
+        body: ReplyBody,
+    },
+    /// The request failed.
+    Err {
+        /// The request's id; `None` when it could not be read.
+        id: Option<RequestId>,
+        /// Why.
+        error: ErrorBody,
+    },
+    /// A waiting acquire was queued; `position` 1 is next in line.
+    Queued {
+        /// The acquire's id.
+        id: RequestId,
+        /// Its place in the queue.
+        position: u64,
+    },
+}
+
+impl ServerFrame {
+    /// A failure reply.
+    pub fn error(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Err {
+            id,
+            error: ErrorBody::new(code, message),
+        }
+    }
+
+    /// Appends the frame as one line of JSON, without the newline, to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let result = match self {
+            ServerFrame::Ok { id, body } => serde_json::to_writer(
+                &mut *out,
+                &OkFrame {
+                    id: *id,
+                    ok: true,
+                    body,
+                },
+            ),
+            ServerFrame::Err { id, error } => serde_json::to_writer(
+                &mut *out,
+                &ErrFrame {
+                    id: *id,
+                    ok: false,
+                    error,
+                },
+            ),
+            ServerFrame::Queued { id, position } => serde_json::to_writer(
+                &mut *out,
+                &EventFrame {
+                    id: *id,
+                    event: "queued",
+                    position: *position,
+                },
+            ),
+        };
+        // Writing plain data with string keys into a Vec cannot fail.
+        debug_assert!(
+            result.is_ok(),
+            "serializing a server frame failed: {result:?}"
+        );
+    }
+
+    /// The frame as one line of JSON, without the newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        self.write_json(&mut out);
+        out
+    }
+}
+
+#[derive(Serialize)]
+struct OkFrame<'a> {
+    id: RequestId,
+    ok: bool,
+    #[serde(flatten)]
+    body: &'a ReplyBody,
+}
+
+#[derive(Serialize)]
+struct ErrFrame<'a> {
+    id: Option<RequestId>,
+    ok: bool,
+    error: &'a ErrorBody,
+}
+
+#[derive(Serialize)]
+struct EventFrame {
+    id: RequestId,
+    event: &'static str,
+    position: u64,
+}
+
+/// A server frame as a client sees it, before it knows which result type to expect.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A reply to request `id`: its result fields (still JSON) or its error.
+    Reply {
+        /// The request's id; `None` only for errors about unreadable frames.
+        id: Option<RequestId>,
+        /// The whole frame on success, to be read with [`Incoming::result`]; the error otherwise.
+        result: Result<serde_json::Value, ErrorBody>,
+    },
+    /// A progress event for request `id`.
+    Queued {
+        /// The acquire's id.
+        id: RequestId,
+        /// Its place in the queue, 1 = next.
+        position: u64,
+    },
+}
+
+/// Why a line from the server could not be read as a server frame.
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable frame from server: {0}")]
+pub struct IncomingError(String);
+
+impl Incoming {
+    /// Parses one line from the server.
+    pub fn parse(line: &[u8]) -> Result<Incoming, IncomingError> {
+        let frame: serde_json::Value =
+            serde_json::from_slice(line).map_err(|err| IncomingError(err.to_string()))?;
+        let id = match frame.get("id") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(id) => {
+                Some(RequestId(id.as_u64().ok_or_else(|| {
+                    IncomingError(format!("`id` is not a u64: {id}"))
+                })?))
+            }
+        };
+        if let Some(event) = frame.get("event") {
+            let (Some("queued"), Some(id), Some(position)) = (
+                event.as_str(),
+                id,
+                frame.get("position").and_then(serde_json::Value::as_u64),
+            ) else {
+                return Err(IncomingError(format!("unknown event: {frame}")));
+            };
+            return Ok(Incoming::Queued { id, position });
+        }
+        match frame.get("ok").and_then(serde_json::Value::as_bool) {
+            Some(true) => Ok(Incoming::Reply {
+                id,
+                result: Ok(frame),
+            }),
+            Some(false) => {
+                let error = frame
+                    .get("error")
+                    .cloned()
+                    .ok_or_else(|| IncomingError(format!("failure without `error`: {frame}")))?;
+                let error = ErrorBody::deserialize(error)
+                    .map_err(|err| IncomingError(format!("bad `error` object: {err}")))?;
+                Ok(Incoming::Reply {
+                    id,
+                    result: Err(error),
+                })
+            }
+            None => Err(IncomingError(format!(
+                "frame has no `ok` or `event`: {frame}"
+            ))),
+        }
+    }
+
+    /// Reads a success frame as the result type `T` of its op.
+    pub fn result<T: for<'de> Deserialize<'de>>(
+        frame: serde_json::Value,
+    ) -> Result<T, IncomingError> {
+        T::deserialize(frame).map_err(|err| IncomingError(format!("unexpected result: {err}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{FenceToken, LockMode};
+
+    fn json(frame: &ServerFrame) -> String {
+        String::from_utf8(frame.to_json()).unwrap()
+    }
+
+    #[test]
+    fn frames_serialize_as_documented() {
+        assert_eq!(
+            json(&ServerFrame::Ok {
+                id: RequestId(1),
+                body: ReplyBody::EMPTY
+            }),
+            r#"{"id":1,"ok":true}"#
+        );
+        assert_eq!(
+            json(&ServerFrame::Ok {
+                id: RequestId(2),
+                body: ReplyBody::Acquired(AcquireOk {
+                    token: FenceToken(7),
+                    mode: LockMode::Shared
+                })
+            }),
+            r#"{"id":2,"ok":true,"token":7,"mode":"shared"}"#
+        );
+        assert_eq!(
+            json(&ServerFrame::Ok {
+                id: RequestId(3),
+                body: ReplyBody::Value(ReadOk { value: None })
+            }),
+            r#"{"id":3,"ok":true,"value":null}"#
+        );
+        assert_eq!(
+            json(&ServerFrame::error(None, ErrorCode::BadRequest, "nope")),
+            r#"{"id":null,"ok":false,"error":{"code":"bad_request","message":"nope"}}"#
+        );
+        assert_eq!(
+            json(&ServerFrame::Queued {
+                id: RequestId(4),
+                position: 2
+            }),
+            r#"{"id":4,"event":"queued","position":2}"#
+        );
+    }
+
+    #[test]
+    fn clients_read_back_what_servers_write() {
+        let frame = ServerFrame::Ok {
+            id: RequestId(2),
+            body: ReplyBody::Acquired(AcquireOk {
+                token: FenceToken(7),
+                mode: LockMode::Exclusive,
+            }),
+        };
+        let Incoming::Reply {
+            id,
+            result: Ok(value),
+        } = Incoming::parse(&frame.to_json()).unwrap()
+        else {
+            panic!("not a success reply");
+        };
+        assert_eq!(id, Some(RequestId(2)));
+        let ok: AcquireOk = Incoming::result(value).unwrap();
+        assert_eq!(ok.token, FenceToken(7));
+
+        let err = ServerFrame::error(Some(RequestId(9)), ErrorCode::NotHeld, "not yours");
+        assert_eq!(
+            Incoming::parse(&err.to_json()).unwrap(),
+            Incoming::Reply {
+                id: Some(RequestId(9)),
+                result: Err(ErrorBody::new(ErrorCode::NotHeld, "not yours"))
+            }
+        );
+        let queued = ServerFrame::Queued {
+            id: RequestId(4),
+            position: 3,
+        };
+        assert_eq!(
+            Incoming::parse(&queued.to_json()).unwrap(),
+            Incoming::Queued {
+                id: RequestId(4),
+                position: 3
+            }
+        );
+    }
+}
