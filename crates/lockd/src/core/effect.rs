@@ -1,0 +1,114 @@
+//! What the lock table tells its driver: effects for other sessions, and errors for the caller.
+
+use protocol::{ErrorCode, FenceToken, LockMode, RequestId, ResourceName, SessionId};
+
+/// Something the driver must deliver, produced as a consequence of an input. The caller's own
+/// reply is the input method's return value; effects are for everyone else (and for the
+/// caller's earlier requests, such as a waiting acquire that a `cancel` withdrew).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A waiting acquire was granted: reply to `request` of `session` with the token.
+    Granted {
+        /// The session that waited.
+        session: SessionId,
+        /// Its acquire request.
+        request: RequestId,
+        /// The resource now held.
+        resource: ResourceName,
+        /// The fencing token of this grant.
+        token: FenceToken,
+        /// The mode granted.
+        mode: LockMode,
+    },
+    /// A waiting acquire ended without a grant: reply with `reason` as the error.
+    WaitFailed {
+        /// The session that waited.
+        session: SessionId,
+        /// Its acquire request.
+        request: RequestId,
+        /// The resource it waited for.
+        resource: ResourceName,
+        /// Why it stopped waiting.
+        reason: WaitFailure,
+    },
+    /// The session sent nothing for its whole lease: its locks are gone, close its connection.
+    SessionExpired {
+        /// The expired session.
+        session: SessionId,
+    },
+}
+
+/// Why a waiting acquire ended without a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFailure {
+    /// Its `timeout_ms` ran out.
+    Timeout,
+    /// The same connection sent `cancel` for it.
+    Cancelled,
+}
+
+impl WaitFailure {
+    /// The error to send for it.
+    pub fn to_error(self, resource: ResourceName) -> LockError {
+        match self {
+            WaitFailure::Timeout => LockError::Timeout(resource),
+            WaitFailure::Cancelled => LockError::Cancelled(resource),
+        }
+    }
+}
+
+/// Why an input to the lock table was refused. Each maps to one wire error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LockError {
+    /// The session already holds or waits for the resource.
+    #[error(
+        "this session already {} {resource}; locks are not re-entrant",
+        if *holding { "holds" } else { "waits for" }
+    )]
+    AlreadyHeld {
+        /// The resource.
+        resource: ResourceName,
+        /// True when it holds the lock, false when it waits for it.
+        holding: bool,
+    },
+    /// The lock was not free and the acquire asked not to wait (or its wait ran out).
+    #[error("the lock on {0} was not granted within the acquire's timeout")]
+    Timeout(ResourceName),
+    /// A waiting acquire was withdrawn by `cancel`.
+    #[error("the acquire of {0} was cancelled")]
+    Cancelled(ResourceName),
+    /// The session holds no lock on the resource with that token.
+    #[error("this session holds no lock on {0} with token {1}")]
+    NotHeld(ResourceName, FenceToken),
+    /// A write under a shared lock.
+    #[error("the lock on {0} is held shared; writing needs the exclusive lock")]
+    NotExclusive(ResourceName),
+    /// A value over the size limit.
+    #[error("the value is {0} bytes; the limit is {1}")]
+    ValueTooLarge(usize, usize),
+    /// `cancel` named no waiting acquire of this session.
+    #[error("no acquire with id {0} is waiting on this connection")]
+    NoSuchWaiter(RequestId),
+    /// An acquire reused the id of an acquire of this session that still waits.
+    #[error("request id {0} is already used by a waiting acquire on this connection")]
+    DuplicateRequestId(RequestId),
+    /// The session is gone (closed or expired) while a request of it was still in flight.
+    #[error("the session has ended")]
+    SessionGone,
+}
+
+impl LockError {
+    /// The wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            LockError::AlreadyHeld { .. } => ErrorCode::AlreadyHeld,
+            LockError::Timeout(_) => ErrorCode::Timeout,
+            LockError::Cancelled(_) => ErrorCode::Cancelled,
+            LockError::NotHeld(..) => ErrorCode::NotHeld,
+            LockError::NotExclusive(_) => ErrorCode::NotExclusive,
+            LockError::ValueTooLarge(..) => ErrorCode::ValueTooLarge,
+            LockError::NoSuchWaiter(_) | LockError::DuplicateRequestId(_) => ErrorCode::BadRequest,
+            LockError::SessionGone => ErrorCode::Internal,
+        }
+    }
+}

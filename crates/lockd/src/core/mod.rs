@@ -1,0 +1,15 @@
+//! The sans-IO core of lockd: the lock table and the types it speaks.
+//!
+//! Invariant: nothing under `core` touches a socket, a file, a task or a clock. Time comes in as
+//! a `now: Instant` argument, and decisions go out as return values and [`Effect`]s.
+
+mod effect;
+mod queue;
+mod session;
+mod table;
+
+pub use effect::{Effect, LockError, WaitFailure};
+pub use table::{Acquired, LockTable, TableConfig};
+
+#[cfg(test)]
+mod tests;

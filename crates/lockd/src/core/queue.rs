@@ -1,0 +1,103 @@
+//! One resource's lock state: its holders and its FIFO queue of waiters.
+//!
+//! The queue decides who may hold the lock next and nothing else; the table around it keeps
+//! sessions, tokens and deadlines. Invariant, true between calls: the first waiter (if any)
+//! cannot be granted, so a new request may skip the queue only when it is empty.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use protocol::{FenceToken, LockMode, RequestId, SessionId};
+
+/// Arrival order in a queue: tickets grow with every request the table queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Ticket(pub(crate) u64);
+
+/// A session holding the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) session: SessionId,
+    pub(crate) mode: LockMode,
+    pub(crate) since: Instant,
+}
+
+/// A session waiting in line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Waiter {
+    pub(crate) session: SessionId,
+    pub(crate) request: RequestId,
+    pub(crate) mode: LockMode,
+    pub(crate) since: Instant,
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// Holders keyed by their token (so iteration is grant order) and waiters keyed by ticket (so
+/// iteration is arrival order); both give O(log n) removal from the middle.
+#[derive(Debug, Default)]
+pub(crate) struct LockQueue {
+    holders: BTreeMap<FenceToken, Holder>,
+    waiters: BTreeMap<Ticket, Waiter>,
+}
+
+impl LockQueue {
+    /// True when nothing is held and nobody waits, so the entry can be dropped.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.holders.is_empty() && self.waiters.is_empty()
+    }
+
+    /// Whether a new request in `mode` may be granted at once, without queueing.
+    pub(crate) fn can_grant_now(&self, mode: LockMode) -> bool {
+        self.waiters.is_empty() && self.compatible_with_holders(mode)
+    }
+
+    pub(crate) fn add_holder(&mut self, token: FenceToken, holder: Holder) {
+        debug_assert!(self.compatible_with_holders(holder.mode));
+        self.holders.insert(token, holder);
+    }
+
+    pub(crate) fn remove_holder(&mut self, token: FenceToken) -> Option<Holder> {
+        self.holders.remove(&token)
+    }
+
+    /// Queues a waiter behind everyone already waiting and returns its position (1 = next).
+    pub(crate) fn enqueue(&mut self, ticket: Ticket, waiter: Waiter) -> u64 {
+        debug_assert!(self.waiters.keys().next_back() < Some(&ticket));
+        self.waiters.insert(ticket, waiter);
+        self.waiters.len() as u64
+    }
+
+    pub(crate) fn remove_waiter(&mut self, ticket: Ticket) -> Option<Waiter> {
+        self.waiters.remove(&ticket)
+    }
+
+    /// Takes the first waiter out of the queue if it can be granted now. Called in a loop after
+    /// anything leaves, this grants every waiter that became grantable, in arrival order, and
+    /// stops at the first one that must keep waiting: a later reader never overtakes a writer.
+    pub(crate) fn pop_grantable(&mut self) -> Option<(Ticket, Waiter)> {
+        let (_, first) = self.waiters.first_key_value()?;
+        if !self.compatible_with_holders(first.mode) {
+            return None;
+        }
+        self.waiters.pop_first()
+    }
+
+    pub(crate) fn holders(&self) -> impl Iterator<Item = (FenceToken, &Holder)> {
+        self.holders.iter().map(|(token, holder)| (*token, holder))
+    }
+
+    pub(crate) fn waiters(&self) -> impl Iterator<Item = &Waiter> {
+        self.waiters.values()
+    }
+
+    fn compatible_with_holders(&self, mode: LockMode) -> bool {
+        match mode {
+            LockMode::Exclusive => self.holders.is_empty(),
+            // An exclusive holder is always alone, so looking at any one holder is enough.
+            LockMode::Shared => self
+                .holders
+                .values()
+                .next()
+                .is_none_or(|holder| holder.mode == LockMode::Shared),
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! The lock table: every resource's holders and FIFO queue, every session, and their deadlines.
+//!
+//! A deterministic state machine. It does no I/O, reads no clock, spawns nothing and cannot fail
+//! on I/O: each input is a method that takes `now` and data, and everything it decides comes
+//! back as a return value (for the caller's own request) or as [`Effect`]s (for everyone else).
+//! The same inputs in the same order always give the same outputs, which is what lets the
+//! Tokio driver be thin, lets tests use a fake clock, and lets a later version replicate the
+//! table command by command.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use protocol::cmd::{HolderStatus, ResourceStatus, WaiterStatus};
+use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
+
+use super::effect::{Effect, LockError, WaitFailure};
+use super::queue::{Holder, LockQueue, Ticket, Waiter};
+use super::session::{Involvement, Session};
+
+/// The table's settings; the driver fills them from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableConfig {
+    /// The lease of a session that never asks for one.
+    pub default_lease: Duration,
+    /// The shortest lease `hello` may set.
+    pub min_lease: Duration,
+    /// The longest lease `hello` may set.
+    pub max_lease: Duration,
+    /// The largest value `write` accepts, in UTF-8 bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        TableConfig {
+            default_lease: Duration::from_millis(15_000),
+            min_lease: Duration::from_millis(1_000),
+            max_lease: Duration::from_millis(300_000),
+            max_value_bytes: protocol::cmd::DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+/// What an acquire got at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    /// The lock is held now, with this token.
+    Granted(FenceToken),
+    /// The request waits in line; 1 = next. Its outcome comes later as an [`Effect`].
+    Queued {
+        /// Its place in the queue.
+        position: u64,
+    },
+}
+
+/// Something the table must act on at a given instant.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Deadline {
+    /// The session's lease may have run out.
+    Expiry(SessionId),
+    /// A waiting acquire's timeout runs out.
+    WaitTimeout(ResourceName, Ticket),
+}
+
+/// Holders, queues, sessions and values, driven by `handle_*` inputs.
+///
+/// How to drive it:
+/// 1. [`open_session`](Self::open_session) for each new connection, and
+///    [`touch`](Self::touch) for every frame it sends (that is what keeps its lease alive).
+/// 2. One `handle_*` call per request; its return value is that request's reply.
+/// 3. After every input, drain [`poll_effect`](Self::poll_effect) and deliver each effect.
+/// 4. Sleep until [`next_deadline`](Self::next_deadline), then call
+///    [`handle_timeout`](Self::handle_timeout) and drain effects again. Any input may move the
+///    next deadline earlier, so ask again after each one.
+/// 5. [`handle_session_closed`](Self::handle_session_closed) when a connection ends.
+#[derive(Debug)]
+pub struct LockTable {
+    config: TableConfig,
+    queues: HashMap<ResourceName, LockQueue>,
+    /// Values outlive locks, so they live apart from the queues (which are dropped when idle).
+    values: HashMap<ResourceName, String>,
+    sessions: HashMap<SessionId, Session>,
+    deadlines: BTreeSet<(Instant, Deadline)>,
+    effects: VecDeque<Effect>,
+    next_session: u64,
+    next_token: u64,
+    next_ticket: u64,
+}
+
+impl LockTable {
+    /// An empty table whose first grant gets token 1.
+    pub fn new(config: TableConfig) -> LockTable {
+        LockTable::with_first_token(config, FenceToken(1))
+    }
+
+    /// An empty table whose first grant gets `first_token` (greater than 0), for a server that
+    /// restarts above the tokens it handed out before.
+    pub fn with_first_token(config: TableConfig, first_token: FenceToken) -> LockTable {
+        LockTable {
+            config,
+            queues: HashMap::new(),
+            values: HashMap::new(),
+            sessions: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            effects: VecDeque::new(),
+            next_session: 1,
+            next_token: first_token.0.max(1),
+            next_ticket: 0,
+        }
+    }
+
+    /// The settings the table runs with.
+    pub fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    // ---- Sessions ------------------------------------------------------------------------
+
+    /// Starts a session with the default lease and returns its id.
+    pub fn open_session(&mut self, now: Instant) -> SessionId {
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        let session = Session::new(now, self.config.default_lease);
+        self.deadlines
+            .insert((session.scheduled_expiry, Deadline::Expiry(id)));
+        self.sessions.insert(id, session);
+        id
+    }
+
+    /// Records that the session's client was heard from; its lease runs again from `now`.
+    pub fn touch(&mut self, now: Instant, session: SessionId) {
+        if let Some(session) = self.sessions.get_mut(&session) {
+            session.last_seen = session.last_seen.max(now);
+        }
+    }
+
+    /// `hello`: names the client and sets the lease, clamped to the allowed range. Returns the
+    /// lease granted.
+    pub fn handle_hello(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        client: Option<String>,
+        lease_ms: Option<u64>,
+    ) -> Result<Duration, LockError> {
+        let config = &self.config;
+        let session = self
+            .sessions
+            .get_mut(&session_id)
+            .ok_or(LockError::SessionGone)?;
+        if client.is_some() {
+            session.client = client;
+        }
+        if let Some(ms) = lease_ms {
+            session.lease = Duration::from_millis(ms).clamp(config.min_lease, config.max_lease);
+        }
+        session.last_seen = session.last_seen.max(now);
+        let new = session.expires_at();
+        let old = std::mem::replace(&mut session.scheduled_expiry, new);
+        let lease = session.lease;
+        self.deadlines.remove(&(old, Deadline::Expiry(session_id)));
+        self.deadlines.insert((new, Deadline::Expiry(session_id)));
+        Ok(lease)
+    }
+
+    /// The connection ended: releases everything the session holds, withdraws its waiters, and
+    /// grants whatever that frees. Nothing is sent to the closed session itself.
+    pub fn handle_session_closed(&mut self, now: Instant, session_id: SessionId) {
+        let Some(session) = self.sessions.remove(&session_id) else {
+            return;
+        };
+        self.deadlines
+            .remove(&(session.scheduled_expiry, Deadline::Expiry(session_id)));
+        // Sorted, so tokens are handed out in the same order on every run.
+        let mut resources: Vec<_> = session.resources.into_iter().collect();
+        resources.sort_by(|a, b| a.0.cmp(&b.0));
+        for (resource, involvement) in &resources {
+            let Some(queue) = self.queues.get_mut(resource) else {
+                continue;
+            };
+            match *involvement {
+                Involvement::Holding { token, .. } => {
+                    queue.remove_holder(token);
+                }
+                Involvement::Waiting { ticket, .. } => {
+                    if let Some(waiter) = queue.remove_waiter(ticket) {
+                        self.forget_wait_deadline(resource, ticket, &waiter);
+                    }
+                }
+            }
+        }
+        for (resource, _) in &resources {
+            self.grant_waiters(now, resource);
+        }
+    }
+
+    /// How many sessions are open.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    // ---- Locks ---------------------------------------------------------------------------
+
+    /// `acquire`: grants at once when the queue is empty and the mode fits the holders,
+    /// otherwise queues the request behind everyone already waiting. `timeout` of zero never
+    /// queues (it fails with `Timeout`); `None` waits as long as it takes.
+    pub fn handle_acquire(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        request: RequestId,
+        resource: ResourceName,
+        mode: LockMode,
+        timeout: Option<Duration>,
+    ) -> Result<Acquired, LockError> {
+        let session = self
+            .sessions
+            .get_mut(&session_id)
+            .ok_or(LockError::SessionGone)?;
+        if let Some(involvement) = session.resources.get(&resource) {
+            let holding = matches!(involvement, Involvement::Holding { .. });
+            return Err(LockError::AlreadyHeld { resource, holding });
+        }
+        if session.waits.contains_key(&request) {
+            return Err(LockError::DuplicateRequestId(request));
+        }
+        let queue = self.queues.entry(resource.clone()).or_default();
+        if queue.can_grant_now(mode) {
+            let token = FenceToken(self.next_token);
+            self.next_token += 1;
+            queue.add_holder(
+                token,
+                Holder {
+                    session: session_id,
+                    mode,
+                    since: now,
+                },
+            );
+            session
+                .resources
+                .insert(resource, Involvement::Holding { token, mode });
+            return Ok(Acquired::Granted(token));
+        }
+        if timeout == Some(Duration::ZERO) {
+            if queue.is_idle() {
+                // Cannot happen (an idle queue grants), but never leave an empty entry behind.
+                self.queues.remove(&resource);
+            }
+            return Err(LockError::Timeout(resource));
+        }
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        let deadline = timeout.map(|timeout| now + timeout);
+        let position = queue.enqueue(
+            ticket,
+            Waiter {
+                session: session_id,
+                request,
+                mode,
+                since: now,
+                deadline,
+            },
+        );
+        if let Some(deadline) = deadline {
+            self.deadlines
+                .insert((deadline, Deadline::WaitTimeout(resource.clone(), ticket)));
+        }
+        session.waits.insert(request, resource.clone());
+        session
+            .resources
+            .insert(resource, Involvement::Waiting { ticket, request });
+        Ok(Acquired::Queued { position })
+    }
+
+    /// `release`: gives back the lock held with `token` and grants whoever can go next.
+    pub fn handle_release(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        resource: &ResourceName,
+        token: FenceToken,
+    ) -> Result<(), LockError> {
+        let session = self
+            .sessions
+            .get_mut(&session_id)
+            .ok_or(LockError::SessionGone)?;
+        match session.resources.get(resource) {
+            Some(Involvement::Holding { token: held, .. }) if *held == token => {}
+            _ => return Err(LockError::NotHeld(resource.clone(), token)),
+        }
+        session.resources.remove(resource);
+        if let Some(queue) = self.queues.get_mut(resource) {
+            queue.remove_holder(token);
+        }
+        self.grant_waiters(now, resource);
+        Ok(())
+    }
+
+    /// `cancel`: withdraws this session's waiting acquire `target`, which then fails with
+    /// `Cancelled` (an effect), and grants whoever that unblocks.
+    pub fn handle_cancel(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        target: RequestId,
+    ) -> Result<(), LockError> {
+        let session = self
+            .sessions
+            .get(&session_id)
+            .ok_or(LockError::SessionGone)?;
+        let resource = session
+            .waits
+            .get(&target)
+            .ok_or(LockError::NoSuchWaiter(target))?
+            .clone();
+        let Some(&Involvement::Waiting { ticket, .. }) = session.resources.get(&resource) else {
+            return Err(LockError::NoSuchWaiter(target));
+        };
+        self.end_wait(now, &resource, ticket, WaitFailure::Cancelled);
+        Ok(())
+    }
+
+    // ---- Values --------------------------------------------------------------------------
+
+    /// `read`: the resource's value, for a session holding it (either mode) with `token`.
+    pub fn read(
+        &self,
+        session_id: SessionId,
+        resource: &ResourceName,
+        token: FenceToken,
+    ) -> Result<Option<&str>, LockError> {
+        self.held_mode(session_id, resource, token)?;
+        Ok(self.values.get(resource).map(String::as_str))
+    }
+
+    /// `write`: replaces the value, for the session holding the exclusive lock with `token`.
+    pub fn handle_write(
+        &mut self,
+        session_id: SessionId,
+        resource: &ResourceName,
+        token: FenceToken,
+        value: String,
+    ) -> Result<(), LockError> {
+        if value.len() > self.config.max_value_bytes {
+            return Err(LockError::ValueTooLarge(
+                value.len(),
+                self.config.max_value_bytes,
+            ));
+        }
+        if self.held_mode(session_id, resource, token)? != LockMode::Exclusive {
+            return Err(LockError::NotExclusive(resource.clone()));
+        }
+        self.values.insert(resource.clone(), value);
+        Ok(())
+    }
+
+    // ---- Time ----------------------------------------------------------------------------
+
+    /// The earliest instant at which [`handle_timeout`](Self::handle_timeout) has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Acts on every deadline at or before `now`: expires silent sessions and fails waiters
+    /// whose timeout ran out, in deadline order.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((at, _)) = self.deadlines.first() {
+            if *at > now {
+                break;
+            }
+            let Some((at, deadline)) = self.deadlines.pop_first() else {
+                break;
+            };
+            match deadline {
+                Deadline::Expiry(session_id) => self.check_expiry(now, at, session_id),
+                Deadline::WaitTimeout(resource, ticket) => {
+                    self.end_wait(now, &resource, ticket, WaitFailure::Timeout);
+                }
+            }
+        }
+    }
+
+    // ---- Output --------------------------------------------------------------------------
+
+    /// The next effect to deliver, oldest first.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    // ---- Introspection -------------------------------------------------------------------
+
+    /// `status`: one resource (reported even when idle), or every resource with holders or
+    /// waiters, in name order.
+    pub fn status(&self, now: Instant, resource: Option<&ResourceName>) -> Vec<ResourceStatus> {
+        match resource {
+            Some(resource) => vec![self.resource_status(now, resource)],
+            None => {
+                let mut names: Vec<_> = self.queues.keys().collect();
+                names.sort();
+                names
+                    .into_iter()
+                    .map(|name| self.resource_status(now, name))
+                    .collect()
+            }
+        }
+    }
+
+    // ---- Helpers -------------------------------------------------------------------------
+
+    fn resource_status(&self, now: Instant, resource: &ResourceName) -> ResourceStatus {
+        let queue = self.queues.get(resource);
+        ResourceStatus {
+            resource: resource.clone(),
+            holders: queue
+                .into_iter()
+                .flat_map(LockQueue::holders)
+                .map(|(token, holder)| HolderStatus {
+                    session: holder.session,
+                    mode: holder.mode,
+                    token,
+                    held_ms: millis_since(now, holder.since),
+                })
+                .collect(),
+            waiters: queue
+                .into_iter()
+                .flat_map(LockQueue::waiters)
+                .map(|waiter| WaiterStatus {
+                    session: waiter.session,
+                    mode: waiter.mode,
+                    waited_ms: millis_since(now, waiter.since),
+                })
+                .collect(),
+        }
+    }
+
+    fn held_mode(
+        &self,
+        session_id: SessionId,
+        resource: &ResourceName,
+        token: FenceToken,
+    ) -> Result<LockMode, LockError> {
+        let session = self
+            .sessions
+            .get(&session_id)
+            .ok_or(LockError::SessionGone)?;
+        match session.resources.get(resource) {
+            Some(Involvement::Holding { token: held, mode }) if *held == token => Ok(*mode),
+            _ => Err(LockError::NotHeld(resource.clone(), token)),
+        }
+    }
+
+    /// A lease deadline fired: expire the session if it stayed silent, else look again later.
+    fn check_expiry(&mut self, now: Instant, at: Instant, session_id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        if session.scheduled_expiry != at {
+            return;
+        }
+        let expires_at = session.expires_at();
+        if expires_at > now {
+            session.scheduled_expiry = expires_at;
+            self.deadlines
+                .insert((expires_at, Deadline::Expiry(session_id)));
+            return;
+        }
+        self.effects.push_back(Effect::SessionExpired {
+            session: session_id,
+        });
+        self.handle_session_closed(now, session_id);
+    }
+
+    /// Takes a waiter out of line for `reason`, tells it so, and grants whoever it blocked.
+    fn end_wait(
+        &mut self,
+        now: Instant,
+        resource: &ResourceName,
+        ticket: Ticket,
+        reason: WaitFailure,
+    ) {
+        let Some(waiter) = self
+            .queues
+            .get_mut(resource)
+            .and_then(|queue| queue.remove_waiter(ticket))
+        else {
+            return;
+        };
+        self.forget_wait_deadline(resource, ticket, &waiter);
+        if let Some(session) = self.sessions.get_mut(&waiter.session) {
+            session.resources.remove(resource);
+            session.waits.remove(&waiter.request);
+        }
+        self.effects.push_back(Effect::WaitFailed {
+            session: waiter.session,
+            request: waiter.request,
+            resource: resource.clone(),
+            reason,
+        });
+        self.grant_waiters(now, resource);
+    }
+
+    fn forget_wait_deadline(&mut self, resource: &ResourceName, ticket: Ticket, waiter: &Waiter) {
+        if let Some(deadline) = waiter.deadline {
+            self.deadlines
+                .remove(&(deadline, Deadline::WaitTimeout(resource.clone(), ticket)));
+        }
+    }
+
+    /// Grants, in arrival order, every waiter at the front of the queue that can hold the lock
+    /// now, and drops the queue when it is idle.
+    fn grant_waiters(&mut self, now: Instant, resource: &ResourceName) {
+        let Some(queue) = self.queues.get_mut(resource) else {
+            return;
+        };
+        while let Some((ticket, waiter)) = queue.pop_grantable() {
+            let token = FenceToken(self.next_token);
+            self.next_token += 1;
+            if let Some(deadline) = waiter.deadline {
+                self.deadlines
+                    .remove(&(deadline, Deadline::WaitTimeout(resource.clone(), ticket)));
+            }
+            queue.add_holder(
+                token,
+                Holder {
+                    session: waiter.session,
+                    mode: waiter.mode,
+                    since: now,
+                },
+            );
+            if let Some(session) = self.sessions.get_mut(&waiter.session) {
+                session.waits.remove(&waiter.request);
+                session.resources.insert(
+                    resource.clone(),
+                    Involvement::Holding {
+                        token,
+                        mode: waiter.mode,
+                    },
+                );
+            }
+            self.effects.push_back(Effect::Granted {
+                session: waiter.session,
+                request: waiter.request,
+                resource: resource.clone(),
+                token,
+                mode: waiter.mode,
+            });
+        }
+        if queue.is_idle() {
+            self.queues.remove(resource);
+        }
+    }
+}
+
+fn millis_since(now: Instant, since: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,484 @@
+//! Lock table tests on a fake clock: each feeds inputs at hand-picked instants and checks the
+//! exact replies and effects.
+
+use std::time::{Duration, Instant};
+
+use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
+
+use super::*;
+
+use LockMode::{Exclusive as X, Shared as S};
+
+struct Harness {
+    table: LockTable,
+    now: Instant,
+}
+
+fn harness() -> Harness {
+    Harness {
+        table: LockTable::new(TableConfig {
+            max_value_bytes: 8,
+            ..TableConfig::default()
+        }),
+        now: Instant::now(),
+    }
+}
+
+fn name(s: &str) -> ResourceName {
+    ResourceName::new(s).unwrap()
+}
+
+fn granted(session: SessionId, request: u64, resource: &str, token: u64, mode: LockMode) -> Effect {
+    Effect::Granted {
+        session,
+        request: RequestId(request),
+        resource: name(resource),
+        token: FenceToken(token),
+        mode,
+    }
+}
+
+fn failed(session: SessionId, request: u64, resource: &str, reason: WaitFailure) -> Effect {
+    Effect::WaitFailed {
+        session,
+        request: RequestId(request),
+        resource: name(resource),
+        reason,
+    }
+}
+
+impl Harness {
+    fn session(&mut self) -> SessionId {
+        self.table.open_session(self.now)
+    }
+
+    fn acquire(&mut self, s: SessionId, request: u64, resource: &str, mode: LockMode) -> Acquired {
+        self.try_acquire(s, request, resource, mode, None).unwrap()
+    }
+
+    fn try_acquire(
+        &mut self,
+        s: SessionId,
+        request: u64,
+        resource: &str,
+        mode: LockMode,
+        timeout_ms: Option<u64>,
+    ) -> Result<Acquired, LockError> {
+        self.table.handle_acquire(
+            self.now,
+            s,
+            RequestId(request),
+            name(resource),
+            mode,
+            timeout_ms.map(Duration::from_millis),
+        )
+    }
+
+    fn release(&mut self, s: SessionId, resource: &str, token: u64) -> Result<(), LockError> {
+        self.table
+            .handle_release(self.now, s, &name(resource), FenceToken(token))
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now += Duration::from_millis(ms);
+        self.table.handle_timeout(self.now);
+    }
+
+    fn effects(&mut self) -> Vec<Effect> {
+        std::iter::from_fn(|| self.table.poll_effect()).collect()
+    }
+
+    fn holders(&self, resource: &str) -> Vec<(SessionId, LockMode, u64)> {
+        let status = self.table.status(self.now, Some(&name(resource)));
+        status[0]
+            .holders
+            .iter()
+            .map(|h| (h.session, h.mode, h.token.0))
+            .collect()
+    }
+
+    fn waiters(&self, resource: &str) -> Vec<SessionId> {
+        let status = self.table.status(self.now, Some(&name(resource)));
+        status[0].waiters.iter().map(|w| w.session).collect()
+    }
+}
+
+fn granted_now(token: u64) -> Acquired {
+    Acquired::Granted(FenceToken(token))
+}
+
+fn queued(position: u64) -> Acquired {
+    Acquired::Queued { position }
+}
+
+#[test]
+fn exclusive_waiters_are_granted_in_arrival_order() {
+    let mut h = harness();
+    let [a, b, c, d] = [h.session(), h.session(), h.session(), h.session()];
+    assert_eq!(h.acquire(a, 1, "f", X), granted_now(1));
+    assert_eq!(h.acquire(b, 1, "f", X), queued(1));
+    assert_eq!(h.acquire(c, 1, "f", X), queued(2));
+    assert_eq!(h.acquire(d, 1, "f", X), queued(3));
+    assert_eq!(h.effects(), vec![]);
+
+    h.release(a, "f", 1).unwrap();
+    assert_eq!(h.effects(), vec![granted(b, 1, "f", 2, X)]);
+    h.release(b, "f", 2).unwrap();
+    assert_eq!(h.effects(), vec![granted(c, 1, "f", 3, X)]);
+    h.release(c, "f", 3).unwrap();
+    assert_eq!(h.effects(), vec![granted(d, 1, "f", 4, X)]);
+    h.release(d, "f", 4).unwrap();
+    assert_eq!(h.effects(), vec![]);
+    assert!(
+        h.table.status(h.now, None).is_empty(),
+        "idle queues are dropped"
+    );
+}
+
+#[test]
+fn readers_share_and_a_queued_writer_is_never_overtaken() {
+    let mut h = harness();
+    let [r1, r2, w, r3, r4] = [
+        h.session(),
+        h.session(),
+        h.session(),
+        h.session(),
+        h.session(),
+    ];
+    assert_eq!(h.acquire(r1, 1, "f", S), granted_now(1));
+    assert_eq!(h.acquire(r2, 1, "f", S), granted_now(2));
+    assert_eq!(h.acquire(w, 1, "f", X), queued(1));
+    // Readers arriving after the writer wait behind it although the lock is held shared.
+    assert_eq!(h.acquire(r3, 1, "f", S), queued(2));
+    assert_eq!(h.acquire(r4, 1, "f", S), queued(3));
+
+    h.release(r1, "f", 1).unwrap();
+    assert_eq!(h.effects(), vec![], "one reader still holds");
+    h.release(r2, "f", 2).unwrap();
+    assert_eq!(h.effects(), vec![granted(w, 1, "f", 3, X)]);
+    h.release(w, "f", 3).unwrap();
+    // Both readers behind the writer are granted at once, in order.
+    assert_eq!(
+        h.effects(),
+        vec![granted(r3, 1, "f", 4, S), granted(r4, 1, "f", 5, S)]
+    );
+    assert_eq!(h.holders("f"), vec![(r3, S, 4), (r4, S, 5)]);
+}
+
+#[test]
+fn readers_behind_readers_behind_a_writer_stop_at_the_next_writer() {
+    let mut h = harness();
+    let [w1, r1, r2, w2, r3] = [
+        h.session(),
+        h.session(),
+        h.session(),
+        h.session(),
+        h.session(),
+    ];
+    h.acquire(w1, 1, "f", X);
+    assert_eq!(h.acquire(r1, 1, "f", S), queued(1));
+    assert_eq!(h.acquire(r2, 1, "f", S), queued(2));
+    assert_eq!(h.acquire(w2, 1, "f", X), queued(3));
+    assert_eq!(h.acquire(r3, 1, "f", S), queued(4));
+    h.release(w1, "f", 1).unwrap();
+    assert_eq!(
+        h.effects(),
+        vec![granted(r1, 1, "f", 2, S), granted(r2, 1, "f", 3, S)]
+    );
+    assert_eq!(h.waiters("f"), vec![w2, r3]);
+}
+
+#[test]
+fn a_timed_out_writer_unblocks_the_readers_behind_it() {
+    let mut h = harness();
+    let [r1, w, r2, r3] = [h.session(), h.session(), h.session(), h.session()];
+    h.acquire(r1, 1, "f", S);
+    assert_eq!(h.try_acquire(w, 7, "f", X, Some(100)), Ok(queued(1)));
+    assert_eq!(h.acquire(r2, 1, "f", S), queued(2));
+    assert_eq!(h.acquire(r3, 1, "f", S), queued(3));
+    assert_eq!(
+        h.table.next_deadline(),
+        Some(h.now + Duration::from_millis(100))
+    );
+
+    h.advance(99);
+    assert_eq!(h.effects(), vec![]);
+    h.advance(1);
+    assert_eq!(
+        h.effects(),
+        vec![
+            failed(w, 7, "f", WaitFailure::Timeout),
+            granted(r2, 1, "f", 2, S),
+            granted(r3, 1, "f", 3, S),
+        ]
+    );
+    // The writer may queue again: it no longer counts as waiting.
+    assert_eq!(h.acquire(w, 8, "f", X), queued(1));
+}
+
+#[test]
+fn a_cancelled_writer_unblocks_the_readers_behind_it() {
+    let mut h = harness();
+    let [r1, w, r2] = [h.session(), h.session(), h.session()];
+    h.acquire(r1, 1, "f", S);
+    assert_eq!(h.try_acquire(w, 5, "f", X, Some(60_000)), Ok(queued(1)));
+    assert_eq!(h.acquire(r2, 1, "f", S), queued(2));
+
+    h.table.handle_cancel(h.now, w, RequestId(5)).unwrap();
+    assert_eq!(
+        h.effects(),
+        vec![
+            failed(w, 5, "f", WaitFailure::Cancelled),
+            granted(r2, 1, "f", 2, S)
+        ]
+    );
+    // Its timeout is gone with it.
+    assert_eq!(
+        h.table.next_deadline(),
+        Some(h.now + Duration::from_secs(15))
+    );
+    assert_eq!(
+        h.table.handle_cancel(h.now, w, RequestId(5)),
+        Err(LockError::NoSuchWaiter(RequestId(5)))
+    );
+}
+
+#[test]
+fn a_grant_clears_the_waiters_timeout() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    h.acquire(a, 1, "f", X);
+    h.try_acquire(b, 1, "f", X, Some(100)).unwrap();
+    h.release(a, "f", 1).unwrap();
+    assert_eq!(h.effects(), vec![granted(b, 1, "f", 2, X)]);
+    h.advance(200);
+    assert_eq!(h.effects(), vec![], "no timeout after the grant");
+    assert_eq!(h.holders("f"), vec![(b, X, 2)]);
+}
+
+#[test]
+fn try_once_fails_without_queueing() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    assert_eq!(h.try_acquire(a, 1, "f", X, Some(0)), Ok(granted_now(1)));
+    assert_eq!(
+        h.try_acquire(b, 1, "f", S, Some(0)),
+        Err(LockError::Timeout(name("f")))
+    );
+    assert_eq!(h.waiters("f"), vec![]);
+}
+
+#[test]
+fn closing_a_session_frees_its_locks_and_leaves_its_queues() {
+    let mut h = harness();
+    let [a, b, c] = [h.session(), h.session(), h.session()];
+    h.acquire(a, 1, "f", X);
+    h.acquire(a, 2, "g", X);
+    h.acquire(b, 1, "g", X);
+    h.acquire(b, 2, "f", X);
+    h.acquire(c, 1, "f", X);
+    // b holds nothing and waits behind a on both; c waits behind b on f.
+    h.table.handle_session_closed(h.now, b);
+    assert_eq!(h.effects(), vec![], "nothing is sent to the closed session");
+    assert_eq!(h.waiters("f"), vec![c]);
+    assert_eq!(h.waiters("g"), vec![]);
+
+    h.table.handle_session_closed(h.now, a);
+    assert_eq!(h.effects(), vec![granted(c, 1, "f", 3, X)]);
+    assert_eq!(h.holders("g"), vec![]);
+    assert_eq!(h.table.session_count(), 1);
+}
+
+#[test]
+fn tokens_strictly_increase_over_every_grant() {
+    let mut h = harness();
+    let sessions: Vec<_> = (0..4).map(|_| h.session()).collect();
+    let mut tokens = Vec::new();
+    for (i, &s) in sessions.iter().enumerate() {
+        for resource in ["a", "b", "c"] {
+            let mode = if i % 2 == 0 { S } else { X };
+            if let Ok(Acquired::Granted(token)) = h.try_acquire(s, 1, resource, mode, Some(0)) {
+                tokens.push(token.0);
+            }
+        }
+    }
+    for &s in &sessions {
+        h.table.handle_session_closed(h.now, s);
+    }
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    let s = h.session();
+    let Acquired::Granted(next) = h.acquire(s, 1, "a", X) else {
+        panic!("idle lock not granted");
+    };
+    assert!(next.0 > *tokens.last().unwrap());
+}
+
+#[test]
+fn first_token_can_start_above_earlier_grants() {
+    let mut table = LockTable::with_first_token(TableConfig::default(), FenceToken(1 << 20));
+    let now = Instant::now();
+    let s = table.open_session(now);
+    assert_eq!(
+        table.handle_acquire(now, s, RequestId(1), name("f"), X, None),
+        Ok(granted_now(1 << 20))
+    );
+}
+
+#[test]
+fn locks_are_not_reentrant() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    h.acquire(a, 1, "f", S);
+    assert_eq!(
+        h.try_acquire(a, 2, "f", S, None),
+        Err(LockError::AlreadyHeld {
+            resource: name("f"),
+            holding: true
+        })
+    );
+    h.acquire(b, 1, "g", X);
+    h.acquire(a, 3, "g", X);
+    assert_eq!(
+        h.try_acquire(a, 4, "g", S, None),
+        Err(LockError::AlreadyHeld {
+            resource: name("g"),
+            holding: false
+        })
+    );
+    assert_eq!(
+        h.try_acquire(a, 3, "h", X, None),
+        Err(LockError::DuplicateRequestId(RequestId(3)))
+    );
+}
+
+#[test]
+fn release_needs_the_right_session_and_token() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    h.acquire(a, 1, "f", X);
+    assert_eq!(
+        h.release(a, "f", 2),
+        Err(LockError::NotHeld(name("f"), FenceToken(2)))
+    );
+    assert_eq!(
+        h.release(b, "f", 1),
+        Err(LockError::NotHeld(name("f"), FenceToken(1)))
+    );
+    assert_eq!(
+        h.release(a, "g", 1),
+        Err(LockError::NotHeld(name("g"), FenceToken(1)))
+    );
+    h.release(a, "f", 1).unwrap();
+    assert_eq!(
+        h.release(a, "f", 1),
+        Err(LockError::NotHeld(name("f"), FenceToken(1)))
+    );
+}
+
+#[test]
+fn values_need_the_lock_and_outlive_it() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    let f = name("f");
+    h.acquire(a, 1, "f", X);
+    assert_eq!(h.table.read(a, &f, FenceToken(1)), Ok(None));
+    assert_eq!(
+        h.table.handle_write(b, &f, FenceToken(1), "x".into()),
+        Err(LockError::NotHeld(f.clone(), FenceToken(1)))
+    );
+    assert_eq!(
+        h.table
+            .handle_write(a, &f, FenceToken(1), "123456789".into()),
+        Err(LockError::ValueTooLarge(9, 8))
+    );
+    h.table
+        .handle_write(a, &f, FenceToken(1), "12345678".into())
+        .unwrap();
+    h.release(a, "f", 1).unwrap();
+    assert_eq!(
+        h.table.read(a, &f, FenceToken(1)),
+        Err(LockError::NotHeld(f.clone(), FenceToken(1)))
+    );
+
+    h.acquire(b, 1, "f", S);
+    assert_eq!(h.table.read(b, &f, FenceToken(2)), Ok(Some("12345678")));
+    assert_eq!(
+        h.table.handle_write(b, &f, FenceToken(2), "y".into()),
+        Err(LockError::NotExclusive(f.clone()))
+    );
+}
+
+#[test]
+fn a_silent_session_expires_after_its_lease_and_a_touched_one_does_not() {
+    let mut h = harness();
+    let [silent, chatty, waiter] = [h.session(), h.session(), h.session()];
+    h.acquire(silent, 1, "f", X);
+    h.acquire(chatty, 1, "g", X);
+    h.acquire(waiter, 1, "f", X);
+    for _ in 0..14 {
+        h.advance(1_000);
+        h.table.touch(h.now, chatty);
+        h.table.touch(h.now, waiter);
+    }
+    assert_eq!(h.effects(), vec![]);
+    h.advance(999);
+    assert_eq!(h.effects(), vec![]);
+    h.advance(1);
+    assert_eq!(
+        h.effects(),
+        vec![
+            Effect::SessionExpired { session: silent },
+            granted(waiter, 1, "f", 3, X)
+        ]
+    );
+    h.advance(60_000);
+    assert_eq!(
+        h.effects(),
+        vec![
+            Effect::SessionExpired { session: chatty },
+            Effect::SessionExpired { session: waiter }
+        ]
+    );
+    assert_eq!(h.table.session_count(), 0);
+    assert!(h.table.status(h.now, None).is_empty());
+}
+
+#[test]
+fn hello_clamps_the_lease_and_reschedules_expiry() {
+    let mut h = harness();
+    let s = h.session();
+    let lease = |h: &mut Harness, ms| h.table.handle_hello(h.now, s, None, Some(ms)).unwrap();
+    assert_eq!(lease(&mut h, 10), Duration::from_millis(1_000));
+    assert_eq!(lease(&mut h, 10_000_000), Duration::from_millis(300_000));
+    assert_eq!(lease(&mut h, 2_500), Duration::from_millis(2_500));
+    assert_eq!(
+        h.table.next_deadline(),
+        Some(h.now + Duration::from_millis(2_500))
+    );
+    h.advance(2_499);
+    assert_eq!(h.effects(), vec![]);
+    h.advance(1);
+    assert_eq!(h.effects(), vec![Effect::SessionExpired { session: s }]);
+}
+
+#[test]
+fn status_lists_holders_and_waiters_with_their_ages() {
+    let mut h = harness();
+    let [a, b, c] = [h.session(), h.session(), h.session()];
+    h.acquire(a, 1, "f", S);
+    h.advance(300);
+    h.acquire(b, 1, "f", X);
+    h.advance(200);
+    h.acquire(c, 1, "e", X);
+    let status = h.table.status(h.now, None);
+    let names: Vec<_> = status.iter().map(|r| r.resource.as_str()).collect();
+    assert_eq!(names, ["e", "f"]);
+    let f = &status[1];
+    assert_eq!(f.holders.len(), 1);
+    assert_eq!((f.holders[0].session, f.holders[0].held_ms), (a, 500));
+    assert_eq!((f.waiters[0].session, f.waiters[0].waited_ms), (b, 200));
+
+    let idle = h.table.status(h.now, Some(&name("idle")));
+    assert_eq!(idle.len(), 1);
+    assert!(idle[0].holders.is_empty() && idle[0].waiters.is_empty());
+}
