@@ -1,3 +1,14 @@
 //! lockd: a lock server with FIFO queues, shared and exclusive locks, and fencing tokens.
+//!
+//! - [`core`]: the lock table, a deterministic state machine with no I/O and no clock.
+//! - [`server`]: the Tokio side: accept loop, per-connection tasks and the table's driver.
+//! - [`data_dir`]: the data directory and its single-owner lock.
+//!
+//! `main.rs` only parses flags, sets up logging and signals, and calls [`server::run`].
 
 pub mod core;
+pub mod data_dir;
+pub mod server;
+
+mod connection;
+mod driver;

@@ -75,12 +75,17 @@ pub struct ErrorBody {
 }
 
 impl ErrorBody {
-    /// An error body with the given code and message.
+    /// An error body with the given code and message. The message is sent as a sentence, so
+    /// its first letter is made upper case (Rust error messages conventionally start in lower
+    /// case so that they read well inside other messages).
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorBody {
-            code,
-            message: message.into(),
-        }
+        let message = message.into();
+        let mut chars = message.chars();
+        let message = match chars.next() {
+            Some(first) if first.is_lowercase() => first.to_uppercase().chain(chars).collect(),
+            _ => message,
+        };
+        ErrorBody { code, message }
     }
 }
 

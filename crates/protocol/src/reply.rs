@@ -246,7 +246,7 @@ mod tests {
         );
         assert_eq!(
             json(&ServerFrame::error(None, ErrorCode::BadRequest, "nope")),
-            r#"{"id":null,"ok":false,"error":{"code":"bad_request","message":"nope"}}"#
+            r#"{"id":null,"ok":false,"error":{"code":"bad_request","message":"Nope"}}"#
         );
         assert_eq!(
             json(&ServerFrame::Queued {

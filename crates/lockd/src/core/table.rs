@@ -250,7 +250,8 @@ impl LockTable {
         }
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
-        let deadline = timeout.map(|timeout| now + timeout);
+        // A timeout too large to represent as an instant waits forever, like no timeout.
+        let deadline = timeout.and_then(|timeout| now.checked_add(timeout));
         let position = queue.enqueue(
             ticket,
             Waiter {

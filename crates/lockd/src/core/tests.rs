@@ -257,6 +257,16 @@ fn a_grant_clears_the_waiters_timeout() {
 }
 
 #[test]
+fn a_timeout_beyond_the_clock_waits_forever() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    h.acquire(a, 1, "f", X);
+    assert_eq!(h.try_acquire(b, 1, "f", X, Some(u64::MAX)), Ok(queued(1)));
+    h.release(a, "f", 1).unwrap();
+    assert_eq!(h.effects(), vec![granted(b, 1, "f", 2, X)]);
+}
+
+#[test]
 fn try_once_fails_without_queueing() {
     let mut h = harness();
     let [a, b] = [h.session(), h.session()];
