@@ -1,0 +1,240 @@
+//! The command line of `lockctl`, kept compatible with the original `lock_client`:
+//! `lockctl <resource> READ [sleep_seconds]` and `lockctl <resource> WRITE <value> [sleep_seconds]`.
+
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::DEFAULT_ADDR;
+
+const AFTER_HELP: &str = "\
+Examples:
+  lockctl file_A WRITE \"Hello Distributed World\" 5   hold file_A exclusively for 5 s, then write
+  lockctl file_A READ                                hold file_A shared for 2 s, then read
+  lockctl --timeout 0.5 file_A READ                  give up (exit 3) after waiting 0.5 s
+  lockctl status                                     who holds and who waits, everywhere
+  lockctl lock status READ                           a resource that is named `status`
+
+Exit codes: 0 done, 1 error, 2 bad arguments, 3 timed out waiting, 130 interrupted.";
+
+/// lockctl: take turns on named resources through lockd.
+///
+/// Takes a lock (READ: shared, WRITE: exclusive), holds it for the sleep time, then reads or
+/// writes the resource's value and releases the lock.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lockctl",
+    version,
+    about,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    /// lockd's address, host:port.
+    #[arg(long, global = true, env = "LOCKD_ADDR", default_value = DEFAULT_ADDR, value_name = "ADDR")]
+    pub server: String,
+
+    /// Give up after waiting this many seconds for the lock (fractions allowed; 0 = try once).
+    #[arg(long, global = true, value_name = "SECS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+
+    #[command(subcommand)]
+    pub command: Option<Subcommands>,
+
+    #[command(flatten)]
+    pub lock: Option<LockArgs>,
+}
+
+/// Subcommands; their names win over resource names (see `lock` for a resource named so).
+#[derive(Debug, Subcommand)]
+pub enum Subcommands {
+    /// Show holders and waiters: of one resource, or of every busy one.
+    Status {
+        /// Only this resource (shown even when idle).
+        resource: Option<String>,
+    },
+    /// Take a lock: the long form of `lockctl <resource> ...`, for a resource whose name is
+    /// also a subcommand (`lockctl lock status READ`).
+    Lock(LockArgs),
+}
+
+/// `<resource> READ [sleep_seconds]` or `<resource> WRITE <value> [sleep_seconds]`.
+#[derive(Debug, Clone, Args)]
+pub struct LockArgs {
+    /// The resource's name, e.g. file_A or jobs/nightly.
+    #[arg(required = true)]
+    pub resource: String,
+    /// READ takes a shared lock and reads; WRITE takes the exclusive lock and writes.
+    #[arg(required = true, ignore_case = true)]
+    pub operation: Operation,
+    /// For WRITE: the value, then the optional hold time. For READ: the optional hold time.
+    /// The hold time is in seconds (default 2). A value that starts with `-` and is not a
+    /// number goes after `--`: `lockctl f WRITE -- -x`.
+    #[arg(num_args = 0..=2, allow_negative_numbers = true, value_name = "[VALUE] [SLEEP_SECONDS]")]
+    pub rest: Vec<String>,
+}
+
+/// What to do under the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Operation {
+    /// Shared lock, then read.
+    #[value(name = "READ")]
+    Read,
+    /// Exclusive lock, then write.
+    #[value(name = "WRITE")]
+    Write,
+}
+
+/// A lock command after its positional arguments were sorted out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockPlan {
+    pub resource: String,
+    pub operation: Operation,
+    /// The value to write (WRITE only).
+    pub value: Option<String>,
+    pub hold: Duration,
+    /// The hold time as the user wrote it, for the `Sleeping for N seconds...` line.
+    pub hold_text: String,
+}
+
+/// The hold time when none is given, as in the original client.
+pub const DEFAULT_HOLD_SECONDS: &str = "2";
+
+impl LockArgs {
+    /// Sorts out `rest` by operation; a mistake exits with a usage error (code 2).
+    pub fn plan(self) -> LockPlan {
+        let mut rest = self.rest.into_iter();
+        let value = match self.operation {
+            Operation::Write => match rest.next() {
+                Some(value) => Some(value),
+                None => usage_error(
+                    ErrorKind::MissingRequiredArgument,
+                    "WRITE needs a value: lockctl <resource> WRITE <value> [sleep_seconds]",
+                ),
+            },
+            Operation::Read => None,
+        };
+        let hold_text = rest.next();
+        if let Some(extra) = rest.next() {
+            usage_error(
+                ErrorKind::TooManyValues,
+                &format!("unexpected argument {extra:?}: READ takes only [sleep_seconds]"),
+            );
+        }
+        let hold_text = hold_text.unwrap_or_else(|| DEFAULT_HOLD_SECONDS.to_owned());
+        let hold = match parse_seconds(&hold_text) {
+            Ok(hold) => hold,
+            Err(err) => usage_error(
+                ErrorKind::InvalidValue,
+                &format!("invalid sleep_seconds {hold_text:?}: {err}"),
+            ),
+        };
+        LockPlan {
+            resource: self.resource,
+            operation: self.operation,
+            value,
+            hold,
+            hold_text,
+        }
+    }
+}
+
+fn usage_error(kind: ErrorKind, message: &str) -> ! {
+    Cli::command().error(kind, message).exit()
+}
+
+/// Parses a non-negative number of seconds, fractions allowed.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds, e.g. 5 or 0.5".to_owned())?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| "expected a non-negative number of seconds".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("lockctl").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn the_original_command_line_parses() {
+        let cli = parse(&["file_A", "WRITE", "Hello Distributed World", "5"]);
+        let plan = cli.lock.unwrap().plan();
+        assert_eq!(plan.resource, "file_A");
+        assert_eq!(plan.operation, Operation::Write);
+        assert_eq!(plan.value.as_deref(), Some("Hello Distributed World"));
+        assert_eq!(plan.hold, Duration::from_secs(5));
+
+        let plan = parse(&["file_A", "READ"]).lock.unwrap().plan();
+        assert_eq!(
+            (plan.operation, plan.hold_text.as_str()),
+            (Operation::Read, "2")
+        );
+        let plan = parse(&["file_A", "read", "0.5"]).lock.unwrap().plan();
+        assert_eq!(plan.hold, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn options_go_anywhere_and_values_may_start_with_a_dash() {
+        let cli = parse(&[
+            "file_A",
+            "WRITE",
+            "-5",
+            "--server",
+            "h:1",
+            "--timeout",
+            "0.25",
+        ]);
+        assert_eq!(cli.server, "h:1");
+        assert_eq!(cli.timeout, Some(Duration::from_millis(250)));
+        assert_eq!(cli.lock.unwrap().plan().value.as_deref(), Some("-5"));
+        let cli = parse(&["--server", "h:2", "file_A", "WRITE", "--", "-x", "1"]);
+        assert_eq!(cli.server, "h:2");
+        let plan = cli.lock.unwrap().plan();
+        assert_eq!(
+            (plan.value.as_deref(), plan.hold_text.as_str()),
+            (Some("-x"), "1")
+        );
+    }
+
+    #[test]
+    fn subcommands_win_and_lock_names_any_resource() {
+        let cli = parse(&["status"]);
+        assert!(matches!(
+            cli.command,
+            Some(Subcommands::Status { resource: None })
+        ));
+        let cli = parse(&["status", "file_A"]);
+        assert!(
+            matches!(cli.command, Some(Subcommands::Status { resource: Some(r) }) if r == "file_A")
+        );
+        let cli = parse(&["lock", "status", "READ"]);
+        let Some(Subcommands::Lock(args)) = cli.command else {
+            panic!("not a lock command");
+        };
+        assert_eq!(args.resource, "status");
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for args in [
+            &["file_A"][..],
+            &["file_A", "DELETE"],
+            &["file_A", "READ", "1", "2", "3"],
+        ] {
+            let err = Cli::try_parse_from(std::iter::once("lockctl").chain(args.iter().copied()))
+                .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("abc").is_err());
+        assert!(parse_seconds("NaN").is_err());
+    }
+}

@@ -1,0 +1,454 @@
+//! The client connection: a writer task, a reader task that routes replies to waiting calls by
+//! request id, and typed methods for each op.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use protocol::cmd::{
+    Acquire, AcquireOk, Cancel, Hello, HelloOk, Read, ReadOk, Release, ResourceStatus, Status,
+    StatusOk, Write,
+};
+use protocol::frame::{Frame, LineCodec};
+use protocol::{
+    Command, ErrorBody, ErrorCode, FenceToken, Incoming, LockMode, Request, RequestId, ResourceName,
+};
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+
+/// Where lockd listens unless told otherwise.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:5555";
+
+/// How long [`Client::connect`] waits for the TCP handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest reply line the client accepts (a `status` of a busy server can be large).
+const MAX_REPLY_BYTES: usize = 1 << 30;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error("cannot reach lockd at {addr}: {reason}")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// What went wrong, e.g. "connection refused".
+        reason: String,
+    },
+    /// The server answered with an error.
+    #[error("{}", .0.message)]
+    Server(ErrorBody),
+    /// The connection ended before the reply came (server stopped, network failed, or the
+    /// session expired). Any lock this session held is no longer held.
+    #[error("the connection to lockd was lost")]
+    ConnectionLost,
+    /// A name or value was refused before it was sent.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The server sent something this client cannot read.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server's error code, when the server refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server(error) => Some(error.code),
+            _ => None,
+        }
+    }
+}
+
+/// A progress report or the outcome of a waiting acquire.
+#[derive(Debug)]
+pub enum AcquireProgress {
+    /// The request waits in line at this position (1 = next).
+    Queued(u64),
+    /// The acquire finished.
+    Done(Result<AcquireOk, ClientError>),
+}
+
+/// An acquire in flight: read its progress with [`AcquireCall::next`].
+#[derive(Debug)]
+pub struct AcquireCall {
+    id: RequestId,
+    events: mpsc::UnboundedReceiver<u64>,
+    reply: Option<oneshot::Receiver<Reply>>,
+}
+
+impl AcquireCall {
+    /// The request id, for [`Client::cancel`].
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The next `queued` event, or the final outcome. After `Done`, it returns
+    /// `Done(Err(ConnectionLost))` forever.
+    pub async fn next(&mut self) -> AcquireProgress {
+        let Some(reply) = self.reply.as_mut() else {
+            return AcquireProgress::Done(Err(ClientError::ConnectionLost));
+        };
+        tokio::select! {
+            biased;
+            Some(position) = self.events.recv() => AcquireProgress::Queued(position),
+            outcome = reply => {
+                self.reply = None;
+                AcquireProgress::Done(typed(outcome))
+            }
+        }
+    }
+}
+
+/// Stops the keepalive task when dropped.
+#[derive(Debug)]
+pub struct Keepalive(JoinHandle<()>);
+
+impl Drop for Keepalive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type Reply = Result<serde_json::Value, ClientError>;
+
+#[derive(Debug)]
+struct PendingCall {
+    reply: oneshot::Sender<Reply>,
+    events: Option<mpsc::UnboundedSender<u64>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    next_id: AtomicU64,
+    /// Calls waiting for their reply; `None` once the connection is gone, so that no call can
+    /// be registered after the reader has failed the others.
+    pending: Mutex<Option<HashMap<RequestId, PendingCall>>>,
+    outgoing: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, Option<HashMap<RequestId, PendingCall>>> {
+        // A panic while holding this lock would be a bug in this module; the map is still
+        // consistent (every operation on it is a single insert or remove), so keep going.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// A connection to lockd: one session. Cheap to clone; all clones share the connection, which
+/// closes (releasing the session's locks) when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    _tasks: Arc<TaskGuard>,
+}
+
+#[derive(Debug)]
+struct TaskGuard(Vec<JoinHandle<()>>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl Client {
+    /// Connects to lockd at `addr` (`host:port`; a leading `tcp://` is accepted).
+    pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        let target = addr.strip_prefix("tcp://").unwrap_or(addr);
+        let connect_error = |reason: String| ClientError::Connect {
+            addr: target.to_owned(),
+            reason,
+        };
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => return Err(connect_error(describe_io_error(&err))),
+            Err(_) => {
+                return Err(connect_error(format!(
+                    "no answer within {CONNECT_TIMEOUT:?}"
+                )))
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (read_half, mut write_half) = stream.into_split();
+        let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let shared = Arc::new(Shared {
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(Some(HashMap::new())),
+            outgoing,
+        });
+
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(frame) = outgoing_rx.recv().await {
+                batch.extend_from_slice(&frame);
+                while let Ok(frame) = outgoing_rx.try_recv() {
+                    batch.extend_from_slice(&frame);
+                }
+                if write_half.write_all(&batch).await.is_err() {
+                    return;
+                }
+                batch.clear();
+            }
+        });
+        let reader_shared = Arc::clone(&shared);
+        let reader = tokio::spawn(async move {
+            let mut frames = FramedRead::new(read_half, LineCodec::new(MAX_REPLY_BYTES));
+            let failure = loop {
+                match frames.next().await {
+                    Some(Ok(Frame::Line(line))) => {
+                        if let Err(err) = dispatch(&reader_shared, &line) {
+                            break err;
+                        }
+                    }
+                    Some(Ok(Frame::TooLarge)) => {
+                        break ClientError::Protocol("reply larger than 1 GiB".into())
+                    }
+                    Some(Err(_)) | None => break ClientError::ConnectionLost,
+                };
+            };
+            let pending = reader_shared.pending().take();
+            for (_, call) in pending.into_iter().flatten() {
+                let _ = call.reply.send(Err(match &failure {
+                    ClientError::Protocol(message) => ClientError::Protocol(message.clone()),
+                    _ => ClientError::ConnectionLost,
+                }));
+            }
+        });
+        Ok(Client {
+            shared,
+            _tasks: Arc::new(TaskGuard(vec![writer, reader])),
+        })
+    }
+
+    /// `hello`: names this client and asks for a lease (the server clamps it).
+    pub async fn hello(
+        &self,
+        client: Option<&str>,
+        lease_ms: Option<u64>,
+    ) -> Result<HelloOk, ClientError> {
+        self.call(Command::Hello(Hello {
+            client: client.map(str::to_owned),
+            lease_ms,
+        }))
+        .await
+    }
+
+    /// Sends an acquire and returns at once; follow it with [`AcquireCall::next`].
+    pub fn start_acquire(
+        &self,
+        resource: &str,
+        mode: LockMode,
+        timeout: Option<Duration>,
+    ) -> Result<AcquireCall, ClientError> {
+        let command = Command::Acquire(Acquire {
+            resource: name(resource)?,
+            mode,
+            timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        });
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (id, reply) = self.send(command, Some(events_tx))?;
+        Ok(AcquireCall {
+            id,
+            events,
+            reply: Some(reply),
+        })
+    }
+
+    /// `acquire`, waiting as long as it takes (or `timeout`; zero tries once).
+    pub async fn acquire(
+        &self,
+        resource: &str,
+        mode: LockMode,
+        timeout: Option<Duration>,
+    ) -> Result<AcquireOk, ClientError> {
+        let mut call = self.start_acquire(resource, mode, timeout)?;
+        loop {
+            if let AcquireProgress::Done(outcome) = call.next().await {
+                return outcome;
+            }
+        }
+    }
+
+    /// `release` of the lock held with `token`.
+    pub async fn release(&self, resource: &str, token: FenceToken) -> Result<(), ClientError> {
+        let resource = name(resource)?;
+        self.call_empty(Command::Release(Release { resource, token }))
+            .await
+    }
+
+    /// `read` of the resource's value under a lock held with `token`.
+    pub async fn read(
+        &self,
+        resource: &str,
+        token: FenceToken,
+    ) -> Result<Option<String>, ClientError> {
+        let resource = name(resource)?;
+        let ok: ReadOk = self.call(Command::Read(Read { resource, token })).await?;
+        Ok(ok.value)
+    }
+
+    /// `write` of the resource's value under the exclusive lock held with `token`.
+    pub async fn write(
+        &self,
+        resource: &str,
+        token: FenceToken,
+        value: &str,
+    ) -> Result<(), ClientError> {
+        let resource = name(resource)?;
+        self.call_empty(Command::Write(Write {
+            resource,
+            token,
+            value: value.to_owned(),
+        }))
+        .await
+    }
+
+    /// `cancel` of a waiting acquire sent on this connection.
+    pub async fn cancel(&self, target: RequestId) -> Result<(), ClientError> {
+        self.call_empty(Command::Cancel(Cancel { target })).await
+    }
+
+    /// `ping`: keeps the session alive.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        self.call_empty(Command::Ping).await
+    }
+
+    /// `status` of one resource, or of every busy one.
+    pub async fn status(&self, resource: Option<&str>) -> Result<Vec<ResourceStatus>, ClientError> {
+        let resource = resource.map(name).transpose()?;
+        let ok: StatusOk = self.call(Command::Status(Status { resource })).await?;
+        Ok(ok.resources)
+    }
+
+    /// Pings every `every` until the returned guard (or the client) is dropped, so that the
+    /// session outlives long waits and holds. Pick a third of the lease or less.
+    pub fn spawn_keepalive(&self, every: Duration) -> Keepalive {
+        let client = Client {
+            shared: Arc::clone(&self.shared),
+            // The keepalive must not keep the connection open by itself, so it holds no guard
+            // of the reader and writer tasks; it stops when they do.
+            _tasks: Arc::new(TaskGuard(Vec::new())),
+        };
+        Keepalive(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                if let Err(ClientError::ConnectionLost) = client.ping().await {
+                    return;
+                }
+            }
+        }))
+    }
+
+    async fn call<T: DeserializeOwned>(&self, command: Command) -> Result<T, ClientError> {
+        let (_, reply) = self.send(command, None)?;
+        typed(reply.await)
+    }
+
+    async fn call_empty(&self, command: Command) -> Result<(), ClientError> {
+        let (_, reply) = self.send(command, None)?;
+        match reply.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(ClientError::ConnectionLost),
+        }
+    }
+
+    fn send(
+        &self,
+        command: Command,
+        events: Option<mpsc::UnboundedSender<u64>>,
+    ) -> Result<(RequestId, oneshot::Receiver<Reply>), ClientError> {
+        let id = RequestId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut frame = Request { id, command }.to_json();
+        frame.push(b'\n');
+        let (reply_tx, reply_rx) = oneshot::channel();
+        {
+            let mut pending = self.shared.pending();
+            let Some(pending) = pending.as_mut() else {
+                return Err(ClientError::ConnectionLost);
+            };
+            pending.insert(
+                id,
+                PendingCall {
+                    reply: reply_tx,
+                    events,
+                },
+            );
+        }
+        if self.shared.outgoing.send(frame).is_err() {
+            if let Some(pending) = self.shared.pending().as_mut() {
+                pending.remove(&id);
+            }
+            return Err(ClientError::ConnectionLost);
+        }
+        Ok((id, reply_rx))
+    }
+}
+
+/// Routes one frame from the server to the call it answers.
+fn dispatch(shared: &Shared, line: &[u8]) -> Result<(), ClientError> {
+    let incoming = Incoming::parse(line).map_err(|err| ClientError::Protocol(err.to_string()))?;
+    let mut pending = shared.pending();
+    let Some(pending) = pending.as_mut() else {
+        return Ok(());
+    };
+    match incoming {
+        Incoming::Queued { id, position } => {
+            if let Some(events) = pending.get(&id).and_then(|call| call.events.as_ref()) {
+                let _ = events.send(position);
+            }
+        }
+        Incoming::Reply {
+            id: Some(id),
+            result,
+        } => {
+            if let Some(call) = pending.remove(&id) {
+                let _ = call.reply.send(result.map_err(ClientError::Server));
+            }
+        }
+        Incoming::Reply { id: None, result } => {
+            // The server could not read one of our frames: a bug on this side.
+            let message = match result {
+                Err(error) => error.to_string(),
+                Ok(frame) => frame.to_string(),
+            };
+            return Err(ClientError::Protocol(format!(
+                "server could not read a request: {message}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn typed<T: DeserializeOwned>(
+    reply: Result<Reply, oneshot::error::RecvError>,
+) -> Result<T, ClientError> {
+    let frame = reply.map_err(|_| ClientError::ConnectionLost)??;
+    Incoming::result(frame).map_err(|err| ClientError::Protocol(err.to_string()))
+}
+
+fn name(resource: &str) -> Result<ResourceName, ClientError> {
+    ResourceName::new(resource)
+        .map_err(|err| ClientError::InvalidInput(format!("invalid resource name: {err}")))
+}
+
+fn describe_io_error(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        _ => err.to_string(),
+    }
+}

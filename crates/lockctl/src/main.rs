@@ -1,0 +1,277 @@
+//! The `lockctl` binary: takes a lock, holds it, reads or writes, releases; or shows status.
+//!
+//! Output lines are those of the original `lock_client`, one per step, so scripts written for
+//! it keep working. Errors are one line on stderr and a documented exit code.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use lockctl::cli::{Cli, LockPlan, Operation, Subcommands};
+use lockctl::{AcquireProgress, Client, ClientError, ErrorCode, LockMode, ResourceStatus};
+
+/// Exit code when `--timeout` ran out before the lock was granted.
+const EXIT_TIMEOUT: u8 = 3;
+/// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&format!("cannot start the async runtime: {err}")),
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let plan = match (cli.command, cli.lock) {
+        (Some(Subcommands::Status { resource }), _) => {
+            return status(&cli.server, resource.as_deref()).await
+        }
+        (Some(Subcommands::Lock(args)), _) | (None, Some(args)) => args.plan(),
+        (None, None) => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
+    };
+    lock(&cli.server, cli.timeout, plan).await
+}
+
+/// `lockctl <resource> READ|WRITE ...`.
+async fn lock(server: &str, timeout: Option<Duration>, plan: LockPlan) -> ExitCode {
+    let resource = plan.resource.as_str();
+    if let Err(err) = lockctl::ResourceName::new(resource) {
+        return fail(&format!("invalid resource name {resource:?}: {err}"));
+    }
+    println!("REQUESTING lock for resource: {resource}");
+    let client = match connect(server).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let hello = match client.hello(Some(&client_name()), None).await {
+        Ok(hello) => hello,
+        Err(err) => return fail_call(&err, resource),
+    };
+    // Ping at a third of the lease: two pings can be lost before the session expires.
+    let _keepalive = client
+        .spawn_keepalive(Duration::from_millis(hello.lease_ms / 3).max(Duration::from_millis(100)));
+
+    let mode = match plan.operation {
+        Operation::Read => LockMode::Shared,
+        Operation::Write => LockMode::Exclusive,
+    };
+    let mut call = match client.start_acquire(resource, mode, timeout) {
+        Ok(call) => call,
+        Err(err) => return fail_call(&err, resource),
+    };
+    // One signal listener for the whole run, so a signal between two steps is not missed.
+    let interrupt = interrupted();
+    tokio::pin!(interrupt);
+    let mut reported_wait = false;
+    let token = loop {
+        let progress = tokio::select! {
+            progress = call.next() => progress,
+            () = &mut interrupt => {
+                // Closing the connection takes us out of the queue.
+                eprintln!("lockctl: interrupted while waiting for {resource}");
+                return ExitCode::from(EXIT_INTERRUPTED);
+            }
+        };
+        match progress {
+            AcquireProgress::Queued(position) => {
+                if !reported_wait {
+                    println!("WAITING for {resource} (position {position} in queue)");
+                    reported_wait = true;
+                }
+            }
+            AcquireProgress::Done(Ok(granted)) => break granted.token,
+            AcquireProgress::Done(Err(err)) if err.code() == Some(ErrorCode::Timeout) => {
+                let waited = timeout.map_or(0.0, |t| t.as_secs_f64());
+                eprintln!("lockctl: timed out: {resource} was not granted within {waited} seconds");
+                return ExitCode::from(EXIT_TIMEOUT);
+            }
+            AcquireProgress::Done(Err(err)) => return fail_call(&err, resource),
+        }
+    };
+    println!("LOCKED {resource}");
+
+    let work = async {
+        if !plan.hold.is_zero() {
+            println!("Sleeping for {} seconds...", plan.hold_text);
+            tokio::time::sleep(plan.hold).await;
+        }
+        match &plan.value {
+            Some(value) => client
+                .write(resource, token, value)
+                .await
+                .map(|()| format!("WROTE '{value}' to {resource}")),
+            None => client.read(resource, token).await.map(|value| match value {
+                Some(value) => format!("READ from {resource}: {value}"),
+                None => format!("READ from {resource}: (never written)"),
+            }),
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = work => Some(outcome),
+        () = &mut interrupt => None,
+    };
+    let exit = match outcome {
+        Some(Ok(line)) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        // Without a connection there is nothing to release.
+        Some(Err(err @ ClientError::ConnectionLost)) => return fail_call(&err, resource),
+        Some(Err(err)) => fail_call(&err, resource),
+        None => {
+            eprintln!("lockctl: interrupted while holding {resource}; releasing it");
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
+    };
+    match client.release(resource, token).await {
+        Ok(()) => {
+            println!("UNLOCKED {resource}");
+            exit
+        }
+        Err(err) => fail_call(&err, resource),
+    }
+}
+
+/// `lockctl status [resource]`.
+async fn status(server: &str, resource: Option<&str>) -> ExitCode {
+    let client = match connect(server).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    match client.status(resource).await {
+        Ok(resources) => {
+            print!("{}", status_table(&resources));
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(&err.to_string()),
+    }
+}
+
+/// Holders and waiters as an aligned table, one row per holder or waiter.
+fn status_table(resources: &[ResourceStatus]) -> String {
+    let mut rows = vec![[
+        "RESOURCE".to_owned(),
+        "STATE".to_owned(),
+        "SESSION".to_owned(),
+        "MODE".to_owned(),
+        "TOKEN".to_owned(),
+        "FOR".to_owned(),
+    ]];
+    for entry in resources {
+        let name = entry.resource.to_string();
+        if entry.holders.is_empty() && entry.waiters.is_empty() {
+            rows.push([
+                name.clone(),
+                "free".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for holder in &entry.holders {
+            rows.push([
+                name.clone(),
+                "holding".into(),
+                holder.session.to_string(),
+                holder.mode.to_string(),
+                holder.token.to_string(),
+                seconds(holder.held_ms),
+            ]);
+        }
+        for (place, waiter) in entry.waiters.iter().enumerate() {
+            rows.push([
+                name.clone(),
+                format!("waiting #{}", place + 1),
+                waiter.session.to_string(),
+                waiter.mode.to_string(),
+                "-".into(),
+                seconds(waiter.waited_ms),
+            ]);
+        }
+    }
+    if rows.len() == 1 {
+        return "No locks are held or waited for.\n".to_owned();
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|col| {
+            rows.iter()
+                .map(|row| row[col].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+async fn connect(server: &str) -> Result<Client, ExitCode> {
+    Client::connect(server).await.map_err(|err| {
+        fail(&format!(
+            "{err}. Is lockd running? Start it with `lockd --listen {}`, or point \
+             --server / LOCKD_ADDR at it",
+            server.strip_prefix("tcp://").unwrap_or(server)
+        ))
+    })
+}
+
+fn fail_call(err: &ClientError, resource: &str) -> ExitCode {
+    match err {
+        ClientError::Server(body) => fail(&format!("{} ({})", body.message, body.code)),
+        ClientError::ConnectionLost => fail(&format!(
+            "lost the connection to lockd; any lock on {resource} is no longer held"
+        )),
+        other => fail(&other.to_string()),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("lockctl: error: {message}");
+    ExitCode::FAILURE
+}
+
+/// A name for `hello`, so that `status` and the server log can tell clients apart.
+fn client_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
+    format!("lockctl/{}@{host}", std::process::id())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
