@@ -1,0 +1,10 @@
+//! Integration tests of the real `lockd` binary over TCP. One test binary; one module per area.
+
+// A test that unwraps fails loudly with the value in the message, which is what we want here.
+#![allow(clippy::unwrap_used)]
+
+mod ops;
+mod process;
+mod queueing;
+mod sessions;
+mod support;

@@ -1,0 +1,92 @@
+//! The process around the server: start-up line, signals, data directory, bad flags.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{lockd_command, wait_with_patience, Lockd};
+
+#[tokio::test]
+async fn sigterm_and_sigint_close_sessions_and_exit_zero() {
+    for signal in ["TERM", "INT"] {
+        let mut lockd = Lockd::start(&[]);
+        let mut conn = lockd.connect().await;
+        conn.lock(1, "f", "exclusive").await;
+        let status = lockd.signal_and_wait(signal);
+        assert!(status.success(), "SIG{signal}: {status:?}");
+        assert_eq!(
+            conn.try_recv(Duration::from_secs(5)).await,
+            Ok(None),
+            "closed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_second_lockd_on_the_same_data_dir_exits_at_once() {
+    let first = Lockd::start(&[]);
+    let output = lockd_command(&first.data_dir, &[])
+        .output()
+        .expect("lockd runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use by another lockd"), "{stderr}");
+    assert!(
+        stderr.contains(&*first.data_dir.to_string_lossy()),
+        "{stderr}"
+    );
+    // The first one is unaffected.
+    let mut conn = first.connect().await;
+    assert_eq!(conn.call(json!({"id": 1, "op": "ping"})).await["ok"], true);
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_opened_stops_lockd_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let output = lockd_command(&file, &[]).output().expect("lockd runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot open data directory"), "{stderr}");
+    assert!(stderr.contains(&*file.to_string_lossy()), "{stderr}");
+}
+
+#[test]
+fn an_address_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    // lockd_command listens on port 0, so this one is built by hand.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lockd"))
+        .args(["--listen", &addr, "--data-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("lockd runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn inconsistent_lease_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = lockd_command(
+        dir.path(),
+        &["--min-lease-ms", "5000", "--default-lease-ms", "1000"],
+    )
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    let status = wait_with_patience(&mut child);
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("--min-lease-ms"), "{stderr}");
+}

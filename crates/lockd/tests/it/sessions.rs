@@ -1,0 +1,79 @@
+//! Leases: a silent session loses its locks, a pinging one keeps them.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::Lockd;
+
+#[tokio::test]
+async fn a_silent_session_expires_and_a_pinging_one_keeps_its_lock() {
+    let lockd = Lockd::start(&["--min-lease-ms", "100"]);
+    let mut silent = lockd.connect().await;
+    let hello = silent
+        .call(json!({"id": 1, "op": "hello", "lease_ms": 300}))
+        .await;
+    assert_eq!(hello["lease_ms"], 300);
+    silent.lock(2, "s", "exclusive").await;
+
+    let mut pinger = lockd.connect().await;
+    let pinger_session = pinger
+        .call(json!({"id": 1, "op": "hello", "lease_ms": 300}))
+        .await["session"]
+        .clone();
+    pinger.lock(2, "p", "exclusive").await;
+
+    let mut waiter = lockd.connect().await;
+    waiter
+        .send(json!({"id": 1, "op": "acquire", "resource": "s"}))
+        .await;
+    assert_eq!(waiter.recv().await["event"], "queued");
+    waiter
+        .send(json!({"id": 2, "op": "acquire", "resource": "p"}))
+        .await;
+    assert_eq!(waiter.recv().await["event"], "queued");
+
+    // Ping for 900 ms (three leases) at a third of the lease.
+    let started = tokio::time::Instant::now();
+    let mut id = 10;
+    let mut granted_s = None;
+    while started.elapsed() < Duration::from_millis(900) {
+        id += 1;
+        assert_eq!(
+            pinger.call(json!({"id": id, "op": "ping"})).await["ok"],
+            true
+        );
+        if let Ok(Some(frame)) = waiter.try_recv(Duration::from_millis(100)).await {
+            assert!(granted_s.is_none(), "one grant only: {frame}");
+            granted_s = Some(frame);
+        }
+    }
+    let granted = granted_s.expect("the silent session's lock was freed");
+    assert_eq!(
+        (granted["id"].as_u64(), granted["ok"].as_bool()),
+        (Some(1), Some(true))
+    );
+    // The silent session's connection was closed by the server.
+    assert_eq!(silent.try_recv(Duration::from_secs(2)).await, Ok(None));
+    // The pinging session still holds "p", and the waiter still waits for it.
+    let status = pinger
+        .call(json!({"id": 99, "op": "status", "resource": "p"}))
+        .await;
+    let entry = &status["resources"][0];
+    assert_eq!(entry["holders"][0]["session"], pinger_session);
+    assert_eq!(entry["waiters"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_invalid_frame_still_counts_as_a_sign_of_life() {
+    let lockd = Lockd::start(&["--min-lease-ms", "100"]);
+    let mut conn = lockd.connect().await;
+    conn.call(json!({"id": 1, "op": "hello", "lease_ms": 200}))
+        .await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        conn.send_raw(b"garbage\n").await;
+        assert_eq!(conn.recv().await["error"]["code"], "bad_request");
+    }
+    assert_eq!(conn.call(json!({"id": 2, "op": "ping"})).await["ok"], true);
+}

@@ -1,0 +1,183 @@
+//! Test support: the real `lockd` binary on 127.0.0.1:0, and a raw JSON-lines connection.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// How long any single wait in a test may take before the test fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A running `lockd` process, killed when dropped.
+pub struct Lockd {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Removed on drop when the test created it.
+    owned_dir: Option<tempfile::TempDir>,
+}
+
+impl Lockd {
+    /// Starts lockd on a free port with a fresh data directory and extra flags.
+    pub fn start(flags: &[&str]) -> Lockd {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut lockd = Lockd::start_in(dir.path(), flags);
+        lockd.owned_dir = Some(dir);
+        lockd
+    }
+
+    /// Starts lockd on a free port with the given data directory.
+    pub fn start_in(data_dir: &Path, flags: &[&str]) -> Lockd {
+        let mut child = lockd_command(data_dir, flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("lockd binary runs");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut first_line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first_line)
+            .expect("lockd prints its address");
+        let addr = first_line
+            .trim()
+            .strip_prefix("Lock Server started on tcp://")
+            .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
+            .parse()
+            .expect("a socket address");
+        Lockd {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+            owned_dir: None,
+        }
+    }
+
+    pub async fn connect(&self) -> Conn {
+        Conn::connect(self.addr).await
+    }
+
+    /// Sends a signal and waits for the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        wait_with_patience(&mut self.child)
+    }
+}
+
+impl Drop for Lockd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        drop(self.owned_dir.take());
+    }
+}
+
+/// The `lockd` command with `--listen 127.0.0.1:0` and a data dir, not yet spawned.
+pub fn lockd_command(data_dir: &Path, flags: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lockd"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(flags)
+        .stdin(Stdio::null());
+    command
+}
+
+pub fn wait_with_patience(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait works") {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "process did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A raw connection that sends and receives JSON lines.
+pub struct Conn {
+    reader: AsyncBufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).await.expect("connects");
+        let (read, write) = stream.into_split();
+        Conn {
+            reader: AsyncBufReader::new(read),
+            writer: write,
+        }
+    }
+
+    /// Sends raw bytes as they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("write works");
+    }
+
+    /// Sends one JSON frame.
+    pub async fn send(&mut self, frame: Value) {
+        let mut line = serde_json::to_vec(&frame).unwrap();
+        line.push(b'\n');
+        self.send_raw(&line).await;
+    }
+
+    /// The next frame, failing the test after [`PATIENCE`].
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv(PATIENCE)
+            .await
+            .expect("a frame arrives in time")
+            .expect("the connection stays open")
+    }
+
+    /// The next frame within `wait`: `Err` on timeout, `Ok(None)` on EOF.
+    pub async fn try_recv(&mut self, wait: Duration) -> Result<Option<Value>, ()> {
+        let mut line = String::new();
+        match tokio::time::timeout(wait, self.reader.read_line(&mut line)).await {
+            Err(_) => Err(()),
+            Ok(Ok(0)) | Ok(Err(_)) => Ok(None),
+            Ok(Ok(_)) => Ok(Some(serde_json::from_str(&line).unwrap_or_else(|err| {
+                panic!("server sent invalid JSON {line:?}: {err}")
+            }))),
+        }
+    }
+
+    /// Sends a request and returns its reply (the next frame).
+    pub async fn call(&mut self, frame: Value) -> Value {
+        self.send(frame).await;
+        self.recv().await
+    }
+
+    /// Acquires `resource` at once (it must be free) and returns the token.
+    pub async fn lock(&mut self, id: u64, resource: &str, mode: &str) -> u64 {
+        let reply = self
+            .call(json!({"id": id, "op": "acquire", "resource": resource, "mode": mode}))
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        reply["token"].as_u64().expect("a token")
+    }
+
+    /// Asserts nothing arrives for a short while.
+    pub async fn expect_silence(&mut self) {
+        if let Ok(frame) = self.try_recv(Duration::from_millis(100)).await {
+            panic!("expected no frame, got {frame:?}");
+        }
+    }
+}
+
+/// The error code of a failure reply, checking its shape on the way.
+pub fn error_code(reply: &Value) -> &str {
+    assert_eq!(reply["ok"], false, "{reply}");
+    let message = reply["error"]["message"].as_str().expect("a message");
+    assert!(!message.is_empty());
+    reply["error"]["code"].as_str().expect("a code")
+}
