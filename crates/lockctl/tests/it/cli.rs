@@ -1,0 +1,282 @@
+//! The real `lockctl` binary: the original README's examples line for line, exit codes,
+//! signals, and `status`.
+
+use std::time::Duration;
+
+use lockctl::{ErrorCode, LockMode};
+use lockd::core::TableConfig;
+use lockd::server::ServerConfig;
+
+use crate::support::{run_lockctl, stdout_lines, Running, Server};
+
+#[tokio::test]
+async fn example_1_basic_write() {
+    let server = Server::start();
+    let output = run_lockctl(
+        &server.addr_string(),
+        &["file_A", "WRITE", "Hello Distributed World", "1"],
+    )
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        stdout_lines(&output),
+        [
+            "REQUESTING lock for resource: file_A",
+            "LOCKED file_A",
+            "Sleeping for 1 seconds...",
+            "WROTE 'Hello Distributed World' to file_A",
+            "UNLOCKED file_A",
+        ]
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn example_2_a_reader_waits_for_the_writer() {
+    let server = Server::start();
+    let addr = server.addr_string();
+    let mut writer = Running::spawn(&addr, &["file_A", "WRITE", "Shared Resource Test", "1"]);
+    writer.wait_for_line("LOCKED").await;
+    let reader = Running::spawn(&addr, &["file_A", "READ"]);
+    let (writer_code, writer_lines, _) = writer.finish().await;
+    let (reader_code, reader_lines, reader_err) = reader.finish().await;
+    assert_eq!(writer_code, Some(0));
+    assert_eq!(
+        writer_lines,
+        [
+            "REQUESTING lock for resource: file_A",
+            "LOCKED file_A",
+            "Sleeping for 1 seconds...",
+            "WROTE 'Shared Resource Test' to file_A",
+            "UNLOCKED file_A",
+        ]
+    );
+    assert_eq!(reader_code, Some(0), "{reader_err}");
+    assert_eq!(
+        reader_lines,
+        [
+            "REQUESTING lock for resource: file_A",
+            "WAITING for file_A (position 1 in queue)",
+            "LOCKED file_A",
+            "Sleeping for 2 seconds...",
+            "READ from file_A: Shared Resource Test",
+            "UNLOCKED file_A",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn reading_a_value_never_written_and_holding_zero_seconds() {
+    let server = Server::start();
+    let output = run_lockctl(&server.addr_string(), &["fresh", "READ", "0"]).await;
+    assert!(output.status.success());
+    assert_eq!(
+        stdout_lines(&output),
+        [
+            "REQUESTING lock for resource: fresh",
+            "LOCKED fresh",
+            "READ from fresh: (never written)",
+            "UNLOCKED fresh",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sigkill_while_holding_frees_the_lock_at_once() {
+    let server = Server::start();
+    let mut holder = Running::spawn(&server.addr_string(), &["victim", "WRITE", "x", "60"]);
+    holder.wait_for_line("Sleeping").await;
+    let client = server.client().await;
+    let mut call = client
+        .start_acquire("victim", LockMode::Exclusive, Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(matches!(
+        call.next().await,
+        lockctl::AcquireProgress::Queued(1)
+    ));
+    holder.signal("KILL");
+    // Granted long before the 15 s lease could have run out: the closed socket freed it.
+    let lockctl::AcquireProgress::Done(granted) = call.next().await else {
+        panic!("one queued event only");
+    };
+    assert!(granted.is_ok(), "{granted:?}");
+    let (code, lines, _) = holder.finish().await;
+    assert_eq!(code, None, "killed by a signal");
+    assert!(!lines.iter().any(|line| line.starts_with("WROTE")));
+}
+
+#[tokio::test]
+async fn timeout_exits_3_without_locking() {
+    let server = Server::start();
+    let client = server.client().await;
+    client
+        .acquire("held", LockMode::Exclusive, None)
+        .await
+        .unwrap();
+    let output = run_lockctl(&server.addr_string(), &["--timeout", "0.3", "held", "READ"]).await;
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(
+        stdout_lines(&output),
+        [
+            "REQUESTING lock for resource: held",
+            "WAITING for held (position 1 in queue)",
+        ]
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("timed out") && stderr.contains("0.3"),
+        "{stderr}"
+    );
+
+    let output = run_lockctl(
+        &server.addr_string(),
+        &["held", "WRITE", "v", "--timeout", "0"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(3), "try once");
+    assert_eq!(
+        stdout_lines(&output),
+        ["REQUESTING lock for resource: held"]
+    );
+}
+
+#[tokio::test]
+async fn ctrl_c_while_holding_releases_and_exits_130() {
+    let server = Server::start();
+    let mut holder = Running::spawn(&server.addr_string(), &["held", "WRITE", "x", "60"]);
+    holder.wait_for_line("Sleeping").await;
+    holder.signal("INT");
+    let (code, lines, stderr) = holder.finish().await;
+    assert_eq!(code, Some(130), "{stderr}");
+    assert_eq!(lines.last().map(String::as_str), Some("UNLOCKED held"));
+    assert!(!lines.iter().any(|line| line.starts_with("WROTE")));
+    let client = server.client().await;
+    let free = client
+        .acquire("held", LockMode::Exclusive, Some(Duration::ZERO))
+        .await;
+    assert!(free.is_ok(), "{free:?}");
+}
+
+#[tokio::test]
+async fn ctrl_c_while_waiting_leaves_the_queue() {
+    let server = Server::start();
+    let client = server.client().await;
+    client
+        .acquire("busy", LockMode::Exclusive, None)
+        .await
+        .unwrap();
+    let mut waiter = Running::spawn(&server.addr_string(), &["busy", "READ"]);
+    waiter.wait_for_line("WAITING").await;
+    waiter.signal("INT");
+    let (code, lines, _) = waiter.finish().await;
+    assert_eq!(code, Some(130));
+    assert!(!lines.iter().any(|line| line.starts_with("LOCKED")));
+    let status = client.status(Some("busy")).await.unwrap();
+    assert!(status[0].waiters.is_empty(), "{status:?}");
+}
+
+#[tokio::test]
+async fn status_shows_holders_and_waiters_as_a_table() {
+    let server = Server::start();
+    let addr = server.addr_string();
+    let output = run_lockctl(&addr, &["status"]).await;
+    assert_eq!(stdout_lines(&output), ["No locks are held or waited for."]);
+
+    let holder = server.client().await;
+    holder
+        .acquire("jobs/nightly", LockMode::Shared, None)
+        .await
+        .unwrap();
+    let waiter = server.client().await;
+    let _waiting = waiter
+        .start_acquire("jobs/nightly", LockMode::Exclusive, None)
+        .unwrap();
+    // Wait until the server has queued it.
+    while holder.status(Some("jobs/nightly")).await.unwrap()[0]
+        .waiters
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let output = run_lockctl(&addr, &["status"]).await;
+    let lines = stdout_lines(&output);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("RESOURCE"));
+    assert!(lines[1].starts_with("jobs/nightly  holding"), "{lines:?}");
+    assert!(lines[1].contains("shared"));
+    assert!(
+        lines[2].starts_with("jobs/nightly  waiting #1"),
+        "{lines:?}"
+    );
+    assert!(lines[2].contains("exclusive"));
+
+    // `lock` names a resource that shares its name with a subcommand.
+    let output = run_lockctl(&addr, &["lock", "status", "WRITE", "v", "0"]).await;
+    assert_eq!(stdout_lines(&output)[2], "WROTE 'v' to status");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_one_clear_line() {
+    let output = run_lockctl("127.0.0.1:1", &["f", "READ"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.1:1") && stderr.contains("lockd --listen"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn bad_arguments_exit_2_and_server_errors_exit_1() {
+    let server = Server::start_with(ServerConfig {
+        table: TableConfig {
+            max_value_bytes: 16,
+            ..TableConfig::default()
+        },
+        ..ServerConfig::default()
+    });
+    let addr = server.addr_string();
+    for args in [
+        &["f"][..],
+        &["f", "WRITE"],
+        &["f", "READ", "soon"],
+        &["f", "DELETE"],
+    ] {
+        let output = run_lockctl(&addr, args).await;
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
+    }
+    let output = run_lockctl(&addr, &["bad name", "READ"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let big = "x".repeat(17);
+    let output = run_lockctl(&addr, &["f", "WRITE", &big, "0"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(ErrorCode::ValueTooLarge.as_str()),
+        "{stderr}"
+    );
+    assert!(
+        stdout_lines(&output)
+            .last()
+            .unwrap()
+            .starts_with("UNLOCKED"),
+        "still released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_the_server_while_holding_is_reported() {
+    let mut server = Server::start();
+    let mut holder = Running::spawn(&server.addr_string(), &["f", "WRITE", "x", "1"]);
+    holder.wait_for_line("Sleeping").await;
+    tokio::task::block_in_place(|| server.stop());
+    let (code, lines, stderr) = holder.finish().await;
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert!(stderr.contains("lost the connection"), "{stderr}");
+}

@@ -1,0 +1,135 @@
+//! The client library: concurrency on one connection, keepalive, and mutual exclusion under
+//! load.
+
+use std::time::Duration;
+
+use lockctl::{ClientError, ErrorCode, LockMode};
+
+use crate::support::Server;
+
+#[tokio::test]
+async fn many_clients_increment_a_counter_without_losing_an_update() {
+    const CLIENTS: usize = 16;
+    const ROUNDS: usize = 200;
+    let server = Server::start();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(ROUNDS);
+            for _ in 0..ROUNDS {
+                let lock = client.acquire("counter", LockMode::Exclusive, None).await?;
+                let value = client.read("counter", lock.token).await?;
+                let count: u64 = value.as_deref().unwrap_or("0").parse().unwrap();
+                client
+                    .write("counter", lock.token, &(count + 1).to_string())
+                    .await?;
+                client.release("counter", lock.token).await?;
+                seen.push((lock.token, count));
+            }
+            Ok::<_, ClientError>(seen)
+        }));
+    }
+    let mut history = Vec::new();
+    for task in tasks {
+        history.extend(task.await.unwrap().unwrap());
+    }
+    // Ordered by fencing token, the counts read must be 0, 1, 2, ...: every holder saw the
+    // previous holder's write, and tokens grew with every grant.
+    history.sort();
+    let counts: Vec<u64> = history.iter().map(|(_, count)| *count).collect();
+    let expected: Vec<u64> = (0..(CLIENTS * ROUNDS) as u64).collect();
+    assert_eq!(counts, expected);
+
+    let client = server.client().await;
+    let lock = client
+        .acquire("counter", LockMode::Shared, None)
+        .await
+        .unwrap();
+    let total = client.read("counter", lock.token).await.unwrap();
+    assert_eq!(total, Some((CLIENTS * ROUNDS).to_string()));
+}
+
+#[tokio::test]
+async fn one_connection_holds_and_waits_for_many_locks_at_once() {
+    let server = Server::start();
+    let blocker = server.client().await;
+    let held = blocker
+        .acquire("b", LockMode::Exclusive, None)
+        .await
+        .unwrap();
+    let client = server.client().await;
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.acquire("b", LockMode::Exclusive, None).await })
+    };
+    // While that waits, the same connection takes and uses other locks.
+    for name in ["c", "d", "e"] {
+        let lock = client
+            .acquire(name, LockMode::Exclusive, None)
+            .await
+            .unwrap();
+        client.write(name, lock.token, name).await.unwrap();
+    }
+    blocker.release("b", held.token).await.unwrap();
+    let granted = waiting.await.unwrap().unwrap();
+    assert!(granted.token > held.token);
+}
+
+#[tokio::test]
+async fn cancel_withdraws_a_waiting_acquire() {
+    let server = Server::start();
+    let blocker = server.client().await;
+    blocker
+        .acquire("b", LockMode::Exclusive, None)
+        .await
+        .unwrap();
+    let client = server.client().await;
+    let mut call = client.start_acquire("b", LockMode::Shared, None).unwrap();
+    assert!(matches!(
+        call.next().await,
+        lockctl::AcquireProgress::Queued(1)
+    ));
+    client.cancel(call.id()).await.unwrap();
+    let lockctl::AcquireProgress::Done(Err(err)) = call.next().await else {
+        panic!("expected the acquire to fail");
+    };
+    assert_eq!(err.code(), Some(ErrorCode::Cancelled));
+}
+
+#[tokio::test]
+async fn keepalive_holds_a_lock_past_its_lease_and_silence_loses_it() {
+    let server = Server::start_with_short_leases();
+    let kept = server.client().await;
+    assert_eq!(
+        kept.hello(Some("kept"), Some(200)).await.unwrap().lease_ms,
+        200
+    );
+    let _keepalive = kept.spawn_keepalive(Duration::from_millis(60));
+    kept.acquire("k", LockMode::Exclusive, None).await.unwrap();
+
+    let silent = server.client().await;
+    silent.hello(Some("silent"), Some(200)).await.unwrap();
+    silent
+        .acquire("s", LockMode::Exclusive, None)
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let other = server.client().await;
+    let k = other
+        .acquire("k", LockMode::Exclusive, Some(Duration::ZERO))
+        .await;
+    assert_eq!(
+        k.unwrap_err().code(),
+        Some(ErrorCode::Timeout),
+        "still held"
+    );
+    let s = other
+        .acquire("s", LockMode::Exclusive, Some(Duration::ZERO))
+        .await;
+    assert!(s.is_ok(), "the silent session expired: {s:?}");
+    // The expired session learns it on its next call.
+    let err = silent.ping().await.unwrap_err();
+    assert!(matches!(err, ClientError::ConnectionLost), "{err:?}");
+}

@@ -1,0 +1,188 @@
+//! Test support: an in-process lockd on its own runtime thread, and `lockctl` runs.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use lockd::core::TableConfig;
+use lockd::server::{self, ServerConfig};
+
+/// A lockd server on 127.0.0.1:0, stopped (sessions closed) when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(ServerConfig::default())
+    }
+
+    /// A server whose leases may be as short as 100 ms.
+    pub fn start_with_short_leases() -> Server {
+        Server::start_with(ServerConfig {
+            table: TableConfig {
+                min_lease: Duration::from_millis(100),
+                ..TableConfig::default()
+            },
+            ..ServerConfig::default()
+        })
+    }
+
+    pub fn start_with(config: ServerConfig) -> Server {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                server::run(listener, config, async {
+                    let _ = shutdown_rx.await;
+                })
+                .await;
+            });
+        });
+        Server {
+            addr: addr_rx.recv().unwrap(),
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub async fn client(&self) -> lockctl::Client {
+        lockctl::Client::connect(&self.addr_string()).await.unwrap()
+    }
+
+    /// Stops the server now (as if it went away), closing every session.
+    pub fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `lockctl` pointed at `addr` through LOCKD_ADDR.
+pub fn lockctl(addr: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lockctl"));
+    command
+        .args(args)
+        .env("LOCKD_ADDR", addr)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs lockctl to the end on a blocking thread (so the async server and clients go on).
+pub async fn run_lockctl(addr: &str, args: &[&str]) -> Output {
+    let mut command = lockctl(addr, args);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A lockctl running in the background whose stdout is read line by line.
+pub struct Running {
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Running {
+    pub fn spawn(addr: &str, args: &[&str]) -> Running {
+        let mut child = lockctl(addr, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 10 s) until a stdout line starts with `prefix`.
+    pub async fn wait_for_line(&mut self, prefix: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                let found = line.starts_with(prefix);
+                self.seen.push(line);
+                if found {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no line starting with {prefix:?}; saw {:?}",
+                self.seen
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit; returns the exit code, every stdout line and stderr.
+    pub async fn finish(mut self) -> (Option<i32>, Vec<String>, String) {
+        let mut child = self.child;
+        let (status, stderr) = tokio::task::spawn_blocking(move || {
+            let status = child.wait().unwrap();
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+            }
+            (status, stderr)
+        })
+        .await
+        .unwrap();
+        // The reader thread ends at EOF, after the process exits.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (status.code(), self.seen, stderr)
+    }
+}
+
+pub fn stdout_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
