@@ -1,24 +1,35 @@
-//! The driver: one task that owns the lock table and is the only code that calls it.
+//! The driver: one task that owns the lock table and the store, and is the only code that
+//! calls them.
 //!
 //! Connections send it [`DriverMsg`]s over one channel; it feeds them to the table with the
-//! current time, replies through each connection's outbox, delivers the table's effects, and
-//! sleeps until the table's next deadline. Owning the table in one task (rather than sharing it
-//! behind a mutex) gives every input a single total order, which is what makes grants strictly
-//! FIFO and tokens strictly increasing without any further locking.
+//! current time, delivers the table's effects, and sleeps until the table's next deadline.
+//! Owning the table in one task (rather than sharing it behind a mutex) gives every input a
+//! single total order, which is what makes grants strictly FIFO and tokens strictly increasing
+//! without any further locking.
+//!
+//! The driver works in turns: it takes every message already waiting, runs them against the
+//! table, commits what they wrote (values, and a token reservation when the table asks for one)
+//! in one durable batch, and only then sends the turn's frames. So no reply can reveal state
+//! that a crash could still lose, and writes that arrive together share one fsync (group
+//! commit). While a commit runs, new messages queue up and form the next turn.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk};
-use protocol::{Command, ErrorCode, ReplyBody, Request, RequestId, ServerFrame, SessionId};
+use protocol::{
+    Command, ErrorCode, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::connection::Outbox;
 use crate::core::{Acquired, Effect, LockError, LockTable};
+use crate::store::{CommitBatch, Store};
 
 /// A message from a connection (or the accept loop) to the driver.
 #[derive(Debug)]
@@ -50,25 +61,57 @@ struct ConnectionHandle {
     close: CancellationToken,
 }
 
-/// Owns the table and the outboxes of all open sessions.
+/// A write made this turn, to commit before its reply goes out (or to undo if that fails).
 #[derive(Debug)]
+struct TurnWrite {
+    resource: ResourceName,
+    value: Arc<str>,
+    previous: Option<Arc<str>>,
+    /// Index of its reply in `Driver::outgoing`.
+    reply: usize,
+}
+
+/// Owns the table, the store and the outboxes of all open sessions.
 pub(crate) struct Driver {
     table: LockTable,
+    /// `None` only while a commit runs on the blocking pool.
+    store: Option<Box<dyn Store>>,
     connections: HashMap<SessionId, ConnectionHandle>,
     server_name: String,
+    /// Frames produced this turn, sent once the turn's commit is durable.
+    outgoing: Vec<(SessionId, ServerFrame)>,
+    /// Values written this turn, in order.
+    writes: Vec<TurnWrite>,
+    /// `read` replies this turn that returned a value written earlier in the same turn, so
+    /// they can be withdrawn if that write fails (indexes in `outgoing`).
+    reads_of_writes: Vec<usize>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("table", &self.table)
+            .field("connections", &self.connections.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Driver {
-    pub(crate) fn new(table: LockTable) -> Driver {
+    pub(crate) fn new(table: LockTable, store: Box<dyn Store>) -> Driver {
         Driver {
             table,
+            store: Some(store),
             connections: HashMap::new(),
             server_name: format!("lockd {}", env!("CARGO_PKG_VERSION")),
+            outgoing: Vec::new(),
+            writes: Vec::new(),
+            reads_of_writes: Vec::new(),
         }
     }
 
     /// Runs until every sender of `inbox` is gone, which happens after the server has stopped
-    /// accepting and every connection task has ended.
+    /// accepting and every connection task has ended. Every turn, including the last, is
+    /// committed before it returns; the store closes when the driver is dropped.
     pub(crate) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<DriverMsg>) {
         loop {
             let deadline = self.table.next_deadline();
@@ -76,7 +119,7 @@ impl Driver {
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { break };
                     self.handle(msg);
-                    // Take whatever else is already waiting before looking at the clock again.
+                    // Take whatever else is already waiting: one turn, one commit.
                     while let Ok(msg) = inbox.try_recv() {
                         self.handle(msg);
                     }
@@ -85,6 +128,88 @@ impl Driver {
                     self.table.handle_timeout(now());
                     self.deliver_effects();
                 }
+            }
+            self.finish_turn().await;
+        }
+    }
+
+    /// Commits the turn's writes and token reservation, then sends the turn's frames. If the
+    /// commit fails, the writes are undone and every reply that depended on them becomes an
+    /// `internal` error; locks keep working.
+    async fn finish_turn(&mut self) {
+        let batch = CommitBatch {
+            values: self
+                .writes
+                .iter()
+                .map(|write| (write.resource.clone(), Arc::clone(&write.value)))
+                .collect(),
+            tokens_reserved: self.table.tokens_wanted(),
+        };
+        if !batch.is_empty() {
+            let reserved = batch.tokens_reserved;
+            match self.commit(batch).await {
+                Ok(()) => {
+                    if let Some(reserved) = reserved {
+                        debug!(reserved, "fencing tokens reserved");
+                        self.table.handle_tokens_reserved(now(), reserved);
+                        self.deliver_effects();
+                    }
+                }
+                Err(message) => self.fail_turn_writes(&message),
+            }
+        }
+        self.writes.clear();
+        self.reads_of_writes.clear();
+        for (session, frame) in self.outgoing.drain(..) {
+            if let Some(connection) = self.connections.get(&session) {
+                connection.outbox.send(frame);
+            }
+        }
+    }
+
+    /// Runs the store's blocking commit on the blocking pool, so the async threads keep
+    /// reading requests (which then form the next turn).
+    async fn commit(&mut self, batch: CommitBatch) -> Result<(), String> {
+        let Some(mut store) = self.store.take() else {
+            return Err("the store is unavailable after an earlier failure".to_owned());
+        };
+        let outcome = tokio::task::spawn_blocking(move || {
+            let result = store.commit(&batch);
+            (store, result)
+        })
+        .await;
+        match outcome {
+            Ok((store, result)) => {
+                self.store = Some(store);
+                result.map_err(|err| err.to_string())
+            }
+            // The commit panicked and took the store with it: every later write fails too.
+            Err(err) => Err(format!("the store failed: {err}")),
+        }
+    }
+
+    fn fail_turn_writes(&mut self, message: &str) {
+        error!(
+            error = message,
+            writes = self.writes.len(),
+            "commit failed: this turn's writes are undone and answered with `internal`"
+        );
+        let failure = |id| {
+            ServerFrame::error(
+                Some(id),
+                ErrorCode::Internal,
+                format!("the value was not saved: {message}"),
+            )
+        };
+        for write in self.writes.drain(..).rev() {
+            self.table.revert_write(&write.resource, write.previous);
+            if let Some(id) = frame_id(&self.outgoing[write.reply].1) {
+                self.outgoing[write.reply].1 = failure(id);
+            }
+        }
+        for reply in self.reads_of_writes.drain(..) {
+            if let Some(id) = frame_id(&self.outgoing[reply].1) {
+                self.outgoing[reply].1 = failure(id);
             }
         }
     }
@@ -120,8 +245,7 @@ impl Driver {
                     op = request.command.op(),
                     "request"
                 );
-                let frame = self.execute(now, session, request);
-                self.send(session, frame);
+                self.execute(now, session, request);
                 self.deliver_effects();
             }
             DriverMsg::Activity { session } => self.table.touch(now(), session),
@@ -135,15 +259,10 @@ impl Driver {
         }
     }
 
-    /// Runs one request against the table and returns the frame to send back at once: its
+    /// Runs one request against the table and queues the frame to send back this turn: its
     /// reply, or for an acquire that has to wait, its `queued` event (the reply comes later as
     /// an effect).
-    fn execute(
-        &mut self,
-        now: std::time::Instant,
-        session: SessionId,
-        request: Request,
-    ) -> ServerFrame {
+    fn execute(&mut self, now: std::time::Instant, session: SessionId, request: Request) {
         let id = request.id;
         let result = match request.command {
             Command::Hello(hello) => self
@@ -171,7 +290,8 @@ impl Driver {
                         Ok(ReplyBody::Acquired(AcquireOk { token, mode }))
                     }
                     Ok(Acquired::Queued { position }) => {
-                        return ServerFrame::Queued { id, position }
+                        self.send(session, ServerFrame::Queued { id, position });
+                        return;
                     }
                     Err(err) => Err(err),
                 }
@@ -181,18 +301,34 @@ impl Driver {
                 .handle_release(now, session, &release.resource, release.token)
                 .map(|()| ReplyBody::EMPTY),
             Command::Read(read) => {
-                self.table
-                    .read(session, &read.resource, read.token)
-                    .map(|value| {
-                        ReplyBody::Value(ReadOk {
-                            value: value.map(str::to_owned),
-                        })
+                let result = self.table.read(session, &read.resource, read.token);
+                if result.is_ok() && self.writes.iter().any(|w| w.resource == read.resource) {
+                    self.reads_of_writes.push(self.outgoing.len());
+                }
+                result.map(|value| {
+                    ReplyBody::Value(ReadOk {
+                        value: value.map(str::to_owned),
                     })
+                })
             }
-            Command::Write(write) => self
-                .table
-                .handle_write(session, &write.resource, write.token, write.value)
-                .map(|()| ReplyBody::EMPTY),
+            Command::Write(write) => {
+                let value: Arc<str> = Arc::from(write.value);
+                let result = self.table.handle_write(
+                    session,
+                    &write.resource,
+                    write.token,
+                    Arc::clone(&value),
+                );
+                result.map(|previous| {
+                    self.writes.push(TurnWrite {
+                        resource: write.resource,
+                        value,
+                        previous,
+                        reply: self.outgoing.len(),
+                    });
+                    ReplyBody::EMPTY
+                })
+            }
             Command::Cancel(cancel) => self
                 .table
                 .handle_cancel(now, session, cancel.target)
@@ -202,7 +338,7 @@ impl Driver {
                 resources: self.table.status(now, status.resource.as_ref()),
             })),
         };
-        reply_frame(id, result)
+        self.send(session, reply_frame(id, result));
     }
 
     fn deliver_effects(&mut self) {
@@ -242,10 +378,16 @@ impl Driver {
         }
     }
 
+    /// Queues a frame for the end of the turn.
     fn send(&mut self, session: SessionId, frame: ServerFrame) {
-        if let Some(connection) = self.connections.get(&session) {
-            connection.outbox.send(frame);
-        }
+        self.outgoing.push((session, frame));
+    }
+}
+
+fn frame_id(frame: &ServerFrame) -> Option<RequestId> {
+    match frame {
+        ServerFrame::Ok { id, .. } | ServerFrame::Queued { id, .. } => Some(*id),
+        ServerFrame::Err { id, .. } => *id,
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod core;
 pub mod data_dir;
 pub mod server;
+pub mod store;
 
 mod connection;
 mod driver;

@@ -9,7 +9,7 @@ use clap::builder::TypedValueParser;
 use clap::Parser;
 use lockd::core::TableConfig;
 use lockd::data_dir::DataDir;
-use lockd::server::{self, ServerConfig, DEFAULT_MAX_IN_FLIGHT};
+use lockd::server::{Server, ServerConfig, DEFAULT_MAX_IN_FLIGHT};
 use protocol::cmd::DEFAULT_MAX_VALUE_BYTES;
 use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use tokio::net::TcpListener;
@@ -119,6 +119,10 @@ async fn serve(args: Args, config: ServerConfig) -> ExitCode {
         Ok(data_dir) => data_dir,
         Err(err) => return fail(err.to_string()),
     };
+    let server = match Server::open(config, data_dir.path()) {
+        Ok(server) => server,
+        Err(err) => return fail(err.to_string()),
+    };
     let listener = match TcpListener::bind(&args.listen).await {
         Ok(listener) => listener,
         Err(err) => return fail(format!("cannot listen on {}: {err}", args.listen)),
@@ -138,12 +142,10 @@ async fn serve(args: Args, config: ServerConfig) -> ExitCode {
     tracing::info!(
         %addr,
         data_dir = %data_dir.path().display(),
-        max_frame_bytes = config.max_frame_bytes,
-        max_value_bytes = config.table.max_value_bytes,
         "lockd {} ready",
         env!("CARGO_PKG_VERSION")
     );
-    server::run(listener, config, shutdown_signal()).await;
+    server.run(listener, shutdown_signal()).await;
     tracing::info!("stopped");
     drop(data_dir);
     ExitCode::SUCCESS

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use lockd::core::TableConfig;
-use lockd::server::{self, ServerConfig};
+use lockd::server::{Server as LockServer, ServerConfig};
 
 /// A lockd server on 127.0.0.1:0, stopped (sessions closed) when dropped.
 pub struct Server {
@@ -40,14 +40,18 @@ impl Server {
                 .enable_all()
                 .build()
                 .unwrap();
+            let data_dir = tempfile::tempdir().unwrap();
+            let server = LockServer::open(config, data_dir.path()).unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                server::run(listener, config, async {
-                    let _ = shutdown_rx.await;
-                })
-                .await;
+                server
+                    .run(listener, async {
+                        let _ = shutdown_rx.await;
+                    })
+                    .await;
             });
+            drop(data_dir);
         });
         Server {
             addr: addr_rx.recv().unwrap(),

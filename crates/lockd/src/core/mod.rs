@@ -9,7 +9,7 @@ mod session;
 mod table;
 
 pub use effect::{Effect, LockError, WaitFailure};
-pub use table::{Acquired, LockTable, TableConfig};
+pub use table::{Acquired, LockTable, TableConfig, TOKEN_BLOCK, TOKEN_LOW_WATER};
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,8 @@
 //!
 //! The queue decides who may hold the lock next and nothing else; the table around it keeps
 //! sessions, tokens and deadlines. Invariant, true between calls: the first waiter (if any)
-//! cannot be granted, so a new request may skip the queue only when it is empty.
+//! cannot be granted (or waits for a token reservation), so a new request may skip the queue
+//! only when it is empty.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -74,11 +75,17 @@ impl LockQueue {
     /// anything leaves, this grants every waiter that became grantable, in arrival order, and
     /// stops at the first one that must keep waiting: a later reader never overtakes a writer.
     pub(crate) fn pop_grantable(&mut self) -> Option<(Ticket, Waiter)> {
-        let (_, first) = self.waiters.first_key_value()?;
-        if !self.compatible_with_holders(first.mode) {
+        if !self.has_grantable() {
             return None;
         }
         self.waiters.pop_first()
+    }
+
+    /// Whether the first waiter could be granted now.
+    pub(crate) fn has_grantable(&self) -> bool {
+        self.waiters
+            .first_key_value()
+            .is_some_and(|(_, first)| self.compatible_with_holders(first.mode))
     }
 
     pub(crate) fn holders(&self) -> impl Iterator<Item = (FenceToken, &Holder)> {

@@ -8,6 +8,7 @@
 //! table command by command.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::cmd::{HolderStatus, ResourceStatus, WaiterStatus};
@@ -53,6 +54,14 @@ pub enum Acquired {
     },
 }
 
+/// How many tokens a reservation covers. A restarted server skips what is left of the last
+/// block, so blocks are large enough to cost one fsync per million grants and small enough that
+/// a u64 never runs out (2^44 restarts).
+pub const TOKEN_BLOCK: u64 = 1 << 20;
+
+/// Ask for the next block when fewer tokens than this are left, long before they run out.
+pub const TOKEN_LOW_WATER: u64 = TOKEN_BLOCK / 2;
+
 /// Something the table must act on at a given instant.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Deadline {
@@ -78,35 +87,54 @@ pub struct LockTable {
     config: TableConfig,
     queues: HashMap<ResourceName, LockQueue>,
     /// Values outlive locks, so they live apart from the queues (which are dropped when idle).
-    values: HashMap<ResourceName, String>,
+    values: HashMap<ResourceName, Arc<str>>,
     sessions: HashMap<SessionId, Session>,
     deadlines: BTreeSet<(Instant, Deadline)>,
     effects: VecDeque<Effect>,
     next_session: u64,
     next_token: u64,
+    /// The highest token that may be handed out: the durable reservation. No grant goes past
+    /// it; a grant that would is held back (see `stalled`) until the driver has made a new
+    /// reservation durable and called `handle_tokens_reserved`.
+    token_limit: u64,
+    /// Resources whose next grant waits for a token reservation.
+    stalled: BTreeSet<ResourceName>,
     next_ticket: u64,
 }
 
 impl LockTable {
-    /// An empty table whose first grant gets token 1.
+    /// An empty table whose first grant gets token 1 and that never asks for a token
+    /// reservation: for uses where nothing is durable, such as tests.
     pub fn new(config: TableConfig) -> LockTable {
-        LockTable::with_first_token(config, FenceToken(1))
+        LockTable::restore(config, HashMap::new(), 0).with_unlimited_tokens()
     }
 
-    /// An empty table whose first grant gets `first_token` (greater than 0), for a server that
-    /// restarts above the tokens it handed out before.
-    pub fn with_first_token(config: TableConfig, first_token: FenceToken) -> LockTable {
+    /// A table that starts from durable state: the stored values, and the highest token a
+    /// previous run may have handed out. Its first grant is above that token, and it hands out
+    /// none until a reservation is made durable (see [`tokens_wanted`](Self::tokens_wanted)).
+    pub fn restore(
+        config: TableConfig,
+        values: HashMap<ResourceName, Arc<str>>,
+        tokens_reserved: u64,
+    ) -> LockTable {
         LockTable {
             config,
             queues: HashMap::new(),
-            values: HashMap::new(),
+            values,
             sessions: HashMap::new(),
             deadlines: BTreeSet::new(),
             effects: VecDeque::new(),
             next_session: 1,
-            next_token: first_token.0.max(1),
+            next_token: tokens_reserved.saturating_add(1),
+            token_limit: tokens_reserved,
+            stalled: BTreeSet::new(),
             next_ticket: 0,
         }
+    }
+
+    fn with_unlimited_tokens(mut self) -> LockTable {
+        self.token_limit = u64::MAX;
+        self
     }
 
     /// The settings the table runs with.
@@ -225,7 +253,8 @@ impl LockTable {
             return Err(LockError::DuplicateRequestId(request));
         }
         let queue = self.queues.entry(resource.clone()).or_default();
-        if queue.can_grant_now(mode) {
+        let has_token = self.next_token <= self.token_limit;
+        if queue.can_grant_now(mode) && has_token {
             let token = FenceToken(self.next_token);
             self.next_token += 1;
             queue.add_holder(
@@ -265,6 +294,10 @@ impl LockTable {
         if let Some(deadline) = deadline {
             self.deadlines
                 .insert((deadline, Deadline::WaitTimeout(resource.clone(), ticket)));
+        }
+        if !has_token && position == 1 {
+            // Free, but no token may be handed out until a reservation is durable.
+            self.stalled.insert(resource.clone());
         }
         session.waits.insert(request, resource.clone());
         session
@@ -331,17 +364,19 @@ impl LockTable {
         token: FenceToken,
     ) -> Result<Option<&str>, LockError> {
         self.held_mode(session_id, resource, token)?;
-        Ok(self.values.get(resource).map(String::as_str))
+        Ok(self.values.get(resource).map(|value| &**value))
     }
 
     /// `write`: replaces the value, for the session holding the exclusive lock with `token`.
+    /// Returns the value it replaced, so that a write that could not be made durable can be
+    /// undone with [`revert_write`](Self::revert_write).
     pub fn handle_write(
         &mut self,
         session_id: SessionId,
         resource: &ResourceName,
         token: FenceToken,
-        value: String,
-    ) -> Result<(), LockError> {
+        value: Arc<str>,
+    ) -> Result<Option<Arc<str>>, LockError> {
         if value.len() > self.config.max_value_bytes {
             return Err(LockError::ValueTooLarge(
                 value.len(),
@@ -351,8 +386,36 @@ impl LockTable {
         if self.held_mode(session_id, resource, token)? != LockMode::Exclusive {
             return Err(LockError::NotExclusive(resource.clone()));
         }
-        self.values.insert(resource.clone(), value);
-        Ok(())
+        Ok(self.values.insert(resource.clone(), value))
+    }
+
+    /// Puts back the value a [`handle_write`](Self::handle_write) replaced. The driver calls it,
+    /// newest write first, for the writes of a batch whose commit failed.
+    pub fn revert_write(&mut self, resource: &ResourceName, previous: Option<Arc<str>>) {
+        match previous {
+            Some(value) => self.values.insert(resource.clone(), value),
+            None => self.values.remove(resource),
+        };
+    }
+
+    // ---- Fencing-token reservations ------------------------------------------------------
+
+    /// The reservation to make durable now, if the tokens left under the current one are
+    /// running low: the new highest token that may be handed out. Ask after every input.
+    pub fn tokens_wanted(&self) -> Option<u64> {
+        let issued = self.next_token - 1;
+        let left = self.token_limit.saturating_sub(issued);
+        (self.token_limit != u64::MAX && left < TOKEN_LOW_WATER)
+            .then(|| issued.saturating_add(TOKEN_BLOCK))
+    }
+
+    /// A reservation up to `reserved` is durable: tokens up to it may be handed out. Grants
+    /// that waited for it are made now.
+    pub fn handle_tokens_reserved(&mut self, now: Instant, reserved: u64) {
+        self.token_limit = self.token_limit.max(reserved);
+        for resource in std::mem::take(&mut self.stalled) {
+            self.grant_waiters(now, &resource);
+        }
     }
 
     // ---- Time ----------------------------------------------------------------------------
@@ -513,7 +576,16 @@ impl LockTable {
         let Some(queue) = self.queues.get_mut(resource) else {
             return;
         };
-        while let Some((ticket, waiter)) = queue.pop_grantable() {
+        loop {
+            if self.next_token > self.token_limit {
+                if queue.has_grantable() {
+                    self.stalled.insert(resource.clone());
+                }
+                break;
+            }
+            let Some((ticket, waiter)) = queue.pop_grantable() else {
+                break;
+            };
             let token = FenceToken(self.next_token);
             self.next_token += 1;
             if let Some(deadline) = waiter.deadline {

@@ -1,10 +1,13 @@
 //! Lock table tests on a fake clock: each feeds inputs at hand-picked instants and checks the
 //! exact replies and effects.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 
+use super::table::TOKEN_BLOCK;
 use super::*;
 
 use LockMode::{Exclusive as X, Shared as S};
@@ -324,14 +327,71 @@ fn tokens_strictly_increase_over_every_grant() {
 }
 
 #[test]
-fn first_token_can_start_above_earlier_grants() {
-    let mut table = LockTable::with_first_token(TableConfig::default(), FenceToken(1 << 20));
+fn a_restored_table_grants_above_the_old_reservation_once_a_new_one_is_durable() {
+    let values = [(name("f"), Arc::from("kept"))].into_iter().collect();
+    let mut table = LockTable::restore(TableConfig::default(), values, 1000);
     let now = Instant::now();
     let s = table.open_session(now);
+    assert_eq!(table.tokens_wanted(), Some(1000 + TOKEN_BLOCK));
+    // Free, but no token is durable yet: the acquire waits instead of reusing a token.
     assert_eq!(
         table.handle_acquire(now, s, RequestId(1), name("f"), X, None),
-        Ok(granted_now(1 << 20))
+        Ok(queued(1))
     );
+    assert_eq!(table.poll_effect(), None);
+    table.handle_tokens_reserved(now, 1000 + TOKEN_BLOCK);
+    assert_eq!(table.poll_effect(), Some(granted(s, 1, "f", 1001, X)));
+    assert_eq!(table.tokens_wanted(), None);
+    assert_eq!(
+        table.read(s, &name("f"), FenceToken(1001)),
+        Ok(Some("kept"))
+    );
+}
+
+#[test]
+fn grants_pause_when_reserved_tokens_run_out_and_resume_in_order() {
+    let mut table = LockTable::restore(TableConfig::default(), HashMap::new(), 0);
+    let now = Instant::now();
+    table.handle_tokens_reserved(now, 2);
+    assert_eq!(
+        table.tokens_wanted(),
+        Some(TOKEN_BLOCK),
+        "running low: ask early"
+    );
+    let [a, b, c, d] = [(); 4].map(|()| table.open_session(now));
+    let acquire = |table: &mut LockTable, s, resource: &str| {
+        table.handle_acquire(now, s, RequestId(1), name(resource), X, None)
+    };
+    assert_eq!(acquire(&mut table, a, "f"), Ok(granted_now(1)));
+    assert_eq!(acquire(&mut table, b, "g"), Ok(granted_now(2)));
+    assert_eq!(acquire(&mut table, c, "f"), Ok(queued(1)));
+    assert_eq!(acquire(&mut table, d, "h"), Ok(queued(1)), "no token left");
+    table
+        .handle_release(now, a, &name("f"), FenceToken(1))
+        .unwrap();
+    assert_eq!(table.poll_effect(), None, "c must wait for tokens too");
+    table.handle_tokens_reserved(now, TOKEN_BLOCK);
+    let effects: Vec<_> = std::iter::from_fn(|| table.poll_effect()).collect();
+    assert_eq!(
+        effects,
+        vec![granted(c, 1, "f", 3, X), granted(d, 1, "h", 4, X)]
+    );
+}
+
+#[test]
+fn a_write_can_be_reverted_to_what_it_replaced() {
+    let mut h = harness();
+    let s = h.session();
+    h.acquire(s, 1, "f", X);
+    let f = name("f");
+    let first = h.table.handle_write(s, &f, FenceToken(1), Arc::from("one"));
+    assert_eq!(first, Ok(None));
+    let second = h.table.handle_write(s, &f, FenceToken(1), Arc::from("two"));
+    assert_eq!(second, Ok(Some(Arc::from("one"))));
+    h.table.revert_write(&f, Some(Arc::from("one")));
+    assert_eq!(h.table.read(s, &f, FenceToken(1)), Ok(Some("one")));
+    h.table.revert_write(&f, None);
+    assert_eq!(h.table.read(s, &f, FenceToken(1)), Ok(None));
 }
 
 #[test]
@@ -393,16 +453,16 @@ fn values_need_the_lock_and_outlive_it() {
     h.acquire(a, 1, "f", X);
     assert_eq!(h.table.read(a, &f, FenceToken(1)), Ok(None));
     assert_eq!(
-        h.table.handle_write(b, &f, FenceToken(1), "x".into()),
+        h.table.handle_write(b, &f, FenceToken(1), Arc::from("x")),
         Err(LockError::NotHeld(f.clone(), FenceToken(1)))
     );
     assert_eq!(
         h.table
-            .handle_write(a, &f, FenceToken(1), "123456789".into()),
+            .handle_write(a, &f, FenceToken(1), Arc::from("123456789")),
         Err(LockError::ValueTooLarge(9, 8))
     );
     h.table
-        .handle_write(a, &f, FenceToken(1), "12345678".into())
+        .handle_write(a, &f, FenceToken(1), Arc::from("12345678"))
         .unwrap();
     h.release(a, "f", 1).unwrap();
     assert_eq!(
@@ -413,7 +473,7 @@ fn values_need_the_lock_and_outlive_it() {
     h.acquire(b, 1, "f", S);
     assert_eq!(h.table.read(b, &f, FenceToken(2)), Ok(Some("12345678")));
     assert_eq!(
-        h.table.handle_write(b, &f, FenceToken(2), "y".into()),
+        h.table.handle_write(b, &f, FenceToken(2), Arc::from("y")),
         Err(LockError::NotExclusive(f.clone()))
     );
 }

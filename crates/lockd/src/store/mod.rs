@@ -1,0 +1,57 @@
+//! Durable state: resource values and the fencing-token reservation.
+//!
+//! Only two things outlive a lockd process: each resource's value, and the highest fencing token
+//! the server may have handed out. Everything else (sessions, holders, queues) is memory and
+//! ends with the process, so every lock is free after a restart.
+//!
+//! The driver hands the store one [`CommitBatch`] per turn of its loop (everything that turn
+//! wrote), and sends the replies that depend on it only after [`Store::commit`] returns `Ok`.
+//! That is group commit: the writes of many sessions that arrive together share one fsync,
+//! and a lone writer gets its own at once.
+
+mod redb_store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use protocol::ResourceName;
+
+pub use self::redb_store::{RedbStore, DB_FILE};
+
+/// What a store holds when it is opened.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every value ever written and not since replaced.
+    pub values: HashMap<ResourceName, Arc<str>>,
+    /// The highest token the server may have handed out (0 for a new store): the next server
+    /// starts above it.
+    pub tokens_reserved: u64,
+}
+
+/// The durable effects of one turn of the driver, committed atomically.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CommitBatch {
+    /// New values, in the order they were written (a later entry for the same resource wins).
+    pub values: Vec<(ResourceName, Arc<str>)>,
+    /// A new token reservation to record, if the table asked for one.
+    pub tokens_reserved: Option<u64>,
+}
+
+impl CommitBatch {
+    /// True when there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.tokens_reserved.is_none()
+    }
+}
+
+/// Why the store failed; the message names the file and the cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// Where values and the token reservation are kept. Implementations must make a batch durable
+/// (on disk, synced) before `commit` returns `Ok`, and must apply it all or not at all.
+pub trait Store: Send + 'static {
+    /// Makes `batch` durable. On error nothing of it may be visible after a restart.
+    fn commit(&mut self, batch: &CommitBatch) -> Result<(), StoreError>;
+}
