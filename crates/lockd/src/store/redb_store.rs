@@ -25,7 +25,10 @@ const TOKENS_RESERVED: &str = "tokens_reserved";
 /// A store in a redb database file.
 #[derive(Debug)]
 pub struct RedbStore {
-    db: Database,
+    /// `None` after a failed commit: redb refuses every later transaction after an I/O error
+    /// ("close and re-open the database"), so the next commit opens the file again, which
+    /// also recovers it to the last durable commit.
+    db: Option<Database>,
     path: PathBuf,
 }
 
@@ -39,7 +42,7 @@ impl RedbStore {
         };
         let db = Database::create(&path).map_err(|err| fail("open the store", &err))?;
         let mut store = RedbStore {
-            db,
+            db: Some(db),
             path: path.clone(),
         };
         // Create the tables on first use, so a read-only open below always finds them.
@@ -52,8 +55,8 @@ impl RedbStore {
         Ok((store, snapshot))
     }
 
-    fn read_all(&self) -> Result<Snapshot, redb::Error> {
-        let txn = self.db.begin_read()?;
+    fn read_all(&mut self) -> Result<Snapshot, redb::Error> {
+        let txn = self.database()?.begin_read()?;
         let mut snapshot = Snapshot::default();
         for entry in txn.open_table(VALUES)?.iter()? {
             let (name, value) = entry?;
@@ -68,8 +71,21 @@ impl RedbStore {
         Ok(snapshot)
     }
 
+    /// The open database, opening the file again first if an earlier commit failed.
+    fn database(&mut self) -> Result<&Database, redb::Error> {
+        let db = match self.db.take() {
+            Some(db) => db,
+            None => {
+                let db = Database::create(&self.path)?;
+                tracing::info!(path = %self.path.display(), "store reopened after a failed commit");
+                db
+            }
+        };
+        Ok(self.db.insert(db))
+    }
+
     fn try_commit(&mut self, batch: &CommitBatch) -> Result<(), redb::Error> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.database()?.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
             let mut values = txn.open_table(VALUES)?;
@@ -88,8 +104,10 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn commit(&mut self, batch: &CommitBatch) -> Result<(), StoreError> {
-        self.try_commit(batch)
-            .map_err(|err| StoreError(format!("cannot write {}: {err}", self.path.display())))
+        self.try_commit(batch).map_err(|err| {
+            self.db = None;
+            StoreError(format!("cannot write {}: {err}", self.path.display()))
+        })
     }
 }
 

@@ -34,9 +34,14 @@ impl Lockd {
 
     /// Starts lockd on a free port with the given data directory.
     pub fn start_in(data_dir: &Path, flags: &[&str]) -> Lockd {
-        let mut child = lockd_command(data_dir, flags)
+        Lockd::spawn(&mut lockd_command(data_dir, flags), data_dir)
+    }
+
+    /// Runs `command`, which must end up exec-ing lockd, and waits for its start-up line.
+    pub fn spawn(command: &mut Command, data_dir: &Path) -> Lockd {
+        let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("lockd binary runs");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -47,7 +52,7 @@ impl Lockd {
         let addr = first_line
             .trim()
             .strip_prefix("Lock Server started on tcp://")
-            .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
+            .unwrap_or_else(|| panic!("unexpected first line {first_line:?} (stderr above)"))
             .parse()
             .expect("a socket address");
         Lockd {
