@@ -368,3 +368,72 @@ async fn a_full_disk_fails_writes_and_lockd_recovers_when_space_returns() {
     let status = lockd.signal_and_wait("TERM");
     assert!(status.success(), "{status:?}");
 }
+
+/// A store that records how many values each commit carried, and can hold commits back.
+struct GatedStore {
+    inner: RedbStore,
+    commits: Arc<Mutex<Vec<usize>>>,
+    open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Store for GatedStore {
+    fn commit(&mut self, batch: &CommitBatch) -> Result<(), StoreError> {
+        let (open, changed) = &*self.open;
+        let mut guard = open.lock().unwrap();
+        while !*guard {
+            guard = changed.wait(guard).unwrap();
+        }
+        drop(guard);
+        if !batch.values.is_empty() {
+            self.commits.lock().unwrap().push(batch.values.len());
+        }
+        self.inner.commit(batch)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_arrive_during_a_commit_share_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, snapshot) = RedbStore::open(dir.path()).unwrap();
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+    let store = GatedStore {
+        inner: store,
+        commits: Arc::clone(&commits),
+        open: Arc::clone(&open),
+    };
+    let server = Server::with_store(ServerConfig::default(), Box::new(store), snapshot).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(listener, async {
+        let _ = stop_rx.await;
+    }));
+
+    const WRITERS: usize = 10;
+    let mut conns = Vec::new();
+    for i in 0..=WRITERS {
+        let mut conn = Conn::connect(addr).await;
+        let token = conn.lock(1, &format!("r{i}"), "exclusive").await;
+        conns.push((conn, token));
+    }
+    // Hold the disk: the first write's commit blocks, and the others arrive meanwhile.
+    *open.0.lock().unwrap() = false;
+    for (i, (conn, token)) in conns.iter_mut().enumerate() {
+        conn.send(json!({"id": 2, "op": "write", "resource": format!("r{i}"), "token": token, "value": "v"}))
+            .await;
+        if i == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *open.0.lock().unwrap() = true;
+    open.1.notify_all();
+    for (conn, _) in &mut conns {
+        assert_eq!(conn.recv().await, json!({"id": 2, "ok": true}));
+    }
+    // One fsync for the lone first writer, one for the ten that queued behind it.
+    assert_eq!(*commits.lock().unwrap(), vec![1, WRITERS]);
+    stop_tx.send(()).unwrap();
+    running.await.unwrap();
+}

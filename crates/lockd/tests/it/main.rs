@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod durability;
+mod fsync;
 mod ops;
 mod process;
 mod queueing;
