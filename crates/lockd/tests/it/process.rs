@@ -54,6 +54,22 @@ fn a_data_dir_that_cannot_be_opened_stops_lockd_with_its_path() {
 }
 
 #[test]
+fn a_store_file_that_is_not_ours_stops_lockd_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join(lockd::store::DB_FILE);
+    std::fs::write(&store, "someone else's file").unwrap();
+    let output = lockd_command(dir.path(), &[]).output().expect("lockd runs");
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "it never said it started");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&*store.to_string_lossy()), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&store).unwrap(),
+        "someone else's file"
+    );
+}
+
+#[test]
 fn an_address_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
