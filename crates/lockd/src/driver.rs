@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk};
+use protocol::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk, ValidateOk};
 use protocol::{
     Command, ErrorCode, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
 };
@@ -333,6 +333,9 @@ impl Driver {
                 .table
                 .handle_cancel(now, session, cancel.target)
                 .map(|()| ReplyBody::EMPTY),
+            Command::Validate(validate) => Ok(ReplyBody::Validated(ValidateOk {
+                valid: self.table.validate(&validate.resource, validate.token),
+            })),
             Command::Ping => Ok(ReplyBody::EMPTY),
             Command::Status(status) => Ok(ReplyBody::Status(StatusOk {
                 resources: self.table.status(now, status.resource.as_ref()),

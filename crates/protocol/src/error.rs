@@ -55,6 +55,8 @@ error_codes! {
     NotHeld = "not_held": "The session holds no lock on this resource with this token.",
     /// A `write` was attempted under a shared lock.
     NotExclusive = "not_exclusive": "A `write` was attempted under a shared lock; writing needs the exclusive lock.",
+    /// Waiting for this lock would close a cycle of sessions waiting for each other.
+    Deadlock = "deadlock": "Waiting for this lock would close a cycle of sessions that wait for each other; the message names the cycle, and nothing was queued.",
     /// The server failed in a way that is not the client's fault.
     Internal = "internal": "The server failed in a way that is not the client's fault; the message says what happened.",
 }

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk};
+use crate::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk, ValidateOk};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::ids::RequestId;
 
@@ -24,6 +24,8 @@ pub enum ReplyBody {
     Value(ReadOk),
     /// `status`.
     Status(StatusOk),
+    /// `validate`.
+    Validated(ValidateOk),
 }
 
 impl ReplyBody {

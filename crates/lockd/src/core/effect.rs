@@ -86,6 +86,15 @@ pub enum LockError {
     /// A value over the size limit.
     #[error("the value is {0} bytes; the limit is {1}")]
     ValueTooLarge(usize, usize),
+    /// Waiting would close a cycle of sessions waiting for each other; the text names it.
+    #[error("acquiring {resource} would deadlock: {cycle}")]
+    Deadlock {
+        /// The resource asked for.
+        resource: ResourceName,
+        /// The cycle, e.g. "session 1 waits for b held by session 2; session 2 waits for a
+        /// held by session 1".
+        cycle: String,
+    },
     /// `cancel` named no waiting acquire of this session.
     #[error("no acquire with id {0} is waiting on this connection")]
     NoSuchWaiter(RequestId),
@@ -107,6 +116,7 @@ impl LockError {
             LockError::NotHeld(..) => ErrorCode::NotHeld,
             LockError::NotExclusive(_) => ErrorCode::NotExclusive,
             LockError::ValueTooLarge(..) => ErrorCode::ValueTooLarge,
+            LockError::Deadlock { .. } => ErrorCode::Deadlock,
             LockError::NoSuchWaiter(_) | LockError::DuplicateRequestId(_) => ErrorCode::BadRequest,
             LockError::SessionGone => ErrorCode::Internal,
         }

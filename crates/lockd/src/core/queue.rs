@@ -96,6 +96,38 @@ impl LockQueue {
         self.waiters.values()
     }
 
+    /// Whether a holder has this token.
+    pub(crate) fn is_held_with(&self, token: FenceToken) -> bool {
+        self.holders.contains_key(&token)
+    }
+
+    /// The mode of a waiter still in line.
+    pub(crate) fn waiter_mode(&self, ticket: Ticket) -> Option<LockMode> {
+        self.waiters.get(&ticket).map(|waiter| waiter.mode)
+    }
+
+    /// Everyone a request in `mode` waits for: holders it conflicts with, and waiters ahead of
+    /// it (before `ticket`, or all of them for a request not yet queued) that it conflicts with,
+    /// since they will be granted first. `true` marks a holder.
+    pub(crate) fn blockers(
+        &self,
+        ticket: Option<Ticket>,
+        mode: LockMode,
+    ) -> impl Iterator<Item = (SessionId, bool)> + '_ {
+        let holders = self
+            .holders
+            .values()
+            .filter(move |holder| conflicts(holder.mode, mode))
+            .map(|holder| (holder.session, true));
+        let ahead = self
+            .waiters
+            .iter()
+            .take_while(move |(t, _)| ticket.is_none_or(|ticket| **t < ticket))
+            .filter(move |(_, waiter)| conflicts(waiter.mode, mode))
+            .map(|(_, waiter)| (waiter.session, false));
+        holders.chain(ahead)
+    }
+
     fn compatible_with_holders(&self, mode: LockMode) -> bool {
         match mode {
             LockMode::Exclusive => self.holders.is_empty(),
@@ -107,4 +139,9 @@ impl LockQueue {
                 .is_none_or(|holder| holder.mode == LockMode::Shared),
         }
     }
+}
+
+/// Whether two modes cannot hold the lock at the same time.
+fn conflicts(a: LockMode, b: LockMode) -> bool {
+    a == LockMode::Exclusive || b == LockMode::Exclusive
 }

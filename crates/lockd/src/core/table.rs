@@ -277,6 +277,22 @@ impl LockTable {
             }
             return Err(LockError::Timeout(resource));
         }
+        // Only a session that already holds or waits for something can be waited for, so a
+        // first lock costs no graph walk.
+        if !session.resources.is_empty() {
+            if let Some(cycle) = self.find_wait_cycle(session_id, &resource, mode) {
+                if self.queues.get(&resource).is_some_and(LockQueue::is_idle) {
+                    self.queues.remove(&resource);
+                }
+                return Err(LockError::Deadlock { resource, cycle });
+            }
+        }
+        let (Some(session), Some(queue)) = (
+            self.sessions.get_mut(&session_id),
+            self.queues.get_mut(&resource),
+        ) else {
+            return Err(LockError::SessionGone);
+        };
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
         // A timeout too large to represent as an instant waits forever, like no timeout.
@@ -352,6 +368,13 @@ impl LockTable {
         };
         self.end_wait(now, &resource, ticket, WaitFailure::Cancelled);
         Ok(())
+    }
+
+    /// `validate`: whether a current holder of `resource` holds it with `token`.
+    pub fn validate(&self, resource: &ResourceName, token: FenceToken) -> bool {
+        self.queues
+            .get(resource)
+            .is_some_and(|queue| queue.is_held_with(token))
     }
 
     // ---- Values --------------------------------------------------------------------------
@@ -497,6 +520,63 @@ impl LockTable {
         }
     }
 
+    /// Whether `session`, queueing for `resource` in `mode`, would wait (through a chain of
+    /// sessions each waiting for the next) for itself. Returns the cycle as text if so.
+    ///
+    /// The wait-for graph is never stored: edges are read off the queues. A session waits for
+    /// every holder its request conflicts with and every conflicting waiter ahead of it. Only a
+    /// new wait can close a cycle (grants and departures only remove edges), and any new cycle
+    /// runs through the new waiter, so a search from its blockers back to it is enough.
+    fn find_wait_cycle(
+        &self,
+        session: SessionId,
+        resource: &ResourceName,
+        mode: LockMode,
+    ) -> Option<String> {
+        // For each session reached: the session it was reached from, on which resource, and
+        // whether as a holder (or as a waiter ahead).
+        let mut reached: HashMap<SessionId, (SessionId, ResourceName, bool)> = HashMap::new();
+        let mut frontier = Vec::new();
+        let queue = self.queues.get(resource)?;
+        for (blocker, held) in queue.blockers(None, mode) {
+            if blocker == session {
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(entry) = reached.entry(blocker) {
+                entry.insert((session, resource.clone(), held));
+                frontier.push(blocker);
+            }
+        }
+        while let Some(waiting) = frontier.pop() {
+            let Some(state) = self.sessions.get(&waiting) else {
+                continue;
+            };
+            for (name, involvement) in &state.resources {
+                let Involvement::Waiting { ticket, .. } = *involvement else {
+                    continue;
+                };
+                let Some(queue) = self.queues.get(name) else {
+                    continue;
+                };
+                let Some(waiting_mode) = queue.waiter_mode(ticket) else {
+                    continue;
+                };
+                for (blocker, held) in queue.blockers(Some(ticket), waiting_mode) {
+                    if blocker == session {
+                        reached.insert(session, (waiting, name.clone(), held));
+                        return Some(describe_cycle(session, &reached));
+                    }
+                    if let std::collections::hash_map::Entry::Vacant(entry) = reached.entry(blocker)
+                    {
+                        entry.insert((waiting, name.clone(), held));
+                        frontier.push(blocker);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     fn held_mode(
         &self,
         session_id: SessionId,
@@ -622,6 +702,28 @@ impl LockTable {
             self.queues.remove(resource);
         }
     }
+}
+
+/// "session 1 waits for b held by session 2; session 2 waits for a held by session 1", walking
+/// the `reached` links back from `start` to itself.
+fn describe_cycle(
+    start: SessionId,
+    reached: &HashMap<SessionId, (SessionId, ResourceName, bool)>,
+) -> String {
+    let mut steps = Vec::new();
+    let mut blocker = start;
+    while let Some((waiter, resource, held)) = reached.get(&blocker) {
+        let how = if *held { "held by" } else { "queued behind" };
+        steps.push(format!(
+            "session {waiter} waits for {resource} {how} session {blocker}"
+        ));
+        blocker = *waiter;
+        if blocker == start || steps.len() > reached.len() {
+            break;
+        }
+    }
+    steps.reverse();
+    steps.join("; ")
 }
 
 fn millis_since(now: Instant, since: Instant) -> u64 {

@@ -552,3 +552,128 @@ fn status_lists_holders_and_waiters_with_their_ages() {
     assert_eq!(idle.len(), 1);
     assert!(idle[0].holders.is_empty() && idle[0].waiters.is_empty());
 }
+
+fn deadlock(result: Result<Acquired, LockError>) -> String {
+    match result {
+        Err(LockError::Deadlock { cycle, .. }) => cycle,
+        other => panic!("expected a deadlock, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_two_session_cycle_is_refused_and_nothing_changes() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    h.acquire(a, 1, "f", X);
+    h.acquire(b, 1, "g", X);
+    assert_eq!(h.acquire(a, 2, "g", X), queued(1));
+    let cycle = deadlock(h.try_acquire(b, 2, "f", X, None));
+    assert_eq!(
+        cycle,
+        format!("session {b} waits for f held by session {a}; session {a} waits for g held by session {b}")
+    );
+    assert_eq!(h.waiters("f"), vec![], "nothing was queued");
+    assert_eq!(h.waiters("g"), vec![a]);
+    // Once the cycle is broken, the same request queues normally.
+    h.table.handle_cancel(h.now, a, RequestId(2)).unwrap();
+    h.effects();
+    assert_eq!(h.acquire(b, 3, "f", X), queued(1));
+}
+
+#[test]
+fn a_three_session_cycle_is_refused() {
+    let mut h = harness();
+    let [a, b, c] = [h.session(), h.session(), h.session()];
+    h.acquire(a, 1, "ra", X);
+    h.acquire(b, 1, "rb", X);
+    h.acquire(c, 1, "rc", X);
+    assert_eq!(h.acquire(a, 2, "rb", X), queued(1));
+    assert_eq!(h.acquire(b, 2, "rc", X), queued(1));
+    let cycle = deadlock(h.try_acquire(c, 2, "ra", X, None));
+    assert_eq!(
+        cycle,
+        format!(
+            "session {c} waits for ra held by session {a}; session {a} waits for rb held by \
+             session {b}; session {b} waits for rc held by session {c}"
+        )
+    );
+}
+
+#[test]
+fn a_cycle_through_shared_locks_is_refused() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    h.acquire(a, 1, "f", S);
+    h.acquire(b, 1, "g", X);
+    // b's exclusive request conflicts with a's shared hold...
+    assert_eq!(h.acquire(b, 2, "f", X), queued(1));
+    // ...and a's shared request conflicts with b's exclusive hold.
+    let cycle = deadlock(h.try_acquire(a, 2, "g", S, None));
+    assert!(
+        cycle.contains(&format!("session {b} waits for f held by session {a}")),
+        "{cycle}"
+    );
+}
+
+#[test]
+fn a_cycle_through_a_waiter_ahead_in_line_is_refused() {
+    let mut h = harness();
+    let [holder, a, b] = [h.session(), h.session(), h.session()];
+    h.acquire(holder, 1, "f", X);
+    // a holds nothing, but waits for f ahead of b, so b waits for a as well as for the holder.
+    assert_eq!(h.acquire(a, 1, "f", X), queued(1));
+    h.acquire(b, 1, "g", X);
+    assert_eq!(h.acquire(b, 2, "f", X), queued(2));
+    let cycle = deadlock(h.try_acquire(a, 2, "g", X, None));
+    assert!(
+        cycle.contains(&format!("waits for f queued behind session {a}")),
+        "{cycle}"
+    );
+}
+
+#[test]
+fn chains_that_only_look_like_cycles_are_not_deadlocks() {
+    let mut h = harness();
+    let [a, b, c] = [h.session(), h.session(), h.session()];
+    // Readers never wait for each other.
+    h.acquire(a, 1, "f", S);
+    h.acquire(b, 1, "g", S);
+    assert_eq!(h.acquire(a, 2, "g", S), granted_now(3));
+    assert_eq!(h.acquire(b, 2, "f", S), granted_now(4));
+    // d waits for a and b, and a waits for c: a chain, not a cycle, since c waits for nobody.
+    let d = h.session();
+    h.acquire(d, 1, "x", X);
+    h.acquire(c, 1, "h", X);
+    assert_eq!(h.acquire(a, 3, "h", X), queued(1));
+    assert_eq!(h.acquire(d, 2, "f", X), queued(1));
+    // Two shared waiters behind the same writer do not wait for each other.
+    let [w, r1, r2] = [h.session(), h.session(), h.session()];
+    h.acquire(w, 1, "k", X);
+    h.acquire(r1, 1, "m", X);
+    assert_eq!(h.acquire(r1, 2, "k", S), queued(1));
+    assert_eq!(h.acquire(r2, 1, "k", S), queued(2));
+    assert_eq!(
+        h.acquire(r2, 2, "m", S),
+        queued(1),
+        "r2 waits for r1 via m only"
+    );
+}
+
+#[test]
+fn validate_recognises_only_current_holders_tokens() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    let f = name("f");
+    h.acquire(a, 1, "f", S);
+    h.acquire(b, 1, "f", S);
+    assert!(h.table.validate(&f, FenceToken(1)));
+    assert!(h.table.validate(&f, FenceToken(2)));
+    assert!(!h.table.validate(&f, FenceToken(3)));
+    assert!(!h.table.validate(&name("g"), FenceToken(1)));
+    h.release(a, "f", 1).unwrap();
+    assert!(
+        !h.table.validate(&f, FenceToken(1)),
+        "a released token is stale"
+    );
+    assert!(h.table.validate(&f, FenceToken(2)));
+}

@@ -140,3 +140,56 @@ async fn closing_a_connection_frees_its_locks_and_queue_places_at_once() {
     assert_eq!(entry["holders"].as_array().unwrap().len(), 1);
     assert_eq!(entry["waiters"], json!([]));
 }
+
+#[tokio::test]
+async fn a_deadlock_between_two_clients_is_refused_with_the_cycle_named() {
+    let lockd = Lockd::start(&[]);
+    let mut a = lockd.connect().await;
+    let mut b = lockd.connect().await;
+    let session_a = a.call(json!({"id": 1, "op": "hello"})).await["session"].clone();
+    let session_b = b.call(json!({"id": 1, "op": "hello"})).await["session"].clone();
+    a.lock(2, "file_A", "exclusive").await;
+    let b_token = b.lock(2, "file_B", "exclusive").await;
+    a.send(json!({"id": 3, "op": "acquire", "resource": "file_B"}))
+        .await;
+    assert_eq!(a.recv().await["event"], "queued");
+    let refused = b
+        .call(json!({"id": 3, "op": "acquire", "resource": "file_A"}))
+        .await;
+    assert_eq!(error_code(&refused), "deadlock");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "session {session_b} waits for file_A held by session {session_a}"
+        )) && message.contains(&format!(
+            "session {session_a} waits for file_B held by session {session_b}"
+        )),
+        "{message}"
+    );
+    // b's refused request left no trace: when b lets go of file_B, a gets it.
+    let release = json!({"id": 4, "op": "release", "resource": "file_B", "token": b_token});
+    assert_eq!(b.call(release).await["ok"], true);
+    assert_eq!(a.recv().await["ok"], true);
+}
+
+#[tokio::test]
+async fn any_session_can_validate_a_fencing_token() {
+    let lockd = Lockd::start(&[]);
+    let mut holder = lockd.connect().await;
+    let mut downstream = lockd.connect().await;
+    let token = holder.lock(1, "db", "exclusive").await;
+    let check = |token: u64| json!({"id": 9, "op": "validate", "resource": "db", "token": token});
+    assert_eq!(
+        downstream.call(check(token)).await,
+        json!({"id": 9, "ok": true, "valid": true})
+    );
+    assert_eq!(downstream.call(check(token + 1)).await["valid"], false);
+    holder
+        .call(json!({"id": 2, "op": "release", "resource": "db", "token": token}))
+        .await;
+    assert_eq!(
+        downstream.call(check(token)).await["valid"],
+        false,
+        "released: stale"
+    );
+}

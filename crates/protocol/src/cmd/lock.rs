@@ -1,4 +1,4 @@
-//! Lock commands: `acquire`, `release`, `cancel` and `status`.
+//! Lock commands: `acquire`, `release`, `cancel`, `validate` and `status`.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,23 @@ pub struct Release {
 pub struct Cancel {
     /// The `id` of the waiting acquire.
     pub target: RequestId,
+}
+
+/// `validate`: whether `token` is the token of a current holder of `resource`. Any session may
+/// ask, so a downstream service can check a writer's fencing token before it accepts a write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validate {
+    /// The resource.
+    pub resource: ResourceName,
+    /// The token to check.
+    pub token: FenceToken,
+}
+
+/// The result of `validate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidateOk {
+    /// True when a current holder of the resource holds it with that token.
+    pub valid: bool,
 }
 
 /// `status`: who holds and who waits.

@@ -13,8 +13,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 pub use self::lock::{
-    Acquire, AcquireOk, Cancel, HolderStatus, Release, ResourceStatus, Status, StatusOk,
-    WaiterStatus,
+    Acquire, AcquireOk, Cancel, HolderStatus, Release, ResourceStatus, Status, StatusOk, Validate,
+    ValidateOk, WaiterStatus,
 };
 pub use self::session::{Hello, HelloOk};
 pub use self::value::{Read, ReadOk, Write, DEFAULT_MAX_VALUE_BYTES};
@@ -48,6 +48,8 @@ pub enum Command {
     Write(Write),
     /// Withdraw a waiting acquire.
     Cancel(Cancel),
+    /// Check a fencing token against the current holders.
+    Validate(Validate),
     /// Keep the session alive.
     Ping,
     /// List holders and waiters.
@@ -64,6 +66,7 @@ impl Command {
             Command::Read(_) => "read",
             Command::Write(_) => "write",
             Command::Cancel(_) => "cancel",
+            Command::Validate(_) => "validate",
             Command::Ping => "ping",
             Command::Status(_) => "status",
         }
@@ -187,6 +190,10 @@ impl RawRequest<'_> {
             "cancel" => Command::Cancel(Cancel {
                 target: RequestId(self.target.ok_or_else(|| missing("target", "a u64"))?),
             }),
+            "validate" => Command::Validate(Validate {
+                resource: resource(self.resource)?,
+                token: token(self.token)?,
+            }),
             "ping" => Command::Ping,
             "status" => Command::Status(Status {
                 resource: self.resource.map(|name| valid_name(&name)).transpose()?,
@@ -196,7 +203,7 @@ impl RawRequest<'_> {
                     ErrorCode::UnknownOp,
                     format!(
                         "unknown op {other:?}; expected one of hello, acquire, release, read, \
-                         write, cancel, ping, status"
+                         write, cancel, validate, ping, status"
                     ),
                 ))
             }

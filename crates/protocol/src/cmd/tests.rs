@@ -70,6 +70,13 @@ fn parses_every_op() {
                 target: RequestId(9),
             }),
         ),
+        (
+            r#"{"id":1,"op":"validate","resource":"f","token":9}"#,
+            Command::Validate(Validate {
+                resource: name("f"),
+                token: FenceToken(9),
+            }),
+        ),
         (r#"{"id":1,"op":"ping"}"#, Command::Ping),
         (
             r#"{"id":1,"op":"status"}"#,
