@@ -13,10 +13,33 @@ Examples:
   lockctl file_A WRITE \"Hello Distributed World\" 5   hold file_A exclusively for 5 s, then write
   lockctl file_A READ                                hold file_A shared for 2 s, then read
   lockctl --timeout 0.5 file_A READ                  give up (exit 3) after waiting 0.5 s
+  lockctl run jobs/nightly -- ./nightly.sh           run a command under the lock
+  lockctl run -n jobs/nightly -- ./nightly.sh        ...or skip it (exit 1) if the lock is taken
   lockctl status                                     who holds and who waits, everywhere
   lockctl lock status READ                           a resource that is named `status`
+  lockctl completions bash > /etc/bash_completion.d/lockctl
 
-Exit codes: 0 done, 1 error, 2 bad arguments, 3 timed out waiting, 130 interrupted.";
+Exit codes: 0 done, 1 error, 2 bad arguments, 3 timed out waiting, 130 interrupted.
+`lockctl run` exits with the command's own code; see `lockctl run --help`.";
+
+const RUN_AFTER_HELP: &str = "\
+The command runs with LOCKD_RESOURCE (the resource) and LOCKD_TOKEN (the fencing token) in its
+environment. SIGINT, SIGTERM and SIGHUP are passed on to it. The lock is released when it exits.
+
+Exit codes:
+  the command's     when it ran (128 + N when it was killed by signal N)
+  1 (-E N to set)   the lock was not granted within -w, or at once with -n
+  75 (--lost-exit-code N to set)
+                    the lock was lost while the command ran (lockd went away or the session
+                    expired): the command got SIGTERM, then SIGKILL after --kill-after seconds
+  127               the command could not be started
+  2                 bad arguments
+
+Examples:
+  lockctl run jobs/nightly -- ./nightly.sh
+  lockctl run -w 60 db/migrate -- ./migrate.sh up
+  lockctl run -n -E 0 cron/report -- ./report.sh    # skip quietly when another run holds it
+  lockctl run -s config -- cat /etc/app.conf";
 
 /// lockctl: take turns on named resources through lockd.
 ///
@@ -37,7 +60,7 @@ pub struct Cli {
     pub server: String,
 
     /// Give up after waiting this many seconds for the lock (fractions allowed; 0 = try once).
-    #[arg(long, global = true, value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, short = 'w', global = true, value_name = "SECS", value_parser = parse_seconds)]
     pub timeout: Option<Duration>,
 
     #[command(subcommand)]
@@ -58,6 +81,39 @@ pub enum Subcommands {
     /// Take a lock: the long form of `lockctl <resource> ...`, for a resource whose name is
     /// also a subcommand (`lockctl lock status READ`).
     Lock(LockArgs),
+    /// Run a command while holding a lock, like flock(1) across machines.
+    #[command(after_help = RUN_AFTER_HELP)]
+    Run(RunArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `lockctl run [options] RESOURCE -- COMMAND [ARGS...]`; the flags follow flock(1).
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Take a shared lock instead of the exclusive one.
+    #[arg(short, long)]
+    pub shared: bool,
+    /// Fail at once (exit with the conflict code) if the lock is not free.
+    #[arg(short, long)]
+    pub nonblock: bool,
+    /// Exit code when the lock is not granted (-n, or -w running out).
+    #[arg(short = 'E', long, default_value_t = 1, value_name = "N")]
+    pub conflict_exit_code: u8,
+    /// Exit code when the lock is lost while the command runs.
+    #[arg(long, default_value_t = 75, value_name = "N")]
+    pub lost_exit_code: u8,
+    /// Seconds between SIGTERM and SIGKILL when the lock is lost.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
+    pub kill_after: Duration,
+    /// The resource to lock.
+    pub resource: String,
+    /// The command and its arguments (after `--`).
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// `<resource> READ [sleep_seconds]` or `<resource> WRITE <value> [sleep_seconds]`.
@@ -220,6 +276,25 @@ mod tests {
             panic!("not a lock command");
         };
         assert_eq!(args.resource, "status");
+    }
+
+    #[test]
+    fn run_takes_flock_style_flags_and_a_command_after_the_separator() {
+        let cli = parse(&[
+            "run", "-s", "-w", "1.5", "-E", "9", "jobs/x", "--", "echo", "-n", "hi",
+        ]);
+        assert_eq!(cli.timeout, Some(Duration::from_millis(1500)));
+        let Some(Subcommands::Run(run)) = cli.command else {
+            panic!("not a run command");
+        };
+        assert!(run.shared && !run.nonblock);
+        assert_eq!(run.conflict_exit_code, 9);
+        assert_eq!(run.resource, "jobs/x");
+        assert_eq!(run.command, ["echo", "-n", "hi"]);
+        assert!(
+            Cli::try_parse_from(["lockctl", "run", "jobs/x"]).is_err(),
+            "no command"
+        );
     }
 
     #[test]

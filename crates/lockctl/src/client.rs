@@ -9,11 +9,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use protocol::cmd::{
     Acquire, AcquireOk, Cancel, Hello, HelloOk, Read, ReadOk, Release, ResourceStatus, Status,
-    StatusOk, Write,
+    StatusOk, Validate, ValidateOk, Write,
 };
 use protocol::frame::{Frame, LineCodec};
 use protocol::{
-    Command, ErrorBody, ErrorCode, FenceToken, Incoming, LockMode, Request, RequestId, ResourceName,
+    Command, ErrorBody, ErrorCode, FenceToken, Incoming, LockMode, Request, RequestId,
+    ResourceName, SessionId,
 };
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
@@ -21,6 +22,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::lock::LockRequest;
 
 /// Where lockd listens unless told otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:5555";
@@ -117,7 +121,7 @@ impl Drop for Keepalive {
     }
 }
 
-type Reply = Result<serde_json::Value, ClientError>;
+pub(crate) type Reply = Result<serde_json::Value, ClientError>;
 
 #[derive(Debug)]
 struct PendingCall {
@@ -127,6 +131,8 @@ struct PendingCall {
 
 #[derive(Debug)]
 struct Shared {
+    /// Cancelled when the connection is gone: the session and every lock it held are lost.
+    lost: CancellationToken,
     next_id: AtomicU64,
     /// Calls waiting for their reply; `None` once the connection is gone, so that no call can
     /// be registered after the reader has failed the others.
@@ -149,13 +155,17 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Client {
     shared: Arc<Shared>,
-    _tasks: Arc<TaskGuard>,
+    session: Option<SessionId>,
+    lease: Duration,
+    _connection: Arc<ConnectionTasks>,
+    _keepalive: Option<Arc<Keepalive>>,
 }
 
+/// The reader and writer tasks, stopped when the last client handle goes.
 #[derive(Debug)]
-struct TaskGuard(Vec<JoinHandle<()>>);
+struct ConnectionTasks(Vec<JoinHandle<()>>);
 
-impl Drop for TaskGuard {
+impl Drop for ConnectionTasks {
     fn drop(&mut self) {
         for task in &self.0 {
             task.abort();
@@ -163,9 +173,108 @@ impl Drop for TaskGuard {
     }
 }
 
+/// Options for a new connection; see [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    addr: String,
+    name: Option<String>,
+    lease: Option<Duration>,
+    keepalive: bool,
+}
+
+impl ClientBuilder {
+    /// A name for the server's logs and `status`, e.g. `backup@host1`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The lease to ask for (the server clamps it to its range; default: the server's).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Whether to ping at a third of the lease so that the session never expires while the
+    /// client lives (default: yes). Without it, a client silent for its lease loses its locks.
+    pub fn keepalive(mut self, keepalive: bool) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// Connects, says `hello`, and starts the keepalive.
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        let mut client = Client::connect_raw(&self.addr).await?;
+        let lease_ms = self
+            .lease
+            .map(|lease| u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        let hello = client.hello(self.name.as_deref(), lease_ms).await?;
+        client.session = Some(hello.session);
+        client.lease = Duration::from_millis(hello.lease_ms);
+        if self.keepalive {
+            // A third of the lease: two pings can be lost before the session expires.
+            let every = (client.lease / 3).max(Duration::from_millis(10));
+            client._keepalive = Some(Arc::new(client.spawn_keepalive(every)));
+        }
+        Ok(client)
+    }
+}
+
 impl Client {
-    /// Connects to lockd at `addr` (`host:port`; a leading `tcp://` is accepted).
+    /// Connects to lockd at `addr` (`host:port`; a leading `tcp://` is accepted) with the
+    /// default options: the server's lease, kept alive with pings.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        Client::builder(addr).connect().await
+    }
+
+    /// Options for a connection to `addr`.
+    pub fn builder(addr: &str) -> ClientBuilder {
+        ClientBuilder {
+            addr: addr.to_owned(),
+            name: None,
+            lease: None,
+            keepalive: true,
+        }
+    }
+
+    /// This connection's session id, as `status` shows it.
+    pub fn session(&self) -> Option<SessionId> {
+        self.session
+    }
+
+    /// The lease the server granted.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Resolves when the connection is gone (server stopped, network failed, lease expired).
+    /// From then on this client holds no lock: select on it next to the work a lock protects.
+    pub async fn lost(&self) {
+        self.shared.lost.cancelled().await;
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_lost(&self) -> bool {
+        self.shared.lost.is_cancelled()
+    }
+
+    /// Starts a lock request for `resource`: exclusive, waiting as long as it takes, unless the
+    /// builder says otherwise. See [`LockRequest`].
+    pub fn lock(&self, resource: &str) -> LockRequest<'_> {
+        LockRequest::new(self, resource)
+    }
+
+    /// `validate`: whether `token` is the token of a current holder of `resource`.
+    pub async fn validate(&self, resource: &str, token: FenceToken) -> Result<bool, ClientError> {
+        let resource = name(resource)?;
+        let ok: ValidateOk = self
+            .call(Command::Validate(Validate { resource, token }))
+            .await?;
+        Ok(ok.valid)
+    }
+
+    /// Connects without `hello` and without keepalive.
+    async fn connect_raw(addr: &str) -> Result<Client, ClientError> {
         let target = addr.strip_prefix("tcp://").unwrap_or(addr);
         let connect_error = |reason: String| ClientError::Connect {
             addr: target.to_owned(),
@@ -184,6 +293,7 @@ impl Client {
         let (read_half, mut write_half) = stream.into_split();
         let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let shared = Arc::new(Shared {
+            lost: CancellationToken::new(),
             next_id: AtomicU64::new(1),
             pending: Mutex::new(Some(HashMap::new())),
             outgoing,
@@ -218,6 +328,7 @@ impl Client {
                     Some(Err(_)) | None => break ClientError::ConnectionLost,
                 };
             };
+            reader_shared.lost.cancel();
             let pending = reader_shared.pending().take();
             for (_, call) in pending.into_iter().flatten() {
                 let _ = call.reply.send(Err(match &failure {
@@ -228,7 +339,10 @@ impl Client {
         });
         Ok(Client {
             shared,
-            _tasks: Arc::new(TaskGuard(vec![writer, reader])),
+            session: None,
+            lease: Duration::ZERO,
+            _connection: Arc::new(ConnectionTasks(vec![writer, reader])),
+            _keepalive: None,
         })
     }
 
@@ -335,18 +449,18 @@ impl Client {
     /// Pings every `every` until the returned guard (or the client) is dropped, so that the
     /// session outlives long waits and holds. Pick a third of the lease or less.
     pub fn spawn_keepalive(&self, every: Duration) -> Keepalive {
-        let client = Client {
-            shared: Arc::clone(&self.shared),
-            // The keepalive must not keep the connection open by itself, so it holds no guard
-            // of the reader and writer tasks; it stops when they do.
-            _tasks: Arc::new(TaskGuard(Vec::new())),
-        };
+        // The task holds the shared state, not the connection tasks, so it never keeps the
+        // connection open by itself.
+        let shared = Arc::clone(&self.shared);
         Keepalive(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.tick().await;
             loop {
                 ticks.tick().await;
-                if let Err(ClientError::ConnectionLost) = client.ping().await {
+                let Ok((_, reply)) = send(&shared, Command::Ping, None) else {
+                    return;
+                };
+                if reply.await.is_err() {
                     return;
                 }
             }
@@ -367,36 +481,45 @@ impl Client {
         }
     }
 
-    fn send(
+    pub(crate) fn send(
         &self,
         command: Command,
         events: Option<mpsc::UnboundedSender<u64>>,
     ) -> Result<(RequestId, oneshot::Receiver<Reply>), ClientError> {
-        let id = RequestId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
-        let mut frame = Request { id, command }.to_json();
-        frame.push(b'\n');
-        let (reply_tx, reply_rx) = oneshot::channel();
-        {
-            let mut pending = self.shared.pending();
-            let Some(pending) = pending.as_mut() else {
-                return Err(ClientError::ConnectionLost);
-            };
-            pending.insert(
-                id,
-                PendingCall {
-                    reply: reply_tx,
-                    events,
-                },
-            );
-        }
-        if self.shared.outgoing.send(frame).is_err() {
-            if let Some(pending) = self.shared.pending().as_mut() {
-                pending.remove(&id);
-            }
-            return Err(ClientError::ConnectionLost);
-        }
-        Ok((id, reply_rx))
+        send(&self.shared, command, events)
     }
+}
+
+/// Registers a call and queues its frame; the reply arrives on the returned receiver.
+fn send(
+    shared: &Shared,
+    command: Command,
+    events: Option<mpsc::UnboundedSender<u64>>,
+) -> Result<(RequestId, oneshot::Receiver<Reply>), ClientError> {
+    let id = RequestId(shared.next_id.fetch_add(1, Ordering::Relaxed));
+    let mut frame = Request { id, command }.to_json();
+    frame.push(b'\n');
+    let (reply_tx, reply_rx) = oneshot::channel();
+    {
+        let mut pending = shared.pending();
+        let Some(pending) = pending.as_mut() else {
+            return Err(ClientError::ConnectionLost);
+        };
+        pending.insert(
+            id,
+            PendingCall {
+                reply: reply_tx,
+                events,
+            },
+        );
+    }
+    if shared.outgoing.send(frame).is_err() {
+        if let Some(pending) = shared.pending().as_mut() {
+            pending.remove(&id);
+        }
+        return Err(ClientError::ConnectionLost);
+    }
+    Ok((id, reply_rx))
 }
 
 /// Routes one frame from the server to the call it answers.

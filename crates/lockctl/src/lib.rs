@@ -5,19 +5,26 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), lockctl::ClientError> {
-//! use lockctl::{Client, LockMode};
+//! use lockctl::Client;
 //!
+//! // Connects, says hello, and pings at a third of the lease from now on.
 //! let client = Client::connect("127.0.0.1:5555").await?;
-//! let _keepalive = client.spawn_keepalive(std::time::Duration::from_secs(5));
-//! let lock = client.acquire("jobs/nightly", LockMode::Exclusive, None).await?;
-//! client.write("jobs/nightly", lock.token, "last run: today").await?;
-//! client.release("jobs/nightly", lock.token).await?;
+//! let lock = client.lock("jobs/nightly").timeout(std::time::Duration::from_secs(30)).acquire().await?;
+//! lock.write("last run: today").await?;
+//! println!("ran under fencing token {}", lock.token());
+//! lock.release().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Examples that run against a live lockd are in `crates/lockctl/examples/`.
 
 pub mod cli;
 mod client;
+mod lock;
 
-pub use client::{AcquireCall, AcquireProgress, Client, ClientError, Keepalive, DEFAULT_ADDR};
+pub use client::{
+    AcquireCall, AcquireProgress, Client, ClientBuilder, ClientError, Keepalive, DEFAULT_ADDR,
+};
+pub use lock::{LockGuard, LockRequest};
 pub use protocol::cmd::{AcquireOk, HelloOk, ResourceStatus};
 pub use protocol::{ErrorBody, ErrorCode, FenceToken, LockMode, ResourceName, SessionId};

@@ -6,9 +6,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use lockctl::cli::{Cli, LockPlan, Operation, Subcommands};
 use lockctl::{AcquireProgress, Client, ClientError, ErrorCode, LockMode, ResourceStatus};
+
+mod run;
 
 /// Exit code when `--timeout` ran out before the lock was granted.
 const EXIT_TIMEOUT: u8 = 3;
@@ -32,9 +34,18 @@ async fn run(cli: Cli) -> ExitCode {
         (Some(Subcommands::Status { resource }), _) => {
             return status(&cli.server, resource.as_deref()).await
         }
+        (Some(Subcommands::Run(args)), _) => return run::run(&cli.server, cli.timeout, args).await,
+        (Some(Subcommands::Completions { shell }), _) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "lockctl",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
         (Some(Subcommands::Lock(args)), _) | (None, Some(args)) => args.plan(),
         (None, None) => {
-            use clap::CommandFactory;
             let _ = Cli::command().print_help();
             return ExitCode::from(2);
         }
@@ -53,14 +64,6 @@ async fn lock(server: &str, timeout: Option<Duration>, plan: LockPlan) -> ExitCo
         Ok(client) => client,
         Err(code) => return code,
     };
-    let hello = match client.hello(Some(&client_name()), None).await {
-        Ok(hello) => hello,
-        Err(err) => return fail_call(&err, resource),
-    };
-    // Ping at a third of the lease: two pings can be lost before the session expires.
-    let _keepalive = client
-        .spawn_keepalive(Duration::from_millis(hello.lease_ms / 3).max(Duration::from_millis(100)));
-
     let mode = match plan.operation {
         Operation::Read => LockMode::Shared,
         Operation::Write => LockMode::Exclusive,
@@ -228,17 +231,23 @@ fn seconds(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
 }
 
-async fn connect(server: &str) -> Result<Client, ExitCode> {
-    Client::connect(server).await.map_err(|err| {
-        fail(&format!(
-            "{err}. Is lockd running? Start it with `lockd --listen {}`, or point \
+/// Connects, says hello with this process's name, and keeps the session alive with pings at a
+/// third of the lease until exit.
+pub(crate) async fn connect(server: &str) -> Result<Client, ExitCode> {
+    Client::builder(server)
+        .name(client_name())
+        .connect()
+        .await
+        .map_err(|err| {
+            fail(&format!(
+                "{err}. Is lockd running? Start it with `lockd --listen {}`, or point \
              --server / LOCKD_ADDR at it",
-            server.strip_prefix("tcp://").unwrap_or(server)
-        ))
-    })
+                server.strip_prefix("tcp://").unwrap_or(server)
+            ))
+        })
 }
 
-fn fail_call(err: &ClientError, resource: &str) -> ExitCode {
+pub(crate) fn fail_call(err: &ClientError, resource: &str) -> ExitCode {
     match err {
         ClientError::Server(body) => fail(&format!("{} ({})", body.message, body.code)),
         ClientError::ConnectionLost => fail(&format!(
@@ -248,7 +257,7 @@ fn fail_call(err: &ClientError, resource: &str) -> ExitCode {
     }
 }
 
-fn fail(message: &str) -> ExitCode {
+pub(crate) fn fail(message: &str) -> ExitCode {
     eprintln!("lockctl: error: {message}");
     ExitCode::FAILURE
 }
@@ -260,7 +269,7 @@ fn client_name() -> String {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     use tokio::signal::unix::{signal, SignalKind};
     let terminate = async {
         match signal(SignalKind::terminate()) {

@@ -280,3 +280,116 @@ async fn losing_the_server_while_holding_is_reported() {
     assert_eq!(code, Some(1), "{lines:?}");
     assert!(stderr.contains("lost the connection"), "{stderr}");
 }
+
+#[tokio::test]
+async fn run_passes_the_token_and_exits_with_the_commands_code() {
+    let server = Server::start();
+    let output = run_lockctl(
+        &server.addr_string(),
+        &[
+            "run",
+            "jobs/nightly",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$LOCKD_RESOURCE $LOCKD_TOKEN\"; exit 7",
+        ],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(7), "{output:?}");
+    let lines = stdout_lines(&output);
+    let [line] = &lines[..] else {
+        panic!("{lines:?}");
+    };
+    let (resource, token) = line.split_once(' ').unwrap();
+    assert_eq!(resource, "jobs/nightly");
+    let token: u64 = token.parse().unwrap();
+    assert!(token > 0);
+    // Released on exit.
+    let client = server.client().await;
+    assert!(!client
+        .validate("jobs/nightly", lockctl::FenceToken(token))
+        .await
+        .unwrap());
+    let _free = client
+        .lock("jobs/nightly")
+        .try_once()
+        .acquire()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn run_exits_with_the_conflict_code_when_the_lock_is_taken() {
+    let server = Server::start();
+    let addr = server.addr_string();
+    let holder = server.client().await;
+    let _held = holder.lock("busy").acquire().await.unwrap();
+    for (args, code) in [
+        (&["run", "-n", "busy", "--", "true"][..], 1),
+        (&["run", "-n", "-E", "9", "busy", "--", "true"], 9),
+        (&["run", "-w", "0.2", "busy", "--", "true"], 1),
+        (&["run", "-s", "-n", "busy", "--", "true"], 1),
+    ] {
+        let output = run_lockctl(&addr, args).await;
+        assert_eq!(output.status.code(), Some(code), "{args:?}");
+        assert!(stdout_lines(&output).is_empty(), "the command did not run");
+    }
+}
+
+#[tokio::test]
+async fn run_passes_signals_on_and_exits_as_the_command_does() {
+    let server = Server::start();
+    let script = "trap 'echo got TERM; exit 42' TERM; echo ready; while true; do sleep 0.05; done";
+    let mut running = Running::spawn(
+        &server.addr_string(),
+        &["run", "r", "--", "sh", "-c", script],
+    );
+    running.wait_for_line("ready").await;
+    running.signal("TERM");
+    let (code, lines, stderr) = running.finish().await;
+    assert_eq!(code, Some(42), "{stderr}");
+    assert_eq!(lines, ["ready", "got TERM"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_stops_the_command_when_the_lock_is_lost() {
+    let mut server = Server::start();
+    let script = "trap 'echo stopped; exit 0' TERM; echo ready; while true; do sleep 0.05; done";
+    let mut running = Running::spawn(
+        &server.addr_string(),
+        &["run", "r", "--", "sh", "-c", script],
+    );
+    running.wait_for_line("ready").await;
+    tokio::task::block_in_place(|| server.stop());
+    let (code, lines, stderr) = running.finish().await;
+    assert_eq!(code, Some(75), "{stderr}");
+    assert_eq!(lines, ["ready", "stopped"]);
+    assert!(stderr.contains("lost the lock on r"), "{stderr}");
+}
+
+#[tokio::test]
+async fn run_reports_a_command_that_cannot_start_and_releases() {
+    let server = Server::start();
+    let output = run_lockctl(
+        &server.addr_string(),
+        &["run", "r", "--", "/no/such/command"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot run /no/such/command"));
+    let client = server.client().await;
+    let _free = client.lock("r").try_once().acquire().await.unwrap();
+}
+
+#[tokio::test]
+async fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = run_lockctl("127.0.0.1:1", &["completions", shell]).await;
+        assert!(output.status.success(), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("lockctl"),
+            "{shell}"
+        );
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lockctl::{ClientError, ErrorCode, LockMode};
+use lockctl::{Client, ClientError, ErrorCode, LockMode};
 
 use crate::support::Server;
 
@@ -100,36 +100,82 @@ async fn cancel_withdraws_a_waiting_acquire() {
 #[tokio::test]
 async fn keepalive_holds_a_lock_past_its_lease_and_silence_loses_it() {
     let server = Server::start_with_short_leases();
-    let kept = server.client().await;
-    assert_eq!(
-        kept.hello(Some("kept"), Some(200)).await.unwrap().lease_ms,
-        200
-    );
-    let _keepalive = kept.spawn_keepalive(Duration::from_millis(60));
-    kept.acquire("k", LockMode::Exclusive, None).await.unwrap();
-
-    let silent = server.client().await;
-    silent.hello(Some("silent"), Some(200)).await.unwrap();
-    silent
-        .acquire("s", LockMode::Exclusive, None)
+    let addr = server.addr_string();
+    let lease = Duration::from_millis(200);
+    let kept = Client::builder(&addr)
+        .name("kept")
+        .lease(lease)
+        .connect()
         .await
         .unwrap();
+    assert_eq!(kept.lease(), lease);
+    let _k = kept.lock("k").acquire().await.unwrap();
+
+    let silent = Client::builder(&addr)
+        .lease(lease)
+        .keepalive(false)
+        .connect()
+        .await
+        .unwrap();
+    let _s = silent.lock("s").acquire().await.unwrap();
 
     tokio::time::sleep(Duration::from_millis(700)).await;
     let other = server.client().await;
-    let k = other
-        .acquire("k", LockMode::Exclusive, Some(Duration::ZERO))
-        .await;
+    let k = other.lock("k").try_once().acquire().await;
     assert_eq!(
         k.unwrap_err().code(),
         Some(ErrorCode::Timeout),
         "still held"
     );
-    let s = other
-        .acquire("s", LockMode::Exclusive, Some(Duration::ZERO))
-        .await;
+    let s = other.lock("s").try_once().acquire().await;
     assert!(s.is_ok(), "the silent session expired: {s:?}");
-    // The expired session learns it on its next call.
+    // The expired session is told, both by its next call and by `lost`.
+    tokio::time::timeout(Duration::from_secs(5), silent.lost())
+        .await
+        .unwrap();
     let err = silent.ping().await.unwrap_err();
     assert!(matches!(err, ClientError::ConnectionLost), "{err:?}");
+    assert!(!kept.is_lost());
+}
+
+#[tokio::test]
+async fn a_guard_reads_writes_and_releases_when_dropped() {
+    let server = Server::start();
+    let client = server.client().await;
+    let other = server.client().await;
+    {
+        let guard = client.lock("cfg").acquire().await.unwrap();
+        assert_eq!(guard.mode(), LockMode::Exclusive);
+        assert_eq!(guard.read().await.unwrap(), None);
+        guard.write("v1").await.unwrap();
+        assert!(other.validate("cfg", guard.token()).await.unwrap());
+        let busy = other.lock("cfg").shared().try_once().acquire().await;
+        assert_eq!(busy.unwrap_err().code(), Some(ErrorCode::Timeout));
+    }
+    // Dropped: released without an explicit call.
+    let reader = other
+        .lock("cfg")
+        .shared()
+        .timeout(Duration::from_secs(5))
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(reader.read().await.unwrap().as_deref(), Some("v1"));
+    let refused = reader.write("v2").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::NotExclusive));
+    let token = reader.token();
+    reader.release().await.unwrap();
+    assert!(!other.validate("cfg", token).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guard_learns_when_its_session_is_lost() {
+    let mut server = Server::start();
+    let client = server.client().await;
+    let guard = client.lock("l").acquire().await.unwrap();
+    tokio::task::block_in_place(|| server.stop());
+    tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .expect("lost resolves when the server goes away");
+    assert!(client.is_lost());
 }

@@ -1,0 +1,146 @@
+//! Lock guards: a held lock that cannot be forgotten.
+//!
+//! `client.lock("jobs/nightly").shared().timeout(d).acquire().await?` returns a [`LockGuard`]
+//! that knows its fencing token, reads and writes the resource's value, and releases the lock
+//! when dropped (or explicitly, to see the result). A guard never outlives its session
+//! silently: [`LockGuard::lost`] resolves when the connection is gone.
+
+use std::time::Duration;
+
+use protocol::cmd::Release;
+use protocol::{Command, FenceToken, LockMode, ResourceName};
+
+use crate::client::{Client, ClientError};
+
+/// A lock request being built; see [`Client::lock`].
+#[derive(Debug)]
+#[must_use = "a lock request does nothing until `acquire` is awaited"]
+pub struct LockRequest<'a> {
+    client: &'a Client,
+    resource: String,
+    mode: LockMode,
+    timeout: Option<Duration>,
+}
+
+impl<'a> LockRequest<'a> {
+    pub(crate) fn new(client: &'a Client, resource: &str) -> Self {
+        LockRequest {
+            client,
+            resource: resource.to_owned(),
+            mode: LockMode::Exclusive,
+            timeout: None,
+        }
+    }
+
+    /// Ask for a shared lock (readers share; the default is exclusive).
+    pub fn shared(mut self) -> Self {
+        self.mode = LockMode::Shared;
+        self
+    }
+
+    /// Ask for the exclusive lock (the default).
+    pub fn exclusive(mut self) -> Self {
+        self.mode = LockMode::Exclusive;
+        self
+    }
+
+    /// Give up after waiting this long (the server answers `timeout`).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Take the lock only if it is free now; never queue.
+    pub fn try_once(self) -> Self {
+        self.timeout(Duration::ZERO)
+    }
+
+    /// Waits for the lock and returns its guard.
+    pub async fn acquire(self) -> Result<LockGuard, ClientError> {
+        let granted = self
+            .client
+            .acquire(&self.resource, self.mode, self.timeout)
+            .await?;
+        Ok(LockGuard {
+            client: self.client.clone(),
+            resource: ResourceName::new(&self.resource)
+                .map_err(|err| ClientError::InvalidInput(err.to_string()))?,
+            token: granted.token,
+            mode: granted.mode,
+            released: false,
+        })
+    }
+}
+
+/// A held lock. Dropping it releases the lock (without waiting for the server's answer);
+/// [`release`](Self::release) does the same and reports the result.
+#[derive(Debug)]
+#[must_use = "dropping the guard releases the lock at once"]
+pub struct LockGuard {
+    client: Client,
+    resource: ResourceName,
+    token: FenceToken,
+    mode: LockMode,
+    released: bool,
+}
+
+impl LockGuard {
+    /// The fencing token of this grant: pass it to whatever the lock protects, which can check
+    /// it (or ask lockd with `validate`) and refuse writers whose lock has since moved on.
+    pub fn token(&self) -> FenceToken {
+        self.token
+    }
+
+    /// The resource held.
+    pub fn resource(&self) -> &str {
+        self.resource.as_str()
+    }
+
+    /// The mode held.
+    pub fn mode(&self) -> LockMode {
+        self.mode
+    }
+
+    /// The resource's value (`None` when never written).
+    pub async fn read(&self) -> Result<Option<String>, ClientError> {
+        self.client.read(self.resource.as_str(), self.token).await
+    }
+
+    /// Replaces the resource's value; needs the exclusive lock. Durable once it returns `Ok`.
+    pub async fn write(&self, value: &str) -> Result<(), ClientError> {
+        self.client
+            .write(self.resource.as_str(), self.token, value)
+            .await
+    }
+
+    /// Resolves when the session is lost (connection gone, lease expired): the lock is then no
+    /// longer held, whatever this guard says. Select on it next to the protected work.
+    pub async fn lost(&self) {
+        self.client.lost().await;
+    }
+
+    /// Releases the lock and waits for the server to confirm.
+    pub async fn release(mut self) -> Result<(), ClientError> {
+        self.released = true;
+        self.client
+            .release(self.resource.as_str(), self.token)
+            .await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Queue the release without waiting for its answer: a drop cannot await. If the
+        // connection is already gone, the lock went with it.
+        let _ = self.client.send(
+            Command::Release(Release {
+                resource: self.resource.clone(),
+                token: self.token,
+            }),
+            None,
+        );
+    }
+}
