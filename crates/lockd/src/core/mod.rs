@@ -12,4 +12,6 @@ pub use effect::{Effect, LockError, WaitFailure};
 pub use table::{Acquired, LockTable, TableConfig, TOKEN_BLOCK, TOKEN_LOW_WATER};
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,227 @@
+//! Property tests of the lock table: random command sequences on a fake clock, with the
+//! invariants checked after every step.
+//!
+//! - never an exclusive holder next to any other holder;
+//! - grants per resource in arrival order (a waiter is never granted before one queued ahead of
+//!   it in a conflicting mode);
+//! - tokens strictly increasing over every grant;
+//! - every holder and waiter belongs to a live session, and nothing is held or waited for by a
+//!   closed or expired session.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
+
+use super::*;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Acquire {
+        session: usize,
+        resource: usize,
+        shared: bool,
+        timeout_ms: Option<u64>,
+    },
+    Release {
+        session: usize,
+        resource: usize,
+    },
+    Cancel {
+        session: usize,
+        request: u64,
+    },
+    Close {
+        session: usize,
+    },
+    Touch {
+        session: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let session = 0..6usize;
+    let resource = 0..3usize;
+    prop_oneof![
+        4 => (session.clone(), resource.clone(), any::<bool>(), prop::option::of(0..3_000u64))
+            .prop_map(|(session, resource, shared, timeout_ms)| Step::Acquire {
+                session, resource, shared, timeout_ms
+            }),
+        3 => (session.clone(), resource).prop_map(|(session, resource)| Step::Release { session, resource }),
+        1 => (session.clone(), 0..40u64).prop_map(|(session, request)| Step::Cancel { session, request }),
+        1 => session.clone().prop_map(|session| Step::Close { session }),
+        2 => session.prop_map(|session| Step::Touch { session }),
+        2 => (1..6_000u64).prop_map(|ms| Step::Advance { ms }),
+    ]
+}
+
+/// What the test remembers about each session slot.
+#[derive(Debug, Default)]
+struct Slot {
+    id: Option<SessionId>,
+    /// Tokens held, by resource.
+    held: HashMap<usize, FenceToken>,
+}
+
+fn name(resource: usize) -> ResourceName {
+    ResourceName::new(&format!("r{resource}")).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_command_sequences_keep_every_invariant(steps in prop::collection::vec(step(), 1..120)) {
+        let mut table = LockTable::new(TableConfig::default());
+        let mut now = Instant::now();
+        let mut slots: Vec<Slot> = (0..6).map(|_| Slot::default()).collect();
+        let mut next_request = 1u64;
+        let mut last_token = 0u64;
+        // Waiting acquires: who asked, and each resource's queue in arrival order, to check
+        // that grants come strictly in that order.
+        let mut arrival: HashMap<RequestId, (usize, usize)> = HashMap::new();
+        let mut queues: HashMap<usize, Vec<RequestId>> = HashMap::new();
+
+        for step in steps {
+            match step {
+                Step::Acquire { session, resource, shared, timeout_ms } => {
+                    let id = *slots[session].id.get_or_insert_with(|| table.open_session(now));
+                    let request = RequestId(next_request);
+                    next_request += 1;
+                    let mode = if shared { LockMode::Shared } else { LockMode::Exclusive };
+                    match table.handle_acquire(now, id, request, name(resource), mode,
+                        timeout_ms.map(Duration::from_millis)) {
+                        Ok(Acquired::Granted(token)) => {
+                            let waiting = queues.get(&resource).map_or(0, Vec::len);
+                            prop_assert_eq!(waiting, 0, "granted r{} past {} waiter(s)", resource, waiting);
+                            prop_assert!(token.0 > last_token);
+                            last_token = token.0;
+                            slots[session].held.insert(resource, token);
+                        }
+                        Ok(Acquired::Queued { position }) => {
+                            arrival.insert(request, (session, resource));
+                            let queue = queues.entry(resource).or_default();
+                            queue.push(request);
+                            prop_assert_eq!(position, queue.len() as u64);
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Step::Release { session, resource } => {
+                    if let (Some(id), Some(token)) = (slots[session].id, slots[session].held.remove(&resource)) {
+                        prop_assert_eq!(table.handle_release(now, id, &name(resource), token), Ok(()));
+                    }
+                }
+                Step::Cancel { session, request } => {
+                    if let Some(id) = slots[session].id {
+                        let _ = table.handle_cancel(now, id, RequestId(request));
+                    }
+                }
+                Step::Close { session } => {
+                    if let Some(id) = slots[session].id.take() {
+                        table.handle_session_closed(now, id);
+                        slots[session].held.clear();
+                        let gone: Vec<_> = arrival.iter().filter(|(_, (s, _))| *s == session).map(|(r, _)| *r).collect();
+                        forget(&mut queues, &gone);
+                        arrival.retain(|_, (waiting, _)| *waiting != session);
+                    }
+                }
+                Step::Touch { session } => {
+                    if let Some(id) = slots[session].id {
+                        table.touch(now, id);
+                    }
+                }
+                Step::Advance { ms } => {
+                    now += Duration::from_millis(ms);
+                    table.handle_timeout(now);
+                }
+            }
+            while let Some(effect) = table.poll_effect() {
+                match effect {
+                    Effect::Granted { session, request, token, .. } => {
+                        prop_assert!(token.0 > last_token, "token {} after {}", token.0, last_token);
+                        last_token = token.0;
+                        let (slot, resource) = arrival.remove(&request).expect("granted a queued request");
+                        let queue = queues.entry(resource).or_default();
+                        prop_assert_eq!(queue.first(), Some(&request), "granted out of arrival order");
+                        queue.remove(0);
+                        prop_assert_eq!(slots[slot].id, Some(session));
+                        slots[slot].held.insert(resource, token);
+                    }
+                    Effect::WaitFailed { request, .. } => {
+                        arrival.remove(&request);
+                        forget(&mut queues, &[request]);
+                    }
+                    Effect::SessionExpired { session } => {
+                        let slot = slots.iter().position(|slot| slot.id == Some(session))
+                            .expect("an expired session was open");
+                        slots[slot].id = None;
+                        slots[slot].held.clear();
+                        let gone: Vec<_> = arrival.iter().filter(|(_, (s, _))| *s == slot).map(|(r, _)| *r).collect();
+                        forget(&mut queues, &gone);
+                        arrival.retain(|_, (waiting, _)| *waiting != slot);
+                    }
+                }
+            }
+            check_invariants(&table, now, &slots)?;
+        }
+    }
+}
+
+/// Takes requests that left their queues (timed out, cancelled, closed) out of the model.
+fn forget(queues: &mut HashMap<usize, Vec<RequestId>>, requests: &[RequestId]) {
+    for queue in queues.values_mut() {
+        queue.retain(|request| !requests.contains(request));
+    }
+}
+
+fn check_invariants(table: &LockTable, now: Instant, slots: &[Slot]) -> Result<(), TestCaseError> {
+    let live: Vec<SessionId> = slots.iter().filter_map(|slot| slot.id).collect();
+    for entry in table.status(now, None) {
+        let exclusive = entry
+            .holders
+            .iter()
+            .filter(|h| h.mode == LockMode::Exclusive)
+            .count();
+        prop_assert!(exclusive == 0 || entry.holders.len() == 1, "{entry:?}");
+        for holder in &entry.holders {
+            prop_assert!(
+                live.contains(&holder.session),
+                "holder of a dead session: {entry:?}"
+            );
+        }
+        for waiter in &entry.waiters {
+            prop_assert!(
+                live.contains(&waiter.session),
+                "waiter of a dead session: {entry:?}"
+            );
+        }
+        // FIFO: the first waiter could not be granted now (else it would have been).
+        if let Some(first) = entry.waiters.first() {
+            let blocked = match first.mode {
+                LockMode::Exclusive => !entry.holders.is_empty(),
+                LockMode::Shared => exclusive > 0,
+            };
+            prop_assert!(blocked, "a grantable waiter was left waiting: {entry:?}");
+        }
+        prop_assert!(
+            !entry.holders.is_empty() || !entry.waiters.is_empty(),
+            "idle entry kept"
+        );
+    }
+    // What the test believes is held is exactly what the table says is held.
+    for slot in slots {
+        let Some(id) = slot.id else { continue };
+        for (resource, token) in &slot.held {
+            prop_assert!(
+                table.validate(&name(*resource), *token),
+                "{id:?} lost r{resource}"
+            );
+        }
+    }
+    Ok(())
+}
