@@ -59,6 +59,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "LOCKD_ADDR", default_value = DEFAULT_ADDR, value_name = "ADDR")]
     pub server: String,
 
+    /// A file holding the secret of a lockd started with --auth-token-file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub auth_token_file: Option<std::path::PathBuf>,
+
     /// Give up after waiting this many seconds for the lock (fractions allowed; 0 = try once).
     #[arg(long, short = 'w', global = true, value_name = "SECS", value_parser = parse_seconds)]
     pub timeout: Option<Duration>,

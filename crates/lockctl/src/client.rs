@@ -180,6 +180,7 @@ pub struct ClientBuilder {
     name: Option<String>,
     lease: Option<Duration>,
     keepalive: bool,
+    auth: Option<String>,
 }
 
 impl ClientBuilder {
@@ -202,13 +203,25 @@ impl ClientBuilder {
         self
     }
 
+    /// The secret of a server started with `--auth-token-file`.
+    pub fn auth(mut self, secret: impl Into<String>) -> Self {
+        self.auth = Some(secret.into());
+        self
+    }
+
     /// Connects, says `hello`, and starts the keepalive.
     pub async fn connect(self) -> Result<Client, ClientError> {
         let mut client = Client::connect_raw(&self.addr).await?;
         let lease_ms = self
             .lease
             .map(|lease| u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
-        let hello = client.hello(self.name.as_deref(), lease_ms).await?;
+        let hello: HelloOk = client
+            .call(Command::Hello(Hello {
+                client: self.name,
+                lease_ms,
+                auth: self.auth,
+            }))
+            .await?;
         client.session = Some(hello.session);
         client.lease = Duration::from_millis(hello.lease_ms);
         if self.keepalive {
@@ -234,6 +247,7 @@ impl Client {
             name: None,
             lease: None,
             keepalive: true,
+            auth: None,
         }
     }
 
@@ -355,6 +369,7 @@ impl Client {
         self.call(Command::Hello(Hello {
             client: client.map(str::to_owned),
             lease_ms,
+            auth: None,
         }))
         .await
     }

@@ -30,11 +30,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let server = match Server::from_cli(&cli) {
+        Ok(server) => server,
+        Err(code) => return code,
+    };
     let plan = match (cli.command, cli.lock) {
         (Some(Subcommands::Status { resource }), _) => {
-            return status(&cli.server, resource.as_deref()).await
+            return status(&server, resource.as_deref()).await
         }
-        (Some(Subcommands::Run(args)), _) => return run::run(&cli.server, cli.timeout, args).await,
+        (Some(Subcommands::Run(args)), _) => return run::run(&server, cli.timeout, args).await,
         (Some(Subcommands::Completions { shell }), _) => {
             clap_complete::generate(
                 shell,
@@ -50,11 +54,40 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    lock(&cli.server, cli.timeout, plan).await
+    lock(&server, cli.timeout, plan).await
+}
+
+/// Where and how to connect: the address, and the secret if the server wants one.
+pub(crate) struct Server {
+    addr: String,
+    auth: Option<String>,
+}
+
+impl Server {
+    /// The secret comes from --auth-token-file, else $LOCKD_AUTH_TOKEN (not LOCKD_TOKEN, which
+    /// `lockctl run` sets to the fencing token).
+    fn from_cli(cli: &Cli) -> Result<Server, ExitCode> {
+        let auth = match &cli.auth_token_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(text.trim().to_owned()),
+                Err(err) => {
+                    return Err(fail(&format!(
+                        "cannot read --auth-token-file {}: {err}",
+                        path.display()
+                    )))
+                }
+            },
+            None => std::env::var("LOCKD_AUTH_TOKEN").ok(),
+        };
+        Ok(Server {
+            addr: cli.server.clone(),
+            auth: auth.filter(|secret| !secret.is_empty()),
+        })
+    }
 }
 
 /// `lockctl <resource> READ|WRITE ...`.
-async fn lock(server: &str, timeout: Option<Duration>, plan: LockPlan) -> ExitCode {
+async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> ExitCode {
     let resource = plan.resource.as_str();
     if let Err(err) = lockctl::ResourceName::new(resource) {
         return fail(&format!("invalid resource name {resource:?}: {err}"));
@@ -146,7 +179,7 @@ async fn lock(server: &str, timeout: Option<Duration>, plan: LockPlan) -> ExitCo
 }
 
 /// `lockctl status [resource]`.
-async fn status(server: &str, resource: Option<&str>) -> ExitCode {
+async fn status(server: &Server, resource: Option<&str>) -> ExitCode {
     let client = match connect(server).await {
         Ok(client) => client,
         Err(code) => return code,
@@ -233,18 +266,26 @@ fn seconds(ms: u64) -> String {
 
 /// Connects, says hello with this process's name, and keeps the session alive with pings at a
 /// third of the lease until exit.
-pub(crate) async fn connect(server: &str) -> Result<Client, ExitCode> {
-    Client::builder(server)
-        .name(client_name())
-        .connect()
-        .await
-        .map_err(|err| {
-            fail(&format!(
-                "{err}. Is lockd running? Start it with `lockd --listen {}`, or point \
+pub(crate) async fn connect(server: &Server) -> Result<Client, ExitCode> {
+    let mut builder = Client::builder(&server.addr).name(client_name());
+    if let Some(secret) = &server.auth {
+        builder = builder.auth(secret.clone());
+    }
+    builder.connect().await.map_err(|err| {
+        if err.code() == Some(ErrorCode::Unauthorized) {
+            return fail(&format!(
+                "lockd at {} refused the connection: {err}. Give its secret with \
+                 --auth-token-file or LOCKD_AUTH_TOKEN",
+                server.addr
+            ));
+        }
+        let addr = server.addr.as_str();
+        fail(&format!(
+            "{err}. Is lockd running? Start it with `lockd --listen {}`, or point \
              --server / LOCKD_ADDR at it",
-                server.strip_prefix("tcp://").unwrap_or(server)
-            ))
-        })
+            addr.strip_prefix("tcp://").unwrap_or(addr)
+        ))
+    })
 }
 
 pub(crate) fn fail_call(err: &ClientError, resource: &str) -> ExitCode {

@@ -15,14 +15,14 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{connect, fail, fail_call, interrupted};
+use crate::{connect, fail, fail_call, interrupted, Server};
 
 /// Exit code when the command cannot be started, as shells use.
 const EXIT_CANNOT_RUN: u8 = 127;
 /// Exit code when interrupted before the command started.
 const EXIT_INTERRUPTED: u8 = 130;
 
-pub(crate) async fn run(server: &str, timeout: Option<Duration>, args: RunArgs) -> ExitCode {
+pub(crate) async fn run(server: &Server, timeout: Option<Duration>, args: RunArgs) -> ExitCode {
     let resource = args.resource.as_str();
     if let Err(err) = lockctl::ResourceName::new(resource) {
         return fail(&format!("invalid resource name {resource:?}: {err}"));

@@ -1,8 +1,9 @@
 //! The `lockd` binary: flags, logging, signals, then [`lockd::server::run`].
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
@@ -62,6 +63,40 @@ struct Args {
     #[arg(long, default_value_t = 300_000, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(..=86_400_000))]
     max_lease_ms: u64,
+
+    /// Resources one session may hold or wait for at once.
+    #[arg(long, default_value_t = 10_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize))]
+    max_locks_per_session: usize,
+
+    /// Waiting acquires one session may have at once.
+    #[arg(long, default_value_t = 1_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize))]
+    max_waits_per_session: usize,
+
+    /// Open connections at most; more are refused with `limit_exceeded`.
+    #[arg(long, default_value_t = 10_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize))]
+    max_connections: usize,
+
+    /// Open connections from one client IP address at most.
+    #[arg(long, default_value_t = 1_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize))]
+    max_connections_per_ip: usize,
+
+    /// A new connection must send a complete frame within this time, or it is closed.
+    #[arg(long, default_value_t = 10_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(10..))]
+    first_frame_timeout_ms: u64,
+
+    /// A client that leaves one reply unread this long (its socket full) is dropped.
+    #[arg(long, default_value_t = 10_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(10..))]
+    write_timeout_ms: u64,
+
+    /// Require every session to send `hello` with this file's contents (trimmed) as `auth`.
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -81,9 +116,20 @@ impl Args {
                 min_lease: Duration::from_millis(self.min_lease_ms),
                 max_lease: Duration::from_millis(self.max_lease_ms),
                 max_value_bytes: self.max_value_bytes,
+                max_locks_per_session: self.max_locks_per_session,
+                max_waits_per_session: self.max_waits_per_session,
             },
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            first_frame_timeout: Duration::from_millis(self.first_frame_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            auth: self
+                .auth_token_file
+                .as_deref()
+                .map(read_secret)
+                .transpose()?,
         })
     }
 }
@@ -131,6 +177,14 @@ async fn serve(args: Args, config: ServerConfig) -> ExitCode {
         Ok(addr) => addr,
         Err(err) => return fail(format!("cannot read the listening address: {err}")),
     };
+    if !addr.ip().is_loopback() && args.auth_token_file.is_none() {
+        tracing::warn!(
+            %addr,
+            "serving plain TCP without authentication on a non-loopback address: anyone who \
+             can reach it can take and release locks (see --auth-token-file)"
+        );
+    }
+    raise_open_file_limit(args.max_connections);
     let mut stdout = std::io::stdout();
     // Scripts and tests wait for this exact line to learn the real port.
     if writeln!(stdout, "Lock Server started on tcp://{addr}")
@@ -149,6 +203,41 @@ async fn serve(args: Args, config: ServerConfig) -> ExitCode {
     tracing::info!("stopped");
     drop(data_dir);
     ExitCode::SUCCESS
+}
+
+/// Reads a shared secret from `path`: its contents without surrounding whitespace.
+fn read_secret(path: &Path) -> Result<Arc<str>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read --auth-token-file {}: {err}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("--auth-token-file {} is empty", path.display()));
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "the auth token file is readable by other users; chmod 600 it"
+            );
+        }
+    }
+    Ok(Arc::from(secret))
+}
+
+/// Each connection is a file descriptor: raise the soft limit as far as the hard limit allows,
+/// and say so if that is still below what `--max-connections` needs.
+fn raise_open_file_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + 256;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            max_connections,
+            "the open-file limit is below what --max-connections needs; raise it (ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -5,9 +5,16 @@
 //! should stop. Shutdown order: stop accepting, close every connection (which releases its
 //! session's locks), wait for the connection tasks to finish, then stop the driver.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use protocol::{ErrorCode, ServerFrame};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -29,6 +36,16 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     /// Requests one connection may have in flight before the server stops reading from it.
     pub max_in_flight: usize,
+    /// Open connections at most; more are refused with `limit_exceeded`.
+    pub max_connections: usize,
+    /// Open connections from one client IP address at most.
+    pub max_connections_per_ip: usize,
+    /// A new connection must send a complete frame within this time.
+    pub first_frame_timeout: Duration,
+    /// A write to a client may stall this long before the client is dropped.
+    pub write_timeout: Duration,
+    /// The secret every session must give in `hello`, if any.
+    pub auth: Option<Arc<str>>,
 }
 
 impl Default for ServerConfig {
@@ -37,6 +54,11 @@ impl Default for ServerConfig {
             table: TableConfig::default(),
             max_frame_bytes: protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            first_frame_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            auth: None,
         }
     }
 }
@@ -112,7 +134,11 @@ impl Server {
         let limits = ConnectionLimits {
             max_frame_bytes: config.max_frame_bytes,
             max_in_flight: config.max_in_flight.max(1),
+            first_frame_timeout: config.first_frame_timeout,
+            write_timeout: config.write_timeout,
+            auth: config.auth.clone(),
         };
+        let mut admission = Admission::new(config.max_connections, config.max_connections_per_ip);
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
 
@@ -124,13 +150,21 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    tasks.spawn(connection::serve(
-                        stream,
-                        peer,
-                        driver_tx.clone(),
-                        limits,
-                        stop.clone(),
-                    ));
+                    let _ = stream.set_nodelay(true);
+                    let ticket = match admission.admit(peer.ip()) {
+                        Ok(ticket) => ticket,
+                        Err(refusal) => {
+                            tasks.spawn(refuse(stream, refusal));
+                            continue;
+                        }
+                    };
+                    let driver = driver_tx.clone();
+                    let limits = limits.clone();
+                    let stop = stop.clone();
+                    tasks.spawn(async move {
+                        connection::serve(stream, peer, driver, limits, stop).await;
+                        drop(ticket);
+                    });
                 }
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of spinning, keep serving
@@ -156,4 +190,88 @@ impl Server {
             error!(error = %err, "lock table driver failed");
         }
     }
+}
+
+/// Counts open connections, in total and per client address, and hands out a ticket per
+/// admitted connection that gives its place back when dropped.
+#[derive(Debug, Clone)]
+struct Admission {
+    max_total: usize,
+    max_per_ip: usize,
+    open: Arc<Mutex<AdmissionCounts>>,
+}
+
+#[derive(Debug, Default)]
+struct AdmissionCounts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// An admitted connection's place.
+#[derive(Debug)]
+struct AdmissionTicket {
+    ip: IpAddr,
+    open: Arc<Mutex<AdmissionCounts>>,
+}
+
+impl Admission {
+    fn new(max_total: usize, max_per_ip: usize) -> Admission {
+        Admission {
+            max_total,
+            max_per_ip,
+            open: Arc::default(),
+        }
+    }
+
+    /// A ticket, or the reason to refuse.
+    fn admit(&mut self, ip: IpAddr) -> Result<AdmissionTicket, String> {
+        let mut open = lock_counts(&self.open);
+        if open.total >= self.max_total {
+            return Err(format!(
+                "the server has {} connections open, its limit (--max-connections)",
+                open.total
+            ));
+        }
+        let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
+        if from_ip >= self.max_per_ip {
+            return Err(format!(
+                "{ip} already has {from_ip} connections open, the limit per address \
+                 (--max-connections-per-ip)"
+            ));
+        }
+        open.total += 1;
+        *open.per_ip.entry(ip).or_default() += 1;
+        Ok(AdmissionTicket {
+            ip,
+            open: Arc::clone(&self.open),
+        })
+    }
+}
+
+impl Drop for AdmissionTicket {
+    fn drop(&mut self) {
+        let mut open = lock_counts(&self.open);
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn lock_counts(counts: &Mutex<AdmissionCounts>) -> std::sync::MutexGuard<'_, AdmissionCounts> {
+    // Every update is a few integer operations that cannot panic halfway; a poisoned lock
+    // still holds consistent counts.
+    counts.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// Tells a refused client why, then closes; never waits long on a client that does not read.
+async fn refuse(mut stream: TcpStream, reason: String) {
+    tracing::info!(reason = %reason, "connection refused");
+    let mut line = ServerFrame::error(None, ErrorCode::LimitExceeded, reason).to_json();
+    line.push(b'\n');
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
+    let _ = stream.shutdown().await;
 }

@@ -57,6 +57,10 @@ error_codes! {
     NotExclusive = "not_exclusive": "A `write` was attempted under a shared lock; writing needs the exclusive lock.",
     /// Waiting for this lock would close a cycle of sessions waiting for each other.
     Deadlock = "deadlock": "Waiting for this lock would close a cycle of sessions that wait for each other; the message names the cycle, and nothing was queued.",
+    /// The server requires authentication and this connection has not given the right token.
+    Unauthorized = "unauthorized": "The server requires `hello` with the right `auth` token before anything else; a wrong token also closes the connection.",
+    /// A server limit would be exceeded (connections, locks or waits per session, ...).
+    LimitExceeded = "limit_exceeded": "A server limit would be exceeded (connections in total or per client address, locks held or waits queued per session, time to send a first frame); the message names the limit and its flag.",
     /// The server failed in a way that is not the client's fault.
     Internal = "internal": "The server failed in a way that is not the client's fault; the message says what happened.",
 }

@@ -393,3 +393,42 @@ async fn completions_are_printed_for_each_shell() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_auth_secret_comes_from_a_file_or_the_environment() {
+    let server = Server::start_with(ServerConfig {
+        auth: Some(std::sync::Arc::from("s3cret")),
+        ..ServerConfig::default()
+    });
+    let addr = server.addr_string();
+    let output = run_lockctl(&addr, &["f", "READ", "0"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unauthorized") || stderr.contains("--auth-token-file"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let output = run_lockctl(
+        &addr,
+        &[
+            "--auth-token-file",
+            file.to_str().unwrap(),
+            "f",
+            "READ",
+            "0",
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{output:?}");
+
+    let mut command = crate::support::lockctl(&addr, &["status"]);
+    command.env("LOCKD_AUTH_TOKEN", "s3cret");
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+}

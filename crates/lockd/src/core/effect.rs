@@ -95,6 +95,9 @@ pub enum LockError {
         /// held by session 1".
         cycle: String,
     },
+    /// A per-session limit would be exceeded; the text names it and its flag.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// `cancel` named no waiting acquire of this session.
     #[error("no acquire with id {0} is waiting on this connection")]
     NoSuchWaiter(RequestId),
@@ -117,6 +120,7 @@ impl LockError {
             LockError::NotExclusive(_) => ErrorCode::NotExclusive,
             LockError::ValueTooLarge(..) => ErrorCode::ValueTooLarge,
             LockError::Deadlock { .. } => ErrorCode::Deadlock,
+            LockError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             LockError::NoSuchWaiter(_) | LockError::DuplicateRequestId(_) => ErrorCode::BadRequest,
             LockError::SessionGone => ErrorCode::Internal,
         }

@@ -29,6 +29,10 @@ pub struct TableConfig {
     pub max_lease: Duration,
     /// The largest value `write` accepts, in UTF-8 bytes.
     pub max_value_bytes: usize,
+    /// How many resources one session may hold or wait for at once.
+    pub max_locks_per_session: usize,
+    /// How many of those may be waiting acquires.
+    pub max_waits_per_session: usize,
 }
 
 impl Default for TableConfig {
@@ -38,6 +42,8 @@ impl Default for TableConfig {
             min_lease: Duration::from_millis(1_000),
             max_lease: Duration::from_millis(300_000),
             max_value_bytes: protocol::cmd::DEFAULT_MAX_VALUE_BYTES,
+            max_locks_per_session: 10_000,
+            max_waits_per_session: 1_000,
         }
     }
 }
@@ -252,6 +258,14 @@ impl LockTable {
         if session.waits.contains_key(&request) {
             return Err(LockError::DuplicateRequestId(request));
         }
+        // Every wait becomes a hold, so the lock limit counts both.
+        if session.resources.len() >= self.config.max_locks_per_session {
+            return Err(LockError::LimitExceeded(format!(
+                "this session already holds or waits for {} locks, the limit \
+                 (--max-locks-per-session)",
+                session.resources.len()
+            )));
+        }
         let queue = self.queues.entry(resource.clone()).or_default();
         let has_token = self.next_token <= self.token_limit;
         if queue.can_grant_now(mode) && has_token {
@@ -269,6 +283,17 @@ impl LockTable {
                 .resources
                 .insert(resource, Involvement::Holding { token, mode });
             return Ok(Acquired::Granted(token));
+        }
+        if timeout != Some(Duration::ZERO)
+            && session.waits.len() >= self.config.max_waits_per_session
+        {
+            if queue.is_idle() {
+                self.queues.remove(&resource);
+            }
+            return Err(LockError::LimitExceeded(format!(
+                "this session already waits for {} locks, the limit (--max-waits-per-session)",
+                session.waits.len()
+            )));
         }
         if timeout == Some(Duration::ZERO) {
             if queue.is_idle() {

@@ -21,6 +21,8 @@ fn harness() -> Harness {
     Harness {
         table: LockTable::new(TableConfig {
             max_value_bytes: 8,
+            max_locks_per_session: 4,
+            max_waits_per_session: 2,
             ..TableConfig::default()
         }),
         now: Instant::now(),
@@ -676,4 +678,35 @@ fn validate_recognises_only_current_holders_tokens() {
         "a released token is stale"
     );
     assert!(h.table.validate(&f, FenceToken(2)));
+}
+
+#[test]
+fn per_session_lock_and_wait_limits() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    for resource in ["w", "x", "y"] {
+        h.acquire(b, 1, resource, X);
+    }
+    assert_eq!(h.acquire(a, 1, "w", X), queued(1));
+    assert_eq!(h.acquire(a, 2, "x", X), queued(1));
+    let third_wait = h.try_acquire(a, 3, "y", X, None);
+    assert!(
+        matches!(third_wait, Err(LockError::LimitExceeded(ref m)) if m.contains("--max-waits-per-session")),
+        "{third_wait:?}"
+    );
+    // Trying once never waits, so only the lock limit applies.
+    assert_eq!(
+        h.try_acquire(a, 4, "y", X, Some(0)),
+        Err(LockError::Timeout(name("y")))
+    );
+    assert_eq!(h.acquire(a, 5, "p", X), granted_now(4));
+    assert_eq!(h.acquire(a, 6, "q", X), granted_now(5));
+    let fifth = h.try_acquire(a, 7, "r", X, None);
+    assert!(
+        matches!(fifth, Err(LockError::LimitExceeded(ref m)) if m.contains("--max-locks-per-session")),
+        "{fifth:?}"
+    );
+    assert!(h.table.status(h.now, Some(&name("r")))[0]
+        .waiters
+        .is_empty());
 }

@@ -5,6 +5,7 @@
 
 mod durability;
 mod fsync;
+mod hardening;
 mod ops;
 mod process;
 mod queueing;

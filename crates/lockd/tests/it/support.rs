@@ -21,6 +21,8 @@ pub struct Lockd {
     pub data_dir: PathBuf,
     /// Removed on drop when the test created it.
     owned_dir: Option<tempfile::TempDir>,
+    /// The rest of lockd's stdout, kept open so that later lines have a reader.
+    _stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Lockd {
@@ -34,19 +36,22 @@ impl Lockd {
 
     /// Starts lockd on a free port with the given data directory.
     pub fn start_in(data_dir: &Path, flags: &[&str]) -> Lockd {
-        Lockd::spawn(&mut lockd_command(data_dir, flags), data_dir)
+        Lockd::spawn(
+            lockd_command(data_dir, flags).stderr(Stdio::inherit()),
+            data_dir,
+        )
     }
 
     /// Runs `command`, which must end up exec-ing lockd, and waits for its start-up line.
     pub fn spawn(command: &mut Command, data_dir: &Path) -> Lockd {
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("lockd binary runs");
         let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stdout = BufReader::new(stdout);
         let mut first_line = String::new();
-        BufReader::new(stdout)
+        stdout
             .read_line(&mut first_line)
             .expect("lockd prints its address");
         let addr = first_line
@@ -60,6 +65,7 @@ impl Lockd {
             addr,
             data_dir: data_dir.to_owned(),
             owned_dir: None,
+            _stdout: stdout,
         }
     }
 
@@ -116,12 +122,20 @@ pub struct Conn {
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).await.expect("connects");
+        Conn::from_stream(TcpStream::connect(addr).await.expect("connects"))
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Conn {
         let (read, write) = stream.into_split();
         Conn {
             reader: AsyncBufReader::new(read),
             writer: write,
         }
+    }
+
+    /// The two halves, for tests that write without reading.
+    pub fn into_split(self) -> (AsyncBufReader<OwnedReadHalf>, OwnedWriteHalf) {
+        (self.reader, self.writer)
     }
 
     /// Sends raw bytes as they are.

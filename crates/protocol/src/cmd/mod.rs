@@ -146,6 +146,8 @@ struct RawRequest<'a> {
     #[serde(borrow)]
     client: Option<Cow<'a, str>>,
     lease_ms: Option<u64>,
+    #[serde(borrow)]
+    auth: Option<Cow<'a, str>>,
 }
 
 impl RawRequest<'_> {
@@ -157,6 +159,7 @@ impl RawRequest<'_> {
             "hello" => Command::Hello(Hello {
                 client: self.client.map(Cow::into_owned),
                 lease_ms: self.lease_ms,
+                auth: self.auth.map(Cow::into_owned),
             }),
             "acquire" => Command::Acquire(Acquire {
                 resource: resource(self.resource)?,

@@ -4,9 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::SessionId;
 
-/// `hello`: names the client and asks for a lease. Optional; a session that never sends it gets
-/// the server's default lease.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// `hello`: names the client and asks for a lease. Optional, unless the server requires
+/// authentication; a session that never sends it gets the server's default lease.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Hello {
     /// A free-form name for logs and `status`, e.g. `backup@host1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -14,6 +14,20 @@ pub struct Hello {
     /// The lease asked for, in milliseconds; the server clamps it to its allowed range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ms: Option<u64>,
+    /// The shared secret of a server started with `--auth-token-file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+}
+
+/// Hand-written so that the secret never reaches a log line.
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("client", &self.client)
+            .field("lease_ms", &self.lease_ms)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The result of `hello`.

@@ -23,6 +23,7 @@ fn parses_every_op() {
             Command::Hello(Hello {
                 client: Some("me".into()),
                 lease_ms: Some(5000),
+                auth: None,
             }),
         ),
         (r#"{"id":1,"op":"hello"}"#, Command::Hello(Hello::default())),
@@ -102,6 +103,7 @@ fn encoding_round_trips() {
         Command::Hello(Hello {
             client: Some("c".into()),
             lease_ms: None,
+            auth: Some("s3cret".into()),
         }),
         Command::Acquire(Acquire {
             resource: name("jobs/nightly"),
@@ -253,4 +255,18 @@ fn field_errors_keep_the_id() {
             "{line}: {message:?} lacks {needle:?}"
         );
     }
+}
+
+#[test]
+fn the_auth_secret_never_shows_in_debug_output() {
+    let request = parse(r#"{"id":1,"op":"hello","auth":"hunter2"}"#).unwrap();
+    let Command::Hello(hello) = &request.command else {
+        panic!("not a hello");
+    };
+    assert_eq!(hello.auth.as_deref(), Some("hunter2"));
+    let shown = format!("{request:?}");
+    assert!(
+        !shown.contains("hunter2") && shown.contains("redacted"),
+        "{shown}"
+    );
 }

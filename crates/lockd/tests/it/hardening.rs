@@ -1,0 +1,200 @@
+//! Hostile and broken clients: authentication, connection caps, silent and half-open
+//! connections, clients that stop reading, and per-session limits.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use crate::support::{error_code, lockd_command, Conn, Lockd};
+
+const SECRET: &str = "correct horse battery staple";
+
+fn start_with_secret() -> (Lockd, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let log = dir.path().join("lockd.log");
+    let data = dir.path().join("data");
+    let mut command = lockd_command(
+        &data,
+        &[
+            "--auth-token-file",
+            secret.to_str().unwrap(),
+            "--log-level",
+            "trace",
+        ],
+    );
+    command.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    (Lockd::spawn(&mut command, &data), dir, log)
+}
+
+#[tokio::test]
+async fn authentication_is_required_and_the_secret_is_never_logged() {
+    let (mut lockd, _dir, log) = start_with_secret();
+    let mut stranger = lockd.connect().await;
+    let refused = stranger
+        .call(json!({"id": 1, "op": "acquire", "resource": "f"}))
+        .await;
+    assert_eq!(error_code(&refused), "unauthorized");
+    assert_eq!(refused["id"], 1);
+    let refused = stranger.call(json!({"id": 2, "op": "status"})).await;
+    assert_eq!(error_code(&refused), "unauthorized");
+    // A wrong secret is refused and the connection closed.
+    let wrong = stranger
+        .call(json!({"id": 3, "op": "hello", "auth": "guess"}))
+        .await;
+    assert_eq!(error_code(&wrong), "unauthorized");
+    assert_eq!(stranger.try_recv(Duration::from_secs(5)).await, Ok(None));
+
+    let mut friend = lockd.connect().await;
+    let hello = friend
+        .call(json!({"id": 1, "op": "hello", "auth": SECRET}))
+        .await;
+    assert_eq!(hello["ok"], true, "{hello}");
+    friend.lock(2, "f", "exclusive").await;
+
+    assert!(lockd.signal_and_wait("TERM").success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.contains("wrong or missing auth token"),
+        "the refusal is logged"
+    );
+    assert!(
+        !log.contains(SECRET) && !log.contains("guess"),
+        "a secret leaked into the log"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_caps_are_refused_with_a_reason() {
+    let lockd = Lockd::start(&["--max-connections", "3", "--max-connections-per-ip", "2"]);
+    let mut first = lockd.connect().await;
+    let second = lockd.connect().await;
+    let mut third = lockd.connect().await;
+    let refused = third.recv().await;
+    assert_eq!(error_code(&refused), "limit_exceeded");
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--max-connections-per-ip"));
+    assert_eq!(third.try_recv(Duration::from_secs(5)).await, Ok(None));
+
+    // Another address on the loopback network is another client.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(lockd.addr).await.unwrap();
+    let mut other_ip = Conn::from_stream(stream);
+    assert_eq!(
+        other_ip.call(json!({"id": 1, "op": "ping"})).await["ok"],
+        true
+    );
+    let mut fourth = lockd.connect().await;
+    let refused = fourth.recv().await;
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--max-connections"));
+
+    // Places come back when connections close.
+    drop(second);
+    assert_eq!(first.call(json!({"id": 1, "op": "ping"})).await["ok"], true);
+    let mut again = None;
+    for _ in 0..50 {
+        let mut conn = lockd.connect().await;
+        conn.send(json!({"id": 1, "op": "ping"})).await;
+        if conn.recv().await["ok"] == true {
+            again = Some(conn);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a freed place is reused");
+}
+
+#[tokio::test]
+async fn a_half_line_is_closed_after_the_first_frame_timeout_without_slowing_others() {
+    let lockd = Lockd::start(&["--first-frame-timeout-ms", "300"]);
+    let mut slow = lockd.connect().await;
+    slow.send_raw(b"{\"id\": 1, \"op\": \"pi").await;
+    let mut silent = lockd.connect().await;
+    // Meanwhile others are served at once.
+    let mut busy = lockd.connect().await;
+    for id in 0..20 {
+        assert_eq!(busy.call(json!({"id": id, "op": "ping"})).await["ok"], true);
+    }
+    for conn in [&mut slow, &mut silent] {
+        let closed = conn.recv().await;
+        assert_eq!(error_code(&closed), "limit_exceeded");
+        assert!(closed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--first-frame-timeout-ms"));
+        assert_eq!(conn.try_recv(Duration::from_secs(5)).await, Ok(None));
+    }
+    // Only the first frame is timed: after it, the lease is the idle limit.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(busy.call(json!({"id": 99, "op": "ping"})).await["ok"], true);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_its_locks_freed() {
+    let lockd = Lockd::start(&["--write-timeout-ms", "300", "--max-value-bytes", "262144"]);
+    let mut hog = lockd.connect().await;
+    let token = hog.lock(1, "big", "exclusive").await;
+    let value = "x".repeat(256 * 1024);
+    let write = json!({"id": 2, "op": "write", "resource": "big", "token": token, "value": value});
+    assert_eq!(hog.call(write).await["ok"], true);
+    // Ask for ~50 MB of replies and never read them.
+    let read = json!({"id": 3, "op": "read", "resource": "big", "token": token}).to_string() + "\n";
+    let mut batch = String::new();
+    for _ in 0..200 {
+        batch.push_str(&read);
+    }
+    let (reader, mut writer) = hog.into_split();
+    writer.write_all(batch.as_bytes()).await.unwrap();
+
+    let mut other = lockd.connect().await;
+    other
+        .send(json!({"id": 1, "op": "acquire", "resource": "big", "timeout_ms": 5000}))
+        .await;
+    let mut granted = other.recv().await;
+    if granted.get("event").is_some() {
+        granted = other.recv().await;
+    }
+    assert_eq!(
+        granted["ok"], true,
+        "the hog was dropped and its lock freed: {granted}"
+    );
+    drop(reader);
+}
+
+#[tokio::test]
+async fn per_session_limits_come_from_flags() {
+    let lockd = Lockd::start(&[
+        "--max-waits-per-session",
+        "1",
+        "--max-locks-per-session",
+        "2",
+    ]);
+    let mut holder = lockd.connect().await;
+    holder.lock(1, "a", "exclusive").await;
+    holder.lock(2, "b", "exclusive").await;
+    let mut conn = lockd.connect().await;
+    conn.send(json!({"id": 1, "op": "acquire", "resource": "a"}))
+        .await;
+    assert_eq!(conn.recv().await["event"], "queued");
+    let second_wait = conn
+        .call(json!({"id": 2, "op": "acquire", "resource": "b"}))
+        .await;
+    assert_eq!(error_code(&second_wait), "limit_exceeded");
+    assert!(second_wait["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--max-waits-per-session"));
+    let third = holder
+        .call(json!({"id": 3, "op": "acquire", "resource": "c"}))
+        .await;
+    assert_eq!(error_code(&third), "limit_exceeded");
+}
