@@ -51,7 +51,6 @@ Examples:
     version,
     about,
     after_help = AFTER_HELP,
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
@@ -62,6 +61,22 @@ pub struct Cli {
     /// A file holding the secret of a lockd started with --auth-token-file.
     #[arg(long, global = true, value_name = "FILE")]
     pub auth_token_file: Option<std::path::PathBuf>,
+
+    /// Speak TLS, trusting the CA certificates (PEM) in this file.
+    #[arg(long, global = true, env = "LOCKD_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// A client certificate (PEM) for a server that requires mutual TLS; needs --tls-key.
+    #[arg(long, global = true, env = "LOCKD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "LOCKD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// The name the server's certificate must carry (default: the host in --server).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
 
     /// Give up after waiting this many seconds for the lock (fractions allowed; 0 = try once).
     #[arg(long, short = 'w', global = true, value_name = "SECS", value_parser = parse_seconds)]
@@ -262,6 +277,22 @@ mod tests {
             (plan.value.as_deref(), plan.hold_text.as_str()),
             (Some("-x"), "1")
         );
+    }
+
+    #[test]
+    fn global_options_go_before_subcommands_too() {
+        let cli = parse(&["--server", "h:1", "status"]);
+        assert!(matches!(
+            cli.command,
+            Some(Subcommands::Status { resource: None })
+        ));
+        let cli = parse(&["--tls-ca", "ca.pem", "--timeout", "1", "status", "r"]);
+        assert!(matches!(
+            cli.command,
+            Some(Subcommands::Status { resource: Some(_) })
+        ));
+        let cli = parse(&["-w", "2", "run", "r", "--", "true"]);
+        assert!(matches!(cli.command, Some(Subcommands::Run(_))));
     }
 
     #[test]

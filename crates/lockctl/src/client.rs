@@ -17,7 +17,7 @@ use protocol::{
     ResourceName, SessionId,
 };
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -25,6 +25,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::lock::LockRequest;
+use crate::tls::TlsOptions;
 
 /// Where lockd listens unless told otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:5555";
@@ -181,6 +182,7 @@ pub struct ClientBuilder {
     lease: Option<Duration>,
     keepalive: bool,
     auth: Option<String>,
+    tls: Option<TlsOptions>,
 }
 
 impl ClientBuilder {
@@ -203,6 +205,12 @@ impl ClientBuilder {
         self
     }
 
+    /// Speak TLS to a server started with `--tls-cert`.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The secret of a server started with `--auth-token-file`.
     pub fn auth(mut self, secret: impl Into<String>) -> Self {
         self.auth = Some(secret.into());
@@ -211,7 +219,7 @@ impl ClientBuilder {
 
     /// Connects, says `hello`, and starts the keepalive.
     pub async fn connect(self) -> Result<Client, ClientError> {
-        let mut client = Client::connect_raw(&self.addr).await?;
+        let mut client = Client::connect_raw(&self.addr, self.tls.as_ref()).await?;
         let lease_ms = self
             .lease
             .map(|lease| u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
@@ -248,6 +256,7 @@ impl Client {
             lease: None,
             keepalive: true,
             auth: None,
+            tls: None,
         }
     }
 
@@ -288,7 +297,7 @@ impl Client {
     }
 
     /// Connects without `hello` and without keepalive.
-    async fn connect_raw(addr: &str) -> Result<Client, ClientError> {
+    async fn connect_raw(addr: &str, tls: Option<&TlsOptions>) -> Result<Client, ClientError> {
         let target = addr.strip_prefix("tcp://").unwrap_or(addr);
         let connect_error = |reason: String| ClientError::Connect {
             addr: target.to_owned(),
@@ -304,7 +313,24 @@ impl Client {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (read_half, mut write_half) = stream.into_split();
+        match tls {
+            None => Ok(Client::start(stream)),
+            Some(tls) => {
+                let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let (connector, name) = tls.connector(host)?;
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| connect_error("no TLS handshake within 5 s".to_owned()))?
+                    .map_err(|err| connect_error(format!("TLS handshake failed: {err}")))?;
+                Ok(Client::start(stream))
+            }
+        }
+    }
+
+    /// Starts the reader and writer tasks on an open connection.
+    fn start<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Client {
+        let (read_half, mut write_half) = tokio::io::split(stream);
         let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let shared = Arc::new(Shared {
             lost: CancellationToken::new(),
@@ -351,13 +377,13 @@ impl Client {
                 }));
             }
         });
-        Ok(Client {
+        Client {
             shared,
             session: None,
             lease: Duration::ZERO,
             _connection: Arc::new(ConnectionTasks(vec![writer, reader])),
             _keepalive: None,
-        })
+        }
     }
 
     /// `hello`: names this client and asks for a lease (the server clamps it).

@@ -21,6 +21,7 @@
 pub mod cli;
 mod client;
 mod lock;
+mod tls;
 
 pub use client::{
     AcquireCall, AcquireProgress, Client, ClientBuilder, ClientError, Keepalive, DEFAULT_ADDR,
@@ -28,3 +29,4 @@ pub use client::{
 pub use lock::{LockGuard, LockRequest};
 pub use protocol::cmd::{AcquireOk, HelloOk, ResourceStatus};
 pub use protocol::{ErrorBody, ErrorCode, FenceToken, LockMode, ResourceName, SessionId};
+pub use tls::TlsOptions;

@@ -61,6 +61,7 @@ async fn run(cli: Cli) -> ExitCode {
 pub(crate) struct Server {
     addr: String,
     auth: Option<String>,
+    tls: Option<lockctl::TlsOptions>,
 }
 
 impl Server {
@@ -79,9 +80,22 @@ impl Server {
             },
             None => std::env::var("LOCKD_AUTH_TOKEN").ok(),
         };
+        let tls_extras =
+            cli.tls_cert.is_some() || cli.tls_key.is_some() || cli.tls_server_name.is_some();
+        if tls_extras && cli.tls_ca.is_none() {
+            return Err(fail(
+                "--tls-cert, --tls-key and --tls-server-name need --tls-ca",
+            ));
+        }
         Ok(Server {
             addr: cli.server.clone(),
             auth: auth.filter(|secret| !secret.is_empty()),
+            tls: cli.tls_ca.as_ref().map(|ca| lockctl::TlsOptions {
+                ca: ca.clone(),
+                cert: cli.tls_cert.clone(),
+                key: cli.tls_key.clone(),
+                server_name: cli.tls_server_name.clone(),
+            }),
         })
     }
 }
@@ -270,6 +284,9 @@ pub(crate) async fn connect(server: &Server) -> Result<Client, ExitCode> {
     let mut builder = Client::builder(&server.addr).name(client_name());
     if let Some(secret) = &server.auth {
         builder = builder.auth(secret.clone());
+    }
+    if let Some(tls) = &server.tls {
+        builder = builder.tls(tls.clone());
     }
     builder.connect().await.map_err(|err| {
         if err.code() == Some(ErrorCode::Unauthorized) {

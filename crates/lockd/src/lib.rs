@@ -3,6 +3,8 @@
 //! - [`core`]: the lock table, a deterministic state machine with no I/O and no clock.
 //! - [`server`]: the Tokio side: accept loop, per-connection tasks and the table's driver.
 //! - [`data_dir`]: the data directory and its single-owner lock.
+//! - [`store`]: values and the token reservation on disk.
+//! - [`tls`]: the TLS acceptor for `--tls-cert`/`--tls-key`.
 //!
 //! `main.rs` only parses flags, sets up logging and signals, and calls [`server::run`].
 
@@ -10,6 +12,7 @@ pub mod core;
 pub mod data_dir;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 mod connection;
 mod driver;

@@ -97,6 +97,18 @@ struct Args {
     /// Require every session to send `hello` with this file's contents (trimmed) as `auth`.
     #[arg(long, value_name = "FILE")]
     auth_token_file: Option<PathBuf>,
+
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by a CA in this file (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 impl Args {
@@ -130,6 +142,14 @@ impl Args {
                 .as_deref()
                 .map(read_secret)
                 .transpose()?,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(lockd::tls::server_config(
+                    cert,
+                    key,
+                    self.tls_client_ca.as_deref(),
+                )?),
+                _ => None,
+            },
         })
     }
 }
@@ -177,11 +197,12 @@ async fn serve(args: Args, config: ServerConfig) -> ExitCode {
         Ok(addr) => addr,
         Err(err) => return fail(format!("cannot read the listening address: {err}")),
     };
-    if !addr.ip().is_loopback() && args.auth_token_file.is_none() {
+    if !addr.ip().is_loopback() && args.auth_token_file.is_none() && args.tls_client_ca.is_none() {
         tracing::warn!(
             %addr,
-            "serving plain TCP without authentication on a non-loopback address: anyone who \
-             can reach it can take and release locks (see --auth-token-file)"
+            tls = args.tls_cert.is_some(),
+            "serving without authentication on a non-loopback address: anyone who can reach it \
+             can take and release locks (see --auth-token-file and --tls-client-ca)"
         );
     }
     raise_open_file_limit(args.max_connections);

@@ -15,6 +15,7 @@ use std::time::Duration;
 use protocol::{ErrorCode, ServerFrame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -46,6 +47,8 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// The secret every session must give in `hello`, if any.
     pub auth: Option<Arc<str>>,
+    /// Serve TLS instead of plain TCP.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             first_frame_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             auth: None,
+            tls: None,
         }
     }
 }
@@ -139,6 +143,7 @@ impl Server {
             auth: config.auth.clone(),
         };
         let mut admission = Admission::new(config.max_connections, config.max_connections_per_ip);
+        let tls = config.tls.clone().map(TlsAcceptor::from);
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
 
@@ -161,8 +166,26 @@ impl Server {
                     let driver = driver_tx.clone();
                     let limits = limits.clone();
                     let stop = stop.clone();
+                    let tls = tls.clone();
                     tasks.spawn(async move {
-                        connection::serve(stream, peer, driver, limits, stop).await;
+                        match tls {
+                            None => connection::serve(stream, peer, driver, limits, stop).await,
+                            Some(tls) => {
+                                // The handshake counts against the first-frame time limit.
+                                let handshake = tls.accept(stream);
+                                match tokio::time::timeout(limits.first_frame_timeout, handshake)
+                                    .await
+                                {
+                                    Ok(Ok(stream)) => {
+                                        connection::serve(stream, peer, driver, limits, stop).await
+                                    }
+                                    Ok(Err(err)) => {
+                                        info!(%peer, error = %err, "TLS handshake failed")
+                                    }
+                                    Err(_) => info!(%peer, "TLS handshake timed out"),
+                                }
+                            }
+                        }
                         drop(ticket);
                     });
                 }

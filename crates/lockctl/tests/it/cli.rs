@@ -432,3 +432,64 @@ async fn the_auth_secret_comes_from_a_file_or_the_environment() {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
 }
+
+/// A CA, and a server certificate for localhost/127.0.0.1 signed by it, as PEM files.
+fn write_test_pki(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}
+
+#[tokio::test]
+async fn lockctl_speaks_tls_with_the_ca_it_is_given() {
+    let pki = tempfile::tempdir().unwrap();
+    write_test_pki(pki.path());
+    let tls = lockd::tls::server_config(
+        &pki.path().join("server.pem"),
+        &pki.path().join("server.key"),
+        None,
+    )
+    .unwrap();
+    let server = Server::start_with(ServerConfig {
+        tls: Some(tls),
+        ..ServerConfig::default()
+    });
+    let addr = server.addr_string();
+    let ca = pki.path().join("ca.pem");
+    let output = run_lockctl(
+        &addr,
+        &[
+            "--tls-ca",
+            ca.to_str().unwrap(),
+            "f",
+            "WRITE",
+            "over tls",
+            "0",
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout_lines(&output)[2], "WROTE 'over tls' to f");
+
+    // Without the CA the client refuses the server; a wrong name is refused too.
+    let output = run_lockctl(&addr, &["f", "READ", "0"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let args = [
+        "--tls-ca",
+        ca.to_str().unwrap(),
+        "--tls-server-name",
+        "elsewhere",
+        "status",
+    ];
+    let output = run_lockctl(&addr, &args).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("TLS handshake failed"));
+}

@@ -11,3 +11,4 @@ mod process;
 mod queueing;
 mod sessions;
 mod support;
+mod tls;
