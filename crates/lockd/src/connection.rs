@@ -205,9 +205,13 @@ impl Reader {
                     }
                 }
                 Verdict::Reject(reply) => {
-                    let _ = self.driver.send(DriverMsg::Activity {
-                        session: self.session,
-                    });
+                    // A bad frame is still a sign of life, but only from an authenticated
+                    // client: a stranger must not keep a connection open by sending junk.
+                    if self.authenticated {
+                        let _ = self.driver.send(DriverMsg::Activity {
+                            session: self.session,
+                        });
+                    }
                     self.outbox.send(reply);
                 }
                 Verdict::RejectAndClose(reply) => {

@@ -122,6 +122,16 @@ impl Args {
                 self.min_lease_ms, self.default_lease_ms, self.max_lease_ms
             ));
         }
+        // A waiting acquire holds one of its connection's in-flight slots until it is answered;
+        // if every slot could be taken by waits, the connection would stop being read (not even
+        // a ping or a cancel would get through) and the session would expire.
+        if self.max_waits_per_session >= self.max_in_flight {
+            return Err(format!(
+                "--max-waits-per-session ({}) must be below --max-in-flight ({}), so that a \
+                 connection full of waiting acquires can still be read",
+                self.max_waits_per_session, self.max_in_flight
+            ));
+        }
         Ok(ServerConfig {
             table: TableConfig {
                 default_lease: Duration::from_millis(self.default_lease_ms),

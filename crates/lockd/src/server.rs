@@ -159,7 +159,9 @@ impl Server {
                     let ticket = match admission.admit(peer.ip()) {
                         Ok(ticket) => ticket,
                         Err(refusal) => {
-                            tasks.spawn(refuse(stream, refusal));
+                            // A TLS client could not read a plain-text refusal, so it only
+                            // sees the connection close (the reason is logged).
+                            tasks.spawn(refuse(stream, refusal, tls.is_none()));
                             continue;
                         }
                     };
@@ -171,7 +173,8 @@ impl Server {
                         match tls {
                             None => connection::serve(stream, peer, driver, limits, stop).await,
                             Some(tls) => {
-                                // The handshake counts against the first-frame time limit.
+                                // The handshake gets its own --first-frame-timeout-ms; the
+                                // first frame then gets another.
                                 let handshake = tls.accept(stream);
                                 match tokio::time::timeout(limits.first_frame_timeout, handshake)
                                     .await
@@ -290,11 +293,14 @@ fn lock_counts(counts: &Mutex<AdmissionCounts>) -> std::sync::MutexGuard<'_, Adm
     counts.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
-/// Tells a refused client why, then closes; never waits long on a client that does not read.
-async fn refuse(mut stream: TcpStream, reason: String) {
+/// Tells a refused client why (when it speaks plain text), then closes; never waits long on a
+/// client that does not read.
+async fn refuse(mut stream: TcpStream, reason: String, plain_text: bool) {
     tracing::info!(reason = %reason, "connection refused");
-    let mut line = ServerFrame::error(None, ErrorCode::LimitExceeded, reason).to_json();
-    line.push(b'\n');
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
+    if plain_text {
+        let mut line = ServerFrame::error(None, ErrorCode::LimitExceeded, reason).to_json();
+        line.push(b'\n');
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
+    }
     let _ = stream.shutdown().await;
 }

@@ -107,6 +107,17 @@ impl std::error::Error for ErrorBody {}
 mod tests {
     use super::*;
 
+    /// docs/protocol.md is the contract: every code must have its row in the error table, with
+    /// the description from this file.
+    #[test]
+    fn every_code_is_documented_in_the_protocol_doc() {
+        let doc = include_str!("../../../docs/protocol.md");
+        for code in ErrorCode::ALL {
+            let row = format!("| `{}` | {} |", code.as_str(), code.description());
+            assert!(doc.contains(&row), "docs/protocol.md lacks the row:\n{row}");
+        }
+    }
+
     #[test]
     fn wire_names_match_serde() {
         for code in ErrorCode::ALL {

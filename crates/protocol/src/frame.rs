@@ -116,6 +116,10 @@ impl Decoder for LineCodec {
         if line[..trimmed_len].iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
+        if trimmed_len > self.max_frame_bytes {
+            // The one byte of slack kept for a `\r` turned out to be part of the line.
+            return Ok(Some(Frame::TooLarge));
+        }
         let mut line = line;
         line.truncate(trimmed_len);
         Ok(Some(Frame::Line(line)))
@@ -205,6 +209,17 @@ mod tests {
         assert_eq!(codec.decode_eof(&mut buf).unwrap(), Some(line("one")));
         assert_eq!(codec.decode_eof(&mut buf).unwrap(), Some(line("two")));
         assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn eof_refuses_a_last_line_one_byte_over_the_limit() {
+        // Found by the fuzzer: the slack byte kept for `\r` must not let a line through.
+        let mut codec = LineCodec::new(4);
+        let mut buf = BytesMut::from(&b"abcde"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert_eq!(codec.decode_eof(&mut buf).unwrap(), Some(Frame::TooLarge));
+        let mut buf = BytesMut::from(&b"abcd\r"[..]);
+        assert_eq!(codec.decode_eof(&mut buf).unwrap(), Some(line("abcd")));
     }
 
     #[test]

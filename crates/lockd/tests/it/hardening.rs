@@ -198,3 +198,47 @@ async fn per_session_limits_come_from_flags() {
         .await;
     assert_eq!(error_code(&third), "limit_exceeded");
 }
+
+#[tokio::test]
+async fn an_unauthenticated_client_cannot_keep_its_session_alive_with_junk() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let lockd = Lockd::start(&[
+        "--auth-token-file",
+        secret.to_str().unwrap(),
+        "--default-lease-ms",
+        "300",
+        "--min-lease-ms",
+        "100",
+    ]);
+    let mut stranger = lockd.connect().await;
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(3) {
+        stranger.send_raw(b"{\"id\": 1, \"op\": \"ping\"}\n").await;
+        match stranger.try_recv(Duration::from_millis(100)).await {
+            Ok(None) => {
+                closed = true;
+                break;
+            }
+            Ok(Some(reply)) => assert_eq!(error_code(&reply), "unauthorized"),
+            Err(()) => {}
+        }
+    }
+    assert!(closed, "the stranger's session outlived its 300 ms lease");
+}
+
+#[test]
+fn waits_must_stay_below_the_in_flight_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = lockd_command(
+        dir.path(),
+        &["--max-waits-per-session", "64", "--max-in-flight", "64"],
+    )
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--max-in-flight"), "{stderr}");
+}

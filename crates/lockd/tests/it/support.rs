@@ -127,6 +127,10 @@ impl Conn {
 
     pub fn from_stream(stream: TcpStream) -> Conn {
         let (read, write) = stream.into_split();
+        Conn::from_halves(read, write)
+    }
+
+    pub fn from_halves(read: OwnedReadHalf, write: OwnedWriteHalf) -> Conn {
         Conn {
             reader: AsyncBufReader::new(read),
             writer: write,
