@@ -183,8 +183,7 @@ async fn crash_client(state: Arc<CrashState>, client: usize) -> u64 {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        drop(stream);
-        let mut conn = Conn::connect(addr).await;
+        let mut conn = Conn::from_stream(stream);
         while !state.stop.load(Ordering::SeqCst) {
             round += 1;
             let r = round % state.max_acked.lock().unwrap().len();
@@ -202,8 +201,12 @@ async fn crash_client(state: Arc<CrashState>, client: usize) -> u64 {
 async fn increment(conn: &mut Conn, state: &CrashState, cycle: usize, r: usize) -> Option<bool> {
     let resource = format!("counter{r}");
     let wait = Duration::from_secs(3);
-    conn.send(json!({"id": 1, "op": "acquire", "resource": resource}))
-        .await;
+    if !conn
+        .try_send(json!({"id": 1, "op": "acquire", "resource": resource}))
+        .await
+    {
+        return None;
+    }
     let granted = loop {
         let frame = conn.try_recv(wait).await.ok()??;
         if frame.get("event").is_none() {
@@ -217,8 +220,12 @@ async fn increment(conn: &mut Conn, state: &CrashState, cycle: usize, r: usize) 
         entry.0 = entry.0.min(token);
         entry.1 = entry.1.max(token);
     }
-    conn.send(json!({"id": 2, "op": "read", "resource": resource, "token": token}))
-        .await;
+    if !conn
+        .try_send(json!({"id": 2, "op": "read", "resource": resource, "token": token}))
+        .await
+    {
+        return None;
+    }
     let read = conn.try_recv(wait).await.ok()??;
     let value: u64 = read["value"].as_str().map_or(0, |v| v.parse().unwrap());
     {
@@ -230,16 +237,26 @@ async fn increment(conn: &mut Conn, state: &CrashState, cycle: usize, r: usize) 
         );
     }
     let next = (value + 1).to_string();
-    conn.send(json!({"id": 3, "op": "write", "resource": resource, "token": token, "value": next}))
-        .await;
+    if !conn
+        .try_send(
+            json!({"id": 3, "op": "write", "resource": resource, "token": token, "value": next}),
+        )
+        .await
+    {
+        return None;
+    }
     let written = conn.try_recv(wait).await.ok()??;
     let acknowledged = written["ok"] == true;
     if acknowledged {
         let mut max_acked = state.max_acked.lock().unwrap();
         max_acked[r] = max_acked[r].max(value + 1);
     }
-    conn.send(json!({"id": 4, "op": "release", "resource": resource, "token": token}))
-        .await;
+    if !conn
+        .try_send(json!({"id": 4, "op": "release", "resource": resource, "token": token}))
+        .await
+    {
+        return None;
+    }
     conn.try_recv(wait).await.ok()??;
     Some(acknowledged)
 }

@@ -147,6 +147,13 @@ impl Conn {
         self.writer.write_all(bytes).await.expect("write works");
     }
 
+    /// Sends one JSON frame; `false` if the connection is gone (for tests that kill lockd).
+    pub async fn try_send(&mut self, frame: Value) -> bool {
+        let mut line = serde_json::to_vec(&frame).unwrap();
+        line.push(b'\n');
+        self.writer.write_all(&line).await.is_ok()
+    }
+
     /// Sends one JSON frame.
     pub async fn send(&mut self, frame: Value) {
         let mut line = serde_json::to_vec(&frame).unwrap();
@@ -168,6 +175,8 @@ impl Conn {
         match tokio::time::timeout(wait, self.reader.read_line(&mut line)).await {
             Err(_) => Err(()),
             Ok(Ok(0)) | Ok(Err(_)) => Ok(None),
+            // The connection ended in the middle of a line (lockd was killed mid-write).
+            Ok(Ok(_)) if !line.ends_with('\n') => Ok(None),
             Ok(Ok(_)) => Ok(Some(serde_json::from_str(&line).unwrap_or_else(|err| {
                 panic!("server sent invalid JSON {line:?}: {err}")
             }))),
