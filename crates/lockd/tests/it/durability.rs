@@ -68,12 +68,11 @@ async fn an_acknowledged_write_pipelined_with_its_release_is_durable() {
     let mut conn = lockd.connect().await;
     let token = conn.lock(1, "r", "exclusive").await;
     // Write and release in one packet: the release must not overtake the write.
-    let batch = format!(
-        "{}\n{}\n",
+    conn.send_batch(&[
         json!({"id": 2, "op": "write", "resource": "r", "token": token, "value": "pipelined"}),
         json!({"id": 3, "op": "release", "resource": "r", "token": token}),
-    );
-    conn.send_raw(batch.as_bytes()).await;
+    ])
+    .await;
     assert_eq!(conn.recv().await, json!({"id": 2, "ok": true}));
     assert_eq!(conn.recv().await, json!({"id": 3, "ok": true}));
     lockd.signal_and_wait("KILL");
@@ -285,25 +284,18 @@ async fn a_failing_store_fails_writes_with_internal_and_locks_keep_working() {
         inner: store,
         failing: Arc::clone(&failing),
     };
-    let server = Server::with_store(ServerConfig::default(), Box::new(store), snapshot).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(listener, async {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop) = serve_in_process(Box::new(store), snapshot).await;
 
     let mut conn = Conn::connect(addr).await;
     write_under_lock(&mut conn, "r", "safe").await;
     failing.store(true, Ordering::SeqCst);
     let token = conn.lock(1, "r", "exclusive").await;
     // The write and a read of it in one turn: both fail, nothing is half-saved.
-    let batch = format!(
-        "{}\n{}\n",
+    conn.send_batch(&[
         json!({"id": 2, "op": "write", "resource": "r", "token": token, "value": "lost"}),
         json!({"id": 3, "op": "read", "resource": "r", "token": token}),
-    );
-    conn.send_raw(batch.as_bytes()).await;
+    ])
+    .await;
     let write = conn.recv().await;
     assert_eq!(error_code(&write), "internal");
     assert!(
@@ -327,8 +319,7 @@ async fn a_failing_store_fails_writes_with_internal_and_locks_keep_working() {
     failing.store(false, Ordering::SeqCst);
     write_under_lock(&mut conn, "r", "saved again").await;
     assert_eq!(read_under_lock(&mut conn, "r").await.1, "saved again");
-    stop_tx.send(()).unwrap();
-    running.await.unwrap();
+    stop.await;
 }
 
 /// A real full disk: lockd runs in its own mount namespace on a 512 KiB tmpfs that also holds
@@ -419,13 +410,7 @@ async fn writes_that_arrive_during_a_commit_share_the_next_one() {
         commits: Arc::clone(&commits),
         open: Arc::clone(&open),
     };
-    let server = Server::with_store(ServerConfig::default(), Box::new(store), snapshot).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(listener, async {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop) = serve_in_process(Box::new(store), snapshot).await;
 
     const WRITERS: usize = 10;
     let mut conns = Vec::new();
@@ -451,6 +436,24 @@ async fn writes_that_arrive_during_a_commit_share_the_next_one() {
     }
     // One fsync for the lone first writer, one for the ten that queued behind it.
     assert_eq!(*commits.lock().unwrap(), vec![1, WRITERS]);
-    stop_tx.send(()).unwrap();
-    running.await.unwrap();
+    stop.await;
+}
+
+/// Runs a server over `store` in this process; awaiting the returned future stops it.
+async fn serve_in_process(
+    store: Box<dyn Store>,
+    snapshot: lockd::store::Snapshot,
+) -> (std::net::SocketAddr, impl std::future::Future<Output = ()>) {
+    let server = Server::with_store(ServerConfig::default(), store, snapshot).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let stop = async move {
+        stop_tx.send(()).unwrap();
+        running.await.unwrap();
+    };
+    (addr, stop)
 }

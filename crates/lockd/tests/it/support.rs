@@ -154,6 +154,16 @@ impl Conn {
         self.writer.write_all(&line).await.is_ok()
     }
 
+    /// Sends several frames in one write, so lockd reads them together.
+    pub async fn send_batch(&mut self, frames: &[Value]) {
+        let mut batch = String::new();
+        for frame in frames {
+            batch.push_str(&frame.to_string());
+            batch.push('\n');
+        }
+        self.send_raw(batch.as_bytes()).await;
+    }
+
     /// Sends one JSON frame.
     pub async fn send(&mut self, frame: Value) {
         let mut line = serde_json::to_vec(&frame).unwrap();
