@@ -4,13 +4,17 @@
 //! a `now: Instant` argument, and decisions go out as return values and [`Effect`]s.
 
 mod effect;
+mod observation;
 mod queue;
 mod session;
 mod table;
 
 pub use effect::{Effect, LockError, WaitFailure};
-pub use table::{Acquired, LockTable, TableConfig, TOKEN_BLOCK, TOKEN_LOW_WATER};
+pub use observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
+pub use table::{Acquired, ForcedRelease, LockTable, TableConfig, TOKEN_BLOCK, TOKEN_LOW_WATER};
 
+#[cfg(test)]
+mod observe_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

@@ -15,6 +15,7 @@ use protocol::cmd::{HolderStatus, ResourceStatus, WaiterStatus};
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 
 use super::effect::{Effect, LockError, WaitFailure};
+use super::observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 use super::queue::{Holder, LockQueue, Ticket, Waiter};
 use super::session::{Involvement, Session};
 
@@ -68,6 +69,19 @@ pub const TOKEN_BLOCK: u64 = 1 << 20;
 /// Ask for the next block when fewer tokens than this are left, long before they run out.
 pub const TOKEN_LOW_WATER: u64 = TOKEN_BLOCK / 2;
 
+/// A hold ended by [`LockTable::handle_force_release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForcedRelease {
+    /// The holder's session, now ended.
+    pub session: SessionId,
+    /// The token it held the lock with.
+    pub token: FenceToken,
+    /// The mode it held.
+    pub mode: LockMode,
+    /// How long it had held the lock.
+    pub held: Duration,
+}
+
 /// Something the table must act on at a given instant.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Deadline {
@@ -88,6 +102,10 @@ enum Deadline {
 ///    [`handle_timeout`](Self::handle_timeout) and drain effects again. Any input may move the
 ///    next deadline earlier, so ask again after each one.
 /// 5. [`handle_session_closed`](Self::handle_session_closed) when a connection ends.
+/// 6. For metrics, drain [`poll_observation`](Self::poll_observation) after every input too;
+///    observations pile up until they are polled.
+///
+/// Operators have one more input, [`handle_force_release`](Self::handle_force_release).
 #[derive(Debug)]
 pub struct LockTable {
     config: TableConfig,
@@ -97,6 +115,8 @@ pub struct LockTable {
     sessions: HashMap<SessionId, Session>,
     deadlines: BTreeSet<(Instant, Deadline)>,
     effects: VecDeque<Effect>,
+    /// Grants and ended holds and waits, for metrics; see [`Observation`].
+    observations: VecDeque<Observation>,
     next_session: u64,
     next_token: u64,
     /// The highest token that may be handed out: the durable reservation. No grant goes past
@@ -130,6 +150,7 @@ impl LockTable {
             sessions: HashMap::new(),
             deadlines: BTreeSet::new(),
             effects: VecDeque::new(),
+            observations: VecDeque::new(),
             next_session: 1,
             next_token: tokens_reserved.saturating_add(1),
             token_limit: tokens_reserved,
@@ -200,6 +221,46 @@ impl LockTable {
     /// The connection ended: releases everything the session holds, withdraws its waiters, and
     /// grants whatever that frees. Nothing is sent to the closed session itself.
     pub fn handle_session_closed(&mut self, now: Instant, session_id: SessionId) {
+        self.end_session(now, session_id, SessionEnd::Disconnected);
+    }
+
+    /// An operator's forced release of `resource`: ends the session of every holder of it (only
+    /// the one holding it with `token`, when given), exactly as if that session's lease had run
+    /// out now. Each such session loses every lock it holds and every wait it has, and the
+    /// queues move on as after any release, so the next waiter of `resource` gets it.
+    ///
+    /// Returns the holds that were forced, in grant order; empty when nobody (or nobody with
+    /// `token`) holds the lock, in which case nothing changed. The table has forgotten those
+    /// sessions: the caller must close their connections (no effect says so), so that their
+    /// clients learn at once that their locks are gone instead of working on unprotected.
+    pub fn handle_force_release(
+        &mut self,
+        now: Instant,
+        resource: &ResourceName,
+        token: Option<FenceToken>,
+    ) -> Vec<ForcedRelease> {
+        let Some(queue) = self.queues.get(resource) else {
+            return Vec::new();
+        };
+        let forced: Vec<ForcedRelease> = queue
+            .holders()
+            .filter(|(held, _)| token.is_none_or(|token| token == *held))
+            .map(|(token, holder)| ForcedRelease {
+                session: holder.session,
+                token,
+                mode: holder.mode,
+                held: now.saturating_duration_since(holder.since),
+            })
+            .collect();
+        for release in &forced {
+            self.end_session(now, release.session, SessionEnd::Forced);
+        }
+        forced
+    }
+
+    /// Ends a session for `why`: releases its holds, withdraws its waits and grants what that
+    /// frees.
+    fn end_session(&mut self, now: Instant, session_id: SessionId, why: SessionEnd) {
         let Some(session) = self.sessions.remove(&session_id) else {
             return;
         };
@@ -214,10 +275,21 @@ impl LockTable {
             };
             match *involvement {
                 Involvement::Holding { token, .. } => {
-                    queue.remove_holder(token);
+                    if let Some(holder) = queue.remove_holder(token) {
+                        self.observations.push_back(Observation::HoldEnded {
+                            mode: holder.mode,
+                            held: now.saturating_duration_since(holder.since),
+                            reason: HoldEnd::SessionEnded(why),
+                        });
+                    }
                 }
                 Involvement::Waiting { ticket, .. } => {
                     if let Some(waiter) = queue.remove_waiter(ticket) {
+                        self.observations.push_back(Observation::WaitEnded {
+                            mode: waiter.mode,
+                            waited: now.saturating_duration_since(waiter.since),
+                            reason: WaitEnd::SessionEnded(why),
+                        });
                         self.forget_wait_deadline(resource, ticket, &waiter);
                     }
                 }
@@ -282,6 +354,10 @@ impl LockTable {
             session
                 .resources
                 .insert(resource, Involvement::Holding { token, mode });
+            self.observations.push_back(Observation::Granted {
+                mode,
+                waited: Duration::ZERO,
+            });
             return Ok(Acquired::Granted(token));
         }
         if timeout != Some(Duration::ZERO)
@@ -364,8 +440,16 @@ impl LockTable {
             _ => return Err(LockError::NotHeld(resource.clone(), token)),
         }
         session.resources.remove(resource);
-        if let Some(queue) = self.queues.get_mut(resource) {
-            queue.remove_holder(token);
+        if let Some(holder) = self
+            .queues
+            .get_mut(resource)
+            .and_then(|queue| queue.remove_holder(token))
+        {
+            self.observations.push_back(Observation::HoldEnded {
+                mode: holder.mode,
+                held: now.saturating_duration_since(holder.since),
+                reason: HoldEnd::Released,
+            });
         }
         self.grant_waiters(now, resource);
         Ok(())
@@ -497,6 +581,11 @@ impl LockTable {
     /// The next effect to deliver, oldest first.
     pub fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
+    }
+
+    /// The next observation for metrics, oldest first.
+    pub fn poll_observation(&mut self) -> Option<Observation> {
+        self.observations.pop_front()
     }
 
     // ---- Introspection -------------------------------------------------------------------
@@ -636,7 +725,7 @@ impl LockTable {
         self.effects.push_back(Effect::SessionExpired {
             session: session_id,
         });
-        self.handle_session_closed(now, session_id);
+        self.end_session(now, session_id, SessionEnd::Expired);
     }
 
     /// Takes a waiter out of line for `reason`, tells it so, and grants whoever it blocked.
@@ -659,6 +748,14 @@ impl LockTable {
             session.resources.remove(resource);
             session.waits.remove(&waiter.request);
         }
+        self.observations.push_back(Observation::WaitEnded {
+            mode: waiter.mode,
+            waited: now.saturating_duration_since(waiter.since),
+            reason: match reason {
+                WaitFailure::Timeout => WaitEnd::Timeout,
+                WaitFailure::Cancelled => WaitEnd::Cancelled,
+            },
+        });
         self.effects.push_back(Effect::WaitFailed {
             session: waiter.session,
             request: waiter.request,
@@ -715,6 +812,10 @@ impl LockTable {
                     },
                 );
             }
+            self.observations.push_back(Observation::Granted {
+                mode: waiter.mode,
+                waited: now.saturating_duration_since(waiter.since),
+            });
             self.effects.push_back(Effect::Granted {
                 session: waiter.session,
                 request: waiter.request,
