@@ -10,6 +10,9 @@
 //!
 //! Authentication, when the server has a secret, happens here too, before anything reaches the
 //! driver: until `hello` carries the right `auth`, every request is answered `unauthorized`.
+//!
+//! Everything a connection logs, and what the driver logs about its session, is inside one
+//! `session` span with the session id, peer address and (after `hello`) client name.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,9 +26,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::driver::DriverMsg;
+use crate::metrics::Metrics;
 
 /// How long a closing connection may take to write its last replies.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
@@ -62,7 +66,40 @@ pub(crate) async fn serve<S>(
     peer: SocketAddr,
     driver: mpsc::UnboundedSender<DriverMsg>,
     limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    // The driver fills in the session id when it opens the session, and the client name when
+    // `hello` gives one.
+    let span = info_span!(
+        "session",
+        session = tracing::field::Empty,
+        %peer,
+        client = tracing::field::Empty
+    );
+    serve_in_span(
+        stream,
+        peer,
+        driver,
+        limits,
+        metrics,
+        shutdown,
+        span.clone(),
+    )
+    .instrument(span)
+    .await;
+}
+
+async fn serve_in_span<S>(
+    stream: S,
+    peer: SocketAddr,
+    driver: mpsc::UnboundedSender<DriverMsg>,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    span: tracing::Span,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -74,6 +111,7 @@ pub(crate) async fn serve<S>(
         peer,
         outbox: outbox.clone(),
         close: close.clone(),
+        span,
         reply: reply_tx,
     };
     if driver.send(open).is_err() {
@@ -85,13 +123,17 @@ pub(crate) async fn serve<S>(
 
     let (read_half, write_half) = tokio::io::split(stream);
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
-    let mut writer = tokio::spawn(write_frames(
-        write_half,
-        outbox_rx,
-        Arc::clone(&in_flight),
-        close.clone(),
-        limits.write_timeout,
-    ));
+    let mut writer = tokio::spawn(
+        write_frames(
+            write_half,
+            outbox_rx,
+            Arc::clone(&in_flight),
+            close.clone(),
+            limits.write_timeout,
+            metrics,
+        )
+        .in_current_span(),
+    );
     let reader = Reader {
         session,
         peer,
@@ -118,7 +160,7 @@ pub(crate) async fn serve<S>(
         close.cancel();
         let _ = writer.await;
     }
-    debug!(session = session.0, %peer, "connection finished");
+    debug!("connection finished");
 }
 
 struct Reader {
@@ -199,6 +241,7 @@ impl Reader {
                     let msg = DriverMsg::Request {
                         session: self.session,
                         request,
+                        received: tokio::time::Instant::now().into_std(),
                     };
                     if self.driver.send(msg).is_err() {
                         return;
@@ -279,12 +322,16 @@ impl Reader {
 
 /// Writes frames as they come, one syscall per batch: everything already queued is serialized
 /// into one buffer before the buffer is written.
+///
+/// Every error frame is counted here, whoever produced it (the driver, or the reader for frames
+/// it rejected itself), by its code.
 async fn write_frames<W: AsyncWrite>(
     socket: W,
     mut frames: mpsc::UnboundedReceiver<ServerFrame>,
     in_flight: Arc<Semaphore>,
     close: CancellationToken,
     write_timeout: Duration,
+    metrics: Arc<Metrics>,
 ) {
     tokio::pin!(socket);
     let mut buf = Vec::with_capacity(4096);
@@ -295,9 +342,9 @@ async fn write_frames<W: AsyncWrite>(
         };
         let Some(frame) = frame else { break };
         let mut finished = 0;
-        encode(&frame, &mut buf, &mut finished);
+        encode(&frame, &mut buf, &mut finished, &metrics);
         while let Ok(frame) = frames.try_recv() {
-            encode(&frame, &mut buf, &mut finished);
+            encode(&frame, &mut buf, &mut finished, &metrics);
         }
         let written = tokio::select! {
             result = tokio::time::timeout(write_timeout, socket.write_all(&buf)) => match result {
@@ -320,7 +367,7 @@ async fn write_frames<W: AsyncWrite>(
     // Closing: send what is already queued (replies to the last requests) without waiting on a
     // client that does not read.
     while let Ok(frame) = frames.try_recv() {
-        encode(&frame, &mut buf, &mut 0);
+        encode(&frame, &mut buf, &mut 0, &metrics);
     }
     if !buf.is_empty() {
         let flush = socket.write_all(&buf);
@@ -329,7 +376,10 @@ async fn write_frames<W: AsyncWrite>(
     let _ = socket.shutdown().await;
 }
 
-fn encode(frame: &ServerFrame, buf: &mut Vec<u8>, finished: &mut usize) {
+fn encode(frame: &ServerFrame, buf: &mut Vec<u8>, finished: &mut usize, metrics: &Metrics) {
+    if let ServerFrame::Err { error, .. } = frame {
+        metrics.error(error.code);
+    }
     frame.write_json(buf);
     buf.push(b'\n');
     if !matches!(frame, ServerFrame::Queued { .. }) {

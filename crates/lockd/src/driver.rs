@@ -12,6 +12,12 @@
 //! in one durable batch, and only then sends the turn's frames. So no reply can reveal state
 //! that a crash could still lose, and writes that arrive together share one fsync (group
 //! commit). While a commit runs, new messages queue up and form the next turn.
+//!
+//! The driver also serves the admin API (which never touches the table itself): it hands out
+//! snapshots of holders and waiters, rebuilt at most every [`SNAPSHOT_INTERVAL`] and only when
+//! something changed, so any number of dashboards and scrapers cost it a few table walks a
+//! second at most; and it carries out an operator's forced release. It counts what it sees into
+//! the server's [`Metrics`] through handles resolved at start, so counting allocates nothing.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,16 +26,24 @@ use std::time::Duration;
 
 use protocol::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk, ValidateOk};
 use protocol::{
-    Command, ErrorCode, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
+    Command, ErrorCode, FenceToken, ReplyBody, Request, RequestId, ResourceName, ServerFrame,
+    SessionId,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Span};
 
 use crate::connection::Outbox;
-use crate::core::{Acquired, Effect, LockError, LockTable};
+use crate::core::{Acquired, Effect, ForcedRelease, LockError, LockTable};
+use crate::metrics::Metrics;
+use crate::snapshot::{LocksSnapshot, SessionInfo};
 use crate::store::{CommitBatch, Store};
+
+/// The shortest time between two snapshots for the admin API. Requests that come sooner, while
+/// the table has changed, wait for the next one (so they never see state older than themselves)
+/// and share it.
+pub(crate) const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A message from a connection (or the accept loop) to the driver.
 #[derive(Debug)]
@@ -38,27 +52,72 @@ pub(crate) enum DriverMsg {
     Open {
         peer: SocketAddr,
         outbox: Outbox,
-        /// Cancelled by the driver to close the connection (lease expiry).
+        /// Cancelled by the driver to close the connection (lease expiry, forced release).
         close: CancellationToken,
+        /// The connection's span; the driver records the session id in it and logs about the
+        /// session inside it.
+        span: Span,
         reply: oneshot::Sender<SessionId>,
     },
     /// A parsed request from the session's client.
     Request {
         session: SessionId,
         request: Request,
+        /// When the connection read it, for the request latency metric.
+        received: std::time::Instant,
     },
     /// The client sent something that was not a valid request; it still counts as alive.
     Activity { session: SessionId },
     /// The connection is gone.
     Closed { session: SessionId },
+    /// The admin API wants holders and waiters. Answered at once with the last snapshot when
+    /// nothing changed since it was built, else with a new one as soon as
+    /// [`SNAPSHOT_INTERVAL`] has passed since the last.
+    Snapshot {
+        reply: oneshot::Sender<Arc<LocksSnapshot>>,
+    },
+    /// An operator forces the release of `resource` (only the hold with `token`, if given); see
+    /// [`LockTable::handle_force_release`]. Answered with the holds released.
+    ForceRelease {
+        resource: ResourceName,
+        token: Option<FenceToken>,
+        /// Who asked, for the log.
+        operator: SocketAddr,
+        reply: oneshot::Sender<Vec<Evicted>>,
+    },
+    /// Readiness: answered as soon as the driver gets to it, which shows it is not stuck.
+    Probe { reply: oneshot::Sender<()> },
+}
+
+/// A hold ended by a forced release, with what the driver knew of its session.
+#[derive(Debug, Clone)]
+pub(crate) struct Evicted {
+    pub(crate) release: ForcedRelease,
+    /// `None` if the session's connection was already closing.
+    pub(crate) session: Option<SessionInfo>,
 }
 
 /// The driver's half of a connection.
 #[derive(Debug)]
 struct ConnectionHandle {
     peer: SocketAddr,
+    /// The client name from the session's last `hello` that gave one.
+    client: Option<Arc<str>>,
     outbox: Outbox,
     close: CancellationToken,
+    span: Span,
+}
+
+/// Snapshots for the admin API (see [`DriverMsg::Snapshot`]).
+#[derive(Debug, Default)]
+struct Snapshots {
+    latest: Option<Arc<LocksSnapshot>>,
+    /// When `latest` was built.
+    built: Option<Instant>,
+    /// Whether the table may have changed since `latest` was built.
+    stale: bool,
+    /// Requests waiting for the next build.
+    waiting: Vec<oneshot::Sender<Arc<LocksSnapshot>>>,
 }
 
 /// A write made this turn, to commit before its reply goes out (or to undo if that fails).
@@ -85,6 +144,10 @@ pub(crate) struct Driver {
     /// `read` replies this turn that returned a value written earlier in the same turn, so
     /// they can be withdrawn if that write fails (indexes in `outgoing`).
     reads_of_writes: Vec<usize>,
+    metrics: Arc<Metrics>,
+    /// Requests answered this turn: op (a metrics handle index) and when each was read.
+    turn_requests: Vec<(usize, std::time::Instant)>,
+    snapshots: Snapshots,
 }
 
 impl std::fmt::Debug for Driver {
@@ -97,7 +160,7 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    pub(crate) fn new(table: LockTable, store: Box<dyn Store>) -> Driver {
+    pub(crate) fn new(table: LockTable, store: Box<dyn Store>, metrics: Arc<Metrics>) -> Driver {
         Driver {
             table,
             store: Some(store),
@@ -106,6 +169,9 @@ impl Driver {
             outgoing: Vec::new(),
             writes: Vec::new(),
             reads_of_writes: Vec::new(),
+            metrics,
+            turn_requests: Vec::new(),
+            snapshots: Snapshots::default(),
         }
     }
 
@@ -115,6 +181,7 @@ impl Driver {
     pub(crate) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<DriverMsg>) {
         loop {
             let deadline = self.table.next_deadline();
+            let snapshot_due = self.snapshot_due();
             tokio::select! {
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { break };
@@ -126,7 +193,11 @@ impl Driver {
                 }
                 () = sleep_until(deadline), if deadline.is_some() => {
                     self.table.handle_timeout(now());
+                    self.snapshots.stale = true;
                     self.deliver_effects();
+                }
+                () = sleep_until_instant(snapshot_due), if snapshot_due.is_some() => {
+                    self.publish_snapshot();
                 }
             }
             self.finish_turn().await;
@@ -147,7 +218,11 @@ impl Driver {
         };
         if !batch.is_empty() {
             let reserved = batch.tokens_reserved;
-            match self.commit(batch).await {
+            let started = now();
+            let committed = self.commit(batch).await;
+            self.metrics
+                .store_commit(now().saturating_duration_since(started), committed.is_ok());
+            match committed {
                 Ok(()) => {
                     if let Some(reserved) = reserved {
                         debug!(reserved, "fencing tokens reserved");
@@ -163,6 +238,13 @@ impl Driver {
         for (session, frame) in self.outgoing.drain(..) {
             if let Some(connection) = self.connections.get(&session) {
                 connection.outbox.send(frame);
+            }
+        }
+        if !self.turn_requests.is_empty() {
+            let sent = now();
+            for (op, received) in self.turn_requests.drain(..) {
+                self.metrics
+                    .request_done(op, sent.saturating_duration_since(received));
             }
         }
     }
@@ -220,43 +302,173 @@ impl Driver {
                 peer,
                 outbox,
                 close,
+                span,
                 reply,
             } => {
                 let session = self.table.open_session(now());
-                info!(session = session.0, %peer, "session opened");
+                span.record("session", session.0);
+                span.in_scope(|| info!("session opened"));
                 self.connections.insert(
                     session,
                     ConnectionHandle {
                         peer,
+                        client: None,
                         outbox,
                         close,
+                        span,
                     },
                 );
+                self.snapshots.stale = true;
+                self.count_sessions();
                 // The connection may already have given up waiting; it then closes itself.
                 let _ = reply.send(session);
             }
-            DriverMsg::Request { session, request } => {
+            DriverMsg::Request {
+                session,
+                request,
+                received,
+            } => {
                 let now = now();
                 self.table.touch(now, session);
                 let id = request.id;
-                debug!(
-                    session = session.0,
-                    id = id.0,
-                    op = request.command.op(),
-                    "request"
-                );
+                let op = request.command.op();
+                debug!(session = session.0, id = id.0, op, "request");
+                self.turn_requests.push((Metrics::op_index(op), received));
+                self.snapshots.stale = true;
                 self.execute(now, session, request);
                 self.deliver_effects();
             }
             DriverMsg::Activity { session } => self.table.touch(now(), session),
             DriverMsg::Closed { session } => {
                 if let Some(connection) = self.connections.remove(&session) {
-                    info!(session = session.0, peer = %connection.peer, "session closed");
+                    connection.span.in_scope(|| info!("session closed"));
+                    self.count_sessions();
                 }
                 self.table.handle_session_closed(now(), session);
+                self.snapshots.stale = true;
                 self.deliver_effects();
             }
+            DriverMsg::Snapshot { reply } => match &self.snapshots.latest {
+                Some(latest) if !self.snapshots.stale => {
+                    let _ = reply.send(Arc::clone(latest));
+                }
+                _ => {
+                    self.snapshots.waiting.push(reply);
+                    if self.snapshot_due().is_some_and(|due| due <= Instant::now()) {
+                        self.publish_snapshot();
+                    }
+                }
+            },
+            DriverMsg::ForceRelease {
+                resource,
+                token,
+                operator,
+                reply,
+            } => {
+                let evicted = self.force_release(&resource, token, operator);
+                let _ = reply.send(evicted);
+            }
+            DriverMsg::Probe { reply } => {
+                let _ = reply.send(());
+            }
         }
+    }
+
+    /// Carries out an operator's forced release: the table ends the holders' sessions and
+    /// moves the queues on; the driver closes their connections, as on lease expiry.
+    fn force_release(
+        &mut self,
+        resource: &ResourceName,
+        token: Option<FenceToken>,
+        operator: SocketAddr,
+    ) -> Vec<Evicted> {
+        let forced = self.table.handle_force_release(now(), resource, token);
+        let mut evicted = Vec::with_capacity(forced.len());
+        for release in forced {
+            let connection = self.connections.remove(&release.session);
+            let log = || {
+                warn!(
+                    %operator,
+                    %resource,
+                    token = release.token.0,
+                    mode = %release.mode,
+                    held_ms = u64::try_from(release.held.as_millis()).unwrap_or(u64::MAX),
+                    "an operator forced the release of a lock: its holder's session is ended \
+                     and its connection closed"
+                );
+            };
+            match &connection {
+                Some(connection) => connection.span.in_scope(log),
+                None => log(),
+            }
+            evicted.push(Evicted {
+                release,
+                session: connection.map(|connection| {
+                    connection.close.cancel();
+                    SessionInfo {
+                        client: connection.client,
+                        peer: connection.peer,
+                    }
+                }),
+            });
+        }
+        if !evicted.is_empty() {
+            self.snapshots.stale = true;
+            self.count_sessions();
+        }
+        self.deliver_effects();
+        evicted
+    }
+
+    /// When the next snapshot may be built, if anyone waits for one.
+    fn snapshot_due(&self) -> Option<Instant> {
+        if self.snapshots.waiting.is_empty() {
+            return None;
+        }
+        Some(match self.snapshots.built {
+            Some(built) => built + SNAPSHOT_INTERVAL,
+            None => Instant::now(),
+        })
+    }
+
+    /// Builds a snapshot of holders and waiters and answers everyone waiting for one. Walks
+    /// the whole table, which is why it runs at most every [`SNAPSHOT_INTERVAL`]; ordering,
+    /// filtering and JSON are left to the admin tasks.
+    fn publish_snapshot(&mut self) {
+        let taken = now();
+        let sessions = self
+            .connections
+            .iter()
+            .map(|(id, connection)| {
+                let info = SessionInfo {
+                    client: connection.client.clone(),
+                    peer: connection.peer,
+                };
+                (*id, info)
+            })
+            .collect();
+        let snapshot = Arc::new(LocksSnapshot::new(
+            taken,
+            self.table.status(taken, None),
+            sessions,
+        ));
+        debug!(
+            resources = snapshot.resources.len(),
+            took_us = now().saturating_duration_since(taken).as_micros(),
+            "snapshot built"
+        );
+        self.snapshots.built = Some(Instant::now());
+        self.snapshots.stale = false;
+        for reply in self.snapshots.waiting.drain(..) {
+            let _ = reply.send(Arc::clone(&snapshot));
+        }
+        self.snapshots.latest = Some(snapshot);
+    }
+
+    fn count_sessions(&self) {
+        self.metrics
+            .sessions
+            .set(i64::try_from(self.connections.len()).unwrap_or(i64::MAX));
     }
 
     /// Runs one request against the table and queues the frame to send back this turn: its
@@ -265,17 +477,24 @@ impl Driver {
     fn execute(&mut self, now: std::time::Instant, session: SessionId, request: Request) {
         let id = request.id;
         let result = match request.command {
-            Command::Hello(hello) => self
-                .table
-                .handle_hello(now, session, hello.client, hello.lease_ms)
-                .map(|lease| {
-                    ReplyBody::Hello(HelloOk {
-                        session,
-                        lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
-                        server: self.server_name.clone(),
-                        protocol: protocol::PROTOCOL_VERSION,
+            Command::Hello(hello) => {
+                if let (Some(client), Some(connection)) =
+                    (&hello.client, self.connections.get_mut(&session))
+                {
+                    connection.client = Some(Arc::from(client.as_str()));
+                    connection.span.record("client", client.as_str());
+                }
+                self.table
+                    .handle_hello(now, session, hello.client, hello.lease_ms)
+                    .map(|lease| {
+                        ReplyBody::Hello(HelloOk {
+                            session,
+                            lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+                            server: self.server_name.clone(),
+                            protocol: protocol::PROTOCOL_VERSION,
+                        })
                     })
-                }),
+            }
             Command::Acquire(acquire) => {
                 let mode = acquire.mode;
                 match self.table.handle_acquire(
@@ -293,7 +512,15 @@ impl Driver {
                         self.send(session, ServerFrame::Queued { id, position });
                         return;
                     }
-                    Err(err) => Err(err),
+                    Err(err) => {
+                        // The table observes waits that end; refusals never waited.
+                        match err {
+                            LockError::Timeout(_) => self.metrics.try_once_failed(mode),
+                            LockError::Deadlock { .. } => self.metrics.deadlock(mode),
+                            _ => {}
+                        }
+                        Err(err)
+                    }
                 }
             }
             Command::Release(release) => self
@@ -344,7 +571,11 @@ impl Driver {
         self.send(session, reply_frame(id, result));
     }
 
+    /// Sends the table's effects (this turn) and counts its observations.
     fn deliver_effects(&mut self) {
+        while let Some(observation) = self.table.poll_observation() {
+            self.metrics.observe(observation);
+        }
         while let Some(effect) = self.table.poll_effect() {
             match effect {
                 Effect::Granted {
@@ -368,13 +599,16 @@ impl Driver {
                     self.send(session, reply_frame(request, Err(error)));
                 }
                 Effect::SessionExpired { session } => {
+                    self.metrics.expirations.inc();
                     if let Some(connection) = self.connections.remove(&session) {
-                        warn!(
-                            session = session.0,
-                            peer = %connection.peer,
-                            "session expired: nothing heard from the client for its whole lease"
-                        );
+                        connection.span.in_scope(|| {
+                            warn!(
+                                "session expired: nothing heard from the client for its whole \
+                                 lease"
+                            );
+                        });
                         connection.close.cancel();
+                        self.count_sessions();
                     }
                 }
             }
@@ -412,8 +646,12 @@ fn now() -> std::time::Instant {
 }
 
 async fn sleep_until(deadline: Option<std::time::Instant>) {
+    sleep_until_instant(deadline.map(Instant::from_std)).await;
+}
+
+async fn sleep_until_instant(deadline: Option<Instant>) {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(Instant::from_std(deadline)).await,
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

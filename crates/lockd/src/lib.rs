@@ -1,7 +1,8 @@
 //! lockd: a lock server with FIFO queues, shared and exclusive locks, and fencing tokens.
 //!
 //! - [`core`]: the lock table, a deterministic state machine with no I/O and no clock.
-//! - [`server`]: the Tokio side: accept loop, per-connection tasks and the table's driver.
+//! - [`server`]: the Tokio side: accept loop, per-connection tasks and the table's driver, and
+//!   the optional admin HTTP API (metrics, probes, `/v1/locks`, the live dashboard).
 //! - [`data_dir`]: the data directory and its single-owner lock.
 //! - [`store`]: values and the token reservation on disk.
 //! - [`tls`]: the TLS acceptor for `--tls-cert`/`--tls-key`.
@@ -14,5 +15,8 @@ pub mod server;
 pub mod store;
 pub mod tls;
 
+mod admin;
 mod connection;
 mod driver;
+mod metrics;
+mod snapshot;

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use lockd::core::TableConfig;
 use lockd::data_dir::DataDir;
-use lockd::server::{Server, ServerConfig, DEFAULT_MAX_IN_FLIGHT};
+use lockd::server::{AdminOptions, Server, ServerConfig, DEFAULT_MAX_IN_FLIGHT};
 use protocol::cmd::DEFAULT_MAX_VALUE_BYTES;
 use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use tokio::net::TcpListener;
@@ -34,6 +34,29 @@ struct Args {
     /// RUST_LOG is used, else `info`.
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line, with the
+    /// session span's fields) for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    log_format: LogFormat,
+
+    /// Serve the admin HTTP API and live dashboard on this address: /metrics (Prometheus),
+    /// /healthz, /readyz, /v1/locks and the page at /. Off unless given; port 0 picks a free
+    /// port. It shows every lock, client name and address, so keep it on loopback or a
+    /// private network.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+
+    /// Let operators force the release of a lock through the admin API
+    /// (DELETE /v1/locks/NAME with `Authorization: Bearer TOKEN`). Needs --http and
+    /// --admin-token-file.
+    #[arg(long, requires_all = ["http", "admin_token_file"])]
+    allow_force_release: bool,
+
+    /// The admin API's bearer token, read from this file (trimmed); used with
+    /// --allow-force-release.
+    #[arg(long, value_name = "FILE", requires = "allow_force_release")]
+    admin_token_file: Option<PathBuf>,
 
     /// Longest request line accepted, in bytes without the newline.
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME_BYTES, value_name = "BYTES",
@@ -150,7 +173,7 @@ impl Args {
             auth: self
                 .auth_token_file
                 .as_deref()
-                .map(read_secret)
+                .map(|path| read_secret(path, "--auth-token-file"))
                 .transpose()?,
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(lockd::tls::server_config(
@@ -162,6 +185,25 @@ impl Args {
             },
         })
     }
+
+    fn admin_options(&self) -> Result<AdminOptions, String> {
+        let force_release_token = match (&self.admin_token_file, self.allow_force_release) {
+            (Some(path), true) => Some(read_secret(path, "--admin-token-file")?),
+            _ => None,
+        };
+        Ok(AdminOptions {
+            force_release_token,
+        })
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -174,28 +216,41 @@ fn main() -> ExitCode {
         Ok(filter) => filter,
         Err(err) => return fail(format!("invalid --log-level: {err}")),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     let config = match args.server_config() {
         Ok(config) => config,
+        Err(message) => return fail(message),
+    };
+    let admin = match args.admin_options() {
+        Ok(admin) => admin,
         Err(message) => return fail(message),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => return fail(format!("cannot start the async runtime: {err}")),
     };
-    runtime.block_on(serve(args, config))
+    runtime.block_on(serve(args, config, admin))
 }
 
-async fn serve(args: Args, config: ServerConfig) -> ExitCode {
+async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCode {
     let data_dir = match DataDir::open(&args.data_dir) {
         Ok(data_dir) => data_dir,
         Err(err) => return fail(err.to_string()),
     };
-    let server = match Server::open(config, data_dir.path()) {
+    let mut server = match Server::open(config, data_dir.path()) {
         Ok(server) => server,
         Err(err) => return fail(err.to_string()),
     };
@@ -215,10 +270,36 @@ async fn serve(args: Args, config: ServerConfig) -> ExitCode {
              can take and release locks (see --auth-token-file and --tls-client-ca)"
         );
     }
+    let mut admin_addr = None;
+    if let Some(http) = &args.http {
+        let listener = match TcpListener::bind(http).await {
+            Ok(listener) => listener,
+            Err(err) => return fail(format!("cannot listen on --http {http}: {err}")),
+        };
+        let addr = match listener.local_addr() {
+            Ok(addr) => addr,
+            Err(err) => return fail(format!("cannot read the admin HTTP address: {err}")),
+        };
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "the admin HTTP API is reachable beyond this machine: anyone who can reach it \
+                 sees every lock, client name and address"
+            );
+        }
+        admin_addr = Some(addr);
+        server = server.with_admin(listener, admin);
+    }
     raise_open_file_limit(args.max_connections);
     let mut stdout = std::io::stdout();
-    // Scripts and tests wait for this exact line to learn the real port.
-    if writeln!(stdout, "Lock Server started on tcp://{addr}")
+    // Scripts and tests wait for this exact first line to learn the real port, and for the
+    // second (only with --http) to learn the admin API's.
+    let mut banner = format!("Lock Server started on tcp://{addr}\n");
+    if let Some(admin_addr) = admin_addr {
+        banner.push_str(&format!("Admin HTTP listening on http://{admin_addr}\n"));
+    }
+    if stdout
+        .write_all(banner.as_bytes())
         .and_then(|()| stdout.flush())
         .is_err()
     {
@@ -236,20 +317,21 @@ async fn serve(args: Args, config: ServerConfig) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Reads a shared secret from `path`: its contents without surrounding whitespace.
-fn read_secret(path: &Path) -> Result<Arc<str>, String> {
+/// Reads a shared secret from `path` (given with `flag`): its contents without surrounding
+/// whitespace.
+fn read_secret(path: &Path, flag: &str) -> Result<Arc<str>, String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|err| format!("cannot read --auth-token-file {}: {err}", path.display()))?;
+        .map_err(|err| format!("cannot read {flag} {}: {err}", path.display()))?;
     let secret = text.trim();
     if secret.is_empty() {
-        return Err(format!("--auth-token-file {} is empty", path.display()));
+        return Err(format!("{flag} {} is empty", path.display()));
     }
     if let Ok(meta) = std::fs::metadata(path) {
         use std::os::unix::fs::PermissionsExt;
         if meta.permissions().mode() & 0o077 != 0 {
             tracing::warn!(
                 path = %path.display(),
-                "the auth token file is readable by other users; chmod 600 it"
+                "{flag} is readable by other users; chmod 600 it"
             );
         }
     }

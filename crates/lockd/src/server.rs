@@ -2,13 +2,15 @@
 //!
 //! `run` takes a listener that is already bound (so callers, tests included, choose the address
 //! and read the real port before anything runs) and a future that resolves when the server
-//! should stop. Shutdown order: stop accepting, close every connection (which releases its
-//! session's locks), wait for the connection tasks to finish, then stop the driver.
+//! should stop. Shutdown order: stop accepting (and report unready), close every connection
+//! (which releases its session's locks), wait for the connection tasks to finish, stop the
+//! driver, then stop the admin HTTP API, if one was asked for with [`Server::with_admin`].
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,9 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::admin::{self, AdminState};
 use crate::connection::{self, ConnectionLimits};
 use crate::core::{LockTable, TableConfig};
 use crate::driver::Driver;
+use crate::metrics::Metrics;
 use crate::store::{CommitBatch, RedbStore, Snapshot, Store, StoreError};
 
 /// Everything the server needs to know; `main.rs` builds it from the command line.
@@ -73,11 +77,37 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// How long shutdown waits for connections to write their last frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long shutdown waits for admin HTTP requests in flight.
+const ADMIN_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the admin HTTP API may do beyond reading.
+#[derive(Clone, Default)]
+pub struct AdminOptions {
+    /// When set, `DELETE /v1/locks/{resource}` with `Authorization: Bearer <this>` forces the
+    /// release of a lock (`--allow-force-release` with `--admin-token-file`). When not set,
+    /// that route answers 403 and the API is read-only.
+    pub force_release_token: Option<Arc<str>>,
+}
+
+/// Hand-written so that the token never reaches a log line.
+impl std::fmt::Debug for AdminOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminOptions")
+            .field(
+                "force_release_token",
+                &self.force_release_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
 /// A server ready to run: its table restored from the store, its first tokens reserved.
 pub struct Server {
     config: ServerConfig,
     table: LockTable,
     store: Box<dyn Store>,
+    metrics: Arc<Metrics>,
+    admin: Option<(TcpListener, AdminOptions)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -122,7 +152,16 @@ impl Server {
             config,
             table,
             store,
+            metrics: Arc::new(Metrics::new()),
+            admin: None,
         })
+    }
+
+    /// Also serves the admin HTTP API and the dashboard on `listener` (already bound, like the
+    /// lock listener) while the server runs.
+    pub fn with_admin(mut self, listener: TcpListener, options: AdminOptions) -> Server {
+        self.admin = Some((listener, options));
+        self
     }
 
     /// Serves lock requests on `listener` until `shutdown` resolves, then closes every
@@ -132,9 +171,22 @@ impl Server {
             config,
             table,
             store,
+            metrics,
+            admin,
         } = self;
         let (driver_tx, driver_rx) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(Driver::new(table, store).run(driver_rx));
+        let driver = tokio::spawn(Driver::new(table, store, Arc::clone(&metrics)).run(driver_rx));
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_stop = CancellationToken::new();
+        let admin = admin.map(|(listener, options)| {
+            let state = AdminState {
+                driver: driver_tx.downgrade(),
+                metrics: Arc::clone(&metrics),
+                force_release_token: options.force_release_token,
+                ready: Arc::clone(&ready),
+            };
+            tokio::spawn(admin::serve(listener, state, admin_stop.clone()))
+        });
         let limits = ConnectionLimits {
             max_frame_bytes: config.max_frame_bytes,
             max_in_flight: config.max_in_flight.max(1),
@@ -147,6 +199,7 @@ impl Server {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
 
+        ready.store(true, Ordering::Relaxed);
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -161,17 +214,27 @@ impl Server {
                         Err(refusal) => {
                             // A TLS client could not read a plain-text refusal, so it only
                             // sees the connection close (the reason is logged).
+                            metrics.connections_refused.inc();
+                            if tls.is_none() {
+                                metrics.error(ErrorCode::LimitExceeded);
+                            }
                             tasks.spawn(refuse(stream, refusal, tls.is_none()));
                             continue;
                         }
                     };
+                    metrics.connections_accepted.inc();
+                    metrics.connections.inc();
                     let driver = driver_tx.clone();
                     let limits = limits.clone();
+                    let metrics = Arc::clone(&metrics);
                     let stop = stop.clone();
                     let tls = tls.clone();
                     tasks.spawn(async move {
+                        let counted = Arc::clone(&metrics);
                         match tls {
-                            None => connection::serve(stream, peer, driver, limits, stop).await,
+                            None => {
+                                connection::serve(stream, peer, driver, limits, metrics, stop).await
+                            }
                             Some(tls) => {
                                 // The handshake gets its own --first-frame-timeout-ms; the
                                 // first frame then gets another.
@@ -180,7 +243,10 @@ impl Server {
                                     .await
                                 {
                                     Ok(Ok(stream)) => {
-                                        connection::serve(stream, peer, driver, limits, stop).await
+                                        connection::serve(
+                                            stream, peer, driver, limits, metrics, stop,
+                                        )
+                                        .await
                                     }
                                     Ok(Err(err)) => {
                                         info!(%peer, error = %err, "TLS handshake failed")
@@ -189,6 +255,7 @@ impl Server {
                                 }
                             }
                         }
+                        counted.connections.dec();
                         drop(ticket);
                     });
                 }
@@ -202,6 +269,7 @@ impl Server {
         }
 
         info!("shutting down: closing {} connection(s)", tasks.len());
+        ready.store(false, Ordering::Relaxed);
         drop(listener);
         stop.cancel();
         tasks.close();
@@ -214,6 +282,16 @@ impl Server {
         drop(driver_tx);
         if let Err(err) = driver.await {
             error!(error = %err, "lock table driver failed");
+        }
+        // Last, so that /readyz says "shutting down" while connections drain.
+        if let Some(mut admin) = admin {
+            admin_stop.cancel();
+            if tokio::time::timeout(ADMIN_DRAIN_TIMEOUT, &mut admin)
+                .await
+                .is_err()
+            {
+                admin.abort();
+            }
         }
     }
 }

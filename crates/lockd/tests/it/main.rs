@@ -3,6 +3,7 @@
 // A test that unwraps fails loudly with the value in the message, which is what we want here.
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod chaos;
 mod durability;
 mod fsync;

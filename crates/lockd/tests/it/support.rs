@@ -22,7 +22,7 @@ pub struct Lockd {
     /// Removed on drop when the test created it.
     owned_dir: Option<tempfile::TempDir>,
     /// The rest of lockd's stdout, kept open so that later lines have a reader.
-    _stdout: BufReader<std::process::ChildStdout>,
+    stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Lockd {
@@ -65,12 +65,21 @@ impl Lockd {
             addr,
             data_dir: data_dir.to_owned(),
             owned_dir: None,
-            _stdout: stdout,
+            stdout,
         }
     }
 
     pub async fn connect(&self) -> Conn {
         Conn::connect(self.addr).await
+    }
+
+    /// The next line lockd prints on stdout after the first (which `spawn` reads).
+    pub fn next_stdout_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("lockd's stdout is readable");
+        line
     }
 
     /// Sends a signal and waits for the exit status.
@@ -222,4 +231,90 @@ pub fn error_code(reply: &Value) -> &str {
     let message = reply["error"]["message"].as_str().expect("a message");
     assert!(!message.is_empty());
     reply["error"]["code"].as_str().expect("a code")
+}
+
+/// An HTTP answer from the admin API.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end. Small on
+/// purpose: the admin API is plain HTTP, and a client library would only hide what is sent.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpReply {
+    use tokio::io::AsyncReadExt;
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .expect("the admin API accepts");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("the admin API answers in time")
+        .expect("the answer is readable");
+    let raw = String::from_utf8(raw).expect("a UTF-8 answer");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    HttpReply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
 }

@@ -1,0 +1,320 @@
+//! The admin HTTP API and the live dashboard (`lockd --http ADDR`): `/metrics`, `/healthz`,
+//! `/readyz`, `/v1/locks` and `/v1/locks/{resource}`.
+//!
+//! It runs on the server's own Tokio runtime (axum) and never touches the lock table: every
+//! answer comes from the driver over its channel, as a shared snapshot for reads (rebuilt at
+//! most every `SNAPSHOT_INTERVAL`, however many browsers poll) and as one message for a forced
+//! release, so the table keeps a single total order of inputs. It holds only a weak sender to
+//! the driver, so it never keeps a stopping server alive.
+//!
+//! It is read-only unless lockd runs with `--allow-force-release`, which also needs
+//! `--admin-token-file`: then `DELETE /v1/locks/{resource}` with `Authorization: Bearer TOKEN`
+//! ends the holder's session (see `LockTable::handle_force_release`). Without the flag that
+//! route answers 403; with it, a missing or wrong token gets 401. Tokens are compared in
+//! constant time and never logged.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use protocol::{FenceToken, ResourceName};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::driver::{DriverMsg, Evicted};
+use crate::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+use crate::snapshot::{LocksSnapshot, Order, View};
+
+/// How long a request waits for the driver before answering 503: a driver this slow is stuck
+/// (on a disk that does not answer, usually), and saying so beats hanging the caller.
+const DRIVER_PATIENCE: Duration = Duration::from_secs(2);
+
+/// What the admin tasks share.
+#[derive(Debug)]
+pub(crate) struct AdminState {
+    /// Weak, so that the admin API never keeps the driver running during shutdown.
+    pub(crate) driver: mpsc::WeakUnboundedSender<DriverMsg>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// The bearer token of forced releases, when they are allowed.
+    pub(crate) force_release_token: Option<Arc<str>>,
+    /// True while the server accepts lock connections.
+    pub(crate) ready: Arc<AtomicBool>,
+}
+
+/// Serves the admin API on `listener` until `stop` is cancelled.
+pub(crate) async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
+    let app = router(Arc::new(state)).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(err) = served {
+        error!(error = %err, "the admin HTTP server failed");
+    }
+}
+
+fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/locks", get(list_locks))
+        .route("/v1/locks/{*resource}", get(one_lock).delete(force_release))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// An error answer: a status and `{"error": "<sentence>"}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"lockd admin\""),
+            );
+        }
+        response
+    }
+}
+
+/// Asks the driver something and waits at most [`DRIVER_PATIENCE`] for the answer.
+async fn ask<T>(
+    state: &AdminState,
+    message: impl FnOnce(oneshot::Sender<T>) -> DriverMsg,
+) -> Result<T, ApiError> {
+    let gone = || ApiError::unavailable("lockd is shutting down");
+    let driver = state.driver.upgrade().ok_or_else(gone)?;
+    let (reply, answer) = oneshot::channel();
+    driver.send(message(reply)).map_err(|_| gone())?;
+    drop(driver);
+    match tokio::time::timeout(DRIVER_PATIENCE, answer).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err(gone()),
+        Err(_) => Err(ApiError::unavailable(format!(
+            "the lock table did not answer within {} s (a stuck disk? see \
+             lockd_store_commit_seconds in /metrics)",
+            DRIVER_PATIENCE.as_secs()
+        ))),
+    }
+}
+
+async fn snapshot(state: &AdminState) -> Result<Arc<LocksSnapshot>, ApiError> {
+    ask(state, |reply| DriverMsg::Snapshot { reply }).await
+}
+
+// ---- Probes and metrics ------------------------------------------------------------------
+
+/// Liveness: the process runs and serves HTTP. Deliberately does not ask the driver, so a slow
+/// disk makes lockd unready (below) but never gets it restarted, which would free every lock.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: lockd accepts lock connections and its driver answers.
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    if !state.ready.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or shutting down\n",
+        )
+            .into_response();
+    }
+    match ask(&state, |reply| DriverMsg::Probe { reply }).await {
+        Ok(()) => "ready\n".into_response(),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", err.message),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    // The gauges of current holders and waiters come from the shared snapshot. If the driver
+    // does not answer, the counters are still worth serving (they show why: commit latency).
+    match snapshot(&state).await {
+        Ok(snapshot) => state
+            .metrics
+            .set_lock_gauges(&snapshot.gauges(Instant::now())),
+        Err(err) => warn!(error = %err.message, "/metrics: lock gauges not updated"),
+    }
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+// ---- Locks -------------------------------------------------------------------------------
+
+/// `GET /v1/locks` query parameters.
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    /// Case-insensitive text to find in resource names, client names or peer addresses.
+    q: Option<String>,
+    /// `name` (the default) or `hot`.
+    #[serde(default)]
+    sort: Order,
+    /// At most this many resources.
+    limit: Option<usize>,
+}
+
+async fn list_locks(
+    State(state): State<Arc<AdminState>>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) =
+        params.map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, err.body_text()))?;
+    let snapshot = snapshot(&state).await?;
+    let view = View {
+        filter: params.q.as_deref(),
+        order: params.sort,
+        limit: params.limit,
+    };
+    Ok(Json(snapshot.render(Instant::now(), &view)).into_response())
+}
+
+/// `GET /v1/locks/{resource}`: every valid name is a lock, so an idle one is `200` with no
+/// holders and no waiters (as the `status` op reports it); an invalid name is `400`.
+async fn one_lock(
+    State(state): State<Arc<AdminState>>,
+    Path(resource): Path<String>,
+) -> Result<Response, ApiError> {
+    let resource = resource_name(&resource)?;
+    let snapshot = snapshot(&state).await?;
+    Ok(Json(snapshot.render_one(Instant::now(), &resource)).into_response())
+}
+
+/// `DELETE /v1/locks/{resource}` query parameters.
+#[derive(Debug, Deserialize)]
+struct ForceParams {
+    /// Only the hold with this fencing token (one of several shared holders).
+    token: Option<u64>,
+}
+
+/// `DELETE /v1/locks/{resource}[?token=N]`: an operator's forced release.
+async fn force_release(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(operator): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(resource): Path<String>,
+    params: Result<Query<ForceParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Some(expected) = &state.force_release_token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forced release is disabled; start lockd with --allow-force-release and \
+             --admin-token-file to enable it",
+        ));
+    };
+    if !bearer_matches(&headers, expected) {
+        warn!(%operator, %resource, "refused a forced release without the right admin token");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "forced release needs `Authorization: Bearer <token>` with the token of \
+             --admin-token-file",
+        ));
+    }
+    let Query(params) =
+        params.map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, err.body_text()))?;
+    let resource = resource_name(&resource)?;
+    info!(%operator, %resource, token = params.token, "forced release requested");
+    let token = params.token.map(FenceToken);
+    let evicted = ask(&state, |reply| DriverMsg::ForceRelease {
+        resource: resource.clone(),
+        token,
+        operator,
+        reply,
+    })
+    .await?;
+    if evicted.is_empty() {
+        let whom = match token {
+            Some(token) => format!("nobody holds {resource} with token {token}"),
+            None => format!("nobody holds {resource}"),
+        };
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{whom}; nothing was released"),
+        ));
+    }
+    let released: Vec<_> = evicted.iter().map(evicted_json).collect();
+    Ok(Json(json!({ "resource": resource, "released": released })).into_response())
+}
+
+fn evicted_json(evicted: &Evicted) -> serde_json::Value {
+    let release = &evicted.release;
+    json!({
+        "session": release.session,
+        "client": evicted.session.as_ref().and_then(|s| s.client.as_deref()),
+        "peer": evicted.session.as_ref().map(|s| s.peer),
+        "mode": release.mode,
+        "token": release.token,
+        "held_ms": u64::try_from(release.held.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+fn resource_name(name: &str) -> Result<ResourceName, ApiError> {
+    ResourceName::new(name).map_err(|err| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid resource name: {err}"),
+        )
+    })
+}
+
+/// Whether the request carries `Authorization: Bearer <expected>`, compared in constant time.
+fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let Some((scheme, given)) = value.split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer")
+        && bool::from(given.trim().as_bytes().ct_eq(expected.as_bytes()))
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such endpoint: {}; try /metrics, /healthz, /readyz, /v1/locks or \
+             /v1/locks/NAME",
+            uri.path()
+        ),
+    )
+}

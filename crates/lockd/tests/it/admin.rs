@@ -1,0 +1,443 @@
+//! The admin HTTP API of `lockd --http`: probes, Prometheus metrics after real lock traffic,
+//! `/v1/locks` against the `status` op, forced release (off by default, then with a token),
+//! and JSON logs with the session span.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+
+use crate::support::{error_code, http, lockd_command, Conn, Lockd};
+
+/// Starts lockd with `--http 127.0.0.1:0` and returns it with the admin address it printed on
+/// its second stdout line.
+pub fn start_with_admin(flags: &[&str]) -> (Lockd, SocketAddr) {
+    let mut all = vec!["--http", "127.0.0.1:0"];
+    all.extend_from_slice(flags);
+    let mut lockd = Lockd::start(&all);
+    let addr = admin_addr(&mut lockd);
+    (lockd, addr)
+}
+
+pub fn admin_addr(lockd: &mut Lockd) -> SocketAddr {
+    let line = lockd.next_stdout_line();
+    line.trim()
+        .strip_prefix("Admin HTTP listening on http://")
+        .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+        .parse()
+        .expect("a socket address")
+}
+
+/// A connection whose local address (its peer address as lockd sees it) is known.
+pub async fn connect(lockd: &Lockd) -> (Conn, SocketAddr) {
+    let stream = TcpStream::connect(lockd.addr).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    (Conn::from_stream(stream), local)
+}
+
+/// Says hello with a client name and returns the session id.
+pub async fn hello(conn: &mut Conn, client: &str) -> u64 {
+    let reply = conn
+        .call(json!({"id": 0, "op": "hello", "client": client}))
+        .await;
+    reply["session"].as_u64().expect("a session id")
+}
+
+async fn get(addr: SocketAddr, path: &str) -> crate::support::HttpReply {
+    http(addr, "GET", path, &[]).await
+}
+
+/// The value of one sample line in Prometheus text, e.g. `lockd_grants_total{mode="shared"}`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test]
+async fn without_http_there_is_no_second_line_and_with_it_the_probes_answer() {
+    let (_lockd, admin) = start_with_admin(&[]);
+    let live = get(admin, "/healthz").await;
+    assert_eq!((live.status, live.body.as_str()), (200, "ok\n"));
+    let ready = get(admin, "/readyz").await;
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+
+    // Without --http, stdout has nothing after the first line.
+    let mut plain = Lockd::start(&[]);
+    assert!(plain.signal_and_wait("TERM").success());
+    assert_eq!(plain.next_stdout_line(), "");
+}
+
+#[tokio::test]
+async fn metrics_count_lock_traffic_by_mode_reason_and_error_code() {
+    let (lockd, admin) = start_with_admin(&[]);
+    let mut a = lockd.connect().await;
+    let mut b = lockd.connect().await;
+    let token = a.lock(1, "x", "exclusive").await;
+    let busy = b
+        .call(json!({"id": 1, "op": "acquire", "resource": "x", "mode": "shared", "timeout_ms": 0}))
+        .await;
+    assert_eq!(error_code(&busy), "timeout");
+    b.send(json!({"id": 2, "op": "acquire", "resource": "x", "mode": "shared"}))
+        .await;
+    assert_eq!(b.recv().await["event"], "queued");
+    let released = a
+        .call(json!({"id": 2, "op": "release", "resource": "x", "token": token}))
+        .await;
+    assert_eq!(released["ok"], true);
+    assert_eq!(b.recv().await["ok"], true, "b is granted x");
+    let wrong = b
+        .call(json!({"id": 3, "op": "release", "resource": "x", "token": 999}))
+        .await;
+    assert_eq!(error_code(&wrong), "not_held");
+    let y = a.lock(3, "y", "exclusive").await;
+    let wrote = a
+        .call(json!({"id": 4, "op": "write", "resource": "y", "token": y, "value": "v"}))
+        .await;
+    assert_eq!(wrote["ok"], true);
+
+    let reply = get(admin, "/metrics").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let m = &reply.body;
+    for (series, value) in [
+        ("lockd_grants_total{mode=\"exclusive\"}", 2.0),
+        ("lockd_grants_total{mode=\"shared\"}", 1.0),
+        ("lockd_timeouts_total{mode=\"shared\"}", 1.0),
+        (
+            "lockd_releases_total{mode=\"exclusive\",reason=\"release\"}",
+            1.0,
+        ),
+        ("lockd_errors_total{code=\"timeout\"}", 1.0),
+        ("lockd_errors_total{code=\"not_held\"}", 1.0),
+        ("lockd_request_seconds_count{op=\"acquire\"}", 4.0),
+        ("lockd_request_seconds_count{op=\"release\"}", 2.0),
+        ("lockd_wait_seconds_count{mode=\"shared\"}", 1.0),
+        ("lockd_hold_seconds_count{mode=\"exclusive\"}", 1.0),
+        ("lockd_store_commit_seconds_count", 1.0),
+        ("lockd_sessions", 2.0),
+        ("lockd_connections", 2.0),
+        ("lockd_connections_accepted_total", 2.0),
+        ("lockd_holders{mode=\"shared\"}", 1.0),
+        ("lockd_holders{mode=\"exclusive\"}", 1.0),
+        ("lockd_waiters{mode=\"exclusive\"}", 0.0),
+        ("lockd_busy_resources", 2.0),
+    ] {
+        assert_eq!(sample(m, series), value, "{series}");
+    }
+    assert!(m.contains("# TYPE lockd_wait_seconds histogram"), "{m}");
+    assert!(sample(m, "lockd_oldest_hold_seconds") >= 0.0);
+
+    // A client that leaves frees its lock: counted as a disconnect.
+    drop(b);
+    let mut freed = 0.0;
+    for _ in 0..100 {
+        let m = get(admin, "/metrics").await.body;
+        freed = sample(
+            &m,
+            "lockd_releases_total{mode=\"shared\",reason=\"disconnect\"}",
+        );
+        if freed == 1.0 {
+            assert_eq!(sample(&m, "lockd_connections"), 1.0);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(freed, 1.0);
+}
+
+#[tokio::test]
+async fn v1_locks_shows_holders_and_queues_with_client_names_and_peers() {
+    let (lockd, admin) = start_with_admin(&[]);
+    let (mut a, a_addr) = connect(&lockd).await;
+    let (mut b, b_addr) = connect(&lockd).await;
+    let (mut c, c_addr) = connect(&lockd).await;
+    let a_session = hello(&mut a, "deploy@web-1").await;
+    let b_session = hello(&mut b, "backup").await;
+    let token = a.lock(1, "jobs/nightly", "exclusive").await;
+    b.send(json!({"id": 1, "op": "acquire", "resource": "jobs/nightly"}))
+        .await;
+    assert_eq!(b.recv().await["position"], 1);
+    // c never says hello: its client is null.
+    c.send(json!({"id": 1, "op": "acquire", "resource": "jobs/nightly", "mode": "shared"}))
+        .await;
+    assert_eq!(c.recv().await["position"], 2);
+    a.lock(2, "other", "shared").await;
+
+    let reply = get(admin, "/v1/locks").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let all = reply.json();
+    assert_eq!(all["matching"], 2);
+    assert_eq!(
+        all["totals"],
+        json!({"busy_resources": 2, "holders": 2, "waiters": 2, "sessions": 3})
+    );
+    // Name order by default, as the `status` op.
+    let names: Vec<&str> = all["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["jobs/nightly", "other"]);
+
+    let entry = &all["resources"][0];
+    let holder = &entry["holders"][0];
+    assert_eq!(holder["session"], a_session);
+    assert_eq!(holder["client"], "deploy@web-1");
+    assert_eq!(holder["peer"], a_addr.to_string());
+    assert_eq!(holder["mode"], "exclusive");
+    assert_eq!(holder["token"], token);
+    assert!(holder["held_ms"].is_u64());
+    let waiters = entry["waiters"].as_array().unwrap();
+    assert_eq!(waiters.len(), 2);
+    assert_eq!(waiters[0]["position"], 1);
+    assert_eq!(waiters[0]["session"], b_session);
+    assert_eq!(waiters[0]["client"], "backup");
+    assert_eq!(waiters[0]["peer"], b_addr.to_string());
+    assert_eq!(waiters[0]["mode"], "exclusive");
+    assert!(waiters[0]["waited_ms"].is_u64());
+    assert_eq!(waiters[1]["position"], 2);
+    assert_eq!(waiters[1]["client"], Value::Null);
+    assert_eq!(waiters[1]["peer"], c_addr.to_string());
+    assert_eq!(waiters[1]["mode"], "shared");
+
+    // The same facts as the `status` op.
+    let status = a
+        .call(json!({"id": 9, "op": "status", "resource": "jobs/nightly"}))
+        .await;
+    let from_status = &status["resources"][0];
+    assert_eq!(from_status["holders"][0]["token"], holder["token"]);
+    assert_eq!(from_status["waiters"][0]["session"], waiters[0]["session"]);
+    assert_eq!(from_status["waiters"][1]["session"], waiters[1]["session"]);
+
+    // One resource, by its name with or without its slash escaped.
+    for path in ["/v1/locks/jobs/nightly", "/v1/locks/jobs%2Fnightly"] {
+        let one = get(admin, path).await;
+        assert_eq!(one.status, 200, "{path}");
+        let one = one.json();
+        assert_eq!(one["resource"], "jobs/nightly");
+        assert_eq!(one["holders"][0]["client"], "deploy@web-1");
+        assert_eq!(one["waiters"].as_array().unwrap().len(), 2);
+    }
+    // Every valid name is a lock: an idle one is free, not missing.
+    let idle = get(admin, "/v1/locks/never-used").await;
+    assert_eq!(idle.status, 200);
+    assert_eq!(
+        idle.json(),
+        json!({"resource": "never-used", "holders": [], "waiters": []})
+    );
+    // An invalid name is the client's mistake; a path that is no endpoint is not found.
+    let invalid = get(admin, "/v1/locks/two%20words").await;
+    assert_eq!(invalid.status, 400);
+    assert!(invalid.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("invalid resource name"));
+    assert_eq!(get(admin, "/v1/lock/jobs").await.status, 404);
+    assert_eq!(get(admin, "/v1/locks/").await.status, 404);
+
+    // Hot first, filtered, limited.
+    let hot = get(admin, "/v1/locks?sort=hot&limit=1").await.json();
+    assert_eq!(hot["matching"], 2);
+    assert_eq!(hot["resources"].as_array().unwrap().len(), 1);
+    assert_eq!(hot["resources"][0]["resource"], "jobs/nightly");
+    let filtered = get(admin, "/v1/locks?q=BACKUP").await.json();
+    assert_eq!(filtered["matching"], 1);
+    assert_eq!(filtered["resources"][0]["resource"], "jobs/nightly");
+    assert_eq!(get(admin, "/v1/locks?sort=sideways").await.status, 400);
+
+    // A change shows in the next answer, however soon it is asked for.
+    drop(a);
+    let mut holder = Value::Null;
+    for _ in 0..100 {
+        let one = get(admin, "/v1/locks/jobs/nightly").await.json();
+        holder = one["holders"][0].clone();
+        if holder["session"] == b_session {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(holder["session"], b_session);
+}
+
+#[tokio::test]
+async fn forced_release_is_refused_unless_enabled() {
+    let (lockd, admin) = start_with_admin(&[]);
+    let mut a = lockd.connect().await;
+    a.lock(1, "r", "exclusive").await;
+    let reply = http(
+        admin,
+        "DELETE",
+        "/v1/locks/r",
+        &[("Authorization", "Bearer anything")],
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    assert!(reply.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("--allow-force-release"));
+    // Nothing changed.
+    assert_eq!(a.call(json!({"id": 2, "op": "ping"})).await["ok"], true);
+    let one = get(admin, "/v1/locks/r").await.json();
+    assert_eq!(one["holders"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn allow_force_release_needs_a_token_file_and_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = lockd_command(
+        dir.path(),
+        &["--http", "127.0.0.1:0", "--allow-force-release"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--admin-token-file"));
+    let output = lockd_command(dir.path(), &["--allow-force-release"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn forced_release_needs_the_token_ends_the_holder_and_hands_the_lock_on() {
+    const TOKEN: &str = "s3cret-admin-token";
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let log = dir.path().join("lockd.log");
+    let data = dir.path().join("data");
+    let mut command = lockd_command(
+        &data,
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--allow-force-release",
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    command.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    let mut lockd = Lockd::spawn(&mut command, &data);
+    let admin = admin_addr(&mut lockd);
+
+    let (mut stuck, stuck_addr) = connect(&lockd).await;
+    let stuck_session = hello(&mut stuck, "stuck-deploy").await;
+    let token = stuck.lock(1, "deploy", "exclusive").await;
+    stuck.lock(2, "elsewhere", "exclusive").await;
+    let mut next = lockd.connect().await;
+    next.send(json!({"id": 1, "op": "acquire", "resource": "deploy"}))
+        .await;
+    assert_eq!(next.recv().await["event"], "queued");
+
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Basic czNjcmV0"),
+        Some(TOKEN),
+    ] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let reply = http(admin, "DELETE", "/v1/locks/deploy", &headers).await;
+        assert_eq!(reply.status, 401, "{auth:?}");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Bearer realm=\"lockd admin\"")
+        );
+    }
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    // Nothing is released without a holder to release, or for a token nobody holds.
+    let reply = http(admin, "DELETE", "/v1/locks/idle", &auth).await;
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    let reply = http(admin, "DELETE", "/v1/locks/deploy?token=999", &auth).await;
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert_eq!(
+        http(admin, "DELETE", "/v1/locks/two%20words", &auth)
+            .await
+            .status,
+        400
+    );
+
+    let reply = http(admin, "DELETE", "/v1/locks/deploy", &auth).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let released = reply.json();
+    assert_eq!(released["resource"], "deploy");
+    assert_eq!(
+        released["released"],
+        json!([{
+            "session": stuck_session,
+            "client": "stuck-deploy",
+            "peer": stuck_addr.to_string(),
+            "mode": "exclusive",
+            "token": token,
+            "held_ms": released["released"][0]["held_ms"],
+        }])
+    );
+    // The waiter gets the lock through the queue, and the evicted holder's connection is
+    // closed, which also frees its other lock.
+    let granted = next.recv().await;
+    assert_eq!(
+        (granted["id"].as_u64(), granted["ok"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert!(granted["token"].as_u64().unwrap() > token);
+    assert_eq!(stuck.try_recv(Duration::from_secs(5)).await, Ok(None));
+    let elsewhere = get(admin, "/v1/locks/elsewhere").await.json();
+    assert_eq!(elsewhere["holders"], json!([]));
+
+    assert!(lockd.signal_and_wait("TERM").success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.contains("an operator forced the release of a lock") && log.contains("deploy"),
+        "{log}"
+    );
+    assert!(!log.contains(TOKEN), "the admin token was logged:\n{log}");
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_session_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("lockd.log");
+    let data = dir.path().join("data");
+    let mut command = lockd_command(&data, &["--log-format", "json"]);
+    command.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    let mut lockd = Lockd::spawn(&mut command, &data);
+    let (mut conn, local) = connect(&lockd).await;
+    let session = hello(&mut conn, "json-client").await;
+    drop(conn);
+    // Wait for the close to be logged before stopping lockd.
+    for _ in 0..100 {
+        if std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("session closed")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(lockd.signal_and_wait("TERM").success());
+    let text = std::fs::read_to_string(log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let closed = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "session closed")
+        .unwrap_or_else(|| panic!("no session closed line in\n{text}"));
+    assert_eq!(closed["span"]["name"], "session");
+    assert_eq!(closed["span"]["session"], session);
+    assert_eq!(closed["span"]["peer"], local.to_string());
+    assert_eq!(closed["span"]["client"], "json-client");
+}
