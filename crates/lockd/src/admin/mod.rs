@@ -1,5 +1,5 @@
 //! The admin HTTP API and the live dashboard (`lockd --http ADDR`): `/metrics`, `/healthz`,
-//! `/readyz`, `/v1/locks` and `/v1/locks/{resource}`.
+//! `/readyz`, `/v1/locks`, `/v1/locks/{resource}` and the page at `/`.
 //!
 //! It runs on the server's own Tokio runtime (axum) and never touches the lock table: every
 //! answer comes from the driver over its channel, as a shared snapshot for reads (rebuilt at
@@ -12,6 +12,9 @@
 //! ends the holder's session (see `LockTable::handle_force_release`). Without the flag that
 //! route answers 403; with it, a missing or wrong token gets 401. Tokens are compared in
 //! constant time and never logged.
+//!
+//! The dashboard is three static files compiled into the binary (`dashboard/`): no build step,
+//! no CDN, nothing fetched from elsewhere.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +69,9 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState, stop: Cancel
 
 fn router(state: Arc<AdminState>) -> Router {
     Router::new()
+        .route("/", get(dashboard_page))
+        .route("/dashboard.js", get(dashboard_js))
+        .route("/dashboard.css", get(dashboard_css))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -131,6 +137,47 @@ async fn ask<T>(
 
 async fn snapshot(state: &AdminState) -> Result<Arc<LocksSnapshot>, ApiError> {
     ask(state, |reply| DriverMsg::Snapshot { reply }).await
+}
+
+// ---- Dashboard ---------------------------------------------------------------------------
+
+/// The page allows nothing but its own files: no inline script, no other origin.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                           connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+                           form-action 'none'; frame-ancestors 'none'";
+
+async fn dashboard_page() -> Response {
+    static_file(
+        "text/html; charset=utf-8",
+        include_str!("dashboard/index.html"),
+    )
+}
+
+async fn dashboard_js() -> Response {
+    static_file(
+        "text/javascript; charset=utf-8",
+        include_str!("dashboard/dashboard.js"),
+    )
+}
+
+async fn dashboard_css() -> Response {
+    static_file(
+        "text/css; charset=utf-8",
+        include_str!("dashboard/dashboard.css"),
+    )
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 // ---- Probes and metrics ------------------------------------------------------------------
@@ -312,7 +359,7 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!(
-            "no such endpoint: {}; try /metrics, /healthz, /readyz, /v1/locks or \
+            "no such endpoint: {}; try /, /metrics, /healthz, /readyz, /v1/locks or \
              /v1/locks/NAME",
             uri.path()
         ),

@@ -1,6 +1,6 @@
 //! The admin HTTP API of `lockd --http`: probes, Prometheus metrics after real lock traffic,
 //! `/v1/locks` against the `status` op, forced release (off by default, then with a token),
-//! and JSON logs with the session span.
+//! JSON logs with the session span, and the dashboard's files.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -440,4 +440,35 @@ async fn json_logs_carry_the_session_span() {
     assert_eq!(closed["span"]["session"], session);
     assert_eq!(closed["span"]["peer"], local.to_string());
     assert_eq!(closed["span"]["client"], "json-client");
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary() {
+    let (_lockd, admin) = start_with_admin(&[]);
+    let page = get(admin, "/").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(page
+        .body
+        .contains("<script src=\"dashboard.js\" defer></script>"));
+    assert!(page
+        .header("content-security-policy")
+        .unwrap()
+        .contains("default-src 'none'"));
+    let script = get(admin, "/dashboard.js").await;
+    assert_eq!(script.status, 200);
+    assert_eq!(
+        script.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert!(script.body.contains("v1/locks?"));
+    let style = get(admin, "/dashboard.css").await;
+    assert_eq!(style.status, 200);
+    assert_eq!(
+        style.header("content-type"),
+        Some("text/css; charset=utf-8")
+    );
 }

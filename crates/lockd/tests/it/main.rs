@@ -5,6 +5,7 @@
 
 mod admin;
 mod chaos;
+mod dashboard;
 mod durability;
 mod fsync;
 mod hardening;
