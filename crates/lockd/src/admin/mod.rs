@@ -27,8 +27,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use protocol::{FenceToken, ResourceName};
-use serde::Deserialize;
+use protocol::{FenceToken, LockMode, ResourceName, SessionId};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -315,20 +315,44 @@ async fn force_release(
             format!("{whom}; nothing was released"),
         ));
     }
-    let released: Vec<_> = evicted.iter().map(evicted_json).collect();
-    Ok(Json(json!({ "resource": resource, "released": released })).into_response())
+    let released = evicted.iter().map(ReleasedJson::from).collect();
+    Ok(Json(ForcedJson {
+        resource: &resource,
+        released,
+    })
+    .into_response())
 }
 
-fn evicted_json(evicted: &Evicted) -> serde_json::Value {
-    let release = &evicted.release;
-    json!({
-        "session": release.session,
-        "client": evicted.session.as_ref().and_then(|s| s.client.as_deref()),
-        "peer": evicted.session.as_ref().map(|s| s.peer),
-        "mode": release.mode,
-        "token": release.token,
-        "held_ms": u64::try_from(release.held.as_millis()).unwrap_or(u64::MAX),
-    })
+/// The answer to a forced release.
+#[derive(Debug, Serialize)]
+struct ForcedJson<'a> {
+    resource: &'a ResourceName,
+    released: Vec<ReleasedJson<'a>>,
+}
+
+/// A hold a forced release ended, in the shape of a `/v1/locks` holder.
+#[derive(Debug, Serialize)]
+struct ReleasedJson<'a> {
+    session: SessionId,
+    client: Option<&'a str>,
+    peer: Option<SocketAddr>,
+    mode: LockMode,
+    token: FenceToken,
+    held_ms: u64,
+}
+
+impl<'a> From<&'a Evicted> for ReleasedJson<'a> {
+    fn from(evicted: &'a Evicted) -> Self {
+        let release = &evicted.release;
+        ReleasedJson {
+            session: release.session,
+            client: evicted.session.as_ref().and_then(|s| s.client.as_deref()),
+            peer: evicted.session.as_ref().map(|s| s.peer),
+            mode: release.mode,
+            token: release.token,
+            held_ms: u64::try_from(release.held.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
 }
 
 fn resource_name(name: &str) -> Result<ResourceName, ApiError> {
