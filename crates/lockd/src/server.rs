@@ -176,7 +176,9 @@ impl Server {
         } = self;
         let (driver_tx, driver_rx) = mpsc::unbounded_channel();
         let driver = tokio::spawn(Driver::new(table, store, Arc::clone(&metrics)).run(driver_rx));
-        let ready = Arc::new(AtomicBool::new(false));
+        // Ready from the start: the listener is bound, so connections made now wait in its
+        // backlog for the accept loop below. Only shutdown makes lockd unready.
+        let ready = Arc::new(AtomicBool::new(true));
         let admin_stop = CancellationToken::new();
         let admin = admin.map(|(listener, options)| {
             let state = AdminState {
@@ -199,7 +201,6 @@ impl Server {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        ready.store(true, Ordering::Relaxed);
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {

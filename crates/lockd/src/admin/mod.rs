@@ -193,7 +193,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: starting or shutting down\n",
+            "not ready: shutting down\n",
         )
             .into_response();
     }

@@ -1,11 +1,15 @@
 //! The admin HTTP API of `lockd --http`: probes, Prometheus metrics after real lock traffic,
 //! `/v1/locks` against the `status` op, forced release (off by default, then with a token),
-//! JSON logs with the session span, and the dashboard's files.
+//! deadlocks, readiness on a stuck disk, JSON logs with the session span, and the dashboard's
+//! files.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use lockd::server::{AdminOptions, Server, ServerConfig};
+use lockd::store::{CommitBatch, RedbStore, Store, StoreError};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
@@ -67,9 +71,11 @@ async fn without_http_there_is_no_second_line_and_with_it_the_probes_answer() {
     let ready = get(admin, "/readyz").await;
     assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
 
-    // Without --http, stdout has nothing after the first line.
+    // Without --http, stdout has nothing after the first line: the banner is one write, so a
+    // second line would already be in the pipe when lockd dies.
     let mut plain = Lockd::start(&[]);
-    assert!(plain.signal_and_wait("TERM").success());
+    plain.child.kill().unwrap();
+    plain.child.wait().unwrap();
     assert_eq!(plain.next_stdout_line(), "");
 }
 
@@ -471,4 +477,94 @@ async fn the_dashboard_is_served_from_the_binary() {
         style.header("content-type"),
         Some("text/css; charset=utf-8")
     );
+}
+
+#[tokio::test]
+async fn deadlocks_are_counted_by_mode() {
+    let (lockd, admin) = start_with_admin(&[]);
+    let mut a = lockd.connect().await;
+    let mut b = lockd.connect().await;
+    a.lock(1, "p", "exclusive").await;
+    b.lock(1, "q", "shared").await;
+    a.send(json!({"id": 2, "op": "acquire", "resource": "q"}))
+        .await;
+    assert_eq!(a.recv().await["event"], "queued");
+    let refused = b
+        .call(json!({"id": 2, "op": "acquire", "resource": "p", "mode": "shared"}))
+        .await;
+    assert_eq!(error_code(&refused), "deadlock");
+    let m = get(admin, "/metrics").await.body;
+    assert_eq!(sample(&m, "lockd_deadlocks_total{mode=\"shared\"}"), 1.0);
+    assert_eq!(sample(&m, "lockd_deadlocks_total{mode=\"exclusive\"}"), 0.0);
+    assert_eq!(sample(&m, "lockd_errors_total{code=\"deadlock\"}"), 1.0);
+    assert_eq!(sample(&m, "lockd_waiters{mode=\"exclusive\"}"), 1.0);
+}
+
+/// A store whose commits wait while `stuck` is set: a disk that stopped answering.
+struct StuckStore {
+    inner: RedbStore,
+    stuck: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Store for StuckStore {
+    fn commit(&mut self, batch: &CommitBatch) -> Result<(), StoreError> {
+        let (stuck, changed) = &*self.stuck;
+        let mut guard = stuck.lock().unwrap();
+        while *guard {
+            guard = changed.wait(guard).unwrap();
+        }
+        drop(guard);
+        self.inner.commit(batch)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_disk_makes_lockd_unready_but_not_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, snapshot) = RedbStore::open(dir.path()).unwrap();
+    let stuck = Arc::new((Mutex::new(false), Condvar::new()));
+    let store = StuckStore {
+        inner,
+        stuck: Arc::clone(&stuck),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = admin_listener.local_addr().unwrap();
+    let server = Server::with_store(ServerConfig::default(), Box::new(store), snapshot)
+        .unwrap()
+        .with_admin(admin_listener, AdminOptions::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(listener, async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut conn = Conn::connect(addr).await;
+    let token = conn.lock(1, "r", "exclusive").await;
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+    // The disk stops answering in the middle of a write.
+    *stuck.0.lock().unwrap() = true;
+    conn.send(json!({"id": 2, "op": "write", "resource": "r", "token": token, "value": "v"}))
+        .await;
+    let (ready, live, metrics) = tokio::join!(
+        get(admin, "/readyz"),
+        get(admin, "/healthz"),
+        get(admin, "/metrics")
+    );
+    assert_eq!(ready.status, 503);
+    assert!(ready.body.contains("did not answer"), "{}", ready.body);
+    assert_eq!(live.status, 200, "liveness never depends on the disk");
+    assert_eq!(metrics.status, 200, "the counters are still served");
+    assert!(metrics.body.contains("lockd_store_commit_seconds_count 0"));
+
+    *stuck.0.lock().unwrap() = false;
+    stuck.1.notify_all();
+    assert_eq!(conn.recv().await, json!({"id": 2, "ok": true}));
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+    let m = get(admin, "/metrics").await.body;
+    assert_eq!(sample(&m, "lockd_store_commit_seconds_count"), 1.0);
+    assert!(sample(&m, "lockd_store_commit_seconds_sum") >= 1.0, "{m}");
+
+    stop_tx.send(()).unwrap();
+    running.await.unwrap();
 }
