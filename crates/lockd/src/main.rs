@@ -291,6 +291,10 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
         server = server.with_admin(listener, admin);
     }
     raise_open_file_limit(args.max_connections);
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(message) => return fail(message),
+    };
     let mut stdout = std::io::stdout();
     // Scripts and tests wait for this exact first line to learn the real port, and for the
     // second (only with --http) to learn the admin API's.
@@ -311,7 +315,7 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
         "lockd {} ready",
         env!("CARGO_PKG_VERSION")
     );
-    server.run(listener, shutdown_signal()).await;
+    server.run(listener, shutdown).await;
     tracing::info!("stopped");
     drop(data_dir);
     ExitCode::SUCCESS
@@ -354,23 +358,22 @@ fn raise_open_file_limit(max_connections: usize) {
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now, and returns a future that resolves on the
+/// first of them. Installing before the start-up line is printed matters: a supervisor may
+/// send SIGTERM the moment it sees that line, and an uninstalled handler would let the signal
+/// kill lockd outright instead of shutting it down cleanly.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     use tokio::signal::unix::{signal, SignalKind};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|err| format!("cannot listen for SIGTERM: {err}"))?;
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|err| format!("cannot listen for SIGINT: {err}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
+    })
 }
 
 fn fail(message: String) -> ExitCode {

@@ -106,3 +106,13 @@ fn inconsistent_lease_flags_are_refused() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("--min-lease-ms"), "{stderr}");
 }
+
+#[test]
+fn sigterm_the_moment_the_start_up_line_appears_is_a_clean_stop() {
+    // Supervisors signal as soon as they see the line; the handler must already be there.
+    for _ in 0..5 {
+        let mut lockd = Lockd::start(&[]);
+        let status = lockd.signal_and_wait("TERM");
+        assert!(status.success(), "{status:?}");
+    }
+}
