@@ -61,6 +61,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<PathBuf>,
 
+    /// Draw a chart of the runs into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
     /// Locks held in the large `scale` run (the small run holds 1,000).
     #[arg(long, value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]

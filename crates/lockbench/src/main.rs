@@ -12,6 +12,7 @@
 //! `--client-threads N` switches to a multi-thread runtime to check that on other machines.
 
 mod bench;
+mod chart;
 mod cli;
 mod clients;
 mod lockd_process;
@@ -111,6 +112,15 @@ fn run(args: Args) -> Result<()> {
     let bench = result?;
     println!();
     print!("{}", report.render());
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "lockbench on {} ({} cores)",
+            cpu_model().unwrap_or_else(|| "this machine".to_owned()),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        chart::write_svg(report.records(), &title, path)?;
+        eprintln!("lockbench: chart written to {}", path.display());
+    }
     drop(bench);
     Ok(())
 }
@@ -150,4 +160,14 @@ fn resolve(server: &str) -> Result<SocketAddr> {
         .with_context(|| format!("cannot resolve --server {server}"))?
         .next()
         .ok_or_else(|| anyhow!("--server {server} resolves to no address"))
+}
+
+/// The CPU model from /proc/cpuinfo, for the chart's title.
+fn cpu_model() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(_, model)| model.trim().to_owned())
 }

@@ -207,6 +207,11 @@ impl Report {
         Ok(())
     }
 
+    /// Every record so far, in run order.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
     /// The table of runs and the targets, as printed at the end.
     pub fn render(&self) -> String {
         let mut out = String::new();
