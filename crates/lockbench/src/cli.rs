@@ -17,8 +17,9 @@ use crate::modes::Mode;
 /// --lockd-bin) on 127.0.0.1:0 with a temporary data directory, which also lets it read lockd's
 /// memory (RSS) and CPU time. --compare-redis and --compare-echo run the same loops against
 /// Redis and a built-in echo server in the same run, so the ratios share one machine state.
+/// A flag given twice takes its last value, so scripts can append overrides.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 pub struct Args {
     /// Address of a running lockd. Without it, lockbench starts its own.
     #[arg(long, value_name = "ADDR")]
