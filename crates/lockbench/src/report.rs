@@ -141,6 +141,13 @@ impl Record {
         self.extra.get(key).and_then(Value::as_f64)
     }
 
+    /// CPU used during the window by processes other than lockbench and the server, in cores,
+    /// when the server's CPU is known. /proc samples CPU time at clock ticks, so a few hundredths
+    /// either way are noise.
+    pub fn others_cpu(&self) -> Option<f64> {
+        Some(self.machine_cpu? - self.client_cpu? - self.server_cpu?)
+    }
+
     fn latency(&self, name: &str) -> Option<&LatencySummary> {
         self.latency_us.get(name)
     }
@@ -167,6 +174,10 @@ impl Record {
             .find_map(|key| self.extra.get(*key).and_then(Value::as_u64))
     }
 }
+
+/// Cores used by other processes above which a run is flagged in the table: on two cores, that
+/// much interference moves every ratio.
+const BUSY_MACHINE_CORES: f64 = 0.25;
 
 /// Collects records, printing each as a JSON line (and into `--json-out`) when it arrives.
 #[derive(Debug)]
@@ -307,6 +318,11 @@ fn notes(record: &Record) -> String {
     }
     if let Some(summary) = record.latency("writer_acquire") {
         notes.push(format!("writer acq p99 {} µs", num(summary.p99)));
+    }
+    if let Some(others) = record.others_cpu() {
+        if others > BUSY_MACHINE_CORES {
+            notes.push(format!("BUSY: other processes used {others:.2} cores"));
+        }
     }
     notes.join(", ")
 }
