@@ -88,6 +88,11 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..=64))]
     pub client_threads: u64,
 
+    /// Measure a run's window again, up to this many times, when other processes used more than
+    /// a quarter of a core during it (the run's CPU line shows how much).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub busy_retries: u32,
+
     /// How long a Redis client waits before retrying a lock it did not get (contended loop).
     #[arg(long, value_name = "MS", default_value_t = 1)]
     pub redis_retry_ms: u64,

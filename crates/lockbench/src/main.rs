@@ -50,6 +50,7 @@ fn run(args: Args) -> Result<()> {
     let window = Window {
         warmup: args.warmup()?,
         duration: args.duration()?,
+        busy_retries: args.busy_retries,
     };
     // Before lockd starts, so that a lockd started here inherits the raised limit too.
     let fd_limit = raise_open_file_limit();

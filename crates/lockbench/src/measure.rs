@@ -8,7 +8,7 @@
 //! events are serialized by the benchmarked lock anyway.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,40 +29,64 @@ pub enum Phase {
     Stop = 2,
 }
 
-/// The phase shared by every loop of a run; the run's controller is the only writer.
+/// The phase shared by every loop of a run, and the number of the measured window it belongs to;
+/// the run's controller is the only writer. A window that is measured again (see
+/// [`Window::busy_retries`]) gets a new number, and loops drop what they counted in the old one.
 #[derive(Debug)]
-pub struct PhaseFlag(AtomicU8);
+pub struct PhaseFlag(AtomicU64);
 
 impl PhaseFlag {
-    /// A flag in [`Phase::Warmup`].
+    /// A flag in [`Phase::Warmup`] of window 0.
     pub fn new() -> Arc<PhaseFlag> {
-        Arc::new(PhaseFlag(AtomicU8::new(Phase::Warmup as u8)))
+        Arc::new(PhaseFlag(AtomicU64::new(Phase::Warmup as u64)))
     }
 
-    /// The current phase. Relaxed is enough: a loop that sees a change one operation late only
-    /// shifts the window's edge by one operation, and the window length is measured separately.
-    pub fn get(&self) -> Phase {
-        match self.0.load(Ordering::Relaxed) {
+    /// The current phase and window number. Relaxed is enough: a loop that sees a change one
+    /// operation late only shifts the window's edge by one operation, and the window length is
+    /// measured separately.
+    pub fn get(&self) -> (Phase, u64) {
+        let word = self.0.load(Ordering::Relaxed);
+        let phase = match word & 3 {
             0 => Phase::Warmup,
             1 => Phase::Measure,
             _ => Phase::Stop,
-        }
+        };
+        (phase, word >> 2)
     }
 
-    /// Moves every loop to `phase`.
-    pub fn set(&self, phase: Phase) {
-        self.0.store(phase as u8, Ordering::Relaxed);
+    /// Starts measuring a new window.
+    fn begin_window(&self) {
+        let (_, window) = self.get();
+        self.0.store(
+            ((window + 1) << 2) | Phase::Measure as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Moves every loop to `phase` in the current window.
+    fn set(&self, phase: Phase) {
+        let (_, window) = self.get();
+        self.0
+            .store((window << 2) | phase as u64, Ordering::Relaxed);
     }
 }
 
-/// Warm-up and measurement lengths of every run.
+/// Warm-up and measurement of every run.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
     /// Running without counting, so connections, caches and the server's maps settle.
     pub warmup: Duration,
     /// Running and counting.
     pub duration: Duration,
+    /// How many times a window may be measured again because other processes used more than
+    /// [`BUSY_MACHINE_CORES`] during it. On a machine shared with builds, one compile in the
+    /// middle of a window changes a ratio more than anything lockd does.
+    pub busy_retries: u32,
 }
+
+/// Cores used by other processes during a window above which it counts as disturbed: on two
+/// cores, that much interference moves every ratio.
+pub const BUSY_MACHINE_CORES: f64 = 0.25;
 
 /// Latencies in nanoseconds, from 1 ns to one minute, to three significant digits.
 #[derive(Debug, Clone)]
@@ -127,6 +151,8 @@ pub struct LatencySummary {
 /// What one loop counted inside the measured window.
 #[derive(Debug, Clone)]
 pub struct LoopStats {
+    /// The window these counts belong to.
+    window: u64,
     /// Acquire/release pairs completed (for a lock loop: grants).
     pub pairs: u64,
     /// From sending the acquire to holding the lock (queue wait and retries included).
@@ -146,16 +172,25 @@ pub struct LoopsOutcome {
     pub elapsed: Duration,
     /// CPU used during the window, in cores (1.0 = one core busy all the time).
     pub cpu: CpuUse,
+    /// Windows measured: 1, plus one for each window measured again on a busy machine.
+    pub attempts: u32,
+}
+
+impl LoopStats {
+    fn new(window: u64) -> LoopStats {
+        LoopStats {
+            window,
+            pairs: 0,
+            acquire: Latency::new(),
+            release: Latency::new(),
+        }
+    }
 }
 
 impl LoopsOutcome {
     /// All loops' stats added together.
     pub fn total(&self) -> LoopStats {
-        let mut total = LoopStats {
-            pairs: 0,
-            acquire: Latency::new(),
-            release: Latency::new(),
-        };
+        let mut total = LoopStats::new(0);
         for stats in &self.per_loop {
             total.pairs += stats.pairs;
             total.acquire.merge(&stats.acquire);
@@ -185,21 +220,44 @@ pub async fn run_loops<L: Locker>(
             tracker.clone(),
         )));
     }
-    tokio::time::sleep(window.warmup).await;
-    let cpu = CpuMeter::start(server);
-    let started = Instant::now();
-    phase.set(Phase::Measure);
-    tokio::time::sleep(window.duration).await;
-    phase.set(Phase::Stop);
-    let elapsed = started.elapsed();
-    let cpu = cpu.finish(elapsed);
+    let mut attempts = 0;
+    let (elapsed, cpu) = loop {
+        attempts += 1;
+        tokio::time::sleep(window.warmup).await;
+        if let Some(tracker) = &tracker {
+            tracker.take();
+        }
+        let meter = CpuMeter::start(server);
+        let started = Instant::now();
+        phase.begin_window();
+        tokio::time::sleep(window.duration).await;
+        let elapsed = started.elapsed();
+        let cpu = meter.finish(elapsed);
+        match cpu.others() {
+            Some(others) if others > BUSY_MACHINE_CORES && attempts <= window.busy_retries => {
+                eprintln!(
+                    "lockbench: other processes used {others:.2} cores during the window; \
+                     measuring it again"
+                );
+                phase.set(Phase::Warmup);
+            }
+            _ => {
+                phase.set(Phase::Stop);
+                break (elapsed, cpu);
+            }
+        }
+    };
+    let (_, last_window) = phase.get();
     let mut per_loop = Vec::with_capacity(tasks.len());
     let mut first_error = None;
     for task in tasks {
         // Every loop finishes the operation it is in; a lock loop waiting in a queue is granted
         // as the others leave. A server that stopped answering is a failed run, not a hang.
         match tokio::time::timeout(STOP_PATIENCE, task).await {
-            Ok(Ok(Ok(stats))) => per_loop.push(stats),
+            // A loop that never saw the last window (it was waiting the whole time) has nothing
+            // to report from it.
+            Ok(Ok(Ok(stats))) if stats.window == last_window => per_loop.push(stats),
+            Ok(Ok(Ok(_))) => per_loop.push(LoopStats::new(last_window)),
             Ok(Ok(Err(err))) => {
                 first_error.get_or_insert(err);
             }
@@ -222,6 +280,7 @@ pub async fn run_loops<L: Locker>(
         handoff,
         elapsed,
         cpu,
+        attempts,
     })
 }
 
@@ -233,15 +292,15 @@ async fn drive<L: Locker>(
     phase: Arc<PhaseFlag>,
     tracker: Option<Arc<HandoffTracker>>,
 ) -> Result<LoopStats> {
-    let mut stats = LoopStats {
-        pairs: 0,
-        acquire: Latency::new(),
-        release: Latency::new(),
-    };
+    let mut stats = LoopStats::new(0);
     loop {
-        let now = phase.get();
+        let (now, window) = phase.get();
         if now == Phase::Stop {
             return Ok(stats);
+        }
+        if window != stats.window {
+            // A new window: what was counted in the old one belongs to a discarded measurement.
+            stats = LoopStats::new(window);
         }
         let measuring = now == Phase::Measure;
         let sent = Instant::now();
@@ -255,7 +314,7 @@ async fn drive<L: Locker>(
         if let (Some(tracker), Some(seq)) = (&tracker, seq) {
             tracker.released(seq, released, measuring);
         }
-        if measuring && phase.get() == Phase::Measure {
+        if measuring && phase.get() == (Phase::Measure, window) {
             stats.pairs += 1;
             stats.acquire.record(granted - sent);
             stats.release.record(released - granted);
@@ -367,6 +426,15 @@ pub struct CpuUse {
     pub machine: Option<f64>,
 }
 
+impl CpuUse {
+    /// CPU used by processes other than lockbench and the server, in cores, when the server's
+    /// CPU is known. /proc samples CPU time at clock ticks, so a few hundredths either way are
+    /// noise.
+    pub fn others(&self) -> Option<f64> {
+        Some(self.machine? - self.client? - self.server?)
+    }
+}
+
 /// Where the server's CPU time can be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerCpu {
@@ -474,6 +542,19 @@ fn ticks(count: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_are_numbered_and_phases_keep_their_window() {
+        let flag = PhaseFlag::new();
+        assert_eq!(flag.get(), (Phase::Warmup, 0));
+        flag.begin_window();
+        assert_eq!(flag.get(), (Phase::Measure, 1));
+        flag.set(Phase::Warmup);
+        assert_eq!(flag.get(), (Phase::Warmup, 1));
+        flag.begin_window();
+        flag.set(Phase::Stop);
+        assert_eq!(flag.get(), (Phase::Stop, 2));
+    }
 
     #[test]
     fn handoff_pairs_events_in_either_order() {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::clients::Target;
-use crate::measure::{LatencySummary, LoopsOutcome, Window};
+use crate::measure::{LatencySummary, LoopsOutcome, Window, BUSY_MACHINE_CORES};
 use crate::modes::Mode;
 
 /// What one run measured; serialized as one JSON line.
@@ -57,6 +57,9 @@ pub struct Record {
     /// other processes were busy too.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine_cpu: Option<f64>,
+    /// Windows measured; above 1 when earlier ones were disturbed by other processes and
+    /// measured again (`--busy-retries`).
+    pub attempts: u32,
     /// Fields only this mode has.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -126,6 +129,7 @@ impl Record {
             client_cpu: outcome.cpu.client,
             server_cpu: outcome.cpu.server,
             machine_cpu: outcome.cpu.machine,
+            attempts: outcome.attempts,
             extra: Map::new(),
         }
     }
@@ -142,8 +146,7 @@ impl Record {
     }
 
     /// CPU used during the window by processes other than lockbench and the server, in cores,
-    /// when the server's CPU is known. /proc samples CPU time at clock ticks, so a few hundredths
-    /// either way are noise.
+    /// when the server's CPU is known.
     pub fn others_cpu(&self) -> Option<f64> {
         Some(self.machine_cpu? - self.client_cpu? - self.server_cpu?)
     }
@@ -174,10 +177,6 @@ impl Record {
             .find_map(|key| self.extra.get(*key).and_then(Value::as_u64))
     }
 }
-
-/// Cores used by other processes above which a run is flagged in the table: on two cores, that
-/// much interference moves every ratio.
-const BUSY_MACHINE_CORES: f64 = 0.25;
 
 /// Collects records, printing each as a JSON line (and into `--json-out`) when it arrives.
 #[derive(Debug)]
@@ -318,6 +317,9 @@ fn notes(record: &Record) -> String {
     }
     if let Some(summary) = record.latency("writer_acquire") {
         notes.push(format!("writer acq p99 {} µs", num(summary.p99)));
+    }
+    if record.attempts > 1 {
+        notes.push(format!("measured {} times (busy machine)", record.attempts));
     }
     if let Some(others) = record.others_cpu() {
         if others > BUSY_MACHINE_CORES {
