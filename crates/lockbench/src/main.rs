@@ -7,9 +7,11 @@
 //! Runtime: by default every client connection is a task on one current-thread Tokio runtime.
 //! The benchmark runs on the same two cores as the server, so the client must cost as little as
 //! possible per operation: one thread has no cross-thread wake-ups or work stealing, and uses at
-//! most one core, which leaves the other to the server. On this machine it measured faster than
-//! a two-worker runtime for lockd, Redis and echo alike (docs/benchmarks.md has the numbers);
-//! `--client-threads N` switches to a multi-thread runtime to check that on other machines.
+//! most one core, which leaves the other to the server. It is not neutral, though: it gives the
+//! single-threaded servers (Redis, the echo server) their best numbers, while lockd, whose
+//! requests cross three tasks on its multi-thread runtime, does better against a two-thread
+//! client. `--client-threads 2` switches to a multi-thread runtime, and scripts/bench.sh runs
+//! the comparisons both ways (docs/benchmarks.md has both).
 
 mod bench;
 mod chart;
