@@ -9,8 +9,8 @@
 //! possible per operation: one thread has no cross-thread wake-ups or work stealing, and uses at
 //! most one core, which leaves the other to the server. It is not neutral, though: it gives the
 //! single-threaded servers (Redis, the echo server) their best numbers, while lockd, whose
-//! requests cross three tasks on its multi-thread runtime, does better against a two-thread
-//! client. `--client-threads 2` switches to a multi-thread runtime, and scripts/bench.sh runs
+//! requests cross three tasks on its multi-thread runtime, does as well or better against a
+//! two-thread client. `--client-threads 2` switches to a multi-thread runtime, and scripts/bench.sh runs
 //! the comparisons both ways (docs/benchmarks.md has both).
 
 mod bench;
