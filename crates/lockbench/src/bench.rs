@@ -1,0 +1,200 @@
+//! What every mode needs to run: the servers under test, the run window, the sizes asked for,
+//! and helpers to open many lockd connections.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::clients::echo::EchoServer;
+use crate::clients::lockd::{LockdConn, LockdLocker, Mode as LockMode};
+use crate::clients::redis::RedisTarget;
+use crate::lockd_process::LockdProcess;
+use crate::measure::{ServerCpu, Window};
+use crate::modes::Mode;
+
+/// Sizes of the `scale` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ScaleSizes {
+    /// Locks held in the large held-locks run.
+    pub locks: u64,
+    /// Waiters queued in the large waiters run.
+    pub waiters: u64,
+    /// Idle connections held in the idle-connections run.
+    pub idle_connections: u64,
+}
+
+/// The servers and settings shared by every run.
+#[derive(Debug)]
+pub struct Bench {
+    /// Warm-up and measured window of each run.
+    pub window: Window,
+    /// `--connections`, which overrides every mode's default.
+    pub connections: Option<usize>,
+    /// Where lockd listens.
+    pub lockd_addr: SocketAddr,
+    /// The lockd lockbench started, if it did; only then are RSS and server CPU known.
+    pub lockd: Option<LockdProcess>,
+    /// Redis to compare with.
+    pub redis: Option<RedisTarget>,
+    /// Redis's pid, when given, to read its CPU time.
+    pub redis_pid: Option<u32>,
+    /// The built-in echo server to compare with.
+    pub echo: Option<EchoServer>,
+    /// Sleep between a Redis client's failed `SET NX` and its next try.
+    pub redis_retry: Duration,
+    /// Sizes of the scale runs.
+    pub scale: ScaleSizes,
+    /// This process's open-file limit; lockd, when started by lockbench, inherits the same.
+    pub fd_limit: u64,
+    /// Counts runs, so that every run uses resource names of its own.
+    runs: u32,
+}
+
+impl Bench {
+    /// Everything a run needs.
+    #[allow(clippy::too_many_arguments)] // reason: plain settings, built once in main.rs
+    pub fn new(
+        window: Window,
+        connections: Option<usize>,
+        lockd_addr: SocketAddr,
+        lockd: Option<LockdProcess>,
+        redis: Option<RedisTarget>,
+        redis_pid: Option<u32>,
+        echo: Option<EchoServer>,
+        redis_retry: Duration,
+        scale: ScaleSizes,
+        fd_limit: u64,
+    ) -> Bench {
+        Bench {
+            window,
+            connections,
+            lockd_addr,
+            lockd,
+            redis,
+            redis_pid,
+            echo,
+            redis_retry,
+            scale,
+            fd_limit,
+            runs: 0,
+        }
+    }
+
+    /// Connections for a run of `mode`.
+    pub fn connections(&self, mode: Mode) -> usize {
+        self.connections
+            .unwrap_or_else(|| mode.default_connections())
+    }
+
+    /// A prefix no earlier run's resource names start with, e.g. `lb3-`.
+    pub fn run_prefix(&mut self) -> String {
+        self.runs += 1;
+        format!("lb{}-", self.runs)
+    }
+
+    /// lockd's pid, when lockbench started it.
+    pub fn lockd_pid(&self) -> Option<u32> {
+        self.lockd.as_ref().map(LockdProcess::pid)
+    }
+
+    /// Replaces the lockd lockbench started with a fresh one, so that memory freed by an
+    /// earlier run (which the allocator keeps) cannot hide what the next run allocates. Returns
+    /// false, and does nothing, for a `--server` lockd.
+    pub fn fresh_lockd(&mut self) -> Result<bool> {
+        let Some(lockd) = &mut self.lockd else {
+            return Ok(false);
+        };
+        lockd.restart()?;
+        self.lockd_addr = lockd.addr();
+        Ok(true)
+    }
+
+    /// Where to read lockd's CPU time.
+    pub fn lockd_cpu(&self) -> ServerCpu {
+        self.lockd_pid()
+            .map_or(ServerCpu::Unknown, ServerCpu::Process)
+    }
+
+    /// Where to read Redis's CPU time.
+    pub fn redis_cpu(&self) -> ServerCpu {
+        self.redis_pid
+            .map_or(ServerCpu::Unknown, ServerCpu::Process)
+    }
+
+    /// lockd's resident memory now, when lockbench started it.
+    pub fn lockd_rss(&self) -> Option<u64> {
+        self.lockd.as_ref().and_then(|lockd| lockd.rss_bytes().ok())
+    }
+
+    /// `count` lockd lockers, the i-th on resource `name(i)` in `mode`.
+    pub async fn lockd_lockers(
+        &self,
+        count: usize,
+        name: impl Fn(usize) -> String,
+        mode: impl Fn(usize) -> LockMode,
+    ) -> Result<Vec<LockdLocker>> {
+        connect_each(count, |i| {
+            LockdLocker::connect(self.lockd_addr, name(i), mode(i))
+        })
+        .await
+    }
+
+    /// Opens `count` lockd sessions (each has said hello), in waves of [`CONNECT_WAVE`]: a wave's
+    /// hellos are answered (so lockd has accepted every connection in it) before the next wave
+    /// connects, which keeps lockd's accept queue short.
+    pub async fn lockd_sessions(&self, count: usize) -> Result<Vec<LockdConn>> {
+        let mut conns = Vec::with_capacity(count);
+        while conns.len() < count {
+            let wave = CONNECT_WAVE.min(count - conns.len());
+            let first = conns.len();
+            for _ in 0..wave {
+                let mut conn = LockdConn::connect_without_hello(self.lockd_addr)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "opening connection {} of {count} (open-file limit {})",
+                            conns.len() + 1,
+                            self.fd_limit
+                        )
+                    })?;
+                conn.send_hello().await?;
+                conns.push(conn);
+            }
+            for conn in &mut conns[first..] {
+                tokio::time::timeout(
+                    crate::clients::lockd::SETUP_PATIENCE,
+                    conn.finish_request(),
+                )
+                .await
+                .context(
+                    "lockd did not answer hello in time (is its open-file limit too low to accept \
+                     more connections?)",
+                )??;
+            }
+        }
+        Ok(conns)
+    }
+}
+
+/// Connections opened before waiting for lockd to accept them. lockd listens with a backlog of
+/// 128 (tokio's `TcpListener::bind` default); a connection that finds the accept queue full has
+/// its SYN dropped and retries a whole second later, which would be measured as setup time.
+pub const CONNECT_WAVE: usize = 64;
+
+/// Runs `connect(i)` for i in 0..count, one after the other, and collects the results.
+pub async fn connect_each<T, F>(count: usize, connect: impl Fn(usize) -> F) -> Result<Vec<T>>
+where
+    F: Future<Output = Result<T>>,
+{
+    let mut all = Vec::with_capacity(count);
+    for i in 0..count {
+        all.push(
+            connect(i)
+                .await
+                .with_context(|| format!("opening connection {} of {count}", i + 1))?,
+        );
+    }
+    Ok(all)
+}

@@ -1,0 +1,157 @@
+//! The command line, as clap derive types, and the checks clap cannot express.
+//!
+//! Kept apart from `main.rs` so that the flags and their documentation read as one list; the
+//! values are turned into [`crate::bench::Options`] here and nowhere else.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Parser, ValueEnum};
+
+use crate::modes::Mode;
+
+/// lockbench: drives lockd over its real protocol and prints a table and one JSON line per run.
+///
+/// Without --server it starts its own lockd (the binary next to lockbench's own executable, or
+/// --lockd-bin) on 127.0.0.1:0 with a temporary data directory, which also lets it read lockd's
+/// memory (RSS) and CPU time. --compare-redis and --compare-echo run the same loops against
+/// Redis and a built-in echo server in the same run, so the ratios share one machine state.
+/// A flag given twice takes its last value, so scripts can append overrides.
+#[derive(Debug, Parser)]
+#[command(version, about, args_override_self = true)]
+pub struct Args {
+    /// Address of a running lockd. Without it, lockbench starts its own.
+    #[arg(long, value_name = "ADDR")]
+    pub server: Option<String>,
+
+    /// The lockd binary to start when --server is absent [default: `lockd` next to lockbench].
+    #[arg(long, value_name = "PATH")]
+    pub lockd_bin: Option<PathBuf>,
+
+    /// Which benchmarks to run, comma-separated (e.g. `uncontended,contended`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub mode: Vec<ModeChoice>,
+
+    /// Client connections per run [default: 16 for contended, 64 for the other modes].
+    #[arg(long, value_name = "C", value_parser = clap::value_parser!(u64).range(1..=20_000))]
+    pub connections: Option<u64>,
+
+    /// Seconds measured per run, after the warm-up (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub duration: f64,
+
+    /// Seconds of warm-up before each measured window (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub warmup: f64,
+
+    /// Also run the uncontended and contended loops against this Redis server.
+    #[arg(long, value_name = "ADDR")]
+    pub compare_redis: Option<String>,
+
+    /// The pid of the --compare-redis server, to report its CPU use next to lockd's.
+    #[arg(long, value_name = "PID", requires = "compare_redis")]
+    pub redis_pid: Option<u32>,
+
+    /// Also run the uncontended loop against a built-in newline echo server (the loopback
+    /// limit: what the same loop costs with a server that does no work at all).
+    #[arg(long)]
+    pub compare_echo: bool,
+
+    /// Also write the JSON lines to this file (replaced, not appended to).
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+
+    /// Draw a chart of the runs into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
+    /// Locks held in the large `scale` run (the small run holds 1,000).
+    #[arg(long, value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub scale_locks: u64,
+
+    /// Waiters queued on one resource in the large `scale` waiters run (the small run queues
+    /// 1,000). Each waiter is its own connection, so this is bounded by file descriptors.
+    #[arg(long, value_name = "N", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub scale_waiters: u64,
+
+    /// Idle connections held open during the `scale` idle-connections run.
+    #[arg(long, value_name = "N", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub idle_connections: u64,
+
+    /// Client runtime threads: 1 runs every connection on one current-thread runtime (the
+    /// default, see main.rs for why); more uses a multi-thread runtime with that many workers.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub client_threads: u64,
+
+    /// Measure a run's window again, up to this many times, when other processes used more than
+    /// a quarter of a core during it (the run's CPU line shows how much).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub busy_retries: u32,
+
+    /// How long a Redis client waits before retrying a lock it did not get (contended loop).
+    #[arg(long, value_name = "MS", default_value_t = 1)]
+    pub redis_retry_ms: u64,
+}
+
+/// `--mode`: one benchmark, or all of them in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeChoice {
+    /// Each connection locks and unlocks its own resource.
+    Uncontended,
+    /// All connections on one resource.
+    Contended,
+    /// Readers and one writer on one resource.
+    Shared,
+    /// Many held locks, many waiters, many idle connections.
+    Scale,
+    /// Every mode above, in that order.
+    All,
+}
+
+impl ModeChoice {
+    /// The modes this choice runs, in order.
+    pub fn modes(self) -> Vec<Mode> {
+        match self {
+            ModeChoice::Uncontended => vec![Mode::Uncontended],
+            ModeChoice::Contended => vec![Mode::Contended],
+            ModeChoice::Shared => vec![Mode::Shared],
+            ModeChoice::Scale => vec![Mode::Scale],
+            ModeChoice::All => Mode::ALL.to_vec(),
+        }
+    }
+}
+
+impl Args {
+    /// The modes asked for, in the order given, each once.
+    pub fn modes(&self) -> Vec<Mode> {
+        let mut modes = Vec::new();
+        for mode in self.mode.iter().flat_map(|choice| choice.modes()) {
+            if !modes.contains(&mode) {
+                modes.push(mode);
+            }
+        }
+        modes
+    }
+
+    /// The measured window of each run.
+    pub fn duration(&self) -> Result<Duration> {
+        seconds("--duration", self.duration, false)
+    }
+
+    /// The warm-up before each measured window.
+    pub fn warmup(&self) -> Result<Duration> {
+        seconds("--warmup", self.warmup, true)
+    }
+}
+
+fn seconds(flag: &str, value: f64, zero_ok: bool) -> Result<Duration> {
+    if !value.is_finite() || value < 0.0 || (!zero_ok && value == 0.0) || value > 86_400.0 {
+        bail!("{flag} must be a number of seconds above 0 and at most 86400, not {value}");
+    }
+    Ok(Duration::from_secs_f64(value))
+}

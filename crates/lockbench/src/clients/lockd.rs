@@ -1,0 +1,397 @@
+//! A lean client of lockd's wire protocol, built for the benchmark's hot loops.
+//!
+//! Requests are formatted by hand into one buffer that lives as long as the connection (the
+//! resource names lockbench makes never need JSON escaping), and replies are read into a struct
+//! with only the fields the loops use, borrowing from the line buffer. A request/reply round
+//! trip therefore allocates nothing. It is not a general client: it trusts its own requests,
+//! speaks one request at a time except in [`LockdConn::hold_many`], and turns every refusal
+//! into an error, because a benchmark that gets a refusal has a bug to report, not to handle.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::{LineReader, Locker};
+
+/// The lease every benchmark session asks for: lockd's longest by default, so that sessions
+/// that only hold locks or wait in line (and send nothing for a while) never expire mid-run.
+pub const BENCH_LEASE_MS: u64 = 300_000;
+
+/// How long a setup step (connect, hello, a queued acquire's first answer) may take before the
+/// benchmark gives up instead of hanging.
+pub const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Lock modes as they appear on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One holder at a time.
+    Exclusive,
+    /// Any number of shared holders.
+    Shared,
+}
+
+impl Mode {
+    fn wire(self) -> &'static [u8] {
+        match self {
+            Mode::Exclusive => b"exclusive",
+            Mode::Shared => b"shared",
+        }
+    }
+}
+
+/// The first answer to an acquire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// Granted at once, with this token.
+    Granted(u64),
+    /// Queued at this position (1 = next); the grant comes later.
+    Queued(u64),
+}
+
+/// One connection to lockd, that is one session.
+#[derive(Debug)]
+pub struct LockdConn {
+    stream: TcpStream,
+    /// The request being written; cleared, never freed.
+    out: Vec<u8>,
+    lines: LineReader,
+    next_id: u64,
+}
+
+/// The only reply fields the benchmark reads; the rest of a frame (`mode`, an error's text,
+/// `status` results) is skipped without allocating.
+#[derive(Deserialize)]
+struct Reply<'a> {
+    id: Option<u64>,
+    ok: Option<bool>,
+    token: Option<u64>,
+    #[serde(borrow)]
+    event: Option<&'a str>,
+    position: Option<u64>,
+}
+
+/// What one frame from lockd said about the request it answers.
+enum Answer {
+    Ok { token: Option<u64> },
+    Queued { position: u64 },
+}
+
+impl LockdConn {
+    /// Connects, says `hello` with [`BENCH_LEASE_MS`], and waits for the answer.
+    pub async fn connect(addr: SocketAddr) -> Result<LockdConn> {
+        let mut conn = LockdConn::connect_without_hello(addr).await?;
+        conn.send_hello()
+            .await
+            .context("cannot send hello to lockd")?;
+        tokio::time::timeout(SETUP_PATIENCE, conn.finish_request())
+            .await
+            .map_err(|_| anyhow!("lockd did not answer hello within {SETUP_PATIENCE:?}"))?
+            .context("hello failed")?;
+        Ok(conn)
+    }
+
+    /// Connects without saying anything; [`Self::send_hello`] and [`Self::finish_request`]
+    /// finish the job, so that many connections can be opened before their replies are read.
+    pub async fn connect_without_hello(addr: SocketAddr) -> Result<LockdConn> {
+        let stream = tokio::time::timeout(SETUP_PATIENCE, TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("connecting to lockd at {addr} took over {SETUP_PATIENCE:?}"))?
+            .with_context(|| format!("cannot connect to lockd at {addr}"))?;
+        // Requests are single small writes that the loop waits on; Nagle would delay them.
+        stream.set_nodelay(true)?;
+        Ok(LockdConn {
+            stream,
+            out: Vec::with_capacity(256),
+            lines: LineReader::new(),
+            next_id: 1,
+        })
+    }
+
+    /// Sends `hello` with the benchmark lease; its reply is read by [`Self::finish_request`].
+    pub async fn send_hello(&mut self) -> Result<()> {
+        self.out.clear();
+        let id = self.take_id();
+        self.push_prefix(id, b"hello");
+        self.out
+            .extend_from_slice(b",\"client\":\"lockbench\",\"lease_ms\":");
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(BENCH_LEASE_MS).as_bytes());
+        self.out.extend_from_slice(b"}\n");
+        self.flush().await
+    }
+
+    /// Sends `ping`; its reply is read by [`Self::finish_request`].
+    pub async fn send_ping(&mut self) -> Result<()> {
+        self.out.clear();
+        let id = self.take_id();
+        self.push_prefix(id, b"ping");
+        self.out.extend_from_slice(b"}\n");
+        self.flush().await
+    }
+
+    /// Reads the reply to the oldest request sent and not yet answered, which must succeed.
+    pub async fn finish_request(&mut self) -> Result<()> {
+        match self.next_answer().await? {
+            Answer::Ok { .. } => Ok(()),
+            Answer::Queued { .. } => bail!("lockd queued a request that was not an acquire"),
+        }
+    }
+
+    /// Acquires `resource` and waits through any `queued` event until it is granted.
+    pub async fn acquire(&mut self, resource: &[u8], mode: Mode) -> Result<u64> {
+        match self.start_acquire(resource, mode).await? {
+            Started::Granted(token) => Ok(token),
+            Started::Queued(_) => self.wait_grant().await,
+        }
+    }
+
+    /// Sends an acquire and returns its first answer: a grant, or its place in the queue.
+    pub async fn start_acquire(&mut self, resource: &[u8], mode: Mode) -> Result<Started> {
+        self.out.clear();
+        let id = self.take_id();
+        push_acquire(&mut self.out, id, resource, mode);
+        self.flush().await?;
+        match self.next_answer().await? {
+            Answer::Ok { token: Some(token) } => Ok(Started::Granted(token)),
+            Answer::Ok { token: None } => bail!("lockd granted an acquire without a token"),
+            Answer::Queued { position } => Ok(Started::Queued(position)),
+        }
+    }
+
+    /// Waits for the grant of an acquire that was queued.
+    pub async fn wait_grant(&mut self) -> Result<u64> {
+        loop {
+            match self.next_answer().await? {
+                Answer::Ok { token: Some(token) } => return Ok(token),
+                Answer::Ok { token: None } => bail!("lockd granted an acquire without a token"),
+                // A second event for the same acquire is allowed by the protocol; keep waiting.
+                Answer::Queued { .. } => {}
+            }
+        }
+    }
+
+    /// Releases `resource`, held with `token`.
+    pub async fn release(&mut self, resource: &[u8], token: u64) -> Result<()> {
+        self.out.clear();
+        let id = self.take_id();
+        self.push_prefix(id, b"release");
+        self.out.extend_from_slice(b",\"resource\":\"");
+        self.out.extend_from_slice(resource);
+        self.out.extend_from_slice(b"\",\"token\":");
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(token).as_bytes());
+        self.out.extend_from_slice(b"}\n");
+        self.flush().await?;
+        self.finish_request().await
+    }
+
+    /// Acquires `count` fresh resources named `{prefix}{i}` exclusively, pipelining `batch`
+    /// acquires per write, and keeps them until the connection is dropped. Every one must be
+    /// granted at once (they are fresh); the tokens are not kept.
+    pub async fn hold_many(&mut self, prefix: &str, count: u64, batch: u64) -> Result<()> {
+        let mut name = Vec::with_capacity(prefix.len() + 20);
+        let mut next = 0;
+        while next < count {
+            let end = (next + batch.max(1)).min(count);
+            self.out.clear();
+            for i in next..end {
+                name.clear();
+                name.extend_from_slice(prefix.as_bytes());
+                name.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+                let id = self.take_id();
+                push_acquire(&mut self.out, id, &name, Mode::Exclusive);
+            }
+            self.flush().await?;
+            for _ in next..end {
+                match self.next_answer().await? {
+                    Answer::Ok { token: Some(_) } => {}
+                    _ => bail!("lockd did not grant a fresh resource at once"),
+                }
+            }
+            next = end;
+        }
+        Ok(())
+    }
+
+    /// How many holders and waiters `resource` has, from `status`. Not for hot loops: it parses
+    /// the reply into a `serde_json::Value`.
+    pub async fn holders_and_waiters(&mut self, resource: &[u8]) -> Result<(usize, usize)> {
+        self.out.clear();
+        let id = self.take_id();
+        self.push_prefix(id, b"status");
+        self.out.extend_from_slice(b",\"resource\":\"");
+        self.out.extend_from_slice(resource);
+        self.out.extend_from_slice(b"\"}\n");
+        self.flush().await?;
+        let line = self.lines.next_line(&mut self.stream).await?;
+        let reply: serde_json::Value = serde_json::from_slice(line)
+            .with_context(|| format!("lockd sent invalid JSON: {}", show(line)))?;
+        let count = |field: &str| {
+            reply["resources"][0][field]
+                .as_array()
+                .map(Vec::len)
+                .ok_or_else(|| anyhow!("unexpected status reply: {reply}"))
+        };
+        Ok((count("holders")?, count("waiters")?))
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn push_prefix(&mut self, id: u64, op: &[u8]) {
+        push_prefix(&mut self.out, id, op);
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.stream
+            .write_all(&self.out)
+            .await
+            .context("cannot write to lockd")
+    }
+
+    /// Reads the next frame and checks that it is a success or a `queued` event. Requests on
+    /// one connection are answered in order except for grants after a wait, and the benchmark
+    /// never has a second request in flight behind a waiting acquire, so the id is not checked
+    /// against a table; it is only required to be present.
+    async fn next_answer(&mut self) -> Result<Answer> {
+        let line = self.lines.next_line(&mut self.stream).await?;
+        let reply: Reply<'_> = serde_json::from_slice(line)
+            .with_context(|| format!("lockd sent a frame lockbench cannot read: {}", show(line)))?;
+        if reply.id.is_none() {
+            bail!("lockd refused a frame: {}", show(line));
+        }
+        match (reply.event, reply.ok) {
+            (Some("queued"), _) => Ok(Answer::Queued {
+                position: reply.position.unwrap_or(0),
+            }),
+            (None, Some(true)) => Ok(Answer::Ok { token: reply.token }),
+            _ => bail!("lockd refused a request: {}", show(line)),
+        }
+    }
+}
+
+/// Appends `{"id":N,"op":"OP"` (no closing brace).
+fn push_prefix(out: &mut Vec<u8>, id: u64, op: &[u8]) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    out.extend_from_slice(b",\"op\":\"");
+    out.extend_from_slice(op);
+    out.push(b'"');
+}
+
+/// Appends one acquire request line, newline included.
+fn push_acquire(out: &mut Vec<u8>, id: u64, resource: &[u8], mode: Mode) {
+    push_prefix(out, id, b"acquire");
+    out.extend_from_slice(b",\"resource\":\"");
+    out.extend_from_slice(resource);
+    out.extend_from_slice(b"\",\"mode\":\"");
+    out.extend_from_slice(mode.wire());
+    out.extend_from_slice(b"\"}\n");
+}
+
+/// A line from the server as text for an error message, cut short if long.
+fn show(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&line[..line.len().min(300)]);
+    text.into_owned()
+}
+
+/// A lockd connection bound to one resource and mode: the [`Locker`] the loops drive.
+#[derive(Debug)]
+pub struct LockdLocker {
+    conn: LockdConn,
+    resource: Vec<u8>,
+    mode: Mode,
+    token: Option<u64>,
+}
+
+impl LockdLocker {
+    /// Connects and binds the connection to `resource`.
+    pub async fn connect(addr: SocketAddr, resource: String, mode: Mode) -> Result<LockdLocker> {
+        Ok(LockdLocker {
+            conn: LockdConn::connect(addr).await?,
+            resource: resource.into_bytes(),
+            mode,
+            token: None,
+        })
+    }
+
+    /// The acquire request this locker sends with id 1, for the echo loop to copy its size.
+    pub fn sample_acquire_line(resource: &str) -> Vec<u8> {
+        let mut line = Vec::new();
+        push_acquire(&mut line, 1, resource.as_bytes(), Mode::Exclusive);
+        line
+    }
+
+    /// The release request this locker sends with id 2 and a six-digit token, likewise.
+    pub fn sample_release_line(resource: &str) -> Vec<u8> {
+        let mut line = Vec::new();
+        push_prefix(&mut line, 2, b"release");
+        line.extend_from_slice(b",\"resource\":\"");
+        line.extend_from_slice(resource.as_bytes());
+        line.extend_from_slice(b"\",\"token\":123456}\n");
+        line
+    }
+}
+
+impl Locker for LockdLocker {
+    async fn acquire(&mut self) -> Result<()> {
+        let token = self.conn.acquire(&self.resource, self.mode).await?;
+        self.token = Some(token);
+        Ok(())
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        let token = self
+            .token
+            .take()
+            .ok_or_else(|| anyhow!("release without a held lock"))?;
+        self.conn.release(&self.resource, token).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_the_documented_json() {
+        let line = LockdLocker::sample_acquire_line("r");
+        let value: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+        assert_eq!(
+            value,
+            serde_json::json!({"id":1,"op":"acquire","resource":"r","mode":"exclusive"})
+        );
+        let line = LockdLocker::sample_release_line("r");
+        let value: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+        assert_eq!(
+            value,
+            serde_json::json!({"id":2,"op":"release","resource":"r","token":123456})
+        );
+    }
+
+    #[test]
+    fn replies_parse_without_the_fields_we_skip() {
+        let reply: Reply<'_> =
+            serde_json::from_slice(br#"{"id":3,"ok":true,"token":9,"mode":"exclusive"}"#)
+                .expect("parses");
+        assert_eq!(
+            (reply.id, reply.ok, reply.token),
+            (Some(3), Some(true), Some(9))
+        );
+        let reply: Reply<'_> =
+            serde_json::from_slice(br#"{"id":4,"event":"queued","position":2}"#).expect("parses");
+        assert_eq!((reply.event, reply.position), (Some("queued"), Some(2)));
+        let reply: Reply<'_> = serde_json::from_slice(
+            br#"{"id":5,"ok":false,"error":{"code":"not_held","message":"No \"such\" lock."}}"#,
+        )
+        .expect("parses");
+        assert_eq!(reply.ok, Some(false));
+    }
+}

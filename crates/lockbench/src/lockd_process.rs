@@ -1,0 +1,159 @@
+//! Starting and stopping a lockd of our own, and reading its memory from /proc.
+//!
+//! lockbench starts lockd itself unless `--server` is given, so that a benchmark needs one
+//! command and so that it can read the server's RSS (`VmRSS` in /proc/<pid>/status) and CPU
+//! time. The process gets a temporary data directory and logs at `warn` into a file there: at
+//! `info` lockd logs every session, which at thousands of connections would be measured too.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// The line lockd prints first, before its address.
+const STARTED_PREFIX: &str = "Lock Server started on tcp://";
+
+/// A lockd process started by lockbench; killed (and its data directory removed) when dropped.
+#[derive(Debug)]
+pub struct LockdProcess {
+    child: Child,
+    addr: SocketAddr,
+    binary: PathBuf,
+    /// Holds the data directory and the log until the process is gone.
+    dir: tempfile::TempDir,
+}
+
+impl LockdProcess {
+    /// The `lockd` next to the running lockbench executable: `cargo build` puts both in the same
+    /// target directory.
+    pub fn default_binary() -> Result<PathBuf> {
+        let exe = std::env::current_exe().context("cannot find lockbench's own executable")?;
+        let dir = exe
+            .parent()
+            .ok_or_else(|| anyhow!("lockbench's executable {} has no directory", exe.display()))?;
+        Ok(dir.join("lockd"))
+    }
+
+    /// Starts `binary` on 127.0.0.1 with a free port and waits for its address.
+    pub fn start(binary: &Path) -> Result<LockdProcess> {
+        if !binary.is_file() {
+            bail!(
+                "no lockd binary at {} (build it with `cargo build --release --bin lockd`, pass \
+                 --lockd-bin, or use --server ADDR)",
+                binary.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("lockbench-")
+            .tempdir()
+            .context("cannot create a temporary directory for lockd")?;
+        let log = File::create(dir.path().join("lockd.log"))?;
+        let mut child = Command::new(binary)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let addr = match read_address(&mut child) {
+            Ok(addr) => addr,
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(dir.path().join("lockd.log")).unwrap_or_default();
+                return Err(err.context(format!("lockd did not start; its log:\n{log}")));
+            }
+        };
+        Ok(LockdProcess {
+            child,
+            addr,
+            binary: binary.to_owned(),
+            dir,
+        })
+    }
+
+    /// Stops this lockd and starts a new one from the same binary, on a new port and data
+    /// directory: a process whose allocator has never held anything, for memory readings.
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let binary = self.binary.clone();
+        // The old value's Drop kills and waits again, which is harmless on a reaped child.
+        *self = LockdProcess::start(&binary)?;
+        Ok(())
+    }
+
+    /// Where lockd listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// lockd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// lockd's resident memory now, in bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        rss_bytes(self.pid())
+    }
+
+    /// lockd's log so far (warnings and errors only).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("lockd.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for LockdProcess {
+    fn drop(&mut self) {
+        // SIGKILL: the data directory is temporary and nothing in it must survive, and a clean
+        // shutdown of a million held locks would only add seconds to every benchmark.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_address(child: &mut Child) -> Result<SocketAddr> {
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("lockd's stdout was not captured"))?;
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .context("cannot read lockd's first line")?;
+    let addr = first
+        .trim()
+        .strip_prefix(STARTED_PREFIX)
+        .ok_or_else(|| anyhow!("lockd's first line was {first:?}, not its address"))?;
+    addr.parse()
+        .with_context(|| format!("lockd printed an unreadable address {addr:?}"))
+}
+
+/// A process's resident memory in bytes, from `VmRSS` in /proc/<pid>/status.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow!("no VmRSS line in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}

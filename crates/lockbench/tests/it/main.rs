@@ -1,0 +1,3 @@
+//! Integration tests of the `lockbench` binary. One test binary; one module per area.
+
+mod smoke;

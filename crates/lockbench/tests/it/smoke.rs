@@ -1,0 +1,163 @@
+//! A seconds-long run of every lockd mode against a lockd that lockbench starts itself.
+//!
+//! It asserts only that lockbench exits 0 and prints well-formed JSON lines with positive counts:
+//! timings on a shared CI machine prove nothing, so there are no timing assertions here.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long the whole smoke run may take before the test fails instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(180);
+
+/// The `lockd` binary next to lockbench's. Cargo builds it only when something needs it, such
+/// as lockd's own integration tests in `cargo nextest run --workspace`.
+fn lockd_binary(lockbench: &Path) -> PathBuf {
+    let lockd = lockbench.with_file_name("lockd");
+    assert!(
+        lockd.is_file(),
+        "no lockd binary at {}: lockbench's smoke test needs it next to lockbench. Run the whole \
+         workspace (`cargo nextest run --workspace`, which builds it for lockd's own tests) or \
+         `cargo build --bin lockd` first.",
+        lockd.display()
+    );
+    lockd
+}
+
+#[test]
+fn every_mode_runs_briefly_and_prints_json_lines() {
+    let lockbench = PathBuf::from(env!("CARGO_BIN_EXE_lockbench"));
+    let lockd = lockd_binary(&lockbench);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let json_out = dir.path().join("results.jsonl");
+    let svg = dir.path().join("chart.svg");
+    let stdout_path = dir.path().join("stdout");
+    let stderr_path = dir.path().join("stderr");
+    let mut child = Command::new(&lockbench)
+        .arg("--lockd-bin")
+        .arg(&lockd)
+        .args([
+            "--mode",
+            "all",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--connections",
+            "4",
+            "--scale-locks",
+            "1000",
+            "--scale-waiters",
+            "50",
+            "--idle-connections",
+            "50",
+            "--compare-echo",
+        ])
+        .arg("--json-out")
+        .arg(&json_out)
+        .arg("--svg")
+        .arg(&svg)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("lockbench starts");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait works") {
+            break status;
+        }
+        if started.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "lockbench did not finish within {PATIENCE:?}; stderr:\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).expect("stdout is UTF-8");
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(
+        status.success(),
+        "lockbench failed with {status}; stderr:\n{stderr}\nstdout:\n{stdout}"
+    );
+
+    let json_lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
+    let mut seen = BTreeSet::new();
+    for line in &json_lines {
+        let run: Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+        let mode = run["mode"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no mode: {line}"));
+        let target = run["target"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no target: {line}"));
+        let stage = run["stage"].as_str().unwrap_or("");
+        assert!(run["ops"].as_u64().is_some_and(|n| n > 0), "no ops: {line}");
+        assert!(
+            run["ops_per_s"].as_f64().is_some_and(|n| n > 0.0),
+            "no rate: {line}"
+        );
+        assert_eq!(run["connections"].as_u64(), Some(4), "{line}");
+        assert!(
+            run["latency_us"]["acquire"]["count"]
+                .as_u64()
+                .is_some_and(|n| n > 0),
+            "no acquire latencies: {line}"
+        );
+        seen.insert(format!("{mode}/{stage}/{target}"));
+        if mode == "contended" {
+            assert!(run["fairness"]["min"].as_u64().is_some(), "{line}");
+            assert!(
+                run["latency_us"]["handoff"]["count"].as_u64().is_some(),
+                "{line}"
+            );
+        }
+        if stage == "held_locks" {
+            assert_eq!(run["held"].as_u64(), Some(1000), "{line}");
+            // lockbench started lockd itself, so it can read lockd's memory.
+            assert!(run["rss_after_bytes"].as_u64().is_some(), "{line}");
+        }
+        if stage == "queued_waiters" {
+            assert_eq!(run["positions_in_order"], Value::Bool(true), "{line}");
+        }
+        if stage == "idle_connections" {
+            assert_eq!(run["idle_alive"].as_u64(), Some(50), "{line}");
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "uncontended//lockd",
+        "uncontended//echo",
+        "contended//lockd",
+        "shared//lockd",
+        "scale/held_locks/lockd",
+        "scale/queued_waiters/lockd",
+        "scale/idle_connections/lockd",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(seen, expected, "stdout:\n{stdout}");
+    assert_eq!(
+        json_lines.len(),
+        expected.len(),
+        "one line per run:\n{stdout}"
+    );
+
+    // --json-out holds the same lines; the table and the chart are there.
+    let saved = std::fs::read_to_string(&json_out).expect("--json-out written");
+    assert_eq!(saved.lines().collect::<Vec<_>>(), json_lines);
+    assert!(stdout.contains("\ntarget "), "no targets table:\n{stdout}");
+    let chart = std::fs::read_to_string(&svg).expect("--svg written");
+    assert!(
+        chart.starts_with("<svg"),
+        "not an SVG: {}",
+        &chart[..chart.len().min(100)]
+    );
+}
