@@ -1,75 +1,17 @@
 //! Fake-clock tests of what the table offers operators: forced releases, and the observations
 //! that metrics are made of (grants, and holds and waits that ended, with their durations).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
+use protocol::{FenceToken, LockMode, RequestId};
 
+use super::harness::*;
 use super::*;
 
 use LockMode::{Exclusive as X, Shared as S};
 
-struct Harness {
-    table: LockTable,
-    now: Instant,
-}
-
 fn harness() -> Harness {
-    Harness {
-        table: LockTable::new(TableConfig::default()),
-        now: Instant::now(),
-    }
-}
-
-fn name(s: &str) -> ResourceName {
-    ResourceName::new(s).unwrap()
-}
-
-fn ms(ms: u64) -> Duration {
-    Duration::from_millis(ms)
-}
-
-impl Harness {
-    fn session(&mut self) -> SessionId {
-        self.table.open_session(self.now)
-    }
-
-    fn acquire(&mut self, s: SessionId, request: u64, resource: &str, mode: LockMode) -> Acquired {
-        self.table
-            .handle_acquire(self.now, s, RequestId(request), name(resource), mode, None)
-            .unwrap()
-    }
-
-    fn advance(&mut self, by: u64) {
-        self.now += ms(by);
-        self.table.handle_timeout(self.now);
-    }
-
-    fn effects(&mut self) -> Vec<Effect> {
-        std::iter::from_fn(|| self.table.poll_effect()).collect()
-    }
-
-    fn observations(&mut self) -> Vec<Observation> {
-        std::iter::from_fn(|| self.table.poll_observation()).collect()
-    }
-
-    fn holders(&self, resource: &str) -> Vec<(SessionId, u64)> {
-        self.table.status(self.now, Some(&name(resource)))[0]
-            .holders
-            .iter()
-            .map(|h| (h.session, h.token.0))
-            .collect()
-    }
-}
-
-fn granted(session: SessionId, request: u64, resource: &str, token: u64, mode: LockMode) -> Effect {
-    Effect::Granted {
-        session,
-        request: RequestId(request),
-        resource: name(resource),
-        token: FenceToken(token),
-        mode,
-    }
+    Harness::new(TableConfig::default())
 }
 
 #[test]
@@ -102,7 +44,7 @@ fn a_forced_release_ends_the_holders_session_and_hands_the_lock_to_the_next_wait
             granted(next, 1, "deploy", 4, X)
         ]
     );
-    assert_eq!(h.holders("deploy"), vec![(next, 4)]);
+    assert_eq!(h.holders("deploy"), vec![(next, X, 4)]);
     assert_eq!(h.table.session_count(), 2);
     // Anything the evicted session still sends finds its session gone.
     assert_eq!(
@@ -150,7 +92,7 @@ fn a_forced_release_with_a_token_ends_only_that_shared_holder() {
     assert_eq!(forced.len(), 1);
     assert_eq!(forced[0].session, b);
     assert_eq!(h.effects(), vec![], "a still holds f, so the writer waits");
-    assert_eq!(h.holders("f"), vec![(a, 1)]);
+    assert_eq!(h.holders("f"), vec![(a, S, 1)]);
 
     // Without a token, every holder goes.
     let forced = h.table.handle_force_release(h.now, &name("f"), None);
@@ -177,7 +119,7 @@ fn forcing_a_lock_nobody_holds_changes_nothing() {
     );
     assert_eq!(h.effects(), vec![]);
     assert_eq!(h.observations(), vec![]);
-    assert_eq!(h.holders("f"), vec![(a, 1)]);
+    assert_eq!(h.holders("f"), vec![(a, X, 1)]);
     assert_eq!(h.table.session_count(), 2);
 }
 

@@ -5,115 +5,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
+use protocol::{FenceToken, LockMode, RequestId};
 
+use super::harness::*;
 use super::table::TOKEN_BLOCK;
 use super::*;
 
 use LockMode::{Exclusive as X, Shared as S};
 
-struct Harness {
-    table: LockTable,
-    now: Instant,
-}
-
 fn harness() -> Harness {
-    Harness {
-        table: LockTable::new(TableConfig {
-            max_value_bytes: 8,
-            max_locks_per_session: 4,
-            max_waits_per_session: 2,
-            ..TableConfig::default()
-        }),
-        now: Instant::now(),
-    }
-}
-
-fn name(s: &str) -> ResourceName {
-    ResourceName::new(s).unwrap()
-}
-
-fn granted(session: SessionId, request: u64, resource: &str, token: u64, mode: LockMode) -> Effect {
-    Effect::Granted {
-        session,
-        request: RequestId(request),
-        resource: name(resource),
-        token: FenceToken(token),
-        mode,
-    }
-}
-
-fn failed(session: SessionId, request: u64, resource: &str, reason: WaitFailure) -> Effect {
-    Effect::WaitFailed {
-        session,
-        request: RequestId(request),
-        resource: name(resource),
-        reason,
-    }
-}
-
-impl Harness {
-    fn session(&mut self) -> SessionId {
-        self.table.open_session(self.now)
-    }
-
-    fn acquire(&mut self, s: SessionId, request: u64, resource: &str, mode: LockMode) -> Acquired {
-        self.try_acquire(s, request, resource, mode, None).unwrap()
-    }
-
-    fn try_acquire(
-        &mut self,
-        s: SessionId,
-        request: u64,
-        resource: &str,
-        mode: LockMode,
-        timeout_ms: Option<u64>,
-    ) -> Result<Acquired, LockError> {
-        self.table.handle_acquire(
-            self.now,
-            s,
-            RequestId(request),
-            name(resource),
-            mode,
-            timeout_ms.map(Duration::from_millis),
-        )
-    }
-
-    fn release(&mut self, s: SessionId, resource: &str, token: u64) -> Result<(), LockError> {
-        self.table
-            .handle_release(self.now, s, &name(resource), FenceToken(token))
-    }
-
-    fn advance(&mut self, ms: u64) {
-        self.now += Duration::from_millis(ms);
-        self.table.handle_timeout(self.now);
-    }
-
-    fn effects(&mut self) -> Vec<Effect> {
-        std::iter::from_fn(|| self.table.poll_effect()).collect()
-    }
-
-    fn holders(&self, resource: &str) -> Vec<(SessionId, LockMode, u64)> {
-        let status = self.table.status(self.now, Some(&name(resource)));
-        status[0]
-            .holders
-            .iter()
-            .map(|h| (h.session, h.mode, h.token.0))
-            .collect()
-    }
-
-    fn waiters(&self, resource: &str) -> Vec<SessionId> {
-        let status = self.table.status(self.now, Some(&name(resource)));
-        status[0].waiters.iter().map(|w| w.session).collect()
-    }
-}
-
-fn granted_now(token: u64) -> Acquired {
-    Acquired::Granted(FenceToken(token))
-}
-
-fn queued(position: u64) -> Acquired {
-    Acquired::Queued { position }
+    Harness::new(TableConfig {
+        max_value_bytes: 8,
+        max_locks_per_session: 4,
+        max_waits_per_session: 2,
+        ..TableConfig::default()
+    })
 }
 
 #[test]

@@ -1,0 +1,140 @@
+//! The fake-clock harness shared by the table's unit tests: a table, a clock advanced by hand,
+//! and short names for the inputs and expected outputs.
+
+use std::time::{Duration, Instant};
+
+use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
+
+use super::*;
+
+impl Harness {
+    pub(super) fn new(config: TableConfig) -> Harness {
+        Harness {
+            table: LockTable::new(config),
+            now: Instant::now(),
+        }
+    }
+
+    pub(super) fn observations(&mut self) -> Vec<Observation> {
+        std::iter::from_fn(|| self.table.poll_observation()).collect()
+    }
+}
+
+pub(super) fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// A lock table on a hand-advanced clock.
+pub(super) struct Harness {
+    pub(super) table: LockTable,
+    pub(super) now: Instant,
+}
+
+pub(super) fn name(s: &str) -> ResourceName {
+    ResourceName::new(s).unwrap()
+}
+
+pub(super) fn granted(
+    session: SessionId,
+    request: u64,
+    resource: &str,
+    token: u64,
+    mode: LockMode,
+) -> Effect {
+    Effect::Granted {
+        session,
+        request: RequestId(request),
+        resource: name(resource),
+        token: FenceToken(token),
+        mode,
+    }
+}
+
+pub(super) fn failed(
+    session: SessionId,
+    request: u64,
+    resource: &str,
+    reason: WaitFailure,
+) -> Effect {
+    Effect::WaitFailed {
+        session,
+        request: RequestId(request),
+        resource: name(resource),
+        reason,
+    }
+}
+
+impl Harness {
+    pub(super) fn session(&mut self) -> SessionId {
+        self.table.open_session(self.now)
+    }
+
+    pub(super) fn acquire(
+        &mut self,
+        s: SessionId,
+        request: u64,
+        resource: &str,
+        mode: LockMode,
+    ) -> Acquired {
+        self.try_acquire(s, request, resource, mode, None).unwrap()
+    }
+
+    pub(super) fn try_acquire(
+        &mut self,
+        s: SessionId,
+        request: u64,
+        resource: &str,
+        mode: LockMode,
+        timeout_ms: Option<u64>,
+    ) -> Result<Acquired, LockError> {
+        self.table.handle_acquire(
+            self.now,
+            s,
+            RequestId(request),
+            name(resource),
+            mode,
+            timeout_ms.map(Duration::from_millis),
+        )
+    }
+
+    pub(super) fn release(
+        &mut self,
+        s: SessionId,
+        resource: &str,
+        token: u64,
+    ) -> Result<(), LockError> {
+        self.table
+            .handle_release(self.now, s, &name(resource), FenceToken(token))
+    }
+
+    pub(super) fn advance(&mut self, ms: u64) {
+        self.now += Duration::from_millis(ms);
+        self.table.handle_timeout(self.now);
+    }
+
+    pub(super) fn effects(&mut self) -> Vec<Effect> {
+        std::iter::from_fn(|| self.table.poll_effect()).collect()
+    }
+
+    pub(super) fn holders(&self, resource: &str) -> Vec<(SessionId, LockMode, u64)> {
+        let status = self.table.status(self.now, Some(&name(resource)));
+        status[0]
+            .holders
+            .iter()
+            .map(|h| (h.session, h.mode, h.token.0))
+            .collect()
+    }
+
+    pub(super) fn waiters(&self, resource: &str) -> Vec<SessionId> {
+        let status = self.table.status(self.now, Some(&name(resource)));
+        status[0].waiters.iter().map(|w| w.session).collect()
+    }
+}
+
+pub(super) fn granted_now(token: u64) -> Acquired {
+    Acquired::Granted(FenceToken(token))
+}
+
+pub(super) fn queued(position: u64) -> Acquired {
+    Acquired::Queued { position }
+}
