@@ -163,6 +163,7 @@ impl Args {
                 max_value_bytes: self.max_value_bytes,
                 max_locks_per_session: self.max_locks_per_session,
                 max_waits_per_session: self.max_waits_per_session,
+                expire_sessions: true,
             },
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,

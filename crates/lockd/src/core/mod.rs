@@ -4,12 +4,14 @@
 //! a `now: Instant` argument, and decisions go out as return values and [`Effect`]s.
 
 mod effect;
+mod image;
 mod observation;
 mod queue;
 mod session;
 mod table;
 
 pub use effect::{Effect, LockError, WaitFailure};
+pub use image::{ImageError, TableImage};
 pub use observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 pub use table::{Acquired, ForcedRelease, LockTable, TableConfig, TOKEN_BLOCK, TOKEN_LOW_WATER};
 
@@ -19,5 +21,7 @@ mod harness;
 mod observe_tests;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod replica_tests;
 #[cfg(test)]
 mod tests;

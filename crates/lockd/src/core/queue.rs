@@ -96,6 +96,11 @@ impl LockQueue {
         self.waiters.values()
     }
 
+    /// Waiters with their tickets, in arrival order.
+    pub(crate) fn queued(&self) -> impl Iterator<Item = (Ticket, &Waiter)> {
+        self.waiters.iter().map(|(ticket, waiter)| (*ticket, waiter))
+    }
+
     /// Whether a holder has this token.
     pub(crate) fn is_held_with(&self, token: FenceToken) -> bool {
         self.holders.contains_key(&token)

@@ -34,6 +34,10 @@ pub struct TableConfig {
     pub max_locks_per_session: usize,
     /// How many of those may be waiting acquires.
     pub max_waits_per_session: usize,
+    /// Whether the table expires silent sessions itself. A single server does; a replicated
+    /// table does not, because followers never see the clients' frames: the leader decides
+    /// when a lease ran out and writes that into the log (`handle_session_expired`).
+    pub expire_sessions: bool,
 }
 
 impl Default for TableConfig {
@@ -45,6 +49,7 @@ impl Default for TableConfig {
             max_value_bytes: protocol::cmd::DEFAULT_MAX_VALUE_BYTES,
             max_locks_per_session: 10_000,
             max_waits_per_session: 1_000,
+            expire_sessions: true,
         }
     }
 }
@@ -84,7 +89,7 @@ pub struct ForcedRelease {
 
 /// Something the table must act on at a given instant.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Deadline {
+pub(super) enum Deadline {
     /// The session's lease may have run out.
     Expiry(SessionId),
     /// A waiting acquire's timeout runs out.
@@ -108,24 +113,24 @@ enum Deadline {
 /// Operators have one more input, [`handle_force_release`](Self::handle_force_release).
 #[derive(Debug)]
 pub struct LockTable {
-    config: TableConfig,
-    queues: HashMap<ResourceName, LockQueue>,
+    pub(super) config: TableConfig,
+    pub(super) queues: HashMap<ResourceName, LockQueue>,
     /// Values outlive locks, so they live apart from the queues (which are dropped when idle).
-    values: HashMap<ResourceName, Arc<str>>,
-    sessions: HashMap<SessionId, Session>,
-    deadlines: BTreeSet<(Instant, Deadline)>,
-    effects: VecDeque<Effect>,
+    pub(super) values: HashMap<ResourceName, Arc<str>>,
+    pub(super) sessions: HashMap<SessionId, Session>,
+    pub(super) deadlines: BTreeSet<(Instant, Deadline)>,
+    pub(super) effects: VecDeque<Effect>,
     /// Grants and ended holds and waits, for metrics; see [`Observation`].
-    observations: VecDeque<Observation>,
-    next_session: u64,
-    next_token: u64,
+    pub(super) observations: VecDeque<Observation>,
+    pub(super) next_session: u64,
+    pub(super) next_token: u64,
     /// The highest token that may be handed out: the durable reservation. No grant goes past
     /// it; a grant that would is held back (see `stalled`) until the driver has made a new
     /// reservation durable and called `handle_tokens_reserved`.
-    token_limit: u64,
+    pub(super) token_limit: u64,
     /// Resources whose next grant waits for a token reservation.
-    stalled: BTreeSet<ResourceName>,
-    next_ticket: u64,
+    pub(super) stalled: BTreeSet<ResourceName>,
+    pub(super) next_ticket: u64,
 }
 
 impl LockTable {
@@ -176,8 +181,10 @@ impl LockTable {
         let id = SessionId(self.next_session);
         self.next_session += 1;
         let session = Session::new(now, self.config.default_lease);
-        self.deadlines
-            .insert((session.scheduled_expiry, Deadline::Expiry(id)));
+        if self.config.expire_sessions {
+            self.deadlines
+                .insert((session.scheduled_expiry, Deadline::Expiry(id)));
+        }
         self.sessions.insert(id, session);
         id
     }
@@ -213,8 +220,10 @@ impl LockTable {
         let new = session.expires_at();
         let old = std::mem::replace(&mut session.scheduled_expiry, new);
         let lease = session.lease;
-        self.deadlines.remove(&(old, Deadline::Expiry(session_id)));
-        self.deadlines.insert((new, Deadline::Expiry(session_id)));
+        if self.config.expire_sessions {
+            self.deadlines.remove(&(old, Deadline::Expiry(session_id)));
+            self.deadlines.insert((new, Deadline::Expiry(session_id)));
+        }
         Ok(lease)
     }
 
@@ -222,6 +231,35 @@ impl LockTable {
     /// grants whatever that frees. Nothing is sent to the closed session itself.
     pub fn handle_session_closed(&mut self, now: Instant, session_id: SessionId) {
         self.end_session(now, session_id, SessionEnd::Disconnected);
+    }
+
+    /// The leader of a replicated table decided that the session's lease ran out: ends it
+    /// exactly as the table's own expiry would (an `Effect::SessionExpired`, then its holds
+    /// and waits go). Does nothing for a session already gone.
+    pub fn handle_session_expired(&mut self, now: Instant, session_id: SessionId) {
+        if self.sessions.contains_key(&session_id) {
+            self.effects.push_back(Effect::SessionExpired {
+                session: session_id,
+            });
+            self.end_session(now, session_id, SessionEnd::Expired);
+        }
+    }
+
+    /// Every open session with its lease, in id order: what the leader of a replicated table
+    /// watches for expiry.
+    pub fn session_leases(&self) -> Vec<(SessionId, Duration)> {
+        let mut leases: Vec<_> = self
+            .sessions
+            .iter()
+            .map(|(id, session)| (*id, session.lease))
+            .collect();
+        leases.sort();
+        leases
+    }
+
+    /// Whether the session is open.
+    pub fn has_session(&self, session: SessionId) -> bool {
+        self.sessions.contains_key(&session)
     }
 
     /// An operator's forced release of `resource`: ends the session of every holder of it (only
@@ -551,6 +589,13 @@ impl LockTable {
     }
 
     // ---- Time ----------------------------------------------------------------------------
+
+    /// Makes every later grant's token at least `floor`. A replicated table calls it before
+    /// each log entry with a floor derived from the entry's log index, so tokens grow with the
+    /// log: strictly, across leaders, restarts and snapshots, without any reservation.
+    pub fn raise_token_floor(&mut self, floor: u64) {
+        self.next_token = self.next_token.max(floor);
+    }
 
     /// The earliest instant at which [`handle_timeout`](Self::handle_timeout) has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {

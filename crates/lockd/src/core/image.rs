@@ -1,0 +1,226 @@
+//! A picture of the whole table that can be written down and read back: what a Raft snapshot
+//! of the replicated table holds.
+//!
+//! Instants cannot be serialized, so every time in an image is milliseconds after an `origin`
+//! the caller chooses. A replicated table only ever sees instants of the form `origin + ms`
+//! (the time carried in each log entry), so its images are exact; for any other table they are
+//! rounded down to the millisecond.
+//!
+//! Only what cannot be derived is kept: each session's holds and waits, and the table's
+//! deadlines, are rebuilt from the queues on the way back.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
+use serde::{Deserialize, Serialize};
+
+use super::queue::{Holder, LockQueue, Ticket, Waiter};
+use super::session::{Involvement, Session};
+use super::table::{Deadline, LockTable, TableConfig};
+
+/// The table, ready for serde.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableImage {
+    next_session: u64,
+    next_token: u64,
+    next_ticket: u64,
+    token_limit: u64,
+    sessions: Vec<SessionImage>,
+    queues: Vec<QueueImage>,
+    values: Vec<(ResourceName, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SessionImage {
+    id: SessionId,
+    client: Option<String>,
+    lease_ms: u64,
+    last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct QueueImage {
+    resource: ResourceName,
+    holders: Vec<HolderImage>,
+    waiters: Vec<WaiterImage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct HolderImage {
+    token: FenceToken,
+    session: SessionId,
+    mode: LockMode,
+    since_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WaiterImage {
+    ticket: u64,
+    session: SessionId,
+    request: RequestId,
+    mode: LockMode,
+    since_ms: u64,
+    deadline_ms: Option<u64>,
+}
+
+/// Why an image cannot become a table: it contradicts itself (a foreign or corrupt snapshot).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("inconsistent table image: {0}")]
+pub struct ImageError(String);
+
+impl LockTable {
+    /// The table as an image, with times as milliseconds after `origin`. Everything is listed
+    /// in a fixed order, so equal tables give equal images.
+    pub fn to_image(&self, origin: Instant) -> TableImage {
+        let ms = |at: Instant| millis_after(origin, at);
+        let mut sessions: Vec<SessionImage> = self
+            .sessions
+            .iter()
+            .map(|(id, session)| SessionImage {
+                id: *id,
+                client: session.client.clone(),
+                lease_ms: u64::try_from(session.lease.as_millis()).unwrap_or(u64::MAX),
+                last_seen_ms: ms(session.last_seen),
+            })
+            .collect();
+        sessions.sort_by_key(|session| session.id);
+        let mut queues: Vec<QueueImage> = self
+            .queues
+            .iter()
+            .map(|(resource, queue)| QueueImage {
+                resource: resource.clone(),
+                holders: queue
+                    .holders()
+                    .map(|(token, holder)| HolderImage {
+                        token,
+                        session: holder.session,
+                        mode: holder.mode,
+                        since_ms: ms(holder.since),
+                    })
+                    .collect(),
+                waiters: queue
+                    .queued()
+                    .map(|(ticket, waiter)| WaiterImage {
+                        ticket: ticket.0,
+                        session: waiter.session,
+                        request: waiter.request,
+                        mode: waiter.mode,
+                        since_ms: ms(waiter.since),
+                        deadline_ms: waiter.deadline.map(ms),
+                    })
+                    .collect(),
+            })
+            .collect();
+        queues.sort_by(|a, b| a.resource.cmp(&b.resource));
+        let mut values: Vec<(ResourceName, String)> = self
+            .values
+            .iter()
+            .map(|(resource, value)| (resource.clone(), value.to_string()))
+            .collect();
+        values.sort();
+        TableImage {
+            next_session: self.next_session,
+            next_token: self.next_token,
+            next_ticket: self.next_ticket,
+            token_limit: self.token_limit,
+            sessions,
+            queues,
+            values,
+        }
+    }
+
+    /// The table an image shows, with times read as milliseconds after `origin`.
+    pub fn from_image(
+        config: TableConfig,
+        image: TableImage,
+        origin: Instant,
+    ) -> Result<LockTable, ImageError> {
+        let at = |ms: u64| origin + Duration::from_millis(ms);
+        let mut sessions: HashMap<SessionId, Session> = HashMap::new();
+        let mut deadlines = BTreeSet::new();
+        for image in image.sessions {
+            let mut session = Session::new(at(image.last_seen_ms), Duration::ZERO);
+            session.client = image.client;
+            session.lease = Duration::from_millis(image.lease_ms);
+            session.scheduled_expiry = session.expires_at();
+            if config.expire_sessions {
+                deadlines.insert((session.scheduled_expiry, Deadline::Expiry(image.id)));
+            }
+            sessions.insert(image.id, session);
+        }
+        let mut queues = HashMap::new();
+        for queue_image in image.queues {
+            let resource = queue_image.resource;
+            let mut queue = LockQueue::default();
+            for holder in queue_image.holders {
+                let session = sessions.get_mut(&holder.session).ok_or_else(|| {
+                    ImageError(format!("{resource} is held by unknown session {}", holder.session))
+                })?;
+                session.resources.insert(
+                    resource.clone(),
+                    Involvement::Holding {
+                        token: holder.token,
+                        mode: holder.mode,
+                    },
+                );
+                queue.add_holder(
+                    holder.token,
+                    Holder {
+                        session: holder.session,
+                        mode: holder.mode,
+                        since: at(holder.since_ms),
+                    },
+                );
+            }
+            for waiter in queue_image.waiters {
+                let session = sessions.get_mut(&waiter.session).ok_or_else(|| {
+                    ImageError(format!("{resource} is awaited by unknown session {}", waiter.session))
+                })?;
+                let ticket = Ticket(waiter.ticket);
+                session.resources.insert(
+                    resource.clone(),
+                    Involvement::Waiting {
+                        ticket,
+                        request: waiter.request,
+                    },
+                );
+                session.waits.insert(waiter.request, resource.clone());
+                let deadline = waiter.deadline_ms.map(at);
+                if let Some(deadline) = deadline {
+                    deadlines.insert((deadline, Deadline::WaitTimeout(resource.clone(), ticket)));
+                }
+                queue.enqueue(
+                    ticket,
+                    Waiter {
+                        session: waiter.session,
+                        request: waiter.request,
+                        mode: waiter.mode,
+                        since: at(waiter.since_ms),
+                        deadline,
+                    },
+                );
+            }
+            queues.insert(resource, queue);
+        }
+        let values = image
+            .values
+            .into_iter()
+            .map(|(resource, value)| (resource, Arc::<str>::from(value)))
+            .collect();
+        let mut table = LockTable::restore(config, values, image.token_limit);
+        table.sessions = sessions;
+        table.queues = queues;
+        table.deadlines = deadlines;
+        table.effects = VecDeque::new();
+        table.next_session = image.next_session;
+        table.next_token = image.next_token;
+        table.next_ticket = image.next_ticket;
+        Ok(table)
+    }
+}
+
+fn millis_after(origin: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(origin).as_millis()).unwrap_or(u64::MAX)
+}
