@@ -54,8 +54,9 @@ Examples:
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
-    /// lockd's address, host:port.
-    #[arg(long, global = true, env = "LOCKD_ADDR", default_value = DEFAULT_ADDR, value_name = "ADDR")]
+    /// lockd's address, host:port; for a cluster, every node's, separated by commas
+    /// (lockctl finds the leader).
+    #[arg(long, global = true, env = "LOCKD_ADDR", default_value = DEFAULT_ADDR, value_name = "ADDR[,ADDR...]")]
     pub server: String,
 
     /// A file holding the secret of a lockd started with --auth-token-file.

@@ -174,6 +174,10 @@ impl Drop for ConnectionTasks {
     }
 }
 
+/// How long [`ClientBuilder::connect`] looks for a cluster's leader among several addresses
+/// (an election takes one to two election timeouts).
+pub const LEADER_SEARCH: Duration = Duration::from_secs(10);
+
 /// Options for a new connection; see [`Client::builder`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
@@ -217,19 +221,70 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects, says `hello`, and starts the keepalive.
+    /// Connects, says `hello`, and starts the keepalive. With several addresses (a cluster),
+    /// tries them in turn and follows `not_leader` answers to the leader, for up to
+    /// [`LEADER_SEARCH`] while a cluster elects one.
     pub async fn connect(self) -> Result<Client, ClientError> {
-        let mut client = Client::connect_raw(&self.addr, self.tls.as_ref()).await?;
         let lease_ms = self
             .lease
             .map(|lease| u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
-        let hello: HelloOk = client
-            .call(Command::Hello(Hello {
-                client: self.name,
+        let hello_command = || {
+            Command::Hello(Hello {
+                client: self.name.clone(),
                 lease_ms,
-                auth: self.auth,
-            }))
-            .await?;
+                auth: self.auth.clone(),
+                session: None,
+            })
+        };
+        let addrs: Vec<String> = self
+            .addr
+            .split(',')
+            .map(str::trim)
+            .filter(|addr| !addr.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let deadline = tokio::time::Instant::now() + LEADER_SEARCH;
+        let mut candidates: std::collections::VecDeque<String> = addrs.iter().cloned().collect();
+        let mut last_error = ClientError::Connect {
+            addr: self.addr.clone(),
+            reason: "no address given".to_owned(),
+        };
+        let (mut client, hello) = loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last_error);
+            }
+            let Some(addr) = candidates.pop_front() else {
+                if tokio::time::Instant::now() >= deadline || addrs.len() < 2 {
+                    return Err(last_error);
+                }
+                // Every node refused or is unreachable: a cluster may be electing a leader.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                candidates.extend(addrs.iter().cloned());
+                continue;
+            };
+            let client = match Client::connect_raw(&addr, self.tls.as_ref()).await {
+                Ok(client) => client,
+                Err(err) => {
+                    last_error = err;
+                    continue;
+                }
+            };
+            match client.call::<HelloOk>(hello_command()).await {
+                Ok(hello) => break (client, hello),
+                Err(ClientError::Server(error)) if error.code == ErrorCode::NotLeader => {
+                    if let Some(leader) = error.leader.clone() {
+                        if !candidates.contains(&leader) {
+                            candidates.push_front(leader);
+                        }
+                    }
+                    last_error = ClientError::Server(error);
+                }
+                Err(err) if addrs.len() > 1 && matches!(err, ClientError::ConnectionLost) => {
+                    last_error = err;
+                }
+                Err(err) => return Err(err),
+            }
+        };
         client.session = Some(hello.session);
         client.lease = Duration::from_millis(hello.lease_ms);
         if self.keepalive {
@@ -248,7 +303,8 @@ impl Client {
         Client::builder(addr).connect().await
     }
 
-    /// Options for a connection to `addr`.
+    /// Options for a connection to `addr`: one `host:port`, or a cluster's nodes separated by
+    /// commas (the client finds the leader).
     pub fn builder(addr: &str) -> ClientBuilder {
         ClientBuilder {
             addr: addr.to_owned(),
@@ -396,6 +452,7 @@ impl Client {
             client: client.map(str::to_owned),
             lease_ms,
             auth: None,
+            session: None,
         }))
         .await
     }

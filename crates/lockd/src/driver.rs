@@ -477,6 +477,12 @@ impl Driver {
     fn execute(&mut self, now: std::time::Instant, session: SessionId, request: Request) {
         let id = request.id;
         let result = match request.command {
+            Command::Hello(hello) if hello.session.is_some_and(|asked| asked != session) => {
+                Err(LockError::NoSession(
+                    "a session ends with its connection on a single server; start a new one"
+                        .to_owned(),
+                ))
+            }
             Command::Hello(hello) => {
                 if let (Some(client), Some(connection)) =
                     (&hello.client, self.connections.get_mut(&session))

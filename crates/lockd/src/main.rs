@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::{Parser, ValueEnum};
+use lockd::cluster::node::ClusterOptions;
 use lockd::core::TableConfig;
 use lockd::data_dir::DataDir;
 use lockd::server::{AdminOptions, Server, ServerConfig, DEFAULT_MAX_IN_FLIGHT};
@@ -125,6 +126,43 @@ struct Args {
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
 
+    /// Cluster mode: this node's id among --peers. Without it lockd is a single server.
+    #[arg(long, value_name = "N", requires_all = ["peer_listen", "peers"])]
+    node_id: Option<u64>,
+
+    /// Cluster mode: the address other nodes reach this one on for Raft traffic.
+    #[arg(long, value_name = "ADDR", requires = "node_id")]
+    peer_listen: Option<String>,
+
+    /// Cluster mode: every voter of the cluster, this node included, as
+    /// ID=CLIENT_ADDR/PEER_ADDR items separated by commas (CLIENT_ADDR is its --listen,
+    /// PEER_ADDR its --peer-listen), e.g. 1=10.0.0.1:5555/10.0.0.1:5556,2=...
+    #[arg(long, value_name = "LIST", requires = "node_id")]
+    peers: Option<String>,
+
+    /// Cluster mode: initialize a new cluster with --peers as its voters, if this node has
+    /// no cluster state yet (a no-op afterwards). Give it to one node of a new cluster.
+    #[arg(long, requires = "node_id")]
+    bootstrap: bool,
+
+    /// Cluster mode: a follower that hears no leader for a random time between this and twice
+    /// this starts an election.
+    #[arg(long, default_value_t = 1_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(20..=60_000))]
+    election_timeout_ms: u64,
+
+    /// Cluster mode: how often the leader sends heartbeats; must be below
+    /// --election-timeout-ms.
+    #[arg(long, default_value_t = 100, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(5..=10_000))]
+    heartbeat_ms: u64,
+
+    /// Cluster mode: take a snapshot of the table, and drop the log before it, every this many
+    /// log entries.
+    #[arg(long, default_value_t = 10_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(10..))]
+    snapshot_every: u64,
+
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
@@ -184,6 +222,38 @@ impl Args {
                 )?),
                 _ => None,
             },
+        })
+    }
+
+    /// The cluster flags, with the peer listener bound; only called with --node-id.
+    async fn cluster_options(&self, secret: Option<Arc<str>>) -> Result<ClusterOptions, String> {
+        let (Some(node_id), Some(peer_listen), Some(peers)) =
+            (self.node_id, &self.peer_listen, &self.peers)
+        else {
+            return Err("cluster mode needs --node-id, --peer-listen and --peers".to_owned());
+        };
+        if self.allow_force_release {
+            return Err("--allow-force-release is not available in cluster mode yet".to_owned());
+        }
+        if self.heartbeat_ms >= self.election_timeout_ms {
+            return Err(format!(
+                "--heartbeat-ms ({}) must be below --election-timeout-ms ({})",
+                self.heartbeat_ms, self.election_timeout_ms
+            ));
+        }
+        let peers = lockd::cluster::node::parse_peers(peers)?;
+        let peer_listener = TcpListener::bind(peer_listen)
+            .await
+            .map_err(|err| format!("cannot listen on --peer-listen {peer_listen}: {err}"))?;
+        Ok(ClusterOptions {
+            node_id,
+            peer_listener,
+            peers,
+            bootstrap: self.bootstrap,
+            election_timeout: Duration::from_millis(self.election_timeout_ms),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            snapshot_every: self.snapshot_every,
+            secret,
         })
     }
 
@@ -251,9 +321,22 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
         Ok(data_dir) => data_dir,
         Err(err) => return fail(err.to_string()),
     };
-    let mut server = match Server::open(config, data_dir.path()) {
-        Ok(server) => server,
-        Err(err) => return fail(err.to_string()),
+    let secret = config.auth.clone();
+    let mut server = match &args.node_id {
+        None => match Server::open(config, data_dir.path()) {
+            Ok(server) => server,
+            Err(err) => return fail(err.to_string()),
+        },
+        Some(_) => {
+            let options = match args.cluster_options(secret).await {
+                Ok(options) => options,
+                Err(message) => return fail(message),
+            };
+            match Server::open_cluster(config, data_dir.path(), options).await {
+                Ok(server) => server,
+                Err(message) => return fail(message),
+            }
+        }
     };
     let listener = match TcpListener::bind(&args.listen).await {
         Ok(listener) => listener,

@@ -26,6 +26,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::cluster::frontend::Frontend;
+use crate::cluster::node::{ClusterNode, ClusterOptions};
 use crate::connection::{self, ConnectionLimits};
 use crate::core::{LockTable, TableConfig};
 use crate::driver::Driver;
@@ -104,10 +106,20 @@ impl std::fmt::Debug for AdminOptions {
 /// A server ready to run: its table restored from the store, its first tokens reserved.
 pub struct Server {
     config: ServerConfig,
-    table: LockTable,
-    store: Box<dyn Store>,
+    backend: Backend,
     metrics: Arc<Metrics>,
     admin: Option<(TcpListener, AdminOptions)>,
+}
+
+/// Who owns the lock table.
+enum Backend {
+    /// A single server: the driver, with the table and the store.
+    Single {
+        table: Box<LockTable>,
+        store: Box<dyn Store>,
+    },
+    /// A cluster node: the table is replicated, and the cluster front end proposes requests.
+    Cluster(ClusterNode),
 }
 
 impl std::fmt::Debug for Server {
@@ -150,9 +162,33 @@ impl Server {
         }
         Ok(Server {
             config,
-            table,
-            store,
+            backend: Backend::Single {
+                table: Box::new(table),
+                store,
+            },
             metrics: Arc::new(Metrics::new()),
+            admin: None,
+        })
+    }
+
+    /// A cluster node over the data directory's redb file (the caller holds the directory's
+    /// lock): its Raft log, snapshots and the replicated table; see `crate::cluster`.
+    pub async fn open_cluster(
+        config: ServerConfig,
+        data_dir: &Path,
+        options: ClusterOptions,
+    ) -> Result<Server, String> {
+        let path = data_dir.join(crate::store::DB_FILE);
+        let db = redb::Database::create(&path)
+            .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
+        let metrics = Arc::new(Metrics::new());
+        let node =
+            ClusterNode::start(Arc::new(db), config.table.clone(), Arc::clone(&metrics), options)
+                .await?;
+        Ok(Server {
+            config,
+            backend: Backend::Cluster(node),
+            metrics,
             admin: None,
         })
     }
@@ -169,13 +205,27 @@ impl Server {
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let Server {
             config,
-            table,
-            store,
+            backend,
             metrics,
             admin,
         } = self;
         let (driver_tx, driver_rx) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(Driver::new(table, store, Arc::clone(&metrics)).run(driver_rx));
+        let stop = CancellationToken::new();
+        let (driver, cluster) = match backend {
+            Backend::Single { table, store } => {
+                let driver = Driver::new(*table, store, Arc::clone(&metrics));
+                (tokio::spawn(driver.run(driver_rx)), None)
+            }
+            Backend::Cluster(node) => {
+                let frontend = Frontend::new(
+                    node.raft.clone(),
+                    node.node_id,
+                    Arc::clone(&node.replica),
+                    stop.clone(),
+                );
+                (tokio::spawn(frontend.run(driver_rx)), Some(node))
+            }
+        };
         // Ready from the start: the listener is bound, so connections made now wait in its
         // backlog for the accept loop below. Only shutdown makes lockd unready.
         let ready = Arc::new(AtomicBool::new(true));
@@ -198,7 +248,6 @@ impl Server {
         };
         let mut admission = Admission::new(config.max_connections, config.max_connections_per_ip);
         let tls = config.tls.clone().map(TlsAcceptor::from);
-        let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
 
         tokio::pin!(shutdown);
@@ -283,6 +332,9 @@ impl Server {
         drop(driver_tx);
         if let Err(err) = driver.await {
             error!(error = %err, "lock table driver failed");
+        }
+        if let Some(node) = cluster {
+            node.shutdown().await;
         }
         // Last, so that /readyz says "shutting down" while connections drain.
         if let Some(mut admin) = admin {

@@ -61,6 +61,10 @@ error_codes! {
     Unauthorized = "unauthorized": "The server requires `hello` with the right `auth` token before anything else; a wrong token also closes the connection.",
     /// A server limit would be exceeded (connections, locks or waits per session, ...).
     LimitExceeded = "limit_exceeded": "A server limit would be exceeded (connections in total or per client address, locks held or waits queued per session, time to send a first frame); the message names the limit and its flag.",
+    /// This server is a follower (or a candidate) of a cluster; only the leader serves.
+    NotLeader = "not_leader": "This server is not the cluster's leader and serves nothing; the error's `leader` field gives the leader's client address when it is known. Reconnect there (lockctl does).",
+    /// The session `hello` asked to resume does not exist.
+    NoSession = "no_session": "The session that `hello` asked to resume does not exist (its lease ran out, or it was closed); its locks are gone. Start a new session.",
     /// The server failed in a way that is not the client's fault.
     Internal = "internal": "The server failed in a way that is not the client's fault; the message says what happened.",
 }
@@ -78,6 +82,9 @@ pub struct ErrorBody {
     pub code: ErrorCode,
     /// A sentence for humans; its wording may change between releases.
     pub message: String,
+    /// With `not_leader`: the client address of the cluster's leader, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 impl ErrorBody {
@@ -91,7 +98,11 @@ impl ErrorBody {
             Some(first) if first.is_lowercase() => first.to_uppercase().chain(chars).collect(),
             _ => message,
         };
-        ErrorBody { code, message }
+        ErrorBody {
+            code,
+            message,
+            leader: None,
+        }
     }
 }
 

@@ -104,6 +104,9 @@ pub enum LockError {
     /// An acquire reused the id of an acquire of this session that still waits.
     #[error("request id {0} is already used by a waiting acquire on this connection")]
     DuplicateRequestId(RequestId),
+    /// `hello` asked to resume a session that does not exist; the text says why.
+    #[error("no such session: {0}")]
+    NoSession(String),
     /// The session is gone (closed or expired) while a request of it was still in flight.
     #[error("the session has ended")]
     SessionGone,
@@ -122,6 +125,7 @@ impl LockError {
             LockError::Deadlock { .. } => ErrorCode::Deadlock,
             LockError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             LockError::NoSuchWaiter(_) | LockError::DuplicateRequestId(_) => ErrorCode::BadRequest,
+            LockError::NoSession(_) => ErrorCode::NoSession,
             LockError::SessionGone => ErrorCode::Internal,
         }
     }

@@ -189,6 +189,22 @@ impl LockTable {
         id
     }
 
+    /// Starts a session with an id the caller chose (a replicated table's leader picks ids, so
+    /// that a client can be told its id before the entry that opens it is committed). Returns
+    /// false, and changes nothing, if the id is taken.
+    pub fn open_session_as(&mut self, now: Instant, id: SessionId) -> bool {
+        if self.sessions.contains_key(&id) {
+            return false;
+        }
+        let session = Session::new(now, self.config.default_lease);
+        if self.config.expire_sessions {
+            self.deadlines
+                .insert((session.scheduled_expiry, Deadline::Expiry(id)));
+        }
+        self.sessions.insert(id, session);
+        true
+    }
+
     /// Records that the session's client was heard from; its lease runs again from `now`.
     pub fn touch(&mut self, now: Instant, session: SessionId) {
         if let Some(session) = self.sessions.get_mut(&session) {

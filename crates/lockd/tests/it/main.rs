@@ -5,6 +5,7 @@
 
 mod admin;
 mod chaos;
+mod cluster;
 mod dashboard;
 mod durability;
 mod fsync;

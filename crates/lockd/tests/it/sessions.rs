@@ -77,3 +77,22 @@ async fn an_invalid_frame_still_counts_as_a_sign_of_life() {
     }
     assert_eq!(conn.call(json!({"id": 2, "op": "ping"})).await["ok"], true);
 }
+
+/// On a single server a session ends with its connection, so `hello` can name only the
+/// connection's own session; resuming another is for cluster mode.
+#[tokio::test]
+async fn a_single_server_resumes_no_other_session() {
+    let lockd = Lockd::start(&[]);
+    let mut first = lockd.connect().await;
+    let first_session = first.call(json!({"id": 1, "op": "hello"})).await["session"].clone();
+    let mut second = lockd.connect().await;
+    let reply = second
+        .call(json!({"id": 1, "op": "hello", "session": first_session}))
+        .await;
+    assert_eq!(crate::support::error_code(&reply), "no_session", "{reply}");
+    let own = second.call(json!({"id": 2, "op": "hello"})).await["session"].clone();
+    let reply = second
+        .call(json!({"id": 3, "op": "hello", "session": own}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+}

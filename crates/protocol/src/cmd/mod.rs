@@ -19,7 +19,7 @@ pub use self::lock::{
 pub use self::session::{Hello, HelloOk};
 pub use self::value::{Read, ReadOk, Write, DEFAULT_MAX_VALUE_BYTES};
 use crate::error::{ErrorBody, ErrorCode};
-use crate::ids::{FenceToken, LockMode, RequestId};
+use crate::ids::{FenceToken, LockMode, RequestId, SessionId};
 use crate::name::ResourceName;
 
 /// One request frame: `{"id": <u64>, "op": "<op>", ...fields}`.
@@ -148,6 +148,7 @@ struct RawRequest<'a> {
     lease_ms: Option<u64>,
     #[serde(borrow)]
     auth: Option<Cow<'a, str>>,
+    session: Option<u64>,
 }
 
 impl RawRequest<'_> {
@@ -160,6 +161,7 @@ impl RawRequest<'_> {
                 client: self.client.map(Cow::into_owned),
                 lease_ms: self.lease_ms,
                 auth: self.auth.map(Cow::into_owned),
+                session: self.session.map(SessionId),
             }),
             "acquire" => Command::Acquire(Acquire {
                 resource: resource(self.resource)?,

@@ -17,6 +17,11 @@ pub struct Hello {
     /// The shared secret of a server started with `--auth-token-file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+    /// Resume this session instead of the connection's own (cluster mode): a client whose
+    /// server failed over reconnects to the new leader and keeps its locks and its places in
+    /// line, as long as the session's lease has not run out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionId>,
 }
 
 /// Hand-written so that the secret never reaches a log line.
@@ -26,6 +31,7 @@ impl std::fmt::Debug for Hello {
             .field("client", &self.client)
             .field("lease_ms", &self.lease_ms)
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("session", &self.session)
             .finish()
     }
 }

@@ -19,11 +19,12 @@ fn name(s: &str) -> ResourceName {
 fn parses_every_op() {
     let cases = [
         (
-            r#"{"id":1,"op":"hello","client":"me","lease_ms":5000}"#,
+            r#"{"id":1,"op":"hello","client":"me","lease_ms":5000,"session":42}"#,
             Command::Hello(Hello {
                 client: Some("me".into()),
                 lease_ms: Some(5000),
                 auth: None,
+                session: Some(SessionId(42)),
             }),
         ),
         (r#"{"id":1,"op":"hello"}"#, Command::Hello(Hello::default())),
@@ -104,6 +105,7 @@ fn encoding_round_trips() {
             client: Some("c".into()),
             lease_ms: None,
             auth: Some("s3cret".into()),
+            session: Some(SessionId(7)),
         }),
         Command::Acquire(Acquire {
             resource: name("jobs/nightly"),

@@ -1,0 +1,488 @@
+//! The cluster front end: what the driver is to a single server, for a cluster node.
+//!
+//! Connections talk to it exactly as they talk to the driver (`DriverMsg` in, frames out
+//! through their `Outbox`). Instead of calling the table, it turns every request into a log
+//! entry and proposes it to Raft; the reply comes from the state machine when the entry is
+//! committed and applied (`machine.rs`), so every reply reflects state a majority has on disk,
+//! and every read is linearizable (it is ordered in the log like a write).
+//!
+//! Only the leader serves. A follower answers every request with `not_leader`, naming the
+//! leader's client address when it knows it. When this node stops being leader it closes its
+//! clients' connections, so they find the new leader and resume their sessions there.
+//!
+//! The leader also keeps the sessions' leases ([`LeaseKeeper`]) and proposes `Expire` and
+//! `Tick` entries: the only ways time moves in the replicated table.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use openraft::error::ClientWriteError;
+use openraft::{Raft, RaftMetrics, ServerState};
+use protocol::{Command, ErrorCode, Request, RequestId, ServerFrame, SessionId};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Span};
+
+use super::leases::LeaseKeeper;
+use super::machine::{lock_replica, Replica, Route};
+use super::types::{Applied, LockdNode, Op, Proposal, TypeConfig};
+use crate::connection::Outbox;
+use crate::driver::DriverMsg;
+use crate::snapshot::{LocksSnapshot, SessionInfo};
+
+/// How often the leader looks for expired leases and waits that timed out. Lease expiry and
+/// acquire timeouts are therefore late by up to this much in cluster mode.
+pub(crate) const TICK: Duration = Duration::from_millis(50);
+
+/// One client connection to this node.
+#[derive(Debug)]
+struct Connection {
+    peer: SocketAddr,
+    client: Option<Arc<str>>,
+    outbox: Outbox,
+    close: CancellationToken,
+    span: Span,
+    /// The replicated session this connection speaks for, once its first request arrived.
+    session: Option<SessionId>,
+}
+
+/// A proposal whose outcome is awaited: on failure its request (if any) gets an error.
+type Pending = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (SessionId, Option<RequestId>, Outcome)> + Send>,
+>;
+
+/// How a proposal ended, as far as the front end cares.
+#[derive(Debug)]
+enum Outcome {
+    Applied(Applied),
+    NotLeader(Option<LockdNode>),
+    Failed(String),
+}
+
+/// The front end of a cluster node; see the module docs.
+pub(crate) struct Frontend {
+    raft: Raft<TypeConfig>,
+    node_id: u64,
+    replica: Arc<Mutex<Replica>>,
+    /// By connection id (the `SessionId` the connection was given at `Open`).
+    connections: HashMap<SessionId, Connection>,
+    /// Which connection speaks for each bound session (a resumed session moves).
+    owners: HashMap<SessionId, SessionId>,
+    leases: LeaseKeeper,
+    leader: bool,
+    /// The latest entry time proposed, so entry times never go back.
+    last_at_ms: u64,
+    pending: FuturesUnordered<Pending>,
+    /// Cancelled when the server shuts down: connections then close because this node stops,
+    /// not because their clients left, so their sessions must live on for the clients to
+    /// resume on the next leader.
+    stopping: CancellationToken,
+}
+
+impl std::fmt::Debug for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frontend")
+            .field("node_id", &self.node_id)
+            .field("leader", &self.leader)
+            .field("connections", &self.connections.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Frontend {
+    pub(crate) fn new(
+        raft: Raft<TypeConfig>,
+        node_id: u64,
+        replica: Arc<Mutex<Replica>>,
+        stopping: CancellationToken,
+    ) -> Self {
+        Frontend {
+            raft,
+            node_id,
+            replica,
+            connections: HashMap::new(),
+            owners: HashMap::new(),
+            leases: LeaseKeeper::default(),
+            leader: false,
+            last_at_ms: 0,
+            pending: FuturesUnordered::new(),
+            stopping,
+        }
+    }
+
+    /// Runs until every sender of `inbox` is gone (the server stopped and its connections
+    /// ended).
+    pub(crate) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<DriverMsg>) {
+        let mut metrics = self.raft.metrics();
+        self.observe_role(&metrics.borrow_and_update().clone());
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = inbox.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.handle(msg).await;
+                }
+                Some((connection, request, outcome)) = self.pending.next(),
+                    if !self.pending.is_empty() => {
+                    self.settle(connection, request, outcome);
+                }
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let latest = metrics.borrow_and_update().clone();
+                    self.observe_role(&latest);
+                }
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    /// Follows this node's role: becoming leader restarts every lease (grace period); losing
+    /// it closes every client connection, so that clients go to the new leader.
+    fn observe_role(&mut self, metrics: &RaftMetrics<u64, LockdNode>) {
+        let leader =
+            metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id);
+        if leader == self.leader {
+            return;
+        }
+        self.leader = leader;
+        if leader {
+            info!(term = metrics.current_term, "this node is now the leader");
+            self.leases.reset();
+        } else {
+            info!(
+                leader = ?metrics.current_leader,
+                "this node is not the leader: closing its {} client connection(s)",
+                self.connections.len()
+            );
+            let mut replica = lock_replica(&self.replica);
+            replica.routes.clear();
+            drop(replica);
+            for connection in self.connections.values() {
+                connection.close.cancel();
+            }
+            self.owners.clear();
+        }
+    }
+
+    async fn handle(&mut self, msg: DriverMsg) {
+        match msg {
+            DriverMsg::Open {
+                peer,
+                outbox,
+                close,
+                span,
+                reply,
+            } => {
+                let id = self.unused_session_id();
+                span.record("session", id.0);
+                self.connections.insert(
+                    id,
+                    Connection {
+                        peer,
+                        client: None,
+                        outbox,
+                        close,
+                        span,
+                        session: None,
+                    },
+                );
+                let _ = reply.send(id);
+            }
+            DriverMsg::Request {
+                session: connection,
+                request,
+                ..
+            } => self.on_request(connection, request).await,
+            DriverMsg::Activity {
+                session: connection,
+            } => {
+                if let Some(session) = self.bound_session(connection) {
+                    self.leases.heard(Instant::now().into_std(), session);
+                }
+            }
+            DriverMsg::Closed {
+                session: connection,
+            } => self.on_closed(connection).await,
+            DriverMsg::Snapshot { reply } => {
+                let _ = reply.send(Arc::new(self.locks_snapshot()));
+            }
+            DriverMsg::ForceRelease { reply, .. } => {
+                // Refused at start-up (`--allow-force-release` needs a single server); an
+                // empty answer says nothing was released.
+                let _ = reply.send(Vec::new());
+            }
+            DriverMsg::Probe { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn bound_session(&self, connection: SessionId) -> Option<SessionId> {
+        self.connections.get(&connection)?.session
+    }
+
+    async fn on_request(&mut self, connection_id: SessionId, mut request: Request) {
+        let Some(connection) = self.connections.get_mut(&connection_id) else {
+            return;
+        };
+        if !self.leader {
+            let leader = leader_node(&self.raft.metrics().borrow());
+            connection.outbox.send(not_leader(Some(request.id), leader));
+            return;
+        }
+        let now = Instant::now().into_std();
+        if let Command::Hello(hello) = &mut request.command {
+            // The secret was checked by the connection; it never goes into the log.
+            hello.auth = None;
+            if let Some(client) = &hello.client {
+                connection.client = Some(Arc::from(client.as_str()));
+                connection.span.record("client", client.as_str());
+            }
+        }
+        let resume = match &request.command {
+            Command::Hello(hello) => hello.session,
+            _ => None,
+        };
+        let bound = connection.session;
+        let session = match (bound, resume) {
+            (Some(bound), Some(asked)) if bound != asked => {
+                connection.outbox.send(ServerFrame::error(
+                    Some(request.id),
+                    ErrorCode::NoSession,
+                    format!("this connection already speaks for session {bound}"),
+                ));
+                return;
+            }
+            (Some(bound), _) => bound,
+            (None, Some(asked)) => {
+                info!(session = asked.0, peer = %connection.peer, "session resumed");
+                self.bind(connection_id, asked);
+                asked
+            }
+            (None, None) => {
+                self.bind(connection_id, connection_id);
+                let open = Op::Open {
+                    session: connection_id,
+                };
+                self.propose(connection_id, None, open).await;
+                connection_id
+            }
+        };
+        self.leases.heard(now, session);
+        debug!(session = session.0, id = request.id.0, op = request.command.op(), "propose");
+        let id = request.id;
+        self.propose(connection_id, Some(id), Op::Request { session, request })
+            .await;
+    }
+
+    /// Routes the frames of `session` to `connection`, taking it over from any connection that
+    /// spoke for it before (which is closed).
+    fn bind(&mut self, connection_id: SessionId, session: SessionId) {
+        let Some(connection) = self.connections.get(&connection_id) else {
+            return;
+        };
+        let route = Route {
+            outbox: connection.outbox.clone(),
+            close: connection.close.clone(),
+        };
+        if let Some(connection) = self.connections.get_mut(&connection_id) {
+            connection.session = Some(session);
+        }
+        if let Some(previous) = self.owners.insert(session, connection_id) {
+            if previous != connection_id {
+                if let Some(old) = self.connections.get_mut(&previous) {
+                    old.session = None;
+                    old.close.cancel();
+                }
+            }
+        }
+        lock_replica(&self.replica).routes.insert(session, route);
+    }
+
+    async fn on_closed(&mut self, connection_id: SessionId) {
+        let Some(connection) = self.connections.remove(&connection_id) else {
+            return;
+        };
+        let Some(session) = connection.session else {
+            return;
+        };
+        if self.owners.get(&session) != Some(&connection_id) {
+            return;
+        }
+        self.owners.remove(&session);
+        lock_replica(&self.replica).routes.remove(&session);
+        if self.leader && !self.stopping.is_cancelled() {
+            connection.span.in_scope(|| info!("session closed"));
+            self.propose(connection_id, None, Op::Close { session }).await;
+        }
+    }
+
+    /// The leader's periodic work: expire silent sessions and time out waits.
+    async fn on_tick(&mut self) {
+        if !self.leader {
+            return;
+        }
+        let now = Instant::now().into_std();
+        let at_ms = self.next_at_ms();
+        let (leases, tick_due) = {
+            let replica = lock_replica(&self.replica);
+            let due = replica
+                .table
+                .next_deadline()
+                .is_some_and(|deadline| deadline <= replica.instant_at(at_ms));
+            (replica.table.session_leases(), due)
+        };
+        self.leases.sync(now, &leases);
+        let expired = self.leases.take_expired(now);
+        if !expired.is_empty() {
+            info!(sessions = ?expired, "sessions silent for their whole lease: expiring them");
+            self.propose_at(SessionId(0), None, at_ms, Op::Expire { sessions: expired })
+                .await;
+        }
+        if tick_due {
+            self.propose_at(SessionId(0), None, at_ms, Op::Tick).await;
+        }
+    }
+
+    /// The time for a new entry: the wall clock, but never before an earlier entry's.
+    fn next_at_ms(&mut self) -> u64 {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        let applied = lock_replica(&self.replica).last_at_ms;
+        self.last_at_ms = self.last_at_ms.max(applied).max(wall);
+        self.last_at_ms
+    }
+
+    async fn propose(&mut self, connection: SessionId, request: Option<RequestId>, op: Op) {
+        let at_ms = self.next_at_ms();
+        self.propose_at(connection, request, at_ms, op).await;
+    }
+
+    /// Hands an entry to Raft. Raft keeps the order of proposals, so a connection's requests
+    /// are applied in the order they arrived. The outcome is awaited in `pending`.
+    async fn propose_at(
+        &mut self,
+        connection: SessionId,
+        request: Option<RequestId>,
+        at_ms: u64,
+        op: Op,
+    ) {
+        let proposal = Proposal { at_ms, op };
+        match self.raft.client_write_ff(proposal).await {
+            Ok(receiver) => self.pending.push(Box::pin(async move {
+                let outcome = match receiver.await {
+                    Ok(Ok(response)) => Outcome::Applied(response.data),
+                    Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+                        Outcome::NotLeader(forward.leader_node)
+                    }
+                    Ok(Err(err)) => Outcome::Failed(err.to_string()),
+                    Err(_) => Outcome::Failed("the Raft node stopped".to_owned()),
+                };
+                (connection, request, outcome)
+            })),
+            Err(fatal) => {
+                self.settle(connection, request, Outcome::Failed(fatal.to_string()));
+            }
+        }
+    }
+
+    /// Answers a request whose proposal failed; successful ones were answered by the state
+    /// machine.
+    fn settle(&mut self, connection_id: SessionId, request: Option<RequestId>, outcome: Outcome) {
+        let Some(connection) = self.connections.get(&connection_id) else {
+            return;
+        };
+        match outcome {
+            Outcome::Applied(Applied::Done) => {}
+            Outcome::Applied(Applied::SessionIdTaken) => {
+                warn!("a random session id was already taken; closing the connection");
+                connection.close.cancel();
+            }
+            Outcome::NotLeader(leader) => {
+                connection.outbox.send(not_leader(request, leader));
+                // Whatever follows cannot be served here either.
+                connection.close.cancel();
+            }
+            Outcome::Failed(message) => {
+                warn!(error = %message, "a proposal failed");
+                connection.outbox.send(ServerFrame::error(
+                    request,
+                    ErrorCode::Internal,
+                    format!("the cluster could not commit the request: {message}"),
+                ));
+                connection.close.cancel();
+            }
+        }
+    }
+
+    /// A fresh session id: random (so that ids chosen by different leaders do not collide and
+    /// a session cannot be resumed by guessing), below 2^53 (so that JavaScript clients read
+    /// it exactly), never 0, and not in use here.
+    fn unused_session_id(&self) -> SessionId {
+        loop {
+            let mut hasher = RandomState::new().build_hasher();
+            hasher.write_u64(self.connections.len() as u64);
+            let id = SessionId(hasher.finish() & ((1 << 53) - 1));
+            let taken = id.0 == 0
+                || self.connections.contains_key(&id)
+                || lock_replica(&self.replica).table.has_session(id);
+            if !taken {
+                return id;
+            }
+        }
+    }
+
+    /// Holders and waiters for the admin API, from this node's replica.
+    fn locks_snapshot(&self) -> LocksSnapshot {
+        let replica = lock_replica(&self.replica);
+        let now = replica.instant_at(replica.last_at_ms);
+        let sessions = self
+            .owners
+            .iter()
+            .filter_map(|(session, connection)| {
+                let connection = self.connections.get(connection)?;
+                Some((
+                    *session,
+                    SessionInfo {
+                        client: connection.client.clone(),
+                        peer: connection.peer,
+                    },
+                ))
+            })
+            .collect();
+        LocksSnapshot::new(now, replica.table.status(now, None), sessions)
+    }
+}
+
+/// The leader's node entry, from a node's Raft metrics.
+pub(crate) fn leader_node(metrics: &RaftMetrics<u64, LockdNode>) -> Option<LockdNode> {
+    let leader = metrics.current_leader?;
+    metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .cloned()
+}
+
+fn not_leader(request: Option<RequestId>, leader: Option<LockdNode>) -> ServerFrame {
+    let message = match &leader {
+        Some(node) => format!("this node is not the leader; the leader is at {}", node.client),
+        None => "this node is not the leader, and no leader is known yet; retry shortly"
+            .to_owned(),
+    };
+    let mut frame = ServerFrame::error(request, ErrorCode::NotLeader, message);
+    if let ServerFrame::Err { error, .. } = &mut frame {
+        error.leader = leader.map(|node| node.client);
+    }
+    frame
+}

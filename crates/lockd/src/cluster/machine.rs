@@ -1,0 +1,492 @@
+//! The replicated state machine: the lock table, applied from committed log entries.
+//!
+//! Every node applies every committed entry to its own `LockTable`; only the node a session is
+//! connected to (the leader) delivers the frames that produces, through the session's
+//! [`Route`]. Applying reads no clock: an entry's time is the leader's, carried in the entry
+//! (`Proposal::at_ms`), and each table instant is `clock_origin + at_ms`. Fencing tokens are
+//! raised to a floor derived from the entry's log index before it is applied, so they grow
+//! with the log whoever the leader is (see [`token_floor`]).
+//!
+//! The table lives in memory; what makes it durable is the Raft log (fsynced by the log store
+//! before an entry can commit) and the snapshots, which are kept in the same redb file and
+//! from which a restarted node rebuilds the table before openraft re-applies the log after it.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, StorageError,
+    StorageIOError, StoredMembership,
+};
+use protocol::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk, ValidateOk};
+use protocol::{Command, ErrorCode, ReplyBody, Request, RequestId, ServerFrame, SessionId};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::types::{Applied, LockdNode, Op, Proposal, TypeConfig};
+use crate::connection::Outbox;
+use crate::core::{Acquired, Effect, LockError, LockTable, TableConfig, TableImage};
+use crate::metrics::Metrics;
+
+/// Tokens granted by the entry at log index `i` are at least `i << TOKEN_SHIFT`: room for 16
+/// million grants per entry (far more than one release can wake), for 2^40 entries.
+pub const TOKEN_SHIFT: u32 = 24;
+
+/// The lowest token an entry at `index` may grant. Entries apply in index order, so tokens
+/// are strictly increasing across entries, and within one entry the table counts up.
+pub fn token_floor(index: u64) -> u64 {
+    index.saturating_mul(1 << TOKEN_SHIFT)
+}
+
+/// The current snapshot, in the node's redb file: `meta` (JSON `SnapshotMeta`) and `data`.
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+
+/// Where frames for a session go on this node: its connection's outbox, and the token that
+/// closes the connection when the session ends (expiry, forced release).
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) outbox: Outbox,
+    pub(crate) close: CancellationToken,
+}
+
+/// The lock table and what openraft asks a state machine to remember.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    pub(crate) table: LockTable,
+    /// Table instants are `clock_origin + at_ms`.
+    pub(crate) clock_origin: Instant,
+    /// The newest entry time applied: entry times never go back, even across leaders.
+    pub(crate) last_at_ms: u64,
+    pub(crate) last_applied: Option<LogId<u64>>,
+    pub(crate) membership: StoredMembership<u64, LockdNode>,
+    /// Sessions connected to this node.
+    pub(crate) routes: HashMap<SessionId, Route>,
+    server_name: String,
+    metrics: Arc<Metrics>,
+}
+
+/// What a snapshot's data holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotData {
+    last_at_ms: u64,
+    table: TableImage,
+}
+
+impl Replica {
+    /// The table instant of an entry time.
+    pub(crate) fn instant_at(&self, at_ms: u64) -> Instant {
+        self.clock_origin + Duration::from_millis(at_ms)
+    }
+
+    /// Applies one committed entry at `index`, delivering the frames it produces to the
+    /// sessions connected here.
+    pub(crate) fn apply(&mut self, index: u64, proposal: Proposal) -> Applied {
+        self.last_at_ms = self.last_at_ms.max(proposal.at_ms);
+        let now = self.instant_at(self.last_at_ms);
+        self.table.raise_token_floor(token_floor(index));
+        let applied = match proposal.op {
+            Op::Open { session } => {
+                if self.table.open_session_as(now, session) {
+                    Applied::Done
+                } else {
+                    Applied::SessionIdTaken
+                }
+            }
+            Op::Request { session, request } => {
+                self.execute(now, session, request);
+                Applied::Done
+            }
+            Op::Close { session } => {
+                self.table.handle_session_closed(now, session);
+                self.routes.remove(&session);
+                Applied::Done
+            }
+            Op::Expire { sessions } => {
+                for session in sessions {
+                    self.table.handle_session_expired(now, session);
+                }
+                Applied::Done
+            }
+            Op::Tick => {
+                self.table.handle_timeout(now);
+                Applied::Done
+            }
+        };
+        self.deliver_effects();
+        applied
+    }
+
+    fn send(&self, session: SessionId, frame: ServerFrame) {
+        if let Some(route) = self.routes.get(&session) {
+            route.outbox.send(frame);
+        }
+    }
+
+    /// Runs one client request against the table and sends its reply (or `queued` event).
+    fn execute(&mut self, now: Instant, session: SessionId, request: Request) {
+        let id = request.id;
+        if !self.table.has_session(session) {
+            // A resume of a session that is gone, or a request that raced its expiry.
+            let error = LockError::NoSession(format!(
+                "session {session} expired or was closed; its locks are gone"
+            ));
+            self.send(session, reply_frame(id, Err(error)));
+            return;
+        }
+        let result = match request.command {
+            Command::Hello(hello) => self
+                .table
+                .handle_hello(now, session, hello.client, hello.lease_ms)
+                .map(|lease| {
+                    ReplyBody::Hello(HelloOk {
+                        session,
+                        lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+                        server: self.server_name.clone(),
+                        protocol: protocol::PROTOCOL_VERSION,
+                    })
+                }),
+            Command::Acquire(acquire) => {
+                let mode = acquire.mode;
+                match self.table.handle_acquire(
+                    now,
+                    session,
+                    id,
+                    acquire.resource,
+                    mode,
+                    acquire.timeout_ms.map(Duration::from_millis),
+                ) {
+                    Ok(Acquired::Granted(token)) => {
+                        Ok(ReplyBody::Acquired(AcquireOk { token, mode }))
+                    }
+                    Ok(Acquired::Queued { position }) => {
+                        self.send(session, ServerFrame::Queued { id, position });
+                        return;
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            Command::Release(release) => self
+                .table
+                .handle_release(now, session, &release.resource, release.token)
+                .map(|()| ReplyBody::EMPTY),
+            Command::Read(read) => self
+                .table
+                .read(session, &read.resource, read.token)
+                .map(|value| {
+                    ReplyBody::Value(ReadOk {
+                        value: value.map(str::to_owned),
+                    })
+                }),
+            Command::Write(write) => self
+                .table
+                .handle_write(session, &write.resource, write.token, Arc::from(write.value))
+                .map(|_previous| ReplyBody::EMPTY),
+            Command::Cancel(cancel) => self
+                .table
+                .handle_cancel(now, session, cancel.target)
+                .map(|()| ReplyBody::EMPTY),
+            Command::Validate(validate) => Ok(ReplyBody::Validated(ValidateOk {
+                valid: self.table.validate(&validate.resource, validate.token),
+            })),
+            Command::Ping => Ok(ReplyBody::EMPTY),
+            Command::Status(status) => Ok(ReplyBody::Status(StatusOk {
+                resources: self.table.status(now, status.resource.as_ref()),
+            })),
+        };
+        self.send(session, reply_frame(id, result));
+    }
+
+    fn deliver_effects(&mut self) {
+        while let Some(observation) = self.table.poll_observation() {
+            self.metrics.observe(observation);
+        }
+        while let Some(effect) = self.table.poll_effect() {
+            match effect {
+                Effect::Granted {
+                    session,
+                    request,
+                    token,
+                    mode,
+                    ..
+                } => {
+                    let body = ReplyBody::Acquired(AcquireOk { token, mode });
+                    self.send(session, reply_frame(request, Ok(body)));
+                }
+                Effect::WaitFailed {
+                    session,
+                    request,
+                    resource,
+                    reason,
+                } => self.send(session, reply_frame(request, Err(reason.to_error(resource)))),
+                Effect::SessionExpired { session } => {
+                    self.metrics.expirations.inc();
+                    if let Some(route) = self.routes.remove(&session) {
+                        info!(session = session.0, "session expired: its connection is closed");
+                        route.close.cancel();
+                    }
+                }
+            }
+        }
+    }
+
+    fn snapshot_data(&self) -> SnapshotData {
+        SnapshotData {
+            last_at_ms: self.last_at_ms,
+            table: self.table.to_image(self.clock_origin),
+        }
+    }
+}
+
+fn reply_frame(id: RequestId, result: Result<ReplyBody, LockError>) -> ServerFrame {
+    match result {
+        Ok(body) => ServerFrame::Ok { id, body },
+        Err(err) => {
+            let code = err.code();
+            if code == ErrorCode::Internal {
+                warn!(id = id.0, error = %err, "request failed inside the server");
+            }
+            ServerFrame::error(Some(id), code, err.to_string())
+        }
+    }
+}
+
+/// The state machine handed to openraft: the shared [`Replica`] and the redb file that keeps
+/// its snapshot.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaStore {
+    replica: Arc<Mutex<Replica>>,
+    db: Arc<Database>,
+    config: TableConfig,
+}
+
+impl ReplicaStore {
+    /// Opens the state machine of a node: the table of the node's last snapshot, or an empty
+    /// one.
+    pub(crate) fn open(
+        db: Arc<Database>,
+        mut config: TableConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<ReplicaStore, String> {
+        config.expire_sessions = false;
+        let clock_origin = Instant::now();
+        let mut replica = Replica {
+            table: LockTable::new(config.clone()),
+            clock_origin,
+            last_at_ms: 0,
+            last_applied: None,
+            membership: StoredMembership::default(),
+            routes: HashMap::new(),
+            server_name: format!("lockd {}", env!("CARGO_PKG_VERSION")),
+            metrics,
+        };
+        if let Some((meta, data)) = read_snapshot(&db).map_err(|err| err.to_string())? {
+            restore(&mut replica, &config, &meta, &data)?;
+            info!(
+                last_log_id = ?meta.last_log_id,
+                "state machine restored from the last snapshot"
+            );
+        }
+        Ok(ReplicaStore {
+            replica: Arc::new(Mutex::new(replica)),
+            db,
+            config,
+        })
+    }
+
+    /// The replica, shared with the cluster front end.
+    pub(crate) fn replica(&self) -> Arc<Mutex<Replica>> {
+        Arc::clone(&self.replica)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Replica> {
+        lock_replica(&self.replica)
+    }
+}
+
+/// Locks the replica. A panic while it was held cannot leave it half-applied in a way a
+/// later apply would make worse than stopping, and the process exits on a panic anyway.
+pub(crate) fn lock_replica(replica: &Mutex<Replica>) -> MutexGuard<'_, Replica> {
+    replica.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn restore(
+    replica: &mut Replica,
+    config: &TableConfig,
+    meta: &SnapshotMeta<u64, LockdNode>,
+    data: &[u8],
+) -> Result<(), String> {
+    let data: SnapshotData = serde_json::from_slice(data)
+        .map_err(|err| format!("the snapshot's data cannot be read: {err}"))?;
+    replica.table = LockTable::from_image(config.clone(), data.table, replica.clock_origin)
+        .map_err(|err| err.to_string())?;
+    replica.last_at_ms = data.last_at_ms;
+    replica.last_applied = meta.last_log_id;
+    replica.membership = meta.last_membership.clone();
+    Ok(())
+}
+
+type Stored = (SnapshotMeta<u64, LockdNode>, Vec<u8>);
+
+fn read_snapshot(db: &Database) -> Result<Option<Stored>, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(SNAPSHOT) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    let (Some(meta), Some(data)) = (table.get("meta")?, table.get("data")?) else {
+        return Ok(None);
+    };
+    let meta = serde_json::from_slice(meta.value()).map_err(|err| {
+        redb::Error::Corrupted(format!("the snapshot's metadata cannot be read: {err}"))
+    })?;
+    Ok(Some((meta, data.value().to_vec())))
+}
+
+fn write_snapshot(
+    db: &Database,
+    meta: &SnapshotMeta<u64, LockdNode>,
+    data: &[u8],
+) -> Result<(), redb::Error> {
+    let meta = serde_json::to_vec(meta).map_err(|err| redb::Error::Corrupted(err.to_string()))?;
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(SNAPSHOT)?;
+        table.insert("meta", meta.as_slice())?;
+        table.insert("data", data)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Saves a snapshot on the blocking pool.
+async fn save_snapshot(
+    db: Arc<Database>,
+    meta: SnapshotMeta<u64, LockdNode>,
+    data: Vec<u8>,
+) -> Result<(), StorageError<u64>> {
+    let signature = meta.signature();
+    let outcome = tokio::task::spawn_blocking(move || write_snapshot(&db, &meta, &data)).await;
+    let error = match outcome {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(err)) => err.to_string(),
+        Err(err) => err.to_string(),
+    };
+    Err(StorageError::IO {
+        source: StorageIOError::new(
+            ErrorSubject::Snapshot(Some(signature)),
+            ErrorVerb::Write,
+            openraft::AnyError::error(error),
+        ),
+    })
+}
+
+fn read_error(error: impl ToString) -> StorageError<u64> {
+    StorageError::IO {
+        source: StorageIOError::new(
+            ErrorSubject::Snapshot(None),
+            ErrorVerb::Read,
+            openraft::AnyError::error(error.to_string()),
+        ),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ReplicaStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let (meta, data) = {
+            let replica = self.lock();
+            let data = serde_json::to_vec(&replica.snapshot_data()).map_err(read_error)?;
+            let last = replica.last_applied;
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: replica.membership.clone(),
+                snapshot_id: format!(
+                    "{}-{}-{}",
+                    last.map_or(0, |id| id.leader_id.term),
+                    last.map_or(0, |id| id.index),
+                    replica.last_at_ms
+                ),
+            };
+            (meta, data)
+        };
+        save_snapshot(Arc::clone(&self.db), meta.clone(), data.clone()).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for ReplicaStore {
+    type SnapshotBuilder = ReplicaStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, LockdNode>), StorageError<u64>> {
+        let replica = self.lock();
+        Ok((replica.last_applied, replica.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut replica = self.lock();
+        let mut results = Vec::new();
+        for entry in entries {
+            replica.last_applied = Some(entry.log_id);
+            results.push(match entry.payload {
+                EntryPayload::Blank => Applied::Done,
+                EntryPayload::Membership(membership) => {
+                    replica.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Applied::Done
+                }
+                EntryPayload::Normal(proposal) => replica.apply(entry.log_id.index, proposal),
+            });
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, LockdNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let data = snapshot.into_inner();
+        {
+            let mut replica = self.lock();
+            restore(&mut replica, &self.config, meta, &data).map_err(read_error)?;
+        }
+        save_snapshot(Arc::clone(&self.db), meta.clone(), data).await
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let db = Arc::clone(&self.db);
+        let stored = tokio::task::spawn_blocking(move || read_snapshot(&db))
+            .await
+            .map_err(read_error)?
+            .map_err(read_error)?;
+        Ok(stored.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

@@ -1,0 +1,205 @@
+//! Starting a cluster node: its Raft instance over the node's redb file, the peer listener,
+//! and the bootstrap of a new cluster.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::{Config, Raft, SnapshotPolicy};
+use redb::Database;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::log_store::RedbLogStore;
+use super::machine::{Replica, ReplicaStore};
+use super::network::PeerNetwork;
+use super::peer_server::serve_peers;
+use super::types::{LockdNode, TypeConfig};
+use crate::core::TableConfig;
+use crate::metrics::Metrics;
+
+/// How a node joins its cluster; `lockd --node-id ...` fills it.
+#[derive(Debug)]
+pub struct ClusterOptions {
+    /// This node's id in `peers`.
+    pub node_id: u64,
+    /// Bound to `--peer-listen`: where the other nodes reach this one.
+    pub peer_listener: TcpListener,
+    /// Every voter of a new cluster, this node included (`--peers`).
+    pub peers: BTreeMap<u64, LockdNode>,
+    /// Initialize a new cluster with `peers` as its voters, if this node has no Raft state
+    /// yet (`--bootstrap`).
+    pub bootstrap: bool,
+    /// A follower that hears no leader for a random time between this and twice this starts
+    /// an election (`--election-timeout-ms`).
+    pub election_timeout: Duration,
+    /// How often the leader sends heartbeats (`--heartbeat-ms`).
+    pub heartbeat: Duration,
+    /// Take a snapshot, and drop the log before it, every this many entries
+    /// (`--snapshot-every`).
+    pub snapshot_every: u64,
+    /// The shared secret peers present to each other (the `--auth-token-file` secret).
+    pub secret: Option<Arc<str>>,
+}
+
+/// A running Raft node and what the front end needs of it.
+pub(crate) struct ClusterNode {
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) node_id: u64,
+    pub(crate) replica: Arc<Mutex<Replica>>,
+    peer_stop: CancellationToken,
+    peer_server: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `--peers`: `ID=CLIENT_ADDR/PEER_ADDR` items separated by commas, e.g.
+/// `1=10.0.0.1:5555/10.0.0.1:5556,2=...`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, LockdNode>, String> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        let shape = || format!("--peers item {item:?} is not ID=CLIENT_ADDR/PEER_ADDR");
+        let (id, addrs) = item.split_once('=').ok_or_else(shape)?;
+        let (client, peer) = addrs.split_once('/').ok_or_else(shape)?;
+        let id: u64 = id.trim().parse().map_err(|_| shape())?;
+        if client.trim().is_empty() || peer.trim().is_empty() {
+            return Err(shape());
+        }
+        let node = LockdNode {
+            client: client.trim().to_owned(),
+            peer: peer.trim().to_owned(),
+        };
+        if peers.insert(id, node).is_some() {
+            return Err(format!("--peers names node {id} twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers names no node".to_owned());
+    }
+    Ok(peers)
+}
+
+impl ClusterNode {
+    /// Opens the node's Raft state in `db`, starts serving peers, and bootstraps a new
+    /// cluster when asked to.
+    pub(crate) async fn start(
+        db: Arc<Database>,
+        table: TableConfig,
+        metrics: Arc<Metrics>,
+        options: ClusterOptions,
+    ) -> Result<ClusterNode, String> {
+        if !options.peers.contains_key(&options.node_id) {
+            return Err(format!(
+                "--node-id {} is not among --peers",
+                options.node_id
+            ));
+        }
+        let election_ms = u64::try_from(options.election_timeout.as_millis()).unwrap_or(u64::MAX);
+        let heartbeat_ms = u64::try_from(options.heartbeat.as_millis()).unwrap_or(u64::MAX);
+        let config = Config {
+            cluster_name: "lockd".to_owned(),
+            heartbeat_interval: heartbeat_ms,
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms.saturating_mul(2),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every),
+            // Keep some log behind the snapshot, so a follower that is a little behind catches
+            // up from the log rather than by a whole snapshot.
+            max_in_snapshot_log_to_keep: options.snapshot_every.min(1_000),
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|err| format!("invalid cluster timing: {err}"))?;
+        let log_store = RedbLogStore::<TypeConfig>::new(Arc::clone(&db))
+            .await
+            .map_err(|err| format!("cannot open the Raft log: {err}"))?;
+        let state_machine = ReplicaStore::open(db, table, metrics)?;
+        let replica = state_machine.replica();
+        let network = PeerNetwork::new(options.node_id, options.secret.clone());
+        let raft = Raft::new(
+            options.node_id,
+            Arc::new(config),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|err| format!("cannot start the Raft node: {err}"))?;
+        let peer_stop = CancellationToken::new();
+        let peer_server = tokio::spawn(serve_peers(
+            options.peer_listener,
+            raft.clone(),
+            options.secret,
+            peer_stop.clone(),
+        ));
+        let node = ClusterNode {
+            raft,
+            node_id: options.node_id,
+            replica,
+            peer_stop,
+            peer_server,
+        };
+        if options.bootstrap {
+            node.bootstrap(options.peers).await?;
+        }
+        Ok(node)
+    }
+
+    /// Initializes a new cluster with `peers` as voters, unless this node already has Raft
+    /// state (then bootstrapping again is a no-op, so `--bootstrap` may stay in a unit file).
+    async fn bootstrap(&self, peers: BTreeMap<u64, LockdNode>) -> Result<(), String> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|err| format!("cannot read the Raft state: {err}"))?;
+        if initialized {
+            info!("--bootstrap: this node already belongs to a cluster; nothing to do");
+            return Ok(());
+        }
+        info!(voters = ?peers.keys().collect::<Vec<_>>(), "bootstrapping a new cluster");
+        match self.raft.initialize(peers).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(err),
+            )) => {
+                warn!(error = %err, "--bootstrap: the cluster was initialized meanwhile");
+                Ok(())
+            }
+            Err(err) => Err(format!("cannot bootstrap the cluster: {err}")),
+        }
+    }
+
+    /// Stops Raft and the peer listener.
+    pub(crate) async fn shutdown(self) {
+        if let Err(err) = self.raft.shutdown().await {
+            warn!(error = %err, "the Raft node did not stop cleanly");
+        }
+        self.peer_stop.cancel();
+        let _ = self.peer_server.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_ones_are_named() {
+        let peers = parse_peers("1=127.0.0.1:5555/127.0.0.1:6555, 2=h2:5555/h2:6555").unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[&2].client, "h2:5555");
+        assert_eq!(peers[&2].peer, "h2:6555");
+        for bad in ["", "1=a", "x=a/b", "1=/b", "1=a/b,1=c/d"] {
+            let err = parse_peers(bad).unwrap_err();
+            assert!(err.contains("--peers"), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! What the cluster replicates: openraft's type configuration, the node description, and the
+//! entries the leader proposes.
+
+use std::fmt;
+use std::io::Cursor;
+
+use protocol::{Request, SessionId};
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// openraft's types for lockd.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+        NodeId = u64,
+        Node = LockdNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A cluster member's two addresses, as kept in the replicated membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockdNode {
+    /// Where clients connect (`--listen`): what a follower's `not_leader` names.
+    pub client: String,
+    /// Where the other nodes send Raft messages (`--peer-listen`).
+    pub peer: String,
+}
+
+impl fmt::Display for LockdNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.client, self.peer)
+    }
+}
+
+impl super::network::PeerAddress for LockdNode {
+    fn peer_addr(&self) -> &str {
+        &self.peer
+    }
+}
+
+/// One log entry of the lock table: an operation and the leader's clock when it proposed it.
+/// Applying it reads no clock of its own, so every node computes the same table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Milliseconds since the Unix epoch on the proposing leader, never less than any earlier
+    /// entry's (see `ClusterClock`).
+    pub at_ms: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The operations of the replicated lock table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// A client connected to the leader: a session with this id (chosen by the leader, so that
+    /// requests that follow at once can name it) starts.
+    Open {
+        /// The new session.
+        session: SessionId,
+    },
+    /// A client's request, exactly as it arrived (without its `auth`).
+    Request {
+        /// The session that sent it.
+        session: SessionId,
+        /// The request; stored as its wire JSON.
+        #[serde(with = "request_as_json")]
+        request: Request,
+    },
+    /// The session's connection to the leader closed: its locks go now.
+    Close {
+        /// The session.
+        session: SessionId,
+    },
+    /// The leader heard nothing from these sessions for their whole lease.
+    Expire {
+        /// The sessions, in id order.
+        sessions: Vec<SessionId>,
+    },
+    /// Time passed: waits whose timeout ran out by `at_ms` fail.
+    Tick,
+}
+
+/// What applying an entry gave back to the proposer. Replies to clients do not travel this
+/// way: they are frames the state machine delivers (see `machine.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Nothing to report.
+    Done,
+    /// `Open` found its session id taken (ids are random, so practically never).
+    SessionIdTaken,
+}
+
+mod request_as_json {
+    use protocol::Request;
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(request: &Request, out: S) -> Result<S::Ok, S::Error> {
+        let json = String::from_utf8(request.to_json()).map_err(serde::ser::Error::custom)?;
+        out.serialize_str(&json)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<Request, D::Error> {
+        let json = String::deserialize(input)?;
+        Request::parse(json.as_bytes()).map_err(|err| D::Error::custom(err.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_survives_the_log() {
+        let lines = [
+            r#"{"id":1,"op":"hello","client":"c","lease_ms":5000,"session":7}"#,
+            r#"{"id":2,"op":"acquire","resource":"a/b","mode":"shared","timeout_ms":10}"#,
+            r#"{"id":3,"op":"release","resource":"a","token":9}"#,
+            r#"{"id":4,"op":"read","resource":"a","token":9}"#,
+            r#"{"id":5,"op":"write","resource":"a","token":9,"value":"x\n\"y\""}"#,
+            r#"{"id":6,"op":"cancel","target":2}"#,
+            r#"{"id":7,"op":"validate","resource":"a","token":9}"#,
+            r#"{"id":8,"op":"ping"}"#,
+            r#"{"id":9,"op":"status"}"#,
+            r#"{"id":10,"op":"status","resource":"a"}"#,
+        ];
+        for line in lines {
+            let request = Request::parse(line.as_bytes()).unwrap();
+            let proposal = Proposal {
+                at_ms: 1,
+                op: Op::Request {
+                    session: SessionId(3),
+                    request: request.clone(),
+                },
+            };
+            let stored = serde_json::to_vec(&proposal).unwrap();
+            let back: Proposal = serde_json::from_slice(&stored).unwrap();
+            assert_eq!(back, proposal, "{line}");
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Cluster mode: three real lockd processes on 127.0.0.x addresses, with leaders killed on
+//! purpose.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{error_code, Conn, Lockd, PATIENCE};
+
+/// One node's addresses and data directory, kept across restarts.
+struct NodeSpec {
+    id: u64,
+    client: SocketAddr,
+    peer: SocketAddr,
+    data_dir: PathBuf,
+}
+
+/// A cluster of real lockd processes; `nodes[i]` is `None` while node i+1 is down.
+struct Cluster {
+    specs: Vec<NodeSpec>,
+    nodes: Vec<Option<Lockd>>,
+    peers: String,
+    _dirs: tempfile::TempDir,
+}
+
+/// A free port on `ip`, found by binding port 0 and letting it go.
+fn free_addr(ip: &str) -> SocketAddr {
+    TcpListener::bind((ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+impl Cluster {
+    /// Starts `size` nodes, node 1 with --bootstrap, each on its own loopback address.
+    fn start(size: u64, extra: &[&str]) -> Cluster {
+        let dirs = tempfile::tempdir().expect("a temp dir");
+        let specs: Vec<NodeSpec> = (1..=size)
+            .map(|id| {
+                let ip = format!("127.0.0.{}", 10 + id);
+                NodeSpec {
+                    id,
+                    client: free_addr(&ip),
+                    peer: free_addr(&ip),
+                    data_dir: dirs.path().join(format!("node{id}")),
+                }
+            })
+            .collect();
+        let peers = specs
+            .iter()
+            .map(|spec| format!("{}={}/{}", spec.id, spec.client, spec.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            specs,
+            nodes: Vec::new(),
+            peers,
+            _dirs: dirs,
+        };
+        for index in 0..cluster.specs.len() {
+            let node = cluster.spawn(index, extra);
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    fn spawn(&self, index: usize, extra: &[&str]) -> Lockd {
+        let spec = &self.specs[index];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lockd"));
+        command
+            .arg("--listen")
+            .arg(spec.client.to_string())
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .args(["--node-id", &spec.id.to_string()])
+            .arg("--peer-listen")
+            .arg(spec.peer.to_string())
+            .args(["--peers", &self.peers])
+            .args(["--election-timeout-ms", "300", "--heartbeat-ms", "50"])
+            .args(["--log-level", "warn"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit());
+        if spec.id == 1 {
+            command.arg("--bootstrap");
+        }
+        Lockd::spawn(&mut command, &spec.data_dir)
+    }
+
+    fn restart(&mut self, index: usize, extra: &[&str]) {
+        assert!(self.nodes[index].is_none(), "node {} is running", index + 1);
+        let node = self.spawn(index, extra);
+        self.nodes[index] = Some(node);
+    }
+
+    fn kill(&mut self, index: usize) {
+        let mut node = self.nodes[index].take().expect("the node runs");
+        node.signal_and_wait("KILL");
+    }
+
+    /// Waits until a running node answers as leader, other than `not`; returns its index.
+    async fn leader(&self, not: Option<usize>) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            for (index, node) in self.nodes.iter().enumerate() {
+                let Some(node) = node else { continue };
+                if Some(index) == not {
+                    continue;
+                }
+                let Ok(stream) = tokio::net::TcpStream::connect(node.addr).await else {
+                    continue;
+                };
+                let mut conn = Conn::from_stream(stream);
+                conn.send(json!({"id": 1, "op": "ping"})).await;
+                if let Ok(Some(reply)) = conn.try_recv(Duration::from_secs(2)).await {
+                    if reply["ok"] == true {
+                        return index;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader was elected in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn connect(&self, index: usize) -> Conn {
+        self.nodes[index].as_ref().expect("the node runs").connect().await
+    }
+}
+
+async fn hello(conn: &mut Conn, session: Option<u64>) -> Value {
+    let mut frame = json!({"id": 100, "op": "hello", "lease_ms": 5_000});
+    if let Some(session) = session {
+        frame["session"] = json!(session);
+    }
+    conn.call(frame).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_name_the_leader_and_the_leader_serves() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader(None).await;
+    let follower = (leader + 1) % 3;
+    let mut conn = cluster.connect(follower).await;
+    let reply = conn.call(json!({"id": 7, "op": "acquire", "resource": "r"})).await;
+    assert_eq!(error_code(&reply), "not_leader", "{reply}");
+    assert_eq!(reply["id"], 7);
+    assert_eq!(
+        reply["error"]["leader"],
+        cluster.specs[leader].client.to_string(),
+        "{reply}"
+    );
+
+    let mut conn = cluster.connect(leader).await;
+    let reply = hello(&mut conn, None).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let token = conn.lock(1, "r", "exclusive").await;
+    let reply = conn
+        .call(json!({"id": 2, "op": "write", "resource": "r", "token": token, "value": "v"}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let reply = conn
+        .call(json!({"id": 3, "op": "read", "resource": "r", "token": token}))
+        .await;
+    assert_eq!(reply["value"], "v", "{reply}");
+    let reply = conn.call(json!({"id": 4, "op": "status"})).await;
+    assert_eq!(reply["resources"][0]["holders"][0]["token"], token, "{reply}");
+}
+
+/// The heart of failover: a holder and a queued waiter both resume their sessions on the new
+/// leader; the holder's token, lock and value survive, the waiter keeps its place and is
+/// granted on its new connection under its original request id, with a larger token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_and_waiters_keep_their_places_when_the_leader_dies() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader(None).await;
+
+    let mut holder = cluster.connect(leader).await;
+    let holder_session = hello(&mut holder, None).await["session"].as_u64().unwrap();
+    let token = holder.lock(1, "jobs/nightly", "exclusive").await;
+    let reply = holder
+        .call(json!({"id": 2, "op": "write", "resource": "jobs/nightly", "token": token,
+                     "value": "before"}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+
+    let mut waiter = cluster.connect(leader).await;
+    let waiter_session = hello(&mut waiter, None).await["session"].as_u64().unwrap();
+    let queued = waiter
+        .call(json!({"id": 41, "op": "acquire", "resource": "jobs/nightly"}))
+        .await;
+    assert_eq!(queued["event"], "queued", "{queued}");
+
+    cluster.kill(leader);
+    let new_leader = cluster.leader(Some(leader)).await;
+
+    let mut holder = cluster.connect(new_leader).await;
+    let reply = hello(&mut holder, Some(holder_session)).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["session"], holder_session);
+    let reply = holder
+        .call(json!({"id": 3, "op": "read", "resource": "jobs/nightly", "token": token}))
+        .await;
+    assert_eq!(reply["value"], "before", "the lock and the value survived: {reply}");
+
+    let mut waiter = cluster.connect(new_leader).await;
+    let reply = hello(&mut waiter, Some(waiter_session)).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+
+    let reply = holder
+        .call(json!({"id": 4, "op": "release", "resource": "jobs/nightly", "token": token}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let granted = waiter.recv().await;
+    assert_eq!(granted["id"], 41, "{granted}");
+    assert_eq!(granted["ok"], true, "{granted}");
+    assert!(granted["token"].as_u64().unwrap() > token, "{granted}");
+
+    // A session nobody resumes is gone once its lease runs out.
+    let mut stranger = cluster.connect(new_leader).await;
+    let reply = hello(&mut stranger, Some(123_456)).await;
+    assert_eq!(error_code(&reply), "no_session", "{reply}");
+}
+
+/// Every node killed at once, then restarted from disk (with snapshots taken and the log
+/// compacted along the way): the values and the token order survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_restarts_from_its_logs_and_snapshots() {
+    let flags = ["--snapshot-every", "10"];
+    let mut cluster = Cluster::start(3, &flags);
+    let leader = cluster.leader(None).await;
+    let mut conn = cluster.connect(leader).await;
+    let mut last_token = 0;
+    for round in 0..30u64 {
+        let token = conn.lock(round * 10 + 1, "counter", "exclusive").await;
+        assert!(token > last_token);
+        last_token = token;
+        let reply = conn
+            .call(json!({"id": round * 10 + 2, "op": "write", "resource": "counter",
+                         "token": token, "value": round.to_string()}))
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        let reply = conn
+            .call(json!({"id": round * 10 + 3, "op": "release", "resource": "counter",
+                         "token": token}))
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    drop(conn);
+    for index in 0..3 {
+        cluster.kill(index);
+    }
+    for index in 0..3 {
+        cluster.restart(index, &flags);
+    }
+    let leader = cluster.leader(None).await;
+    let mut conn = cluster.connect(leader).await;
+    let token = conn.lock(1, "counter", "exclusive").await;
+    assert!(token > last_token, "{token} after {last_token}");
+    let reply = conn
+        .call(json!({"id": 2, "op": "read", "resource": "counter", "token": token}))
+        .await;
+    assert_eq!(reply["value"], "29", "{reply}");
+}
