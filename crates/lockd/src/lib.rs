@@ -1,5 +1,7 @@
 //! lockd: a lock server with FIFO queues, shared and exclusive locks, and fencing tokens.
 //!
+//! - [`cluster`]: cluster mode's Raft log store and peer network (openraft), generic over the
+//!   state machine.
 //! - [`core`]: the lock table, a deterministic state machine with no I/O and no clock.
 //! - [`server`]: the Tokio side: accept loop, per-connection tasks and the table's driver, and
 //!   the optional admin HTTP API (metrics, probes, `/v1/locks`, the live dashboard).
@@ -9,6 +11,7 @@
 //!
 //! `main.rs` only parses flags, sets up logging and signals, and calls [`server::run`].
 
+pub mod cluster;
 pub mod core;
 pub mod data_dir;
 pub mod server;

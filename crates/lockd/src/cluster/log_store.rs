@@ -1,0 +1,345 @@
+//! The Raft log and vote on disk: [`RedbLogStore`], openraft's `RaftLogStorage` over redb.
+//!
+//! It shares the database file of single-node mode (`DIR/lockd.redb`) and keeps to tables of its
+//! own, so a node's log, vote and (in the lead's state machine) applied state commit through one
+//! crash-tested engine. It stores nothing of the state machine and knows nothing of the lock
+//! table: entries are opaque serialized `C::Entry` values keyed by log index.
+//!
+//! Every write is one redb transaction committed with `Durability::Immediate`, so it is fsynced
+//! before the call returns: a vote is durable before `save_vote` returns, and `append` reports
+//! its entries flushed only after their commit. Writes are serialized by `&mut self`, as
+//! openraft requires; readers ([`RedbLogReader`]) use redb's snapshot isolation and never block
+//! them. All redb work runs on Tokio's blocking pool.
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader,
+    RaftTypeConfig, StorageError, StorageIOError, Vote,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Log index → the entry, serialized as JSON.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// The log's pointers, each serialized as JSON under one of the keys below.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+/// The id of the last entry removed by `purge`; the log's start when it is empty.
+const LAST_PURGED: &str = "last_purged";
+
+/// The Raft log, vote and committed pointer in a redb database.
+///
+/// Cloning is not offered: openraft must be the only writer, through `&mut self`.
+pub struct RedbLogStore<C> {
+    db: Arc<Database>,
+    _config: PhantomData<C>,
+}
+
+/// A read-only view of a [`RedbLogStore`]'s log, for openraft's replication tasks.
+pub struct RedbLogReader<C> {
+    db: Arc<Database>,
+    _config: PhantomData<C>,
+}
+
+impl<C: RaftTypeConfig> RedbLogStore<C> {
+    /// Opens the log in `db`, creating its tables on first use (one durable commit).
+    pub async fn new(db: Arc<Database>) -> Result<Self, StorageError<C::NodeId>> {
+        write(&db, |txn| {
+            txn.open_table(LOG)?;
+            txn.open_table(META)?;
+            Ok(())
+        })
+        .await
+        .map_err(|fault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Write))?;
+        Ok(RedbLogStore {
+            db,
+            _config: PhantomData,
+        })
+    }
+
+    async fn read_meta<T>(&self, key: &'static str) -> Result<Option<T>, StorageFault>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(META)?;
+            let value = table.get(key)?;
+            match value {
+                Some(bytes) => Ok(Some(serde_json::from_slice(bytes.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), StorageFault> {
+        let bytes = serde_json::to_vec(value)?;
+        write(&self.db, move |txn| {
+            txn.open_table(META)?.insert(key, bytes.as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl<C> Debug for RedbLogStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbLogStore").finish_non_exhaustive()
+    }
+}
+
+impl<C> Debug for RedbLogReader<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbLogReader").finish_non_exhaustive()
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogReader<C> for RedbLogReader<C> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        read_entries::<C>(&self.db, range).await
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogReader<C> for RedbLogStore<C> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        read_entries::<C>(&self.db, range).await
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogStorage<C> for RedbLogStore<C> {
+    type LogReader = RedbLogReader<C>;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
+        let db = Arc::clone(&self.db);
+        let read = blocking(move || {
+            let txn = db.begin_read()?;
+            let last_purged = match txn.open_table(META)?.get(LAST_PURGED)? {
+                Some(bytes) => Some(serde_json::from_slice::<LogId<C::NodeId>>(bytes.value())?),
+                None => None,
+            };
+            let last_entry = match txn.open_table(LOG)?.last()? {
+                Some((_, bytes)) => Some(serde_json::from_slice::<C::Entry>(bytes.value())?),
+                None => None,
+            };
+            Ok((last_purged, last_entry))
+        })
+        .await;
+        let (last_purged_log_id, last_entry) =
+            read.map_err(|fault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Read))?;
+        // An empty log ends where the last purge left it.
+        let last_log_id = match last_entry {
+            Some(entry) => Some(entry.get_log_id().clone()),
+            None => last_purged_log_id.clone(),
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        RedbLogReader {
+            db: Arc::clone(&self.db),
+            _config: PhantomData,
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        self.write_meta(VOTE, vote)
+            .await
+            .map_err(|fault| fault.into_storage(ErrorSubject::Vote, ErrorVerb::Write))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
+        self.read_meta(VOTE)
+            .await
+            .map_err(|fault| fault.into_storage(ErrorSubject::Vote, ErrorVerb::Read))
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<C::NodeId>>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        self.write_meta(COMMITTED, &committed)
+            .await
+            .map_err(|fault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Write))
+    }
+
+    async fn read_committed(
+        &mut self,
+    ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+        // Stored as `Option` because openraft may save `None`; both mean "nothing committed".
+        let stored: Option<Option<LogId<C::NodeId>>> = self
+            .read_meta(COMMITTED)
+            .await
+            .map_err(|fault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Read))?;
+        Ok(stored.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<C>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let to_storage =
+            |fault: StorageFault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Write);
+        let mut rows = Vec::new();
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry).map_err(|err| to_storage(err.into()))?;
+            rows.push((entry.get_log_id().index, bytes));
+        }
+        write(&self.db, move |txn| {
+            let mut log = txn.open_table(LOG)?;
+            for (index, bytes) in &rows {
+                log.insert(*index, bytes.as_slice())?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(to_storage)?;
+        // The commit above was fsynced: only now may openraft count these entries as flushed.
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let from_index = log_id.index;
+        write(&self.db, move |txn| {
+            txn.open_table(LOG)?.retain_in(from_index.., |_, _| false)?;
+            Ok(())
+        })
+        .await
+        .map_err(|fault| fault.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
+    }
+
+    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let to_storage =
+            |fault: StorageFault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Delete);
+        let bytes = serde_json::to_vec(&log_id).map_err(|err| to_storage(err.into()))?;
+        let up_to_index = log_id.index;
+        // The pointer and the deletion commit together, so the log never looks as if it started
+        // earlier than it does.
+        write(&self.db, move |txn| {
+            txn.open_table(META)?
+                .insert(LAST_PURGED, bytes.as_slice())?;
+            txn.open_table(LOG)?
+                .retain_in(..=up_to_index, |_, _| false)?;
+            Ok(())
+        })
+        .await
+        .map_err(to_storage)
+    }
+}
+
+/// Why a storage operation failed, before it is named for openraft.
+#[derive(Debug, thiserror::Error)]
+enum StorageFault {
+    #[error("redb: {0}")]
+    Database(#[from] redb::Error),
+    #[error("stored Raft data does not decode: {0}")]
+    Codec(#[from] serde_json::Error),
+    #[error("the blocking storage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl StorageFault {
+    fn into_storage<NID: openraft::NodeId>(
+        self,
+        subject: ErrorSubject<NID>,
+        verb: ErrorVerb,
+    ) -> StorageError<NID> {
+        StorageIOError::new(subject, verb, AnyError::new(&self)).into()
+    }
+}
+
+/// Lets `?` turn each of redb's error types into a [`StorageFault`] in one step.
+macro_rules! redb_fault {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StorageFault {
+            fn from(error: $error) -> Self {
+                StorageFault::Database(error.into())
+            }
+        }
+    )*};
+}
+redb_fault!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Runs blocking redb work on Tokio's blocking pool.
+async fn blocking<T, F>(work: F) -> Result<T, StorageFault>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageFault> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work).await?
+}
+
+/// Runs `work` in one write transaction and commits it with fsync before returning.
+async fn write<F>(db: &Arc<Database>, work: F) -> Result<(), StorageFault>
+where
+    F: FnOnce(&redb::WriteTransaction) -> Result<(), StorageFault> + Send + 'static,
+{
+    let db = Arc::clone(db);
+    blocking(move || {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        work(&txn)?;
+        txn.commit()?;
+        Ok(())
+    })
+    .await
+}
+
+/// The entries whose indexes fall in `range`, in order.
+async fn read_entries<C: RaftTypeConfig>(
+    db: &Arc<Database>,
+    range: impl RangeBounds<u64>,
+) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+    let bounds: (Bound<u64>, Bound<u64>) =
+        (range.start_bound().cloned(), range.end_bound().cloned());
+    let db = Arc::clone(db);
+    blocking(move || {
+        let txn = db.begin_read()?;
+        let log = txn.open_table(LOG)?;
+        let mut entries = Vec::new();
+        for row in log.range(bounds)? {
+            let (_, bytes) = row?;
+            entries.push(serde_json::from_slice::<C::Entry>(bytes.value())?);
+        }
+        Ok(entries)
+    })
+    .await
+    .map_err(|fault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Read))
+}
+
+#[cfg(test)]
+#[path = "log_store_tests.rs"]
+mod tests;
