@@ -50,6 +50,18 @@ struct MemState {
     snapshots_installed: u64,
 }
 
+impl MemStateMachine {
+    /// A copy of the key-value map.
+    pub fn data(&self) -> BTreeMap<String, String> {
+        self.state.lock().unwrap().data.clone()
+    }
+
+    /// How many snapshots were installed from a leader.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.state.lock().unwrap().snapshots_installed
+    }
+}
+
 impl RaftSnapshotBuilder<TestConfig> for MemStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TestConfig>, StorageError<u64>> {
         let mut state = self.state.lock().unwrap();

@@ -1,0 +1,186 @@
+//! The server side of Raft RPC: [`serve_peers`] accepts peer connections and hands each request
+//! to the local `openraft::Raft`.
+//!
+//! Each connection gets a task that checks the client's [`Hello`] (the protocol version, and the
+//! shared secret in constant time when the cluster has one), then answers requests one at a
+//! time, in order, as the client sends them (see `network.rs`). A frame that is too long or
+//! does not parse, a wrong secret, or a silent client at the handshake closes that connection
+//! with a log line; nothing a peer sends can stop the server. It knows nothing of what the
+//! entries mean.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use openraft::{Raft, RaftTypeConfig};
+use subtle::ConstantTimeEq;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use super::wire::{
+    self, Hello, PeerReply, PeerRequest, PeerStream, ReplyFrame, RequestFrame, Welcome,
+    PROTOCOL_VERSION,
+};
+
+/// How long a new connection may take to send its [`Hello`].
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most peer connections served at once. openraft opens a few per peer (replication,
+/// elections), so this is far above a healthy cluster's need; it bounds what a flood costs.
+pub const MAX_PEER_CONNECTIONS: usize = 256;
+
+/// How long to pause accepting after `accept` fails (out of file descriptors, typically), so
+/// that the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Serves Raft RPCs from peers on `listener` until `shutdown` is cancelled, then closes every
+/// peer connection and returns once their tasks have ended.
+///
+/// With a `secret`, a peer must present the same one in its first frame or be disconnected.
+pub async fn serve_peers<C: RaftTypeConfig>(
+    listener: TcpListener,
+    raft: Raft<C>,
+    secret: Option<Arc<str>>,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!(error = %err, "cannot accept a peer connection");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            warn!(%peer, limit = MAX_PEER_CONNECTIONS, "refusing a peer connection: too many open");
+            continue;
+        };
+        let connection = PeerConnection {
+            raft: raft.clone(),
+            secret: secret.clone(),
+            peer,
+        };
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = connection.serve(stream) => {}
+            }
+            drop(slot);
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// One accepted peer connection.
+struct PeerConnection<C: RaftTypeConfig> {
+    raft: Raft<C>,
+    secret: Option<Arc<str>>,
+    peer: SocketAddr,
+}
+
+impl<C: RaftTypeConfig> PeerConnection<C> {
+    async fn serve(self, stream: TcpStream) {
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!(peer = %self.peer, error = %err, "cannot set TCP_NODELAY on a peer connection");
+        }
+        let mut connection = wire::frame_stream(stream);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut connection)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                warn!(peer = %self.peer, "closing a peer connection at the handshake: {why}");
+                return;
+            }
+            Err(_) => {
+                warn!(peer = %self.peer, "closing a peer connection that sent no hello in {HANDSHAKE_TIMEOUT:?}");
+                return;
+            }
+        }
+        debug!(peer = %self.peer, "peer connected");
+        while let Some(read) = connection.next().await {
+            let bytes = match read {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    warn!(peer = %self.peer, error = %err, "closing a peer connection: bad frame");
+                    return;
+                }
+            };
+            let frame: RequestFrame<C> = match wire::decode(&bytes) {
+                Ok(frame) => frame,
+                Err(err) => {
+                    warn!(peer = %self.peer, error = %err, "closing a peer connection: bad request");
+                    return;
+                }
+            };
+            let reply = ReplyFrame {
+                id: frame.id,
+                reply: self.dispatch(frame.request).await,
+            };
+            let sent = match wire::encode(&reply) {
+                Ok(bytes) => connection.send(bytes).await.map_err(|err| err.to_string()),
+                Err(err) => Err(err.to_string()),
+            };
+            if let Err(why) = sent {
+                warn!(peer = %self.peer, "closing a peer connection: cannot reply: {why}");
+                return;
+            }
+        }
+        debug!(peer = %self.peer, "peer disconnected");
+    }
+
+    /// Reads the client's [`Hello`] and answers [`Welcome`], or says why the peer is refused.
+    async fn handshake(&self, connection: &mut PeerStream) -> Result<(), String> {
+        let bytes = match connection.next().await {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(err)) => return Err(format!("bad frame: {err}")),
+            None => return Err("closed before its hello".to_owned()),
+        };
+        let hello: Hello = wire::decode(&bytes).map_err(|err| format!("bad hello: {err}"))?;
+        if hello.version != PROTOCOL_VERSION {
+            return Err(format!(
+                "it speaks version {}, this node {PROTOCOL_VERSION}",
+                hello.version
+            ));
+        }
+        if let Some(secret) = &self.secret {
+            let given = hello.secret.as_deref().unwrap_or_default().as_bytes();
+            if !bool::from(given.ct_eq(secret.as_bytes())) {
+                return Err("wrong or missing cluster secret".to_owned());
+            }
+        }
+        let welcome = wire::encode(&Welcome {
+            version: PROTOCOL_VERSION,
+        })
+        .map_err(|err| err.to_string())?;
+        connection
+            .send(welcome)
+            .await
+            .map_err(|err| err.to_string())?;
+        debug!(peer = %self.peer, "peer authenticated");
+        Ok(())
+    }
+
+    async fn dispatch(&self, request: PeerRequest<C>) -> PeerReply<C> {
+        match request {
+            PeerRequest::AppendEntries(rpc) => {
+                PeerReply::AppendEntries(self.raft.append_entries(rpc).await)
+            }
+            PeerRequest::Vote(rpc) => PeerReply::Vote(self.raft.vote(rpc).await),
+            PeerRequest::InstallSnapshot(rpc) => {
+                PeerReply::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The frames that Raft peers exchange, shared by [`network`](super::network) (the client) and
+//! [`peer_server`](super::peer_server).
+//!
+//! A peer connection is a TCP stream of length-delimited frames (tokio-util's
+//! `LengthDelimitedCodec`: a 4-byte big-endian length, then that many bytes), each a JSON
+//! document. The client speaks first with a [`Hello`]; the server answers [`Welcome`] or closes.
+//! After that, the client sends one [`RequestFrame`] at a time and reads its [`ReplyFrame`],
+//! whose `id` must match. This module only defines the frames; it owns no socket.
+
+use bytes::Bytes;
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::RaftTypeConfig;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// The largest frame either side sends or accepts, in bytes.
+///
+/// JSON writes a snapshot chunk's bytes as an array of numbers, up to four characters per byte,
+/// so this fits a chunk of openraft's default `snapshot_max_chunk_size` (3 MiB) with room to
+/// spare. Keep `snapshot_max_chunk_size` under a quarter of it. A longer frame closes the
+/// connection on the receiving side; the sending side refuses to send it.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// The version of these frames; a peer that speaks another is refused at the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The client's first frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    /// The cluster's shared secret, when the client has one.
+    pub secret: Option<String>,
+}
+
+/// The server's answer to an accepted [`Hello`]. A refused one gets no answer: the server
+/// closes the connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Welcome {
+    pub version: u32,
+}
+
+/// One Raft RPC, numbered by the client.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct RequestFrame<C: RaftTypeConfig> {
+    pub id: u64,
+    pub request: PeerRequest<C>,
+}
+
+/// The answer to the [`RequestFrame`] with the same `id`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct ReplyFrame<C: RaftTypeConfig> {
+    pub id: u64,
+    pub reply: PeerReply<C>,
+}
+
+/// The three Raft RPCs.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum PeerRequest<C: RaftTypeConfig> {
+    AppendEntries(AppendEntriesRequest<C>),
+    Vote(VoteRequest<C::NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<C>),
+}
+
+/// What the remote `Raft` answered, error included: a remote error travels back as data.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum PeerReply<C: RaftTypeConfig> {
+    AppendEntries(Result<AppendEntriesResponse<C::NodeId>, RaftError<C::NodeId>>),
+    Vote(Result<VoteResponse<C::NodeId>, RaftError<C::NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<C::NodeId>, RaftError<C::NodeId, InstallSnapshotError>>,
+    ),
+}
+
+/// A TCP stream cut into frames of at most [`MAX_FRAME_BYTES`].
+pub type PeerStream = Framed<TcpStream, LengthDelimitedCodec>;
+
+/// Wraps a connected stream in the peer framing.
+pub fn frame_stream(stream: TcpStream) -> PeerStream {
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec();
+    Framed::new(stream, codec)
+}
+
+/// Why a frame could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("the frame would be {0} bytes, over the limit of {MAX_FRAME_BYTES}")]
+    TooLarge(usize),
+    #[error("the frame does not encode or decode: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Serializes one frame, refusing one the peer would not accept.
+pub fn encode<T: Serialize>(frame: &T) -> Result<Bytes, FrameError> {
+    let bytes = serde_json::to_vec(frame)?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// Parses one frame.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
