@@ -7,6 +7,7 @@ mod admin;
 mod chaos;
 mod dashboard;
 mod durability;
+mod fault_proxy;
 mod fsync;
 mod hardening;
 mod ops;
