@@ -1,18 +1,24 @@
 //! Cluster mode: the lock table replicated over Raft (openraft), so that losing a node loses
 //! nothing and stops nobody for long.
 //!
-//! `types.rs` says what is replicated; `machine.rs` applies committed entries to the lock table
-//! and delivers the resulting frames to the sessions connected here.
+//! Lock-specific: [`types`] says what is replicated; `machine.rs` applies committed entries to
+//! the lock table and delivers the resulting frames to the sessions connected here;
+//! `frontend.rs` is the cluster's stand-in for the single server's driver (it proposes every
+//! request, and on the leader keeps leases, see `leases.rs`); [`node`] starts a node.
+//!
+//! Generic over openraft's `RaftTypeConfig`, knowing nothing of locks: [`log_store`] keeps
+//! the Raft log and vote in the node's redb database, [`network`] sends Raft RPCs to peers
+//! over TCP and [`peer_server`] answers them, in [`wire`]'s frames.
 
+pub(crate) mod frontend;
+pub(crate) mod leases;
 pub mod log_store;
+pub(crate) mod machine;
 pub mod network;
+pub mod node;
 pub mod peer_server;
 pub mod types;
 pub mod wire;
 
 #[cfg(test)]
 mod testing;
-pub(crate) mod frontend;
-pub(crate) mod leases;
-pub(crate) mod machine;
-pub mod node;

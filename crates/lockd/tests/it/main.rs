@@ -8,6 +8,7 @@ mod chaos;
 mod cluster;
 mod dashboard;
 mod durability;
+mod fault_proxy;
 mod fsync;
 mod hardening;
 mod ops;
