@@ -631,6 +631,7 @@ fn frame_id(frame: &ServerFrame) -> Option<RequestId> {
     match frame {
         ServerFrame::Ok { id, .. } | ServerFrame::Queued { id, .. } => Some(*id),
         ServerFrame::Err { id, .. } => *id,
+        ServerFrame::Saved(_) => None,
     }
 }
 

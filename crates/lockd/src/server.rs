@@ -182,9 +182,13 @@ impl Server {
         let db = redb::Database::create(&path)
             .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
         let metrics = Arc::new(Metrics::new());
-        let node =
-            ClusterNode::start(Arc::new(db), config.table.clone(), Arc::clone(&metrics), options)
-                .await?;
+        let node = ClusterNode::start(
+            Arc::new(db),
+            config.table.clone(),
+            Arc::clone(&metrics),
+            options,
+        )
+        .await?;
         Ok(Server {
             config,
             backend: Backend::Cluster(node),
@@ -217,12 +221,8 @@ impl Server {
                 (tokio::spawn(driver.run(driver_rx)), None)
             }
             Backend::Cluster(node) => {
-                let frontend = Frontend::new(
-                    node.raft.clone(),
-                    node.node_id,
-                    Arc::clone(&node.replica),
-                    stop.clone(),
-                );
+                let frontend =
+                    Frontend::new(node.raft.clone(), node.node_id, Arc::clone(&node.replica));
                 (tokio::spawn(frontend.run(driver_rx)), Some(node))
             }
         };

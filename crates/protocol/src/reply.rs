@@ -36,6 +36,9 @@ impl ReplyBody {
 /// A frame the server sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame {
+    /// A reply sent before, kept as it was encoded, sent again to a client that retried its
+    /// request (cluster mode, after resuming a session).
+    Saved(std::sync::Arc<[u8]>),
     /// The request succeeded.
     Ok {
         /// The request's id.
@@ -71,6 +74,10 @@ impl ServerFrame {
     /// Appends the frame as one line of JSON, without the newline, to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let result = match self {
+            ServerFrame::Saved(line) => {
+                out.extend_from_slice(line);
+                Ok(())
+            }
             ServerFrame::Ok { id, body } => serde_json::to_writer(
                 &mut *out,
                 &OkFrame {

@@ -10,6 +10,10 @@
 //! leader's client address when it knows it. When this node stops being leader it closes its
 //! clients' connections, so they find the new leader and resume their sessions there.
 //!
+//! A session outlives its connection until its lease runs out (unlike on a single server,
+//! where a disconnect frees its locks at once): a client cannot tell a failover from a dead
+//! server, and the lease is what lets it come back and find its locks and places in line.
+//!
 //! The leader also keeps the sessions' leases ([`LeaseKeeper`]) and proposes `Expire` and
 //! `Tick` entries: the only ways time moves in the replicated table.
 
@@ -79,10 +83,6 @@ pub(crate) struct Frontend {
     /// The latest entry time proposed, so entry times never go back.
     last_at_ms: u64,
     pending: FuturesUnordered<Pending>,
-    /// Cancelled when the server shuts down: connections then close because this node stops,
-    /// not because their clients left, so their sessions must live on for the clients to
-    /// resume on the next leader.
-    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for Frontend {
@@ -96,12 +96,7 @@ impl std::fmt::Debug for Frontend {
 }
 
 impl Frontend {
-    pub(crate) fn new(
-        raft: Raft<TypeConfig>,
-        node_id: u64,
-        replica: Arc<Mutex<Replica>>,
-        stopping: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(raft: Raft<TypeConfig>, node_id: u64, replica: Arc<Mutex<Replica>>) -> Self {
         Frontend {
             raft,
             node_id,
@@ -112,7 +107,6 @@ impl Frontend {
             leader: false,
             last_at_ms: 0,
             pending: FuturesUnordered::new(),
-            stopping,
         }
     }
 
@@ -211,7 +205,7 @@ impl Frontend {
             }
             DriverMsg::Closed {
                 session: connection,
-            } => self.on_closed(connection).await,
+            } => self.on_closed(connection),
             DriverMsg::Snapshot { reply } => {
                 let _ = reply.send(Arc::new(self.locks_snapshot()));
             }
@@ -278,7 +272,12 @@ impl Frontend {
             }
         };
         self.leases.heard(now, session);
-        debug!(session = session.0, id = request.id.0, op = request.command.op(), "propose");
+        debug!(
+            session = session.0,
+            id = request.id.0,
+            op = request.command.op(),
+            "propose"
+        );
         let id = request.id;
         self.propose(connection_id, Some(id), Op::Request { session, request })
             .await;
@@ -308,7 +307,10 @@ impl Frontend {
         lock_replica(&self.replica).routes.insert(session, route);
     }
 
-    async fn on_closed(&mut self, connection_id: SessionId) {
+    /// A connection ended. Its session lives on until its lease runs out, so that its client
+    /// can resume it, here or on the next leader: in a cluster a dropped connection may be a
+    /// failover, a network blip or a dead client, and only the lease tells them apart.
+    fn on_closed(&mut self, connection_id: SessionId) {
         let Some(connection) = self.connections.remove(&connection_id) else {
             return;
         };
@@ -320,10 +322,9 @@ impl Frontend {
         }
         self.owners.remove(&session);
         lock_replica(&self.replica).routes.remove(&session);
-        if self.leader && !self.stopping.is_cancelled() {
-            connection.span.in_scope(|| info!("session closed"));
-            self.propose(connection_id, None, Op::Close { session }).await;
-        }
+        connection
+            .span
+            .in_scope(|| info!("connection closed; the session lives until its lease runs out"));
     }
 
     /// The leader's periodic work: expire silent sessions and time out waits.
@@ -357,7 +358,9 @@ impl Frontend {
     fn next_at_ms(&mut self) -> u64 {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
         let applied = lock_replica(&self.replica).last_at_ms;
         self.last_at_ms = self.last_at_ms.max(applied).max(wall);
         self.last_at_ms
@@ -476,9 +479,11 @@ pub(crate) fn leader_node(metrics: &RaftMetrics<u64, LockdNode>) -> Option<Lockd
 
 fn not_leader(request: Option<RequestId>, leader: Option<LockdNode>) -> ServerFrame {
     let message = match &leader {
-        Some(node) => format!("this node is not the leader; the leader is at {}", node.client),
-        None => "this node is not the leader, and no leader is known yet; retry shortly"
-            .to_owned(),
+        Some(node) => format!(
+            "this node is not the leader; the leader is at {}",
+            node.client
+        ),
+        None => "this node is not the leader, and no leader is known yet; retry shortly".to_owned(),
     };
     let mut frame = ServerFrame::error(request, ErrorCode::NotLeader, message);
     if let ServerFrame::Err { error, .. } = &mut frame {

@@ -94,7 +94,11 @@ mod tests {
         keeper.heard(start + ms(90), S1);
         assert_eq!(keeper.take_expired(start + ms(150)), vec![]);
         assert_eq!(keeper.take_expired(start + ms(190)), vec![S1]);
-        assert_eq!(keeper.take_expired(start + ms(200)), vec![], "proposed once");
+        assert_eq!(
+            keeper.take_expired(start + ms(200)),
+            vec![],
+            "proposed once"
+        );
         assert_eq!(keeper.take_expired(start + ms(300)), vec![S2]);
     }
 
@@ -121,6 +125,10 @@ mod tests {
         assert_eq!(keeper.take_expired(start + ms(150)), vec![S2]);
         keeper.sync(start + ms(200), &[(S1, ms(1_000))]);
         keeper.heard(start + ms(200), S2);
-        assert_eq!(keeper.take_expired(start + ms(5_000)), vec![S1], "S2 is gone");
+        assert_eq!(
+            keeper.take_expired(start + ms(5_000)),
+            vec![S1],
+            "S2 is gone"
+        );
     }
 }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::retries::{Retries, RetriesImage, Retry, SAVED_REPLIES};
 use super::types::{Applied, LockdNode, Op, Proposal, TypeConfig};
 use crate::connection::Outbox;
 use crate::core::{Acquired, Effect, LockError, LockTable, TableConfig, TableImage};
@@ -66,6 +67,8 @@ pub(crate) struct Replica {
     pub(crate) membership: StoredMembership<u64, LockdNode>,
     /// Sessions connected to this node.
     pub(crate) routes: HashMap<SessionId, Route>,
+    /// Each session's last replies, for requests retried after a failover.
+    retries: Retries,
     server_name: String,
     metrics: Arc<Metrics>,
 }
@@ -75,6 +78,7 @@ pub(crate) struct Replica {
 struct SnapshotData {
     last_at_ms: u64,
     table: TableImage,
+    retries: RetriesImage,
 }
 
 impl Replica {
@@ -101,11 +105,6 @@ impl Replica {
                 self.execute(now, session, request);
                 Applied::Done
             }
-            Op::Close { session } => {
-                self.table.handle_session_closed(now, session);
-                self.routes.remove(&session);
-                Applied::Done
-            }
             Op::Expire { sessions } => {
                 for session in sessions {
                     self.table.handle_session_expired(now, session);
@@ -121,7 +120,18 @@ impl Replica {
         applied
     }
 
-    fn send(&self, session: SessionId, frame: ServerFrame) {
+    /// Delivers a frame if the session is connected here, and keeps final replies for
+    /// retries (on every node, so that any of them can answer a retry as leader).
+    fn send(&mut self, session: SessionId, frame: ServerFrame) {
+        let reply_to = match &frame {
+            ServerFrame::Ok { id, .. } | ServerFrame::Err { id: Some(id), .. } => Some(*id),
+            _ => None,
+        };
+        if let Some(id) = reply_to {
+            if self.table.has_session(session) {
+                self.retries.save(session, id, Arc::from(frame.to_json()));
+            }
+        }
         if let Some(route) = self.routes.get(&session) {
             route.outbox.send(frame);
         }
@@ -138,10 +148,43 @@ impl Replica {
             self.send(session, reply_frame(id, Err(error)));
             return;
         }
+        match self.retries.check(session, id) {
+            Retry::Saved(line) => {
+                self.send(session, ServerFrame::Saved(line));
+                return;
+            }
+            Retry::TooOld => {
+                let message = format!(
+                    "request {id} is a retry older than the last {SAVED_REPLIES} replies this \
+                     session keeps, so whether it was applied is unknown"
+                );
+                self.send(
+                    session,
+                    ServerFrame::error(Some(id), ErrorCode::BadRequest, message),
+                );
+                return;
+            }
+            Retry::New => {}
+        }
+        if let Command::Acquire(_) = &request.command {
+            // A retried acquire that still waits keeps its place; it is told so again.
+            if let Some(position) = self.table.waiting_position(session, id) {
+                if self.retries.is_retry(session, id) {
+                    self.send(session, ServerFrame::Queued { id, position });
+                    return;
+                }
+            }
+        }
+        self.retries.applied(session, id);
         let result = match request.command {
             Command::Hello(hello) => self
                 .table
                 .handle_hello(now, session, hello.client, hello.lease_ms)
+                .inspect(|_| {
+                    if hello.session.is_some() {
+                        self.retries.resumed(session);
+                    }
+                })
                 .map(|lease| {
                     ReplyBody::Hello(HelloOk {
                         session,
@@ -174,17 +217,23 @@ impl Replica {
                 .table
                 .handle_release(now, session, &release.resource, release.token)
                 .map(|()| ReplyBody::EMPTY),
-            Command::Read(read) => self
-                .table
-                .read(session, &read.resource, read.token)
-                .map(|value| {
-                    ReplyBody::Value(ReadOk {
-                        value: value.map(str::to_owned),
+            Command::Read(read) => {
+                self.table
+                    .read(session, &read.resource, read.token)
+                    .map(|value| {
+                        ReplyBody::Value(ReadOk {
+                            value: value.map(str::to_owned),
+                        })
                     })
-                }),
+            }
             Command::Write(write) => self
                 .table
-                .handle_write(session, &write.resource, write.token, Arc::from(write.value))
+                .handle_write(
+                    session,
+                    &write.resource,
+                    write.token,
+                    Arc::from(write.value),
+                )
                 .map(|_previous| ReplyBody::EMPTY),
             Command::Cancel(cancel) => self
                 .table
@@ -222,11 +271,18 @@ impl Replica {
                     request,
                     resource,
                     reason,
-                } => self.send(session, reply_frame(request, Err(reason.to_error(resource)))),
+                } => self.send(
+                    session,
+                    reply_frame(request, Err(reason.to_error(resource))),
+                ),
                 Effect::SessionExpired { session } => {
                     self.metrics.expirations.inc();
+                    self.retries.forget(session);
                     if let Some(route) = self.routes.remove(&session) {
-                        info!(session = session.0, "session expired: its connection is closed");
+                        info!(
+                            session = session.0,
+                            "session expired: its connection is closed"
+                        );
                         route.close.cancel();
                     }
                 }
@@ -238,6 +294,7 @@ impl Replica {
         SnapshotData {
             last_at_ms: self.last_at_ms,
             table: self.table.to_image(self.clock_origin),
+            retries: self.retries.to_image(),
         }
     }
 }
@@ -281,6 +338,7 @@ impl ReplicaStore {
             last_applied: None,
             membership: StoredMembership::default(),
             routes: HashMap::new(),
+            retries: Retries::default(),
             server_name: format!("lockd {}", env!("CARGO_PKG_VERSION")),
             metrics,
         };
@@ -325,6 +383,7 @@ fn restore(
     replica.table = LockTable::from_image(config.clone(), data.table, replica.clock_origin)
         .map_err(|err| err.to_string())?;
     replica.last_at_ms = data.last_at_ms;
+    replica.retries = Retries::from_image(data.retries);
     replica.last_applied = meta.last_log_id;
     replica.membership = meta.last_membership.clone();
     Ok(())

@@ -17,6 +17,7 @@ pub(crate) mod machine;
 pub mod network;
 pub mod node;
 pub mod peer_server;
+pub(crate) mod retries;
 pub mod types;
 pub mod wire;
 

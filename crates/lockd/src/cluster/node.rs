@@ -65,7 +65,11 @@ impl std::fmt::Debug for ClusterNode {
 /// `1=10.0.0.1:5555/10.0.0.1:5556,2=...`.
 pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, LockdNode>, String> {
     let mut peers = BTreeMap::new();
-    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
         let shape = || format!("--peers item {item:?} is not ID=CLIENT_ADDR/PEER_ADDR");
         let (id, addrs) = item.split_once('=').ok_or_else(shape)?;
         let (client, peer) = addrs.split_once('/').ok_or_else(shape)?;

@@ -69,11 +69,6 @@ pub enum Op {
         #[serde(with = "request_as_json")]
         request: Request,
     },
-    /// The session's connection to the leader closed: its locks go now.
-    Close {
-        /// The session.
-        session: SessionId,
-    },
     /// The leader heard nothing from these sessions for their whole lease.
     Expire {
         /// The sessions, in id order.

@@ -156,7 +156,10 @@ impl LockTable {
             let mut queue = LockQueue::default();
             for holder in queue_image.holders {
                 let session = sessions.get_mut(&holder.session).ok_or_else(|| {
-                    ImageError(format!("{resource} is held by unknown session {}", holder.session))
+                    ImageError(format!(
+                        "{resource} is held by unknown session {}",
+                        holder.session
+                    ))
                 })?;
                 session.resources.insert(
                     resource.clone(),
@@ -176,7 +179,10 @@ impl LockTable {
             }
             for waiter in queue_image.waiters {
                 let session = sessions.get_mut(&waiter.session).ok_or_else(|| {
-                    ImageError(format!("{resource} is awaited by unknown session {}", waiter.session))
+                    ImageError(format!(
+                        "{resource} is awaited by unknown session {}",
+                        waiter.session
+                    ))
                 })?;
                 let ticket = Ticket(waiter.ticket);
                 session.resources.insert(

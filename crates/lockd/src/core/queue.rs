@@ -98,7 +98,16 @@ impl LockQueue {
 
     /// Waiters with their tickets, in arrival order.
     pub(crate) fn queued(&self) -> impl Iterator<Item = (Ticket, &Waiter)> {
-        self.waiters.iter().map(|(ticket, waiter)| (*ticket, waiter))
+        self.waiters
+            .iter()
+            .map(|(ticket, waiter)| (*ticket, waiter))
+    }
+
+    /// The place in line of the waiter with `ticket` (1 = next), if it waits here.
+    pub(crate) fn position(&self, ticket: Ticket) -> Option<u64> {
+        self.waiters
+            .contains_key(&ticket)
+            .then(|| self.waiters.range(..=ticket).count() as u64)
     }
 
     /// Whether a holder has this token.

@@ -52,7 +52,11 @@ fn an_image_rebuilds_a_table_that_behaves_the_same() {
         table: LockTable::from_image(TableConfig::default(), back, origin).unwrap(),
         now: original.now,
     };
-    assert_eq!(copy.table.to_image(origin), image, "the copy's image is the same");
+    assert_eq!(
+        copy.table.to_image(origin),
+        image,
+        "the copy's image is the same"
+    );
 
     // The same inputs now give the same outputs on both, including the waiter's timeout,
     // the grants in order and the next token.
@@ -61,10 +65,7 @@ fn an_image_rebuilds_a_table_that_behaves_the_same() {
         h.release(a, "f", 1).unwrap();
         assert_eq!(
             h.effects(),
-            vec![
-                granted(b, 1, "f", 4, S),
-                granted(c, 4, "f", 5, S),
-            ]
+            vec![granted(b, 1, "f", 4, S), granted(c, 4, "f", 5, S),]
         );
         assert_eq!(h.waiters("f"), vec![d]);
         assert_eq!(
@@ -122,7 +123,11 @@ fn a_replicated_table_expires_sessions_only_when_told() {
     );
     assert!(!h.table.has_session(a));
     h.table.handle_session_expired(h.now, a);
-    assert_eq!(h.effects(), vec![], "a second expiry of the same session does nothing");
+    assert_eq!(
+        h.effects(),
+        vec![],
+        "a second expiry of the same session does nothing"
+    );
 }
 
 #[test]
@@ -137,4 +142,27 @@ fn tokens_follow_the_floor_and_never_go_back() {
     assert_eq!(h.effects(), vec![granted(b, 1, "f", 6 << 20, X)]);
     h.table.raise_token_floor(3);
     assert_eq!(h.acquire(a, 2, "g", X), granted_now((6 << 20) + 1));
+}
+
+#[test]
+fn a_waiter_can_be_found_by_its_request_id() {
+    let mut h = Harness::new(replicated());
+    let [a, b, c] = [h.session(), h.session(), h.session()];
+    assert_eq!(h.acquire(a, 1, "f", X), granted_now(1));
+    assert_eq!(h.acquire(b, 7, "f", X), queued(1));
+    assert_eq!(h.acquire(c, 9, "f", S), queued(2));
+    assert_eq!(h.table.waiting_position(c, protocol::RequestId(9)), Some(2));
+    assert_eq!(h.table.waiting_position(c, protocol::RequestId(7)), None);
+    assert_eq!(
+        h.table.waiting_position(a, protocol::RequestId(1)),
+        None,
+        "a holds"
+    );
+    h.release(a, "f", 1).unwrap();
+    assert_eq!(h.table.waiting_position(c, protocol::RequestId(9)), Some(1));
+    assert_eq!(
+        h.table.waiting_position(b, protocol::RequestId(7)),
+        None,
+        "b holds now"
+    );
 }

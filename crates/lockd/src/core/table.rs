@@ -533,6 +533,16 @@ impl LockTable {
         Ok(())
     }
 
+    /// Where the session's acquire `request` waits in line (1 = next), if it still waits.
+    pub fn waiting_position(&self, session_id: SessionId, request: RequestId) -> Option<u64> {
+        let session = self.sessions.get(&session_id)?;
+        let resource = session.waits.get(&request)?;
+        let Some(Involvement::Waiting { ticket, .. }) = session.resources.get(resource) else {
+            return None;
+        };
+        self.queues.get(resource)?.position(*ticket)
+    }
+
     /// `validate`: whether a current holder of `resource` holds it with `token`.
     pub fn validate(&self, resource: &ResourceName, token: FenceToken) -> bool {
         self.queues

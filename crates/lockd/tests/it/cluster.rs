@@ -126,7 +126,11 @@ impl Cluster {
     }
 
     async fn connect(&self, index: usize) -> Conn {
-        self.nodes[index].as_ref().expect("the node runs").connect().await
+        self.nodes[index]
+            .as_ref()
+            .expect("the node runs")
+            .connect()
+            .await
     }
 }
 
@@ -144,7 +148,9 @@ async fn followers_name_the_leader_and_the_leader_serves() {
     let leader = cluster.leader(None).await;
     let follower = (leader + 1) % 3;
     let mut conn = cluster.connect(follower).await;
-    let reply = conn.call(json!({"id": 7, "op": "acquire", "resource": "r"})).await;
+    let reply = conn
+        .call(json!({"id": 7, "op": "acquire", "resource": "r"}))
+        .await;
     assert_eq!(error_code(&reply), "not_leader", "{reply}");
     assert_eq!(reply["id"], 7);
     assert_eq!(
@@ -166,7 +172,10 @@ async fn followers_name_the_leader_and_the_leader_serves() {
         .await;
     assert_eq!(reply["value"], "v", "{reply}");
     let reply = conn.call(json!({"id": 4, "op": "status"})).await;
-    assert_eq!(reply["resources"][0]["holders"][0]["token"], token, "{reply}");
+    assert_eq!(
+        reply["resources"][0]["holders"][0]["token"], token,
+        "{reply}"
+    );
 }
 
 /// The heart of failover: a holder and a queued waiter both resume their sessions on the new
@@ -181,8 +190,10 @@ async fn holders_and_waiters_keep_their_places_when_the_leader_dies() {
     let holder_session = hello(&mut holder, None).await["session"].as_u64().unwrap();
     let token = holder.lock(1, "jobs/nightly", "exclusive").await;
     let reply = holder
-        .call(json!({"id": 2, "op": "write", "resource": "jobs/nightly", "token": token,
-                     "value": "before"}))
+        .call(
+            json!({"id": 2, "op": "write", "resource": "jobs/nightly", "token": token,
+                     "value": "before"}),
+        )
         .await;
     assert_eq!(reply["ok"], true, "{reply}");
 
@@ -203,7 +214,10 @@ async fn holders_and_waiters_keep_their_places_when_the_leader_dies() {
     let reply = holder
         .call(json!({"id": 3, "op": "read", "resource": "jobs/nightly", "token": token}))
         .await;
-    assert_eq!(reply["value"], "before", "the lock and the value survived: {reply}");
+    assert_eq!(
+        reply["value"], "before",
+        "the lock and the value survived: {reply}"
+    );
 
     let mut waiter = cluster.connect(new_leader).await;
     let reply = hello(&mut waiter, Some(waiter_session)).await;
@@ -238,13 +252,17 @@ async fn a_whole_cluster_restarts_from_its_logs_and_snapshots() {
         assert!(token > last_token);
         last_token = token;
         let reply = conn
-            .call(json!({"id": round * 10 + 2, "op": "write", "resource": "counter",
-                         "token": token, "value": round.to_string()}))
+            .call(
+                json!({"id": round * 10 + 2, "op": "write", "resource": "counter",
+                         "token": token, "value": round.to_string()}),
+            )
             .await;
         assert_eq!(reply["ok"], true, "{reply}");
         let reply = conn
-            .call(json!({"id": round * 10 + 3, "op": "release", "resource": "counter",
-                         "token": token}))
+            .call(
+                json!({"id": round * 10 + 3, "op": "release", "resource": "counter",
+                         "token": token}),
+            )
             .await;
         assert_eq!(reply["ok"], true, "{reply}");
     }
@@ -263,4 +281,92 @@ async fn a_whole_cluster_restarts_from_its_logs_and_snapshots() {
         .call(json!({"id": 2, "op": "read", "resource": "counter", "token": token}))
         .await;
     assert_eq!(reply["value"], "29", "{reply}");
+}
+
+/// A client that resumes its session re-sends what it had in flight with the same ids: what
+/// was applied is answered again from the saved reply, never applied twice; a waiting acquire
+/// is told its place again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_requests_after_a_resume_are_applied_once() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader(None).await;
+    let mut first = cluster.connect(leader).await;
+    let session = hello(&mut first, None).await["session"].as_u64().unwrap();
+    let token = first.lock(1, "a", "exclusive").await;
+    let released = first
+        .call(json!({"id": 2, "op": "release", "resource": "a", "token": token}))
+        .await;
+    assert_eq!(released["ok"], true, "{released}");
+
+    // Someone else takes `a`; our session queues for `b` behind them.
+    let mut other = cluster.connect(leader).await;
+    hello(&mut other, None).await;
+    let other_token = other.lock(1, "a", "exclusive").await;
+    other.lock(2, "b", "exclusive").await;
+    let queued = first
+        .call(json!({"id": 3, "op": "acquire", "resource": "b"}))
+        .await;
+    assert_eq!(queued["event"], "queued", "{queued}");
+
+    // The client lost its connection and resumes on a new one (ids count on: hello is 101).
+    drop(first);
+    let mut resumed = cluster.connect(leader).await;
+    let reply = resumed
+        .call(json!({"id": 101, "op": "hello", "session": session}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let retried = resumed
+        .call(json!({"id": 1, "op": "acquire", "resource": "a"}))
+        .await;
+    assert_eq!(
+        retried["token"], token,
+        "the saved grant, not a new acquire: {retried}"
+    );
+    let retried = resumed
+        .call(json!({"id": 2, "op": "release", "resource": "a", "token": token}))
+        .await;
+    assert_eq!(retried, released, "the saved reply");
+    let reply = resumed
+        .call(json!({"id": 102, "op": "validate", "resource": "a", "token": other_token}))
+        .await;
+    assert_eq!(
+        reply["valid"], true,
+        "the retry freed nobody else's lock: {reply}"
+    );
+    let retried = resumed
+        .call(json!({"id": 3, "op": "acquire", "resource": "b"}))
+        .await;
+    assert_eq!(retried, json!({"id": 3, "event": "queued", "position": 1}));
+    // A new request above the floor is applied as usual.
+    let reply = resumed
+        .call(json!({"id": 103, "op": "acquire", "resource": "c"}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+}
+
+/// A client that goes away without coming back loses its locks when its lease runs out: the
+/// leader writes the expiry into the log, and the next waiter is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_session_expires_and_its_waiter_is_granted() {
+    let cluster = Cluster::start(3, &["--min-lease-ms", "100"]);
+    let leader = cluster.leader(None).await;
+    let mut gone = cluster.connect(leader).await;
+    let reply = gone
+        .call(json!({"id": 1, "op": "hello", "lease_ms": 300}))
+        .await;
+    assert_eq!(reply["lease_ms"], 300, "{reply}");
+    let token = gone.lock(2, "r", "exclusive").await;
+    drop(gone);
+
+    let mut waiter = cluster.connect(leader).await;
+    hello(&mut waiter, None).await;
+    let started = Instant::now();
+    let reply = waiter
+        .call(json!({"id": 1, "op": "acquire", "resource": "r"}))
+        .await;
+    assert_eq!(reply["event"], "queued", "{reply}");
+    let granted = waiter.recv().await;
+    assert_eq!(granted["ok"], true, "{granted}");
+    assert!(granted["token"].as_u64().unwrap() > token);
+    assert!(started.elapsed() < PATIENCE);
 }
