@@ -1,150 +1,16 @@
-//! Cluster mode: three real lockd processes on 127.0.0.x addresses, with leaders killed on
-//! purpose.
+//! Failover: what a client sees when the leader dies, a session is resumed or abandoned, and
+//! the whole cluster restarts.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::support::{error_code, Conn, Lockd, PATIENCE};
-
-/// One node's addresses and data directory, kept across restarts.
-struct NodeSpec {
-    id: u64,
-    client: SocketAddr,
-    peer: SocketAddr,
-    data_dir: PathBuf,
-}
-
-/// A cluster of real lockd processes; `nodes[i]` is `None` while node i+1 is down.
-struct Cluster {
-    specs: Vec<NodeSpec>,
-    nodes: Vec<Option<Lockd>>,
-    peers: String,
-    _dirs: tempfile::TempDir,
-}
-
-/// A free port on `ip`, found by binding port 0 and letting it go.
-fn free_addr(ip: &str) -> SocketAddr {
-    TcpListener::bind((ip, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-}
-
-impl Cluster {
-    /// Starts `size` nodes, node 1 with --bootstrap, each on its own loopback address.
-    fn start(size: u64, extra: &[&str]) -> Cluster {
-        let dirs = tempfile::tempdir().expect("a temp dir");
-        let specs: Vec<NodeSpec> = (1..=size)
-            .map(|id| {
-                let ip = format!("127.0.0.{}", 10 + id);
-                NodeSpec {
-                    id,
-                    client: free_addr(&ip),
-                    peer: free_addr(&ip),
-                    data_dir: dirs.path().join(format!("node{id}")),
-                }
-            })
-            .collect();
-        let peers = specs
-            .iter()
-            .map(|spec| format!("{}={}/{}", spec.id, spec.client, spec.peer))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cluster = Cluster {
-            specs,
-            nodes: Vec::new(),
-            peers,
-            _dirs: dirs,
-        };
-        for index in 0..cluster.specs.len() {
-            let node = cluster.spawn(index, extra);
-            cluster.nodes.push(Some(node));
-        }
-        cluster
-    }
-
-    fn spawn(&self, index: usize, extra: &[&str]) -> Lockd {
-        let spec = &self.specs[index];
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lockd"));
-        command
-            .arg("--listen")
-            .arg(spec.client.to_string())
-            .arg("--data-dir")
-            .arg(&spec.data_dir)
-            .args(["--node-id", &spec.id.to_string()])
-            .arg("--peer-listen")
-            .arg(spec.peer.to_string())
-            .args(["--peers", &self.peers])
-            .args(["--election-timeout-ms", "300", "--heartbeat-ms", "50"])
-            .args(["--log-level", "warn"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit());
-        if spec.id == 1 {
-            command.arg("--bootstrap");
-        }
-        Lockd::spawn(&mut command, &spec.data_dir)
-    }
-
-    fn restart(&mut self, index: usize, extra: &[&str]) {
-        assert!(self.nodes[index].is_none(), "node {} is running", index + 1);
-        let node = self.spawn(index, extra);
-        self.nodes[index] = Some(node);
-    }
-
-    fn kill(&mut self, index: usize) {
-        let mut node = self.nodes[index].take().expect("the node runs");
-        node.signal_and_wait("KILL");
-    }
-
-    /// Waits until a running node answers as leader, other than `not`; returns its index.
-    async fn leader(&self, not: Option<usize>) -> usize {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            for (index, node) in self.nodes.iter().enumerate() {
-                let Some(node) = node else { continue };
-                if Some(index) == not {
-                    continue;
-                }
-                let Ok(stream) = tokio::net::TcpStream::connect(node.addr).await else {
-                    continue;
-                };
-                let mut conn = Conn::from_stream(stream);
-                conn.send(json!({"id": 1, "op": "ping"})).await;
-                if let Ok(Some(reply)) = conn.try_recv(Duration::from_secs(2)).await {
-                    if reply["ok"] == true {
-                        return index;
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader was elected in time");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn connect(&self, index: usize) -> Conn {
-        self.nodes[index]
-            .as_ref()
-            .expect("the node runs")
-            .connect()
-            .await
-    }
-}
-
-async fn hello(conn: &mut Conn, session: Option<u64>) -> Value {
-    let mut frame = json!({"id": 100, "op": "hello", "lease_ms": 5_000});
-    if let Some(session) = session {
-        frame["session"] = json!(session);
-    }
-    conn.call(frame).await
-}
+use super::{hello, Cluster};
+use crate::support::{error_code, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_name_the_leader_and_the_leader_serves() {
-    let cluster = Cluster::start(3, &[]);
+    let cluster = Cluster::start(3, &[]).await;
     let leader = cluster.leader(None).await;
     let follower = (leader + 1) % 3;
     let mut conn = cluster.connect(follower).await;
@@ -183,7 +49,7 @@ async fn followers_name_the_leader_and_the_leader_serves() {
 /// granted on its new connection under its original request id, with a larger token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holders_and_waiters_keep_their_places_when_the_leader_dies() {
-    let mut cluster = Cluster::start(3, &[]);
+    let mut cluster = Cluster::start(3, &[]).await;
     let leader = cluster.leader(None).await;
 
     let mut holder = cluster.connect(leader).await;
@@ -243,7 +109,7 @@ async fn holders_and_waiters_keep_their_places_when_the_leader_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_cluster_restarts_from_its_logs_and_snapshots() {
     let flags = ["--snapshot-every", "10"];
-    let mut cluster = Cluster::start(3, &flags);
+    let mut cluster = Cluster::start(3, &flags).await;
     let leader = cluster.leader(None).await;
     let mut conn = cluster.connect(leader).await;
     let mut last_token = 0;
@@ -288,7 +154,7 @@ async fn a_whole_cluster_restarts_from_its_logs_and_snapshots() {
 /// is told its place again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_requests_after_a_resume_are_applied_once() {
-    let cluster = Cluster::start(3, &[]);
+    let cluster = Cluster::start(3, &[]).await;
     let leader = cluster.leader(None).await;
     let mut first = cluster.connect(leader).await;
     let session = hello(&mut first, None).await["session"].as_u64().unwrap();
@@ -348,7 +214,7 @@ async fn retried_requests_after_a_resume_are_applied_once() {
 /// leader writes the expiry into the log, and the next waiter is granted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_session_expires_and_its_waiter_is_granted() {
-    let cluster = Cluster::start(3, &["--min-lease-ms", "100"]);
+    let cluster = Cluster::start(3, &["--min-lease-ms", "100"]).await;
     let leader = cluster.leader(None).await;
     let mut gone = cluster.connect(leader).await;
     let reply = gone

@@ -1,0 +1,180 @@
+//! Cluster mode: real lockd processes on 127.0.0.x addresses, each node's peer port behind a
+//! [`FaultProxy`] so that tests can cut links, with leaders killed and nodes paused on purpose.
+
+mod chaos;
+mod failover;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::fault_proxy::{FaultProxy, Mode};
+use crate::support::{Conn, Lockd, PATIENCE};
+
+/// One node's addresses and data directory, kept across restarts.
+pub(super) struct NodeSpec {
+    id: u64,
+    pub(super) client: SocketAddr,
+    peer: SocketAddr,
+    data_dir: PathBuf,
+}
+
+/// A cluster of real lockd processes; `nodes[i]` is `None` while node i+1 is down.
+pub(super) struct Cluster {
+    pub(super) specs: Vec<NodeSpec>,
+    nodes: Vec<Option<Lockd>>,
+    /// In front of each node's peer port: every Raft message *to* node i+1 crosses
+    /// `proxies[i]`.
+    proxies: Vec<FaultProxy>,
+    peers: String,
+    _dirs: tempfile::TempDir,
+}
+
+/// A free port on `ip`, found by binding port 0 and letting it go.
+fn free_addr(ip: &str) -> SocketAddr {
+    TcpListener::bind((ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+impl Cluster {
+    /// Starts `size` nodes, node 1 with --bootstrap, each on its own loopback address.
+    pub(super) async fn start(size: u64, extra: &[&str]) -> Cluster {
+        let dirs = tempfile::tempdir().expect("a temp dir");
+        let specs: Vec<NodeSpec> = (1..=size)
+            .map(|id| {
+                let ip = format!("127.0.0.{}", 10 + id);
+                NodeSpec {
+                    id,
+                    client: free_addr(&ip),
+                    peer: free_addr(&ip),
+                    data_dir: dirs.path().join(format!("node{id}")),
+                }
+            })
+            .collect();
+        let mut proxies = Vec::new();
+        for spec in &specs {
+            proxies.push(FaultProxy::start(spec.peer).await);
+        }
+        let peers = specs
+            .iter()
+            .zip(&proxies)
+            .map(|(spec, proxy)| format!("{}={}/{}", spec.id, spec.client, proxy.addr()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            specs,
+            nodes: Vec::new(),
+            proxies,
+            peers,
+            _dirs: dirs,
+        };
+        for index in 0..cluster.specs.len() {
+            let node = cluster.spawn(index, extra);
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    fn spawn(&self, index: usize, extra: &[&str]) -> Lockd {
+        let spec = &self.specs[index];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lockd"));
+        command
+            .arg("--listen")
+            .arg(spec.client.to_string())
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .args(["--node-id", &spec.id.to_string()])
+            .arg("--peer-listen")
+            .arg(spec.peer.to_string())
+            .args(["--peers", &self.peers])
+            .args(["--election-timeout-ms", "300", "--heartbeat-ms", "50"])
+            .args(["--log-level", "warn"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit());
+        if spec.id == 1 {
+            command.arg("--bootstrap");
+        }
+        Lockd::spawn(&mut command, &spec.data_dir)
+    }
+
+    pub(super) fn restart(&mut self, index: usize, extra: &[&str]) {
+        assert!(self.nodes[index].is_none(), "node {} is running", index + 1);
+        let node = self.spawn(index, extra);
+        self.nodes[index] = Some(node);
+    }
+
+    pub(super) fn kill(&mut self, index: usize) {
+        let mut node = self.nodes[index].take().expect("the node runs");
+        node.signal_and_wait("KILL");
+    }
+
+    /// Waits until a running node answers as leader, other than `not`; returns its index.
+    pub(super) async fn leader(&self, not: Option<usize>) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            for (index, node) in self.nodes.iter().enumerate() {
+                let Some(node) = node else { continue };
+                if Some(index) == not {
+                    continue;
+                }
+                let Ok(stream) = tokio::net::TcpStream::connect(node.addr).await else {
+                    continue;
+                };
+                let mut conn = Conn::from_stream(stream);
+                conn.send(json!({"id": 1, "op": "ping"})).await;
+                if let Ok(Some(reply)) = conn.try_recv(Duration::from_secs(2)).await {
+                    if reply["ok"] == true {
+                        return index;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader was elected in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a signal (STOP, CONT, ...) to a running node.
+    pub(super) fn signal(&self, index: usize, signal: &str) {
+        let node = self.nodes[index].as_ref().expect("the node runs");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &node.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Cuts (or restores) every link into node `index`.
+    pub(super) fn set_inbound(&self, index: usize, mode: Mode) {
+        self.proxies[index].set_mode(mode);
+    }
+
+    pub(super) fn is_running(&self, index: usize) -> bool {
+        self.nodes[index].is_some()
+    }
+
+    /// Every node's client address, in node order.
+    pub(super) fn client_addrs(&self) -> Vec<SocketAddr> {
+        self.specs.iter().map(|spec| spec.client).collect()
+    }
+
+    pub(super) async fn connect(&self, index: usize) -> Conn {
+        self.nodes[index]
+            .as_ref()
+            .expect("the node runs")
+            .connect()
+            .await
+    }
+}
+
+pub(super) async fn hello(conn: &mut Conn, session: Option<u64>) -> Value {
+    let mut frame = json!({"id": 100, "op": "hello", "lease_ms": 5_000});
+    if let Some(session) = session {
+        frame["session"] = json!(session);
+    }
+    conn.call(frame).await
+}
