@@ -104,10 +104,37 @@ pub enum Subcommands {
     /// Run a command while holding a lock, like flock(1) across machines.
     #[command(after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
+    /// Look at a cluster and change its members.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `lockctl cluster ...`: give every node with --server a,b,c.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterAction {
+    /// Each node's view: its role, the term, the leader, and the members.
+    Status,
+    /// Add a node (started with --node-id and without --bootstrap): first as a learner that
+    /// catches up with the log, then as a voter.
+    AddNode {
+        /// Its --node-id.
+        node_id: u64,
+        /// Its client address (--listen).
+        client: String,
+        /// Its peer address (--peer-listen).
+        peer: String,
+    },
+    /// Take a node out of the cluster.
+    RemoveNode {
+        /// Its --node-id.
+        node_id: u64,
     },
 }
 

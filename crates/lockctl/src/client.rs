@@ -190,6 +190,12 @@ pub struct ClientBuilder {
 }
 
 impl ClientBuilder {
+    /// The addresses, TLS options and secret, for connections that do not say `hello` as a
+    /// session (cluster status).
+    pub(crate) fn target(&self) -> (&str, Option<&TlsOptions>, Option<&str>) {
+        (&self.addr, self.tls.as_ref(), self.auth.as_deref())
+    }
+
     /// A name for the server's logs and `status`, e.g. `backup@host1`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -353,7 +359,10 @@ impl Client {
     }
 
     /// Connects without `hello` and without keepalive.
-    async fn connect_raw(addr: &str, tls: Option<&TlsOptions>) -> Result<Client, ClientError> {
+    pub(crate) async fn connect_raw(
+        addr: &str,
+        tls: Option<&TlsOptions>,
+    ) -> Result<Client, ClientError> {
         let target = addr.strip_prefix("tcp://").unwrap_or(addr);
         let connect_error = |reason: String| ClientError::Connect {
             addr: target.to_owned(),
@@ -565,12 +574,15 @@ impl Client {
         }))
     }
 
-    async fn call<T: DeserializeOwned>(&self, command: Command) -> Result<T, ClientError> {
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        command: Command,
+    ) -> Result<T, ClientError> {
         let (_, reply) = self.send(command, None)?;
         typed(reply.await)
     }
 
-    async fn call_empty(&self, command: Command) -> Result<(), ClientError> {
+    pub(crate) async fn call_empty(&self, command: Command) -> Result<(), ClientError> {
         let (_, reply) = self.send(command, None)?;
         match reply.await {
             Ok(Ok(_)) => Ok(()),

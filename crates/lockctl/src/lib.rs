@@ -20,6 +20,7 @@
 
 pub mod cli;
 mod client;
+mod cluster;
 mod lock;
 mod tls;
 
@@ -27,6 +28,6 @@ pub use client::{
     AcquireCall, AcquireProgress, Client, ClientBuilder, ClientError, Keepalive, DEFAULT_ADDR,
 };
 pub use lock::{LockGuard, LockRequest};
-pub use protocol::cmd::{AcquireOk, HelloOk, ResourceStatus};
+pub use protocol::cmd::{AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, ResourceStatus};
 pub use protocol::{ErrorBody, ErrorCode, FenceToken, LockMode, ResourceName, SessionId};
 pub use tls::TlsOptions;

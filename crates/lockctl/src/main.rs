@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser};
 use lockctl::cli::{Cli, LockPlan, Operation, Subcommands};
 use lockctl::{AcquireProgress, Client, ClientError, ErrorCode, LockMode, ResourceStatus};
 
+mod cluster_cli;
 mod run;
 
 /// Exit code when `--timeout` ran out before the lock was granted.
@@ -39,6 +40,9 @@ async fn run(cli: Cli) -> ExitCode {
             return status(&server, resource.as_deref()).await
         }
         (Some(Subcommands::Run(args)), _) => return run::run(&server, cli.timeout, args).await,
+        (Some(Subcommands::Cluster { action }), _) => {
+            return cluster_cli::run(&server, action).await
+        }
         (Some(Subcommands::Completions { shell }), _) => {
             clap_complete::generate(
                 shell,
@@ -253,7 +257,12 @@ fn status_table(resources: &[ResourceStatus]) -> String {
     if rows.len() == 1 {
         return "No locks are held or waited for.\n".to_owned();
     }
-    let widths: Vec<usize> = (0..6)
+    aligned(&rows)
+}
+
+/// Rows as columns padded to their widest cell, two spaces apart.
+pub(crate) fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
         .map(|col| {
             rows.iter()
                 .map(|row| row[col].chars().count())
@@ -262,7 +271,7 @@ fn status_table(resources: &[ResourceStatus]) -> String {
         })
         .collect();
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let cells: Vec<String> = row
             .iter()
             .zip(&widths)
@@ -278,9 +287,8 @@ fn seconds(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
 }
 
-/// Connects, says hello with this process's name, and keeps the session alive with pings at a
-/// third of the lease until exit.
-pub(crate) async fn connect(server: &Server) -> Result<Client, ExitCode> {
+/// A client builder for the server's address(es), secret and TLS options.
+pub(crate) fn builder(server: &Server) -> lockctl::ClientBuilder {
     let mut builder = Client::builder(&server.addr).name(client_name());
     if let Some(secret) = &server.auth {
         builder = builder.auth(secret.clone());
@@ -288,7 +296,13 @@ pub(crate) async fn connect(server: &Server) -> Result<Client, ExitCode> {
     if let Some(tls) = &server.tls {
         builder = builder.tls(tls.clone());
     }
-    builder.connect().await.map_err(|err| {
+    builder
+}
+
+/// Connects, says hello with this process's name, and keeps the session alive with pings at a
+/// third of the lease until exit.
+pub(crate) async fn connect(server: &Server) -> Result<Client, ExitCode> {
+    builder(server).connect().await.map_err(|err| {
         if err.code() == Some(ErrorCode::Unauthorized) {
             return fail(&format!(
                 "lockd at {} refused the connection: {err}. Give its secret with \

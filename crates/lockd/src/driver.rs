@@ -573,6 +573,9 @@ impl Driver {
             Command::Status(status) => Ok(ReplyBody::Status(StatusOk {
                 resources: self.table.status(now, status.resource.as_ref()),
             })),
+            Command::ClusterStatus | Command::AddNode(_) | Command::RemoveNode(_) => {
+                Err(LockError::NotACluster)
+            }
         };
         self.send(session, reply_frame(id, result));
     }

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk, ValidateOk};
+use crate::cmd::{AcquireOk, ClusterStatusOk, HelloOk, ReadOk, StatusOk, ValidateOk};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::ids::RequestId;
 
@@ -26,6 +26,8 @@ pub enum ReplyBody {
     Status(StatusOk),
     /// `validate`.
     Validated(ValidateOk),
+    /// `cluster_status`.
+    Cluster(ClusterStatusOk),
 }
 
 impl ReplyBody {

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use openraft::error::ClientWriteError;
 use openraft::{Raft, RaftMetrics, ServerState};
-use protocol::{Command, ErrorCode, Request, RequestId, ServerFrame, SessionId};
+use protocol::{Command, ErrorCode, ReplyBody, Request, RequestId, ServerFrame, SessionId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,7 @@ use tracing::{debug, info, warn, Span};
 
 use super::leases::LeaseKeeper;
 use super::machine::{lock_replica, Replica, Route};
+use super::membership;
 use super::types::{Applied, LockdNode, Op, Proposal, TypeConfig};
 use crate::connection::Outbox;
 use crate::driver::DriverMsg;
@@ -228,10 +229,36 @@ impl Frontend {
         let Some(connection) = self.connections.get_mut(&connection_id) else {
             return;
         };
+        if let Command::ClusterStatus = request.command {
+            // Any node answers for itself, so that an operator can ask a follower too.
+            let status = membership::status(&self.raft.metrics().borrow());
+            connection.outbox.send(ServerFrame::Ok {
+                id: request.id,
+                body: ReplyBody::Cluster(status),
+            });
+            return;
+        }
         if !self.leader {
             let leader = leader_node(&self.raft.metrics().borrow());
             connection.outbox.send(not_leader(Some(request.id), leader));
             return;
+        }
+        match request.command {
+            Command::AddNode(add) => {
+                membership::spawn_add(
+                    self.raft.clone(),
+                    connection.outbox.clone(),
+                    request.id,
+                    add,
+                );
+                return;
+            }
+            Command::RemoveNode(remove) => {
+                let outbox = connection.outbox.clone();
+                membership::spawn_remove(self.raft.clone(), outbox, request.id, remove);
+                return;
+            }
+            _ => {}
         }
         let now = Instant::now().into_std();
         if let Command::Hello(hello) = &mut request.command {
@@ -477,7 +504,8 @@ pub(crate) fn leader_node(metrics: &RaftMetrics<u64, LockdNode>) -> Option<Lockd
         .cloned()
 }
 
-fn not_leader(request: Option<RequestId>, leader: Option<LockdNode>) -> ServerFrame {
+/// The `not_leader` error, naming the leader's client address when known.
+pub(crate) fn not_leader(request: Option<RequestId>, leader: Option<LockdNode>) -> ServerFrame {
     let message = match &leader {
         Some(node) => format!(
             "this node is not the leader; the leader is at {}",

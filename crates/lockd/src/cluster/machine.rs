@@ -246,6 +246,10 @@ impl Replica {
             Command::Status(status) => Ok(ReplyBody::Status(StatusOk {
                 resources: self.table.status(now, status.resource.as_ref()),
             })),
+            // The front end answers these itself; they are never in the log.
+            Command::ClusterStatus | Command::AddNode(_) | Command::RemoveNode(_) => {
+                Err(LockError::NotACluster)
+            }
         };
         self.send(session, reply_frame(id, result));
     }

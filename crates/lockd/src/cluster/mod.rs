@@ -14,6 +14,7 @@ pub(crate) mod frontend;
 pub(crate) mod leases;
 pub mod log_store;
 pub(crate) mod machine;
+pub(crate) mod membership;
 pub mod network;
 pub mod node;
 pub mod peer_server;

@@ -107,6 +107,10 @@ pub enum LockError {
     /// `hello` asked to resume a session that does not exist; the text says why.
     #[error("no such session: {0}")]
     NoSession(String),
+    /// A cluster command (`cluster_status`, `add_node`, `remove_node`) sent to a server that is
+    /// not in cluster mode.
+    #[error("this lockd is a single server; cluster commands need cluster mode (--node-id)")]
+    NotACluster,
     /// The session is gone (closed or expired) while a request of it was still in flight.
     #[error("the session has ended")]
     SessionGone,
@@ -126,6 +130,7 @@ impl LockError {
             LockError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             LockError::NoSuchWaiter(_) | LockError::DuplicateRequestId(_) => ErrorCode::BadRequest,
             LockError::NoSession(_) => ErrorCode::NoSession,
+            LockError::NotACluster => ErrorCode::BadRequest,
             LockError::SessionGone => ErrorCode::Internal,
         }
     }

@@ -4,6 +4,7 @@
 //! ignored (so newer clients can talk to older servers), `null` counts as absent, and every
 //! problem becomes a [`RequestError`] with the code and the request id when it could be read.
 
+mod cluster;
 mod lock;
 mod session;
 mod value;
@@ -12,6 +13,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::cluster::{AddNode, ClusterMember, ClusterStatusOk, RemoveNode};
 pub use self::lock::{
     Acquire, AcquireOk, Cancel, HolderStatus, Release, ResourceStatus, Status, StatusOk, Validate,
     ValidateOk, WaiterStatus,
@@ -54,6 +56,12 @@ pub enum Command {
     Ping,
     /// List holders and waiters.
     Status(Status),
+    /// Describe the cluster (cluster mode).
+    ClusterStatus,
+    /// Add a member (cluster mode, leader).
+    AddNode(AddNode),
+    /// Remove a member (cluster mode, leader).
+    RemoveNode(RemoveNode),
 }
 
 impl Command {
@@ -69,6 +77,9 @@ impl Command {
             Command::Validate(_) => "validate",
             Command::Ping => "ping",
             Command::Status(_) => "status",
+            Command::ClusterStatus => "cluster_status",
+            Command::AddNode(_) => "add_node",
+            Command::RemoveNode(_) => "remove_node",
         }
     }
 }
@@ -149,6 +160,9 @@ struct RawRequest<'a> {
     #[serde(borrow)]
     auth: Option<Cow<'a, str>>,
     session: Option<u64>,
+    node_id: Option<u64>,
+    #[serde(borrow)]
+    peer: Option<Cow<'a, str>>,
 }
 
 impl RawRequest<'_> {
@@ -200,6 +214,21 @@ impl RawRequest<'_> {
                 token: token(self.token)?,
             }),
             "ping" => Command::Ping,
+            "cluster_status" => Command::ClusterStatus,
+            "add_node" => Command::AddNode(AddNode {
+                node_id: self.node_id.ok_or_else(|| missing("node_id", "a u64"))?,
+                client: self
+                    .client
+                    .ok_or_else(|| missing("client", "the node's client address"))?
+                    .into_owned(),
+                peer: self
+                    .peer
+                    .ok_or_else(|| missing("peer", "the node's peer address"))?
+                    .into_owned(),
+            }),
+            "remove_node" => Command::RemoveNode(RemoveNode {
+                node_id: self.node_id.ok_or_else(|| missing("node_id", "a u64"))?,
+            }),
             "status" => Command::Status(Status {
                 resource: self.resource.map(|name| valid_name(&name)).transpose()?,
             }),
@@ -208,7 +237,8 @@ impl RawRequest<'_> {
                     ErrorCode::UnknownOp,
                     format!(
                         "unknown op {other:?}; expected one of hello, acquire, release, read, \
-                         write, cancel, validate, ping, status"
+                         write, cancel, validate, ping, status, cluster_status, add_node, \
+                         remove_node"
                     ),
                 ))
             }

@@ -270,14 +270,20 @@ const FAULTS: [Fault; 4] = [
     Fault::DropLinksInto,
 ];
 
-async fn inject(cluster: &mut Cluster, fault: Fault, round: usize) {
+/// Injects one fault and heals it; for a leader kill, returns how long the cluster took to
+/// serve again (a new leader answering a request).
+async fn inject(cluster: &mut Cluster, fault: Fault, round: usize) -> Option<Duration> {
     let victim = round % 3;
     match fault {
         Fault::KillLeader => {
             let leader = cluster.leader(None).await;
+            let killed = Instant::now();
             cluster.kill(leader);
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            cluster.leader(Some(leader)).await;
+            let recovered = killed.elapsed();
+            tokio::time::sleep(Duration::from_millis(300)).await;
             cluster.restart(leader, &[]);
+            return Some(recovered);
         }
         Fault::PauseNode => {
             // Longer than two election timeouts (300 ms each at most 600 ms).
@@ -296,6 +302,7 @@ async fn inject(cluster: &mut Cluster, fault: Fault, round: usize) {
             cluster.set_inbound(victim, Mode::Pass);
         }
     }
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,10 +342,13 @@ async fn counters_stay_exact_while_leaders_die_and_links_break() {
 
     let started = Instant::now();
     let mut injected = Vec::new();
+    let mut recoveries: Vec<Duration> = Vec::new();
     let mut round = 0;
     while started.elapsed() < chaos_for {
         let fault = FAULTS[round % FAULTS.len()];
-        inject(&mut cluster, fault, round).await;
+        if let Some(took) = inject(&mut cluster, fault, round).await {
+            recoveries.push(took);
+        }
         injected.push(fault);
         round += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -429,15 +439,29 @@ async fn counters_stay_exact_while_leaders_die_and_links_break() {
             .await
             .expect("a session");
     }
+    recoveries.sort();
     eprintln!(
-        "chaos: {:.0} s of faults, {} injected ({:?}), {} acknowledged writes, {} writes of \
-         unknown outcome, {} reconnects, {} sessions lost, violations: 0",
+        "chaos: {:.0} s of faults, {} injected ({} leader kills, {} pauses, {} cuts, {} drops), \
+         {} acknowledged writes, {} writes of unknown outcome, {} reconnects, {} sessions lost, \
+         violations: 0; serving again after a leader kill: median {:?}, max {:?}",
         chaos_for.as_secs_f64(),
         injected.len(),
-        injected,
+        count(&injected, |f| matches!(f, Fault::KillLeader)),
+        count(&injected, |f| matches!(f, Fault::PauseNode)),
+        count(&injected, |f| matches!(f, Fault::CutLinksInto)),
+        count(&injected, |f| matches!(f, Fault::DropLinksInto)),
         acks.len(),
         unknown.len(),
         tally.reconnects.load(Ordering::Relaxed),
         tally.sessions_lost.load(Ordering::Relaxed),
+        recoveries
+            .get(recoveries.len() / 2)
+            .copied()
+            .unwrap_or_default(),
+        recoveries.last().copied().unwrap_or_default(),
     );
+}
+
+fn count(faults: &[Fault], kind: impl Fn(&Fault) -> bool) -> usize {
+    faults.iter().filter(|fault| kind(fault)).count()
 }

@@ -3,6 +3,7 @@
 
 mod chaos;
 mod failover;
+mod membership;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ pub(super) struct Cluster {
     /// In front of each node's peer port: every Raft message *to* node i+1 crosses
     /// `proxies[i]`.
     proxies: Vec<FaultProxy>,
+    /// The nodes named in --peers; later ones joined with add_node.
+    founders: usize,
     peers: String,
     _dirs: tempfile::TempDir,
 }
@@ -69,6 +72,7 @@ impl Cluster {
             specs,
             nodes: Vec::new(),
             proxies,
+            founders: size as usize,
             peers,
             _dirs: dirs,
         };
@@ -81,6 +85,9 @@ impl Cluster {
 
     fn spawn(&self, index: usize, extra: &[&str]) -> Lockd {
         let spec = &self.specs[index];
+        // A node that joins later (add_node) names only itself: the cluster tells it the rest.
+        let own = format!("{}={}/{}", spec.id, spec.client, spec.peer);
+        let peers = if index < self.founders { &self.peers } else { &own };
         let mut command = Command::new(env!("CARGO_BIN_EXE_lockd"));
         command
             .arg("--listen")
@@ -90,7 +97,7 @@ impl Cluster {
             .args(["--node-id", &spec.id.to_string()])
             .arg("--peer-listen")
             .arg(spec.peer.to_string())
-            .args(["--peers", &self.peers])
+            .args(["--peers", peers])
             .args(["--election-timeout-ms", "300", "--heartbeat-ms", "50"])
             .args(["--log-level", "warn"])
             .args(extra)
@@ -100,6 +107,22 @@ impl Cluster {
             command.arg("--bootstrap");
         }
         Lockd::spawn(&mut command, &spec.data_dir)
+    }
+
+    /// Starts one more node, not yet a member; returns its index.
+    pub(super) fn start_joiner(&mut self) -> usize {
+        let id = self.specs.len() as u64 + 1;
+        let ip = format!("127.0.0.{}", 10 + id);
+        self.specs.push(NodeSpec {
+            id,
+            client: free_addr(&ip),
+            peer: free_addr(&ip),
+            data_dir: self._dirs.path().join(format!("node{id}")),
+        });
+        let index = self.specs.len() - 1;
+        let node = self.spawn(index, &[]);
+        self.nodes.push(Some(node));
+        index
     }
 
     pub(super) fn restart(&mut self, index: usize, extra: &[&str]) {

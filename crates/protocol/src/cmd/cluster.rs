@@ -1,0 +1,58 @@
+//! Cluster commands: `cluster_status` (any node) and the membership changes `add_node` and
+//! `remove_node` (the leader). A single server refuses them with `bad_request`.
+
+use serde::{Deserialize, Serialize};
+
+/// `add_node`: makes a node a member: first a learner that catches up with the log, then a
+/// voter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddNode {
+    /// The new node's `--node-id`.
+    pub node_id: u64,
+    /// Its client address (`--listen`).
+    pub client: String,
+    /// Its peer address (`--peer-listen`).
+    pub peer: String,
+}
+
+/// `remove_node`: takes a node out of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveNode {
+    /// The node's id.
+    pub node_id: u64,
+}
+
+/// The result of `cluster_status`, as the answering node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatusOk {
+    /// The answering node.
+    pub node_id: u64,
+    /// Its Raft role: `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    /// The current term.
+    pub term: u64,
+    /// The leader's id, when known.
+    pub leader: Option<u64>,
+    /// The index of the last log entry on the answering node.
+    pub last_log_index: Option<u64>,
+    /// The index of the last entry applied to its lock table.
+    pub last_applied: Option<u64>,
+    /// The members, in id order.
+    pub members: Vec<ClusterMember>,
+}
+
+/// One member in a `cluster_status` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    /// Its id.
+    pub node_id: u64,
+    /// Its client address.
+    pub client: String,
+    /// Its peer address.
+    pub peer: String,
+    /// A voter (true) or a learner still catching up (false).
+    pub voter: bool,
+    /// On the leader: the last log index this member is known to have (none if unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<u64>,
+}
