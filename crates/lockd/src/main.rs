@@ -146,14 +146,15 @@ struct Args {
     bootstrap: bool,
 
     /// Cluster mode: a follower that hears no leader for a random time between this and twice
-    /// this starts an election.
+    /// this starts an election. Failover takes about this long.
     #[arg(long, default_value_t = 1_000, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(20..=60_000))]
     election_timeout_ms: u64,
 
     /// Cluster mode: how often the leader sends heartbeats; must be below
-    /// --election-timeout-ms.
-    #[arg(long, default_value_t = 100, value_name = "MS",
+    /// --election-timeout-ms. It is also the deadline of every replication message (openraft's
+    /// rule), so it must exceed a follower's slowest fsync plus a network round trip.
+    #[arg(long, default_value_t = 200, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(5..=10_000))]
     heartbeat_ms: u64,
 

@@ -286,9 +286,9 @@ async fn inject(cluster: &mut Cluster, fault: Fault, round: usize) -> Option<Dur
             return Some(recovered);
         }
         Fault::PauseNode => {
-            // Longer than two election timeouts (300 ms each at most 600 ms).
+            // Longer than the longest election timeout (600 to 1,200 ms).
             cluster.signal(victim, "STOP");
-            tokio::time::sleep(Duration::from_millis(1_200)).await;
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
             cluster.signal(victim, "CONT");
         }
         Fault::CutLinksInto => {

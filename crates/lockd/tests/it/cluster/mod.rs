@@ -98,7 +98,7 @@ impl Cluster {
             .arg("--peer-listen")
             .arg(spec.peer.to_string())
             .args(["--peers", peers])
-            .args(["--election-timeout-ms", "300", "--heartbeat-ms", "50"])
+            .args(["--election-timeout-ms", "600", "--heartbeat-ms", "150"])
             .args(["--log-level", "warn"])
             .args(extra)
             .stdin(Stdio::null())
