@@ -148,6 +148,15 @@ impl Replica {
             self.send(session, reply_frame(id, Err(error)));
             return;
         }
+        if let Command::Acquire(_) = &request.command {
+            // A retried acquire that still waits keeps its place; it is told so again.
+            if let Some(position) = self.table.waiting_position(session, id) {
+                if self.retries.is_retry(session, id) {
+                    self.send(session, ServerFrame::Queued { id, position });
+                    return;
+                }
+            }
+        }
         match self.retries.check(session, id) {
             Retry::Saved(line) => {
                 self.send(session, ServerFrame::Saved(line));
@@ -165,15 +174,6 @@ impl Replica {
                 return;
             }
             Retry::New => {}
-        }
-        if let Command::Acquire(_) = &request.command {
-            // A retried acquire that still waits keeps its place; it is told so again.
-            if let Some(position) = self.table.waiting_position(session, id) {
-                if self.retries.is_retry(session, id) {
-                    self.send(session, ServerFrame::Queued { id, position });
-                    return;
-                }
-            }
         }
         self.retries.applied(session, id);
         let result = match request.command {

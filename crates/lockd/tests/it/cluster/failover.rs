@@ -236,3 +236,37 @@ async fn an_abandoned_session_expires_and_its_waiter_is_granted() {
     assert!(granted["token"].as_u64().unwrap() > token);
     assert!(started.elapsed() < PATIENCE);
 }
+
+/// An acquire that has waited through many other requests (more than the saved replies) is
+/// still recognized as waiting when it is retried after a resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_survives_a_resume_after_many_pings() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader(None).await;
+    let mut holder = cluster.connect(leader).await;
+    hello(&mut holder, None).await;
+    holder.lock(1, "busy", "exclusive").await;
+
+    let mut waiter = cluster.connect(leader).await;
+    let session = hello(&mut waiter, None).await["session"].as_u64().unwrap();
+    let queued = waiter
+        .call(json!({"id": 1, "op": "acquire", "resource": "busy"}))
+        .await;
+    assert_eq!(queued["event"], "queued", "{queued}");
+    let pings: Vec<_> = (2..=80).map(|id| json!({"id": id, "op": "ping"})).collect();
+    waiter.send_batch(&pings).await;
+    for _ in 2..=80 {
+        assert_eq!(waiter.recv().await["ok"], true);
+    }
+    drop(waiter);
+
+    let mut resumed = cluster.connect(leader).await;
+    let reply = resumed
+        .call(json!({"id": 200, "op": "hello", "session": session}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let retried = resumed
+        .call(json!({"id": 1, "op": "acquire", "resource": "busy"}))
+        .await;
+    assert_eq!(retried, json!({"id": 1, "event": "queued", "position": 1}));
+}

@@ -87,7 +87,11 @@ impl Cluster {
         let spec = &self.specs[index];
         // A node that joins later (add_node) names only itself: the cluster tells it the rest.
         let own = format!("{}={}/{}", spec.id, spec.client, spec.peer);
-        let peers = if index < self.founders { &self.peers } else { &own };
+        let peers = if index < self.founders {
+            &self.peers
+        } else {
+            &own
+        };
         let mut command = Command::new(env!("CARGO_BIN_EXE_lockd"));
         command
             .arg("--listen")
