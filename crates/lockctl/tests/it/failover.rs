@@ -1,0 +1,156 @@
+//! Failover: clients given a cluster's three addresses carry on when the leader dies, through
+//! the library (guards, waiting acquires) and the `lockctl` binary; and a session that finds
+//! no leader within its lease is reported lost.
+
+use std::time::Duration;
+
+use lockctl::{AcquireProgress, Client, ClientError, LockMode};
+use lockd::core::TableConfig;
+use lockd::server::ServerConfig;
+
+use crate::cluster_support::Cluster;
+use crate::support::{run_lockctl, stdout_lines, Running};
+
+/// Generous: a failover takes an election (300 to 600 ms here) and a reconnect.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A client of all three nodes, with a short lease so that a lost session shows quickly.
+async fn cluster_client(cluster: &Cluster, lease: Duration) -> Client {
+    Client::builder(&cluster.addrs())
+        .lease(lease)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Leases as short as 100 ms allowed.
+fn short_leases() -> ServerConfig {
+    ServerConfig {
+        table: TableConfig {
+            min_lease: Duration::from_millis(100),
+            ..TableConfig::default()
+        },
+        ..ServerConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_keeps_its_lock_and_token_when_the_leader_dies() {
+    let mut cluster = Cluster::start(ServerConfig::default());
+    let leader = cluster.leader(&[]).await;
+    let client = cluster_client(&cluster, Duration::from_secs(5)).await;
+    let guard = client.lock("jobs/nightly").acquire().await.unwrap();
+    guard.write("before").await.unwrap();
+    let token = guard.token();
+
+    cluster.kill(leader);
+    let new_leader = cluster.leader(&[leader]).await;
+    assert_ne!(new_leader, leader);
+
+    let read = tokio::time::timeout(PATIENCE, guard.read()).await.unwrap();
+    assert_eq!(read.unwrap().as_deref(), Some("before"));
+    guard.write("after").await.unwrap();
+    assert_eq!(guard.token(), token);
+    assert!(!client.is_lost(), "a resumed session is not lost");
+
+    let other = cluster_client(&cluster, Duration::from_secs(5)).await;
+    assert!(other.validate("jobs/nightly", token).await.unwrap());
+    let busy = other.lock("jobs/nightly").try_once().acquire().await;
+    assert!(busy.is_err(), "still held by the resumed session");
+    guard.release().await.unwrap();
+    let next = other
+        .lock("jobs/nightly")
+        .try_once()
+        .acquire()
+        .await
+        .unwrap();
+    assert!(next.token() > token);
+    assert_eq!(next.read().await.unwrap().as_deref(), Some("after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_acquire_keeps_its_place_when_the_leader_dies() {
+    let mut cluster = Cluster::start(ServerConfig::default());
+    let leader = cluster.leader(&[]).await;
+    let holder = cluster_client(&cluster, Duration::from_secs(5)).await;
+    let held = holder.lock("r").acquire().await.unwrap();
+    let waiter = cluster_client(&cluster, Duration::from_secs(5)).await;
+    let mut call = waiter
+        .start_acquire("r", LockMode::Exclusive, None)
+        .unwrap();
+    assert!(matches!(call.next().await, AcquireProgress::Queued(1)));
+
+    cluster.kill(leader);
+    cluster.leader(&[leader]).await;
+    let token = held.token();
+    tokio::time::timeout(PATIENCE, held.release())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let granted = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match call.next().await {
+                // The re-sent acquire is told its place again.
+                AcquireProgress::Queued(_) => continue,
+                AcquireProgress::Done(outcome) => return outcome,
+            }
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(granted.token > token);
+    assert!(!waiter.is_lost() && !holder.is_lost());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockctl_finds_the_leader_behind_a_follower() {
+    let cluster = Cluster::start(ServerConfig::default());
+    let leader = cluster.leader(&[]).await;
+    let follower = (leader + 1) % 3;
+    let addrs = cluster.addrs_in_order(&[follower, (leader + 2) % 3, leader]);
+
+    let write = run_lockctl("127.0.0.1:1", &["--server", &addrs, "file_A", "WRITE", "v"]).await;
+    assert!(write.status.success(), "{write:?}");
+    let read = run_lockctl(&addrs, &["file_A", "READ", "0"]).await;
+    assert!(read.status.success(), "{read:?}");
+    assert!(
+        stdout_lines(&read).contains(&"READ from file_A: v".to_owned()),
+        "{read:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockctl_run_carries_on_through_a_failover() {
+    let mut cluster = Cluster::start(ServerConfig::default());
+    let leader = cluster.leader(&[]).await;
+    let script = "echo ready; sleep 2; echo done";
+    let running = Running::spawn(
+        &cluster.addrs(),
+        &["run", "jobs/nightly", "--", "sh", "-c", script],
+    );
+    let mut running = running;
+    running.wait_for_line("ready").await;
+    cluster.kill(leader);
+    let (code, lines, stderr) = running.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(lines, ["ready", "done"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_lost_when_no_leader_comes_within_its_lease() {
+    let mut cluster = Cluster::start(short_leases());
+    let leader = cluster.leader(&[]).await;
+    let client = cluster_client(&cluster, Duration::from_millis(1_000)).await;
+    let guard = client.lock("r").acquire().await.unwrap();
+
+    // Two of three nodes down: no majority, so no leader.
+    cluster.kill(leader);
+    cluster.kill((leader + 1) % 3);
+    tokio::time::timeout(PATIENCE, guard.lost())
+        .await
+        .expect("the session is lost once its lease has run out");
+    let err = guard.read().await.unwrap_err();
+    assert!(matches!(err, ClientError::ConnectionLost), "{err:?}");
+}
