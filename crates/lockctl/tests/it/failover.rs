@@ -154,3 +154,20 @@ async fn a_session_is_lost_when_no_leader_comes_within_its_lease() {
     let err = guard.read().await.unwrap_err();
     assert!(matches!(err, ClientError::ConnectionLost), "{err:?}");
 }
+
+/// A cluster keeps a session after its connection closes (it may be failing over), so an
+/// interrupted lockctl must leave the queue itself rather than wait there until its lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_waiting_on_a_cluster_leaves_the_queue() {
+    let cluster = Cluster::start(ServerConfig::default());
+    cluster.leader(&[]).await;
+    let holder = cluster_client(&cluster, Duration::from_secs(5)).await;
+    let _held = holder.lock("busy").acquire().await.unwrap();
+    let mut waiter = Running::spawn(&cluster.addrs(), &["busy", "READ"]);
+    waiter.wait_for_line("WAITING").await;
+    waiter.signal("INT");
+    let (code, _, stderr) = waiter.finish().await;
+    assert_eq!(code, Some(130), "{stderr}");
+    let status = holder.status(Some("busy")).await.unwrap();
+    assert!(status[0].waiters.is_empty(), "{status:?}");
+}
