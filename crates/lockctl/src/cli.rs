@@ -31,7 +31,8 @@ Exit codes:
   1 (-E N to set)   the lock was not granted within -w, or at once with -n
   75 (--lost-exit-code N to set)
                     the lock was lost while the command ran (lockd went away or the session
-                    expired): the command got SIGTERM, then SIGKILL after --kill-after seconds
+                    expired; a cluster's failover within the lease is not a loss): the command
+                    got SIGTERM, then SIGKILL after --kill-after seconds
   127               the command could not be started
   2                 bad arguments
 
@@ -55,7 +56,7 @@ Examples:
 )]
 pub struct Cli {
     /// lockd's address, host:port; for a cluster, every node's, separated by commas
-    /// (lockctl finds the leader).
+    /// (lockctl finds the leader, and follows a failover to the next one).
     #[arg(long, global = true, env = "LOCKD_ADDR", default_value = DEFAULT_ADDR, value_name = "ADDR[,ADDR...]")]
     pub server: String,
 

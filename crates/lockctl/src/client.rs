@@ -1,40 +1,32 @@
-//! The client connection: a writer task, a reader task that routes replies to waiting calls by
-//! request id, and typed methods for each op.
+//! The client: typed methods for each op, [`AcquireCall`] for an acquire's progress, the
+//! keepalive, and [`ClientBuilder::connect`], which opens the session and hands its connection
+//! to the session task (`session.rs`).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use protocol::cmd::{
     Acquire, AcquireOk, Cancel, Hello, HelloOk, Read, ReadOk, Release, ResourceStatus, Status,
     StatusOk, Validate, ValidateOk, Write,
 };
-use protocol::frame::{Frame, LineCodec};
 use protocol::{
-    Command, ErrorBody, ErrorCode, FenceToken, Incoming, LockMode, Request, RequestId,
-    ResourceName, SessionId,
+    Command, ErrorBody, ErrorCode, FenceToken, Incoming, LockMode, RequestId, ResourceName,
+    SessionId,
 };
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::calls::{Calls, Reply};
+use crate::leader::Dialer;
 use crate::lock::LockRequest;
+use crate::session::SessionTask;
 use crate::tls::TlsOptions;
 
 /// Where lockd listens unless told otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:5555";
-
-/// How long [`Client::connect`] waits for the TCP handshake.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The largest reply line the client accepts (a `status` of a busy server can be large).
-const MAX_REPLY_BYTES: usize = 1 << 30;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +42,11 @@ pub enum ClientError {
     /// The server answered with an error.
     #[error("{}", .0.message)]
     Server(ErrorBody),
-    /// The connection ended before the reply came (server stopped, network failed, or the
-    /// session expired). Any lock this session held is no longer held.
+    /// The session ended before the reply came: the server stopped, the network failed, or
+    /// the session expired. With a cluster's addresses, the client first tries to resume the
+    /// session on the new leader, and this means that failed too (no leader within the
+    /// session's lease, or the session was gone). Any lock this session held is no longer
+    /// held.
     #[error("the connection to lockd was lost")]
     ConnectionLost,
     /// A name or value was refused before it was sent.
@@ -122,55 +117,31 @@ impl Drop for Keepalive {
     }
 }
 
-pub(crate) type Reply = Result<serde_json::Value, ClientError>;
-
-#[derive(Debug)]
-struct PendingCall {
-    reply: oneshot::Sender<Reply>,
-    events: Option<mpsc::UnboundedSender<u64>>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    /// Cancelled when the connection is gone: the session and every lock it held are lost.
-    lost: CancellationToken,
-    next_id: AtomicU64,
-    /// Calls waiting for their reply; `None` once the connection is gone, so that no call can
-    /// be registered after the reader has failed the others.
-    pending: Mutex<Option<HashMap<RequestId, PendingCall>>>,
-    outgoing: mpsc::UnboundedSender<Vec<u8>>,
-}
-
-impl Shared {
-    fn pending(&self) -> MutexGuard<'_, Option<HashMap<RequestId, PendingCall>>> {
-        // A panic while holding this lock would be a bug in this module; the map is still
-        // consistent (every operation on it is a single insert or remove), so keep going.
-        self.pending
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
-}
-
-/// A connection to lockd: one session. Cheap to clone; all clones share the connection, which
-/// closes (releasing the session's locks) when the last clone is dropped.
+/// A session with lockd. Cheap to clone; all clones share the session and its connection,
+/// which closes when the last clone is dropped. On a single server that ends the session and
+/// releases its locks; a cluster keeps them until the session's lease runs out.
+///
+/// Given a cluster's addresses, the client survives a failover: when its connection ends, it
+/// resumes the session on the new leader and sends again the requests still awaiting their
+/// replies, so locks, guards and waiting acquires carry on (see [`Client::lost`]).
 #[derive(Debug, Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
+    calls: Arc<Calls>,
+    /// Cancelled by the session task when the session is lost.
+    lost: CancellationToken,
     session: Option<SessionId>,
     lease: Duration,
-    _connection: Arc<ConnectionTasks>,
+    _connection: Arc<SessionTaskHandle>,
     _keepalive: Option<Arc<Keepalive>>,
 }
 
-/// The reader and writer tasks, stopped when the last client handle goes.
+/// The session task, stopped when the last client handle goes.
 #[derive(Debug)]
-struct ConnectionTasks(Vec<JoinHandle<()>>);
+struct SessionTaskHandle(JoinHandle<()>);
 
-impl Drop for ConnectionTasks {
+impl Drop for SessionTaskHandle {
     fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
+        self.0.abort();
     }
 }
 
@@ -234,65 +205,35 @@ impl ClientBuilder {
         let lease_ms = self
             .lease
             .map(|lease| u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
-        let hello_command = || {
-            Command::Hello(Hello {
-                client: self.name.clone(),
-                lease_ms,
-                auth: self.auth.clone(),
-                session: None,
-            })
+        let hello = Hello {
+            client: self.name,
+            lease_ms,
+            auth: self.auth,
+            session: None,
         };
-        let addrs: Vec<String> = self
-            .addr
-            .split(',')
-            .map(str::trim)
-            .filter(|addr| !addr.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let deadline = tokio::time::Instant::now() + LEADER_SEARCH;
-        let mut candidates: std::collections::VecDeque<String> = addrs.iter().cloned().collect();
-        let mut last_error = ClientError::Connect {
-            addr: self.addr.clone(),
-            reason: "no address given".to_owned(),
+        let dialer = Dialer::new(&self.addr, self.tls, hello);
+        let (outgoing_tx, outgoing) = mpsc::unbounded_channel();
+        let calls = Arc::new(Calls::new(outgoing_tx));
+        let deadline = Instant::now() + LEADER_SEARCH;
+        let (link, hello) = dialer.open(&calls, None, None, deadline).await?;
+        let lease = Duration::from_millis(hello.lease_ms);
+        let lost = CancellationToken::new();
+        let task = SessionTask {
+            calls: Arc::clone(&calls),
+            lost: lost.clone(),
+            dialer,
+            session: hello.session,
+            lease,
+            outgoing,
         };
-        let (mut client, hello) = loop {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(last_error);
-            }
-            let Some(addr) = candidates.pop_front() else {
-                if tokio::time::Instant::now() >= deadline || addrs.len() < 2 {
-                    return Err(last_error);
-                }
-                // Every node refused or is unreachable: a cluster may be electing a leader.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                candidates.extend(addrs.iter().cloned());
-                continue;
-            };
-            let client = match Client::connect_raw(&addr, self.tls.as_ref()).await {
-                Ok(client) => client,
-                Err(err) => {
-                    last_error = err;
-                    continue;
-                }
-            };
-            match client.call::<HelloOk>(hello_command()).await {
-                Ok(hello) => break (client, hello),
-                Err(ClientError::Server(error)) if error.code == ErrorCode::NotLeader => {
-                    if let Some(leader) = error.leader.clone() {
-                        if !candidates.contains(&leader) {
-                            candidates.push_front(leader);
-                        }
-                    }
-                    last_error = ClientError::Server(error);
-                }
-                Err(err) if addrs.len() > 1 && matches!(err, ClientError::ConnectionLost) => {
-                    last_error = err;
-                }
-                Err(err) => return Err(err),
-            }
+        let mut client = Client {
+            calls,
+            lost,
+            session: Some(hello.session),
+            lease,
+            _connection: Arc::new(SessionTaskHandle(tokio::spawn(task.run(link)))),
+            _keepalive: None,
         };
-        client.session = Some(hello.session);
-        client.lease = Duration::from_millis(hello.lease_ms);
         if self.keepalive {
             // A third of the lease: two pings can be lost before the session expires.
             let every = (client.lease / 3).max(Duration::from_millis(10));
@@ -332,15 +273,20 @@ impl Client {
         self.lease
     }
 
-    /// Resolves when the connection is gone (server stopped, network failed, lease expired).
+    /// Resolves when the session is lost (server stopped, network failed, lease expired).
     /// From then on this client holds no lock: select on it next to the work a lock protects.
+    ///
+    /// With a cluster's addresses, a lost connection is not yet a lost session: the client
+    /// resumes it on the new leader, and this resolves only if that fails (no leader took the
+    /// session back within its lease, or the session had expired). While the client
+    /// reconnects, requests wait, and the locks are still held in the cluster.
     pub async fn lost(&self) {
-        self.shared.lost.cancelled().await;
+        self.lost.cancelled().await;
     }
 
-    /// Whether the connection is gone.
+    /// Whether the session is lost.
     pub fn is_lost(&self) -> bool {
-        self.shared.lost.is_cancelled()
+        self.lost.is_cancelled()
     }
 
     /// Starts a lock request for `resource`: exclusive, waiting as long as it takes, unless the
@@ -356,99 +302,6 @@ impl Client {
             .call(Command::Validate(Validate { resource, token }))
             .await?;
         Ok(ok.valid)
-    }
-
-    /// Connects without `hello` and without keepalive.
-    pub(crate) async fn connect_raw(
-        addr: &str,
-        tls: Option<&TlsOptions>,
-    ) -> Result<Client, ClientError> {
-        let target = addr.strip_prefix("tcp://").unwrap_or(addr);
-        let connect_error = |reason: String| ClientError::Connect {
-            addr: target.to_owned(),
-            reason,
-        };
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => return Err(connect_error(describe_io_error(&err))),
-            Err(_) => {
-                return Err(connect_error(format!(
-                    "no answer within {CONNECT_TIMEOUT:?}"
-                )))
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        match tls {
-            None => Ok(Client::start(stream)),
-            Some(tls) => {
-                let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                let (connector, name) = tls.connector(host)?;
-                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
-                    .await
-                    .map_err(|_| connect_error("no TLS handshake within 5 s".to_owned()))?
-                    .map_err(|err| connect_error(format!("TLS handshake failed: {err}")))?;
-                Ok(Client::start(stream))
-            }
-        }
-    }
-
-    /// Starts the reader and writer tasks on an open connection.
-    fn start<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Client {
-        let (read_half, mut write_half) = tokio::io::split(stream);
-        let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let shared = Arc::new(Shared {
-            lost: CancellationToken::new(),
-            next_id: AtomicU64::new(1),
-            pending: Mutex::new(Some(HashMap::new())),
-            outgoing,
-        });
-
-        let writer = tokio::spawn(async move {
-            let mut batch = Vec::new();
-            while let Some(frame) = outgoing_rx.recv().await {
-                batch.extend_from_slice(&frame);
-                while let Ok(frame) = outgoing_rx.try_recv() {
-                    batch.extend_from_slice(&frame);
-                }
-                if write_half.write_all(&batch).await.is_err() {
-                    return;
-                }
-                batch.clear();
-            }
-        });
-        let reader_shared = Arc::clone(&shared);
-        let reader = tokio::spawn(async move {
-            let mut frames = FramedRead::new(read_half, LineCodec::new(MAX_REPLY_BYTES));
-            let failure = loop {
-                match frames.next().await {
-                    Some(Ok(Frame::Line(line))) => {
-                        if let Err(err) = dispatch(&reader_shared, &line) {
-                            break err;
-                        }
-                    }
-                    Some(Ok(Frame::TooLarge)) => {
-                        break ClientError::Protocol("reply larger than 1 GiB".into())
-                    }
-                    Some(Err(_)) | None => break ClientError::ConnectionLost,
-                };
-            };
-            reader_shared.lost.cancel();
-            let pending = reader_shared.pending().take();
-            for (_, call) in pending.into_iter().flatten() {
-                let _ = call.reply.send(Err(match &failure {
-                    ClientError::Protocol(message) => ClientError::Protocol(message.clone()),
-                    _ => ClientError::ConnectionLost,
-                }));
-            }
-        });
-        Client {
-            shared,
-            session: None,
-            lease: Duration::ZERO,
-            _connection: Arc::new(ConnectionTasks(vec![writer, reader])),
-            _keepalive: None,
-        }
     }
 
     /// `hello`: names this client and asks for a lease (the server clamps it).
@@ -556,15 +409,15 @@ impl Client {
     /// Pings every `every` until the returned guard (or the client) is dropped, so that the
     /// session outlives long waits and holds. Pick a third of the lease or less.
     pub fn spawn_keepalive(&self, every: Duration) -> Keepalive {
-        // The task holds the shared state, not the connection tasks, so it never keeps the
-        // connection open by itself.
-        let shared = Arc::clone(&self.shared);
+        // The task holds the calls, not the session task, so it never keeps the connection
+        // open by itself.
+        let calls = Arc::clone(&self.calls);
         Keepalive(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.tick().await;
             loop {
                 ticks.tick().await;
-                let Ok((_, reply)) = send(&shared, Command::Ping, None) else {
+                let Ok((_, reply)) = calls.register(Command::Ping, None) else {
                     return;
                 };
                 if reply.await.is_err() {
@@ -596,75 +449,8 @@ impl Client {
         command: Command,
         events: Option<mpsc::UnboundedSender<u64>>,
     ) -> Result<(RequestId, oneshot::Receiver<Reply>), ClientError> {
-        send(&self.shared, command, events)
+        self.calls.register(command, events)
     }
-}
-
-/// Registers a call and queues its frame; the reply arrives on the returned receiver.
-fn send(
-    shared: &Shared,
-    command: Command,
-    events: Option<mpsc::UnboundedSender<u64>>,
-) -> Result<(RequestId, oneshot::Receiver<Reply>), ClientError> {
-    let id = RequestId(shared.next_id.fetch_add(1, Ordering::Relaxed));
-    let mut frame = Request { id, command }.to_json();
-    frame.push(b'\n');
-    let (reply_tx, reply_rx) = oneshot::channel();
-    {
-        let mut pending = shared.pending();
-        let Some(pending) = pending.as_mut() else {
-            return Err(ClientError::ConnectionLost);
-        };
-        pending.insert(
-            id,
-            PendingCall {
-                reply: reply_tx,
-                events,
-            },
-        );
-    }
-    if shared.outgoing.send(frame).is_err() {
-        if let Some(pending) = shared.pending().as_mut() {
-            pending.remove(&id);
-        }
-        return Err(ClientError::ConnectionLost);
-    }
-    Ok((id, reply_rx))
-}
-
-/// Routes one frame from the server to the call it answers.
-fn dispatch(shared: &Shared, line: &[u8]) -> Result<(), ClientError> {
-    let incoming = Incoming::parse(line).map_err(|err| ClientError::Protocol(err.to_string()))?;
-    let mut pending = shared.pending();
-    let Some(pending) = pending.as_mut() else {
-        return Ok(());
-    };
-    match incoming {
-        Incoming::Queued { id, position } => {
-            if let Some(events) = pending.get(&id).and_then(|call| call.events.as_ref()) {
-                let _ = events.send(position);
-            }
-        }
-        Incoming::Reply {
-            id: Some(id),
-            result,
-        } => {
-            if let Some(call) = pending.remove(&id) {
-                let _ = call.reply.send(result.map_err(ClientError::Server));
-            }
-        }
-        Incoming::Reply { id: None, result } => {
-            // The server could not read one of our frames: a bug on this side.
-            let message = match result {
-                Err(error) => error.to_string(),
-                Ok(frame) => frame.to_string(),
-            };
-            return Err(ClientError::Protocol(format!(
-                "server could not read a request: {message}"
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn typed<T: DeserializeOwned>(
@@ -677,11 +463,4 @@ fn typed<T: DeserializeOwned>(
 fn name(resource: &str) -> Result<ResourceName, ClientError> {
     ResourceName::new(resource)
         .map_err(|err| ClientError::InvalidInput(format!("invalid resource name: {err}")))
-}
-
-fn describe_io_error(err: &std::io::Error) -> String {
-    match err.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-        _ => err.to_string(),
-    }
 }

@@ -1,9 +1,13 @@
 //! Cluster commands for operators: each node's view of the cluster, and membership changes.
 
 use protocol::cmd::{AddNode, ClusterStatusOk, Hello, RemoveNode};
-use protocol::{Command, ErrorCode};
+use protocol::{Command, ErrorCode, RequestId};
 
 use crate::client::{Client, ClientBuilder, ClientError};
+use crate::link::dial;
+
+/// How long `cluster_status_of_each` waits for each node.
+const STATUS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Client {
     /// `add_node`: the leader adds the node as a learner, waits for it to catch up with the
@@ -43,22 +47,25 @@ impl ClientBuilder {
         let (addrs, tls, auth) = self.target();
         let mut views = Vec::new();
         for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            // A paused node must not hang the whole command.
+            let deadline = Some(tokio::time::Instant::now() + STATUS_PATIENCE);
             let view = async {
-                let client = Client::connect_raw(addr, tls).await?;
+                let mut link = dial(addr, tls).await?;
                 if let Some(secret) = auth {
                     // Authenticates the connection; a follower then says `not_leader`, which
                     // is fine: `cluster_status` is answered by every node.
-                    let hello = Command::Hello(Hello {
+                    let hello = Hello {
                         auth: Some(secret.to_owned()),
                         ..Hello::default()
-                    });
-                    match client.call::<serde_json::Value>(hello).await {
+                    };
+                    match link.hello(RequestId(1), hello, deadline).await {
                         Err(ClientError::Server(error)) if error.code == ErrorCode::NotLeader => {}
                         Err(err) => return Err(err),
                         Ok(_) => {}
                     }
                 }
-                client.cluster_status().await
+                link.exchange(RequestId(2), Command::ClusterStatus, deadline)
+                    .await
             }
             .await;
             views.push((addr.to_owned(), view));

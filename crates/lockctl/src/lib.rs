@@ -1,7 +1,9 @@
 //! A small async client for lockd, and the library the `lockctl` CLI is built on.
 //!
-//! One [`Client`] is one connection, and so one lockd session. It can have many requests in
-//! flight at once (replies are matched by id), so one client serves many locks concurrently.
+//! One [`Client`] is one lockd session, over one connection at a time. It can have many
+//! requests in flight at once (replies are matched by id), so one client serves many locks
+//! concurrently. Given a cluster's addresses (`"a:5555,b:5555,c:5555"`), it finds the leader,
+//! and when the leader fails it resumes the session on the next one, locks and all.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), lockctl::ClientError> {
@@ -18,10 +20,14 @@
 //!
 //! Examples that run against a live lockd are in `crates/lockctl/examples/`.
 
+mod calls;
 pub mod cli;
 mod client;
 mod cluster;
+mod leader;
+mod link;
 mod lock;
+mod session;
 mod tls;
 
 pub use client::{

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use lockctl::cli::{Cli, LockPlan, Operation, Subcommands};
-use lockctl::{AcquireProgress, Client, ClientError, ErrorCode, LockMode, ResourceStatus};
+use lockctl::{
+    AcquireCall, AcquireProgress, Client, ClientError, ErrorCode, LockMode, ResourceStatus,
+};
 
 mod cluster_cli;
 mod run;
@@ -131,8 +133,8 @@ async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> Exi
         let progress = tokio::select! {
             progress = call.next() => progress,
             () = &mut interrupt => {
-                // Closing the connection takes us out of the queue.
                 eprintln!("lockctl: interrupted while waiting for {resource}");
+                withdraw(&client, resource, call).await;
                 return ExitCode::from(EXIT_INTERRUPTED);
             }
         };
@@ -194,6 +196,31 @@ async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> Exi
         }
         Err(err) => fail_call(&err, resource),
     }
+}
+
+/// How long an interrupted lockctl tries to leave the queue before it exits anyway.
+const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Takes a waiting acquire out of the queue before exiting, releasing the lock if it was
+/// granted meanwhile. A single server does this when the connection closes, but a cluster
+/// keeps the session, and its place in line, until its lease runs out (the client might be
+/// failing over), so lockctl says it is leaving.
+async fn withdraw(client: &Client, resource: &str, mut call: AcquireCall) {
+    let leave = async {
+        // If the grant crossed the cancel, the cancel fails and the grant arrives below.
+        let _ = client.cancel(call.id()).await;
+        loop {
+            match call.next().await {
+                AcquireProgress::Queued(_) => {}
+                AcquireProgress::Done(Ok(granted)) => {
+                    let _ = client.release(resource, granted.token).await;
+                    return;
+                }
+                AcquireProgress::Done(Err(_)) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(WITHDRAW_TIMEOUT, leave).await;
 }
 
 /// `lockctl status [resource]`.

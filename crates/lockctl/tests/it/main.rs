@@ -1,9 +1,12 @@
 //! Tests of the client library and the real `lockctl` binary against an in-process lockd
-//! server (the same `lockd::server::run` the daemon runs) on 127.0.0.1:0.
+//! server (the same `lockd::server::run` the daemon runs) on 127.0.0.1:0, and against an
+//! in-process three-node cluster whose leader is killed.
 
 // A test that unwraps fails loudly with the value in the message, which is what we want here.
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod cluster_support;
+mod failover;
 mod library;
 mod support;

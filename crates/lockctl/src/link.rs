@@ -1,0 +1,223 @@
+//! One connection to one server: dialing it (TCP, optionally TLS), the `hello` that opens or
+//! resumes the session on it, and moving frames both ways until it ends.
+//!
+//! A link knows nothing of leaders or of other addresses; `leader.rs` picks which server to
+//! dial, and `session.rs` decides what happens when a link ends.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use protocol::cmd::{Hello, HelloOk};
+use protocol::frame::{Frame, LineCodec};
+use protocol::{Command, Incoming, Request, RequestId};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+
+use crate::calls::{Calls, Routed};
+use crate::client::ClientError;
+use crate::tls::TlsOptions;
+
+/// How long a dial waits for the TCP handshake (and again for the TLS one).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest reply line the client accepts (a `status` of a busy server can be large).
+const MAX_REPLY_BYTES: usize = 1 << 30;
+
+/// A plain or TLS stream.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// An open connection; see the module docs.
+pub(crate) struct Link {
+    frames: FramedRead<ReadHalf<Box<dyn Io>>, LineCodec>,
+    writer: WriteHalf<Box<dyn Io>>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").finish_non_exhaustive()
+    }
+}
+
+/// Why a link ended.
+#[derive(Debug)]
+pub(crate) enum LinkEnd {
+    /// End of stream, a reset, or a failed read or write.
+    Closed,
+    /// The server is not the leader (any more); `leader` is the leader's client address, when
+    /// it knew it.
+    NotLeader {
+        /// The leader's client address, if known.
+        leader: Option<String>,
+    },
+    /// The server sent something this client cannot read.
+    Broken(ClientError),
+}
+
+/// Opens a connection to `addr` (`host:port`; a leading `tcp://` is accepted).
+pub(crate) async fn dial(addr: &str, tls: Option<&TlsOptions>) -> Result<Link, ClientError> {
+    let target = addr.strip_prefix("tcp://").unwrap_or(addr);
+    let connect_error = |reason: String| ClientError::Connect {
+        addr: target.to_owned(),
+        reason,
+    };
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => return Err(connect_error(describe_io_error(&err))),
+        Err(_) => {
+            return Err(connect_error(format!(
+                "no answer within {CONNECT_TIMEOUT:?}"
+            )))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let stream: Box<dyn Io> = match tls {
+        None => Box::new(stream),
+        Some(tls) => {
+            let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let (connector, name) = tls.connector(host)?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+                .await
+                .map_err(|_| connect_error("no TLS handshake within 5 s".to_owned()))?
+                .map_err(|err| connect_error(format!("TLS handshake failed: {err}")))?;
+            Box::new(stream)
+        }
+    };
+    let (read_half, writer) = tokio::io::split(stream);
+    Ok(Link {
+        frames: FramedRead::new(read_half, LineCodec::new(MAX_REPLY_BYTES)),
+        writer,
+    })
+}
+
+impl Link {
+    /// Sends `hello` as request `id`, the first frame on this link, and waits for its reply
+    /// (until `deadline`, if one is given). Nothing else is in flight on the link yet, so any
+    /// other frame is a protocol error.
+    pub(crate) async fn hello(
+        &mut self,
+        id: RequestId,
+        hello: Hello,
+        deadline: Option<Instant>,
+    ) -> Result<HelloOk, ClientError> {
+        self.exchange(id, Command::Hello(hello), deadline).await
+    }
+
+    /// Sends one request and waits for its reply (until `deadline`, if one is given), with
+    /// nothing else in flight on the link: `hello`, or a command that needs no session.
+    pub(crate) async fn exchange<T: serde::de::DeserializeOwned>(
+        &mut self,
+        id: RequestId,
+        command: Command,
+        deadline: Option<Instant>,
+    ) -> Result<T, ClientError> {
+        let op = command.op();
+        let mut frame = Request { id, command }.to_json();
+        frame.push(b'\n');
+        let exchange = async {
+            self.writer
+                .write_all(&frame)
+                .await
+                .map_err(|_| ClientError::ConnectionLost)?;
+            let line = match self.frames.next().await {
+                Some(Ok(Frame::Line(line))) => line,
+                Some(Ok(Frame::TooLarge)) => {
+                    return Err(ClientError::Protocol("reply larger than 1 GiB".into()))
+                }
+                Some(Err(_)) | None => return Err(ClientError::ConnectionLost),
+            };
+            match Incoming::parse(&line) {
+                Ok(Incoming::Reply {
+                    id: Some(reply_to),
+                    result,
+                }) if reply_to == id => {
+                    let frame = result.map_err(ClientError::Server)?;
+                    Incoming::result(frame).map_err(|err| ClientError::Protocol(err.to_string()))
+                }
+                Ok(Incoming::Reply {
+                    id: None,
+                    result: Err(error),
+                }) => {
+                    // A connection-level refusal (a connection cap, for one).
+                    Err(ClientError::Server(error))
+                }
+                Ok(other) => Err(ClientError::Protocol(format!(
+                    "expected the reply to {op}, got {other:?}"
+                ))),
+                Err(err) => Err(ClientError::Protocol(err.to_string())),
+            }
+        };
+        match deadline {
+            None => exchange.await,
+            Some(deadline) => tokio::time::timeout_at(deadline, exchange)
+                .await
+                .unwrap_or(Err(ClientError::ConnectionLost)),
+        }
+    }
+
+    /// Carries frames until the link ends: writes what `outgoing` holds, and routes every
+    /// line read to its call in `calls`. With `resumable`, a `not_leader` answer ends the
+    /// link (its call stays registered). Frames taken from `outgoing` but not written when
+    /// the link ends are lost with it; their calls are still registered.
+    pub(crate) async fn carry(
+        self,
+        calls: &Calls,
+        outgoing: &mut mpsc::UnboundedReceiver<Bytes>,
+        resumable: bool,
+    ) -> LinkEnd {
+        let Link {
+            mut frames,
+            mut writer,
+        } = self;
+        let reading = async {
+            loop {
+                match frames.next().await {
+                    Some(Ok(Frame::Line(line))) => match calls.route(&line, resumable) {
+                        Routed::Delivered => {}
+                        Routed::NotLeader { leader } => return LinkEnd::NotLeader { leader },
+                        Routed::Broken(err) => return LinkEnd::Broken(err),
+                    },
+                    Some(Ok(Frame::TooLarge)) => {
+                        return LinkEnd::Broken(ClientError::Protocol(
+                            "reply larger than 1 GiB".into(),
+                        ))
+                    }
+                    Some(Err(_)) | None => return LinkEnd::Closed,
+                }
+            }
+        };
+        let writing = async {
+            let mut batch = Vec::new();
+            // `outgoing` never closes while the session task runs: `Calls` holds its sender.
+            while let Some(frame) = outgoing.recv().await {
+                batch.extend_from_slice(&frame);
+                while let Ok(frame) = outgoing.try_recv() {
+                    batch.extend_from_slice(&frame);
+                }
+                if writer.write_all(&batch).await.is_err() {
+                    break;
+                }
+                batch.clear();
+            }
+            LinkEnd::Closed
+        };
+        // Both halves run in this one task, polled together, so a write that waits for the
+        // server to read never stops this side from reading the server's replies.
+        tokio::select! {
+            end = reading => end,
+            end = writing => end,
+        }
+    }
+}
+
+fn describe_io_error(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        _ => err.to_string(),
+    }
+}

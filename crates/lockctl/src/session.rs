@@ -1,0 +1,89 @@
+//! The task that keeps a session connected: it carries frames over the session's link, and
+//! when the link ends it either declares the session lost or, in a cluster, resumes it.
+//!
+//! A single server ends a session with its connection, so there the end of the link is the
+//! end of the session. A cluster keeps a session until its lease runs out, and a leader that
+//! fails or steps down closes its connections; so the task dials the cluster again (following
+//! `not_leader` to the new leader), says `hello` with the session's id, and queues again
+//! every call still awaiting its final reply, with its original id. The server answers a
+//! request it already applied from the reply it saved, and tells a waiting acquire its place
+//! again, so nothing is lost or applied twice. Callers only see their replies arrive later.
+//!
+//! The session is lost (and `lost` cancelled, and every call failed) when no leader takes the
+//! session back before its lease runs out, counted from the newest call the server answered,
+//! or when the new leader no longer knows the session (`no_session`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use protocol::SessionId;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::calls::Calls;
+use crate::client::ClientError;
+use crate::leader::Dialer;
+use crate::link::{Link, LinkEnd};
+
+/// What the task needs to keep one session; see the module docs.
+#[derive(Debug)]
+pub(crate) struct SessionTask {
+    pub(crate) calls: std::sync::Arc<Calls>,
+    /// Cancelled when the session is lost.
+    pub(crate) lost: CancellationToken,
+    /// How to find the server again.
+    pub(crate) dialer: Dialer,
+    pub(crate) session: SessionId,
+    /// The lease the server granted: how long a resume may take.
+    pub(crate) lease: Duration,
+    /// The frames `calls` queues, for the current link.
+    pub(crate) outgoing: mpsc::UnboundedReceiver<Bytes>,
+}
+
+impl SessionTask {
+    /// Runs until the session is lost (or the task is aborted, when the last client handle
+    /// goes).
+    pub(crate) async fn run(mut self, mut link: Link) {
+        let resumable = self.dialer.is_cluster();
+        loop {
+            let end = link.carry(&self.calls, &mut self.outgoing, resumable).await;
+            let leader = match end {
+                LinkEnd::Broken(err) => return self.lose(&err),
+                LinkEnd::Closed => None,
+                LinkEnd::NotLeader { leader } => leader,
+            };
+            if !resumable {
+                return self.lose(&ClientError::ConnectionLost);
+            }
+            match self.resume(leader).await {
+                Some(resumed) => link = resumed,
+                None => return self.lose(&ClientError::ConnectionLost),
+            }
+        }
+    }
+
+    /// Takes the session back on the cluster's leader, trying `leader` first, within the
+    /// session's lease; queues every call in flight again on success.
+    async fn resume(&mut self, leader: Option<String>) -> Option<Link> {
+        let deadline = self.calls.heard_since() + self.lease;
+        let started = Instant::now();
+        let (link, hello) = self
+            .dialer
+            .open(&self.calls, Some(self.session), leader, deadline)
+            .await
+            .ok()?;
+        self.lease = Duration::from_millis(hello.lease_ms);
+        self.calls.requeue_all(&mut self.outgoing, started);
+        Some(link)
+    }
+
+    /// Ends the session: `lost` fires, and every call fails with `error`.
+    fn lose(&self, error: &ClientError) {
+        self.lost.cancel();
+        self.calls.fail_all(|| match error {
+            ClientError::Protocol(message) => ClientError::Protocol(message.clone()),
+            _ => ClientError::ConnectionLost,
+        });
+    }
+}

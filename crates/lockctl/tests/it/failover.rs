@@ -1,0 +1,204 @@
+//! Failover: clients given a cluster's three addresses carry on when the leader dies, through
+//! the library (guards, waiting acquires) and the `lockctl` binary; and a session that finds
+//! no leader within its lease is reported lost.
+
+use std::time::Duration;
+
+use lockctl::{AcquireProgress, Client, ClientError, LockMode};
+use lockd::core::TableConfig;
+use lockd::server::ServerConfig;
+
+use crate::cluster_support::Cluster;
+use crate::support::{run_lockctl, stdout_lines, Running};
+
+/// Generous: a failover takes an election (500 to 1,000 ms here) and a reconnect.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A client of all three nodes, with a short lease so that a lost session shows quickly.
+async fn cluster_client(cluster: &Cluster, lease: Duration) -> Client {
+    Client::builder(&cluster.addrs())
+        .lease(lease)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Leases as short as 100 ms allowed.
+fn short_leases() -> ServerConfig {
+    ServerConfig {
+        table: TableConfig {
+            min_lease: Duration::from_millis(100),
+            ..TableConfig::default()
+        },
+        ..ServerConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_keeps_its_lock_and_token_when_the_leader_dies() {
+    let mut cluster = Cluster::start(ServerConfig::default());
+    let leader = cluster.leader(&[]).await;
+    let client = cluster_client(&cluster, Duration::from_secs(5)).await;
+    let guard = client.lock("jobs/nightly").acquire().await.unwrap();
+    guard.write("before").await.unwrap();
+    let token = guard.token();
+
+    cluster.kill(leader);
+    let new_leader = cluster.leader(&[leader]).await;
+    assert_ne!(new_leader, leader);
+
+    let read = tokio::time::timeout(PATIENCE, guard.read()).await.unwrap();
+    assert_eq!(read.unwrap().as_deref(), Some("before"));
+    guard.write("after").await.unwrap();
+    assert_eq!(guard.token(), token);
+    assert!(!client.is_lost(), "a resumed session is not lost");
+
+    let other = cluster_client(&cluster, Duration::from_secs(5)).await;
+    assert!(other.validate("jobs/nightly", token).await.unwrap());
+    let busy = other.lock("jobs/nightly").try_once().acquire().await;
+    assert!(busy.is_err(), "still held by the resumed session");
+    guard.release().await.unwrap();
+    let next = other
+        .lock("jobs/nightly")
+        .try_once()
+        .acquire()
+        .await
+        .unwrap();
+    assert!(next.token() > token);
+    assert_eq!(next.read().await.unwrap().as_deref(), Some("after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_acquire_keeps_its_place_when_the_leader_dies() {
+    let mut cluster = Cluster::start(ServerConfig::default());
+    let leader = cluster.leader(&[]).await;
+    let holder = cluster_client(&cluster, Duration::from_secs(5)).await;
+    let held = holder.lock("r").acquire().await.unwrap();
+    let waiter = cluster_client(&cluster, Duration::from_secs(5)).await;
+    let mut call = waiter
+        .start_acquire("r", LockMode::Exclusive, None)
+        .unwrap();
+    assert!(matches!(call.next().await, AcquireProgress::Queued(1)));
+
+    cluster.kill(leader);
+    cluster.leader(&[leader]).await;
+    let token = held.token();
+    tokio::time::timeout(PATIENCE, held.release())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let granted = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match call.next().await {
+                // The re-sent acquire is told its place again.
+                AcquireProgress::Queued(_) => continue,
+                AcquireProgress::Done(outcome) => return outcome,
+            }
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(granted.token > token);
+    assert!(!waiter.is_lost() && !holder.is_lost());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockctl_finds_the_leader_behind_a_follower() {
+    let cluster = Cluster::start(ServerConfig::default());
+    let leader = cluster.leader(&[]).await;
+    let follower = (leader + 1) % 3;
+    let addrs = cluster.addrs_in_order(&[follower, (leader + 2) % 3, leader]);
+
+    let write = run_lockctl("127.0.0.1:1", &["--server", &addrs, "file_A", "WRITE", "v"]).await;
+    assert!(write.status.success(), "{write:?}");
+    let read = run_lockctl(&addrs, &["file_A", "READ", "0"]).await;
+    assert!(read.status.success(), "{read:?}");
+    assert!(
+        stdout_lines(&read).contains(&"READ from file_A: v".to_owned()),
+        "{read:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockctl_run_carries_on_through_a_failover() {
+    let mut cluster = Cluster::start(ServerConfig::default());
+    let leader = cluster.leader(&[]).await;
+    let script = "echo ready; sleep 2; echo done";
+    let running = Running::spawn(
+        &cluster.addrs(),
+        &["run", "jobs/nightly", "--", "sh", "-c", script],
+    );
+    let mut running = running;
+    running.wait_for_line("ready").await;
+    cluster.kill(leader);
+    let (code, lines, stderr) = running.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(lines, ["ready", "done"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_lost_when_no_leader_comes_within_its_lease() {
+    let mut cluster = Cluster::start(short_leases());
+    let leader = cluster.leader(&[]).await;
+    let client = cluster_client(&cluster, Duration::from_millis(1_000)).await;
+    let guard = client.lock("r").acquire().await.unwrap();
+
+    // Two of three nodes down: no majority, so no leader.
+    cluster.kill(leader);
+    cluster.kill((leader + 1) % 3);
+    tokio::time::timeout(PATIENCE, guard.lost())
+        .await
+        .expect("the session is lost once its lease has run out");
+    let err = guard.read().await.unwrap_err();
+    assert!(matches!(err, ClientError::ConnectionLost), "{err:?}");
+}
+
+/// A cluster keeps a session after its connection closes (it may be failing over), so an
+/// interrupted lockctl must leave the queue itself rather than wait there until its lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_waiting_on_a_cluster_leaves_the_queue() {
+    let cluster = Cluster::start(ServerConfig::default());
+    cluster.leader(&[]).await;
+    let holder = cluster_client(&cluster, Duration::from_secs(5)).await;
+    let _held = holder.lock("busy").acquire().await.unwrap();
+    let mut waiter = Running::spawn(&cluster.addrs(), &["busy", "READ"]);
+    waiter.wait_for_line("WAITING").await;
+    waiter.signal("INT");
+    let (code, _, stderr) = waiter.finish().await;
+    assert_eq!(code, Some(130), "{stderr}");
+    let status = holder.status(Some("busy")).await.unwrap();
+    assert!(status[0].waiters.is_empty(), "{status:?}");
+}
+
+/// `lockctl cluster status` asks every node, and still answers for the others when one is
+/// down; `remove-node` goes to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockctl_cluster_status_and_remove_node() {
+    let mut cluster = Cluster::start(ServerConfig::default());
+    let leader = cluster.leader(&[]).await;
+    let status = run_lockctl(&cluster.addrs(), &["cluster", "status"]).await;
+    assert!(status.status.success(), "{status:?}");
+    let lines = stdout_lines(&status);
+    assert!(lines[0].starts_with("ADDRESS"), "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l.contains(" leader ")).count(), 1, "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l.contains(" follower ")).count(), 2, "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("MEMBER")), "{lines:?}");
+
+    let down = (leader + 1) % 3;
+    cluster.kill(down);
+    let status = run_lockctl(&cluster.addrs(), &["cluster", "status"]).await;
+    assert!(status.status.success(), "{status:?}");
+    assert!(
+        stdout_lines(&status).iter().any(|l| l.contains("unreachable")),
+        "{status:?}"
+    );
+    let down_id = (down + 1).to_string();
+    let removed = run_lockctl(&cluster.addrs(), &["cluster", "remove-node", &down_id]).await;
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(
+        stdout_lines(&removed).contains(&format!("Node {down_id} is no longer a member.")),
+        "{removed:?}"
+    );
+}
