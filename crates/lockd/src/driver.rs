@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk, ValidateOk};
+use protocol::cmd::AcquireOk;
 use protocol::{
     Command, ErrorCode, FenceToken, ReplyBody, Request, RequestId, ResourceName, ServerFrame,
     SessionId,
@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Span};
 
 use crate::connection::Outbox;
-use crate::core::{Acquired, Effect, ForcedRelease, LockError, LockTable};
+use crate::core::{Effect, ForcedRelease, LockError, LockTable};
+use crate::execute::{execute, Executed};
 use crate::metrics::Metrics;
 use crate::snapshot::{LocksSnapshot, SessionInfo};
 use crate::store::{CommitBatch, Store};
@@ -476,12 +477,14 @@ impl Driver {
     /// an effect).
     fn execute(&mut self, now: std::time::Instant, session: SessionId, request: Request) {
         let id = request.id;
-        let result = match request.command {
+        match &request.command {
             Command::Hello(hello) if hello.session.is_some_and(|asked| asked != session) => {
-                Err(LockError::NoSession(
+                let error = LockError::NoSession(
                     "a session ends with its connection on a single server; start a new one"
                         .to_owned(),
-                ))
+                );
+                self.send(session, reply_frame(id, Err(error)));
+                return;
             }
             Command::Hello(hello) => {
                 if let (Some(client), Some(connection)) =
@@ -490,93 +493,45 @@ impl Driver {
                     connection.client = Some(Arc::from(client.as_str()));
                     connection.span.record("client", client.as_str());
                 }
-                self.table
-                    .handle_hello(now, session, hello.client, hello.lease_ms)
-                    .map(|lease| {
-                        ReplyBody::Hello(HelloOk {
-                            session,
-                            lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
-                            server: self.server_name.clone(),
-                            protocol: protocol::PROTOCOL_VERSION,
-                        })
-                    })
             }
-            Command::Acquire(acquire) => {
-                let mode = acquire.mode;
-                match self.table.handle_acquire(
-                    now,
-                    session,
-                    id,
-                    acquire.resource,
-                    mode,
-                    acquire.timeout_ms.map(Duration::from_millis),
-                ) {
-                    Ok(Acquired::Granted(token)) => {
-                        Ok(ReplyBody::Acquired(AcquireOk { token, mode }))
-                    }
-                    Ok(Acquired::Queued { position }) => {
-                        self.send(session, ServerFrame::Queued { id, position });
-                        return;
-                    }
-                    Err(err) => {
-                        // The table observes waits that end; refusals never waited.
-                        match err {
-                            LockError::Timeout(_) => self.metrics.try_once_failed(mode),
-                            LockError::Deadlock { .. } => self.metrics.deadlock(mode),
-                            _ => {}
-                        }
-                        Err(err)
-                    }
-                }
-            }
-            Command::Release(release) => self
-                .table
-                .handle_release(now, session, &release.resource, release.token)
-                .map(|()| ReplyBody::EMPTY),
-            Command::Read(read) => {
-                let result = self.table.read(session, &read.resource, read.token);
-                if result.is_ok() && self.writes.iter().any(|w| w.resource == read.resource) {
-                    self.reads_of_writes.push(self.outgoing.len());
-                }
-                result.map(|value| {
-                    ReplyBody::Value(ReadOk {
-                        value: value.map(str::to_owned),
-                    })
-                })
-            }
-            Command::Write(write) => {
-                let value: Arc<str> = Arc::from(write.value);
-                let result = self.table.handle_write(
-                    session,
-                    &write.resource,
-                    write.token,
-                    Arc::clone(&value),
-                );
-                result.map(|previous| {
-                    self.writes.push(TurnWrite {
-                        resource: write.resource,
-                        value,
-                        previous,
-                        reply: self.outgoing.len(),
-                    });
-                    ReplyBody::EMPTY
-                })
-            }
-            Command::Cancel(cancel) => self
-                .table
-                .handle_cancel(now, session, cancel.target)
-                .map(|()| ReplyBody::EMPTY),
-            Command::Validate(validate) => Ok(ReplyBody::Validated(ValidateOk {
-                valid: self.table.validate(&validate.resource, validate.token),
-            })),
-            Command::Ping => Ok(ReplyBody::EMPTY),
-            Command::Status(status) => Ok(ReplyBody::Status(StatusOk {
-                resources: self.table.status(now, status.resource.as_ref()),
-            })),
-            Command::ClusterStatus | Command::AddNode(_) | Command::RemoveNode(_) => {
-                Err(LockError::NotACluster)
-            }
+            _ => {}
+        }
+        let acquire_mode = match &request.command {
+            Command::Acquire(acquire) => Some(acquire.mode),
+            _ => None,
         };
+        let read_of_turn_write = match &request.command {
+            Command::Read(read) => self.writes.iter().any(|w| w.resource == read.resource),
+            _ => false,
+        };
+        let (executed, written) =
+            execute(&mut self.table, now, session, request, &self.server_name);
+        let result = match executed {
+            Executed::Queued(position) => {
+                self.send(session, ServerFrame::Queued { id, position });
+                return;
+            }
+            Executed::Reply(result) => result,
+        };
+        if let (Err(err), Some(mode)) = (&result, acquire_mode) {
+            // The table observes waits that end; refusals never waited.
+            match err {
+                LockError::Timeout(_) => self.metrics.try_once_failed(mode),
+                LockError::Deadlock { .. } => self.metrics.deadlock(mode),
+                _ => {}
+            }
+        }
+        if result.is_ok() && read_of_turn_write {
+            self.reads_of_writes.push(self.outgoing.len());
+        }
+        if let Some(written) = written {
+            self.writes.push(TurnWrite {
+                resource: written.resource,
+                value: written.value,
+                previous: written.previous,
+                reply: self.outgoing.len(),
+            });
+        }
         self.send(session, reply_frame(id, result));
     }
 

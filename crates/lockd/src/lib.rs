@@ -20,5 +20,6 @@ pub mod tls;
 mod admin;
 mod connection;
 mod driver;
+mod execute;
 mod metrics;
 mod snapshot;

@@ -182,8 +182,16 @@ async fn lockctl_cluster_status_and_remove_node() {
     assert!(status.status.success(), "{status:?}");
     let lines = stdout_lines(&status);
     assert!(lines[0].starts_with("ADDRESS"), "{lines:?}");
-    assert_eq!(lines.iter().filter(|l| l.contains(" leader ")).count(), 1, "{lines:?}");
-    assert_eq!(lines.iter().filter(|l| l.contains(" follower ")).count(), 2, "{lines:?}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" leader ")).count(),
+        1,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" follower ")).count(),
+        2,
+        "{lines:?}"
+    );
     assert!(lines.iter().any(|l| l.starts_with("MEMBER")), "{lines:?}");
 
     let down = (leader + 1) % 3;
@@ -191,7 +199,9 @@ async fn lockctl_cluster_status_and_remove_node() {
     let status = run_lockctl(&cluster.addrs(), &["cluster", "status"]).await;
     assert!(status.status.success(), "{status:?}");
     assert!(
-        stdout_lines(&status).iter().any(|l| l.contains("unreachable")),
+        stdout_lines(&status)
+            .iter()
+            .any(|l| l.contains("unreachable")),
         "{status:?}"
     );
     let down_id = (down + 1).to_string();

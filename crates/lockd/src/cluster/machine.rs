@@ -21,7 +21,7 @@ use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, StorageError,
     StorageIOError, StoredMembership,
 };
-use protocol::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk, ValidateOk};
+use protocol::cmd::AcquireOk;
 use protocol::{Command, ErrorCode, ReplyBody, Request, RequestId, ServerFrame, SessionId};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,8 @@ use tracing::{info, warn};
 use super::retries::{Retries, RetriesImage, Retry, SAVED_REPLIES};
 use super::types::{Applied, LockdNode, Op, Proposal, TypeConfig};
 use crate::connection::Outbox;
-use crate::core::{Acquired, Effect, LockError, LockTable, TableConfig, TableImage};
+use crate::core::{Effect, LockError, LockTable, TableConfig, TableImage};
+use crate::execute::{execute, Executed};
 use crate::metrics::Metrics;
 
 /// Tokens granted by the entry at log index `i` are at least `i << TOKEN_SHIFT`: room for 16
@@ -176,82 +177,18 @@ impl Replica {
             Retry::New => {}
         }
         self.retries.applied(session, id);
-        let result = match request.command {
-            Command::Hello(hello) => self
-                .table
-                .handle_hello(now, session, hello.client, hello.lease_ms)
-                .inspect(|_| {
-                    if hello.session.is_some() {
-                        self.retries.resumed(session);
-                    }
-                })
-                .map(|lease| {
-                    ReplyBody::Hello(HelloOk {
-                        session,
-                        lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
-                        server: self.server_name.clone(),
-                        protocol: protocol::PROTOCOL_VERSION,
-                    })
-                }),
-            Command::Acquire(acquire) => {
-                let mode = acquire.mode;
-                match self.table.handle_acquire(
-                    now,
-                    session,
-                    id,
-                    acquire.resource,
-                    mode,
-                    acquire.timeout_ms.map(Duration::from_millis),
-                ) {
-                    Ok(Acquired::Granted(token)) => {
-                        Ok(ReplyBody::Acquired(AcquireOk { token, mode }))
-                    }
-                    Ok(Acquired::Queued { position }) => {
-                        self.send(session, ServerFrame::Queued { id, position });
-                        return;
-                    }
-                    Err(err) => Err(err),
+        let resumes = matches!(&request.command, Command::Hello(hello) if hello.session.is_some());
+        let (executed, _written) =
+            execute(&mut self.table, now, session, request, &self.server_name);
+        match executed {
+            Executed::Queued(position) => self.send(session, ServerFrame::Queued { id, position }),
+            Executed::Reply(result) => {
+                if resumes && result.is_ok() {
+                    self.retries.resumed(session);
                 }
+                self.send(session, reply_frame(id, result));
             }
-            Command::Release(release) => self
-                .table
-                .handle_release(now, session, &release.resource, release.token)
-                .map(|()| ReplyBody::EMPTY),
-            Command::Read(read) => {
-                self.table
-                    .read(session, &read.resource, read.token)
-                    .map(|value| {
-                        ReplyBody::Value(ReadOk {
-                            value: value.map(str::to_owned),
-                        })
-                    })
-            }
-            Command::Write(write) => self
-                .table
-                .handle_write(
-                    session,
-                    &write.resource,
-                    write.token,
-                    Arc::from(write.value),
-                )
-                .map(|_previous| ReplyBody::EMPTY),
-            Command::Cancel(cancel) => self
-                .table
-                .handle_cancel(now, session, cancel.target)
-                .map(|()| ReplyBody::EMPTY),
-            Command::Validate(validate) => Ok(ReplyBody::Validated(ValidateOk {
-                valid: self.table.validate(&validate.resource, validate.token),
-            })),
-            Command::Ping => Ok(ReplyBody::EMPTY),
-            Command::Status(status) => Ok(ReplyBody::Status(StatusOk {
-                resources: self.table.status(now, status.resource.as_ref()),
-            })),
-            // The front end answers these itself; they are never in the log.
-            Command::ClusterStatus | Command::AddNode(_) | Command::RemoveNode(_) => {
-                Err(LockError::NotACluster)
-            }
-        };
-        self.send(session, reply_frame(id, result));
+        }
     }
 
     fn deliver_effects(&mut self) {
