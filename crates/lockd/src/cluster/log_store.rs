@@ -6,7 +6,8 @@
 //! table: entries are opaque serialized `C::Entry` values keyed by log index.
 //!
 //! Every write is one redb transaction committed with `Durability::Immediate`, so it is fsynced
-//! before the call returns: a vote is durable before `save_vote` returns, and `append` reports
+//! before the call returns (except the committed index, which openraft lets lag: it is written
+//! without an fsync and made durable by the next write): a vote is durable before `save_vote` returns, and `append` reports
 //! its entries flushed only after their commit. Writes are serialized by `&mut self`, as
 //! openraft requires; readers ([`RedbLogReader`]) use redb's snapshot isolation and never block
 //! them. All redb work runs on Tokio's blocking pool.
@@ -51,7 +52,7 @@ pub struct RedbLogReader<C> {
 impl<C: RaftTypeConfig> RedbLogStore<C> {
     /// Opens the log in `db`, creating its tables on first use (one durable commit).
     pub async fn new(db: Arc<Database>) -> Result<Self, StorageError<C::NodeId>> {
-        write(&db, |txn| {
+        write(&db, Durability::Immediate, |txn| {
             txn.open_table(LOG)?;
             txn.open_table(META)?;
             Ok(())
@@ -85,9 +86,10 @@ impl<C: RaftTypeConfig> RedbLogStore<C> {
         &self,
         key: &'static str,
         value: &T,
+        durability: Durability,
     ) -> Result<(), StorageFault> {
         let bytes = serde_json::to_vec(value)?;
-        write(&self.db, move |txn| {
+        write(&self.db, durability, move |txn| {
             txn.open_table(META)?.insert(key, bytes.as_slice())?;
             Ok(())
         })
@@ -164,7 +166,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RedbLogStore<C> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
-        self.write_meta(VOTE, vote)
+        self.write_meta(VOTE, vote, Durability::Immediate)
             .await
             .map_err(|fault| fault.into_storage(ErrorSubject::Vote, ErrorVerb::Write))
     }
@@ -179,7 +181,10 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RedbLogStore<C> {
         &mut self,
         committed: Option<LogId<C::NodeId>>,
     ) -> Result<(), StorageError<C::NodeId>> {
-        self.write_meta(COMMITTED, &committed)
+        // openraft allows the committed index to lag (it is only a hint for re-applying after a
+        // restart), so it rides along with the next durable write instead of costing an fsync
+        // of its own on every commit, on every node.
+        self.write_meta(COMMITTED, &committed, Durability::None)
             .await
             .map_err(|fault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Write))
     }
@@ -211,7 +216,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RedbLogStore<C> {
             let bytes = serde_json::to_vec(&entry).map_err(|err| to_storage(err.into()))?;
             rows.push((entry.get_log_id().index, bytes));
         }
-        write(&self.db, move |txn| {
+        write(&self.db, Durability::Immediate, move |txn| {
             let mut log = txn.open_table(LOG)?;
             for (index, bytes) in &rows {
                 log.insert(*index, bytes.as_slice())?;
@@ -227,7 +232,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RedbLogStore<C> {
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let from_index = log_id.index;
-        write(&self.db, move |txn| {
+        write(&self.db, Durability::Immediate, move |txn| {
             txn.open_table(LOG)?.retain_in(from_index.., |_, _| false)?;
             Ok(())
         })
@@ -242,7 +247,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RedbLogStore<C> {
         let up_to_index = log_id.index;
         // The pointer and the deletion commit together, so the log never looks as if it started
         // earlier than it does.
-        write(&self.db, move |txn| {
+        write(&self.db, Durability::Immediate, move |txn| {
             txn.open_table(META)?
                 .insert(LAST_PURGED, bytes.as_slice())?;
             txn.open_table(LOG)?
@@ -302,15 +307,16 @@ where
     tokio::task::spawn_blocking(work).await?
 }
 
-/// Runs `work` in one write transaction and commits it with fsync before returning.
-async fn write<F>(db: &Arc<Database>, work: F) -> Result<(), StorageFault>
+/// Runs `work` in one write transaction and commits it with `durability` (`Immediate`: with
+/// fsync before returning).
+async fn write<F>(db: &Arc<Database>, durability: Durability, work: F) -> Result<(), StorageFault>
 where
     F: FnOnce(&redb::WriteTransaction) -> Result<(), StorageFault> + Send + 'static,
 {
     let db = Arc::clone(db);
     blocking(move || {
         let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        txn.set_durability(durability)?;
         work(&txn)?;
         txn.commit()?;
         Ok(())
