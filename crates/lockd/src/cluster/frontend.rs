@@ -57,10 +57,28 @@ struct Connection {
     session: Option<SessionId>,
 }
 
-/// A proposal whose outcome is awaited: on failure its request (if any) gets an error.
-type Pending = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (SessionId, Option<RequestId>, Outcome)> + Send>,
->;
+/// Most operations in one log entry, and most bytes of written values: a batch must stay
+/// far below the peers' frame limit and leave room in the token space (see `machine.rs`).
+pub(crate) const MAX_BATCH: usize = 256;
+const MAX_BATCH_VALUE_BYTES: usize = 4 << 20;
+
+/// Entries proposed and not yet applied, at most (unless a batch is full). While they are on
+/// their way, new requests gather into the next entry: group commit, as the single server's
+/// driver does with its turns. openraft appends and replicates entry by entry, so fewer,
+/// larger entries are what makes a busy cluster fast.
+const MAX_OUTSTANDING_BATCHES: usize = 2;
+
+/// Who is waiting for an operation of a batch: its connection, and its request if it has one
+/// (an `Open` has none), to be told if the batch fails.
+#[derive(Debug, Clone, Copy)]
+struct Proposer {
+    connection: SessionId,
+    request: Option<RequestId>,
+}
+
+/// A batch whose outcome is awaited: on failure every request in it gets an error.
+type Pending =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Vec<Proposer>, Outcome)> + Send>>;
 
 /// How a proposal ended, as far as the front end cares.
 #[derive(Debug)]
@@ -84,6 +102,10 @@ pub(crate) struct Frontend {
     /// The latest entry time proposed, so entry times never go back.
     last_at_ms: u64,
     pending: FuturesUnordered<Pending>,
+    /// Operations gathered in this turn, proposed together as one entry.
+    batch: Vec<Op>,
+    batch_proposers: Vec<Proposer>,
+    batch_value_bytes: usize,
 }
 
 impl std::fmt::Debug for Frontend {
@@ -108,6 +130,9 @@ impl Frontend {
             leader: false,
             last_at_ms: 0,
             pending: FuturesUnordered::new(),
+            batch: Vec::new(),
+            batch_proposers: Vec::new(),
+            batch_value_bytes: 0,
         }
     }
 
@@ -122,11 +147,18 @@ impl Frontend {
             tokio::select! {
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { break };
-                    self.handle(msg).await;
+                    self.handle(msg);
+                    // Everything already waiting joins the same entry: one append, one round
+                    // of replication for all of them.
+                    while let Ok(msg) = inbox.try_recv() {
+                        self.handle(msg);
+                        if self.batch_full() {
+                            self.flush().await;
+                        }
+                    }
                 }
-                Some((connection, request, outcome)) = self.pending.next(),
-                    if !self.pending.is_empty() => {
-                    self.settle(connection, request, outcome);
+                Some((proposers, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.settle(&proposers, outcome);
                 }
                 changed = metrics.changed() => {
                     if changed.is_err() {
@@ -135,8 +167,9 @@ impl Frontend {
                     let latest = metrics.borrow_and_update().clone();
                     self.observe_role(&latest);
                 }
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick() => self.on_tick(),
             }
+            self.flush().await;
         }
     }
 
@@ -168,7 +201,7 @@ impl Frontend {
         }
     }
 
-    async fn handle(&mut self, msg: DriverMsg) {
+    fn handle(&mut self, msg: DriverMsg) {
         match msg {
             DriverMsg::Open {
                 peer,
@@ -196,7 +229,7 @@ impl Frontend {
                 session: connection,
                 request,
                 ..
-            } => self.on_request(connection, request).await,
+            } => self.on_request(connection, request),
             DriverMsg::Activity {
                 session: connection,
             } => {
@@ -225,7 +258,7 @@ impl Frontend {
         self.connections.get(&connection)?.session
     }
 
-    async fn on_request(&mut self, connection_id: SessionId, mut request: Request) {
+    fn on_request(&mut self, connection_id: SessionId, mut request: Request) {
         let Some(connection) = self.connections.get_mut(&connection_id) else {
             return;
         };
@@ -294,7 +327,7 @@ impl Frontend {
                 let open = Op::Open {
                     session: connection_id,
                 };
-                self.propose(connection_id, None, open).await;
+                self.propose(connection_id, None, open);
                 connection_id
             }
         };
@@ -306,8 +339,7 @@ impl Frontend {
             "propose"
         );
         let id = request.id;
-        self.propose(connection_id, Some(id), Op::Request { session, request })
-            .await;
+        self.propose(connection_id, Some(id), Op::Request { session, request });
     }
 
     /// Routes the frames of `session` to `connection`, taking it over from any connection that
@@ -355,7 +387,7 @@ impl Frontend {
     }
 
     /// The leader's periodic work: expire silent sessions and time out waits.
-    async fn on_tick(&mut self) {
+    fn on_tick(&mut self) {
         if !self.leader {
             return;
         }
@@ -373,11 +405,10 @@ impl Frontend {
         let expired = self.leases.take_expired(now);
         if !expired.is_empty() {
             info!(sessions = ?expired, "sessions silent for their whole lease: expiring them");
-            self.propose_at(SessionId(0), None, at_ms, Op::Expire { sessions: expired })
-                .await;
+            self.propose(SessionId(0), None, Op::Expire { sessions: expired });
         }
         if tick_due {
-            self.propose_at(SessionId(0), None, at_ms, Op::Tick).await;
+            self.propose(SessionId(0), None, Op::Tick);
         }
     }
 
@@ -393,21 +424,40 @@ impl Frontend {
         self.last_at_ms
     }
 
-    async fn propose(&mut self, connection: SessionId, request: Option<RequestId>, op: Op) {
-        let at_ms = self.next_at_ms();
-        self.propose_at(connection, request, at_ms, op).await;
+    /// Adds an operation to this turn's entry (sent by [`flush`](Self::flush)).
+    fn propose(&mut self, connection: SessionId, request: Option<RequestId>, op: Op) {
+        if let Op::Request { request, .. } = &op {
+            if let Command::Write(write) = &request.command {
+                self.batch_value_bytes += write.value.len();
+            }
+        }
+        self.batch.push(op);
+        self.batch_proposers.push(Proposer {
+            connection,
+            request,
+        });
     }
 
-    /// Hands an entry to Raft. Raft keeps the order of proposals, so a connection's requests
-    /// are applied in the order they arrived. The outcome is awaited in `pending`.
-    async fn propose_at(
-        &mut self,
-        connection: SessionId,
-        request: Option<RequestId>,
-        at_ms: u64,
-        op: Op,
-    ) {
-        let proposal = Proposal { at_ms, op };
+    /// Whether the entry being gathered is full.
+    fn batch_full(&self) -> bool {
+        self.batch.len() >= MAX_BATCH || self.batch_value_bytes >= MAX_BATCH_VALUE_BYTES
+    }
+
+    /// Hands this turn's operations to Raft as one entry. Raft keeps the order of entries and
+    /// the machine applies an entry's operations in order, so a connection's requests are
+    /// applied in the order they arrived. The outcome is awaited in `pending`.
+    async fn flush(&mut self) {
+        if self.batch.is_empty()
+            || (self.pending.len() >= MAX_OUTSTANDING_BATCHES && !self.batch_full())
+        {
+            return;
+        }
+        let proposal = Proposal {
+            at_ms: self.next_at_ms(),
+            ops: std::mem::take(&mut self.batch),
+        };
+        let proposers = std::mem::take(&mut self.batch_proposers);
+        self.batch_value_bytes = 0;
         match self.raft.client_write_ff(proposal).await {
             Ok(receiver) => self.pending.push(Box::pin(async move {
                 let outcome = match receiver.await {
@@ -418,40 +468,49 @@ impl Frontend {
                     Ok(Err(err)) => Outcome::Failed(err.to_string()),
                     Err(_) => Outcome::Failed("the Raft node stopped".to_owned()),
                 };
-                (connection, request, outcome)
+                (proposers, outcome)
             })),
-            Err(fatal) => {
-                self.settle(connection, request, Outcome::Failed(fatal.to_string()));
-            }
+            Err(fatal) => self.settle(&proposers, Outcome::Failed(fatal.to_string())),
         }
     }
 
-    /// Answers a request whose proposal failed; successful ones were answered by the state
-    /// machine.
-    fn settle(&mut self, connection_id: SessionId, request: Option<RequestId>, outcome: Outcome) {
-        let Some(connection) = self.connections.get(&connection_id) else {
+    /// Answers the requests of a batch that failed; successful ones were answered by the
+    /// state machine.
+    fn settle(&mut self, proposers: &[Proposer], outcome: Outcome) {
+        if let Outcome::Applied(applied) = &outcome {
+            for session in &applied.sessions_taken {
+                warn!(
+                    session = session.0,
+                    "a random session id was already taken; closing"
+                );
+                if let Some(connection) = self.connections.get(session) {
+                    connection.close.cancel();
+                }
+            }
             return;
-        };
-        match outcome {
-            Outcome::Applied(Applied::Done) => {}
-            Outcome::Applied(Applied::SessionIdTaken) => {
-                warn!("a random session id was already taken; closing the connection");
-                connection.close.cancel();
-            }
-            Outcome::NotLeader(leader) => {
-                connection.outbox.send(not_leader(request, leader));
-                // Whatever follows cannot be served here either.
-                connection.close.cancel();
-            }
-            Outcome::Failed(message) => {
-                warn!(error = %message, "a proposal failed");
-                connection.outbox.send(ServerFrame::error(
-                    request,
+        }
+        if let Outcome::Failed(message) = &outcome {
+            warn!(error = %message, requests = proposers.len(), "a proposal failed");
+        }
+        for proposer in proposers {
+            let Some(connection) = self.connections.get(&proposer.connection) else {
+                continue;
+            };
+            match &outcome {
+                Outcome::Applied(_) => {}
+                Outcome::NotLeader(leader) => {
+                    connection
+                        .outbox
+                        .send(not_leader(proposer.request, leader.clone()));
+                }
+                Outcome::Failed(message) => connection.outbox.send(ServerFrame::error(
+                    proposer.request,
                     ErrorCode::Internal,
                     format!("the cluster could not commit the request: {message}"),
-                ));
-                connection.close.cancel();
+                )),
             }
+            // Whatever follows cannot be served here either.
+            connection.close.cancel();
         }
     }
 

@@ -36,7 +36,8 @@ use crate::execute::{execute, Executed};
 use crate::metrics::Metrics;
 
 /// Tokens granted by the entry at log index `i` are at least `i << TOKEN_SHIFT`: room for 16
-/// million grants per entry (far more than one release can wake), for 2^40 entries.
+/// million grants per entry (an entry holds at most `frontend::MAX_BATCH` requests, and a
+/// release wakes at most the waiters of one queue), for 2^40 entries.
 pub const TOKEN_SHIFT: u32 = 24;
 
 /// The lowest token an entry at `index` may grant. Entries apply in index order, so tokens
@@ -94,30 +95,24 @@ impl Replica {
         self.last_at_ms = self.last_at_ms.max(proposal.at_ms);
         let now = self.instant_at(self.last_at_ms);
         self.table.raise_token_floor(token_floor(index));
-        let applied = match proposal.op {
-            Op::Open { session } => {
-                if self.table.open_session_as(now, session) {
-                    Applied::Done
-                } else {
-                    Applied::SessionIdTaken
+        let mut applied = Applied::default();
+        for op in proposal.ops {
+            match op {
+                Op::Open { session } => {
+                    if !self.table.open_session_as(now, session) {
+                        applied.sessions_taken.push(session);
+                    }
                 }
-            }
-            Op::Request { session, request } => {
-                self.execute(now, session, request);
-                Applied::Done
-            }
-            Op::Expire { sessions } => {
-                for session in sessions {
-                    self.table.handle_session_expired(now, session);
+                Op::Request { session, request } => self.execute(now, session, request),
+                Op::Expire { sessions } => {
+                    for session in sessions {
+                        self.table.handle_session_expired(now, session);
+                    }
                 }
-                Applied::Done
+                Op::Tick => self.table.handle_timeout(now),
             }
-            Op::Tick => {
-                self.table.handle_timeout(now);
-                Applied::Done
-            }
-        };
-        self.deliver_effects();
+            self.deliver_effects();
+        }
         applied
     }
 
@@ -442,10 +437,10 @@ impl RaftStateMachine<TypeConfig> for ReplicaStore {
         for entry in entries {
             replica.last_applied = Some(entry.log_id);
             results.push(match entry.payload {
-                EntryPayload::Blank => Applied::Done,
+                EntryPayload::Blank => Applied::default(),
                 EntryPayload::Membership(membership) => {
                     replica.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Applied::Done
+                    Applied::default()
                 }
                 EntryPayload::Normal(proposal) => replica.apply(entry.log_id.index, proposal),
             });

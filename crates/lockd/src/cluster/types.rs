@@ -40,15 +40,17 @@ impl super::network::PeerAddress for LockdNode {
     }
 }
 
-/// One log entry of the lock table: an operation and the leader's clock when it proposed it.
-/// Applying it reads no clock of its own, so every node computes the same table.
+/// One log entry of the lock table: operations, applied in order, and the leader's clock when
+/// it proposed them. Applying it reads no clock of its own, so every node computes the same
+/// table. The leader puts every request that arrived together into one entry, so that they
+/// share one append and one round of replication (openraft appends entry by entry).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// Milliseconds since the Unix epoch on the proposing leader, never less than any earlier
-    /// entry's (see `ClusterClock`).
+    /// entry's.
     pub at_ms: u64,
-    /// What to do.
-    pub op: Op,
+    /// What to do, in order.
+    pub ops: Vec<Op>,
 }
 
 /// The operations of the replicated lock table.
@@ -80,12 +82,10 @@ pub enum Op {
 
 /// What applying an entry gave back to the proposer. Replies to clients do not travel this
 /// way: they are frames the state machine delivers (see `machine.rs`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Applied {
-    /// Nothing to report.
-    Done,
-    /// `Open` found its session id taken (ids are random, so practically never).
-    SessionIdTaken,
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Sessions whose `Open` found the id taken (ids are random, so practically never).
+    pub sessions_taken: Vec<SessionId>,
 }
 
 mod request_as_json {
@@ -125,10 +125,13 @@ mod tests {
             let request = Request::parse(line.as_bytes()).unwrap();
             let proposal = Proposal {
                 at_ms: 1,
-                op: Op::Request {
-                    session: SessionId(3),
-                    request: request.clone(),
-                },
+                ops: vec![
+                    Op::Tick,
+                    Op::Request {
+                        session: SessionId(3),
+                        request: request.clone(),
+                    },
+                ],
             };
             let stored = serde_json::to_vec(&proposal).unwrap();
             let back: Proposal = serde_json::from_slice(&stored).unwrap();

@@ -1,10 +1,12 @@
 //! Membership: a fourth node joins (learner, then voter) and leaves again; any node describes
 //! the cluster.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 use super::{hello, Cluster};
-use crate::support::error_code;
+use crate::support::{error_code, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_as_a_voter_and_leaves_again() {
@@ -26,16 +28,27 @@ async fn a_node_joins_as_a_voter_and_leaves_again() {
         .await;
     assert_eq!(reply["ok"], true, "{reply}");
 
-    // Every node, the new one included, describes the same four voters.
+    // Every node, the new one included, comes to describe the same four voters (a follower
+    // learns of the change when the leader next replicates to it).
     for index in 0..4 {
-        let mut any = cluster.connect(index).await;
-        let status = any.call(json!({"id": 1, "op": "cluster_status"})).await;
-        assert_eq!(status["ok"], true, "{status}");
-        assert_eq!(status["node_id"], index as u64 + 1, "{status}");
-        let members = status["members"].as_array().unwrap();
-        assert_eq!(members.len(), 4, "{status}");
-        assert!(members.iter().all(|m| m["voter"] == true), "{status}");
-        assert_eq!(status["leader"], leader as u64 + 1, "{status}");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut any = cluster.connect(index).await;
+            let status = any.call(json!({"id": 1, "op": "cluster_status"})).await;
+            assert_eq!(status["ok"], true, "{status}");
+            assert_eq!(status["node_id"], index as u64 + 1, "{status}");
+            let members = status["members"].as_array().unwrap();
+            let voters = members.iter().filter(|m| m["voter"] == true).count();
+            if voters == 4 && status["leader"] == leader as u64 + 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} still sees {status}",
+                index + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     // The new node holds the state: with the old leader gone, the value is still there.
