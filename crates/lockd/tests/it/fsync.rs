@@ -15,6 +15,32 @@ const FIRST_WRITE_ID: u64 = 7_000_001;
 
 #[tokio::test]
 async fn every_acknowledged_write_follows_a_completed_fsync() {
+    audit_writes(&[]).await;
+}
+
+/// The same for a cluster (of one voter, so that every commit is this process's fsync): the
+/// Raft log store must have the entry on disk before the state machine's reply goes out.
+#[tokio::test]
+async fn every_acknowledged_write_in_a_cluster_follows_a_completed_fsync() {
+    audit_writes(&[
+        "--node-id",
+        "1",
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--peers",
+        "1=127.0.0.1:5555/127.0.0.1:5556",
+        "--bootstrap",
+        "--election-timeout-ms",
+        "300",
+        "--heartbeat-ms",
+        "100",
+    ])
+    .await;
+}
+
+/// Runs lockd (with `flags`) under strace, makes [`WRITES`] acknowledged writes, and checks
+/// the trace.
+async fn audit_writes(flags: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("strace.txt");
     let data = dir.path().join("data");
@@ -30,10 +56,22 @@ async fn every_acknowledged_write_follows_a_completed_fsync() {
             "127.0.0.1:0",
             "--data-dir",
         ])
-        .arg(&data);
+        .arg(&data)
+        .args(flags);
     let mut lockd = Lockd::spawn(&mut command, &data);
     let mut conn = lockd.connect().await;
-    let token = conn.lock(1, "audited", "exclusive").await;
+    // A cluster of one elects itself; until then it answers `not_leader`.
+    let token = loop {
+        let reply = conn
+            .call(json!({"id": 1, "op": "acquire", "resource": "audited"}))
+            .await;
+        if reply["ok"] == true {
+            break reply["token"].as_u64().unwrap();
+        }
+        assert_eq!(reply["error"]["code"], "not_leader", "{reply}");
+        conn = lockd.connect().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     for i in 0..WRITES {
         let id = FIRST_WRITE_ID + i;
         let write = json!({"id": id, "op": "write", "resource": "audited", "token": token, "value": format!("v{i}")});
