@@ -120,6 +120,14 @@ impl Calls {
         Ok((id, reply_rx))
     }
 
+    /// Whether any call waits for its reply.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.state()
+            .pending
+            .as_ref()
+            .is_some_and(|pending| !pending.is_empty())
+    }
+
     /// Routes one line from the server to the call it answers. With `resumable` (a cluster),
     /// a `not_leader` answer leaves its call registered and ends the connection instead.
     pub(crate) fn route(&self, line: &[u8], resumable: bool) -> Routed {

@@ -164,11 +164,16 @@ impl Link {
     /// line read to its call in `calls`. With `resumable`, a `not_leader` answer ends the
     /// link (its call stays registered). Frames taken from `outgoing` but not written when
     /// the link ends are lost with it; their calls are still registered.
+    ///
+    /// With `silence`, a server that sends nothing for that long while a call waits for its
+    /// reply (the keepalive's ping, at least) is taken for gone: a paused or partitioned
+    /// leader closes nothing, and only its silence tells the client to look elsewhere.
     pub(crate) async fn carry(
         self,
         calls: &Calls,
         outgoing: &mut mpsc::UnboundedReceiver<Bytes>,
         resumable: bool,
+        silence: Option<Duration>,
     ) -> LinkEnd {
         let Link {
             mut frames,
@@ -176,7 +181,15 @@ impl Link {
         } = self;
         let reading = async {
             loop {
-                match frames.next().await {
+                let next = match silence {
+                    None => frames.next().await,
+                    Some(limit) => match tokio::time::timeout(limit, frames.next()).await {
+                        Ok(next) => next,
+                        Err(_) if calls.has_pending() => return LinkEnd::Closed,
+                        Err(_) => continue,
+                    },
+                };
+                match next {
                     Some(Ok(Frame::Line(line))) => match calls.route(&line, resumable) {
                         Routed::Delivered => {}
                         Routed::NotLeader { leader } => return LinkEnd::NotLeader { leader },

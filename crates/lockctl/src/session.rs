@@ -46,8 +46,14 @@ impl SessionTask {
     /// goes).
     pub(crate) async fn run(mut self, mut link: Link) {
         let resumable = self.dialer.is_cluster();
+        // The keepalive pings every third of the lease, so a healthy server sends something at
+        // least that often; nothing for half the lease while a reply is due means it is
+        // paused or cut off, with half the lease left to resume elsewhere.
+        let silence = resumable.then(|| (self.lease / 2).max(Duration::from_millis(100)));
         loop {
-            let end = link.carry(&self.calls, &mut self.outgoing, resumable).await;
+            let end = link
+                .carry(&self.calls, &mut self.outgoing, resumable, silence)
+                .await;
             let leader = match end {
                 LinkEnd::Broken(err) => return self.lose(&err),
                 LinkEnd::Closed => None,

@@ -212,3 +212,68 @@ async fn lockctl_cluster_status_and_remove_node() {
         "{removed:?}"
     );
 }
+
+/// A leader that stops answering without closing anything (paused, or cut off by a
+/// partition) is left once a ping has gone unanswered for half the lease: the client resumes
+/// its session elsewhere. Two fake servers stand in for the cluster's nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_leader_is_left_for_another_node() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    async fn answer_hello(stream: tokio::net::TcpStream) -> BufReader<tokio::net::TcpStream> {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        let hello: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let reply = serde_json::json!({"id": hello["id"], "ok": true, "session": 7,
+            "lease_ms": 1000, "server": "fake", "protocol": 1});
+        let mut reply = reply.to_string();
+        reply.push('\n');
+        reader.get_mut().write_all(reply.as_bytes()).await.unwrap();
+        reader
+    }
+
+    // The first node answers the first hello, then hears everything and says nothing; later
+    // connections to it are closed at once.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = silent.accept().await.unwrap();
+        let mut reader = answer_hello(stream).await;
+        tokio::spawn(async move {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).await.is_ok_and(|read| read > 0) {}
+        });
+        while let Ok((stream, _)) = silent.accept().await {
+            drop(stream);
+        }
+    });
+    // The second node records the hello it gets.
+    let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_addr = other.local_addr().unwrap();
+    let (resumed_tx, resumed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (stream, _) = other.accept().await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        let _ = resumed_tx.send(line);
+    });
+
+    let _client = Client::builder(&format!("{silent_addr},{other_addr}"))
+        .lease(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap();
+    let hello = tokio::time::timeout(PATIENCE, resumed_rx)
+        .await
+        .expect("the client left the silent node in time")
+        .unwrap();
+    let hello: serde_json::Value = serde_json::from_str(&hello).unwrap();
+    assert_eq!(hello["op"], "hello", "{hello}");
+    assert_eq!(
+        hello["session"], 7,
+        "the session is resumed, not replaced: {hello}"
+    );
+}
