@@ -13,6 +13,10 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+/// The connection caps lockbench gives the lockd it starts: above the largest scale stage
+/// (`--idle-connections` or `--scale-waiters`, plus a run's connections).
+const BENCH_MAX_CONNECTIONS: &str = "200000";
+
 /// The line lockd prints first, before its address.
 const STARTED_PREFIX: &str = "Lock Server started on tcp://";
 
@@ -57,6 +61,13 @@ impl LockdProcess {
                 "127.0.0.1:0",
                 "--log-level",
                 "warn",
+                // Every connection of a run comes from 127.0.0.1, and the scale stages open
+                // more than lockd admits by default (1,000 per address, 10,000 in all); the
+                // limits are a defence against clients, not what is measured here.
+                "--max-connections",
+                BENCH_MAX_CONNECTIONS,
+                "--max-connections-per-ip",
+                BENCH_MAX_CONNECTIONS,
                 "--data-dir",
             ])
             .arg(dir.path().join("data"))
