@@ -189,6 +189,25 @@ impl LockdConn {
         self.finish_request().await
     }
 
+    /// Writes `value` (plain text that needs no JSON escaping) to `resource`, held exclusively
+    /// with `token`, and waits for the acknowledgement, which lockd sends only once the value
+    /// is durable.
+    pub async fn write(&mut self, resource: &[u8], token: u64, value: &[u8]) -> Result<()> {
+        self.out.clear();
+        let id = self.take_id();
+        self.push_prefix(id, b"write");
+        self.out.extend_from_slice(b",\"resource\":\"");
+        self.out.extend_from_slice(resource);
+        self.out.extend_from_slice(b"\",\"token\":");
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(token).as_bytes());
+        self.out.extend_from_slice(b",\"value\":\"");
+        self.out.extend_from_slice(value);
+        self.out.extend_from_slice(b"\"}\n");
+        self.flush().await?;
+        self.finish_request().await
+    }
+
     /// Acquires `count` fresh resources named `{prefix}{i}` exclusively, pipelining `batch`
     /// acquires per write, and keeps them until the connection is dropped. Every one must be
     /// granted at once (they are fresh); the tokens are not kept.
@@ -353,6 +372,44 @@ impl Locker for LockdLocker {
             .take()
             .ok_or_else(|| anyhow!("release without a held lock"))?;
         self.conn.release(&self.resource, token).await
+    }
+}
+
+/// A lockd connection that takes its own resource, writes a value to it and releases it: the
+/// [`Locker`] of the `writes` mode. Its `acquire` is the lock and the durable write together.
+#[derive(Debug)]
+pub struct WritingLocker {
+    locker: LockdLocker,
+    /// Counts writes, so that every value differs from the last.
+    written: u64,
+}
+
+impl WritingLocker {
+    /// Connects and binds the connection to `resource`, locked exclusively.
+    pub async fn connect(addr: SocketAddr, resource: String) -> Result<WritingLocker> {
+        Ok(WritingLocker {
+            locker: LockdLocker::connect(addr, resource, Mode::Exclusive).await?,
+            written: 0,
+        })
+    }
+}
+
+impl Locker for WritingLocker {
+    async fn acquire(&mut self) -> Result<()> {
+        self.locker.acquire().await?;
+        let token = self
+            .locker
+            .token
+            .ok_or_else(|| anyhow!("acquired without a token"))?;
+        self.written += 1;
+        let mut digits = itoa::Buffer::new();
+        let value = digits.format(self.written).as_bytes();
+        let locker = &mut self.locker;
+        locker.conn.write(&locker.resource, token, value).await
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        self.locker.release().await
     }
 }
 
