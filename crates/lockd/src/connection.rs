@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use protocol::frame::{Frame, LineCodec};
 use protocol::{Command, ErrorCode, Request, ServerFrame, SessionId};
@@ -51,9 +52,11 @@ const INITIAL_READ_BUFFER: usize = 1024;
 /// a few bytes each, cutting requests in two and costing extra system calls.
 const MIN_READ_SPACE: usize = INITIAL_READ_BUFFER / 2;
 
-/// A write buffer that grew past this (a large `status` reply, say) is given back after its
-/// batch, so that one big reply does not stay allocated for the connection's whole life.
-const KEPT_WRITE_BUFFER: usize = 64 * 1024;
+/// A read or write buffer that grew past this (for a burst of pipelined requests and their
+/// replies, or a large `status` reply) is given back once it has been emptied, so that one
+/// burst does not stay allocated for the connection's whole life: with a thousand sessions
+/// that each pipelined a few hundred acquires, kept buffers cost more than the locks.
+const KEPT_BUFFER: usize = 4 * 1024;
 
 /// Where the driver puts frames for one client; the connection's task writes them.
 #[derive(Debug, Clone)]
@@ -220,7 +223,7 @@ where
             // The backpressure point: a client with `max_in_flight` requests unanswered is not
             // read until a reply goes out.
             let may_read = self.in_flight < self.limits.max_in_flight;
-            self.frames.read_buffer_mut().reserve(MIN_READ_SPACE);
+            self.make_read_room();
             tokio::select! {
                 biased;
                 () = self.close.cancelled() => return Ended::Closed,
@@ -259,6 +262,18 @@ where
                     return self.answer_and_end(&reply).await;
                 }
             }
+        }
+    }
+
+    /// Makes room for the next read: moves the unread bytes to the front of the buffer (or
+    /// grows it), and gives back a large buffer once everything in it has been read.
+    fn make_read_room(&mut self) {
+        let buffer = self.frames.read_buffer_mut();
+        // Reserving also reclaims the room of bytes already consumed, so the capacity seen
+        // afterwards is the whole allocation's.
+        buffer.reserve(MIN_READ_SPACE);
+        if buffer.is_empty() && buffer.capacity() > KEPT_BUFFER {
+            *buffer = BytesMut::with_capacity(INITIAL_READ_BUFFER);
         }
     }
 
@@ -380,7 +395,7 @@ where
         match written {
             Ok(Ok(())) => {
                 self.unwritten.clear();
-                if self.unwritten.capacity() > KEPT_WRITE_BUFFER {
+                if self.unwritten.capacity() > KEPT_BUFFER {
                     self.unwritten = Vec::new();
                 }
                 Ok(())

@@ -37,7 +37,7 @@ pub(crate) struct Waiter {
 #[derive(Debug, Default)]
 pub(crate) struct LockQueue {
     holders: Holders,
-    waiters: BTreeMap<Ticket, Waiter>,
+    waiters: Waiters,
 }
 
 impl LockQueue {
@@ -62,13 +62,12 @@ impl LockQueue {
 
     /// Queues a waiter behind everyone already waiting and returns its position (1 = next).
     pub(crate) fn enqueue(&mut self, ticket: Ticket, waiter: Waiter) -> u64 {
-        debug_assert!(self.waiters.keys().next_back() < Some(&ticket));
-        self.waiters.insert(ticket, waiter);
-        self.waiters.len() as u64
+        debug_assert!(self.waiters.iter().next_back().map(|(t, _)| t) < Some(&ticket));
+        self.waiters.insert(ticket, waiter)
     }
 
     pub(crate) fn remove_waiter(&mut self, ticket: Ticket) -> Option<Waiter> {
-        self.waiters.remove(&ticket)
+        self.waiters.remove(ticket)
     }
 
     /// Takes the first waiter out of the queue if it can be granted now. Called in a loop after
@@ -84,7 +83,8 @@ impl LockQueue {
     /// Whether the first waiter could be granted now.
     pub(crate) fn has_grantable(&self) -> bool {
         self.waiters
-            .first_key_value()
+            .iter()
+            .next()
             .is_some_and(|(_, first)| self.compatible_with_holders(first.mode))
     }
 
@@ -93,7 +93,7 @@ impl LockQueue {
     }
 
     pub(crate) fn waiters(&self) -> impl Iterator<Item = &Waiter> {
-        self.waiters.values()
+        self.waiters.iter().map(|(_, waiter)| waiter)
     }
 
     /// Whether a holder has this token.
@@ -103,7 +103,7 @@ impl LockQueue {
 
     /// The mode of a waiter still in line.
     pub(crate) fn waiter_mode(&self, ticket: Ticket) -> Option<LockMode> {
-        self.waiters.get(&ticket).map(|waiter| waiter.mode)
+        self.waiters.get(ticket).map(|waiter| waiter.mode)
     }
 
     /// Everyone a request in `mode` waits for: holders it conflicts with, and waiters ahead of
@@ -144,6 +144,53 @@ impl LockQueue {
 /// Whether two modes cannot hold the lock at the same time.
 fn conflicts(a: LockMode, b: LockMode) -> bool {
     a == LockMode::Exclusive || b == LockMode::Exclusive
+}
+
+/// One resource's waiters, by ticket. Most held locks have nobody waiting, and an empty
+/// `BTreeMap` still takes 24 bytes in every queue of the table (where a million held locks
+/// are a million queues), so the map is boxed and exists only while someone waits.
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)] // reason: the box is what makes an empty queue 8 bytes, not 24
+struct Waiters(Option<Box<BTreeMap<Ticket, Waiter>>>);
+
+impl Waiters {
+    fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Adds a waiter and returns how many wait now.
+    fn insert(&mut self, ticket: Ticket, waiter: Waiter) -> u64 {
+        let waiters = self.0.get_or_insert_default();
+        waiters.insert(ticket, waiter);
+        waiters.len() as u64
+    }
+
+    fn remove(&mut self, ticket: Ticket) -> Option<Waiter> {
+        let waiters = self.0.as_mut()?;
+        let removed = waiters.remove(&ticket);
+        if waiters.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+
+    fn pop_first(&mut self) -> Option<(Ticket, Waiter)> {
+        let waiters = self.0.as_mut()?;
+        let first = waiters.pop_first();
+        if waiters.is_empty() {
+            self.0 = None;
+        }
+        first
+    }
+
+    fn get(&self, ticket: Ticket) -> Option<&Waiter> {
+        self.0.as_ref()?.get(&ticket)
+    }
+
+    /// In arrival (ticket) order.
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (&Ticket, &Waiter)> {
+        self.0.iter().flat_map(|waiters| waiters.iter())
+    }
 }
 
 /// One resource's holders. Nearly every held lock has exactly one holder (an exclusive holder, or
