@@ -219,6 +219,11 @@ where
         let first_frame_deadline = tokio::time::sleep(self.limits.first_frame_timeout);
         tokio::pin!(first_frame_deadline);
         let mut waiting_for_first_frame = true;
+        // One wait for the close token for the connection's whole life: a new one per loop
+        // would register with (and leave) the token's waiter list on every request.
+        let close = self.close.clone();
+        let closed = close.cancelled();
+        tokio::pin!(closed);
         loop {
             // The backpressure point: a client with `max_in_flight` requests unanswered is not
             // read until a reply goes out.
@@ -226,7 +231,7 @@ where
             self.make_read_room();
             tokio::select! {
                 biased;
-                () = self.close.cancelled() => return Ended::Closed,
+                () = &mut closed => return Ended::Closed,
                 frame = self.outbox.recv() => {
                     // The driver keeps its sender until this task sends `Closed`.
                     let Some(frame) = frame else { return Ended::ClientDone };
@@ -389,6 +394,8 @@ where
     async fn write_unwritten(&mut self) -> Result<(), Ended> {
         let write = self.frames.get_mut().write_all(&self.unwritten);
         let written = tokio::select! {
+            // The write first: a write that completes at once never waits on the close token.
+            biased;
             result = tokio::time::timeout(self.limits.write_timeout, write) => result,
             () = self.close.cancelled() => return Err(Ended::WriteFailed),
         };
