@@ -176,14 +176,7 @@ impl LockdConn {
 
     /// Releases `resource`, held with `token`.
     pub async fn release(&mut self, resource: &[u8], token: u64) -> Result<()> {
-        self.out.clear();
-        let id = self.take_id();
-        self.push_prefix(id, b"release");
-        self.out.extend_from_slice(b",\"resource\":\"");
-        self.out.extend_from_slice(resource);
-        self.out.extend_from_slice(b"\",\"token\":");
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(token).as_bytes());
+        self.start_held_request(b"release", resource, token);
         self.out.extend_from_slice(b"}\n");
         self.flush().await?;
         self.finish_request().await
@@ -193,14 +186,7 @@ impl LockdConn {
     /// with `token`, and waits for the acknowledgement, which lockd sends only once the value
     /// is durable.
     pub async fn write(&mut self, resource: &[u8], token: u64, value: &[u8]) -> Result<()> {
-        self.out.clear();
-        let id = self.take_id();
-        self.push_prefix(id, b"write");
-        self.out.extend_from_slice(b",\"resource\":\"");
-        self.out.extend_from_slice(resource);
-        self.out.extend_from_slice(b"\",\"token\":");
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(token).as_bytes());
+        self.start_held_request(b"write", resource, token);
         self.out.extend_from_slice(b",\"value\":\"");
         self.out.extend_from_slice(value);
         self.out.extend_from_slice(b"\"}\n");
@@ -262,6 +248,19 @@ impl LockdConn {
         let id = self.next_id;
         self.next_id += 1;
         id
+    }
+
+    /// Starts a new request about a lock held with `token`:
+    /// `{"id":N,"op":"OP","resource":"R","token":T` (no closing brace).
+    fn start_held_request(&mut self, op: &[u8], resource: &[u8], token: u64) {
+        self.out.clear();
+        let id = self.take_id();
+        self.push_prefix(id, op);
+        self.out.extend_from_slice(b",\"resource\":\"");
+        self.out.extend_from_slice(resource);
+        self.out.extend_from_slice(b"\",\"token\":");
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(token).as_bytes());
     }
 
     fn push_prefix(&mut self, id: u64, op: &[u8]) {
