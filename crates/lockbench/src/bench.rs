@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use crate::clients::echo::EchoServer;
 use crate::clients::lockd::{LockdConn, LockdLocker, Mode as LockMode};
 use crate::clients::redis::RedisTarget;
+use crate::lockd_metrics::StoreCommits;
 use crate::lockd_process::LockdProcess;
 use crate::measure::{ServerCpu, Window};
 use crate::modes::Mode;
@@ -121,6 +122,13 @@ impl Bench {
     pub fn redis_cpu(&self) -> ServerCpu {
         self.redis_pid
             .map_or(ServerCpu::Unknown, ServerCpu::Process)
+    }
+
+    /// Where to read lockd's store commits, when lockbench started it (with its admin API).
+    pub fn store_commits(&self) -> Option<StoreCommits> {
+        self.lockd
+            .as_ref()
+            .map(|lockd| StoreCommits::new(lockd.admin_addr()))
     }
 
     /// lockd's resident memory now, when lockbench started it.

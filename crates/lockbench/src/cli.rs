@@ -109,6 +109,8 @@ pub enum ModeChoice {
     Shared,
     /// Many held locks, many waiters, many idle connections.
     Scale,
+    /// One writer, then --connections writers, each doing acquire / durable write / release.
+    Writes,
     /// Every mode above, in that order.
     All,
 }
@@ -121,6 +123,7 @@ impl ModeChoice {
             ModeChoice::Contended => vec![Mode::Contended],
             ModeChoice::Shared => vec![Mode::Shared],
             ModeChoice::Scale => vec![Mode::Scale],
+            ModeChoice::Writes => vec![Mode::Writes],
             ModeChoice::All => Mode::ALL.to_vec(),
         }
     }

@@ -4,6 +4,8 @@
 //! command and so that it can read the server's RSS (`VmRSS` in /proc/<pid>/status) and CPU
 //! time. The process gets a temporary data directory and logs at `warn` into a file there: at
 //! `info` lockd logs every session, which at thousands of connections would be measured too.
+//! It also serves its admin API on a free port, so that the `writes` mode can read how many
+//! durable commits lockd made from `/metrics`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -13,14 +15,23 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+/// The connection caps lockbench gives the lockd it starts: above the largest scale stage
+/// (`--idle-connections` or `--scale-waiters`, plus a run's connections).
+const BENCH_MAX_CONNECTIONS: &str = "200000";
+
 /// The line lockd prints first, before its address.
 const STARTED_PREFIX: &str = "Lock Server started on tcp://";
+
+/// The line lockd prints second with `--http`, before the admin API's address.
+const ADMIN_PREFIX: &str = "Admin HTTP listening on http://";
 
 /// A lockd process started by lockbench; killed (and its data directory removed) when dropped.
 #[derive(Debug)]
 pub struct LockdProcess {
     child: Child,
     addr: SocketAddr,
+    /// Where lockd serves its admin API (`/metrics`).
+    admin: SocketAddr,
     binary: PathBuf,
     /// Holds the data directory and the log until the process is gone.
     dir: tempfile::TempDir,
@@ -57,6 +68,15 @@ impl LockdProcess {
                 "127.0.0.1:0",
                 "--log-level",
                 "warn",
+                // Every connection of a run comes from 127.0.0.1, and the scale stages open
+                // more than lockd admits by default (1,000 per address, 10,000 in all); the
+                // limits are a defence against clients, not what is measured here.
+                "--max-connections",
+                BENCH_MAX_CONNECTIONS,
+                "--max-connections-per-ip",
+                BENCH_MAX_CONNECTIONS,
+                "--http",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(dir.path().join("data"))
@@ -65,8 +85,8 @@ impl LockdProcess {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        let addr = match read_address(&mut child) {
-            Ok(addr) => addr,
+        let (addr, admin) = match read_addresses(&mut child) {
+            Ok(addresses) => addresses,
             Err(err) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -77,6 +97,7 @@ impl LockdProcess {
         Ok(LockdProcess {
             child,
             addr,
+            admin,
             binary: binary.to_owned(),
             dir,
         })
@@ -96,6 +117,11 @@ impl LockdProcess {
     /// Where lockd listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where lockd serves its admin API.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
     }
 
     /// lockd's process id.
@@ -128,21 +154,29 @@ impl Drop for LockdProcess {
     }
 }
 
-fn read_address(child: &mut Child) -> Result<SocketAddr> {
+/// The lock port's and the admin API's addresses, from lockd's first two lines.
+fn read_addresses(child: &mut Child) -> Result<(SocketAddr, SocketAddr)> {
     let stdout = child
         .stdout
         .take()
         .ok_or_else(|| anyhow!("lockd's stdout was not captured"))?;
-    let mut first = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut first)
-        .context("cannot read lockd's first line")?;
-    let addr = first
-        .trim()
-        .strip_prefix(STARTED_PREFIX)
-        .ok_or_else(|| anyhow!("lockd's first line was {first:?}, not its address"))?;
-    addr.parse()
-        .with_context(|| format!("lockd printed an unreadable address {addr:?}"))
+    let mut stdout = BufReader::new(stdout);
+    let mut address = |prefix: &str, which: &str| -> Result<SocketAddr> {
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read lockd's {which} line"))?;
+        let addr = line
+            .trim()
+            .strip_prefix(prefix)
+            .ok_or_else(|| anyhow!("lockd's {which} line was {line:?}, not an address"))?;
+        addr.parse()
+            .with_context(|| format!("lockd printed an unreadable address {addr:?}"))
+    };
+    Ok((
+        address(STARTED_PREFIX, "first")?,
+        address(ADMIN_PREFIX, "second")?,
+    ))
 }
 
 /// A process's resident memory in bytes, from `VmRSS` in /proc/<pid>/status.

@@ -17,6 +17,7 @@ mod bench;
 mod chart;
 mod cli;
 mod clients;
+mod lockd_metrics;
 mod lockd_process;
 mod measure;
 mod modes;

@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::clients::Locker;
+use crate::lockd_metrics::StoreCommits;
 
 /// Where a run is in its window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +175,8 @@ pub struct LoopsOutcome {
     pub cpu: CpuUse,
     /// Windows measured: 1, plus one for each window measured again on a busy machine.
     pub attempts: u32,
+    /// lockd's store commits during the window, when counted (see [`run_loops_counting`]).
+    pub commits: Option<u64>,
 }
 
 impl LoopStats {
@@ -210,6 +213,19 @@ pub async fn run_loops<L: Locker>(
     handoff: bool,
     server: ServerCpu,
 ) -> Result<LoopsOutcome> {
+    run_loops_counting(lockers, window, handoff, server, None).await
+}
+
+/// [`run_loops`], also counting lockd's store commits during the measured window. The count is
+/// read just before the window opens and just after it closes, while the loops keep running, so
+/// it may include the commits of a millisecond or two around the window.
+pub async fn run_loops_counting<L: Locker>(
+    lockers: Vec<L>,
+    window: Window,
+    handoff: bool,
+    server: ServerCpu,
+    commits: Option<StoreCommits>,
+) -> Result<LoopsOutcome> {
     let phase = PhaseFlag::new();
     let tracker = handoff.then(|| Arc::new(HandoffTracker::new()));
     let mut tasks = Vec::with_capacity(lockers.len());
@@ -221,18 +237,26 @@ pub async fn run_loops<L: Locker>(
         )));
     }
     let mut attempts = 0;
-    let (elapsed, cpu) = loop {
+    let (elapsed, cpu, window_commits) = loop {
         attempts += 1;
         tokio::time::sleep(window.warmup).await;
         if let Some(tracker) = &tracker {
             tracker.take();
         }
+        let commits_before = match &commits {
+            Some(commits) => Some(commits.read().await?),
+            None => None,
+        };
         let meter = CpuMeter::start(server);
         let started = Instant::now();
         phase.begin_window();
         tokio::time::sleep(window.duration).await;
         let elapsed = started.elapsed();
         let cpu = meter.finish(elapsed);
+        let window_commits = match (&commits, commits_before) {
+            (Some(commits), Some(before)) => Some(commits.read().await?.saturating_sub(before)),
+            _ => None,
+        };
         match cpu.others() {
             Some(others) if others > BUSY_MACHINE_CORES && attempts <= window.busy_retries => {
                 eprintln!(
@@ -243,7 +267,7 @@ pub async fn run_loops<L: Locker>(
             }
             _ => {
                 phase.set(Phase::Stop);
-                break (elapsed, cpu);
+                break (elapsed, cpu, window_commits);
             }
         }
     };
@@ -281,6 +305,7 @@ pub async fn run_loops<L: Locker>(
         elapsed,
         cpu,
         attempts,
+        commits: window_commits,
     })
 }
 

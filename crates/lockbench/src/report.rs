@@ -21,9 +21,10 @@ use crate::modes::Mode;
 /// What one run measured; serialized as one JSON line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    /// `uncontended`, `contended`, `shared` or `scale`.
+    /// `uncontended`, `contended`, `shared`, `scale` or `writes`.
     pub mode: &'static str,
-    /// For `scale`: `held_locks`, `queued_waiters` or `idle_connections`.
+    /// For `scale`: `held_locks`, `queued_waiters` or `idle_connections`; for `writes`:
+    /// `writers`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage: Option<&'static str>,
     /// `lockd`, `redis` or `echo`.
@@ -36,7 +37,8 @@ pub struct Record {
     pub warmup_s: f64,
     /// The measured window's real length, in seconds.
     pub duration_s: f64,
-    /// What `ops` counts: `pairs` (acquire + release on an own resource) or `grants`.
+    /// What `ops` counts: `pairs` (acquire + release on an own resource), `grants`, or
+    /// `writes` (acquire + write + release).
     pub unit: &'static str,
     /// Operations completed in the window.
     pub ops: u64,
@@ -170,9 +172,10 @@ impl Record {
         label
     }
 
-    /// How many locks, waiters or idle connections a scale stage held.
+    /// How many locks, waiters or idle connections a scale stage held, or how many writers a
+    /// writes run had.
     pub fn stage_size(&self) -> Option<u64> {
-        ["held", "waiters", "idle_connections"]
+        ["held", "waiters", "idle_connections", "writers"]
             .iter()
             .find_map(|key| self.extra.get(*key).and_then(Value::as_u64))
     }
@@ -315,6 +318,12 @@ fn notes(record: &Record) -> String {
             notes.push(format!("{label} {}/s", thousands(rate.round() as u64)));
         }
     }
+    if let Some(rate) = record.extra_f64("commits_per_s") {
+        notes.push(format!("commits {}/s", thousands(rate.round() as u64)));
+    }
+    if let Some(batch) = record.extra_f64("writes_per_commit") {
+        notes.push(format!("{batch:.1} writes/commit"));
+    }
     if let Some(summary) = record.latency("writer_acquire") {
         notes.push(format!("writer acq p99 {} µs", num(summary.p99)));
     }
@@ -418,7 +427,40 @@ pub fn check_targets(records: &[Record]) -> Vec<TargetCheck> {
         met: handoff.map(|h| h.p99 <= 100.0),
     });
     checks.extend(scale_checks(records));
+    checks.push(group_commit_check(records));
     checks
+}
+
+/// Many writers against one: group commit should multiply writes/s.
+fn group_commit_check(records: &[Record]) -> TargetCheck {
+    let mut runs: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.mode == "writes" && r.stage_size().is_some())
+        .collect();
+    runs.sort_by_key(|r| r.stage_size());
+    let (measured, met) = match (runs.first(), runs.last()) {
+        (Some(one), Some(many)) if runs.len() > 1 && one.ops_per_s > 0.0 => {
+            let ratio = many.ops_per_s / one.ops_per_s;
+            (
+                format!(
+                    "{ratio:.1}× ({} writers {} vs {} writer {} writes/s)",
+                    many.stage_size().unwrap_or(0),
+                    thousands(many.ops_per_s.round() as u64),
+                    one.stage_size().unwrap_or(0),
+                    thousands(one.ops_per_s.round() as u64),
+                ),
+                // The target is stated at 64 writers.
+                (many.stage_size() >= Some(64)).then_some(ratio >= 10.0),
+            )
+        }
+        _ => ("not measured".to_owned(), None),
+    };
+    TargetCheck {
+        what: "durable writes/s, many writers vs one".to_owned(),
+        goal: "≥ 10× (at 64)",
+        measured,
+        met,
+    }
 }
 
 fn scale_checks(records: &[Record]) -> Vec<TargetCheck> {

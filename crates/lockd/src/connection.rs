@@ -1,12 +1,16 @@
-//! One client connection: a reader that turns lines into requests for the driver, and a writer
-//! that sends replies back in batches.
+//! One client connection, served by one task: it reads lines, turns them into requests for the
+//! driver, and writes the driver's replies back in batches.
 //!
-//! Backpressure: each request takes one permit from the connection's in-flight semaphore before
-//! it is passed on, and the writer returns the permit once the request's final reply is on its
-//! way to the socket. A client that sends faster than it reads replies therefore stops being
-//! read once `max_in_flight` requests are pending, and the replies waiting in its outbox can
-//! never exceed two frames (a `queued` event and a reply) per permit. A client that stops
-//! reading altogether is dropped when one write stalls for `write_timeout`.
+//! One task rather than a reader and a writer: a request then costs one wake-up on the way in
+//! (the socket became readable) and one on the way out (the driver filled the outbox), the
+//! socket needs no split (and no lock between its halves), and an idle connection is a single
+//! small task.
+//!
+//! Backpressure: the task counts the requests it passed to the driver whose final reply it has
+//! not written yet, and stops reading the socket while `max_in_flight` of them are pending. The
+//! replies waiting in its outbox therefore never exceed two frames (a `queued` event and a
+//! reply) per request in flight. A client that stops reading altogether is dropped when one
+//! write stalls for `write_timeout`.
 //!
 //! Authentication, when the server has a secret, happens here too, before anything reaches the
 //! driver: until `hello` carries the right `auth`, every request is answered `unauthorized`.
@@ -18,12 +22,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use protocol::frame::{Frame, LineCodec};
 use protocol::{Command, ErrorCode, Request, ServerFrame, SessionId};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -34,13 +39,32 @@ use crate::metrics::Metrics;
 /// How long a closing connection may take to write its last replies.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
 
-/// Where the driver (and the reader, for frames it rejects itself) put frames for one client.
+/// How long a connection that is being closed may take to write what is already queued.
+const CLOSING_FLUSH: Duration = Duration::from_millis(100);
+
+/// The read buffer a connection starts with. Requests are short (an acquire is under 100
+/// bytes), so this holds many; the buffer grows when a client pipelines more, and an idle
+/// connection does not pay for the codec's default of 8 KiB.
+const INITIAL_READ_BUFFER: usize = 1024;
+
+/// Room made in the read buffer before each read, by moving the unread bytes to its front (or
+/// growing it). Without it the free space shrinks with every line consumed until reads return
+/// a few bytes each, cutting requests in two and costing extra system calls.
+const MIN_READ_SPACE: usize = INITIAL_READ_BUFFER / 2;
+
+/// A read or write buffer that grew past this (for a burst of pipelined requests and their
+/// replies, or a large `status` reply) is given back once it has been emptied, so that one
+/// burst does not stay allocated for the connection's whole life: with a thousand sessions
+/// that each pipelined a few hundred acquires, kept buffers cost more than the locks.
+const KEPT_BUFFER: usize = 4 * 1024;
+
+/// Where the driver puts frames for one client; the connection's task writes them.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox(mpsc::UnboundedSender<ServerFrame>);
 
 impl Outbox {
-    /// Queues a frame for the writer. A closed connection silently drops it: nobody is left to
-    /// read it, and the driver learns of the close through [`DriverMsg::Closed`].
+    /// Queues a frame for the connection. A closed connection silently drops it: nobody is left
+    /// to read it, and the driver learns of the close through [`DriverMsg::Closed`].
     pub(crate) fn send(&self, frame: ServerFrame) {
         let _ = self.0.send(frame);
     }
@@ -69,7 +93,7 @@ pub(crate) async fn serve<S>(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // The driver fills in the session id when it opens the session, and the client name when
     // `hello` gives one.
@@ -101,15 +125,14 @@ async fn serve_in_span<S>(
     shutdown: CancellationToken,
     span: tracing::Span,
 ) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let close = shutdown.child_token();
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
-    let outbox = Outbox(outbox_tx);
     let (reply_tx, reply_rx) = oneshot::channel();
     let open = DriverMsg::Open {
         peer,
-        outbox: outbox.clone(),
+        outbox: Outbox(outbox_tx),
         close: close.clone(),
         span,
         reply: reply_tx,
@@ -120,57 +143,60 @@ async fn serve_in_span<S>(
     let Ok(session) = reply_rx.await else {
         return;
     };
-
-    let (read_half, write_half) = tokio::io::split(stream);
-    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
-    let mut writer = tokio::spawn(
-        write_frames(
-            write_half,
-            outbox_rx,
-            Arc::clone(&in_flight),
-            close.clone(),
-            limits.write_timeout,
-            metrics,
-        )
-        .in_current_span(),
-    );
-    let reader = Reader {
+    let codec = LineCodec::new(limits.max_frame_bytes);
+    let mut connection = Connection {
         session,
         peer,
-        driver: driver.clone(),
-        outbox,
-        in_flight,
+        driver,
+        frames: FramedRead::with_capacity(stream, codec, INITIAL_READ_BUFFER),
+        outbox: outbox_rx,
+        in_flight: 0,
         authenticated: limits.auth.is_none(),
-        limits: limits.clone(),
+        limits,
+        metrics,
+        close,
+        unwritten: Vec::new(),
     };
-    reader
-        .run(
-            FramedRead::new(read_half, LineCodec::new(limits.max_frame_bytes)),
-            &close,
-        )
-        .await;
-    let _ = driver.send(DriverMsg::Closed { session });
-    // The driver answers everything it received before `Closed`, then drops its outbox sender;
-    // the writer then flushes those replies (a client that half-closed still gets them) and
-    // ends. A client that stopped reading gets a short grace period, then the close token.
-    if tokio::time::timeout(WRITER_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        close.cancel();
-        let _ = writer.await;
-    }
+    let ended = connection.serve_requests().await;
+    let _ = connection.driver.send(DriverMsg::Closed { session });
+    connection.finish(ended).await;
     debug!("connection finished");
 }
 
-struct Reader {
+/// The state of one connection's task.
+struct Connection<S> {
     session: SessionId,
     peer: SocketAddr,
     driver: mpsc::UnboundedSender<DriverMsg>,
-    outbox: Outbox,
-    in_flight: Arc<Semaphore>,
+    /// The socket, read through the line codec. Replies are written to `frames.get_mut()`,
+    /// which leaves the codec's read buffer alone.
+    frames: FramedRead<S, LineCodec>,
+    /// Frames from the driver. The driver holds the sender until it has handled this
+    /// connection's [`DriverMsg::Closed`], so after `Closed` the channel ends once every reply
+    /// to an earlier request is in it.
+    outbox: mpsc::UnboundedReceiver<ServerFrame>,
+    /// Requests passed to the driver whose final reply has not been written yet.
+    in_flight: usize,
     authenticated: bool,
     limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
+    /// Cancelled to close the connection: by the driver (lease expiry, forced release), by the
+    /// server (shutdown), or here (a write that stalled).
+    close: CancellationToken,
+    /// Serialized frames of the batch being written. Empty between batches, so a non-empty
+    /// buffer after a write was cut off means the client got part of a frame.
+    unwritten: Vec<u8>,
+}
+
+/// Why a connection stopped serving requests.
+enum Ended {
+    /// The client closed its side, broke the protocol, or failed authentication or the
+    /// first-frame timeout (or the driver is gone): replies still owed are written.
+    ClientDone,
+    /// The close token was cancelled: only what is already queued is written.
+    Closed,
+    /// A write failed, stalled or was cut off: nothing more can be written.
+    WriteFailed,
 }
 
 /// What to do with one frame.
@@ -183,89 +209,121 @@ enum Verdict {
     RejectAndClose(ServerFrame),
 }
 
-impl Reader {
-    async fn run<R>(mut self, mut frames: FramedRead<R, LineCodec>, close: &CancellationToken)
-    where
-        R: AsyncRead + Unpin,
-    {
-        let in_flight = Arc::clone(&self.in_flight);
-        let mut first = true;
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Reads requests and writes replies until the connection ends, replies first: frames in
+    /// the outbox are written before more requests are read.
+    async fn serve_requests(&mut self) -> Ended {
+        let first_frame_deadline = tokio::time::sleep(self.limits.first_frame_timeout);
+        tokio::pin!(first_frame_deadline);
+        let mut waiting_for_first_frame = true;
+        // One wait for the close token for the connection's whole life: a new one per loop
+        // would register with (and leave) the token's waiter list on every request.
+        let close = self.close.clone();
+        let closed = close.cancelled();
+        tokio::pin!(closed);
         loop {
-            let frame = if first {
-                let first_frame =
-                    tokio::time::timeout(self.limits.first_frame_timeout, frames.next());
-                tokio::select! {
-                    () = close.cancelled() => return,
-                    frame = first_frame => match frame {
-                        Ok(frame) => frame,
-                        Err(_) => {
-                            info!(session = self.session.0, peer = %self.peer,
-                                "closing a connection that sent no complete frame in time");
-                            self.outbox.send(ServerFrame::error(
-                                None,
-                                ErrorCode::LimitExceeded,
-                                format!(
-                                    "no complete frame within {} ms (--first-frame-timeout-ms)",
-                                    self.limits.first_frame_timeout.as_millis()
-                                ),
-                            ));
-                            return;
+            // The backpressure point: a client with `max_in_flight` requests unanswered is not
+            // read until a reply goes out.
+            let may_read = self.in_flight < self.limits.max_in_flight;
+            self.make_read_room();
+            tokio::select! {
+                biased;
+                () = &mut closed => return Ended::Closed,
+                frame = self.outbox.recv() => {
+                    // The driver keeps its sender until this task sends `Closed`.
+                    let Some(frame) = frame else { return Ended::ClientDone };
+                    if let Err(ended) = self.write_batch(frame).await {
+                        return ended;
+                    }
+                }
+                frame = self.frames.next(), if may_read => {
+                    waiting_for_first_frame = false;
+                    let frame = match frame {
+                        None => return Ended::ClientDone,
+                        Some(Err(err)) => {
+                            debug!(session = self.session.0, error = %err, "read failed");
+                            return Ended::ClientDone;
                         }
-                    },
-                }
-            } else {
-                tokio::select! {
-                    () = close.cancelled() => return,
-                    frame = frames.next() => frame,
-                }
-            };
-            first = false;
-            let frame = match frame {
-                None => return,
-                Some(Err(err)) => {
-                    debug!(session = self.session.0, error = %err, "read failed");
-                    return;
-                }
-                Some(Ok(frame)) => frame,
-            };
-            // Wait for room before passing the frame on: this is the backpressure point.
-            let permit = tokio::select! {
-                () = close.cancelled() => return,
-                permit = in_flight.acquire() => permit,
-            };
-            let Ok(permit) = permit else { return };
-            // The writer gives the permit back when it sends this request's final reply.
-            permit.forget();
-            match self.judge(frame, frames.decoder().max_frame_bytes()) {
-                Verdict::Forward(request) => {
-                    let msg = DriverMsg::Request {
-                        session: self.session,
-                        request,
-                        received: tokio::time::Instant::now().into_std(),
+                        Some(Ok(frame)) => frame,
                     };
-                    if self.driver.send(msg).is_err() {
-                        return;
+                    if let Err(ended) = self.handle_frame(frame).await {
+                        return ended;
                     }
                 }
-                Verdict::Reject(reply) => {
-                    // A bad frame is still a sign of life, but only from an authenticated
-                    // client: a stranger must not keep a connection open by sending junk.
-                    if self.authenticated {
-                        let _ = self.driver.send(DriverMsg::Activity {
-                            session: self.session,
-                        });
-                    }
-                    self.outbox.send(reply);
-                }
-                Verdict::RejectAndClose(reply) => {
-                    self.outbox.send(reply);
-                    return;
+                () = &mut first_frame_deadline, if waiting_for_first_frame => {
+                    info!(session = self.session.0, peer = %self.peer,
+                        "closing a connection that sent no complete frame in time");
+                    let reply = ServerFrame::error(
+                        None,
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "no complete frame within {} ms (--first-frame-timeout-ms)",
+                            self.limits.first_frame_timeout.as_millis()
+                        ),
+                    );
+                    return self.answer_and_end(&reply).await;
                 }
             }
         }
     }
 
-    fn judge(&mut self, frame: Frame, max_frame_bytes: usize) -> Verdict {
+    /// Makes room for the next read: moves the unread bytes to the front of the buffer (or
+    /// grows it), and gives back a large buffer once everything in it has been read.
+    fn make_read_room(&mut self) {
+        let buffer = self.frames.read_buffer_mut();
+        // Reserving also reclaims the room of bytes already consumed, so the capacity seen
+        // afterwards is the whole allocation's.
+        buffer.reserve(MIN_READ_SPACE);
+        if buffer.is_empty() && buffer.capacity() > KEPT_BUFFER {
+            *buffer = BytesMut::with_capacity(INITIAL_READ_BUFFER);
+        }
+    }
+
+    /// Passes a request to the driver, or answers it here.
+    async fn handle_frame(&mut self, frame: Frame) -> Result<(), Ended> {
+        match self.judge(frame) {
+            Verdict::Forward(request) => {
+                let msg = DriverMsg::Request {
+                    session: self.session,
+                    request,
+                    received: tokio::time::Instant::now().into_std(),
+                };
+                if self.driver.send(msg).is_err() {
+                    return Err(Ended::ClientDone);
+                }
+                self.in_flight += 1;
+                Ok(())
+            }
+            Verdict::Reject(reply) => {
+                // A bad frame is still a sign of life, but only from an authenticated client:
+                // a stranger must not keep a connection open by sending junk.
+                if self.authenticated {
+                    let _ = self.driver.send(DriverMsg::Activity {
+                        session: self.session,
+                    });
+                }
+                encode(&reply, &mut self.unwritten, &self.metrics);
+                self.write_unwritten().await
+            }
+            Verdict::RejectAndClose(reply) => Err(self.answer_and_end(&reply).await),
+        }
+    }
+
+    /// Writes a last reply of the connection's own (the replies still owed by the driver
+    /// follow it, in [`Connection::finish`]).
+    async fn answer_and_end(&mut self, reply: &ServerFrame) -> Ended {
+        encode(reply, &mut self.unwritten, &self.metrics);
+        match self.write_unwritten().await {
+            Ok(()) => Ended::ClientDone,
+            Err(ended) => ended,
+        }
+    }
+
+    fn judge(&mut self, frame: Frame) -> Verdict {
+        let max_frame_bytes = self.limits.max_frame_bytes;
         let line = match frame {
             Frame::TooLarge => {
                 return Verdict::Reject(ServerFrame::error(
@@ -318,71 +376,107 @@ impl Reader {
             )),
         }
     }
-}
 
-/// Writes frames as they come, one syscall per batch: everything already queued is serialized
-/// into one buffer before the buffer is written.
-///
-/// Every error frame is counted here, whoever produced it (the driver, or the reader for frames
-/// it rejected itself), by its code.
-async fn write_frames<W: AsyncWrite>(
-    socket: W,
-    mut frames: mpsc::UnboundedReceiver<ServerFrame>,
-    in_flight: Arc<Semaphore>,
-    close: CancellationToken,
-    write_timeout: Duration,
-    metrics: Arc<Metrics>,
-) {
-    tokio::pin!(socket);
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        let frame = tokio::select! {
-            frame = frames.recv() => frame,
-            () = close.cancelled() => None,
-        };
-        let Some(frame) = frame else { break };
-        let mut finished = 0;
-        encode(&frame, &mut buf, &mut finished, &metrics);
-        while let Ok(frame) = frames.try_recv() {
-            encode(&frame, &mut buf, &mut finished, &metrics);
+    /// Writes `first` and every other frame already in the outbox, in one write.
+    async fn write_batch(&mut self, first: ServerFrame) -> Result<(), Ended> {
+        let mut answered = usize::from(encode(&first, &mut self.unwritten, &self.metrics));
+        while let Ok(frame) = self.outbox.try_recv() {
+            answered += usize::from(encode(&frame, &mut self.unwritten, &self.metrics));
         }
+        // Counted as answered once on their way to the socket, as soon as they are serialized,
+        // so that a stalled write cannot also stop the reading that would notice the stall.
+        self.in_flight = self.in_flight.saturating_sub(answered);
+        self.write_unwritten().await
+    }
+
+    /// Writes the serialized frames, giving up on a client that has not read for
+    /// `write_timeout` (and closing its connection) or when the connection is closed.
+    async fn write_unwritten(&mut self) -> Result<(), Ended> {
+        let write = self.frames.get_mut().write_all(&self.unwritten);
         let written = tokio::select! {
-            result = tokio::time::timeout(write_timeout, socket.write_all(&buf)) => match result {
-                Ok(result) => result.is_ok(),
-                Err(_) => {
-                    info!("dropping a client that has not read its replies for {write_timeout:?} \
-                        (--write-timeout-ms)");
-                    close.cancel();
-                    false
-                }
-            },
-            () = close.cancelled() => false,
+            // The write first: a write that completes at once never waits on the close token.
+            biased;
+            result = tokio::time::timeout(self.limits.write_timeout, write) => result,
+            () = self.close.cancelled() => return Err(Ended::WriteFailed),
         };
-        buf.clear();
-        in_flight.add_permits(finished);
-        if !written {
+        match written {
+            Ok(Ok(())) => {
+                self.unwritten.clear();
+                if self.unwritten.capacity() > KEPT_BUFFER {
+                    self.unwritten = Vec::new();
+                }
+                Ok(())
+            }
+            Ok(Err(err)) => {
+                debug!(session = self.session.0, error = %err, "write failed");
+                Err(Ended::WriteFailed)
+            }
+            Err(_) => {
+                info!(
+                    "dropping a client that has not read its replies for {:?} \
+                     (--write-timeout-ms)",
+                    self.limits.write_timeout
+                );
+                self.close.cancel();
+                Err(Ended::WriteFailed)
+            }
+        }
+    }
+
+    /// Called after the driver was told `Closed`: writes the replies still owed, then closes
+    /// the socket.
+    async fn finish(mut self, ended: Ended) {
+        match ended {
+            Ended::ClientDone => {
+                // The driver answers everything it received before `Closed`, then drops its
+                // outbox sender; those replies go out (a client that half-closed still gets
+                // them). A client that stopped reading gets a short grace period.
+                let owed = tokio::time::timeout(WRITER_GRACE, self.write_owed_replies()).await;
+                if let Ok(Err(Ended::WriteFailed)) = owed {
+                    return;
+                }
+            }
+            Ended::Closed => {}
+            Ended::WriteFailed => return,
+        }
+        // A write cut off by the grace period left part of a frame on the wire: another frame
+        // after it would be garbage to the client.
+        if !self.unwritten.is_empty() {
             return;
         }
+        // Closing: send what is already queued (replies to the last requests) without waiting
+        // on a client that does not read.
+        while let Ok(frame) = self.outbox.try_recv() {
+            encode(&frame, &mut self.unwritten, &self.metrics);
+        }
+        let socket = self.frames.get_mut();
+        if !self.unwritten.is_empty() {
+            let _ = tokio::time::timeout(CLOSING_FLUSH, socket.write_all(&self.unwritten)).await;
+        }
+        let _ = socket.shutdown().await;
     }
-    // Closing: send what is already queued (replies to the last requests) without waiting on a
-    // client that does not read.
-    while let Ok(frame) = frames.try_recv() {
-        encode(&frame, &mut buf, &mut 0, &metrics);
+
+    /// Writes replies until the driver drops its outbox sender, or the connection is closed.
+    async fn write_owed_replies(&mut self) -> Result<(), Ended> {
+        loop {
+            let frame = tokio::select! {
+                biased;
+                () = self.close.cancelled() => return Err(Ended::Closed),
+                frame = self.outbox.recv() => frame,
+            };
+            let Some(frame) = frame else { return Ok(()) };
+            self.write_batch(frame).await?;
+        }
     }
-    if !buf.is_empty() {
-        let flush = socket.write_all(&buf);
-        let _ = tokio::time::timeout(Duration::from_millis(100), flush).await;
-    }
-    let _ = socket.shutdown().await;
 }
 
-fn encode(frame: &ServerFrame, buf: &mut Vec<u8>, finished: &mut usize, metrics: &Metrics) {
+/// Serializes one frame into `buf`, counting it if it is an error. Returns whether it is a
+/// request's final reply (anything but a `queued` event).
+fn encode(frame: &ServerFrame, buf: &mut Vec<u8>, metrics: &Metrics) -> bool {
     if let ServerFrame::Err { error, .. } = frame {
         metrics.error(error.code);
     }
     frame.write_json(buf);
     buf.push(b'\n');
-    if !matches!(frame, ServerFrame::Queued { .. }) {
-        *finished += 1;
-    }
+    !matches!(frame, ServerFrame::Queued { .. })
 }

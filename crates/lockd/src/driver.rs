@@ -46,6 +46,10 @@ use crate::store::{CommitBatch, Store};
 /// and share it.
 pub(crate) const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Entries the per-turn buffers keep room for between turns; a larger turn's room is given
+/// back when it ends.
+const TURN_CAPACITY_KEPT: usize = 4096;
+
 /// A message from a connection (or the accept loop) to the driver.
 #[derive(Debug)]
 pub(crate) enum DriverMsg {
@@ -248,6 +252,12 @@ impl Driver {
                     .request_done(op, sent.saturating_duration_since(received));
             }
         }
+        // A burst (thousands of pipelined requests in one turn) must not leave its buffers
+        // allocated for the rest of the process's life.
+        self.outgoing.shrink_to(TURN_CAPACITY_KEPT);
+        self.turn_requests.shrink_to(TURN_CAPACITY_KEPT);
+        self.writes.shrink_to(TURN_CAPACITY_KEPT);
+        self.reads_of_writes.shrink_to(TURN_CAPACITY_KEPT);
     }
 
     /// Runs the store's blocking commit on the blocking pool, so the async threads keep

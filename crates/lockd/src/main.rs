@@ -14,7 +14,7 @@ use lockd::data_dir::DataDir;
 use lockd::server::{AdminOptions, Server, ServerConfig, DEFAULT_MAX_IN_FLIGHT};
 use protocol::cmd::DEFAULT_MAX_VALUE_BYTES;
 use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tracing_subscriber::EnvFilter;
 
 /// lockd: a lock server with FIFO queues, shared and exclusive locks, and fencing tokens.
@@ -26,6 +26,13 @@ struct Args {
     /// Address to listen on; port 0 picks a free port. Use 0.0.0.0:5555 to serve other machines.
     #[arg(long, default_value = "127.0.0.1:5555", value_name = "ADDR")]
     listen: String,
+
+    /// Connections the kernel may queue for lockd before it accepts them (the listen backlog;
+    /// Linux caps it at net.core.somaxconn). When it overflows, a connecting client's SYN is
+    /// dropped and retried a second later, so a burst of reconnecting clients needs room.
+    #[arg(long, default_value_t = 4096, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    listen_backlog: u32,
 
     /// Directory for lockd's data; created if missing, and owned by one lockd at a time.
     #[arg(long, default_value = "./lockd-data", value_name = "DIR")]
@@ -339,7 +346,7 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
             }
         }
     };
-    let listener = match TcpListener::bind(&args.listen).await {
+    let listener = match bind_listener(&args.listen, args.listen_backlog).await {
         Ok(listener) => listener,
         Err(err) => return fail(format!("cannot listen on {}: {err}", args.listen)),
     };
@@ -440,6 +447,32 @@ fn raise_open_file_limit(max_connections: usize) {
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
     }
+}
+
+/// Listens on the first address `addr` resolves to that can be bound, with `backlog`.
+/// `TcpListener::bind` would do the same with a fixed backlog of 128.
+async fn bind_listener(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As TcpListener::bind does: a restarted lockd can listen again at once while the old
+        // process's connections linger in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

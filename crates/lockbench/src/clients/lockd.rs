@@ -176,15 +176,20 @@ impl LockdConn {
 
     /// Releases `resource`, held with `token`.
     pub async fn release(&mut self, resource: &[u8], token: u64) -> Result<()> {
-        self.out.clear();
-        let id = self.take_id();
-        self.push_prefix(id, b"release");
-        self.out.extend_from_slice(b",\"resource\":\"");
-        self.out.extend_from_slice(resource);
-        self.out.extend_from_slice(b"\",\"token\":");
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(token).as_bytes());
+        self.start_held_request(b"release", resource, token);
         self.out.extend_from_slice(b"}\n");
+        self.flush().await?;
+        self.finish_request().await
+    }
+
+    /// Writes `value` (plain text that needs no JSON escaping) to `resource`, held exclusively
+    /// with `token`, and waits for the acknowledgement, which lockd sends only once the value
+    /// is durable.
+    pub async fn write(&mut self, resource: &[u8], token: u64, value: &[u8]) -> Result<()> {
+        self.start_held_request(b"write", resource, token);
+        self.out.extend_from_slice(b",\"value\":\"");
+        self.out.extend_from_slice(value);
+        self.out.extend_from_slice(b"\"}\n");
         self.flush().await?;
         self.finish_request().await
     }
@@ -243,6 +248,19 @@ impl LockdConn {
         let id = self.next_id;
         self.next_id += 1;
         id
+    }
+
+    /// Starts a new request about a lock held with `token`:
+    /// `{"id":N,"op":"OP","resource":"R","token":T` (no closing brace).
+    fn start_held_request(&mut self, op: &[u8], resource: &[u8], token: u64) {
+        self.out.clear();
+        let id = self.take_id();
+        self.push_prefix(id, op);
+        self.out.extend_from_slice(b",\"resource\":\"");
+        self.out.extend_from_slice(resource);
+        self.out.extend_from_slice(b"\",\"token\":");
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(token).as_bytes());
     }
 
     fn push_prefix(&mut self, id: u64, op: &[u8]) {
@@ -353,6 +371,44 @@ impl Locker for LockdLocker {
             .take()
             .ok_or_else(|| anyhow!("release without a held lock"))?;
         self.conn.release(&self.resource, token).await
+    }
+}
+
+/// A lockd connection that takes its own resource, writes a value to it and releases it: the
+/// [`Locker`] of the `writes` mode. Its `acquire` is the lock and the durable write together.
+#[derive(Debug)]
+pub struct WritingLocker {
+    locker: LockdLocker,
+    /// Counts writes, so that every value differs from the last.
+    written: u64,
+}
+
+impl WritingLocker {
+    /// Connects and binds the connection to `resource`, locked exclusively.
+    pub async fn connect(addr: SocketAddr, resource: String) -> Result<WritingLocker> {
+        Ok(WritingLocker {
+            locker: LockdLocker::connect(addr, resource, Mode::Exclusive).await?,
+            written: 0,
+        })
+    }
+}
+
+impl Locker for WritingLocker {
+    async fn acquire(&mut self) -> Result<()> {
+        self.locker.acquire().await?;
+        let token = self
+            .locker
+            .token
+            .ok_or_else(|| anyhow!("acquired without a token"))?;
+        self.written += 1;
+        let mut digits = itoa::Buffer::new();
+        let value = digits.format(self.written).as_bytes();
+        let locker = &mut self.locker;
+        locker.conn.write(&locker.resource, token, value).await
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        self.locker.release().await
     }
 }
 

@@ -1,12 +1,12 @@
 //! The benchmarks, one module each. A mode is a variant of [`Mode`] plus an async `run` that
-//! measures through [`Bench`] and pushes its records to the [`Report`]; adding one (such as the
-//! durable `writes` mode planned for when durability lands) is a new module and three match
-//! arms here.
+//! measures through [`Bench`] and pushes its records to the [`Report`]; adding one is a new
+//! module and a few match arms here.
 
 mod contended;
 mod scale;
 mod shared;
 mod uncontended;
+mod writes;
 
 use anyhow::Result;
 
@@ -24,15 +24,19 @@ pub enum Mode {
     Shared,
     /// Many held locks, many queued waiters, many idle connections: cost per op and memory.
     Scale,
+    /// Writers doing acquire / durable write / release on resources of their own: writes/s
+    /// and commits/s (group commit).
+    Writes,
 }
 
 impl Mode {
     /// Every mode, in the order `--mode all` runs them.
-    pub const ALL: [Mode; 4] = [
+    pub const ALL: [Mode; 5] = [
         Mode::Uncontended,
         Mode::Contended,
         Mode::Shared,
         Mode::Scale,
+        Mode::Writes,
     ];
 
     /// The name used on the command line and in JSON.
@@ -42,6 +46,7 @@ impl Mode {
             Mode::Contended => "contended",
             Mode::Shared => "shared",
             Mode::Scale => "scale",
+            Mode::Writes => "writes",
         }
     }
 
@@ -50,6 +55,7 @@ impl Mode {
         match self {
             Mode::Uncontended | Mode::Scale => "pairs",
             Mode::Contended | Mode::Shared => "grants",
+            Mode::Writes => "writes",
         }
     }
 
@@ -58,7 +64,7 @@ impl Mode {
     pub fn default_connections(self) -> usize {
         match self {
             Mode::Contended => 16,
-            Mode::Uncontended | Mode::Shared | Mode::Scale => 64,
+            Mode::Uncontended | Mode::Shared | Mode::Scale | Mode::Writes => 64,
         }
     }
 
@@ -69,6 +75,7 @@ impl Mode {
             Mode::Contended => contended::run(bench, report).await,
             Mode::Shared => shared::run(bench, report).await,
             Mode::Scale => scale::run(bench, report).await,
+            Mode::Writes => writes::run(bench, report).await,
         }
     }
 }

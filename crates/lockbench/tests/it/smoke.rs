@@ -1,4 +1,5 @@
-//! A seconds-long run of every lockd mode against a lockd that lockbench starts itself.
+//! A seconds-long run of every lockd mode (the durable `writes` mode too) against a lockd that
+//! lockbench starts itself.
 //!
 //! It asserts only that lockbench exits 0 and prints well-formed JSON lines with positive counts:
 //! timings on a shared CI machine prove nothing, so there are no timing assertions here.
@@ -104,14 +105,27 @@ fn every_mode_runs_briefly_and_prints_json_lines() {
             run["ops_per_s"].as_f64().is_some_and(|n| n > 0.0),
             "no rate: {line}"
         );
-        assert_eq!(run["connections"].as_u64(), Some(4), "{line}");
+        if mode == "writes" {
+            // One writer, then --connections writers, each with a connection of its own.
+            let writers = run["writers"].as_u64();
+            assert!(matches!(writers, Some(1 | 4)), "{line}");
+            assert_eq!(run["connections"].as_u64(), writers, "{line}");
+            // lockbench read the commits from the /metrics of the lockd it started.
+            assert!(run["commits"].as_u64().is_some_and(|n| n > 0), "{line}");
+        } else {
+            assert_eq!(run["connections"].as_u64(), Some(4), "{line}");
+        }
         assert!(
             run["latency_us"]["acquire"]["count"]
                 .as_u64()
                 .is_some_and(|n| n > 0),
             "no acquire latencies: {line}"
         );
-        seen.insert(format!("{mode}/{stage}/{target}"));
+        let writers = match run["writers"].as_u64() {
+            Some(n) if mode == "writes" => format!("={n}"),
+            _ => String::new(),
+        };
+        seen.insert(format!("{mode}/{stage}{writers}/{target}"));
         if mode == "contended" {
             assert!(run["fairness"]["min"].as_u64().is_some(), "{line}");
             assert!(
@@ -139,6 +153,8 @@ fn every_mode_runs_briefly_and_prints_json_lines() {
         "scale/held_locks/lockd",
         "scale/queued_waiters/lockd",
         "scale/idle_connections/lockd",
+        "writes/writers=1/lockd",
+        "writes/writers=4/lockd",
     ]
     .into_iter()
     .map(str::to_owned)

@@ -4,6 +4,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::support::{lockd_command, wait_with_patience, Lockd};
 
@@ -67,6 +68,32 @@ fn a_store_file_that_is_not_ours_stops_lockd_and_is_left_alone() {
         std::fs::read_to_string(&store).unwrap(),
         "someone else's file"
     );
+}
+
+#[tokio::test]
+async fn a_burst_of_connections_beyond_the_old_backlog_is_served() {
+    let lockd = Lockd::start(&["--listen-backlog", "1024"]);
+    // Opened concurrently: more than the backlog of 128 that TcpListener::bind gives. Every
+    // one must be served (no timing is asserted).
+    let burst: Vec<_> = (0..300)
+        .map(|_| tokio::spawn(tokio::net::TcpStream::connect(lockd.addr)))
+        .collect();
+    let mut streams = Vec::new();
+    for connect in burst {
+        streams.push(connect.await.unwrap().unwrap());
+    }
+    let ping = b"{\"id\":1,\"op\":\"ping\"}\n";
+    for stream in &mut streams {
+        stream.write_all(ping).await.unwrap();
+    }
+    for stream in streams {
+        let mut reply = String::new();
+        tokio::io::BufReader::new(stream)
+            .read_line(&mut reply)
+            .await
+            .unwrap();
+        assert_eq!(reply, "{\"id\":1,\"ok\":true}\n");
+    }
 }
 
 #[test]
