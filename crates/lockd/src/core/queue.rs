@@ -105,9 +105,13 @@ impl LockQueue {
 
     /// The place in line of the waiter with `ticket` (1 = next), if it waits here.
     pub(crate) fn position(&self, ticket: Ticket) -> Option<u64> {
-        self.waiters
-            .contains_key(&ticket)
-            .then(|| self.waiters.range(..=ticket).count() as u64)
+        self.waiters.get(ticket)?;
+        Some(
+            self.waiters
+                .iter()
+                .take_while(|(t, _)| **t <= ticket)
+                .count() as u64,
+        )
     }
 
     /// Whether a holder has this token.

@@ -13,7 +13,21 @@ use lockd::store::{CommitBatch, RedbStore, Store, StoreError};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
-use crate::support::{error_code, http, lockd_command, Conn, Lockd};
+use crate::support::{error_code, http, lockd_command, Conn, Lockd, PATIENCE};
+
+/// Frees a [`StuckStore`] when dropped.
+struct Unstick(Arc<(Mutex<bool>, Condvar)>);
+
+impl Drop for Unstick {
+    fn drop(&mut self) {
+        *self
+            .0
+             .0
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = false;
+        self.0 .1.notify_all();
+    }
+}
 
 /// Starts lockd with `--http 127.0.0.1:0` and returns it with the admin address it printed on
 /// its second stdout line.
@@ -542,16 +556,27 @@ async fn a_stuck_disk_makes_lockd_unready_but_not_dead() {
     let mut conn = Conn::connect(addr).await;
     let token = conn.lock(1, "r", "exclusive").await;
     assert_eq!(get(admin, "/readyz").await.status, 200);
-    // The disk stops answering in the middle of a write.
+    // The disk stops answering in the middle of a write. If an assertion fails while it is
+    // stuck, the guard frees it, or the runtime would wait for the hung commit forever
+    // instead of failing the test.
     *stuck.0.lock().unwrap() = true;
+    let _unstick = Unstick(Arc::clone(&stuck));
     conn.send(json!({"id": 2, "op": "write", "resource": "r", "token": token, "value": "v"}))
         .await;
-    let (ready, live, metrics) = tokio::join!(
-        get(admin, "/readyz"),
-        get(admin, "/healthz"),
-        get(admin, "/metrics")
-    );
-    assert_eq!(ready.status, 503);
+    // The probe may reach the driver before the write does; once the write's commit hangs,
+    // the driver stops answering and the probe says so.
+    let unready = async {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let ready = get(admin, "/readyz").await;
+            if ready.status == 503 || std::time::Instant::now() > deadline {
+                return ready;
+            }
+        }
+    };
+    let (ready, live, metrics) =
+        tokio::join!(unready, get(admin, "/healthz"), get(admin, "/metrics"));
+    assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(ready.body.contains("did not answer"), "{}", ready.body);
     assert_eq!(live.status, 200, "liveness never depends on the disk");
     assert_eq!(metrics.status, 200, "the counters are still served");
