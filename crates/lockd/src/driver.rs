@@ -213,6 +213,7 @@ impl Driver {
     /// commit fails, the writes are undone and every reply that depended on them becomes an
     /// `internal` error; locks keep working.
     async fn finish_turn(&mut self) {
+        self.send_frames_before_first_write();
         let batch = CommitBatch {
             values: self
                 .writes
@@ -258,6 +259,31 @@ impl Driver {
         self.turn_requests.shrink_to(TURN_CAPACITY_KEPT);
         self.writes.shrink_to(TURN_CAPACITY_KEPT);
         self.reads_of_writes.shrink_to(TURN_CAPACITY_KEPT);
+    }
+
+    /// Sends at once the frames this turn made before its first write: they show only state
+    /// that earlier commits made durable (values) or that is never durable (locks; a grant's
+    /// token is always under the durable reservation), so they need not wait for this turn's
+    /// commit. A writer's acquire and release then no longer wait behind other writers' values.
+    fn send_frames_before_first_write(&mut self) {
+        let first_write = self
+            .writes
+            .first()
+            .map_or(self.outgoing.len(), |write| write.reply);
+        if first_write == 0 {
+            return;
+        }
+        for (session, frame) in self.outgoing.drain(..first_write) {
+            if let Some(connection) = self.connections.get(&session) {
+                connection.outbox.send(frame);
+            }
+        }
+        for write in &mut self.writes {
+            write.reply -= first_write;
+        }
+        for reply in &mut self.reads_of_writes {
+            *reply -= first_write;
+        }
     }
 
     /// Runs the store's blocking commit on the blocking pool, so the async threads keep

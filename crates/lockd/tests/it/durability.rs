@@ -457,3 +457,41 @@ async fn serve_in_process(
     };
     (addr, stop)
 }
+
+/// Frames a turn makes before its first write go out before the turn's commit (they show no
+/// value of it); the write's reply and everything after it wait for the fsync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_before_a_write_do_not_wait_for_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, snapshot) = RedbStore::open(dir.path()).unwrap();
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+    let store = GatedStore {
+        inner: store,
+        commits: Arc::clone(&commits),
+        open: Arc::clone(&open),
+    };
+    let (addr, stop) = serve_in_process(Box::new(store), snapshot).await;
+    let mut conn = Conn::connect(addr).await;
+    let token = conn.lock(1, "r", "exclusive").await;
+
+    *open.0.lock().unwrap() = false;
+    conn.send_batch(&[
+        json!({"id": 10, "op": "acquire", "resource": "other"}),
+        json!({"id": 11, "op": "write", "resource": "r", "token": token, "value": "v"}),
+        json!({"id": 12, "op": "release", "resource": "r", "token": token}),
+    ])
+    .await;
+    let early = conn.recv().await;
+    assert_eq!(
+        early["id"], 10,
+        "the acquire is answered while the disk is held: {early}"
+    );
+    conn.expect_silence().await;
+
+    *open.0.lock().unwrap() = true;
+    open.1.notify_all();
+    assert_eq!(conn.recv().await, json!({"id": 11, "ok": true}));
+    assert_eq!(conn.recv().await, json!({"id": 12, "ok": true}));
+    stop.await;
+}
