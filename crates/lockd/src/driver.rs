@@ -24,10 +24,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::cmd::AcquireOk;
 use protocol::{
-    Command, ErrorCode, FenceToken, ReplyBody, Request, RequestId, ResourceName, ServerFrame,
-    SessionId,
+    Command, ErrorCode, FenceToken, Request, RequestId, ResourceName, ServerFrame, SessionId,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -36,7 +34,7 @@ use tracing::{debug, error, info, warn, Span};
 
 use crate::connection::Outbox;
 use crate::core::{Effect, ForcedRelease, LockError, LockTable};
-use crate::execute::{execute, Executed};
+use crate::execute::{effect_frame, execute, reply_frame, Executed};
 use crate::metrics::Metrics;
 use crate::snapshot::{LocksSnapshot, SessionInfo};
 use crate::store::{CommitBatch, Store};
@@ -577,39 +575,24 @@ impl Driver {
             self.metrics.observe(observation);
         }
         while let Some(effect) = self.table.poll_effect() {
-            match effect {
-                Effect::Granted {
-                    session,
-                    request,
-                    resource,
-                    token,
-                    mode,
-                } => {
+            if let Some((session, frame)) = effect_frame(&effect) {
+                if let Effect::Granted {
+                    resource, token, ..
+                } = &effect
+                {
                     debug!(session = session.0, %resource, token = token.0, "granted after waiting");
-                    let body = ReplyBody::Acquired(AcquireOk { token, mode });
-                    self.send(session, reply_frame(request, Ok(body)));
                 }
-                Effect::WaitFailed {
-                    session,
-                    request,
-                    resource,
-                    reason,
-                } => {
-                    let error = reason.to_error(resource);
-                    self.send(session, reply_frame(request, Err(error)));
-                }
-                Effect::SessionExpired { session } => {
-                    self.metrics.expirations.inc();
-                    if let Some(connection) = self.connections.remove(&session) {
-                        connection.span.in_scope(|| {
-                            warn!(
-                                "session expired: nothing heard from the client for its whole \
-                                 lease"
-                            );
-                        });
-                        connection.close.cancel();
-                        self.count_sessions();
-                    }
+                self.send(session, frame);
+                continue;
+            }
+            if let Effect::SessionExpired { session } = effect {
+                self.metrics.expirations.inc();
+                if let Some(connection) = self.connections.remove(&session) {
+                    connection.span.in_scope(|| {
+                        warn!("session expired: nothing heard from the client for its whole lease");
+                    });
+                    connection.close.cancel();
+                    self.count_sessions();
                 }
             }
         }
@@ -626,19 +609,6 @@ fn frame_id(frame: &ServerFrame) -> Option<RequestId> {
         ServerFrame::Ok { id, .. } | ServerFrame::Queued { id, .. } => Some(*id),
         ServerFrame::Err { id, .. } => *id,
         ServerFrame::Saved(_) => None,
-    }
-}
-
-fn reply_frame(id: RequestId, result: Result<ReplyBody, LockError>) -> ServerFrame {
-    match result {
-        Ok(body) => ServerFrame::Ok { id, body },
-        Err(err) => {
-            let code = err.code();
-            if code == ErrorCode::Internal {
-                warn!(id = id.0, error = %err, "request failed inside the server");
-            }
-            ServerFrame::error(Some(id), code, err.to_string())
-        }
     }
 }
 

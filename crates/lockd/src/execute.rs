@@ -7,9 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk, ValidateOk};
-use protocol::{Command, ReplyBody, Request, ResourceName, SessionId};
+use protocol::{
+    Command, ErrorCode, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
+};
+use tracing::warn;
 
-use crate::core::{Acquired, LockError, LockTable};
+use crate::core::{Acquired, Effect, LockError, LockTable};
 
 /// What a request gave.
 #[derive(Debug)]
@@ -103,4 +106,48 @@ pub(crate) fn execute(
         }
     };
     (Executed::Reply(result), written)
+}
+
+/// The frame that answers request `id` with `result`.
+pub(crate) fn reply_frame(id: RequestId, result: Result<ReplyBody, LockError>) -> ServerFrame {
+    match result {
+        Ok(body) => ServerFrame::Ok { id, body },
+        Err(err) => {
+            let code = err.code();
+            if code == ErrorCode::Internal {
+                warn!(id = id.0, error = %err, "request failed inside the server");
+            }
+            ServerFrame::error(Some(id), code, err.to_string())
+        }
+    }
+}
+
+/// The frame an effect sends to its session: a waiting acquire's grant or failure. `None` for
+/// a session's expiry, which closes its connection instead (each caller does that its way).
+pub(crate) fn effect_frame(effect: &Effect) -> Option<(SessionId, ServerFrame)> {
+    match effect {
+        Effect::Granted {
+            session,
+            request,
+            token,
+            mode,
+            ..
+        } => {
+            let body = ReplyBody::Acquired(AcquireOk {
+                token: *token,
+                mode: *mode,
+            });
+            Some((*session, reply_frame(*request, Ok(body))))
+        }
+        Effect::WaitFailed {
+            session,
+            request,
+            resource,
+            reason,
+        } => {
+            let error = reason.to_error(resource.clone());
+            Some((*session, reply_frame(*request, Err(error))))
+        }
+        Effect::SessionExpired { .. } => None,
+    }
 }

@@ -21,18 +21,17 @@ use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, StorageError,
     StorageIOError, StoredMembership,
 };
-use protocol::cmd::AcquireOk;
-use protocol::{Command, ErrorCode, ReplyBody, Request, RequestId, ServerFrame, SessionId};
+use protocol::{Command, ErrorCode, Request, ServerFrame, SessionId};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::retries::{Retries, RetriesImage, Retry, SAVED_REPLIES};
 use super::types::{Applied, LockdNode, Op, Proposal, TypeConfig};
 use crate::connection::Outbox;
 use crate::core::{Effect, LockError, LockTable, TableConfig, TableImage};
-use crate::execute::{execute, Executed};
+use crate::execute::{effect_frame, execute, reply_frame, Executed};
 use crate::metrics::Metrics;
 
 /// Tokens granted by the entry at log index `i` are at least `i << TOKEN_SHIFT`: room for 16
@@ -191,36 +190,19 @@ impl Replica {
             self.metrics.observe(observation);
         }
         while let Some(effect) = self.table.poll_effect() {
-            match effect {
-                Effect::Granted {
-                    session,
-                    request,
-                    token,
-                    mode,
-                    ..
-                } => {
-                    let body = ReplyBody::Acquired(AcquireOk { token, mode });
-                    self.send(session, reply_frame(request, Ok(body)));
-                }
-                Effect::WaitFailed {
-                    session,
-                    request,
-                    resource,
-                    reason,
-                } => self.send(
-                    session,
-                    reply_frame(request, Err(reason.to_error(resource))),
-                ),
-                Effect::SessionExpired { session } => {
-                    self.metrics.expirations.inc();
-                    self.retries.forget(session);
-                    if let Some(route) = self.routes.remove(&session) {
-                        info!(
-                            session = session.0,
-                            "session expired: its connection is closed"
-                        );
-                        route.close.cancel();
-                    }
+            if let Some((session, frame)) = effect_frame(&effect) {
+                self.send(session, frame);
+                continue;
+            }
+            if let Effect::SessionExpired { session } = effect {
+                self.metrics.expirations.inc();
+                self.retries.forget(session);
+                if let Some(route) = self.routes.remove(&session) {
+                    info!(
+                        session = session.0,
+                        "session expired: its connection is closed"
+                    );
+                    route.close.cancel();
                 }
             }
         }
@@ -231,19 +213,6 @@ impl Replica {
             last_at_ms: self.last_at_ms,
             table: self.table.to_image(self.clock_origin),
             retries: self.retries.to_image(),
-        }
-    }
-}
-
-fn reply_frame(id: RequestId, result: Result<ReplyBody, LockError>) -> ServerFrame {
-    match result {
-        Ok(body) => ServerFrame::Ok { id, body },
-        Err(err) => {
-            let code = err.code();
-            if code == ErrorCode::Internal {
-                warn!(id = id.0, error = %err, "request failed inside the server");
-            }
-            ServerFrame::error(Some(id), code, err.to_string())
         }
     }
 }
