@@ -402,15 +402,9 @@ impl Store for GatedStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_that_arrive_during_a_commit_share_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, snapshot) = RedbStore::open(dir.path()).unwrap();
-    let commits = Arc::new(Mutex::new(Vec::new()));
-    let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
-    let store = GatedStore {
-        inner: store,
-        commits: Arc::clone(&commits),
-        open: Arc::clone(&open),
-    };
-    let (addr, stop) = serve_in_process(Box::new(store), snapshot).await;
+    let gated = GatedServer::start(dir.path()).await;
+    let (addr, commits, open) = (gated.addr, gated.commits, gated.open);
+    let stop = gated.stop;
 
     const WRITERS: usize = 10;
     let mut conns = Vec::new();
@@ -439,6 +433,35 @@ async fn writes_that_arrive_during_a_commit_share_the_next_one() {
     stop.await;
 }
 
+/// A server in this process over a [`GatedStore`]: its address, the sizes of its commits, the
+/// gate, and the future that stops it.
+struct GatedServer<S> {
+    addr: std::net::SocketAddr,
+    commits: Arc<Mutex<Vec<usize>>>,
+    open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    stop: S,
+}
+
+impl GatedServer<()> {
+    async fn start(dir: &std::path::Path) -> GatedServer<impl std::future::Future<Output = ()>> {
+        let (store, snapshot) = RedbStore::open(dir).unwrap();
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+        let store = GatedStore {
+            inner: store,
+            commits: Arc::clone(&commits),
+            open: Arc::clone(&open),
+        };
+        let (addr, stop) = serve_in_process(Box::new(store), snapshot).await;
+        GatedServer {
+            addr,
+            commits,
+            open,
+            stop,
+        }
+    }
+}
+
 /// Runs a server over `store` in this process; awaiting the returned future stops it.
 async fn serve_in_process(
     store: Box<dyn Store>,
@@ -463,15 +486,9 @@ async fn serve_in_process(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_before_a_write_do_not_wait_for_its_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, snapshot) = RedbStore::open(dir.path()).unwrap();
-    let commits = Arc::new(Mutex::new(Vec::new()));
-    let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
-    let store = GatedStore {
-        inner: store,
-        commits: Arc::clone(&commits),
-        open: Arc::clone(&open),
-    };
-    let (addr, stop) = serve_in_process(Box::new(store), snapshot).await;
+    let gated = GatedServer::start(dir.path()).await;
+    let (addr, commits, open) = (gated.addr, gated.commits, gated.open);
+    let stop = gated.stop;
     let mut conn = Conn::connect(addr).await;
     let token = conn.lock(1, "r", "exclusive").await;
 
@@ -493,5 +510,10 @@ async fn replies_before_a_write_do_not_wait_for_its_commit() {
     open.1.notify_all();
     assert_eq!(conn.recv().await, json!({"id": 11, "ok": true}));
     assert_eq!(conn.recv().await, json!({"id": 12, "ok": true}));
+    assert_eq!(
+        *commits.lock().unwrap(),
+        vec![1],
+        "one commit, for the one write"
+    );
     stop.await;
 }
