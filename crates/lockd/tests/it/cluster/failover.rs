@@ -270,3 +270,30 @@ async fn a_long_wait_survives_a_resume_after_many_pings() {
         .await;
     assert_eq!(retried, json!({"id": 1, "event": "queued", "position": 1}));
 }
+
+/// An acquire's timeout runs on the leader's clock through `Tick` entries: it fails in time,
+/// and the lock's holder is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_acquire_times_out_in_a_cluster() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader(None).await;
+    let mut holder = cluster.connect(leader).await;
+    hello(&mut holder, None).await;
+    let token = holder.lock(1, "r", "exclusive").await;
+
+    let mut waiter = cluster.connect(leader).await;
+    hello(&mut waiter, None).await;
+    let started = Instant::now();
+    let queued = waiter
+        .call(json!({"id": 1, "op": "acquire", "resource": "r", "timeout_ms": 300}))
+        .await;
+    assert_eq!(queued["event"], "queued", "{queued}");
+    let failed = waiter.recv().await;
+    assert_eq!(error_code(&failed), "timeout", "{failed}");
+    assert_eq!(failed["id"], 1);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    let reply = holder
+        .call(json!({"id": 2, "op": "validate", "resource": "r", "token": token}))
+        .await;
+    assert_eq!(reply["valid"], true, "{reply}");
+}
