@@ -7,11 +7,12 @@
 //! single total order, which is what makes grants strictly FIFO and tokens strictly increasing
 //! without any further locking.
 //!
-//! The driver works in turns: it takes every message already waiting, runs them against the
-//! table, commits what they wrote (values, and a token reservation when the table asks for one)
-//! in one durable batch, and only then sends the turn's frames. So no reply can reveal state
-//! that a crash could still lose, and writes that arrive together share one fsync (group
-//! commit). While a commit runs, new messages queue up and form the next turn.
+//! Durability: what the table's inputs wrote (values, and a token reservation when the table
+//! asks for one) is committed in batches on the blocking pool, one commit at a time, while the
+//! driver goes on applying requests; writes applied during a commit share the next one (group
+//! commit). A frame that shows a value not yet durable (a write's reply, a read of such a
+//! value) is held until its commit has finished, so no reply reveals state that a crash could
+//! still lose; everything else goes out at once. [`CommitPipeline`] keeps that bookkeeping.
 //!
 //! The driver also serves the admin API (which never touches the table itself): it hands out
 //! snapshots of holders and waiters, rebuilt at most every [`SNAPSHOT_INTERVAL`] and only when
@@ -24,10 +25,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{
-    Command, ErrorCode, FenceToken, Request, RequestId, ResourceName, ServerFrame, SessionId,
-};
+use protocol::{Command, FenceToken, Request, ResourceName, ServerFrame, SessionId};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Span};
@@ -36,17 +36,14 @@ use crate::connection::Outbox;
 use crate::core::{Effect, ForcedRelease, LockError, LockTable};
 use crate::execute::{effect_frame, execute, reply_frame, Executed};
 use crate::metrics::Metrics;
+use crate::pipeline::{CommitId, CommitPipeline, IfCommitFails, Outgoing};
 use crate::snapshot::{LocksSnapshot, SessionInfo};
-use crate::store::{CommitBatch, Store};
+use crate::store::{Store, StoreError};
 
 /// The shortest time between two snapshots for the admin API. Requests that come sooner, while
 /// the table has changed, wait for the next one (so they never see state older than themselves)
 /// and share it.
 pub(crate) const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Entries the per-turn buffers keep room for between turns; a larger turn's room is given
-/// back when it ends.
-const TURN_CAPACITY_KEPT: usize = 4096;
 
 /// A message from a connection (or the accept loop) to the driver.
 #[derive(Debug)]
@@ -88,8 +85,13 @@ pub(crate) enum DriverMsg {
         operator: SocketAddr,
         reply: oneshot::Sender<Vec<Evicted>>,
     },
-    /// Readiness: answered as soon as the driver gets to it, which shows it is not stuck.
-    Probe { reply: oneshot::Sender<()> },
+    /// Readiness: answered as soon as the driver gets to it, which shows it is not stuck;
+    /// with an error if a commit has been running for longer than `stuck_after` (the driver
+    /// keeps serving locks during a commit, but writes wait for it).
+    Probe {
+        stuck_after: Duration,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// A hold ended by a forced release, with what the driver knew of its session.
@@ -123,33 +125,39 @@ struct Snapshots {
     waiting: Vec<oneshot::Sender<Arc<LocksSnapshot>>>,
 }
 
-/// A write made this turn, to commit before its reply goes out (or to undo if that fails).
-#[derive(Debug)]
-struct TurnWrite {
-    resource: ResourceName,
-    value: Arc<str>,
-    previous: Option<Arc<str>>,
-    /// Index of its reply in `Driver::outgoing`.
-    reply: usize,
+/// A commit running on the blocking pool.
+struct RunningCommit {
+    id: CommitId,
+    tokens_reserved: Option<u64>,
+    started: std::time::Instant,
+    /// Gives the store back with the commit's outcome.
+    task: JoinHandle<(Box<dyn Store>, Result<(), StoreError>)>,
+}
+
+/// How a commit ended.
+struct CommitOutcome {
+    id: CommitId,
+    tokens_reserved: Option<u64>,
+    started: std::time::Instant,
+    /// The store, back from the blocking pool; `None` if the commit panicked with it.
+    store: Option<Box<dyn Store>>,
+    result: Result<(), String>,
 }
 
 /// Owns the table, the store and the outboxes of all open sessions.
 pub(crate) struct Driver {
     table: LockTable,
-    /// `None` only while a commit runs on the blocking pool.
+    /// `None` while a commit runs on the blocking pool, and for good after a commit panicked.
     store: Option<Box<dyn Store>>,
     connections: HashMap<SessionId, ConnectionHandle>,
+    /// Outboxes of closed connections that still have frames waiting for a commit: a client
+    /// that sent a write and then closed its side still gets the reply.
+    draining: HashMap<SessionId, Outbox>,
     server_name: String,
-    /// Frames produced this turn, sent once the turn's commit is durable.
-    outgoing: Vec<(SessionId, ServerFrame)>,
-    /// Values written this turn, in order.
-    writes: Vec<TurnWrite>,
-    /// `read` replies this turn that returned a value written earlier in the same turn, so
-    /// they can be withdrawn if that write fails (indexes in `outgoing`).
-    reads_of_writes: Vec<usize>,
+    pipeline: CommitPipeline,
+    /// When the running commit started, for readiness.
+    committing_since: Option<std::time::Instant>,
     metrics: Arc<Metrics>,
-    /// Requests answered this turn: op (a metrics handle index) and when each was read.
-    turn_requests: Vec<(usize, std::time::Instant)>,
     snapshots: Snapshots,
 }
 
@@ -168,20 +176,20 @@ impl Driver {
             table,
             store: Some(store),
             connections: HashMap::new(),
+            draining: HashMap::new(),
             server_name: format!("lockd {}", env!("CARGO_PKG_VERSION")),
-            outgoing: Vec::new(),
-            writes: Vec::new(),
-            reads_of_writes: Vec::new(),
+            pipeline: CommitPipeline::new(),
+            committing_since: None,
             metrics,
-            turn_requests: Vec::new(),
             snapshots: Snapshots::default(),
         }
     }
 
     /// Runs until every sender of `inbox` is gone, which happens after the server has stopped
-    /// accepting and every connection task has ended. Every turn, including the last, is
-    /// committed before it returns; the store closes when the driver is dropped.
+    /// accepting and every connection task has ended. Everything applied is committed (and
+    /// its frames sent) before it returns; the store closes when the driver is dropped.
     pub(crate) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<DriverMsg>) {
+        let mut running: Option<RunningCommit> = None;
         loop {
             let deadline = self.table.next_deadline();
             let snapshot_due = self.snapshot_due();
@@ -189,11 +197,13 @@ impl Driver {
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { break };
                     self.handle(msg);
-                    // Take whatever else is already waiting: one turn, one commit.
+                    // Take whatever else is already waiting before starting a commit, so that
+                    // writes that arrived together share it.
                     while let Ok(msg) = inbox.try_recv() {
                         self.handle(msg);
                     }
                 }
+                outcome = commit_finished(&mut running) => self.commit_done(outcome),
                 () = sleep_until(deadline), if deadline.is_some() => {
                     self.table.handle_timeout(now());
                     self.snapshots.stale = true;
@@ -203,132 +213,90 @@ impl Driver {
                     self.publish_snapshot();
                 }
             }
-            self.finish_turn().await;
+            if running.is_none() {
+                running = self.start_commit();
+            }
+        }
+        // The inbox is closed: finish what was applied.
+        while let Some(commit) = running {
+            let outcome = commit_finished(&mut Some(commit)).await;
+            self.commit_done(outcome);
+            running = self.start_commit();
         }
     }
 
-    /// Commits the turn's writes and token reservation, then sends the turn's frames. If the
-    /// commit fails, the writes are undone and every reply that depended on them becomes an
-    /// `internal` error; locks keep working.
-    async fn finish_turn(&mut self) {
-        self.send_frames_before_first_write();
-        let batch = CommitBatch {
-            values: self
-                .writes
-                .iter()
-                .map(|write| (write.resource.clone(), Arc::clone(&write.value)))
-                .collect(),
-            tokens_reserved: self.table.tokens_wanted(),
-        };
-        if !batch.is_empty() {
-            let reserved = batch.tokens_reserved;
-            let started = now();
-            let committed = self.commit(batch).await;
-            self.metrics
-                .store_commit(now().saturating_duration_since(started), committed.is_ok());
-            match committed {
-                Ok(()) => {
-                    if let Some(reserved) = reserved {
-                        debug!(reserved, "fencing tokens reserved");
-                        self.table.handle_tokens_reserved(now(), reserved);
-                        self.deliver_effects();
-                    }
-                }
-                Err(message) => self.fail_turn_writes(&message),
-            }
-        }
-        self.writes.clear();
-        self.reads_of_writes.clear();
-        for (session, frame) in self.outgoing.drain(..) {
-            if let Some(connection) = self.connections.get(&session) {
-                connection.outbox.send(frame);
-            }
-        }
-        if !self.turn_requests.is_empty() {
-            let sent = now();
-            for (op, received) in self.turn_requests.drain(..) {
-                self.metrics
-                    .request_done(op, sent.saturating_duration_since(received));
-            }
-        }
-        // A burst (thousands of pipelined requests in one turn) must not leave its buffers
-        // allocated for the rest of the process's life.
-        self.outgoing.shrink_to(TURN_CAPACITY_KEPT);
-        self.turn_requests.shrink_to(TURN_CAPACITY_KEPT);
-        self.writes.shrink_to(TURN_CAPACITY_KEPT);
-        self.reads_of_writes.shrink_to(TURN_CAPACITY_KEPT);
-    }
-
-    /// Sends at once the frames this turn made before its first write: they show only state
-    /// that earlier commits made durable (values) or that is never durable (locks; a grant's
-    /// token is always under the durable reservation), so they need not wait for this turn's
-    /// commit. A writer's acquire and release then no longer wait behind other writers' values.
-    fn send_frames_before_first_write(&mut self) {
-        let first_write = self
-            .writes
-            .first()
-            .map_or(self.outgoing.len(), |write| write.reply);
-        if first_write == 0 {
-            return;
-        }
-        for (session, frame) in self.outgoing.drain(..first_write) {
-            if let Some(connection) = self.connections.get(&session) {
-                connection.outbox.send(frame);
-            }
-        }
-        for write in &mut self.writes {
-            write.reply -= first_write;
-        }
-        for reply in &mut self.reads_of_writes {
-            *reply -= first_write;
-        }
-    }
-
-    /// Runs the store's blocking commit on the blocking pool, so the async threads keep
-    /// reading requests (which then form the next turn).
-    async fn commit(&mut self, batch: CommitBatch) -> Result<(), String> {
+    /// Starts committing what was written since the last commit, and the token reservation
+    /// the table wants, if there is either.
+    fn start_commit(&mut self) -> Option<RunningCommit> {
+        let tokens_reserved = self.table.tokens_wanted();
+        let (id, batch) = self.pipeline.start_commit(tokens_reserved)?;
+        let started = now();
         let Some(mut store) = self.store.take() else {
-            return Err("the store is unavailable after an earlier failure".to_owned());
+            // An earlier commit panicked and took the store with it: this one fails too.
+            self.commit_done(CommitOutcome {
+                id,
+                tokens_reserved,
+                started,
+                store: None,
+                result: Err("the store is unavailable after an earlier failure".to_owned()),
+            });
+            return None;
         };
-        let outcome = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let result = store.commit(&batch);
             (store, result)
+        });
+        self.committing_since = Some(started);
+        Some(RunningCommit {
+            id,
+            tokens_reserved,
+            started,
+            task,
         })
-        .await;
-        match outcome {
-            Ok((store, result)) => {
-                self.store = Some(store);
-                result.map_err(|err| err.to_string())
-            }
-            // The commit panicked and took the store with it: every later write fails too.
-            Err(err) => Err(format!("the store failed: {err}")),
-        }
     }
 
-    fn fail_turn_writes(&mut self, message: &str) {
-        error!(
-            error = message,
-            writes = self.writes.len(),
-            "commit failed: this turn's writes are undone and answered with `internal`"
+    /// Sends the frames that waited for a finished commit. If it failed, every write not yet
+    /// durable is undone and every reply that depended on one becomes an `internal` error;
+    /// locks keep working.
+    fn commit_done(&mut self, outcome: CommitOutcome) {
+        if outcome.store.is_some() {
+            self.store = outcome.store;
+        }
+        self.committing_since = None;
+        self.metrics.store_commit(
+            now().saturating_duration_since(outcome.started),
+            outcome.result.is_ok(),
         );
-        let failure = |id| {
-            ServerFrame::error(
-                Some(id),
-                ErrorCode::Internal,
-                format!("the value was not saved: {message}"),
-            )
+        let released = match outcome.result {
+            Ok(()) => {
+                let released = self.pipeline.commit_succeeded(outcome.id);
+                if let Some(reserved) = outcome.tokens_reserved {
+                    debug!(reserved, "fencing tokens reserved");
+                    self.table.handle_tokens_reserved(now(), reserved);
+                }
+                released
+            }
+            Err(message) => {
+                let (undone, released) = self.pipeline.commit_failed(outcome.id, &message);
+                error!(
+                    error = message,
+                    writes = undone.len(),
+                    "commit failed: every write not yet saved is undone and answered with \
+                     `internal`"
+                );
+                for write in undone {
+                    self.table.revert_write(&write.resource, write.previous);
+                }
+                released
+            }
         };
-        for write in self.writes.drain(..).rev() {
-            self.table.revert_write(&write.resource, write.previous);
-            if let Some(id) = frame_id(&self.outgoing[write.reply].1) {
-                self.outgoing[write.reply].1 = failure(id);
-            }
+        for outgoing in released {
+            self.send_now(outgoing);
         }
-        for reply in self.reads_of_writes.drain(..) {
-            if let Some(id) = frame_id(&self.outgoing[reply].1) {
-                self.outgoing[reply].1 = failure(id);
-            }
-        }
+        self.draining
+            .retain(|session, _| self.pipeline.holds_frames_for(*session));
+        // Grants that waited for the token reservation.
+        self.deliver_effects();
     }
 
     fn handle(&mut self, msg: DriverMsg) {
@@ -368,9 +336,8 @@ impl Driver {
                 let id = request.id;
                 let op = request.command.op();
                 debug!(session = session.0, id = id.0, op, "request");
-                self.turn_requests.push((Metrics::op_index(op), received));
                 self.snapshots.stale = true;
-                self.execute(now, session, request);
+                self.execute(now, session, request, (Metrics::op_index(op), received));
                 self.deliver_effects();
             }
             DriverMsg::Activity { session } => self.table.touch(now(), session),
@@ -378,6 +345,9 @@ impl Driver {
                 if let Some(connection) = self.connections.remove(&session) {
                     connection.span.in_scope(|| info!("session closed"));
                     self.count_sessions();
+                    if self.pipeline.holds_frames_for(session) {
+                        self.draining.insert(session, connection.outbox);
+                    }
                 }
                 self.table.handle_session_closed(now(), session);
                 self.snapshots.stale = true;
@@ -403,8 +373,19 @@ impl Driver {
                 let evicted = self.force_release(&resource, token, operator);
                 let _ = reply.send(evicted);
             }
-            DriverMsg::Probe { reply } => {
-                let _ = reply.send(());
+            DriverMsg::Probe { stuck_after, reply } => {
+                let committing = self
+                    .committing_since
+                    .map(|started| now().saturating_duration_since(started));
+                let answer = match committing {
+                    Some(running) if running > stuck_after => Err(format!(
+                        "a commit to the data directory has run for {} ms (a stuck disk? see \
+                         lockd_store_commit_seconds in /metrics); writes wait for it",
+                        running.as_millis()
+                    )),
+                    _ => Ok(()),
+                };
+                let _ = reply.send(answer);
             }
         }
     }
@@ -506,18 +487,33 @@ impl Driver {
             .set(i64::try_from(self.connections.len()).unwrap_or(i64::MAX));
     }
 
-    /// Runs one request against the table and queues the frame to send back this turn: its
-    /// reply, or for an acquire that has to wait, its `queued` event (the reply comes later as
-    /// an effect).
-    fn execute(&mut self, now: std::time::Instant, session: SessionId, request: Request) {
+    /// Runs one request against the table and sends the frame that answers it: its reply, or
+    /// for an acquire that has to wait, its `queued` event (the reply comes later as an
+    /// effect). `answers` is the request's op and arrival, for the latency metric.
+    fn execute(
+        &mut self,
+        now: std::time::Instant,
+        session: SessionId,
+        request: Request,
+        answers: (usize, std::time::Instant),
+    ) {
         let id = request.id;
+        let reply = |frame| Outgoing {
+            session,
+            frame,
+            answers: Some(answers),
+        };
         match &request.command {
             Command::Hello(hello) if hello.session.is_some_and(|asked| asked != session) => {
                 let error = LockError::NoSession(
                     "a session ends with its connection on a single server; start a new one"
                         .to_owned(),
                 );
-                self.send(session, reply_frame(id, Err(error)));
+                self.send(
+                    reply(reply_frame(id, Err(error))),
+                    None,
+                    IfCommitFails::SendAsIs,
+                );
                 return;
             }
             Command::Hello(hello) => {
@@ -534,15 +530,17 @@ impl Driver {
             Command::Acquire(acquire) => Some(acquire.mode),
             _ => None,
         };
-        let read_of_turn_write = match &request.command {
-            Command::Read(read) => self.writes.iter().any(|w| w.resource == read.resource),
-            _ => false,
+        // A read shows the value as it is now, which may not be durable yet.
+        let reads_undurable = match &request.command {
+            Command::Read(read) => self.pipeline.undurable_write(&read.resource),
+            _ => None,
         };
         let (executed, written) =
             execute(&mut self.table, now, session, request, &self.server_name);
         let result = match executed {
             Executed::Queued(position) => {
-                self.send(session, ServerFrame::Queued { id, position });
+                let queued = ServerFrame::Queued { id, position };
+                self.send(reply(queued), None, IfCommitFails::SendAsIs);
                 return;
             }
             Executed::Reply(result) => result,
@@ -555,18 +553,21 @@ impl Driver {
                 _ => {}
             }
         }
-        if result.is_ok() && read_of_turn_write {
-            self.reads_of_writes.push(self.outgoing.len());
-        }
-        if let Some(written) = written {
-            self.writes.push(TurnWrite {
-                resource: written.resource,
-                value: written.value,
-                previous: written.previous,
-                reply: self.outgoing.len(),
-            });
-        }
-        self.send(session, reply_frame(id, result));
+        let waits_for = match written {
+            Some(written) => Some(self.pipeline.write_applied(
+                written.resource,
+                written.value,
+                written.previous,
+            )),
+            None if result.is_ok() => reads_undurable,
+            None => None,
+        };
+        // Only a frame that shows an undone value fails with its commit.
+        let if_fails = match waits_for {
+            Some(_) => IfCommitFails::Fail,
+            None => IfCommitFails::SendAsIs,
+        };
+        self.send(reply(reply_frame(id, result)), waits_for, if_fails);
     }
 
     /// Sends the table's effects (this turn) and counts its observations.
@@ -582,7 +583,12 @@ impl Driver {
                 {
                     debug!(session = session.0, %resource, token = token.0, "granted after waiting");
                 }
-                self.send(session, frame);
+                let outgoing = Outgoing {
+                    session,
+                    frame,
+                    answers: None,
+                };
+                self.send(outgoing, None, IfCommitFails::SendAsIs);
                 continue;
             }
             if let Effect::SessionExpired { session } = effect {
@@ -598,17 +604,51 @@ impl Driver {
         }
     }
 
-    /// Queues a frame for the end of the turn.
-    fn send(&mut self, session: SessionId, frame: ServerFrame) {
-        self.outgoing.push((session, frame));
+    /// Sends `outgoing` now, or once commit `waits_for` has finished (see [`CommitPipeline`]).
+    fn send(&mut self, outgoing: Outgoing, waits_for: Option<CommitId>, if_fails: IfCommitFails) {
+        if let Some(outgoing) = self.pipeline.route(outgoing, waits_for, if_fails) {
+            self.send_now(outgoing);
+        }
+    }
+
+    fn send_now(&mut self, outgoing: Outgoing) {
+        let Outgoing {
+            session,
+            frame,
+            answers,
+        } = outgoing;
+        let outbox = match self.connections.get(&session) {
+            Some(connection) => Some(&connection.outbox),
+            None => self.draining.get(&session),
+        };
+        if let Some(outbox) = outbox {
+            outbox.send(frame);
+        }
+        if let Some((op, received)) = answers {
+            self.metrics
+                .request_done(op, now().saturating_duration_since(received));
+        }
     }
 }
 
-fn frame_id(frame: &ServerFrame) -> Option<RequestId> {
-    match frame {
-        ServerFrame::Ok { id, .. } | ServerFrame::Queued { id, .. } => Some(*id),
-        ServerFrame::Err { id, .. } => *id,
-        ServerFrame::Saved(_) => None,
+/// Waits for the running commit, if any (forever if none), and takes it once it has finished.
+/// Cancel-safe: dropped before the commit finishes, it leaves the commit in `running`.
+async fn commit_finished(running: &mut Option<RunningCommit>) -> CommitOutcome {
+    let Some(commit) = running.as_mut() else {
+        return std::future::pending().await;
+    };
+    let joined = (&mut commit.task).await;
+    let commit = running.take().expect("the commit just finished");
+    let (store, result) = match joined {
+        Ok((store, result)) => (Some(store), result.map_err(|err| err.to_string())),
+        Err(err) => (None, Err(format!("the store failed: {err}"))),
+    };
+    CommitOutcome {
+        id: commit.id,
+        tokens_reserved: commit.tokens_reserved,
+        started: commit.started,
+        store,
+        result,
     }
 }
 

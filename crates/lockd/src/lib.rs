@@ -22,4 +22,5 @@ mod connection;
 mod driver;
 mod execute;
 mod metrics;
+mod pipeline;
 mod snapshot;

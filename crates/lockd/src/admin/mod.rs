@@ -188,7 +188,8 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: lockd accepts lock connections and its driver answers.
+/// Readiness: lockd accepts lock connections, its driver answers, and no commit to the data
+/// directory has been running for longer than [`DRIVER_PATIENCE`].
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
         return (
@@ -197,14 +198,20 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         )
             .into_response();
     }
-    match ask(&state, |reply| DriverMsg::Probe { reply }).await {
-        Ok(()) => "ready\n".into_response(),
-        Err(err) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", err.message),
-        )
-            .into_response(),
-    }
+    let probe = |reply| DriverMsg::Probe {
+        stuck_after: DRIVER_PATIENCE,
+        reply,
+    };
+    let problem = match ask(&state, probe).await {
+        Ok(Ok(())) => return "ready\n".into_response(),
+        Ok(Err(stuck)) => stuck,
+        Err(err) => err.message,
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {problem}\n"),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {

@@ -248,8 +248,8 @@ impl Frontend {
                 // empty answer says nothing was released.
                 let _ = reply.send(Vec::new());
             }
-            DriverMsg::Probe { reply } => {
-                let _ = reply.send(());
+            DriverMsg::Probe { reply, .. } => {
+                let _ = reply.send(Ok(()));
             }
         }
     }

@@ -377,23 +377,33 @@ async fn a_full_disk_fails_writes_and_lockd_recovers_when_space_returns() {
     assert!(status.success(), "{status:?}");
 }
 
-/// A store that records how many values each commit carried, and can hold commits back.
+/// The longest a [`GatedStore`] holds a commit back.
+const GATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A store that records how many values each commit carried, can hold commits back, and can
+/// fail them.
 struct GatedStore {
     inner: RedbStore,
     commits: Arc<Mutex<Vec<usize>>>,
     open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    failing: Arc<AtomicBool>,
 }
 
 impl Store for GatedStore {
     fn commit(&mut self, batch: &CommitBatch) -> Result<(), StoreError> {
+        // The gate opens by itself after a while, so that a failing test ends instead of
+        // hanging (a runtime waits for its blocking threads when it shuts down).
         let (open, changed) = &*self.open;
-        let mut guard = open.lock().unwrap();
-        while !*guard {
-            guard = changed.wait(guard).unwrap();
-        }
+        let guard = open.lock().unwrap();
+        let (guard, _) = changed
+            .wait_timeout_while(guard, GATE_TIMEOUT, |open| !*open)
+            .unwrap();
         drop(guard);
         if !batch.values.is_empty() {
             self.commits.lock().unwrap().push(batch.values.len());
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError("Input/output error (os error 5)".into()));
         }
         self.inner.commit(batch)
     }
@@ -434,11 +444,12 @@ async fn writes_that_arrive_during_a_commit_share_the_next_one() {
 }
 
 /// A server in this process over a [`GatedStore`]: its address, the sizes of its commits, the
-/// gate, and the future that stops it.
+/// gate, the switch that fails commits, and the future that stops it.
 struct GatedServer<S> {
     addr: std::net::SocketAddr,
     commits: Arc<Mutex<Vec<usize>>>,
     open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    failing: Arc<AtomicBool>,
     stop: S,
 }
 
@@ -447,18 +458,33 @@ impl GatedServer<()> {
         let (store, snapshot) = RedbStore::open(dir).unwrap();
         let commits = Arc::new(Mutex::new(Vec::new()));
         let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+        let failing = Arc::new(AtomicBool::new(false));
         let store = GatedStore {
             inner: store,
             commits: Arc::clone(&commits),
             open: Arc::clone(&open),
+            failing: Arc::clone(&failing),
         };
         let (addr, stop) = serve_in_process(Box::new(store), snapshot).await;
         GatedServer {
             addr,
             commits,
             open,
+            failing,
             stop,
         }
+    }
+}
+
+impl<S> GatedServer<S> {
+    /// Makes the next commit wait until [`GatedServer::open_disk`].
+    fn hold_disk(&self) {
+        *self.open.0.lock().unwrap() = false;
+    }
+
+    fn open_disk(&self) {
+        *self.open.0.lock().unwrap() = true;
+        self.open.1.notify_all();
     }
 }
 
@@ -516,4 +542,156 @@ async fn replies_before_a_write_do_not_wait_for_its_commit() {
         "one commit, for the one write"
     );
     stop.await;
+}
+
+/// While one commit waits on the disk, the server keeps serving: other sessions' acquires,
+/// releases and reads are answered at once, and writes made meanwhile share the next commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_served_while_a_commit_waits_on_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = GatedServer::start(dir.path()).await;
+    let mut writer = Conn::connect(gated.addr).await;
+    let mut other = Conn::connect(gated.addr).await;
+    let mut late_writer = Conn::connect(gated.addr).await;
+    let token = writer.lock(1, "w", "exclusive").await;
+    let late_token = late_writer.lock(1, "late", "exclusive").await;
+
+    gated.hold_disk();
+    writer
+        .send(json!({"id": 2, "op": "write", "resource": "w", "token": token, "value": "v1"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Another session's lock traffic, and its read of a value already durable, do not wait.
+    let other_token = other.lock(1, "o", "shared").await;
+    let read = json!({"id": 2, "op": "read", "resource": "o", "token": other_token});
+    assert_eq!(
+        other.call(read).await,
+        json!({"id": 2, "ok": true, "value": null})
+    );
+    let release = json!({"id": 3, "op": "release", "resource": "o", "token": other_token});
+    assert_eq!(other.call(release).await, json!({"id": 3, "ok": true}));
+    // A write made now goes into the next commit.
+    late_writer
+        .send(
+            json!({"id": 2, "op": "write", "resource": "late", "token": late_token, "value": "v2"}),
+        )
+        .await;
+    writer.expect_silence().await;
+    late_writer.expect_silence().await;
+
+    gated.open_disk();
+    assert_eq!(writer.recv().await, json!({"id": 2, "ok": true}));
+    assert_eq!(late_writer.recv().await, json!({"id": 2, "ok": true}));
+    assert_eq!(*gated.commits.lock().unwrap(), vec![1, 1]);
+    (gated.stop).await;
+}
+
+/// A read of a value whose commit has not finished waits for it, even from another session
+/// that got the lock after the writer released it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_value_still_being_committed_waits_for_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = GatedServer::start(dir.path()).await;
+    let mut writer = Conn::connect(gated.addr).await;
+    let mut next = Conn::connect(gated.addr).await;
+    let token = writer.lock(1, "r", "exclusive").await;
+
+    gated.hold_disk();
+    writer
+        .send(json!({"id": 2, "op": "write", "resource": "r", "token": token, "value": "v"}))
+        .await;
+    let acquire = json!({"id": 1, "op": "acquire", "resource": "r", "mode": "exclusive"});
+    assert_eq!(next.call(acquire).await["event"], "queued");
+    // The release waits behind its own session's write reply (replies keep their order)...
+    writer
+        .send(json!({"id": 3, "op": "release", "resource": "r", "token": token}))
+        .await;
+    // ...but it is applied at once, so the next in line is granted while the disk is held.
+    let granted = next.recv().await;
+    assert_eq!(granted["id"], 1, "{granted}");
+    let next_token = granted["token"].as_u64().unwrap();
+    assert!(next_token > token);
+    next.send(json!({"id": 2, "op": "read", "resource": "r", "token": next_token}))
+        .await;
+    next.expect_silence().await;
+    writer.expect_silence().await;
+
+    gated.open_disk();
+    assert_eq!(writer.recv().await, json!({"id": 2, "ok": true}));
+    assert_eq!(writer.recv().await, json!({"id": 3, "ok": true}));
+    assert_eq!(
+        next.recv().await,
+        json!({"id": 2, "ok": true, "value": "v"})
+    );
+    (gated.stop).await;
+}
+
+/// When a commit fails, every write not yet durable is undone, including those made after it
+/// (which saw its value), and each of their replies is `internal`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_undoes_every_write_made_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = GatedServer::start(dir.path()).await;
+    let mut conn = Conn::connect(gated.addr).await;
+    write_under_lock(&mut conn, "r", "safe").await;
+    let token = conn.lock(10, "r", "exclusive").await;
+
+    gated.hold_disk();
+    gated.failing.store(true, Ordering::SeqCst);
+    conn.send(json!({"id": 11, "op": "write", "resource": "r", "token": token, "value": "one"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Applied while the first commit waits: these go into the next one.
+    conn.send_batch(&[
+        json!({"id": 12, "op": "write", "resource": "r", "token": token, "value": "two"}),
+        json!({"id": 13, "op": "read", "resource": "r", "token": token}),
+        json!({"id": 14, "op": "ping"}),
+    ])
+    .await;
+    conn.expect_silence().await;
+    gated.open_disk();
+    for id in [11, 12, 13] {
+        let reply = conn.recv().await;
+        assert_eq!(reply["id"], id, "{reply}");
+        assert_eq!(error_code(&reply), "internal", "{reply}");
+    }
+    assert_eq!(conn.recv().await, json!({"id": 14, "ok": true}));
+
+    gated.failing.store(false, Ordering::SeqCst);
+    let read = json!({"id": 15, "op": "read", "resource": "r", "token": token});
+    assert_eq!(conn.call(read).await["value"], "safe");
+    let write = json!({"id": 16, "op": "write", "resource": "r", "token": token, "value": "three"});
+    assert_eq!(conn.call(write).await, json!({"id": 16, "ok": true}));
+    (gated.stop).await;
+}
+
+/// A client that sends a write and then closes its sending side still gets the write's reply
+/// once it is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_gets_the_reply_to_its_last_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = GatedServer::start(dir.path()).await;
+    let mut conn = Conn::connect(gated.addr).await;
+    let token = conn.lock(1, "r", "exclusive").await;
+
+    gated.hold_disk();
+    conn.send(json!({"id": 2, "op": "write", "resource": "r", "token": token, "value": "v"}))
+        .await;
+    let (mut read, mut write) = conn.into_split();
+    tokio::io::AsyncWriteExt::shutdown(&mut write)
+        .await
+        .unwrap();
+    // Let the server see the end of the stream while the commit waits.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gated.open_disk();
+    let mut line = String::new();
+    let read_line = tokio::io::AsyncBufReadExt::read_line(&mut read, &mut line);
+    tokio::time::timeout(Duration::from_secs(5), read_line)
+        .await
+        .expect("the reply arrives")
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply, json!({"id": 2, "ok": true}));
+    (gated.stop).await;
 }

@@ -1,0 +1,373 @@
+//! What the driver has applied to the table but not yet made durable: the values written since
+//! the last finished commit, and the frames that must not go out before those values are on
+//! disk.
+//!
+//! The driver keeps applying requests while a commit runs on the blocking pool, and the writes
+//! it applies meanwhile are grouped into the next commit (group commit, pipelined one deep). A
+//! frame goes out at once unless it shows a value that is not durable yet (a write's own reply,
+//! or a read of such a value) or its session already has a frame waiting, so that replies to
+//! one connection keep their order. Locks, grants and tokens are never waited for: locks do not
+//! outlive the process, and every token handed out is under a reservation that is already
+//! durable. Commits run one at a time and finish in order.
+//!
+//! When a commit fails, every write not yet durable is undone, those that came after it too:
+//! they were applied on top of its values, and some were already read by frames that are
+//! waiting for the same commits.
+//!
+//! No I/O and no clock: the driver runs the commits, sends the frames and undoes the writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use protocol::{ErrorCode, RequestId, ResourceName, ServerFrame, SessionId};
+
+use crate::store::CommitBatch;
+
+/// Numbers commits in the order they run, from 1.
+pub(crate) type CommitId = u64;
+
+/// A frame on its way to a session.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) session: SessionId,
+    pub(crate) frame: ServerFrame,
+    /// The request this frame answers, for the latency metric: its op (a metrics index) and
+    /// when it was read. `None` for a frame that answers no request of this turn (a grant
+    /// after waiting).
+    pub(crate) answers: Option<(usize, std::time::Instant)>,
+}
+
+/// What a held frame becomes if the commit it waits for fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfCommitFails {
+    /// It goes out as it is: it only waited to keep its session's replies in order.
+    SendAsIs,
+    /// It becomes an `internal` error: it reported or showed a value that was undone.
+    Fail,
+}
+
+/// A value written to the table and not yet durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingWrite {
+    pub(crate) resource: ResourceName,
+    pub(crate) value: Arc<str>,
+    /// The value it replaced, to put back if its commit fails.
+    pub(crate) previous: Option<Arc<str>>,
+    /// The commit it goes into.
+    pub(crate) commit: CommitId,
+}
+
+#[derive(Debug)]
+struct HeldFrame {
+    outgoing: Outgoing,
+    /// The commit that must finish before it goes out.
+    commit: CommitId,
+    if_fails: IfCommitFails,
+}
+
+/// The driver's writes and frames between the table and the disk.
+#[derive(Debug)]
+pub(crate) struct CommitPipeline {
+    /// The commit that writes applied now go into.
+    filling: CommitId,
+    /// The commit running now, if any (always `filling - 1`).
+    running: Option<CommitId>,
+    /// Writes not yet durable, oldest first.
+    writes: Vec<PendingWrite>,
+    /// Frames waiting for a commit, in the order they were made.
+    held: Vec<HeldFrame>,
+    /// Sessions with held frames: how many, and the last commit one of them waits for.
+    held_sessions: HashMap<SessionId, (usize, CommitId)>,
+}
+
+/// Entries the buffers keep room for once emptied; a burst's larger room is given back.
+const CAPACITY_KEPT: usize = 4096;
+
+impl CommitPipeline {
+    pub(crate) fn new() -> CommitPipeline {
+        CommitPipeline {
+            filling: 1,
+            running: None,
+            writes: Vec::new(),
+            held: Vec::new(),
+            held_sessions: HashMap::new(),
+        }
+    }
+
+    /// Records a write just applied to the table. Returns the commit it goes into, which its
+    /// reply must wait for.
+    pub(crate) fn write_applied(
+        &mut self,
+        resource: ResourceName,
+        value: Arc<str>,
+        previous: Option<Arc<str>>,
+    ) -> CommitId {
+        self.writes.push(PendingWrite {
+            resource,
+            value,
+            previous,
+            commit: self.filling,
+        });
+        self.filling
+    }
+
+    /// The commit that makes `resource`'s current value durable, if that has not happened yet.
+    pub(crate) fn undurable_write(&self, resource: &ResourceName) -> Option<CommitId> {
+        self.writes
+            .iter()
+            .rev()
+            .find(|write| write.resource == *resource)
+            .map(|write| write.commit)
+    }
+
+    /// Returns `outgoing` if it may go out now, or holds it until commit `waits_for` (and every
+    /// commit its session's earlier held frames wait for) has finished.
+    pub(crate) fn route(
+        &mut self,
+        outgoing: Outgoing,
+        waits_for: Option<CommitId>,
+        if_fails: IfCommitFails,
+    ) -> Option<Outgoing> {
+        if waits_for.is_none() && self.held.is_empty() {
+            return Some(outgoing);
+        }
+        let behind = self
+            .held_sessions
+            .get(&outgoing.session)
+            .map(|&(_, commit)| commit);
+        let Some(commit) = waits_for.max(behind) else {
+            return Some(outgoing);
+        };
+        let entry = self
+            .held_sessions
+            .entry(outgoing.session)
+            .or_insert((0, commit));
+        entry.0 += 1;
+        entry.1 = entry.1.max(commit);
+        self.held.push(HeldFrame {
+            outgoing,
+            commit,
+            if_fails,
+        });
+        None
+    }
+
+    /// Whether `session` has frames waiting for a commit.
+    pub(crate) fn holds_frames_for(&self, session: SessionId) -> bool {
+        self.held_sessions.contains_key(&session)
+    }
+
+    /// The next commit to run, when none is running and there is something to commit: the
+    /// writes applied since the last one, and `tokens_reserved` (the table's wish, asked now).
+    pub(crate) fn start_commit(
+        &mut self,
+        tokens_reserved: Option<u64>,
+    ) -> Option<(CommitId, CommitBatch)> {
+        if self.running.is_some() {
+            return None;
+        }
+        // With nothing running, every pending write is in the commit being filled.
+        let batch = CommitBatch {
+            values: self
+                .writes
+                .iter()
+                .map(|write| (write.resource.clone(), Arc::clone(&write.value)))
+                .collect(),
+            tokens_reserved,
+        };
+        if batch.is_empty() {
+            return None;
+        }
+        let id = self.filling;
+        self.running = Some(id);
+        self.filling += 1;
+        Some((id, batch))
+    }
+
+    /// Commit `id` (the running one) is durable. Returns the frames that may go out now, in
+    /// the order they were made.
+    pub(crate) fn commit_succeeded(&mut self, id: CommitId) -> Vec<Outgoing> {
+        debug_assert_eq!(self.running, Some(id));
+        self.running = None;
+        let durable = self.writes.partition_point(|write| write.commit <= id);
+        self.writes.drain(..durable);
+        let (ready, waiting) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|held| held.commit <= id);
+        self.held = waiting;
+        self.release(ready, None)
+    }
+
+    /// Commit `id` (the running one) failed with `message`. Every write not yet durable must
+    /// be undone: they are returned newest first, the order to undo them in. Every held frame
+    /// may go out now, those that showed an undone value replaced by an `internal` error.
+    pub(crate) fn commit_failed(
+        &mut self,
+        id: CommitId,
+        message: &str,
+    ) -> (Vec<PendingWrite>, Vec<Outgoing>) {
+        debug_assert_eq!(self.running, Some(id));
+        self.running = None;
+        let mut undone = std::mem::take(&mut self.writes);
+        undone.reverse();
+        let held = std::mem::take(&mut self.held);
+        (undone, self.release(held, Some(message)))
+    }
+
+    /// Takes `frames` out of the held set; with `failure`, those marked
+    /// [`IfCommitFails::Fail`] become `internal` errors.
+    fn release(&mut self, frames: Vec<HeldFrame>, failure: Option<&str>) -> Vec<Outgoing> {
+        let released = frames
+            .into_iter()
+            .map(|held| {
+                if let Some(entry) = self.held_sessions.get_mut(&held.outgoing.session) {
+                    entry.0 -= 1;
+                    if entry.0 == 0 {
+                        self.held_sessions.remove(&held.outgoing.session);
+                    }
+                }
+                let mut outgoing = held.outgoing;
+                if let (Some(message), IfCommitFails::Fail) = (failure, held.if_fails) {
+                    if let Some(id) = frame_id(&outgoing.frame) {
+                        outgoing.frame = ServerFrame::error(
+                            Some(id),
+                            ErrorCode::Internal,
+                            format!("the value was not saved: {message}"),
+                        );
+                    }
+                }
+                outgoing
+            })
+            .collect();
+        // A burst (thousands of pipelined writes) must not stay allocated for the process's life.
+        self.held.shrink_to(CAPACITY_KEPT);
+        self.writes.shrink_to(CAPACITY_KEPT);
+        released
+    }
+}
+
+fn frame_id(frame: &ServerFrame) -> Option<RequestId> {
+    match frame {
+        ServerFrame::Ok { id, .. } | ServerFrame::Queued { id, .. } => Some(*id),
+        ServerFrame::Err { id, .. } => *id,
+        ServerFrame::Saved(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::ReplyBody;
+
+    use super::*;
+
+    fn name(resource: &str) -> ResourceName {
+        ResourceName::new(resource).unwrap()
+    }
+
+    fn reply(session: u64, id: u64) -> Outgoing {
+        Outgoing {
+            session: SessionId(session),
+            frame: ServerFrame::Ok {
+                id: RequestId(id),
+                body: ReplyBody::EMPTY,
+            },
+            answers: None,
+        }
+    }
+
+    fn ids(frames: &[Outgoing]) -> Vec<(u64, u64)> {
+        frames
+            .iter()
+            .map(|out| (out.session.0, frame_id(&out.frame).unwrap().0))
+            .collect()
+    }
+
+    fn is_internal_error(out: &Outgoing) -> bool {
+        matches!(&out.frame, ServerFrame::Err { error, .. } if error.code == ErrorCode::Internal)
+    }
+
+    #[test]
+    fn frames_that_wait_for_nothing_go_out_at_once() {
+        let mut pipeline = CommitPipeline::new();
+        assert!(pipeline
+            .route(reply(1, 1), None, IfCommitFails::SendAsIs)
+            .is_some());
+        assert!(pipeline.start_commit(None).is_none(), "nothing to commit");
+    }
+
+    #[test]
+    fn a_write_reply_waits_for_its_commit_and_its_session_waits_behind_it() {
+        let mut pipeline = CommitPipeline::new();
+        let commit = pipeline.write_applied(name("r"), Arc::from("v"), None);
+        assert!(pipeline
+            .route(reply(1, 1), Some(commit), IfCommitFails::Fail)
+            .is_none());
+        // The same session's next reply waits behind it; another session's does not.
+        assert!(pipeline
+            .route(reply(1, 2), None, IfCommitFails::SendAsIs)
+            .is_none());
+        assert!(pipeline
+            .route(reply(2, 1), None, IfCommitFails::SendAsIs)
+            .is_some());
+        assert!(pipeline.holds_frames_for(SessionId(1)));
+
+        let (id, batch) = pipeline.start_commit(None).unwrap();
+        assert_eq!(id, commit);
+        assert_eq!(batch.values, vec![(name("r"), Arc::from("v"))]);
+        assert_eq!(ids(&pipeline.commit_succeeded(id)), vec![(1, 1), (1, 2)]);
+        assert!(!pipeline.holds_frames_for(SessionId(1)));
+        assert_eq!(pipeline.undurable_write(&name("r")), None);
+    }
+
+    #[test]
+    fn writes_made_during_a_commit_go_into_the_next_and_their_frames_wait_for_it() {
+        let mut pipeline = CommitPipeline::new();
+        let first = pipeline.write_applied(name("a"), Arc::from("1"), None);
+        pipeline.route(reply(1, 1), Some(first), IfCommitFails::Fail);
+        let (running, _) = pipeline.start_commit(None).unwrap();
+        assert!(pipeline.start_commit(Some(7)).is_none(), "one at a time");
+
+        let second = pipeline.write_applied(name("b"), Arc::from("2"), None);
+        assert!(second > running);
+        pipeline.route(reply(2, 1), Some(second), IfCommitFails::Fail);
+        // A read of the first value waits only for the running commit.
+        assert_eq!(pipeline.undurable_write(&name("a")), Some(first));
+        pipeline.route(reply(3, 1), Some(first), IfCommitFails::Fail);
+
+        assert_eq!(
+            ids(&pipeline.commit_succeeded(running)),
+            vec![(1, 1), (3, 1)]
+        );
+        let (next, batch) = pipeline.start_commit(Some(7)).unwrap();
+        assert_eq!(next, second);
+        assert_eq!(batch.values, vec![(name("b"), Arc::from("2"))]);
+        assert_eq!(batch.tokens_reserved, Some(7));
+        assert_eq!(ids(&pipeline.commit_succeeded(next)), vec![(2, 1)]);
+    }
+
+    #[test]
+    fn a_failed_commit_undoes_every_pending_write_newest_first_and_fails_their_frames() {
+        let mut pipeline = CommitPipeline::new();
+        let first = pipeline.write_applied(name("r"), Arc::from("one"), Some(Arc::from("safe")));
+        pipeline.route(reply(1, 1), Some(first), IfCommitFails::Fail);
+        let (running, _) = pipeline.start_commit(None).unwrap();
+        let second = pipeline.write_applied(name("r"), Arc::from("two"), Some(Arc::from("one")));
+        pipeline.route(reply(1, 2), Some(second), IfCommitFails::Fail);
+        pipeline.route(reply(1, 3), None, IfCommitFails::SendAsIs);
+
+        let (undone, frames) = pipeline.commit_failed(running, "disk on fire");
+        let previous: Vec<_> = undone.iter().map(|w| w.previous.as_deref()).collect();
+        assert_eq!(previous, vec![Some("one"), Some("safe")], "newest first");
+        assert_eq!(ids(&frames), vec![(1, 1), (1, 2), (1, 3)]);
+        assert!(is_internal_error(&frames[0]) && is_internal_error(&frames[1]));
+        assert!(
+            !is_internal_error(&frames[2]),
+            "an ordering wait is sent as it is"
+        );
+        assert!(!pipeline.holds_frames_for(SessionId(1)));
+        assert!(
+            pipeline.start_commit(None).is_none(),
+            "nothing left to commit"
+        );
+    }
+}
