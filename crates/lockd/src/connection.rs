@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn};
 
 use crate::driver::DriverMsg;
 use crate::metrics::Metrics;
@@ -96,37 +96,14 @@ pub(crate) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // The driver fills in the session id when it opens the session, and the client name when
-    // `hello` gives one.
+    // `hello` gives one. The task enters the span only to log (`Connection::log`): entering it
+    // on every poll, as `Instrument` does, costs more than a request's table work.
     let span = info_span!(
         "session",
         session = tracing::field::Empty,
         %peer,
         client = tracing::field::Empty
     );
-    serve_in_span(
-        stream,
-        peer,
-        driver,
-        limits,
-        metrics,
-        shutdown,
-        span.clone(),
-    )
-    .instrument(span)
-    .await;
-}
-
-async fn serve_in_span<S>(
-    stream: S,
-    peer: SocketAddr,
-    driver: mpsc::UnboundedSender<DriverMsg>,
-    limits: ConnectionLimits,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    span: tracing::Span,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
     let close = shutdown.child_token();
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let (reply_tx, reply_rx) = oneshot::channel();
@@ -134,7 +111,7 @@ async fn serve_in_span<S>(
         peer,
         outbox: Outbox(outbox_tx),
         close: close.clone(),
-        span,
+        span: span.clone(),
         reply: reply_tx,
     };
     if driver.send(open).is_err() {
@@ -146,7 +123,6 @@ async fn serve_in_span<S>(
     let codec = LineCodec::new(limits.max_frame_bytes);
     let mut connection = Connection {
         session,
-        peer,
         driver,
         frames: FramedRead::with_capacity(stream, codec, INITIAL_READ_BUFFER),
         outbox: outbox_rx,
@@ -156,17 +132,18 @@ async fn serve_in_span<S>(
         metrics,
         close,
         unwritten: Vec::new(),
+        span,
     };
     let ended = connection.serve_requests().await;
     let _ = connection.driver.send(DriverMsg::Closed { session });
+    let span = connection.span.clone();
     connection.finish(ended).await;
-    debug!("connection finished");
+    span.in_scope(|| debug!("connection finished"));
 }
 
 /// The state of one connection's task.
 struct Connection<S> {
     session: SessionId,
-    peer: SocketAddr,
     driver: mpsc::UnboundedSender<DriverMsg>,
     /// The socket, read through the line codec. Replies are written to `frames.get_mut()`,
     /// which leaves the codec's read buffer alone.
@@ -186,6 +163,8 @@ struct Connection<S> {
     /// Serialized frames of the batch being written. Empty between batches, so a non-empty
     /// buffer after a write was cut off means the client got part of a frame.
     unwritten: Vec<u8>,
+    /// The session's span, entered to log.
+    span: tracing::Span,
 }
 
 /// Why a connection stopped serving requests.
@@ -244,7 +223,7 @@ where
                     let frame = match frame {
                         None => return Ended::ClientDone,
                         Some(Err(err)) => {
-                            debug!(session = self.session.0, error = %err, "read failed");
+                            self.span.in_scope(|| debug!(error = %err, "read failed"));
                             return Ended::ClientDone;
                         }
                         Some(Ok(frame)) => frame,
@@ -254,8 +233,9 @@ where
                     }
                 }
                 () = &mut first_frame_deadline, if waiting_for_first_frame => {
-                    info!(session = self.session.0, peer = %self.peer,
-                        "closing a connection that sent no complete frame in time");
+                    self.span.in_scope(|| {
+                        info!("closing a connection that sent no complete frame in time");
+                    });
                     let reply = ServerFrame::error(
                         None,
                         ErrorCode::LimitExceeded,
@@ -360,8 +340,9 @@ where
                     self.authenticated = true;
                     Verdict::Forward(request)
                 } else {
-                    warn!(session = self.session.0, peer = %self.peer,
-                        "closing a connection whose hello had a wrong or missing auth token");
+                    self.span.in_scope(|| {
+                        warn!("closing a connection whose hello had a wrong or missing auth token");
+                    });
                     Verdict::RejectAndClose(ServerFrame::error(
                         id,
                         ErrorCode::Unauthorized,
@@ -408,15 +389,17 @@ where
                 Ok(())
             }
             Ok(Err(err)) => {
-                debug!(session = self.session.0, error = %err, "write failed");
+                self.span.in_scope(|| debug!(error = %err, "write failed"));
                 Err(Ended::WriteFailed)
             }
             Err(_) => {
-                info!(
-                    "dropping a client that has not read its replies for {:?} \
-                     (--write-timeout-ms)",
-                    self.limits.write_timeout
-                );
+                self.span.in_scope(|| {
+                    info!(
+                        "dropping a client that has not read its replies for {:?} \
+                         (--write-timeout-ms)",
+                        self.limits.write_timeout
+                    );
+                });
                 self.close.cancel();
                 Err(Ended::WriteFailed)
             }

@@ -430,18 +430,20 @@ async fn json_logs_carry_the_session_span() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("lockd.log");
     let data = dir.path().join("data");
-    let mut command = lockd_command(&data, &["--log-format", "json"]);
+    let flags = ["--log-format", "json", "--first-frame-timeout-ms", "200"];
+    let mut command = lockd_command(&data, &flags);
     command.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
     let mut lockd = Lockd::spawn(&mut command, &data);
     let (mut conn, local) = connect(&lockd).await;
     let session = hello(&mut conn, "json-client").await;
     drop(conn);
-    // Wait for the close to be logged before stopping lockd.
+    // A connection that says nothing is closed by its own task, which logs in the span too.
+    let (mut silent, silent_local) = connect(&lockd).await;
+    assert_eq!(error_code(&silent.recv().await), "limit_exceeded");
+    // Wait for both to be logged before stopping lockd.
     for _ in 0..100 {
-        if std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("session closed")
-        {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("session closed") && text.contains("no complete frame") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -460,6 +462,17 @@ async fn json_logs_carry_the_session_span() {
     assert_eq!(closed["span"]["session"], session);
     assert_eq!(closed["span"]["peer"], local.to_string());
     assert_eq!(closed["span"]["client"], "json-client");
+    let timed_out = lines
+        .iter()
+        .find(|line| {
+            line["fields"]["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("no complete frame"))
+        })
+        .unwrap_or_else(|| panic!("no first-frame timeout line in\n{text}"));
+    assert_eq!(timed_out["span"]["name"], "session");
+    assert_eq!(timed_out["span"]["peer"], silent_local.to_string());
+    assert!(timed_out["span"]["session"].as_u64().unwrap() > session);
 }
 
 #[tokio::test]
