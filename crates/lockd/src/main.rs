@@ -34,6 +34,13 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..))]
     listen_backlog: u32,
 
+    /// Threads that serve connections (Tokio workers). The lock table runs on one task
+    /// whatever this is; more threads spread reading, parsing and writing over more cores.
+    /// Default: one per CPU core. On a machine shared with busy clients, fewer threads can be
+    /// faster (see docs/benchmarks.md).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
+
     /// Directory for lockd's data; created if missing, and owned by one lockd at a time.
     #[arg(long, default_value = "./lockd-data", value_name = "DIR")]
     data_dir: PathBuf,
@@ -317,7 +324,12 @@ fn main() -> ExitCode {
         Ok(admin) => admin,
         Err(message) => return fail(message),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = args.worker_threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(err) => return fail(format!("cannot start the async runtime: {err}")),
     };

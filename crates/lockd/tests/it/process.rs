@@ -143,3 +143,34 @@ fn sigterm_the_moment_the_start_up_line_appears_is_a_clean_stop() {
         assert!(status.success(), "{status:?}");
     }
 }
+
+/// The process's Tokio worker threads (their blocking threads have another name).
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test]
+async fn worker_threads_sets_the_number_of_runtime_threads() {
+    let lockd = Lockd::start(&["--worker-threads", "9"]);
+    let mut conn = lockd.connect().await;
+    let token = conn.lock(1, "r", "exclusive").await;
+    let release = json!({"id": 2, "op": "release", "resource": "r", "token": token});
+    assert_eq!(conn.call(release).await["ok"], true);
+    assert_eq!(worker_threads(lockd.child.id()), 9);
+
+    let lockd = Lockd::start(&["--worker-threads", "1"]);
+    let mut conn = lockd.connect().await;
+    assert!(conn.lock(1, "r", "exclusive").await > 0);
+    assert_eq!(worker_threads(lockd.child.id()), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = lockd_command(dir.path(), &["--worker-threads", "0"])
+        .output()
+        .expect("lockd runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--worker-threads"));
+}
