@@ -29,6 +29,16 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub lockd_bin: Option<PathBuf>,
 
+    /// One more flag for the lockd that lockbench starts, e.g. `--lockd-arg=--worker-threads=1`;
+    /// repeat for more. Every JSON line records them.
+    #[arg(
+        long,
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        conflicts_with = "server"
+    )]
+    pub lockd_arg: Vec<String>,
+
     /// Which benchmarks to run, comma-separated (e.g. `uncontended,contended`).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub mode: Vec<ModeChoice>,

@@ -33,6 +33,8 @@ pub struct LockdProcess {
     /// Where lockd serves its admin API (`/metrics`).
     admin: SocketAddr,
     binary: PathBuf,
+    /// The flags it was started with beyond lockbench's own.
+    extra_args: Vec<String>,
     /// Holds the data directory and the log until the process is gone.
     dir: tempfile::TempDir,
 }
@@ -48,8 +50,9 @@ impl LockdProcess {
         Ok(dir.join("lockd"))
     }
 
-    /// Starts `binary` on 127.0.0.1 with a free port and waits for its address.
-    pub fn start(binary: &Path) -> Result<LockdProcess> {
+    /// Starts `binary` on 127.0.0.1 with a free port, and `extra_args` after lockbench's own
+    /// flags, and waits for its address.
+    pub fn start(binary: &Path, extra_args: &[String]) -> Result<LockdProcess> {
         if !binary.is_file() {
             bail!(
                 "no lockd binary at {} (build it with `cargo build --release --bin lockd`, pass \
@@ -80,6 +83,7 @@ impl LockdProcess {
                 "--data-dir",
             ])
             .arg(dir.path().join("data"))
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -99,6 +103,7 @@ impl LockdProcess {
             addr,
             admin,
             binary: binary.to_owned(),
+            extra_args: extra_args.to_vec(),
             dir,
         })
     }
@@ -109,8 +114,9 @@ impl LockdProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let binary = self.binary.clone();
+        let extra_args = std::mem::take(&mut self.extra_args);
         // The old value's Drop kills and waits again, which is harmless on a reaped child.
-        *self = LockdProcess::start(&binary)?;
+        *self = LockdProcess::start(&binary, &extra_args)?;
         Ok(())
     }
 

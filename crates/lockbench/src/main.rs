@@ -64,7 +64,7 @@ fn run(args: Args) -> Result<()> {
                 Some(path) => path.clone(),
                 None => LockdProcess::default_binary()?,
             };
-            Some(LockdProcess::start(&binary)?)
+            Some(LockdProcess::start(&binary, &args.lockd_arg)?)
         }
     };
     let lockd_addr = match (&args.server, &lockd) {
@@ -74,7 +74,11 @@ fn run(args: Args) -> Result<()> {
     };
     let echo = args.compare_echo.then(EchoServer::start).transpose()?;
     let runtime = client_runtime(args.client_threads)?;
-    let mut report = Report::new(args.json_out.as_deref(), args.client_threads)?;
+    let mut report = Report::new(
+        args.json_out.as_deref(),
+        args.client_threads,
+        args.lockd_arg.clone(),
+    )?;
     let result = runtime.block_on(async {
         let redis = match &args.compare_redis {
             Some(addr) => Some(RedisTarget::connect(addr).await?),

@@ -33,6 +33,9 @@ pub struct Record {
     pub connections: usize,
     /// Threads of lockbench's client runtime (`--client-threads`).
     pub client_threads: u64,
+    /// Flags given to the lockd that lockbench started (`--lockd-arg`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lockd_args: Vec<String>,
     /// Warm-up before the window, in seconds.
     pub warmup_s: f64,
     /// The measured window's real length, in seconds.
@@ -119,8 +122,9 @@ impl Record {
             stage,
             target: target.name(),
             connections: outcome.per_loop.len(),
-            // Set by Report::push, which knows the runtime.
+            // Set by Report::push, which knows the runtime and lockd's flags.
             client_threads: 0,
+            lockd_args: Vec::new(),
             warmup_s: window.warmup.as_secs_f64(),
             duration_s: round(seconds, 3),
             unit: mode.unit(),
@@ -187,12 +191,17 @@ pub struct Report {
     records: Vec<Record>,
     json_out: Option<File>,
     client_threads: u64,
+    lockd_args: Vec<String>,
 }
 
 impl Report {
     /// A report that also writes its lines to `json_out`, replacing the file. Every record is
-    /// stamped with `client_threads`.
-    pub fn new(json_out: Option<&Path>, client_threads: u64) -> Result<Report> {
+    /// stamped with `client_threads` and `lockd_args`.
+    pub fn new(
+        json_out: Option<&Path>,
+        client_threads: u64,
+        lockd_args: Vec<String>,
+    ) -> Result<Report> {
         let json_out = json_out
             .map(|path| {
                 File::create(path).with_context(|| format!("cannot create {}", path.display()))
@@ -202,12 +211,14 @@ impl Report {
             records: Vec::new(),
             json_out,
             client_threads,
+            lockd_args,
         })
     }
 
     /// Prints the record's JSON line and keeps it for the table.
     pub fn push(&mut self, mut record: Record) -> Result<()> {
         record.client_threads = self.client_threads;
+        record.lockd_args.clone_from(&self.lockd_args);
         let line = serde_json::to_string(&record)?;
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{line}")?;

@@ -2,8 +2,9 @@
 //!
 //! A "pair" is two round trips of lines the size of lockd's acquire and release requests, so
 //! the only difference from the lockd loop is that the server does nothing but copy bytes back.
-//! The server runs on its own thread and its own multi-thread Tokio runtime with one worker per
-//! core, like lockd's, so it competes with the client for the same two cores as lockd does.
+//! The server runs on its own thread with a current-thread Tokio runtime, so it competes with
+//! the client for the machine's cores as lockd does, with one thread (compare lockd started
+//! with `--lockd-arg=--worker-threads=1` for the same shape).
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;

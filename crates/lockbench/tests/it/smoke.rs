@@ -177,3 +177,49 @@ fn every_mode_runs_briefly_and_prints_json_lines() {
         &chart[..chart.len().min(100)]
     );
 }
+
+#[test]
+fn lockd_args_reach_the_lockd_lockbench_starts_and_every_json_line() {
+    let lockbench = PathBuf::from(env!("CARGO_BIN_EXE_lockbench"));
+    let lockd = lockd_binary(&lockbench);
+    let run = |lockd_arg: &str| {
+        Command::new(&lockbench)
+            .arg("--lockd-bin")
+            .arg(&lockd)
+            .args([
+                "--mode",
+                "uncontended",
+                "--duration",
+                "0.2",
+                "--warmup",
+                "0.1",
+                "--connections",
+                "2",
+            ])
+            .arg(format!("--lockd-arg={lockd_arg}"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("lockbench runs")
+    };
+    let output = run("--worker-threads=1");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    assert!(!lines.is_empty(), "{stdout}");
+    for line in lines {
+        assert_eq!(
+            line["lockd_args"],
+            serde_json::json!(["--worker-threads=1"])
+        );
+    }
+
+    // lockd refuses a flag it does not know, and lockbench shows why.
+    let output = run("--no-such-flag");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+}
