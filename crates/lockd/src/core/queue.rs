@@ -114,9 +114,18 @@ impl LockQueue {
         )
     }
 
-    /// Whether a holder has this token.
-    pub(crate) fn is_held_with(&self, token: FenceToken) -> bool {
-        self.holders.iter().any(|(held, _)| held == token)
+    /// The holder with this token, if any.
+    pub(crate) fn holder(&self, token: FenceToken) -> Option<&Holder> {
+        self.holders.get(token)
+    }
+
+    /// The token `session` holds the lock with, if it holds it. Looks at every holder: one,
+    /// except for a shared lock with several readers.
+    pub(crate) fn holding_token(&self, session: SessionId) -> Option<FenceToken> {
+        self.holders
+            .iter()
+            .find(|(_, holder)| holder.session == session)
+            .map(|(token, _)| token)
     }
 
     /// The mode of a waiter still in line.
@@ -261,6 +270,14 @@ impl Holders {
                 }
                 removed
             }
+        }
+    }
+
+    fn get(&self, token: FenceToken) -> Option<&Holder> {
+        match self {
+            Holders::One(held, holder) if *held == token => Some(holder),
+            Holders::None | Holders::One(..) => None,
+            Holders::Many(many) => many.get(&token),
         }
     }
 
