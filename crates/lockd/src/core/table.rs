@@ -499,20 +499,16 @@ impl LockTable {
             .sessions
             .get_mut(&session_id)
             .ok_or(LockError::SessionGone)?;
-        let holds_it = self
-            .queues
-            .get(resource)
-            .and_then(|queue| queue.holder(token))
-            .is_some_and(|holder| holder.session == session_id);
-        if !holds_it {
+        let queue = self.queues.get_mut(resource).filter(|queue| {
+            queue
+                .holder(token)
+                .is_some_and(|holder| holder.session == session_id)
+        });
+        let Some(queue) = queue else {
             return Err(LockError::NotHeld(resource.clone(), token));
-        }
+        };
         session.held.remove(resource);
-        if let Some(holder) = self
-            .queues
-            .get_mut(resource)
-            .and_then(|queue| queue.remove_holder(token))
-        {
+        if let Some(holder) = queue.remove_holder(token) {
             self.observations.push_back(Observation::HoldEnded {
                 mode: holder.mode,
                 held: now.saturating_duration_since(holder.since),
