@@ -17,7 +17,7 @@ use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 use serde::{Deserialize, Serialize};
 
 use super::queue::{Holder, LockQueue, Ticket, Waiter};
-use super::session::{Involvement, Session};
+use super::session::Session;
 use super::table::{Deadline, LockTable, TableConfig};
 
 /// The table, ready for serde.
@@ -161,13 +161,7 @@ impl LockTable {
                         holder.session
                     ))
                 })?;
-                session.resources.insert(
-                    resource.clone(),
-                    Involvement::Holding {
-                        token: holder.token,
-                        mode: holder.mode,
-                    },
-                );
+                session.held.insert(resource.clone());
                 queue.add_holder(
                     holder.token,
                     Holder {
@@ -185,13 +179,7 @@ impl LockTable {
                     ))
                 })?;
                 let ticket = Ticket(waiter.ticket);
-                session.resources.insert(
-                    resource.clone(),
-                    Involvement::Waiting {
-                        ticket,
-                        request: waiter.request,
-                    },
-                );
+                session.waiting.insert(resource.clone(), ticket);
                 session.waits.insert(waiter.request, resource.clone());
                 let deadline = waiter.deadline_ms.map(at);
                 if let Some(deadline) = deadline {

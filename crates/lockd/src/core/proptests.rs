@@ -6,9 +6,10 @@
 //!   it in a conflicting mode);
 //! - tokens strictly increasing over every grant;
 //! - every holder and waiter belongs to a live session, and nothing is held or waited for by a
-//!   closed or expired session.
+//!   closed or expired session;
+//! - each session's own index of what it holds and waits for matches the queues exactly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -213,6 +214,7 @@ fn check_invariants(table: &LockTable, now: Instant, slots: &[Slot]) -> Result<(
             "idle entry kept"
         );
     }
+    check_session_index(table)?;
     // What the test believes is held is exactly what the table says is held.
     for slot in slots {
         let Some(id) = slot.id else { continue };
@@ -223,5 +225,45 @@ fn check_invariants(table: &LockTable, now: Instant, slots: &[Slot]) -> Result<(
             );
         }
     }
+    Ok(())
+}
+
+/// The sessions' index (`held`, `waiting`, `waits`) against the queues, which hold the truth:
+/// every holder and waiter is indexed by its session, and nothing else is.
+fn check_session_index(table: &LockTable) -> Result<(), TestCaseError> {
+    let mut held_in_queues = HashSet::new();
+    let mut waiting_in_queues = HashSet::new();
+    for (resource, queue) in &table.queues {
+        for (_, holder) in queue.holders() {
+            held_in_queues.insert((holder.session, resource.clone()));
+        }
+        for (ticket, waiter) in queue.queued() {
+            waiting_in_queues.insert((waiter.session, resource.clone(), ticket, waiter.request));
+        }
+    }
+    let mut held_in_sessions = HashSet::new();
+    let mut waiting_in_sessions = HashSet::new();
+    for (id, session) in &table.sessions {
+        for resource in &session.held {
+            prop_assert!(
+                !session.waiting.contains_key(resource),
+                "{id:?} holds and waits for {resource}"
+            );
+            held_in_sessions.insert((*id, resource.clone()));
+        }
+        prop_assert_eq!(session.waits.len(), session.waiting.len());
+        for (request, resource) in &session.waits {
+            let ticket = session.waiting.get(resource);
+            prop_assert!(
+                ticket.is_some(),
+                "{id:?} waits as {request:?} for {resource}, not indexed"
+            );
+            if let Some(ticket) = ticket {
+                waiting_in_sessions.insert((*id, resource.clone(), *ticket, *request));
+            }
+        }
+    }
+    prop_assert_eq!(held_in_queues, held_in_sessions);
+    prop_assert_eq!(waiting_in_queues, waiting_in_sessions);
     Ok(())
 }

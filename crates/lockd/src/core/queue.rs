@@ -32,42 +32,93 @@ pub(crate) struct Waiter {
     pub(crate) deadline: Option<Instant>,
 }
 
-/// Holders in token order (which is grant order) and waiters keyed by ticket (so iteration is
-/// arrival order); both give O(log n) removal from the middle.
+/// Holders in token order (which is grant order) and waiters by ticket (so iteration is arrival
+/// order); both give O(log n) removal from the middle.
+///
+/// The table keeps one queue per busy resource, a million of them at a million held locks, and
+/// nearly all have one holder and nobody waiting. That case is kept inline and everything else
+/// is boxed, so a queue is 40 bytes (a table entry 56) instead of the 48 it takes to keep a
+/// holder inline next to a pointer to the waiters.
 #[derive(Debug, Default)]
 pub(crate) struct LockQueue {
+    shape: Shape,
+}
+
+/// The forms a queue takes. A queue is `Busy` only while it needs to be: as soon as nobody
+/// waits and at most one holder is left, it goes back to `Held` or `Free`.
+#[derive(Debug, Default)]
+enum Shape {
+    /// Nothing held and nobody waiting; the table drops such a queue.
+    #[default]
+    Free,
+    /// One holder and nobody waiting: nearly every held lock. Allocates nothing.
+    Held(FenceToken, Holder),
+    /// Several holders (readers), or anyone waiting.
+    Busy(Box<Busy>),
+}
+
+/// A queue that is not `Free` or `Held`.
+#[derive(Debug, Default)]
+struct Busy {
     holders: Holders,
-    waiters: Waiters,
+    waiters: BTreeMap<Ticket, Waiter>,
 }
 
 impl LockQueue {
     /// True when nothing is held and nobody waits, so the entry can be dropped.
     pub(crate) fn is_idle(&self) -> bool {
-        self.holders.is_empty() && self.waiters.is_empty()
+        matches!(self.shape, Shape::Free)
     }
 
     /// Whether a new request in `mode` may be granted at once, without queueing.
     pub(crate) fn can_grant_now(&self, mode: LockMode) -> bool {
-        self.waiters.is_empty() && self.compatible_with_holders(mode)
+        self.waiter_map().is_none_or(BTreeMap::is_empty) && self.compatible_with_holders(mode)
     }
 
     pub(crate) fn add_holder(&mut self, token: FenceToken, holder: Holder) {
         debug_assert!(self.compatible_with_holders(holder.mode));
-        self.holders.insert(token, holder);
+        self.shape = match std::mem::take(&mut self.shape) {
+            Shape::Free => Shape::Held(token, holder),
+            other => {
+                let mut busy = other.into_busy();
+                busy.holders.insert(token, holder);
+                Shape::Busy(busy)
+            }
+        };
     }
 
     pub(crate) fn remove_holder(&mut self, token: FenceToken) -> Option<Holder> {
-        self.holders.remove(token)
+        let removed = match &mut self.shape {
+            Shape::Held(held, _) if *held == token => {
+                let Shape::Held(_, holder) = std::mem::take(&mut self.shape) else {
+                    return None;
+                };
+                Some(holder)
+            }
+            Shape::Free | Shape::Held(..) => None,
+            Shape::Busy(busy) => busy.holders.remove(token),
+        };
+        self.settle();
+        removed
     }
 
     /// Queues a waiter behind everyone already waiting and returns its position (1 = next).
     pub(crate) fn enqueue(&mut self, ticket: Ticket, waiter: Waiter) -> u64 {
-        debug_assert!(self.waiters.iter().next_back().map(|(t, _)| t) < Some(&ticket));
-        self.waiters.insert(ticket, waiter)
+        debug_assert!(self.waiters_by_ticket().next_back().map(|(t, _)| t) < Some(&ticket));
+        let mut busy = std::mem::take(&mut self.shape).into_busy();
+        busy.waiters.insert(ticket, waiter);
+        let position = busy.waiters.len() as u64;
+        self.shape = Shape::Busy(busy);
+        position
     }
 
     pub(crate) fn remove_waiter(&mut self, ticket: Ticket) -> Option<Waiter> {
-        self.waiters.remove(ticket)
+        let Shape::Busy(busy) = &mut self.shape else {
+            return None;
+        };
+        let removed = busy.waiters.remove(&ticket);
+        self.settle();
+        removed
     }
 
     /// Takes the first waiter out of the queue if it can be granted now. Called in a loop after
@@ -77,51 +128,69 @@ impl LockQueue {
         if !self.has_grantable() {
             return None;
         }
-        self.waiters.pop_first()
+        let Shape::Busy(busy) = &mut self.shape else {
+            return None;
+        };
+        let first = busy.waiters.pop_first();
+        self.settle();
+        first
     }
 
     /// Whether the first waiter could be granted now.
     pub(crate) fn has_grantable(&self) -> bool {
-        self.waiters
-            .iter()
+        self.waiters_by_ticket()
             .next()
             .is_some_and(|(_, first)| self.compatible_with_holders(first.mode))
     }
 
+    /// In token order.
     pub(crate) fn holders(&self) -> impl Iterator<Item = (FenceToken, &Holder)> {
-        self.holders.iter()
+        let (one, busy) = match &self.shape {
+            Shape::Free => (None, None),
+            Shape::Held(token, holder) => (Some((*token, holder)), None),
+            Shape::Busy(busy) => (None, Some(&busy.holders)),
+        };
+        one.into_iter()
+            .chain(busy.into_iter().flat_map(Holders::iter))
     }
 
     pub(crate) fn waiters(&self) -> impl Iterator<Item = &Waiter> {
-        self.waiters.iter().map(|(_, waiter)| waiter)
+        self.waiters_by_ticket().map(|(_, waiter)| waiter)
     }
 
     /// Waiters with their tickets, in arrival order.
     pub(crate) fn queued(&self) -> impl Iterator<Item = (Ticket, &Waiter)> {
-        self.waiters
-            .iter()
+        self.waiters_by_ticket()
             .map(|(ticket, waiter)| (*ticket, waiter))
     }
 
     /// The place in line of the waiter with `ticket` (1 = next), if it waits here.
     pub(crate) fn position(&self, ticket: Ticket) -> Option<u64> {
-        self.waiters.get(ticket)?;
-        Some(
-            self.waiters
-                .iter()
-                .take_while(|(t, _)| **t <= ticket)
-                .count() as u64,
-        )
+        let waiters = self.waiter_map()?;
+        waiters.get(&ticket)?;
+        Some(waiters.range(..=ticket).count() as u64)
     }
 
-    /// Whether a holder has this token.
-    pub(crate) fn is_held_with(&self, token: FenceToken) -> bool {
-        self.holders.iter().any(|(held, _)| held == token)
+    /// The holder with this token, if any.
+    pub(crate) fn holder(&self, token: FenceToken) -> Option<&Holder> {
+        match &self.shape {
+            Shape::Held(held, holder) if *held == token => Some(holder),
+            Shape::Free | Shape::Held(..) => None,
+            Shape::Busy(busy) => busy.holders.get(token),
+        }
+    }
+
+    /// The token `session` holds the lock with, if it holds it. Looks at every holder: one,
+    /// except for a shared lock with several readers.
+    pub(crate) fn holding_token(&self, session: SessionId) -> Option<FenceToken> {
+        self.holders()
+            .find(|(_, holder)| holder.session == session)
+            .map(|(token, _)| token)
     }
 
     /// The mode of a waiter still in line.
     pub(crate) fn waiter_mode(&self, ticket: Ticket) -> Option<LockMode> {
-        self.waiters.get(ticket).map(|waiter| waiter.mode)
+        self.waiter_map()?.get(&ticket).map(|waiter| waiter.mode)
     }
 
     /// Everyone a request in `mode` waits for: holders it conflicts with, and waiters ahead of
@@ -133,13 +202,11 @@ impl LockQueue {
         mode: LockMode,
     ) -> impl Iterator<Item = (SessionId, bool)> + '_ {
         let holders = self
-            .holders
-            .iter()
+            .holders()
             .filter(move |(_, holder)| conflicts(holder.mode, mode))
             .map(|(_, holder)| (holder.session, true));
         let ahead = self
-            .waiters
-            .iter()
+            .waiters_by_ticket()
             .take_while(move |(t, _)| ticket.is_none_or(|ticket| **t < ticket))
             .filter(move |(_, waiter)| conflicts(waiter.mode, mode))
             .map(|(_, waiter)| (waiter.session, false));
@@ -148,13 +215,53 @@ impl LockQueue {
 
     fn compatible_with_holders(&self, mode: LockMode) -> bool {
         match mode {
-            LockMode::Exclusive => self.holders.is_empty(),
+            LockMode::Exclusive => self.holders().next().is_none(),
             // An exclusive holder is always alone, so looking at any one holder is enough.
             LockMode::Shared => self
-                .holders
-                .iter()
+                .holders()
                 .next()
                 .is_none_or(|(_, holder)| holder.mode == LockMode::Shared),
+        }
+    }
+
+    fn waiter_map(&self) -> Option<&BTreeMap<Ticket, Waiter>> {
+        match &self.shape {
+            Shape::Busy(busy) => Some(&busy.waiters),
+            Shape::Free | Shape::Held(..) => None,
+        }
+    }
+
+    /// In arrival (ticket) order.
+    fn waiters_by_ticket(&self) -> impl DoubleEndedIterator<Item = (&Ticket, &Waiter)> {
+        self.waiter_map().into_iter().flatten()
+    }
+
+    /// Back to `Free` or `Held` once a `Busy` queue no longer needs the box.
+    fn settle(&mut self) {
+        let Shape::Busy(busy) = &mut self.shape else {
+            return;
+        };
+        if !busy.waiters.is_empty() {
+            return;
+        }
+        match std::mem::take(&mut busy.holders) {
+            Holders::None => self.shape = Shape::Free,
+            Holders::One(token, holder) => self.shape = Shape::Held(token, holder),
+            several => busy.holders = several,
+        }
+    }
+}
+
+impl Shape {
+    /// The same holders and waiters in the boxed form, to add to.
+    fn into_busy(self) -> Box<Busy> {
+        match self {
+            Shape::Free => Box::default(),
+            Shape::Held(token, holder) => Box::new(Busy {
+                holders: Holders::One(token, holder),
+                waiters: BTreeMap::new(),
+            }),
+            Shape::Busy(busy) => busy,
         }
     }
 }
@@ -164,57 +271,9 @@ fn conflicts(a: LockMode, b: LockMode) -> bool {
     a == LockMode::Exclusive || b == LockMode::Exclusive
 }
 
-/// One resource's waiters, by ticket. Most held locks have nobody waiting, and an empty
-/// `BTreeMap` still takes 24 bytes in every queue of the table (where a million held locks
-/// are a million queues), so the map is boxed and exists only while someone waits.
-#[derive(Debug, Default)]
-#[allow(clippy::box_collection)] // reason: the box is what makes an empty queue 8 bytes, not 24
-struct Waiters(Option<Box<BTreeMap<Ticket, Waiter>>>);
-
-impl Waiters {
-    fn is_empty(&self) -> bool {
-        self.0.is_none()
-    }
-
-    /// Adds a waiter and returns how many wait now.
-    fn insert(&mut self, ticket: Ticket, waiter: Waiter) -> u64 {
-        let waiters = self.0.get_or_insert_default();
-        waiters.insert(ticket, waiter);
-        waiters.len() as u64
-    }
-
-    fn remove(&mut self, ticket: Ticket) -> Option<Waiter> {
-        let waiters = self.0.as_mut()?;
-        let removed = waiters.remove(&ticket);
-        if waiters.is_empty() {
-            self.0 = None;
-        }
-        removed
-    }
-
-    fn pop_first(&mut self) -> Option<(Ticket, Waiter)> {
-        let waiters = self.0.as_mut()?;
-        let first = waiters.pop_first();
-        if waiters.is_empty() {
-            self.0 = None;
-        }
-        first
-    }
-
-    fn get(&self, ticket: Ticket) -> Option<&Waiter> {
-        self.0.as_ref()?.get(&ticket)
-    }
-
-    /// In arrival (ticket) order.
-    fn iter(&self) -> impl DoubleEndedIterator<Item = (&Ticket, &Waiter)> {
-        self.0.iter().flat_map(|waiters| waiters.iter())
-    }
-}
-
-/// One resource's holders. Nearly every held lock has exactly one holder (an exclusive holder, or
-/// a single reader), so that case is kept inline: a `BTreeMap` allocates a node with room for
-/// eleven entries (about 460 bytes) for its first entry, which made a held lock cost more than
-/// twice what the rest of the table spends on it. The map is only built for several readers.
+/// The holders of a `Busy` queue. Most busy queues have one holder and waiters behind it, so
+/// that case is kept inline: a `BTreeMap` allocates a node with room for eleven entries (about
+/// 460 bytes) for its first entry. The map is only built for several readers.
 #[derive(Debug, Default)]
 enum Holders {
     #[default]
@@ -225,10 +284,6 @@ enum Holders {
 }
 
 impl Holders {
-    fn is_empty(&self) -> bool {
-        matches!(self, Holders::None)
-    }
-
     fn insert(&mut self, token: FenceToken, holder: Holder) {
         *self = match std::mem::take(self) {
             Holders::None => Holders::One(token, holder),
@@ -261,6 +316,14 @@ impl Holders {
                 }
                 removed
             }
+        }
+    }
+
+    fn get(&self, token: FenceToken) -> Option<&Holder> {
+        match self {
+            Holders::One(held, holder) if *held == token => Some(holder),
+            Holders::None | Holders::One(..) => None,
+            Holders::Many(many) => many.get(&token),
         }
     }
 
@@ -298,7 +361,7 @@ mod tests {
     fn holders_stay_in_token_order_from_one_to_many_and_back() {
         let now = Instant::now();
         let mut holders = Holders::default();
-        assert!(holders.is_empty());
+        assert!(matches!(holders, Holders::None));
         holders.insert(FenceToken(5), reader(1, now));
         assert!(matches!(holders, Holders::One(..)));
         holders.insert(FenceToken(9), reader(2, now));
@@ -311,7 +374,101 @@ mod tests {
         assert!(matches!(holders, Holders::One(FenceToken(7), _)));
         assert_eq!(holders.remove(FenceToken(8)), None);
         assert_eq!(holders.remove(FenceToken(7)), Some(reader(3, now)));
-        assert!(holders.is_empty());
+        assert!(matches!(holders, Holders::None));
         assert_eq!(holders.remove(FenceToken(7)), None);
+    }
+
+    fn writer(session: u64, since: Instant) -> Holder {
+        Holder {
+            session: SessionId(session),
+            mode: LockMode::Exclusive,
+            since,
+        }
+    }
+
+    fn waiter(session: u64, mode: LockMode, since: Instant) -> Waiter {
+        Waiter {
+            session: SessionId(session),
+            request: RequestId(session),
+            mode,
+            since,
+            deadline: None,
+        }
+    }
+
+    fn shape(queue: &LockQueue) -> &'static str {
+        match queue.shape {
+            Shape::Free => "free",
+            Shape::Held(..) => "held",
+            Shape::Busy(_) => "busy",
+        }
+    }
+
+    #[test]
+    fn a_held_lock_is_small_and_allocates_nothing() {
+        // The table keeps one queue per held lock: a larger queue is paid for a million times.
+        assert!(std::mem::size_of::<LockQueue>() <= 40);
+        let mut queue = LockQueue::default();
+        queue.add_holder(FenceToken(1), writer(1, Instant::now()));
+        assert_eq!(shape(&queue), "held");
+    }
+
+    #[test]
+    fn a_queue_is_boxed_only_while_someone_waits_or_several_read() {
+        let now = Instant::now();
+        let mut queue = LockQueue::default();
+        assert!(queue.is_idle());
+        queue.add_holder(FenceToken(1), writer(1, now));
+        assert_eq!(
+            queue.enqueue(Ticket(0), waiter(2, LockMode::Shared, now)),
+            1
+        );
+        assert_eq!(
+            queue.enqueue(Ticket(1), waiter(3, LockMode::Shared, now)),
+            2
+        );
+        assert_eq!(shape(&queue), "busy");
+        assert_eq!(queue.pop_grantable(), None);
+        assert_eq!(queue.holding_token(SessionId(1)), Some(FenceToken(1)));
+
+        assert_eq!(queue.remove_holder(FenceToken(1)), Some(writer(1, now)));
+        assert_eq!(shape(&queue), "busy", "nobody holds, two wait");
+        let (ticket, first) = queue.pop_grantable().unwrap();
+        assert_eq!((ticket, first.session), (Ticket(0), SessionId(2)));
+        queue.add_holder(FenceToken(2), reader(2, now));
+        let (ticket, second) = queue.pop_grantable().unwrap();
+        assert_eq!((ticket, second.session), (Ticket(1), SessionId(3)));
+        queue.add_holder(FenceToken(3), reader(3, now));
+        assert_eq!(shape(&queue), "busy", "two readers");
+        assert_eq!(queue.holder(FenceToken(3)), Some(&reader(3, now)));
+        assert_eq!(queue.holding_token(SessionId(2)), Some(FenceToken(2)));
+
+        assert_eq!(queue.remove_holder(FenceToken(2)), Some(reader(2, now)));
+        assert_eq!(
+            shape(&queue),
+            "held",
+            "back inline with one reader and nobody waiting"
+        );
+        assert_eq!(queue.holder(FenceToken(3)), Some(&reader(3, now)));
+        assert_eq!(
+            queue.enqueue(Ticket(2), waiter(4, LockMode::Exclusive, now)),
+            1
+        );
+        assert_eq!(
+            queue.remove_waiter(Ticket(2)).map(|w| w.session),
+            Some(SessionId(4))
+        );
+        assert_eq!(shape(&queue), "held");
+        assert_eq!(queue.remove_holder(FenceToken(3)), Some(reader(3, now)));
+        assert!(queue.is_idle());
+
+        // A waiter that leaves an unheld queue leaves it idle too.
+        assert_eq!(
+            queue.enqueue(Ticket(3), waiter(5, LockMode::Exclusive, now)),
+            1
+        );
+        assert!(!queue.is_idle());
+        assert!(queue.remove_waiter(Ticket(3)).is_some());
+        assert!(queue.is_idle());
     }
 }

@@ -17,7 +17,7 @@ use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 use super::effect::{Effect, LockError, WaitFailure};
 use super::observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 use super::queue::{Holder, LockQueue, Ticket, Waiter};
-use super::session::{Involvement, Session};
+use super::session::Session;
 
 /// The table's settings; the driver fills them from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,16 +320,30 @@ impl LockTable {
         };
         self.deadlines
             .remove(&(session.scheduled_expiry, Deadline::Expiry(session_id)));
-        // Sorted, so tokens are handed out in the same order on every run.
-        let mut resources: Vec<_> = session.resources.into_iter().collect();
+        // Sorted, so tokens are handed out in the same order on every run. Each resource comes
+        // with its ticket if the session waits for it, `None` if the session holds it.
+        let mut resources: Vec<(ResourceName, Option<Ticket>)> = session
+            .held
+            .into_iter()
+            .map(|resource| (resource, None))
+            .chain(
+                session
+                    .waiting
+                    .into_iter()
+                    .map(|(resource, ticket)| (resource, Some(ticket))),
+            )
+            .collect();
         resources.sort_by(|a, b| a.0.cmp(&b.0));
-        for (resource, involvement) in &resources {
+        for (resource, waiting_ticket) in &resources {
             let Some(queue) = self.queues.get_mut(resource) else {
                 continue;
             };
-            match *involvement {
-                Involvement::Holding { token, .. } => {
-                    if let Some(holder) = queue.remove_holder(token) {
+            match *waiting_ticket {
+                None => {
+                    let removed = queue
+                        .holding_token(session_id)
+                        .and_then(|token| queue.remove_holder(token));
+                    if let Some(holder) = removed {
                         self.observations.push_back(Observation::HoldEnded {
                             mode: holder.mode,
                             held: now.saturating_duration_since(holder.since),
@@ -337,7 +351,7 @@ impl LockTable {
                         });
                     }
                 }
-                Involvement::Waiting { ticket, .. } => {
+                Some(ticket) => {
                     if let Some(waiter) = queue.remove_waiter(ticket) {
                         self.observations.push_back(Observation::WaitEnded {
                             mode: waiter.mode,
@@ -377,19 +391,19 @@ impl LockTable {
             .sessions
             .get_mut(&session_id)
             .ok_or(LockError::SessionGone)?;
-        if let Some(involvement) = session.resources.get(&resource) {
-            let holding = matches!(involvement, Involvement::Holding { .. });
+        let holding = session.held.contains(&resource);
+        if holding || session.waiting.contains_key(&resource) {
             return Err(LockError::AlreadyHeld { resource, holding });
         }
         if session.waits.contains_key(&request) {
             return Err(LockError::DuplicateRequestId(request));
         }
         // Every wait becomes a hold, so the lock limit counts both.
-        if session.resources.len() >= self.config.max_locks_per_session {
+        if session.lock_count() >= self.config.max_locks_per_session {
             return Err(LockError::LimitExceeded(format!(
                 "this session already holds or waits for {} locks, the limit \
                  (--max-locks-per-session)",
-                session.resources.len()
+                session.lock_count()
             )));
         }
         let queue = self.queues.entry(resource.clone()).or_default();
@@ -405,9 +419,7 @@ impl LockTable {
                     since: now,
                 },
             );
-            session
-                .resources
-                .insert(resource, Involvement::Holding { token, mode });
+            session.held.insert(resource);
             self.observations.push_back(Observation::Granted {
                 mode,
                 waited: Duration::ZERO,
@@ -434,7 +446,7 @@ impl LockTable {
         }
         // Only a session that already holds or waits for something can be waited for, so a
         // first lock costs no graph walk.
-        if !session.resources.is_empty() {
+        if session.lock_count() > 0 {
             if let Some(cycle) = self.find_wait_cycle(session_id, &resource, mode) {
                 if self.queues.get(&resource).is_some_and(LockQueue::is_idle) {
                     self.queues.remove(&resource);
@@ -471,9 +483,7 @@ impl LockTable {
             self.stalled.insert(resource.clone());
         }
         session.waits.insert(request, resource.clone());
-        session
-            .resources
-            .insert(resource, Involvement::Waiting { ticket, request });
+        session.waiting.insert(resource, ticket);
         Ok(Acquired::Queued { position })
     }
 
@@ -489,16 +499,16 @@ impl LockTable {
             .sessions
             .get_mut(&session_id)
             .ok_or(LockError::SessionGone)?;
-        match session.resources.get(resource) {
-            Some(Involvement::Holding { token: held, .. }) if *held == token => {}
-            _ => return Err(LockError::NotHeld(resource.clone(), token)),
-        }
-        session.resources.remove(resource);
-        if let Some(holder) = self
-            .queues
-            .get_mut(resource)
-            .and_then(|queue| queue.remove_holder(token))
-        {
+        let queue = self.queues.get_mut(resource).filter(|queue| {
+            queue
+                .holder(token)
+                .is_some_and(|holder| holder.session == session_id)
+        });
+        let Some(queue) = queue else {
+            return Err(LockError::NotHeld(resource.clone(), token));
+        };
+        session.held.remove(resource);
+        if let Some(holder) = queue.remove_holder(token) {
             self.observations.push_back(Observation::HoldEnded {
                 mode: holder.mode,
                 held: now.saturating_duration_since(holder.since),
@@ -526,7 +536,7 @@ impl LockTable {
             .get(&target)
             .ok_or(LockError::NoSuchWaiter(target))?
             .clone();
-        let Some(&Involvement::Waiting { ticket, .. }) = session.resources.get(&resource) else {
+        let Some(&ticket) = session.waiting.get(&resource) else {
             return Err(LockError::NoSuchWaiter(target));
         };
         self.end_wait(now, &resource, ticket, WaitFailure::Cancelled);
@@ -537,9 +547,7 @@ impl LockTable {
     pub fn waiting_position(&self, session_id: SessionId, request: RequestId) -> Option<u64> {
         let session = self.sessions.get(&session_id)?;
         let resource = session.waits.get(&request)?;
-        let Some(Involvement::Waiting { ticket, .. }) = session.resources.get(resource) else {
-            return None;
-        };
+        let ticket = session.waiting.get(resource)?;
         self.queues.get(resource)?.position(*ticket)
     }
 
@@ -547,7 +555,7 @@ impl LockTable {
     pub fn validate(&self, resource: &ResourceName, token: FenceToken) -> bool {
         self.queues
             .get(resource)
-            .is_some_and(|queue| queue.is_held_with(token))
+            .is_some_and(|queue| queue.holder(token).is_some())
     }
 
     // ---- Values --------------------------------------------------------------------------
@@ -736,10 +744,7 @@ impl LockTable {
             let Some(state) = self.sessions.get(&waiting) else {
                 continue;
             };
-            for (name, involvement) in &state.resources {
-                let Involvement::Waiting { ticket, .. } = *involvement else {
-                    continue;
-                };
+            for (name, &ticket) in &state.waiting {
                 let Some(queue) = self.queues.get(name) else {
                     continue;
                 };
@@ -768,14 +773,15 @@ impl LockTable {
         resource: &ResourceName,
         token: FenceToken,
     ) -> Result<LockMode, LockError> {
-        let session = self
-            .sessions
-            .get(&session_id)
-            .ok_or(LockError::SessionGone)?;
-        match session.resources.get(resource) {
-            Some(Involvement::Holding { token: held, mode }) if *held == token => Ok(*mode),
-            _ => Err(LockError::NotHeld(resource.clone(), token)),
+        if !self.sessions.contains_key(&session_id) {
+            return Err(LockError::SessionGone);
         }
+        self.queues
+            .get(resource)
+            .and_then(|queue| queue.holder(token))
+            .filter(|holder| holder.session == session_id)
+            .map(|holder| holder.mode)
+            .ok_or_else(|| LockError::NotHeld(resource.clone(), token))
     }
 
     /// A lease deadline fired: expire the session if it stayed silent, else look again later.
@@ -816,7 +822,7 @@ impl LockTable {
         };
         self.forget_wait_deadline(resource, ticket, &waiter);
         if let Some(session) = self.sessions.get_mut(&waiter.session) {
-            session.resources.remove(resource);
+            session.waiting.remove(resource);
             session.waits.remove(&waiter.request);
         }
         self.observations.push_back(Observation::WaitEnded {
@@ -875,13 +881,8 @@ impl LockTable {
             );
             if let Some(session) = self.sessions.get_mut(&waiter.session) {
                 session.waits.remove(&waiter.request);
-                session.resources.insert(
-                    resource.clone(),
-                    Involvement::Holding {
-                        token,
-                        mode: waiter.mode,
-                    },
-                );
+                session.waiting.remove(resource);
+                session.held.insert(resource.clone());
             }
             self.observations.push_back(Observation::Granted {
                 mode: waiter.mode,

@@ -354,6 +354,35 @@ fn release_needs_the_right_session_and_token() {
 }
 
 #[test]
+fn a_reader_among_several_releases_reads_and_leaves_only_with_its_own_token() {
+    let mut h = harness();
+    let [a, b, c, w] = [h.session(), h.session(), h.session(), h.session()];
+    let f = name("f");
+    h.acquire(a, 1, "f", S);
+    h.acquire(b, 1, "f", S);
+    h.acquire(c, 1, "f", S);
+    h.acquire(w, 1, "f", X);
+    // A reader's token is only good for that reader, even while others share the lock.
+    assert_eq!(
+        h.release(b, "f", 1),
+        Err(LockError::NotHeld(f.clone(), FenceToken(1)))
+    );
+    assert_eq!(
+        h.table.read(a, &f, FenceToken(2)),
+        Err(LockError::NotHeld(f.clone(), FenceToken(2)))
+    );
+    assert_eq!(h.table.read(b, &f, FenceToken(2)), Ok(None));
+    // Closing the reader in the middle takes its hold and no other.
+    h.table.handle_session_closed(h.now, b);
+    assert_eq!(h.holders("f"), vec![(a, S, 1), (c, S, 3)]);
+    h.release(a, "f", 1).unwrap();
+    assert_eq!(h.effects(), vec![]);
+    h.table.handle_session_closed(h.now, c);
+    assert_eq!(h.effects(), vec![granted(w, 1, "f", 4, X)]);
+    assert_eq!(h.table.read(w, &f, FenceToken(4)), Ok(None));
+}
+
+#[test]
 fn values_need_the_lock_and_outlive_it() {
     let mut h = harness();
     let [a, b] = [h.session(), h.session()];
