@@ -2,8 +2,8 @@
 # Reproduces docs/benchmarks.md: builds lockd and lockbench in release mode, starts a throwaway
 # Redis on a free port (installing redis-server with apt-get first when it is missing and we are
 # root), runs every lockbench mode against lockd with the Redis and echo comparisons, repeats the
-# comparisons with a two-thread client, writes docs/bench/{results.jsonl,chart.svg,table.txt,
-# machine.txt}, and stops Redis. Safe to run again: every output file is replaced. Extra
+# comparisons with a two-thread client and with lockd on one worker thread, writes
+# docs/bench/{results.jsonl,chart.svg,table.txt,machine.txt}, and stops Redis. Safe to run again: every output file is replaced. Extra
 # arguments go to lockbench, e.g. `--duration 2` for a quicker run or `--scale-locks 100000` for
 # a smaller scale run.
 set -euo pipefail
@@ -73,12 +73,21 @@ target/release/lockbench --mode all --compare-echo "${redis_args[@]}" --busy-ret
 target/release/lockbench --mode uncontended,contended --compare-echo "${redis_args[@]}" \
     --client-threads 2 --busy-retries 5 --json-out "$work/threads2.jsonl" "$@" | tee "$work/stdout2"
 cat "$work/threads2.jsonl" >>"$out/results.jsonl"
+# And with lockd on one worker thread (the echo server and Redis have one thread each): on two
+# cores shared with the client, fewer server threads is faster (see docs/benchmarks.md).
+target/release/lockbench --mode uncontended,contended,writes --compare-echo "${redis_args[@]}" \
+    --lockd-arg=--worker-threads=1 --busy-retries 5 --json-out "$work/worker1.jsonl" "$@" \
+    | tee "$work/stdout3"
+cat "$work/worker1.jsonl" >>"$out/results.jsonl"
 {
     echo "== lockbench --mode all (client: 1 thread)"
     grep -v '^{' "$work/stdout" | sed '/./,$!d'
     echo
     echo "== lockbench --mode uncontended,contended --client-threads 2"
     grep -v '^{' "$work/stdout2" | sed '/./,$!d'
+    echo
+    echo "== lockbench --mode uncontended,contended,writes --lockd-arg=--worker-threads=1"
+    grep -v '^{' "$work/stdout3" | sed '/./,$!d'
 } >"$out/table.txt"
 echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/machine.txt"
 echo "bench: wrote $out/results.jsonl, $out/chart.svg, $out/table.txt and $out/machine.txt" >&2
