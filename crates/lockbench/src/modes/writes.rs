@@ -1,10 +1,10 @@
 //! `writes`: writers each take a resource of their own, write a value to it and release it, in
 //! a loop, against lockd's durable store: writes/s and commits/s.
 //!
-//! lockd acknowledges a write only after the commit that holds it has been fsynced, and it
-//! commits each driver turn's writes together (group commit). One writer therefore waits for a
-//! commit per write; many writers should share commits, so that writes/s grows with writers
-//! while commits/s stays near what the disk allows. The run with one writer is the baseline
+//! lockd acknowledges a write only after the commit that holds it has been fsynced, and the
+//! writes it applies while one commit runs share the next (group commit). One writer therefore
+//! waits for a commit per write; many writers should share commits, so that writes/s grows with
+//! writers while commits/s stays near what the disk allows. The run with one writer is the baseline
 //! the target compares with. Commits come from lockd's `/metrics`, which lockbench can read
 //! only from the lockd it started; against `--server` they are not reported.
 

@@ -4,10 +4,10 @@
 //! the server may have handed out. Everything else (sessions, holders, queues) is memory and
 //! ends with the process, so every lock is free after a restart.
 //!
-//! The driver hands the store one [`CommitBatch`] per turn of its loop (everything that turn
-//! wrote), and sends the replies that depend on it only after [`Store::commit`] returns `Ok`.
-//! That is group commit: the writes of many sessions that arrive together share one fsync,
-//! and a lone writer gets its own at once.
+//! The driver hands the store one [`CommitBatch`] at a time (everything written since the last
+//! one), and sends the replies that depend on it only after [`Store::commit`] returns `Ok`.
+//! That is group commit: the writes of many sessions that arrive while a commit runs share the
+//! next fsync, and a lone writer gets its own at once.
 
 mod redb_store;
 
@@ -28,7 +28,7 @@ pub struct Snapshot {
     pub tokens_reserved: u64,
 }
 
-/// The durable effects of one turn of the driver, committed atomically.
+/// What the driver wrote since its last commit, committed atomically.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CommitBatch {
     /// New values, in the order they were written (a later entry for the same resource wins).

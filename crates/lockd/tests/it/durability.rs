@@ -507,8 +507,8 @@ async fn serve_in_process(
     (addr, stop)
 }
 
-/// Frames a turn makes before its first write go out before the turn's commit (they show no
-/// value of it); the write's reply and everything after it wait for the fsync.
+/// A lock reply pipelined before a write goes out before the write's commit (it shows no value
+/// of it); the write's reply, and the same session's replies after it, wait for the fsync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_before_a_write_do_not_wait_for_its_commit() {
     let dir = tempfile::tempdir().unwrap();
