@@ -190,8 +190,19 @@ impl Driver {
     /// its frames sent) before it returns; the store closes when the driver is dropped.
     pub(crate) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<DriverMsg>) {
         let mut running: Option<RunningCommit> = None;
+        // One timer for the table's deadlines, moved only when the next deadline changes: a
+        // new timer per loop would enter and leave Tokio's timer wheel for every request.
+        let table_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(table_timer);
+        let mut timer_set_for = None;
         loop {
             let deadline = self.table.next_deadline();
+            if deadline != timer_set_for {
+                if let Some(deadline) = deadline {
+                    table_timer.as_mut().reset(Instant::from_std(deadline));
+                }
+                timer_set_for = deadline;
+            }
             let snapshot_due = self.snapshot_due();
             tokio::select! {
                 msg = inbox.recv() => {
@@ -204,7 +215,7 @@ impl Driver {
                     }
                 }
                 outcome = commit_finished(&mut running) => self.commit_done(outcome),
-                () = sleep_until(deadline), if deadline.is_some() => {
+                () = &mut table_timer, if deadline.is_some() => {
                     self.table.handle_timeout(now());
                     self.snapshots.stale = true;
                     self.deliver_effects();
@@ -654,10 +665,6 @@ async fn commit_finished(running: &mut Option<RunningCommit>) -> CommitOutcome {
 
 fn now() -> std::time::Instant {
     Instant::now().into_std()
-}
-
-async fn sleep_until(deadline: Option<std::time::Instant>) {
-    sleep_until_instant(deadline.map(Instant::from_std)).await;
 }
 
 async fn sleep_until_instant(deadline: Option<Instant>) {

@@ -36,8 +36,9 @@ struct Args {
 
     /// Threads that serve connections (Tokio workers). The lock table runs on one task
     /// whatever this is; more threads spread reading, parsing and writing over more cores.
-    /// Default: one per CPU core. On a machine shared with busy clients, fewer threads can be
-    /// faster (see docs/benchmarks.md).
+    /// With 1, everything runs on lockd's main thread (a current-thread runtime), where
+    /// handing a request to the lock table and back costs least. Default: one per CPU core. On
+    /// a machine shared with busy clients, one thread can be faster (see docs/benchmarks.md).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
 
@@ -324,11 +325,18 @@ fn main() -> ExitCode {
         Ok(admin) => admin,
         Err(message) => return fail(message),
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    let mut runtime = match args.worker_threads {
+        // Tasks woken on the one thread then run in turn, so the driver takes every request
+        // the connections read in one batch instead of being run once per request.
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(threads));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all();
-    if let Some(threads) = args.worker_threads {
-        runtime.worker_threads(usize::from(threads));
-    }
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(err) => return fail(format!("cannot start the async runtime: {err}")),

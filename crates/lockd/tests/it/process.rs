@@ -144,7 +144,8 @@ fn sigterm_the_moment_the_start_up_line_appears_is_a_clean_stop() {
     }
 }
 
-/// The process's Tokio worker threads (their blocking threads have another name).
+/// The process's threads named as Tokio names its workers (and its blocking threads, which a
+/// lockd starts only for its first commit).
 fn worker_threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -162,10 +163,14 @@ async fn worker_threads_sets_the_number_of_runtime_threads() {
     assert_eq!(conn.call(release).await["ok"], true);
     assert_eq!(worker_threads(lockd.child.id()), 9);
 
+    // One thread: the main thread runs everything, and commits still work (they run on the
+    // blocking pool, whose threads bear the same name, so count before the first write).
     let lockd = Lockd::start(&["--worker-threads", "1"]);
     let mut conn = lockd.connect().await;
-    assert!(conn.lock(1, "r", "exclusive").await > 0);
-    assert_eq!(worker_threads(lockd.child.id()), 1);
+    let token = conn.lock(1, "r", "exclusive").await;
+    assert_eq!(worker_threads(lockd.child.id()), 0);
+    let write = json!({"id": 2, "op": "write", "resource": "r", "token": token, "value": "v"});
+    assert_eq!(conn.call(write).await["ok"], true);
 
     let dir = tempfile::tempdir().unwrap();
     let output = lockd_command(dir.path(), &["--worker-threads", "0"])
