@@ -36,7 +36,7 @@ use crate::connection::Outbox;
 use crate::core::{Effect, ForcedRelease, LockError, LockTable};
 use crate::execute::{effect_frame, execute, reply_frame, Executed};
 use crate::metrics::Metrics;
-use crate::pipeline::{CommitId, CommitPipeline, IfCommitFails, Outgoing};
+use crate::pipeline::{CommitId, CommitPipeline, Outgoing};
 use crate::snapshot::{LocksSnapshot, SessionInfo};
 use crate::store::{Store, StoreError};
 
@@ -520,11 +520,7 @@ impl Driver {
                     "a session ends with its connection on a single server; start a new one"
                         .to_owned(),
                 );
-                self.send(
-                    reply(reply_frame(id, Err(error))),
-                    None,
-                    IfCommitFails::SendAsIs,
-                );
+                self.send(reply(reply_frame(id, Err(error))), None);
                 return;
             }
             Command::Hello(hello) => {
@@ -551,7 +547,7 @@ impl Driver {
         let result = match executed {
             Executed::Queued(position) => {
                 let queued = ServerFrame::Queued { id, position };
-                self.send(reply(queued), None, IfCommitFails::SendAsIs);
+                self.send(reply(queued), None);
                 return;
             }
             Executed::Reply(result) => result,
@@ -564,7 +560,8 @@ impl Driver {
                 _ => {}
             }
         }
-        let waits_for = match written {
+        // The commit that saves the value this reply reports or shows, if not yet durable.
+        let shows = match written {
             Some(written) => Some(self.pipeline.write_applied(
                 written.resource,
                 written.value,
@@ -573,12 +570,7 @@ impl Driver {
             None if result.is_ok() => reads_undurable,
             None => None,
         };
-        // Only a frame that shows an undone value fails with its commit.
-        let if_fails = match waits_for {
-            Some(_) => IfCommitFails::Fail,
-            None => IfCommitFails::SendAsIs,
-        };
-        self.send(reply(reply_frame(id, result)), waits_for, if_fails);
+        self.send(reply(reply_frame(id, result)), shows);
     }
 
     /// Sends the table's effects (this turn) and counts its observations.
@@ -599,7 +591,7 @@ impl Driver {
                     frame,
                     answers: None,
                 };
-                self.send(outgoing, None, IfCommitFails::SendAsIs);
+                self.send(outgoing, None);
                 continue;
             }
             if let Effect::SessionExpired { session } = effect {
@@ -615,9 +607,10 @@ impl Driver {
         }
     }
 
-    /// Sends `outgoing` now, or once commit `waits_for` has finished (see [`CommitPipeline`]).
-    fn send(&mut self, outgoing: Outgoing, waits_for: Option<CommitId>, if_fails: IfCommitFails) {
-        if let Some(outgoing) = self.pipeline.route(outgoing, waits_for, if_fails) {
+    /// Sends `outgoing` now, or once commit `shows` (which saves the value it shows) has
+    /// finished and its session's earlier held frames have gone out (see [`CommitPipeline`]).
+    fn send(&mut self, outgoing: Outgoing, shows: Option<CommitId>) {
+        if let Some(outgoing) = self.pipeline.route(outgoing, shows) {
             self.send_now(outgoing);
         }
     }

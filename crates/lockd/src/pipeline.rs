@@ -37,15 +37,6 @@ pub(crate) struct Outgoing {
     pub(crate) answers: Option<(usize, std::time::Instant)>,
 }
 
-/// What a held frame becomes if the commit it waits for fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum IfCommitFails {
-    /// It goes out as it is: it only waited to keep its session's replies in order.
-    SendAsIs,
-    /// It becomes an `internal` error: it reported or showed a value that was undone.
-    Fail,
-}
-
 /// A value written to the table and not yet durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PendingWrite {
@@ -60,9 +51,12 @@ pub(crate) struct PendingWrite {
 #[derive(Debug)]
 struct HeldFrame {
     outgoing: Outgoing,
-    /// The commit that must finish before it goes out.
+    /// The commit that must finish before it goes out: the one that saves the value it shows,
+    /// or a later one that an earlier frame of its session waits for.
     commit: CommitId,
-    if_fails: IfCommitFails,
+    /// The commit that saves the value it shows, if it shows one: if that commit fails, the
+    /// frame becomes an `internal` error.
+    shows: Option<CommitId>,
 }
 
 /// The driver's writes and frames between the table and the disk.
@@ -120,22 +114,22 @@ impl CommitPipeline {
             .map(|write| write.commit)
     }
 
-    /// Returns `outgoing` if it may go out now, or holds it until commit `waits_for` (and every
-    /// commit its session's earlier held frames wait for) has finished.
+    /// Returns `outgoing` if it may go out now, or holds it until commit `shows` (the one that
+    /// saves the value it shows, if any) and every commit its session's earlier held frames
+    /// wait for have finished.
     pub(crate) fn route(
         &mut self,
         outgoing: Outgoing,
-        waits_for: Option<CommitId>,
-        if_fails: IfCommitFails,
+        shows: Option<CommitId>,
     ) -> Option<Outgoing> {
-        if waits_for.is_none() && self.held.is_empty() {
+        if shows.is_none() && self.held.is_empty() {
             return Some(outgoing);
         }
         let behind = self
             .held_sessions
             .get(&outgoing.session)
             .map(|&(_, commit)| commit);
-        let Some(commit) = waits_for.max(behind) else {
+        let Some(commit) = shows.max(behind) else {
             return Some(outgoing);
         };
         let entry = self
@@ -147,7 +141,7 @@ impl CommitPipeline {
         self.held.push(HeldFrame {
             outgoing,
             commit,
-            if_fails,
+            shows,
         });
         None
     }
@@ -200,7 +194,8 @@ impl CommitPipeline {
 
     /// Commit `id` (the running one) failed with `message`. Every write not yet durable must
     /// be undone: they are returned newest first, the order to undo them in. Every held frame
-    /// may go out now, those that showed an undone value replaced by an `internal` error.
+    /// may go out now, those that show a value of commit `id` or later (undone now) replaced by
+    /// an `internal` error.
     pub(crate) fn commit_failed(
         &mut self,
         id: CommitId,
@@ -211,12 +206,16 @@ impl CommitPipeline {
         let mut undone = std::mem::take(&mut self.writes);
         undone.reverse();
         let held = std::mem::take(&mut self.held);
-        (undone, self.release(held, Some(message)))
+        (undone, self.release(held, Some((id, message))))
     }
 
-    /// Takes `frames` out of the held set; with `failure`, those marked
-    /// [`IfCommitFails::Fail`] become `internal` errors.
-    fn release(&mut self, frames: Vec<HeldFrame>, failure: Option<&str>) -> Vec<Outgoing> {
+    /// Takes `frames` out of the held set; with `failure` (a failed commit and its message),
+    /// those that show a value it or a later commit was to save become `internal` errors.
+    fn release(
+        &mut self,
+        frames: Vec<HeldFrame>,
+        failure: Option<(CommitId, &str)>,
+    ) -> Vec<Outgoing> {
         let released = frames
             .into_iter()
             .map(|held| {
@@ -227,7 +226,8 @@ impl CommitPipeline {
                     }
                 }
                 let mut outgoing = held.outgoing;
-                if let (Some(message), IfCommitFails::Fail) = (failure, held.if_fails) {
+                let undone = |(failed, _): (CommitId, &str)| held.shows >= Some(failed);
+                if let Some((_, message)) = failure.filter(|&failure| undone(failure)) {
                     if let Some(id) = frame_id(&outgoing.frame) {
                         outgoing.frame = ServerFrame::error(
                             Some(id),
@@ -289,9 +289,7 @@ mod tests {
     #[test]
     fn frames_that_wait_for_nothing_go_out_at_once() {
         let mut pipeline = CommitPipeline::new();
-        assert!(pipeline
-            .route(reply(1, 1), None, IfCommitFails::SendAsIs)
-            .is_some());
+        assert!(pipeline.route(reply(1, 1), None).is_some());
         assert!(pipeline.start_commit(None).is_none(), "nothing to commit");
     }
 
@@ -299,16 +297,10 @@ mod tests {
     fn a_write_reply_waits_for_its_commit_and_its_session_waits_behind_it() {
         let mut pipeline = CommitPipeline::new();
         let commit = pipeline.write_applied(name("r"), Arc::from("v"), None);
-        assert!(pipeline
-            .route(reply(1, 1), Some(commit), IfCommitFails::Fail)
-            .is_none());
+        assert!(pipeline.route(reply(1, 1), Some(commit)).is_none());
         // The same session's next reply waits behind it; another session's does not.
-        assert!(pipeline
-            .route(reply(1, 2), None, IfCommitFails::SendAsIs)
-            .is_none());
-        assert!(pipeline
-            .route(reply(2, 1), None, IfCommitFails::SendAsIs)
-            .is_some());
+        assert!(pipeline.route(reply(1, 2), None).is_none());
+        assert!(pipeline.route(reply(2, 1), None).is_some());
         assert!(pipeline.holds_frames_for(SessionId(1)));
 
         let (id, batch) = pipeline.start_commit(None).unwrap();
@@ -323,16 +315,16 @@ mod tests {
     fn writes_made_during_a_commit_go_into_the_next_and_their_frames_wait_for_it() {
         let mut pipeline = CommitPipeline::new();
         let first = pipeline.write_applied(name("a"), Arc::from("1"), None);
-        pipeline.route(reply(1, 1), Some(first), IfCommitFails::Fail);
+        pipeline.route(reply(1, 1), Some(first));
         let (running, _) = pipeline.start_commit(None).unwrap();
         assert!(pipeline.start_commit(Some(7)).is_none(), "one at a time");
 
         let second = pipeline.write_applied(name("b"), Arc::from("2"), None);
         assert!(second > running);
-        pipeline.route(reply(2, 1), Some(second), IfCommitFails::Fail);
+        pipeline.route(reply(2, 1), Some(second));
         // A read of the first value waits only for the running commit.
         assert_eq!(pipeline.undurable_write(&name("a")), Some(first));
-        pipeline.route(reply(3, 1), Some(first), IfCommitFails::Fail);
+        pipeline.route(reply(3, 1), Some(first));
 
         assert_eq!(
             ids(&pipeline.commit_succeeded(running)),
@@ -349,11 +341,11 @@ mod tests {
     fn a_failed_commit_undoes_every_pending_write_newest_first_and_fails_their_frames() {
         let mut pipeline = CommitPipeline::new();
         let first = pipeline.write_applied(name("r"), Arc::from("one"), Some(Arc::from("safe")));
-        pipeline.route(reply(1, 1), Some(first), IfCommitFails::Fail);
+        pipeline.route(reply(1, 1), Some(first));
         let (running, _) = pipeline.start_commit(None).unwrap();
         let second = pipeline.write_applied(name("r"), Arc::from("two"), Some(Arc::from("one")));
-        pipeline.route(reply(1, 2), Some(second), IfCommitFails::Fail);
-        pipeline.route(reply(1, 3), None, IfCommitFails::SendAsIs);
+        pipeline.route(reply(1, 2), Some(second));
+        pipeline.route(reply(1, 3), None);
 
         let (undone, frames) = pipeline.commit_failed(running, "disk on fire");
         let previous: Vec<_> = undone.iter().map(|w| w.previous.as_deref()).collect();
@@ -369,5 +361,169 @@ mod tests {
             pipeline.start_commit(None).is_none(),
             "nothing left to commit"
         );
+    }
+
+    /// Random writes, reads, lock replies, commits and failures, with the pipeline's promises
+    /// checked on every frame it lets out.
+    mod properties {
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            Write { session: u64, resource: usize },
+            Read { session: u64, resource: usize },
+            Lock { session: u64 },
+            StartCommit,
+            Succeed,
+            Fail,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            let session = 1..5u64;
+            let resource = 0..3usize;
+            prop_oneof![
+                3 => (session.clone(), resource.clone())
+                    .prop_map(|(session, resource)| Step::Write { session, resource }),
+                2 => (session.clone(), resource)
+                    .prop_map(|(session, resource)| Step::Read { session, resource }),
+                3 => session.prop_map(|session| Step::Lock { session }),
+                2 => Just(Step::StartCommit),
+                2 => Just(Step::Succeed),
+                1 => Just(Step::Fail),
+            ]
+        }
+
+        /// What the test remembers of a frame it routed: the commit its content depends on.
+        struct Routed {
+            depends_on: Option<CommitId>,
+            released: bool,
+        }
+
+        struct Model {
+            pipeline: CommitPipeline,
+            /// Frames by (session, id); ids count up per session in routing order.
+            routed: HashMap<(u64, u64), Routed>,
+            next_id: HashMap<u64, u64>,
+            /// The last id let out per session.
+            last_out: HashMap<u64, u64>,
+            /// Commits that finished well, and those that failed (with every write undone).
+            succeeded: Vec<CommitId>,
+            failed: Vec<CommitId>,
+            running: Option<CommitId>,
+        }
+
+        impl Model {
+            fn route(
+                &mut self,
+                session: u64,
+                shows: Option<CommitId>,
+            ) -> Result<(), TestCaseError> {
+                let id = self.next_id.entry(session).or_insert(0);
+                *id += 1;
+                let id = *id;
+                self.routed.insert(
+                    (session, id),
+                    Routed {
+                        depends_on: shows,
+                        released: false,
+                    },
+                );
+                if let Some(out) = self.pipeline.route(reply(session, id), shows) {
+                    self.let_out(&[out], false)?;
+                }
+                Ok(())
+            }
+
+            fn let_out(
+                &mut self,
+                frames: &[Outgoing],
+                after_failure: bool,
+            ) -> Result<(), TestCaseError> {
+                for out in frames {
+                    let session = out.session.0;
+                    let id = frame_id(&out.frame).unwrap().0;
+                    let last = self.last_out.insert(session, id).unwrap_or(0);
+                    prop_assert_eq!(last + 1, id, "session {}'s replies out of order", session);
+                    let routed = self.routed.get_mut(&(session, id)).unwrap();
+                    prop_assert!(!routed.released, "released twice");
+                    routed.released = true;
+                    match routed.depends_on {
+                        // It shows a value: out only once that value is durable, or as an
+                        // error once its commit (or an earlier one) failed.
+                        Some(commit) if is_internal_error(out) => {
+                            prop_assert!(after_failure && !self.succeeded.contains(&commit));
+                        }
+                        Some(commit) => prop_assert!(self.succeeded.contains(&commit)),
+                        None => prop_assert!(!is_internal_error(out)),
+                    }
+                }
+                Ok(())
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+            #[test]
+            fn frames_wait_for_exactly_what_they_show(steps in prop::collection::vec(step(), 1..80)) {
+                let mut model = Model {
+                    pipeline: CommitPipeline::new(),
+                    routed: HashMap::new(),
+                    next_id: HashMap::new(),
+                    last_out: HashMap::new(),
+                    succeeded: Vec::new(),
+                    failed: Vec::new(),
+                    running: None,
+                };
+                // The steps, then enough commits to let every frame out.
+                let drain = [Step::StartCommit, Step::Succeed, Step::StartCommit, Step::Succeed];
+                for step in steps.into_iter().chain(drain) {
+                    match step {
+                        Step::Write { session, resource } => {
+                            let commit = model.pipeline.write_applied(name(&format!("r{resource}")), Arc::from("v"), None);
+                            prop_assert!(model.running.is_none_or(|running| commit > running));
+                            model.route(session, Some(commit))?;
+                        }
+                        Step::Read { session, resource } => {
+                            let waits_for = model.pipeline.undurable_write(&name(&format!("r{resource}")));
+                            if let Some(commit) = waits_for {
+                                prop_assert!(!model.succeeded.contains(&commit));
+                            }
+                            model.route(session, waits_for)?;
+                        }
+                        Step::Lock { session } => model.route(session, None)?,
+                        Step::StartCommit => {
+                            if let Some((id, batch)) = model.pipeline.start_commit(None) {
+                                prop_assert!(model.running.is_none(), "two commits at once");
+                                prop_assert!(!batch.values.is_empty());
+                                model.running = Some(id);
+                            }
+                        }
+                        Step::Succeed => {
+                            if let Some(id) = model.running.take() {
+                                model.succeeded.push(id);
+                                let out = model.pipeline.commit_succeeded(id);
+                                model.let_out(&out, false)?;
+                            }
+                        }
+                        Step::Fail => {
+                            if let Some(id) = model.running.take() {
+                                model.failed.push(id);
+                                let (_, out) = model.pipeline.commit_failed(id, "disk");
+                                model.let_out(&out, true)?;
+                                prop_assert!(model.pipeline.held.is_empty());
+                                prop_assert!(model.pipeline.writes.is_empty());
+                            }
+                        }
+                    }
+                }
+                prop_assert!(model.routed.values().all(|routed| routed.released), "a frame was never let out");
+                prop_assert!(model.pipeline.held_sessions.is_empty());
+            }
+        }
     }
 }
