@@ -93,7 +93,16 @@ async fn a_crash_loop_loses_no_acknowledged_write() {
     const CLIENTS: usize = 8;
     const RESOURCES: usize = 3;
     let dir = tempfile::tempdir().unwrap();
-    let lockd = Lockd::start_in(dir.path(), &[]);
+    // Every other lockd runs on one thread (a current-thread runtime), so both runtimes are
+    // crashed in the middle of their commits.
+    let flags = |cycle: usize| -> &'static [&'static str] {
+        if cycle % 2 == 1 {
+            &["--worker-threads", "1"]
+        } else {
+            &[]
+        }
+    };
+    let lockd = Lockd::start_in(dir.path(), flags(0));
     let state = Arc::new(CrashState {
         addr: Mutex::new(lockd.addr),
         max_acked: Mutex::new(vec![0; RESOURCES]),
@@ -116,7 +125,7 @@ async fn a_crash_loop_loses_no_acknowledged_write() {
         lockd.signal_and_wait("KILL");
         drop(lockd);
         state.cycle.store(cycle + 1, Ordering::SeqCst);
-        lockd = Lockd::start_in(dir.path(), &[]);
+        lockd = Lockd::start_in(dir.path(), flags(cycle + 1));
         *state.addr.lock().unwrap() = lockd.addr;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
