@@ -221,8 +221,12 @@ impl Server {
                 (tokio::spawn(driver.run(driver_rx)), None)
             }
             Backend::Cluster(node) => {
-                let frontend =
-                    Frontend::new(node.raft.clone(), node.node_id, Arc::clone(&node.replica));
+                let frontend = Frontend::new(
+                    node.raft.clone(),
+                    node.node_id,
+                    Arc::clone(&node.replica),
+                    Arc::clone(&metrics),
+                );
                 (tokio::spawn(frontend.run(driver_rx)), Some(node))
             }
         };

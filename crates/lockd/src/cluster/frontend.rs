@@ -39,6 +39,7 @@ use super::membership;
 use super::types::{Applied, LockdNode, Op, Proposal, TypeConfig};
 use crate::connection::Outbox;
 use crate::driver::DriverMsg;
+use crate::metrics::Metrics;
 use crate::snapshot::{LocksSnapshot, SessionInfo};
 
 /// How often the leader looks for expired leases and waits that timed out. Lease expiry and
@@ -74,6 +75,9 @@ const MAX_OUTSTANDING_BATCHES: usize = 2;
 struct Proposer {
     connection: SessionId,
     request: Option<RequestId>,
+    /// The request's op (a metrics index) and when its connection read it, for the request
+    /// latency metric: counted once the batch's outcome is known, when its reply has gone out.
+    answers: Option<(usize, std::time::Instant)>,
 }
 
 /// A batch whose outcome is awaited: on failure every request in it gets an error.
@@ -106,6 +110,7 @@ pub(crate) struct Frontend {
     batch: Vec<Op>,
     batch_proposers: Vec<Proposer>,
     batch_value_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Frontend {
@@ -119,7 +124,12 @@ impl std::fmt::Debug for Frontend {
 }
 
 impl Frontend {
-    pub(crate) fn new(raft: Raft<TypeConfig>, node_id: u64, replica: Arc<Mutex<Replica>>) -> Self {
+    pub(crate) fn new(
+        raft: Raft<TypeConfig>,
+        node_id: u64,
+        replica: Arc<Mutex<Replica>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Frontend {
             raft,
             node_id,
@@ -133,6 +143,7 @@ impl Frontend {
             batch: Vec::new(),
             batch_proposers: Vec::new(),
             batch_value_bytes: 0,
+            metrics,
         }
     }
 
@@ -198,6 +209,7 @@ impl Frontend {
                 connection.close.cancel();
             }
             self.owners.clear();
+            self.count_sessions();
         }
     }
 
@@ -228,8 +240,8 @@ impl Frontend {
             DriverMsg::Request {
                 session: connection,
                 request,
-                ..
-            } => self.on_request(connection, request),
+                received,
+            } => self.on_request(connection, request, received),
             DriverMsg::Activity {
                 session: connection,
             } => {
@@ -258,7 +270,12 @@ impl Frontend {
         self.connections.get(&connection)?.session
     }
 
-    fn on_request(&mut self, connection_id: SessionId, mut request: Request) {
+    fn on_request(
+        &mut self,
+        connection_id: SessionId,
+        mut request: Request,
+        received: std::time::Instant,
+    ) {
         let Some(connection) = self.connections.get_mut(&connection_id) else {
             return;
         };
@@ -339,7 +356,9 @@ impl Frontend {
             "propose"
         );
         let id = request.id;
-        self.propose(connection_id, Some(id), Op::Request { session, request });
+        let answers = Some((Metrics::op_index(request.command.op()), received));
+        let op = Op::Request { session, request };
+        self.propose_request(connection_id, Some(id), answers, op);
     }
 
     /// Routes the frames of `session` to `connection`, taking it over from any connection that
@@ -364,6 +383,13 @@ impl Frontend {
             }
         }
         lock_replica(&self.replica).routes.insert(session, route);
+        self.count_sessions();
+    }
+
+    /// Sessions whose client is connected to this node.
+    fn count_sessions(&self) {
+        let sessions = i64::try_from(self.owners.len()).unwrap_or(i64::MAX);
+        self.metrics.sessions.set(sessions);
     }
 
     /// A connection ended. Its session lives on until its lease runs out, so that its client
@@ -381,6 +407,7 @@ impl Frontend {
         }
         self.owners.remove(&session);
         lock_replica(&self.replica).routes.remove(&session);
+        self.count_sessions();
         connection
             .span
             .in_scope(|| info!("connection closed; the session lives until its lease runs out"));
@@ -426,6 +453,17 @@ impl Frontend {
 
     /// Adds an operation to this turn's entry (sent by [`flush`](Self::flush)).
     fn propose(&mut self, connection: SessionId, request: Option<RequestId>, op: Op) {
+        self.propose_request(connection, request, None, op);
+    }
+
+    /// [`propose`](Self::propose), for a client's request: `answers` is its op and arrival.
+    fn propose_request(
+        &mut self,
+        connection: SessionId,
+        request: Option<RequestId>,
+        answers: Option<(usize, std::time::Instant)>,
+        op: Op,
+    ) {
         if let Op::Request { request, .. } = &op {
             if let Command::Write(write) = &request.command {
                 self.batch_value_bytes += write.value.len();
@@ -435,6 +473,7 @@ impl Frontend {
         self.batch_proposers.push(Proposer {
             connection,
             request,
+            answers,
         });
     }
 
@@ -475,8 +514,13 @@ impl Frontend {
     }
 
     /// Answers the requests of a batch that failed; successful ones were answered by the
-    /// state machine.
+    /// state machine. Either way each request has its reply now, so its latency is counted.
     fn settle(&mut self, proposers: &[Proposer], outcome: Outcome) {
+        let now = std::time::Instant::now();
+        for (op, received) in proposers.iter().filter_map(|proposer| proposer.answers) {
+            self.metrics
+                .request_done(op, now.saturating_duration_since(received));
+        }
         if let Outcome::Applied(applied) = &outcome {
             for session in &applied.sessions_taken {
                 warn!(

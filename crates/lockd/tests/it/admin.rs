@@ -68,7 +68,7 @@ async fn get(addr: SocketAddr, path: &str) -> crate::support::HttpReply {
 }
 
 /// The value of one sample line in Prometheus text, e.g. `lockd_grants_total{mode="shared"}`.
-fn sample(metrics: &str, series: &str) -> f64 {
+pub fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))

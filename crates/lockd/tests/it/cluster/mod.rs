@@ -4,6 +4,7 @@
 mod chaos;
 mod failover;
 mod membership;
+mod metrics;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -187,6 +188,12 @@ impl Cluster {
     /// Every node's client address, in node order.
     pub(super) fn client_addrs(&self) -> Vec<SocketAddr> {
         self.specs.iter().map(|spec| spec.client).collect()
+    }
+
+    /// The admin address of node `index`, for a cluster started with `--http 127.0.0.1:0`: the
+    /// node's second stdout line (read once).
+    pub(super) fn admin_addr(&mut self, index: usize) -> SocketAddr {
+        crate::admin::admin_addr(self.nodes[index].as_mut().expect("the node runs"))
     }
 
     pub(super) async fn connect(&self, index: usize) -> Conn {
