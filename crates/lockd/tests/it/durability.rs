@@ -704,3 +704,51 @@ async fn a_half_closed_client_gets_the_reply_to_its_last_write() {
     assert_eq!(reply, json!({"id": 2, "ok": true}));
     (gated.stop).await;
 }
+
+/// A store whose commit panics (a bug in it, or in redb) the first time it is asked to save.
+struct PanickingStore;
+
+impl Store for PanickingStore {
+    fn commit(&mut self, batch: &CommitBatch) -> Result<(), StoreError> {
+        if batch.values.is_empty() {
+            // The start-up token reservation.
+            return Ok(());
+        }
+        panic!("the store broke (a deliberate panic in a test)");
+    }
+}
+
+/// A commit that panics takes the store with it: that write and every later one fail with
+/// `internal`, nothing hangs, and locks keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_panics_fails_writes_and_locks_keep_working() {
+    let (addr, stop) = serve_in_process(Box::new(PanickingStore), Default::default()).await;
+    let mut conn = Conn::connect(addr).await;
+    let token = conn.lock(1, "r", "exclusive").await;
+    let write = json!({"id": 2, "op": "write", "resource": "r", "token": token, "value": "v"});
+    let reply = conn.call(write).await;
+    assert_eq!(error_code(&reply), "internal", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the store failed"),
+        "{reply}"
+    );
+    let again = json!({"id": 3, "op": "write", "resource": "r", "token": token, "value": "w"});
+    let reply = conn.call(again).await;
+    assert_eq!(error_code(&reply), "internal", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unavailable"),
+        "{reply}"
+    );
+    let read = json!({"id": 4, "op": "read", "resource": "r", "token": token});
+    assert_eq!(conn.call(read).await["value"], json!(null));
+    let release = json!({"id": 5, "op": "release", "resource": "r", "token": token});
+    assert_eq!(conn.call(release).await["ok"], true);
+    assert!(conn.lock(6, "r", "exclusive").await > token);
+    stop.await;
+}
