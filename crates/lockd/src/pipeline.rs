@@ -185,10 +185,7 @@ impl CommitPipeline {
         self.running = None;
         let durable = self.writes.partition_point(|write| write.commit <= id);
         self.writes.drain(..durable);
-        let (ready, waiting) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|held| held.commit <= id);
-        self.held = waiting;
+        let ready = self.held.extract_if(.., |held| held.commit <= id).collect();
         self.release(ready, None)
     }
 
