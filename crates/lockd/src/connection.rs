@@ -1,22 +1,26 @@
 //! One client connection, served by one task: it reads lines, turns them into requests for the
-//! driver, and writes the driver's replies back in batches.
+//! backend (the single server's driver or a cluster node's front end, behind `seam.rs`; this
+//! file knows neither), and writes the backend's replies back in batches.
 //!
 //! One task rather than a reader and a writer: a request then costs one wake-up on the way in
-//! (the socket became readable) and one on the way out (the driver filled the outbox), the
+//! (the socket became readable) and one on the way out (the backend filled the outbox), the
 //! socket needs no split (and no lock between its halves), and an idle connection is a single
 //! small task.
 //!
-//! Backpressure: the task counts the requests it passed to the driver whose final reply it has
+//! Backpressure: the task counts the requests it passed to the backend whose final reply it has
 //! not written yet, and stops reading the socket while `max_in_flight` of them are pending. The
 //! replies waiting in its outbox therefore never exceed two frames (a `queued` event and a
 //! reply) per request in flight. A client that stops reading altogether is dropped when one
 //! write stalls for `write_timeout`.
 //!
 //! Authentication, when the server has a secret, happens here too, before anything reaches the
-//! driver: until `hello` carries the right `auth`, every request is answered `unauthorized`.
+//! backend: until `hello` carries the right `auth`, every request is answered `unauthorized`.
 //!
-//! Everything a connection logs, and what the driver logs about its session, is inside one
+//! Everything a connection logs, and what the backend logs about its session, is inside one
 //! `session` span with the session id, peer address and (after `hello`) client name.
+//!
+//! It reads the clock only to bound waits (the first-frame and write timeouts) and to stamp a
+//! request's arrival for the latency metric; the table's time comes from the backend.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use protocol::frame::{Frame, LineCodec};
-use protocol::{Command, ErrorCode, Request, ServerFrame, SessionId};
+use protocol::{Command, ErrorCode, Request, ServerFrame};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -33,8 +37,8 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
-use crate::driver::DriverMsg;
 use crate::metrics::Metrics;
+use crate::seam::{BackendMsg, ConnectionId, ConnectionRecord, Outbox};
 
 /// How long a closing connection may take to write its last replies.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
@@ -58,18 +62,6 @@ const MIN_READ_SPACE: usize = INITIAL_READ_BUFFER / 2;
 /// that each pipelined a few hundred acquires, kept buffers cost more than the locks.
 const KEPT_BUFFER: usize = 4 * 1024;
 
-/// Where the driver puts frames for one client; the connection's task writes them.
-#[derive(Debug, Clone)]
-pub(crate) struct Outbox(mpsc::UnboundedSender<ServerFrame>);
-
-impl Outbox {
-    /// Queues a frame for the connection. A closed connection silently drops it: nobody is left
-    /// to read it, and the driver learns of the close through [`DriverMsg::Closed`].
-    pub(crate) fn send(&self, frame: ServerFrame) {
-        let _ = self.0.send(frame);
-    }
-}
-
 /// Rules that apply to each connection.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionLimits {
@@ -84,18 +76,18 @@ pub(crate) struct ConnectionLimits {
 }
 
 /// Serves one accepted connection until the client leaves, its session expires, or the server
-/// shuts down (`shutdown` is cancelled). Always tells the driver when it is done.
+/// shuts down (`shutdown` is cancelled). Always tells the backend when it is done.
 pub(crate) async fn serve<S>(
     stream: S,
     peer: SocketAddr,
-    driver: mpsc::UnboundedSender<DriverMsg>,
+    backend: mpsc::UnboundedSender<BackendMsg>,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // The driver fills in the session id when it opens the session, and the client name when
+    // The backend fills in the session id when it opens the session, and the client name when
     // `hello` gives one. The task enters the span only to log (`Connection::log`): entering it
     // on every poll, as `Instrument` does, costs more than a request's table work.
     let span = info_span!(
@@ -105,25 +97,29 @@ pub(crate) async fn serve<S>(
         client = tracing::field::Empty
     );
     let close = shutdown.child_token();
-    let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+    let (outbox, outbox_rx) = Outbox::new();
     let (reply_tx, reply_rx) = oneshot::channel();
-    let open = DriverMsg::Open {
+    let record = ConnectionRecord {
         peer,
-        outbox: Outbox(outbox_tx),
+        client: None,
+        outbox,
         close: close.clone(),
         span: span.clone(),
+    };
+    let open = BackendMsg::Open {
+        record,
         reply: reply_tx,
     };
-    if driver.send(open).is_err() {
+    if backend.send(open).is_err() {
         return;
     }
-    let Ok(session) = reply_rx.await else {
+    let Ok(id) = reply_rx.await else {
         return;
     };
     let codec = LineCodec::new(limits.max_frame_bytes);
     let mut connection = Connection {
-        session,
-        driver,
+        id,
+        backend,
         frames: FramedRead::with_capacity(stream, codec, INITIAL_READ_BUFFER),
         outbox: outbox_rx,
         in_flight: 0,
@@ -135,7 +131,9 @@ pub(crate) async fn serve<S>(
         span,
     };
     let ended = connection.serve_requests().await;
-    let _ = connection.driver.send(DriverMsg::Closed { session });
+    let _ = connection
+        .backend
+        .send(BackendMsg::Closed { connection: id });
     let span = connection.span.clone();
     connection.finish(ended).await;
     span.in_scope(|| debug!("connection finished"));
@@ -143,21 +141,22 @@ pub(crate) async fn serve<S>(
 
 /// The state of one connection's task.
 struct Connection<S> {
-    session: SessionId,
-    driver: mpsc::UnboundedSender<DriverMsg>,
+    /// What the backend calls this connection.
+    id: ConnectionId,
+    backend: mpsc::UnboundedSender<BackendMsg>,
     /// The socket, read through the line codec. Replies are written to `frames.get_mut()`,
     /// which leaves the codec's read buffer alone.
     frames: FramedRead<S, LineCodec>,
-    /// Frames from the driver. The driver holds the sender until it has handled this
-    /// connection's [`DriverMsg::Closed`], so after `Closed` the channel ends once every reply
+    /// Frames from the backend. The backend holds the sender until it has handled this
+    /// connection's [`BackendMsg::Closed`], so after `Closed` the channel ends once every reply
     /// to an earlier request is in it.
     outbox: mpsc::UnboundedReceiver<ServerFrame>,
-    /// Requests passed to the driver whose final reply has not been written yet.
+    /// Requests passed to the backend whose final reply has not been written yet.
     in_flight: usize,
     authenticated: bool,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
-    /// Cancelled to close the connection: by the driver (lease expiry, forced release), by the
+    /// Cancelled to close the connection: by the backend (its session ended, or this node stopped leading), by the
     /// server (shutdown), or here (a write that stalled).
     close: CancellationToken,
     /// Serialized frames of the batch being written. Empty between batches, so a non-empty
@@ -170,7 +169,7 @@ struct Connection<S> {
 /// Why a connection stopped serving requests.
 enum Ended {
     /// The client closed its side, broke the protocol, or failed authentication or the
-    /// first-frame timeout (or the driver is gone): replies still owed are written.
+    /// first-frame timeout (or the backend is gone): replies still owed are written.
     ClientDone,
     /// The close token was cancelled: only what is already queued is written.
     Closed,
@@ -180,7 +179,7 @@ enum Ended {
 
 /// What to do with one frame.
 enum Verdict {
-    /// Pass the request to the driver.
+    /// Pass the request to the backend.
     Forward(Request),
     /// Answer it here.
     Reject(ServerFrame),
@@ -212,7 +211,7 @@ where
                 biased;
                 () = &mut closed => return Ended::Closed,
                 frame = self.outbox.recv() => {
-                    // The driver keeps its sender until this task sends `Closed`.
+                    // The backend keeps its sender until this task sends `Closed`.
                     let Some(frame) = frame else { return Ended::ClientDone };
                     if let Err(ended) = self.write_batch(frame).await {
                         return ended;
@@ -262,16 +261,16 @@ where
         }
     }
 
-    /// Passes a request to the driver, or answers it here.
+    /// Passes a request to the backend, or answers it here.
     async fn handle_frame(&mut self, frame: Frame) -> Result<(), Ended> {
         match self.judge(frame) {
             Verdict::Forward(request) => {
-                let msg = DriverMsg::Request {
-                    session: self.session,
+                let msg = BackendMsg::Request {
+                    connection: self.id,
                     request,
                     received: tokio::time::Instant::now().into_std(),
                 };
-                if self.driver.send(msg).is_err() {
+                if self.backend.send(msg).is_err() {
                     return Err(Ended::ClientDone);
                 }
                 self.in_flight += 1;
@@ -281,8 +280,8 @@ where
                 // A bad frame is still a sign of life, but only from an authenticated client:
                 // a stranger must not keep a connection open by sending junk.
                 if self.authenticated {
-                    let _ = self.driver.send(DriverMsg::Activity {
-                        session: self.session,
+                    let _ = self.backend.send(BackendMsg::Activity {
+                        connection: self.id,
                     });
                 }
                 encode(&reply, &mut self.unwritten, &self.metrics);
@@ -292,7 +291,7 @@ where
         }
     }
 
-    /// Writes a last reply of the connection's own (the replies still owed by the driver
+    /// Writes a last reply of the connection's own (the replies still owed by the backend
     /// follow it, in [`Connection::finish`]).
     async fn answer_and_end(&mut self, reply: &ServerFrame) -> Ended {
         encode(reply, &mut self.unwritten, &self.metrics);
@@ -406,12 +405,12 @@ where
         }
     }
 
-    /// Called after the driver was told `Closed`: writes the replies still owed, then closes
+    /// Called after the backend was told `Closed`: writes the replies still owed, then closes
     /// the socket.
     async fn finish(mut self, ended: Ended) {
         match ended {
             Ended::ClientDone => {
-                // The driver answers everything it received before `Closed`, then drops its
+                // The backend answers everything it received before `Closed`, then drops its
                 // outbox sender; those replies go out (a client that half-closed still gets
                 // them). A client that stopped reading gets a short grace period.
                 let owed = tokio::time::timeout(WRITER_GRACE, self.write_owed_replies()).await;
@@ -439,7 +438,7 @@ where
         let _ = socket.shutdown().await;
     }
 
-    /// Writes replies until the driver drops its outbox sender, or the connection is closed.
+    /// Writes replies until the backend drops its outbox sender, or the connection is closed.
     async fn write_owed_replies(&mut self) -> Result<(), Ended> {
         loop {
             let frame = tokio::select! {

@@ -2,13 +2,15 @@
 //!
 //! - [`cluster`]: cluster mode, the table replicated over Raft.
 //! - [`core`]: the lock table, a deterministic state machine with no I/O and no clock.
-//! - [`server`]: the Tokio side: accept loop, per-connection tasks and the table's driver, and
-//!   the optional admin HTTP API (metrics, probes, `/v1/locks`, the live dashboard).
+//! - [`server`]: the Tokio side: the accept loop and shutdown, around one backend (the single
+//!   server's driver, or a cluster node's front end) behind one seam that connections and the
+//!   admin HTTP API (metrics, probes, `/v1/locks`, the live dashboard) talk to.
 //! - [`data_dir`]: the data directory and its single-owner lock.
 //! - [`store`]: values and the token reservation on disk.
 //! - [`tls`]: the TLS acceptor for `--tls-cert`/`--tls-key`.
 //!
-//! `main.rs` only parses flags, sets up logging and signals, and calls [`server::run`].
+//! `main.rs` only parses flags, sets up logging and signals, and calls
+//! [`Server::run`](server::Server::run).
 
 pub mod cluster;
 pub mod core;
@@ -18,9 +20,9 @@ pub mod store;
 pub mod tls;
 
 mod admin;
+mod apply;
 mod connection;
-mod driver;
-mod execute;
 mod metrics;
-mod pipeline;
-mod snapshot;
+mod report;
+mod seam;
+mod single;

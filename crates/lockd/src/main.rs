@@ -189,25 +189,24 @@ struct Args {
 }
 
 impl Args {
-    fn server_config(&self) -> Result<ServerConfig, String> {
+    fn server_config(&self) -> Result<ServerConfig, FlagError> {
         if !(self.min_lease_ms <= self.default_lease_ms
             && self.default_lease_ms <= self.max_lease_ms)
         {
-            return Err(format!(
-                "leases must satisfy --min-lease-ms ({}) <= --default-lease-ms ({}) <= \
-                 --max-lease-ms ({})",
-                self.min_lease_ms, self.default_lease_ms, self.max_lease_ms
-            ));
+            return Err(FlagError::Leases {
+                min: self.min_lease_ms,
+                default: self.default_lease_ms,
+                max: self.max_lease_ms,
+            });
         }
         // A waiting acquire holds one of its connection's in-flight slots until it is answered;
         // if every slot could be taken by waits, the connection would stop being read (not even
         // a ping or a cancel would get through) and the session would expire.
         if self.max_waits_per_session >= self.max_in_flight {
-            return Err(format!(
-                "--max-waits-per-session ({}) must be below --max-in-flight ({}), so that a \
-                 connection full of waiting acquires can still be read",
-                self.max_waits_per_session, self.max_in_flight
-            ));
+            return Err(FlagError::WaitsAboveInFlight {
+                waits: self.max_waits_per_session,
+                in_flight: self.max_in_flight,
+            });
         }
         Ok(ServerConfig {
             table: TableConfig {
@@ -242,25 +241,26 @@ impl Args {
     }
 
     /// The cluster flags, with the peer listener bound; only called with --node-id.
-    async fn cluster_options(&self, secret: Option<Arc<str>>) -> Result<ClusterOptions, String> {
+    async fn cluster_options(&self, secret: Option<Arc<str>>) -> Result<ClusterOptions, FlagError> {
         let (Some(node_id), Some(peer_listen), Some(peers)) =
             (self.node_id, &self.peer_listen, &self.peers)
         else {
-            return Err("cluster mode needs --node-id, --peer-listen and --peers".to_owned());
+            return Err(FlagError::ClusterFlags);
         };
-        if self.allow_force_release {
-            return Err("--allow-force-release is not available in cluster mode yet".to_owned());
-        }
         if self.heartbeat_ms >= self.election_timeout_ms {
-            return Err(format!(
-                "--heartbeat-ms ({}) must be below --election-timeout-ms ({})",
-                self.heartbeat_ms, self.election_timeout_ms
-            ));
+            return Err(FlagError::HeartbeatAboveElection {
+                heartbeat: self.heartbeat_ms,
+                election: self.election_timeout_ms,
+            });
         }
         let peers = lockd::cluster::node::parse_peers(peers)?;
-        let peer_listener = TcpListener::bind(peer_listen)
-            .await
-            .map_err(|err| format!("cannot listen on --peer-listen {peer_listen}: {err}"))?;
+        let peer_listener =
+            TcpListener::bind(peer_listen)
+                .await
+                .map_err(|source| FlagError::PeerListen {
+                    addr: peer_listen.clone(),
+                    source,
+                })?;
         Ok(ClusterOptions {
             node_id,
             peer_listener,
@@ -273,7 +273,7 @@ impl Args {
         })
     }
 
-    fn admin_options(&self) -> Result<AdminOptions, String> {
+    fn admin_options(&self) -> Result<AdminOptions, FlagError> {
         let force_release_token = match (&self.admin_token_file, self.allow_force_release) {
             (Some(path), true) => Some(read_secret(path, "--admin-token-file")?),
             _ => None,
@@ -282,6 +282,47 @@ impl Args {
             force_release_token,
         })
     }
+}
+
+/// Why lockd cannot start with the flags it was given.
+#[derive(Debug, thiserror::Error)]
+enum FlagError {
+    #[error(
+        "leases must satisfy --min-lease-ms ({min}) <= --default-lease-ms ({default}) <= \
+         --max-lease-ms ({max})"
+    )]
+    Leases { min: u64, default: u64, max: u64 },
+    #[error(
+        "--max-waits-per-session ({waits}) must be below --max-in-flight ({in_flight}), so \
+         that a connection full of waiting acquires can still be read"
+    )]
+    WaitsAboveInFlight { waits: usize, in_flight: usize },
+    #[error("cannot read {flag} {}: {source}", path.display())]
+    ReadSecret {
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{flag} {} is empty", path.display())]
+    EmptySecret { flag: &'static str, path: PathBuf },
+    #[error(transparent)]
+    Tls(#[from] lockd::tls::TlsError),
+    #[error("cluster mode needs --node-id, --peer-listen and --peers")]
+    ClusterFlags,
+    #[error("--heartbeat-ms ({heartbeat}) must be below --election-timeout-ms ({election})")]
+    HeartbeatAboveElection { heartbeat: u64, election: u64 },
+    #[error(transparent)]
+    Cluster(#[from] lockd::cluster::node::NodeError),
+    #[error("cannot listen on --peer-listen {addr}: {source}")]
+    PeerListen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for {signal}: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// How log lines look.
@@ -319,11 +360,11 @@ fn main() -> ExitCode {
     }
     let config = match args.server_config() {
         Ok(config) => config,
-        Err(message) => return fail(message),
+        Err(err) => return fail(err.to_string()),
     };
     let admin = match args.admin_options() {
         Ok(admin) => admin,
-        Err(message) => return fail(message),
+        Err(err) => return fail(err.to_string()),
     };
     let mut runtime = match args.worker_threads {
         // Tasks woken on the one thread then run in turn, so the driver takes every request
@@ -358,11 +399,11 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
         Some(_) => {
             let options = match args.cluster_options(secret).await {
                 Ok(options) => options,
-                Err(message) => return fail(message),
+                Err(err) => return fail(err.to_string()),
             };
             match Server::open_cluster(config, data_dir.path(), options).await {
                 Ok(server) => server,
-                Err(message) => return fail(message),
+                Err(err) => return fail(err.to_string()),
             }
         }
     };
@@ -405,7 +446,7 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
     raise_open_file_limit(args.max_connections);
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
-        Err(message) => return fail(message),
+        Err(err) => return fail(err.to_string()),
     };
     let mut stdout = std::io::stdout();
     // Scripts and tests wait for this exact first line to learn the real port, and for the
@@ -435,12 +476,18 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
 
 /// Reads a shared secret from `path` (given with `flag`): its contents without surrounding
 /// whitespace.
-fn read_secret(path: &Path, flag: &str) -> Result<Arc<str>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| format!("cannot read {flag} {}: {err}", path.display()))?;
+fn read_secret(path: &Path, flag: &'static str) -> Result<Arc<str>, FlagError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FlagError::ReadSecret {
+        flag,
+        path: path.to_owned(),
+        source,
+    })?;
     let secret = text.trim();
     if secret.is_empty() {
-        return Err(format!("{flag} {} is empty", path.display()));
+        return Err(FlagError::EmptySecret {
+            flag,
+            path: path.to_owned(),
+        });
     }
     if let Ok(meta) = std::fs::metadata(path) {
         use std::os::unix::fs::PermissionsExt;
@@ -500,12 +547,11 @@ async fn bind_listener(addr: &str, backlog: u32) -> std::io::Result<TcpListener>
 /// first of them. Installing before the start-up line is printed matters: a supervisor may
 /// send SIGTERM the moment it sees that line, and an uninstalled handler would let the signal
 /// kill lockd outright instead of shutting it down cleanly.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, FlagError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())
-        .map_err(|err| format!("cannot listen for SIGTERM: {err}"))?;
-    let mut interrupt = signal(SignalKind::interrupt())
-        .map_err(|err| format!("cannot listen for SIGINT: {err}"))?;
+    let signal_error = |signal| move |source| FlagError::Signal { signal, source };
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error("SIGTERM"))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error("SIGINT"))?;
     Ok(async move {
         tokio::select! {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),

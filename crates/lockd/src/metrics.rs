@@ -20,18 +20,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use protocol::{ErrorCode, LockMode};
+use protocol::{ErrorCode, LockMode, Op};
 
 use crate::core::{HoldEnd, Observation, SessionEnd, WaitEnd};
 
 /// The `Content-Type` of what [`Metrics::encode`] returns: the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
-
-/// The ops with a latency histogram of their own, in the order of their handles. Anything else
-/// (an op added to the protocol later) is timed as `other`.
-const OPS: [&str; 10] = [
-    "hello", "acquire", "release", "read", "write", "cancel", "validate", "ping", "status", "other",
-];
 
 /// Lock modes, in the order of their handles.
 const MODES: [LockMode; 2] = [LockMode::Exclusive, LockMode::Shared];
@@ -70,8 +64,9 @@ pub struct Metrics {
     pub(crate) connections: Gauge,
     pub(crate) connections_accepted: Counter,
     pub(crate) connections_refused: Counter,
-    /// Open sessions (admitted connections the driver knows).
-    pub(crate) sessions: Gauge,
+    /// Open sessions: on a single server the connections the driver knows; on a cluster node
+    /// the sessions whose client is connected to it.
+    sessions: Gauge,
     pub(crate) expirations: Counter,
     grants: [Counter; 2],
     releases: [[Counter; 4]; 2],
@@ -81,7 +76,8 @@ pub struct Metrics {
     abandoned_waits: [[Counter; 3]; 2],
     wait_seconds: [Histogram; 2],
     hold_seconds: [Histogram; 2],
-    request_seconds: [Histogram; OPS.len()],
+    /// One per op, indexed by [`Op::index`].
+    request_seconds: [Histogram; Op::ALL.len()],
     errors: Vec<Counter>,
     store_commit_seconds: Histogram,
     store_commit_errors: Counter,
@@ -233,7 +229,8 @@ impl Metrics {
              connection, by op; includes the commit of writes, excludes time waiting for a lock",
             request_family.clone(),
         );
-        let request_seconds = OPS.map(|op| request_family.get_or_create(&[("op", op)]).clone());
+        let request_seconds =
+            Op::ALL.map(|op| request_family.get_or_create(&[("op", op.name())]).clone());
         let error_family = Family::<Labels, Counter>::default();
         registry.register(
             "errors",
@@ -363,16 +360,14 @@ impl Metrics {
         }
     }
 
-    /// The handle index of an op name, for [`request_done`](Self::request_done).
-    pub(crate) fn op_index(op: &str) -> usize {
-        OPS.iter()
-            .position(|known| *known == op)
-            .unwrap_or(OPS.len() - 1)
+    /// `count` sessions are open (see the field's doc).
+    pub(crate) fn set_sessions(&self, count: usize) {
+        self.sessions.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
-    /// A request of op `op` (from [`op_index`](Self::op_index)) took `took`.
-    pub(crate) fn request_done(&self, op: usize, took: Duration) {
-        self.request_seconds[op.min(OPS.len() - 1)].observe(took.as_secs_f64());
+    /// A request of op `op` took `took`.
+    pub(crate) fn request_done(&self, op: Op, took: Duration) {
+        self.request_seconds[op.index()].observe(took.as_secs_f64());
     }
 
     /// A store commit took `took` and succeeded or not.
@@ -485,7 +480,7 @@ mod tests {
             reason: WaitEnd::Cancelled,
         });
         metrics.error(ErrorCode::NotHeld);
-        metrics.request_done(Metrics::op_index("no-such-op"), Duration::from_micros(70));
+        metrics.request_done(Op::RemoveNode, Duration::from_micros(70));
         let text = metrics.encode();
         for line in [
             "lockd_grants_total{mode=\"shared\"} 1",
@@ -494,7 +489,7 @@ mod tests {
             "lockd_hold_seconds_sum{mode=\"exclusive\"} 2.0",
             "lockd_cancels_total{mode=\"exclusive\"} 1",
             "lockd_errors_total{code=\"not_held\"} 1",
-            "lockd_request_seconds_count{op=\"other\"} 1",
+            "lockd_request_seconds_count{op=\"remove_node\"} 1",
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }

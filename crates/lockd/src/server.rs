@@ -27,12 +27,12 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::cluster::frontend::Frontend;
-use crate::cluster::node::{ClusterNode, ClusterOptions};
+use crate::cluster::node::{ClusterNode, ClusterOptions, NodeError};
 use crate::connection::{self, ConnectionLimits};
 use crate::core::{LockTable, TableConfig};
-use crate::driver::Driver;
 use crate::metrics::Metrics;
-use crate::store::{CommitBatch, RedbStore, Snapshot, Store, StoreError};
+use crate::single::Driver;
+use crate::store::{CommitBatch, RedbStore, Store, StoreError, StoredState};
 
 /// Everything the server needs to know; `main.rs` builds it from the command line.
 #[derive(Debug, Clone)]
@@ -136,23 +136,20 @@ impl Server {
     ///
     /// [`DataDir`]: crate::data_dir::DataDir
     pub fn open(config: ServerConfig, data_dir: &Path) -> Result<Server, StoreError> {
-        let (store, snapshot) = RedbStore::open(data_dir)?;
-        Server::with_store(config, Box::new(store), snapshot)
+        let (store, stored) = RedbStore::open(data_dir)?;
+        Server::with_store(config, Box::new(store), stored)
     }
 
-    /// A server over any store, starting from `snapshot` (what that store holds). Makes the
+    /// A server over any store, starting from `stored` (what that store holds). Makes the
     /// first token reservation durable before returning, so the first grant needs no fsync
     /// and a store that cannot be written stops the server before it serves anyone.
     pub fn with_store(
         config: ServerConfig,
         mut store: Box<dyn Store>,
-        snapshot: Snapshot,
+        stored: StoredState,
     ) -> Result<Server, StoreError> {
-        let mut table = LockTable::restore(
-            config.table.clone(),
-            snapshot.values,
-            snapshot.tokens_reserved,
-        );
+        let mut table =
+            LockTable::restore(config.table.clone(), stored.values, stored.tokens_reserved);
         if let Some(reserved) = table.tokens_wanted() {
             store.commit(&CommitBatch {
                 values: Vec::new(),
@@ -177,10 +174,12 @@ impl Server {
         config: ServerConfig,
         data_dir: &Path,
         options: ClusterOptions,
-    ) -> Result<Server, String> {
+    ) -> Result<Server, NodeError> {
         let path = data_dir.join(crate::store::DB_FILE);
-        let db = redb::Database::create(&path)
-            .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
+        let db = redb::Database::create(&path).map_err(|source| NodeError::Database {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
         let metrics = Arc::new(Metrics::new());
         let node = ClusterNode::start(
             Arc::new(db),
@@ -213,12 +212,12 @@ impl Server {
             metrics,
             admin,
         } = self;
-        let (driver_tx, driver_rx) = mpsc::unbounded_channel();
+        let (backend_tx, backend_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        let (driver, cluster) = match backend {
+        let (backend_task, cluster) = match backend {
             Backend::Single { table, store } => {
                 let driver = Driver::new(*table, store, Arc::clone(&metrics));
-                (tokio::spawn(driver.run(driver_rx)), None)
+                (tokio::spawn(driver.run(backend_rx)), None)
             }
             Backend::Cluster(node) => {
                 let frontend = Frontend::new(
@@ -227,7 +226,7 @@ impl Server {
                     Arc::clone(&node.replica),
                     Arc::clone(&metrics),
                 );
-                (tokio::spawn(frontend.run(driver_rx)), Some(node))
+                (tokio::spawn(frontend.run(backend_rx)), Some(node))
             }
         };
         // Ready from the start: the listener is bound, so connections made now wait in its
@@ -236,7 +235,7 @@ impl Server {
         let admin_stop = CancellationToken::new();
         let admin = admin.map(|(listener, options)| {
             let state = AdminState {
-                driver: driver_tx.downgrade(),
+                backend: backend_tx.downgrade(),
                 metrics: Arc::clone(&metrics),
                 force_release_token: options.force_release_token,
                 ready: Arc::clone(&ready),
@@ -278,7 +277,7 @@ impl Server {
                     };
                     metrics.connections_accepted.inc();
                     metrics.connections.inc();
-                    let driver = driver_tx.clone();
+                    let backend = backend_tx.clone();
                     let limits = limits.clone();
                     let metrics = Arc::clone(&metrics);
                     let stop = stop.clone();
@@ -287,7 +286,8 @@ impl Server {
                         let counted = Arc::clone(&metrics);
                         match tls {
                             None => {
-                                connection::serve(stream, peer, driver, limits, metrics, stop).await
+                                connection::serve(stream, peer, backend, limits, metrics, stop)
+                                    .await
                             }
                             Some(tls) => {
                                 // The handshake gets its own --first-frame-timeout-ms; the
@@ -298,7 +298,7 @@ impl Server {
                                 {
                                     Ok(Ok(stream)) => {
                                         connection::serve(
-                                            stream, peer, driver, limits, metrics, stop,
+                                            stream, peer, backend, limits, metrics, stop,
                                         )
                                         .await
                                     }
@@ -333,9 +333,9 @@ impl Server {
         {
             warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
         }
-        drop(driver_tx);
-        if let Err(err) = driver.await {
-            error!(error = %err, "lock table driver failed");
+        drop(backend_tx);
+        if let Err(err) = backend_task.await {
+            error!(error = %err, "the lock table's backend task failed");
         }
         if let Some(node) = cluster {
             node.shutdown().await;
@@ -368,6 +368,17 @@ struct AdmissionCounts {
     per_ip: HashMap<IpAddr, usize>,
 }
 
+/// Why a connection was refused at accept.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("the server has {0} connections open, its limit (--max-connections)")]
+    TooManyConnections(usize),
+    #[error(
+        "{0} already has {1} connections open, the limit per address (--max-connections-per-ip)"
+    )]
+    TooManyFromAddress(IpAddr, usize),
+}
+
 /// An admitted connection's place.
 #[derive(Debug)]
 struct AdmissionTicket {
@@ -385,20 +396,14 @@ impl Admission {
     }
 
     /// A ticket, or the reason to refuse.
-    fn admit(&mut self, ip: IpAddr) -> Result<AdmissionTicket, String> {
+    fn admit(&mut self, ip: IpAddr) -> Result<AdmissionTicket, Refused> {
         let mut open = lock_counts(&self.open);
         if open.total >= self.max_total {
-            return Err(format!(
-                "the server has {} connections open, its limit (--max-connections)",
-                open.total
-            ));
+            return Err(Refused::TooManyConnections(open.total));
         }
         let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
         if from_ip >= self.max_per_ip {
-            return Err(format!(
-                "{ip} already has {from_ip} connections open, the limit per address \
-                 (--max-connections-per-ip)"
-            ));
+            return Err(Refused::TooManyFromAddress(ip, from_ip));
         }
         open.total += 1;
         *open.per_ip.entry(ip).or_default() += 1;
@@ -430,10 +435,11 @@ fn lock_counts(counts: &Mutex<AdmissionCounts>) -> std::sync::MutexGuard<'_, Adm
 
 /// Tells a refused client why (when it speaks plain text), then closes; never waits long on a
 /// client that does not read.
-async fn refuse(mut stream: TcpStream, reason: String, plain_text: bool) {
+async fn refuse(mut stream: TcpStream, reason: Refused, plain_text: bool) {
     tracing::info!(reason = %reason, "connection refused");
     if plain_text {
-        let mut line = ServerFrame::error(None, ErrorCode::LimitExceeded, reason).to_json();
+        let message = reason.to_string();
+        let mut line = ServerFrame::error(None, ErrorCode::LimitExceeded, message).to_json();
         line.push(b'\n');
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
     }

@@ -17,7 +17,7 @@ pub mod ids;
 pub mod name;
 pub mod reply;
 
-pub use cmd::{Command, Request, RequestError};
+pub use cmd::{Command, Op, Request, RequestError};
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{FenceToken, LockMode, RequestId, SessionId};
 pub use name::ResourceName;

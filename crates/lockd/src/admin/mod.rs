@@ -2,16 +2,19 @@
 //! `/readyz`, `/v1/locks`, `/v1/locks/{resource}` and the page at `/`.
 //!
 //! It runs on the server's own Tokio runtime (axum) and never touches the lock table: every
-//! answer comes from the driver over its channel, as a shared snapshot for reads (rebuilt at
-//! most every `SNAPSHOT_INTERVAL`, however many browsers poll) and as one message for a forced
-//! release, so the table keeps a single total order of inputs. It holds only a weak sender to
-//! the driver, so it never keeps a stopping server alive.
+//! answer comes from the backend (the single server's driver or a cluster node's front end)
+//! over the seam's channel, as a shared locks report for reads (on a single server rebuilt at
+//! most every 250 ms, however many browsers poll) and as one message for a forced release, so
+//! the table keeps a single total order of inputs. It holds only a weak sender to the backend,
+//! so it never keeps a stopping server alive.
 //!
 //! It is read-only unless lockd runs with `--allow-force-release`, which also needs
 //! `--admin-token-file`: then `DELETE /v1/locks/{resource}` with `Authorization: Bearer TOKEN`
 //! ends the holder's session (see `LockTable::handle_force_release`). Without the flag that
 //! route answers 403; with it, a missing or wrong token gets 401. Tokens are compared in
 //! constant time and never logged.
+//!
+//! It reads the clock to give ages as of the request and to bound its wait for the backend.
 //!
 //! The dashboard is three static files compiled into the binary (`dashboard/`): no build step,
 //! no CDN, nothing fetched from elsewhere.
@@ -36,19 +39,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::driver::{DriverMsg, Evicted};
 use crate::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
-use crate::snapshot::{LocksSnapshot, Order, View};
+use crate::report::{LocksReport, Order, View};
+use crate::seam::{BackendMsg, Evicted, ForceReleaseRefused};
 
-/// How long a request waits for the driver before answering 503: a driver this slow is stuck
+/// How long a request waits for the backend before answering 503: a backend this slow is stuck
 /// (on a disk that does not answer, usually), and saying so beats hanging the caller.
-const DRIVER_PATIENCE: Duration = Duration::from_secs(2);
+const BACKEND_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What the admin tasks share.
 #[derive(Debug)]
 pub(crate) struct AdminState {
-    /// Weak, so that the admin API never keeps the driver running during shutdown.
-    pub(crate) driver: mpsc::WeakUnboundedSender<DriverMsg>,
+    /// Weak, so that the admin API never keeps the backend running during shutdown.
+    pub(crate) backend: mpsc::WeakUnboundedSender<BackendMsg>,
     pub(crate) metrics: Arc<Metrics>,
     /// The bearer token of forced releases, when they are allowed.
     pub(crate) force_release_token: Option<Arc<str>>,
@@ -114,29 +117,29 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Asks the driver something and waits at most [`DRIVER_PATIENCE`] for the answer.
+/// Asks the backend something and waits at most [`BACKEND_PATIENCE`] for the answer.
 async fn ask<T>(
     state: &AdminState,
-    message: impl FnOnce(oneshot::Sender<T>) -> DriverMsg,
+    message: impl FnOnce(oneshot::Sender<T>) -> BackendMsg,
 ) -> Result<T, ApiError> {
     let gone = || ApiError::unavailable("lockd is shutting down");
-    let driver = state.driver.upgrade().ok_or_else(gone)?;
+    let backend = state.backend.upgrade().ok_or_else(gone)?;
     let (reply, answer) = oneshot::channel();
-    driver.send(message(reply)).map_err(|_| gone())?;
-    drop(driver);
-    match tokio::time::timeout(DRIVER_PATIENCE, answer).await {
+    backend.send(message(reply)).map_err(|_| gone())?;
+    drop(backend);
+    match tokio::time::timeout(BACKEND_PATIENCE, answer).await {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(_)) => Err(gone()),
         Err(_) => Err(ApiError::unavailable(format!(
             "the lock table did not answer within {} s (a stuck disk? see \
              lockd_store_commit_seconds in /metrics)",
-            DRIVER_PATIENCE.as_secs()
+            BACKEND_PATIENCE.as_secs()
         ))),
     }
 }
 
-async fn snapshot(state: &AdminState) -> Result<Arc<LocksSnapshot>, ApiError> {
-    ask(state, |reply| DriverMsg::Snapshot { reply }).await
+async fn locks_report(state: &AdminState) -> Result<Arc<LocksReport>, ApiError> {
+    ask(state, |reply| BackendMsg::Report { reply }).await
 }
 
 // ---- Dashboard ---------------------------------------------------------------------------
@@ -182,14 +185,16 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
 
 // ---- Probes and metrics ------------------------------------------------------------------
 
-/// Liveness: the process runs and serves HTTP. Deliberately does not ask the driver, so a slow
+/// Liveness: the process runs and serves HTTP. Deliberately does not ask the backend, so a slow
 /// disk makes lockd unready (below) but never gets it restarted, which would free every lock.
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: lockd accepts lock connections, its driver answers, and no commit to the data
-/// directory has been running for longer than [`DRIVER_PATIENCE`].
+/// Readiness: lockd accepts lock connections, its backend answers, and it can serve: on a single
+/// server, no commit to the data directory has been running for longer than
+/// [`BACKEND_PATIENCE`]; on a cluster node, it knows a leader (and, as the leader, a majority
+/// has acknowledged it lately).
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
         return (
@@ -198,13 +203,13 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         )
             .into_response();
     }
-    let probe = |reply| DriverMsg::Probe {
-        stuck_after: DRIVER_PATIENCE,
+    let probe = |reply| BackendMsg::Probe {
+        stuck_after: BACKEND_PATIENCE,
         reply,
     };
     let problem = match ask(&state, probe).await {
         Ok(Ok(())) => return "ready\n".into_response(),
-        Ok(Err(stuck)) => stuck,
+        Ok(Err(not_ready)) => not_ready.to_string(),
         Err(err) => err.message,
     };
     (
@@ -215,12 +220,12 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
-    // The gauges of current holders and waiters come from the shared snapshot. If the driver
+    // The gauges of current holders and waiters come from the shared report. If the backend
     // does not answer, the counters are still worth serving (they show why: commit latency).
-    match snapshot(&state).await {
-        Ok(snapshot) => state
+    match locks_report(&state).await {
+        Ok(report) => state
             .metrics
-            .set_lock_gauges(&snapshot.gauges(Instant::now())),
+            .set_lock_gauges(&report.gauges(Instant::now())),
         Err(err) => warn!(error = %err.message, "/metrics: lock gauges not updated"),
     }
     (
@@ -250,13 +255,13 @@ async fn list_locks(
 ) -> Result<Response, ApiError> {
     let Query(params) =
         params.map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, err.body_text()))?;
-    let snapshot = snapshot(&state).await?;
+    let report = locks_report(&state).await?;
     let view = View {
         filter: params.q.as_deref(),
         order: params.sort,
         limit: params.limit,
     };
-    Ok(Json(snapshot.render(Instant::now(), &view)).into_response())
+    Ok(Json(report.render(Instant::now(), &view)).into_response())
 }
 
 /// `GET /v1/locks/{resource}`: every valid name is a lock, so an idle one is `200` with no
@@ -266,8 +271,8 @@ async fn one_lock(
     Path(resource): Path<String>,
 ) -> Result<Response, ApiError> {
     let resource = resource_name(&resource)?;
-    let snapshot = snapshot(&state).await?;
-    Ok(Json(snapshot.render_one(Instant::now(), &resource)).into_response())
+    let report = locks_report(&state).await?;
+    Ok(Json(report.render_one(Instant::now(), &resource)).into_response())
 }
 
 /// `DELETE /v1/locks/{resource}` query parameters.
@@ -305,13 +310,14 @@ async fn force_release(
     let resource = resource_name(&resource)?;
     info!(%operator, %resource, token = params.token, "forced release requested");
     let token = params.token.map(FenceToken);
-    let evicted = ask(&state, |reply| DriverMsg::ForceRelease {
+    let evicted = ask(&state, |reply| BackendMsg::ForceRelease {
         resource: resource.clone(),
         token,
         operator,
         reply,
     })
-    .await?;
+    .await?
+    .map_err(refused)?;
     if evicted.is_empty() {
         let whom = match token {
             Some(token) => format!("nobody holds {resource} with token {token}"),
@@ -360,6 +366,16 @@ impl<'a> From<&'a Evicted> for ReleasedJson<'a> {
             held_ms: u64::try_from(release.held.as_millis()).unwrap_or(u64::MAX),
         }
     }
+}
+
+/// A forced release the backend would not carry out: a cluster follower (the operator should
+/// ask the leader), or a cluster that could not commit it.
+fn refused(refusal: ForceReleaseRefused) -> ApiError {
+    let status = match refusal {
+        ForceReleaseRefused::NotLeader { .. } => StatusCode::MISDIRECTED_REQUEST,
+        ForceReleaseRefused::NotCommitted(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::new(status, refusal.to_string())
 }
 
 fn resource_name(name: &str) -> Result<ResourceName, ApiError> {

@@ -1,6 +1,6 @@
 //! The cluster front end: what the driver is to a single server, for a cluster node.
 //!
-//! Connections talk to it exactly as they talk to the driver (`DriverMsg` in, frames out
+//! Connections talk to it through the same seam as to the driver (`BackendMsg` in, frames out
 //! through their `Outbox`). Instead of calling the table, it turns every request into a log
 //! entry and proposes it to Raft; the reply comes from the state machine when the entry is
 //! committed and applied (`machine.rs`), so every reply reflects state a majority has on disk,
@@ -16,6 +16,9 @@
 //!
 //! The leader also keeps the sessions' leases ([`LeaseKeeper`]) and proposes `Expire` and
 //! `Tick` entries: the only ways time moves in the replicated table.
+//!
+//! It reads the clock because it is where a cluster's time comes from: the wall clock stamps
+//! each entry (`Proposal::at_ms`, never going back), and the monotonic clock times the leases.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -27,20 +30,24 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use openraft::error::ClientWriteError;
 use openraft::{Raft, RaftMetrics, ServerState};
-use protocol::{Command, ErrorCode, ReplyBody, Request, RequestId, ServerFrame, SessionId};
-use tokio::sync::mpsc;
+use protocol::{
+    Command, ErrorCode, FenceToken, Op, ReplyBody, Request, RequestId, ResourceName, ServerFrame,
+    SessionId,
+};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Span};
+use tracing::{debug, info, warn};
 
 use super::leases::LeaseKeeper;
 use super::machine::{lock_replica, Replica, Route};
-use super::membership;
-use super::types::{Applied, LockdNode, Op, Proposal, TypeConfig};
-use crate::connection::Outbox;
-use crate::driver::DriverMsg;
+use super::membership::{self, leader_node, not_leader};
+use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
+use crate::core::ForcedRelease;
 use crate::metrics::Metrics;
-use crate::snapshot::{LocksSnapshot, SessionInfo};
+use crate::report::LocksReport;
+use crate::seam::{
+    BackendMsg, ConnectionId, ConnectionRecord, Evicted, ForceReleaseRefused, NotReady,
+};
 
 /// How often the leader looks for expired leases and waits that timed out. Lease expiry and
 /// acquire timeouts are therefore late by up to this much in cluster mode.
@@ -49,11 +56,7 @@ pub(crate) const TICK: Duration = Duration::from_millis(50);
 /// One client connection to this node.
 #[derive(Debug)]
 struct Connection {
-    peer: SocketAddr,
-    client: Option<Arc<str>>,
-    outbox: Outbox,
-    close: CancellationToken,
-    span: Span,
+    record: ConnectionRecord,
     /// The replicated session this connection speaks for, once its first request arrived.
     session: Option<SessionId>,
 }
@@ -73,11 +76,23 @@ const MAX_OUTSTANDING_BATCHES: usize = 2;
 /// (an `Open` has none), to be told if the batch fails.
 #[derive(Debug, Clone, Copy)]
 struct Proposer {
-    connection: SessionId,
+    /// `None` for the leader's own entries (`Expire`, `Tick`) and an operator's.
+    connection: Option<ConnectionId>,
     request: Option<RequestId>,
-    /// The request's op (a metrics index) and when its connection read it, for the request
-    /// latency metric: counted once the batch's outcome is known, when its reply has gone out.
-    answers: Option<(usize, std::time::Instant)>,
+    /// The request's op and when its connection read it, for the request latency metric:
+    /// counted once the batch's outcome is known, when its reply has gone out.
+    answers: Option<(Op, std::time::Instant)>,
+    /// An operator's forced release: the key of its waiting answer in
+    /// [`Frontend::force_releases`].
+    force_release: Option<u64>,
+}
+
+/// An operator's forced release, waiting for its entry to be applied.
+#[derive(Debug)]
+struct ForceReleaseWait {
+    resource: ResourceName,
+    operator: SocketAddr,
+    reply: oneshot::Sender<Result<Vec<Evicted>, ForceReleaseRefused>>,
 }
 
 /// A batch whose outcome is awaited: on failure every request in it gets an error.
@@ -92,24 +107,33 @@ enum Outcome {
     Failed(String),
 }
 
+/// Why a proposal was not applied.
+#[derive(Debug)]
+enum Failure {
+    NotLeader(Option<LockdNode>),
+    Failed(String),
+}
+
 /// The front end of a cluster node; see the module docs.
 pub(crate) struct Frontend {
     raft: Raft<TypeConfig>,
     node_id: u64,
     replica: Arc<Mutex<Replica>>,
-    /// By connection id (the `SessionId` the connection was given at `Open`).
-    connections: HashMap<SessionId, Connection>,
+    connections: HashMap<ConnectionId, Connection>,
     /// Which connection speaks for each bound session (a resumed session moves).
-    owners: HashMap<SessionId, SessionId>,
+    owners: HashMap<SessionId, ConnectionId>,
     leases: LeaseKeeper,
     leader: bool,
     /// The latest entry time proposed, so entry times never go back.
     last_at_ms: u64,
     pending: FuturesUnordered<Pending>,
     /// Operations gathered in this turn, proposed together as one entry.
-    batch: Vec<Op>,
+    batch: Vec<EntryOp>,
     batch_proposers: Vec<Proposer>,
     batch_value_bytes: usize,
+    /// Forced releases proposed and not yet applied, by key.
+    force_releases: HashMap<u64, ForceReleaseWait>,
+    next_force_release: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -143,13 +167,15 @@ impl Frontend {
             batch: Vec::new(),
             batch_proposers: Vec::new(),
             batch_value_bytes: 0,
+            force_releases: HashMap::new(),
+            next_force_release: 0,
             metrics,
         }
     }
 
     /// Runs until every sender of `inbox` is gone (the server stopped and its connections
     /// ended).
-    pub(crate) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<DriverMsg>) {
+    pub(crate) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<BackendMsg>) {
         let mut metrics = self.raft.metrics();
         self.observe_role(&metrics.borrow_and_update().clone());
         let mut tick = tokio::time::interval(TICK);
@@ -206,73 +232,114 @@ impl Frontend {
             replica.routes.clear();
             drop(replica);
             for connection in self.connections.values() {
-                connection.close.cancel();
+                connection.record.close.cancel();
             }
             self.owners.clear();
             self.count_sessions();
         }
     }
 
-    fn handle(&mut self, msg: DriverMsg) {
+    fn handle(&mut self, msg: BackendMsg) {
         match msg {
-            DriverMsg::Open {
-                peer,
-                outbox,
-                close,
-                span,
-                reply,
-            } => {
-                let id = self.unused_session_id();
-                span.record("session", id.0);
-                self.connections.insert(
-                    id,
-                    Connection {
-                        peer,
-                        client: None,
-                        outbox,
-                        close,
-                        span,
-                        session: None,
-                    },
-                );
+            BackendMsg::Open { record, reply } => {
+                let id = self.unused_connection_id();
+                record.span.record("session", id.0);
+                let connection = Connection {
+                    record,
+                    session: None,
+                };
+                self.connections.insert(id, connection);
                 let _ = reply.send(id);
             }
-            DriverMsg::Request {
-                session: connection,
+            BackendMsg::Request {
+                connection,
                 request,
                 received,
             } => self.on_request(connection, request, received),
-            DriverMsg::Activity {
-                session: connection,
-            } => {
+            BackendMsg::Activity { connection } => {
                 if let Some(session) = self.bound_session(connection) {
                     self.leases.heard(Instant::now().into_std(), session);
                 }
             }
-            DriverMsg::Closed {
-                session: connection,
-            } => self.on_closed(connection),
-            DriverMsg::Snapshot { reply } => {
-                let _ = reply.send(Arc::new(self.locks_snapshot()));
+            BackendMsg::Closed { connection } => self.on_closed(connection),
+            BackendMsg::Report { reply } => {
+                let _ = reply.send(Arc::new(self.locks_report()));
             }
-            DriverMsg::ForceRelease { reply, .. } => {
-                // Refused at start-up (`--allow-force-release` needs a single server); an
-                // empty answer says nothing was released.
-                let _ = reply.send(Vec::new());
-            }
-            DriverMsg::Probe { reply, .. } => {
-                let _ = reply.send(Ok(()));
+            BackendMsg::ForceRelease {
+                resource,
+                token,
+                operator,
+                reply,
+            } => self.on_force_release(resource, token, operator, reply),
+            BackendMsg::Probe { stuck_after, reply } => {
+                let _ = reply.send(self.readiness(stuck_after));
             }
         }
     }
 
-    fn bound_session(&self, connection: SessionId) -> Option<SessionId> {
+    /// Ready when this node can serve or redirect a client: it knows a leader, and if it is
+    /// the leader, a majority acknowledged it within `stuck_after` (else it may be deposed).
+    fn readiness(&self, stuck_after: Duration) -> Result<(), NotReady> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if self.leader {
+            let since_ack = metrics.millis_since_quorum_ack.map(Duration::from_millis);
+            return match since_ack {
+                Some(since) if since > stuck_after => Err(NotReady::NoQuorum(since)),
+                _ => Ok(()),
+            };
+        }
+        match metrics.current_leader {
+            Some(_) => Ok(()),
+            None => Err(NotReady::NoLeader),
+        }
+    }
+
+    /// An operator's forced release: proposed as an entry like any request, so that every node
+    /// ends the same sessions at the same point of the log. Only the leader can propose it.
+    fn on_force_release(
+        &mut self,
+        resource: ResourceName,
+        token: Option<FenceToken>,
+        operator: SocketAddr,
+        reply: oneshot::Sender<Result<Vec<Evicted>, ForceReleaseRefused>>,
+    ) {
+        if !self.leader {
+            let leader = leader_node(&self.raft.metrics().borrow()).map(|node| node.client);
+            let _ = reply.send(Err(ForceReleaseRefused::NotLeader { leader }));
+            return;
+        }
+        let key = self.next_force_release;
+        self.next_force_release += 1;
+        let op = EntryOp::ForceRelease {
+            resource: resource.clone(),
+            token,
+        };
+        self.force_releases.insert(
+            key,
+            ForceReleaseWait {
+                resource,
+                operator,
+                reply,
+            },
+        );
+        self.add_to_batch(
+            Proposer {
+                connection: None,
+                request: None,
+                answers: None,
+                force_release: Some(key),
+            },
+            op,
+        );
+    }
+
+    fn bound_session(&self, connection: ConnectionId) -> Option<SessionId> {
         self.connections.get(&connection)?.session
     }
 
     fn on_request(
         &mut self,
-        connection_id: SessionId,
+        connection_id: ConnectionId,
         mut request: Request,
         received: std::time::Instant,
     ) {
@@ -282,7 +349,7 @@ impl Frontend {
         if let Command::ClusterStatus = request.command {
             // Any node answers for itself, so that an operator can ask a follower too.
             let status = membership::status(&self.raft.metrics().borrow());
-            connection.outbox.send(ServerFrame::Ok {
+            connection.record.outbox.send(ServerFrame::Ok {
                 id: request.id,
                 body: ReplyBody::Cluster(status),
             });
@@ -290,21 +357,20 @@ impl Frontend {
         }
         if !self.leader {
             let leader = leader_node(&self.raft.metrics().borrow());
-            connection.outbox.send(not_leader(Some(request.id), leader));
+            connection
+                .record
+                .outbox
+                .send(not_leader(Some(request.id), leader));
             return;
         }
         match request.command {
             Command::AddNode(add) => {
-                membership::spawn_add(
-                    self.raft.clone(),
-                    connection.outbox.clone(),
-                    request.id,
-                    add,
-                );
+                let outbox = connection.record.outbox.clone();
+                membership::spawn_add(self.raft.clone(), outbox, request.id, add);
                 return;
             }
             Command::RemoveNode(remove) => {
-                let outbox = connection.outbox.clone();
+                let outbox = connection.record.outbox.clone();
                 membership::spawn_remove(self.raft.clone(), outbox, request.id, remove);
                 return;
             }
@@ -314,10 +380,7 @@ impl Frontend {
         if let Command::Hello(hello) = &mut request.command {
             // The secret was checked by the connection; it never goes into the log.
             hello.auth = None;
-            if let Some(client) = &hello.client {
-                connection.client = Some(Arc::from(client.as_str()));
-                connection.span.record("client", client.as_str());
-            }
+            connection.record.note_hello(hello);
         }
         let resume = match &request.command {
             Command::Hello(hello) => hello.session,
@@ -326,7 +389,7 @@ impl Frontend {
         let bound = connection.session;
         let session = match (bound, resume) {
             (Some(bound), Some(asked)) if bound != asked => {
-                connection.outbox.send(ServerFrame::error(
+                connection.record.outbox.send(ServerFrame::error(
                     Some(request.id),
                     ErrorCode::NoSession,
                     format!("this connection already speaks for session {bound}"),
@@ -335,41 +398,43 @@ impl Frontend {
             }
             (Some(bound), _) => bound,
             (None, Some(asked)) => {
-                info!(session = asked.0, peer = %connection.peer, "session resumed");
+                info!(session = asked.0, peer = %connection.record.peer, "session resumed");
                 self.bind(connection_id, asked);
                 asked
             }
             (None, None) => {
-                self.bind(connection_id, connection_id);
-                let open = Op::Open {
-                    session: connection_id,
-                };
-                self.propose(connection_id, None, open);
-                connection_id
+                // A new session takes its connection's id: random, and not in use here.
+                let session = SessionId(connection_id.0);
+                self.bind(connection_id, session);
+                self.propose(Some(connection_id), EntryOp::Open { session });
+                session
             }
         };
         self.leases.heard(now, session);
         debug!(
             session = session.0,
             id = request.id.0,
-            op = request.command.op(),
+            op = %request.command.op(),
             "propose"
         );
-        let id = request.id;
-        let answers = Some((Metrics::op_index(request.command.op()), received));
-        let op = Op::Request { session, request };
-        self.propose_request(connection_id, Some(id), answers, op);
+        let proposer = Proposer {
+            connection: Some(connection_id),
+            request: Some(request.id),
+            answers: Some((request.command.op(), received)),
+            force_release: None,
+        };
+        self.add_to_batch(proposer, EntryOp::Request { session, request });
     }
 
     /// Routes the frames of `session` to `connection`, taking it over from any connection that
     /// spoke for it before (which is closed).
-    fn bind(&mut self, connection_id: SessionId, session: SessionId) {
+    fn bind(&mut self, connection_id: ConnectionId, session: SessionId) {
         let Some(connection) = self.connections.get(&connection_id) else {
             return;
         };
         let route = Route {
-            outbox: connection.outbox.clone(),
-            close: connection.close.clone(),
+            outbox: connection.record.outbox.clone(),
+            close: connection.record.close.clone(),
         };
         if let Some(connection) = self.connections.get_mut(&connection_id) {
             connection.session = Some(session);
@@ -378,7 +443,7 @@ impl Frontend {
             if previous != connection_id {
                 if let Some(old) = self.connections.get_mut(&previous) {
                     old.session = None;
-                    old.close.cancel();
+                    old.record.close.cancel();
                 }
             }
         }
@@ -388,14 +453,13 @@ impl Frontend {
 
     /// Sessions whose client is connected to this node.
     fn count_sessions(&self) {
-        let sessions = i64::try_from(self.owners.len()).unwrap_or(i64::MAX);
-        self.metrics.sessions.set(sessions);
+        self.metrics.set_sessions(self.owners.len());
     }
 
     /// A connection ended. Its session lives on until its lease runs out, so that its client
     /// can resume it, here or on the next leader: in a cluster a dropped connection may be a
     /// failover, a network blip or a dead client, and only the lease tells them apart.
-    fn on_closed(&mut self, connection_id: SessionId) {
+    fn on_closed(&mut self, connection_id: ConnectionId) {
         let Some(connection) = self.connections.remove(&connection_id) else {
             return;
         };
@@ -409,6 +473,7 @@ impl Frontend {
         lock_replica(&self.replica).routes.remove(&session);
         self.count_sessions();
         connection
+            .record
             .span
             .in_scope(|| info!("connection closed; the session lives until its lease runs out"));
     }
@@ -432,10 +497,10 @@ impl Frontend {
         let expired = self.leases.take_expired(now);
         if !expired.is_empty() {
             info!(sessions = ?expired, "sessions silent for their whole lease: expiring them");
-            self.propose(SessionId(0), None, Op::Expire { sessions: expired });
+            self.propose(None, EntryOp::Expire { sessions: expired });
         }
         if tick_due {
-            self.propose(SessionId(0), None, Op::Tick);
+            self.propose(None, EntryOp::Tick);
         }
     }
 
@@ -451,30 +516,27 @@ impl Frontend {
         self.last_at_ms
     }
 
-    /// Adds an operation to this turn's entry (sent by [`flush`](Self::flush)).
-    fn propose(&mut self, connection: SessionId, request: Option<RequestId>, op: Op) {
-        self.propose_request(connection, request, None, op);
+    /// Adds an operation of the front end's own to this turn's entry, on behalf of
+    /// `connection` (whose request needs it) if any.
+    fn propose(&mut self, connection: Option<ConnectionId>, op: EntryOp) {
+        let proposer = Proposer {
+            connection,
+            request: None,
+            answers: None,
+            force_release: None,
+        };
+        self.add_to_batch(proposer, op);
     }
 
-    /// [`propose`](Self::propose), for a client's request: `answers` is its op and arrival.
-    fn propose_request(
-        &mut self,
-        connection: SessionId,
-        request: Option<RequestId>,
-        answers: Option<(usize, std::time::Instant)>,
-        op: Op,
-    ) {
-        if let Op::Request { request, .. } = &op {
+    /// Adds an operation to this turn's entry (sent by [`flush`](Self::flush)).
+    fn add_to_batch(&mut self, proposer: Proposer, op: EntryOp) {
+        if let EntryOp::Request { request, .. } = &op {
             if let Command::Write(write) = &request.command {
                 self.batch_value_bytes += write.value.len();
             }
         }
         self.batch.push(op);
-        self.batch_proposers.push(Proposer {
-            connection,
-            request,
-            answers,
-        });
+        self.batch_proposers.push(proposer);
     }
 
     /// Whether the entry being gathered is full.
@@ -515,110 +577,132 @@ impl Frontend {
 
     /// Answers the requests of a batch that failed; successful ones were answered by the
     /// state machine. Either way each request has its reply now, so its latency is counted.
+    /// An operator's forced release is answered here either way.
     fn settle(&mut self, proposers: &[Proposer], outcome: Outcome) {
         let now = std::time::Instant::now();
         for (op, received) in proposers.iter().filter_map(|proposer| proposer.answers) {
             self.metrics
                 .request_done(op, now.saturating_duration_since(received));
         }
-        if let Outcome::Applied(applied) = &outcome {
-            for session in &applied.sessions_taken {
-                warn!(
-                    session = session.0,
-                    "a random session id was already taken; closing"
-                );
-                if let Some(connection) = self.connections.get(session) {
-                    connection.close.cancel();
-                }
+        let failure = match outcome {
+            Outcome::Applied(applied) => {
+                self.settle_applied(proposers, applied);
+                return;
             }
-            return;
-        }
-        if let Outcome::Failed(message) = &outcome {
-            warn!(error = %message, requests = proposers.len(), "a proposal failed");
-        }
+            Outcome::NotLeader(leader) => Failure::NotLeader(leader),
+            Outcome::Failed(message) => {
+                warn!(error = %message, requests = proposers.len(), "a proposal failed");
+                Failure::Failed(message)
+            }
+        };
         for proposer in proposers {
-            let Some(connection) = self.connections.get(&proposer.connection) else {
+            if let Some(key) = proposer.force_release {
+                let refusal = match &failure {
+                    Failure::NotLeader(leader) => ForceReleaseRefused::NotLeader {
+                        leader: leader.as_ref().map(|node| node.client.clone()),
+                    },
+                    Failure::Failed(message) => ForceReleaseRefused::NotCommitted(message.clone()),
+                };
+                self.answer_force_release(key, Err(refusal));
+            }
+            let Some(connection) = proposer.connection.and_then(|id| self.connections.get(&id))
+            else {
                 continue;
             };
-            match &outcome {
-                Outcome::Applied(_) => {}
-                Outcome::NotLeader(leader) => {
-                    connection
-                        .outbox
-                        .send(not_leader(proposer.request, leader.clone()));
-                }
-                Outcome::Failed(message) => connection.outbox.send(ServerFrame::error(
+            connection.record.outbox.send(match &failure {
+                Failure::NotLeader(leader) => not_leader(proposer.request, leader.clone()),
+                Failure::Failed(message) => ServerFrame::error(
                     proposer.request,
                     ErrorCode::Internal,
                     format!("the cluster could not commit the request: {message}"),
-                )),
-            }
+                ),
+            });
             // Whatever follows cannot be served here either.
-            connection.close.cancel();
+            connection.record.close.cancel();
         }
     }
 
-    /// A fresh session id: random (so that ids chosen by different leaders do not collide and
-    /// a session cannot be resumed by guessing), below 2^53 (so that JavaScript clients read
-    /// it exactly), never 0, and not in use here.
-    fn unused_session_id(&self) -> SessionId {
+    /// The rest of settling an applied batch: its clients were answered by the state machine.
+    fn settle_applied(&mut self, proposers: &[Proposer], applied: Applied) {
+        for session in &applied.sessions_taken {
+            warn!(
+                session = session.0,
+                "a random session id was already taken; closing"
+            );
+            if let Some(connection) = self.connections.get(&ConnectionId(session.0)) {
+                connection.record.close.cancel();
+            }
+        }
+        // The entry's forced releases, in the order of its operations.
+        let keys = proposers
+            .iter()
+            .filter_map(|proposer| proposer.force_release);
+        for (key, forced) in keys.zip(applied.forced) {
+            self.answer_force_release(key, Ok(forced));
+        }
+    }
+
+    /// Answers an operator's forced release once its entry is applied (the state machine has
+    /// closed the evicted sessions' connections) or has failed.
+    fn answer_force_release(
+        &mut self,
+        key: u64,
+        result: Result<Vec<ForcedRelease>, ForceReleaseRefused>,
+    ) {
+        let Some(wait) = self.force_releases.remove(&key) else {
+            return;
+        };
+        let result = result.map(|forced| {
+            forced
+                .into_iter()
+                .map(|release| {
+                    warn!(
+                        operator = %wait.operator,
+                        resource = %wait.resource,
+                        session = release.session.0,
+                        token = release.token.0,
+                        mode = %release.mode,
+                        "an operator forced the release of a lock: its holder's session is \
+                         ended and its connection closed"
+                    );
+                    let session = self
+                        .owners
+                        .get(&release.session)
+                        .and_then(|id| self.connections.get(id))
+                        .map(|connection| connection.record.info());
+                    Evicted { release, session }
+                })
+                .collect()
+        });
+        let _ = wait.reply.send(result);
+    }
+
+    /// A fresh connection id, which also becomes the id of the session the connection opens
+    /// (if it does not resume one): random (so that ids chosen by different leaders do not
+    /// collide and a session cannot be resumed by guessing), below 2^53 (so that JavaScript
+    /// clients read it exactly), never 0, and not in use here.
+    fn unused_connection_id(&self) -> ConnectionId {
         loop {
             let mut hasher = RandomState::new().build_hasher();
             hasher.write_u64(self.connections.len() as u64);
-            let id = SessionId(hasher.finish() & ((1 << 53) - 1));
-            let taken = id.0 == 0
-                || self.connections.contains_key(&id)
-                || lock_replica(&self.replica).table.has_session(id);
+            let id = hasher.finish() & ((1 << 53) - 1);
+            let taken = id == 0
+                || self.connections.contains_key(&ConnectionId(id))
+                || lock_replica(&self.replica).table.has_session(SessionId(id));
             if !taken {
-                return id;
+                return ConnectionId(id);
             }
         }
     }
 
     /// Holders and waiters for the admin API, from this node's replica.
-    fn locks_snapshot(&self) -> LocksSnapshot {
+    fn locks_report(&self) -> LocksReport {
         let replica = lock_replica(&self.replica);
         let now = replica.instant_at(replica.last_at_ms);
-        let sessions = self
-            .owners
-            .iter()
-            .filter_map(|(session, connection)| {
-                let connection = self.connections.get(connection)?;
-                Some((
-                    *session,
-                    SessionInfo {
-                        client: connection.client.clone(),
-                        peer: connection.peer,
-                    },
-                ))
-            })
-            .collect();
-        LocksSnapshot::new(now, replica.table.status(now, None), sessions)
+        let sessions = self.owners.iter().filter_map(|(session, connection)| {
+            let connection = self.connections.get(connection)?;
+            Some((*session, connection.record.info()))
+        });
+        LocksReport::build(now, &replica.table, sessions)
     }
-}
-
-/// The leader's node entry, from a node's Raft metrics.
-pub(crate) fn leader_node(metrics: &RaftMetrics<u64, LockdNode>) -> Option<LockdNode> {
-    let leader = metrics.current_leader?;
-    metrics
-        .membership_config
-        .membership()
-        .get_node(&leader)
-        .cloned()
-}
-
-/// The `not_leader` error, naming the leader's client address when known.
-pub(crate) fn not_leader(request: Option<RequestId>, leader: Option<LockdNode>) -> ServerFrame {
-    let message = match &leader {
-        Some(node) => format!(
-            "this node is not the leader; the leader is at {}",
-            node.client
-        ),
-        None => "this node is not the leader, and no leader is known yet; retry shortly".to_owned(),
-    };
-    let mut frame = ServerFrame::error(request, ErrorCode::NotLeader, message);
-    if let ServerFrame::Err { error, .. } = &mut frame {
-        error.leader = leader.map(|node| node.client);
-    }
-    frame
 }

@@ -3,7 +3,9 @@
 //! Every node applies every committed entry to its own `LockTable`; only the node a session is
 //! connected to (the leader) delivers the frames that produces, through the session's
 //! [`Route`]. Applying reads no clock: an entry's time is the leader's, carried in the entry
-//! (`Proposal::at_ms`), and each table instant is `clock_origin + at_ms`. Fencing tokens are
+//! (`Proposal::at_ms`), and each table instant is `clock_origin + at_ms`, where `clock_origin`
+//! is the one clock read, when the node opens (an `Instant` only anchors the offsets: every
+//! node derives the same deadlines from the same `at_ms`). Fencing tokens are
 //! raised to a floor derived from the entry's log index before it is applied, so they grow
 //! with the log whoever the leader is (see [`token_floor`]).
 //!
@@ -28,11 +30,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::retries::{Retries, RetriesImage, Retry, SAVED_REPLIES};
-use super::types::{Applied, LockdNode, Op, Proposal, TypeConfig};
-use crate::connection::Outbox;
-use crate::core::{Effect, LockError, LockTable, TableConfig, TableImage};
-use crate::execute::{effect_frame, execute, reply_frame, Executed};
+use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
+use crate::apply::{reply_frame, Answer, Applier, Delivery, RequestFailed};
+use crate::core::{ImageError, LockTable, TableConfig, TableImage};
 use crate::metrics::Metrics;
+use crate::seam::Outbox;
 
 /// Tokens granted by the entry at log index `i` are at least `i << TOKEN_SHIFT`: room for 16
 /// million grants per entry (an entry holds at most `frontend::MAX_BATCH` requests, and a
@@ -70,8 +72,7 @@ pub(crate) struct Replica {
     pub(crate) routes: HashMap<SessionId, Route>,
     /// Each session's last replies, for requests retried after a failover.
     retries: Retries,
-    server_name: String,
-    metrics: Arc<Metrics>,
+    applier: Applier,
 }
 
 /// What a snapshot's data holds.
@@ -97,20 +98,29 @@ impl Replica {
         let mut applied = Applied::default();
         for op in proposal.ops {
             match op {
-                Op::Open { session } => {
+                EntryOp::Open { session } => {
                     if !self.table.open_session_as(now, session) {
                         applied.sessions_taken.push(session);
                     }
                 }
-                Op::Request { session, request } => self.execute(now, session, request),
-                Op::Expire { sessions } => {
+                EntryOp::Request { session, request } => {
+                    self.apply_client_request(now, session, request);
+                }
+                EntryOp::Expire { sessions } => {
                     for session in sessions {
                         self.table.handle_session_expired(now, session);
                     }
                 }
-                Op::Tick => self.table.handle_timeout(now),
+                EntryOp::Tick => self.table.handle_timeout(now),
+                EntryOp::ForceRelease { resource, token } => {
+                    let forced = self.table.handle_force_release(now, &resource, token);
+                    for release in &forced {
+                        self.session_ended(release.session);
+                    }
+                    applied.forced.push(forced);
+                }
             }
-            self.deliver_effects();
+            self.deliver();
         }
         applied
     }
@@ -132,12 +142,13 @@ impl Replica {
         }
     }
 
-    /// Runs one client request against the table and sends its reply (or `queued` event).
-    fn execute(&mut self, now: Instant, session: SessionId, request: Request) {
+    /// Applies one client request (unless it is a retry) and sends its reply (or `queued`
+    /// event).
+    fn apply_client_request(&mut self, now: Instant, session: SessionId, request: Request) {
         let id = request.id;
         if !self.table.has_session(session) {
             // A resume of a session that is gone, or a request that raced its expiry.
-            let error = LockError::NoSession(format!(
+            let error = RequestFailed::NoSession(format!(
                 "session {session} expired or was closed; its locks are gone"
             ));
             self.send(session, reply_frame(id, Err(error)));
@@ -172,11 +183,11 @@ impl Replica {
         }
         self.retries.applied(session, id);
         let resumes = matches!(&request.command, Command::Hello(hello) if hello.session.is_some());
-        let (executed, _written) =
-            execute(&mut self.table, now, session, request, &self.server_name);
-        match executed {
-            Executed::Queued(position) => self.send(session, ServerFrame::Queued { id, position }),
-            Executed::Reply(result) => {
+        // A cluster's values are durable once the entry is committed: nothing to save here.
+        let (answer, _written) = self.applier.apply(&mut self.table, now, session, request);
+        match answer {
+            Answer::Queued(position) => self.send(session, ServerFrame::Queued { id, position }),
+            Answer::Reply(result) => {
                 if resumes && result.is_ok() {
                     self.retries.resumed(session);
                 }
@@ -185,26 +196,26 @@ impl Replica {
         }
     }
 
-    fn deliver_effects(&mut self) {
-        while let Some(observation) = self.table.poll_observation() {
-            self.metrics.observe(observation);
+    /// Routes what the table produced since the last call to the sessions connected here.
+    fn deliver(&mut self) {
+        for delivery in self.applier.take_deliveries(&mut self.table) {
+            match delivery {
+                Delivery::Frame(session, frame) => self.send(session, frame),
+                Delivery::Expired(session) => self.session_ended(session),
+            }
         }
-        while let Some(effect) = self.table.poll_effect() {
-            if let Some((session, frame)) = effect_frame(&effect) {
-                self.send(session, frame);
-                continue;
-            }
-            if let Effect::SessionExpired { session } = effect {
-                self.metrics.expirations.inc();
-                self.retries.forget(session);
-                if let Some(route) = self.routes.remove(&session) {
-                    info!(
-                        session = session.0,
-                        "session expired: its connection is closed"
-                    );
-                    route.close.cancel();
-                }
-            }
+    }
+
+    /// The table ended `session` (its lease ran out, or an operator forced a release): its saved
+    /// replies go, and its connection here, if any, is closed.
+    fn session_ended(&mut self, session: SessionId) {
+        self.retries.forget(session);
+        if let Some(route) = self.routes.remove(&session) {
+            info!(
+                session = session.0,
+                "session ended: its connection is closed"
+            );
+            route.close.cancel();
         }
     }
 
@@ -220,20 +231,20 @@ impl Replica {
 /// The state machine handed to openraft: the shared [`Replica`] and the redb file that keeps
 /// its snapshot.
 #[derive(Debug, Clone)]
-pub(crate) struct ReplicaStore {
+pub(crate) struct ReplicaMachine {
     replica: Arc<Mutex<Replica>>,
     db: Arc<Database>,
     config: TableConfig,
 }
 
-impl ReplicaStore {
+impl ReplicaMachine {
     /// Opens the state machine of a node: the table of the node's last snapshot, or an empty
     /// one.
     pub(crate) fn open(
         db: Arc<Database>,
         mut config: TableConfig,
         metrics: Arc<Metrics>,
-    ) -> Result<ReplicaStore, String> {
+    ) -> Result<ReplicaMachine, SnapshotError> {
         config.expire_sessions = false;
         let clock_origin = Instant::now();
         let mut replica = Replica {
@@ -244,17 +255,16 @@ impl ReplicaStore {
             membership: StoredMembership::default(),
             routes: HashMap::new(),
             retries: Retries::default(),
-            server_name: format!("lockd {}", env!("CARGO_PKG_VERSION")),
-            metrics,
+            applier: Applier::new(metrics),
         };
-        if let Some((meta, data)) = read_snapshot(&db).map_err(|err| err.to_string())? {
+        if let Some((meta, data)) = read_snapshot(&db).map_err(SnapshotError::Read)? {
             restore(&mut replica, &config, &meta, &data)?;
             info!(
                 last_log_id = ?meta.last_log_id,
                 "state machine restored from the last snapshot"
             );
         }
-        Ok(ReplicaStore {
+        Ok(ReplicaMachine {
             replica: Arc::new(Mutex::new(replica)),
             db,
             config,
@@ -271,6 +281,20 @@ impl ReplicaStore {
     }
 }
 
+/// Why a node's table could not be rebuilt from its snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The snapshot could not be read from the node's redb file.
+    #[error("cannot read the snapshot: {0}")]
+    Read(#[source] redb::Error),
+    /// The snapshot's data is not what this lockd writes.
+    #[error("the snapshot's data cannot be read: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// The snapshot's table contradicts itself.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
 /// Locks the replica. A panic while it was held cannot leave it half-applied in a way a
 /// later apply would make worse than stopping, and the process exits on a panic anyway.
 pub(crate) fn lock_replica(replica: &Mutex<Replica>) -> MutexGuard<'_, Replica> {
@@ -282,11 +306,9 @@ fn restore(
     config: &TableConfig,
     meta: &SnapshotMeta<u64, LockdNode>,
     data: &[u8],
-) -> Result<(), String> {
-    let data: SnapshotData = serde_json::from_slice(data)
-        .map_err(|err| format!("the snapshot's data cannot be read: {err}"))?;
-    replica.table = LockTable::from_image(config.clone(), data.table, replica.clock_origin)
-        .map_err(|err| err.to_string())?;
+) -> Result<(), SnapshotError> {
+    let data: SnapshotData = serde_json::from_slice(data)?;
+    replica.table = LockTable::from_image(config.clone(), data.table, replica.clock_origin)?;
     replica.last_at_ms = data.last_at_ms;
     replica.retries = Retries::from_image(data.retries);
     replica.last_applied = meta.last_log_id;
@@ -360,7 +382,7 @@ fn read_error(error: impl ToString) -> StorageError<u64> {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for ReplicaStore {
+impl RaftSnapshotBuilder<TypeConfig> for ReplicaMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let (meta, data) = {
             let replica = self.lock();
@@ -386,8 +408,8 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStore {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for ReplicaStore {
-    type SnapshotBuilder = ReplicaStore;
+impl RaftStateMachine<TypeConfig> for ReplicaMachine {
+    type SnapshotBuilder = ReplicaMachine;
 
     async fn applied_state(
         &mut self,

@@ -11,9 +11,8 @@ use protocol::cmd::{AddNode, ClusterMember, ClusterStatusOk, RemoveNode};
 use protocol::{ErrorCode, ReplyBody, RequestId, ServerFrame};
 use tracing::{info, warn};
 
-use super::frontend::not_leader;
 use super::types::{LockdNode, TypeConfig};
-use crate::connection::Outbox;
+use crate::seam::Outbox;
 
 /// How long `add_node` waits for the new node to catch up before answering that it stays a
 /// learner.
@@ -141,4 +140,30 @@ fn refusal(id: RequestId, err: RaftError<u64, ClientWriteError<u64, LockdNode>>)
             ServerFrame::error(Some(id), ErrorCode::Internal, fatal.to_string())
         }
     }
+}
+
+/// The leader's node entry, from a node's Raft metrics.
+pub(crate) fn leader_node(metrics: &RaftMetrics<u64, LockdNode>) -> Option<LockdNode> {
+    let leader = metrics.current_leader?;
+    metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .cloned()
+}
+
+/// The `not_leader` error, naming the leader's client address when known.
+pub(crate) fn not_leader(request: Option<RequestId>, leader: Option<LockdNode>) -> ServerFrame {
+    let message = match &leader {
+        Some(node) => format!(
+            "this node is not the leader; the leader is at {}",
+            node.client
+        ),
+        None => "this node is not the leader, and no leader is known yet; retry shortly".to_owned(),
+    };
+    let mut frame = ServerFrame::error(request, ErrorCode::NotLeader, message);
+    if let ServerFrame::Err { error, .. } = &mut frame {
+        error.leader = leader.map(|node| node.client);
+    }
+    frame
 }

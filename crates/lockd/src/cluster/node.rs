@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::log_store::RedbLogStore;
-use super::machine::{Replica, ReplicaStore};
+use super::machine::{Replica, ReplicaMachine, SnapshotError};
 use super::network::PeerNetwork;
 use super::peer_server::serve_peers;
 use super::types::{LockdNode, TypeConfig};
@@ -61,16 +61,61 @@ impl std::fmt::Debug for ClusterNode {
     }
 }
 
+/// Why a cluster node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A `--peers` item is malformed.
+    #[error("--peers item {0:?} is not ID=CLIENT_ADDR/PEER_ADDR")]
+    PeerItem(String),
+    /// `--peers` names a node twice.
+    #[error("--peers names node {0} twice")]
+    PeerTwice(u64),
+    /// `--peers` is empty.
+    #[error("--peers names no node")]
+    NoPeers,
+    /// This node is not a member of the cluster it is asked to start.
+    #[error("--node-id {0} is not among --peers")]
+    NotAPeer(u64),
+    /// The election timeout and heartbeat do not fit together.
+    #[error("invalid cluster timing: {0}")]
+    Timing(#[source] Box<openraft::ConfigError>),
+    /// The node's redb file cannot be opened.
+    #[error("cannot open {}: {source}", path.display())]
+    Database {
+        /// The file.
+        path: std::path::PathBuf,
+        /// redb's error.
+        source: Box<redb::DatabaseError>,
+    },
+    /// The Raft log cannot be opened.
+    #[error("cannot open the Raft log: {0}")]
+    Log(#[source] Box<openraft::StorageError<u64>>),
+    /// The table cannot be rebuilt from the last snapshot.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// Raft stopped with a fatal error while starting or bootstrapping.
+    #[error("cannot {action}: {source}")]
+    Raft {
+        /// What it was doing.
+        action: &'static str,
+        /// openraft's error.
+        source: Box<openraft::error::Fatal<u64>>,
+    },
+    /// The cluster could not be initialized.
+    #[error("cannot bootstrap the cluster: {0}")]
+    Bootstrap(#[source] Box<openraft::error::InitializeError<u64, LockdNode>>),
+}
+
 /// Parses `--peers`: `ID=CLIENT_ADDR/PEER_ADDR` items separated by commas, e.g.
 /// `1=10.0.0.1:5555/10.0.0.1:5556,2=...`.
-pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, LockdNode>, String> {
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, LockdNode>, NodeError> {
     let mut peers = BTreeMap::new();
     for item in text
         .split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
     {
-        let shape = || format!("--peers item {item:?} is not ID=CLIENT_ADDR/PEER_ADDR");
+        let shape = || NodeError::PeerItem(item.to_owned());
         let (id, addrs) = item.split_once('=').ok_or_else(shape)?;
         let (client, peer) = addrs.split_once('/').ok_or_else(shape)?;
         let id: u64 = id.trim().parse().map_err(|_| shape())?;
@@ -82,11 +127,11 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, LockdNode>, String> {
             peer: peer.trim().to_owned(),
         };
         if peers.insert(id, node).is_some() {
-            return Err(format!("--peers names node {id} twice"));
+            return Err(NodeError::PeerTwice(id));
         }
     }
     if peers.is_empty() {
-        return Err("--peers names no node".to_owned());
+        return Err(NodeError::NoPeers);
     }
     Ok(peers)
 }
@@ -99,12 +144,9 @@ impl ClusterNode {
         table: TableConfig,
         metrics: Arc<Metrics>,
         options: ClusterOptions,
-    ) -> Result<ClusterNode, String> {
+    ) -> Result<ClusterNode, NodeError> {
         if !options.peers.contains_key(&options.node_id) {
-            return Err(format!(
-                "--node-id {} is not among --peers",
-                options.node_id
-            ));
+            return Err(NodeError::NotAPeer(options.node_id));
         }
         let election_ms = u64::try_from(options.election_timeout.as_millis()).unwrap_or(u64::MAX);
         let heartbeat_ms = u64::try_from(options.heartbeat.as_millis()).unwrap_or(u64::MAX);
@@ -120,11 +162,11 @@ impl ClusterNode {
             ..Config::default()
         }
         .validate()
-        .map_err(|err| format!("invalid cluster timing: {err}"))?;
+        .map_err(|err| NodeError::Timing(Box::new(err)))?;
         let log_store = RedbLogStore::<TypeConfig>::new(Arc::clone(&db))
             .await
-            .map_err(|err| format!("cannot open the Raft log: {err}"))?;
-        let state_machine = ReplicaStore::open(db, table, metrics)?;
+            .map_err(|err| NodeError::Log(Box::new(err)))?;
+        let state_machine = ReplicaMachine::open(db, table, metrics)?;
         let replica = state_machine.replica();
         let network = PeerNetwork::new(options.node_id, options.secret.clone());
         let raft = Raft::new(
@@ -135,7 +177,10 @@ impl ClusterNode {
             state_machine,
         )
         .await
-        .map_err(|err| format!("cannot start the Raft node: {err}"))?;
+        .map_err(|source| NodeError::Raft {
+            action: "start the Raft node",
+            source: Box::new(source),
+        })?;
         let peer_stop = CancellationToken::new();
         let peer_server = tokio::spawn(serve_peers(
             options.peer_listener,
@@ -158,12 +203,15 @@ impl ClusterNode {
 
     /// Initializes a new cluster with `peers` as voters, unless this node already has Raft
     /// state (then bootstrapping again is a no-op, so `--bootstrap` may stay in a unit file).
-    async fn bootstrap(&self, peers: BTreeMap<u64, LockdNode>) -> Result<(), String> {
+    async fn bootstrap(&self, peers: BTreeMap<u64, LockdNode>) -> Result<(), NodeError> {
         let initialized = self
             .raft
             .is_initialized()
             .await
-            .map_err(|err| format!("cannot read the Raft state: {err}"))?;
+            .map_err(|source| NodeError::Raft {
+                action: "read the Raft state",
+                source: Box::new(source),
+            })?;
         if initialized {
             info!("--bootstrap: this node already belongs to a cluster; nothing to do");
             return Ok(());
@@ -177,7 +225,13 @@ impl ClusterNode {
                 warn!(error = %err, "--bootstrap: the cluster was initialized meanwhile");
                 Ok(())
             }
-            Err(err) => Err(format!("cannot bootstrap the cluster: {err}")),
+            Err(openraft::error::RaftError::APIError(err)) => {
+                Err(NodeError::Bootstrap(Box::new(err)))
+            }
+            Err(openraft::error::RaftError::Fatal(source)) => Err(NodeError::Raft {
+                action: "bootstrap the cluster",
+                source: Box::new(source),
+            }),
         }
     }
 
@@ -203,7 +257,7 @@ mod tests {
         assert_eq!(peers[&2].peer, "h2:6555");
         for bad in ["", "1=a", "x=a/b", "1=/b", "1=a/b,1=c/d"] {
             let err = parse_peers(bad).unwrap_err();
-            assert!(err.contains("--peers"), "{bad}: {err}");
+            assert!(err.to_string().contains("--peers"), "{bad}: {err}");
         }
     }
 }

@@ -141,33 +141,30 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
     }
 
     /// Reads the client's [`Hello`] and answers [`Welcome`], or says why the peer is refused.
-    async fn handshake(&self, connection: &mut PeerStream) -> Result<(), String> {
+    async fn handshake(&self, connection: &mut PeerStream) -> Result<(), HandshakeError> {
         let bytes = match connection.next().await {
             Some(Ok(bytes)) => bytes,
-            Some(Err(err)) => return Err(format!("bad frame: {err}")),
-            None => return Err("closed before its hello".to_owned()),
+            Some(Err(err)) => return Err(HandshakeError::BadFrame(err)),
+            None => return Err(HandshakeError::Closed),
         };
-        let hello: Hello = wire::decode(&bytes).map_err(|err| format!("bad hello: {err}"))?;
+        let hello: Hello = wire::decode(&bytes).map_err(HandshakeError::BadHello)?;
         if hello.version != PROTOCOL_VERSION {
-            return Err(format!(
-                "it speaks version {}, this node {PROTOCOL_VERSION}",
-                hello.version
-            ));
+            return Err(HandshakeError::Version(hello.version));
         }
         if let Some(secret) = &self.secret {
             let given = hello.secret.as_deref().unwrap_or_default().as_bytes();
             if !bool::from(given.ct_eq(secret.as_bytes())) {
-                return Err("wrong or missing cluster secret".to_owned());
+                return Err(HandshakeError::Secret);
             }
         }
         let welcome = wire::encode(&Welcome {
             version: PROTOCOL_VERSION,
         })
-        .map_err(|err| err.to_string())?;
+        .map_err(HandshakeError::BadHello)?;
         connection
             .send(welcome)
             .await
-            .map_err(|err| err.to_string())?;
+            .map_err(HandshakeError::BadFrame)?;
         debug!(peer = %self.peer, "peer authenticated");
         Ok(())
     }
@@ -183,4 +180,19 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
             }
         }
     }
+}
+
+/// Why a peer was refused at the handshake.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("bad frame: {0}")]
+    BadFrame(#[source] std::io::Error),
+    #[error("closed before its hello")]
+    Closed,
+    #[error("bad hello: {0}")]
+    BadHello(#[source] wire::FrameError),
+    #[error("it speaks version {0}, this node {PROTOCOL_VERSION}")]
+    Version(u32),
+    #[error("wrong or missing cluster secret")]
+    Secret,
 }

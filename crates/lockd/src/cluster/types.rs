@@ -4,8 +4,10 @@
 use std::fmt;
 use std::io::Cursor;
 
-use protocol::{Request, SessionId};
+use protocol::{FenceToken, Request, ResourceName, SessionId};
 use serde::{Deserialize, Serialize};
+
+use crate::core::ForcedRelease;
 
 openraft::declare_raft_types!(
     /// openraft's types for lockd.
@@ -50,13 +52,13 @@ pub struct Proposal {
     /// entry's.
     pub at_ms: u64,
     /// What to do, in order.
-    pub ops: Vec<Op>,
+    pub ops: Vec<EntryOp>,
 }
 
 /// The operations of the replicated lock table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
+pub enum EntryOp {
     /// A client connected to the leader: a session with this id (chosen by the leader, so that
     /// requests that follow at once can name it) starts.
     Open {
@@ -78,6 +80,14 @@ pub enum Op {
     },
     /// Time passed: waits whose timeout ran out by `at_ms` fail.
     Tick,
+    /// An operator forced the release of a lock (`DELETE /v1/locks/NAME` on the leader): the
+    /// sessions holding it (only the one with `token`, if given) end.
+    ForceRelease {
+        /// The lock.
+        resource: ResourceName,
+        /// Only the hold with this token, if given.
+        token: Option<FenceToken>,
+    },
 }
 
 /// What applying an entry gave back to the proposer. Replies to clients do not travel this
@@ -86,6 +96,9 @@ pub enum Op {
 pub struct Applied {
     /// Sessions whose `Open` found the id taken (ids are random, so practically never).
     pub sessions_taken: Vec<SessionId>,
+    /// What each `ForceRelease` of the entry released, in the order of the entry's operations.
+    #[serde(default)]
+    pub forced: Vec<Vec<ForcedRelease>>,
 }
 
 mod request_as_json {
@@ -126,8 +139,8 @@ mod tests {
             let proposal = Proposal {
                 at_ms: 1,
                 ops: vec![
-                    Op::Tick,
-                    Op::Request {
+                    EntryOp::Tick,
+                    EntryOp::Request {
                         session: SessionId(3),
                         request: request.clone(),
                     },

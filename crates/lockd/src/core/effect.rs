@@ -95,22 +95,24 @@ pub enum LockError {
         /// held by session 1".
         cycle: String,
     },
-    /// A per-session limit would be exceeded; the text names it and its flag.
-    #[error("{0}")]
-    LimitExceeded(String),
+    /// The session already holds or waits for as many resources as it may.
+    #[error("this session already holds or waits for {held} locks, the limit")]
+    TooManyLocks {
+        /// How many it holds or waits for.
+        held: usize,
+    },
+    /// The session already waits for as many resources as it may.
+    #[error("this session already waits for {waiting} locks, the limit")]
+    TooManyWaits {
+        /// How many it waits for.
+        waiting: usize,
+    },
     /// `cancel` named no waiting acquire of this session.
     #[error("no acquire with id {0} is waiting on this connection")]
     NoSuchWaiter(RequestId),
     /// An acquire reused the id of an acquire of this session that still waits.
     #[error("request id {0} is already used by a waiting acquire on this connection")]
     DuplicateRequestId(RequestId),
-    /// `hello` asked to resume a session that does not exist; the text says why.
-    #[error("no such session: {0}")]
-    NoSession(String),
-    /// A cluster command (`cluster_status`, `add_node`, `remove_node`) sent to a server that is
-    /// not in cluster mode.
-    #[error("this lockd is a single server; cluster commands need cluster mode (--node-id)")]
-    NotACluster,
     /// The session is gone (closed or expired) while a request of it was still in flight.
     #[error("the session has ended")]
     SessionGone,
@@ -127,10 +129,10 @@ impl LockError {
             LockError::NotExclusive(_) => ErrorCode::NotExclusive,
             LockError::ValueTooLarge(..) => ErrorCode::ValueTooLarge,
             LockError::Deadlock { .. } => ErrorCode::Deadlock,
-            LockError::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            LockError::TooManyLocks { .. } | LockError::TooManyWaits { .. } => {
+                ErrorCode::LimitExceeded
+            }
             LockError::NoSuchWaiter(_) | LockError::DuplicateRequestId(_) => ErrorCode::BadRequest,
-            LockError::NoSession(_) => ErrorCode::NoSession,
-            LockError::NotACluster => ErrorCode::BadRequest,
             LockError::SessionGone => ErrorCode::Internal,
         }
     }

@@ -74,8 +74,9 @@ pub const TOKEN_BLOCK: u64 = 1 << 20;
 /// Ask for the next block when fewer tokens than this are left, long before they run out.
 pub const TOKEN_LOW_WATER: u64 = TOKEN_BLOCK / 2;
 
-/// A hold ended by [`LockTable::handle_force_release`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A hold ended by [`LockTable::handle_force_release`]. Serializable, because a cluster's
+/// state machine hands it back to the node that proposed the forced release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ForcedRelease {
     /// The holder's session, now ended.
     pub session: SessionId,
@@ -169,23 +170,13 @@ impl LockTable {
         self
     }
 
-    /// The settings the table runs with.
-    pub fn config(&self) -> &TableConfig {
-        &self.config
-    }
-
     // ---- Sessions ------------------------------------------------------------------------
 
     /// Starts a session with the default lease and returns its id.
     pub fn open_session(&mut self, now: Instant) -> SessionId {
         let id = SessionId(self.next_session);
         self.next_session += 1;
-        let session = Session::new(now, self.config.default_lease);
-        if self.config.expire_sessions {
-            self.deadlines
-                .insert((session.scheduled_expiry, Deadline::Expiry(id)));
-        }
-        self.sessions.insert(id, session);
+        self.insert_session(now, id);
         id
     }
 
@@ -196,13 +187,17 @@ impl LockTable {
         if self.sessions.contains_key(&id) {
             return false;
         }
+        self.insert_session(now, id);
+        true
+    }
+
+    fn insert_session(&mut self, now: Instant, id: SessionId) {
         let session = Session::new(now, self.config.default_lease);
         if self.config.expire_sessions {
             self.deadlines
                 .insert((session.scheduled_expiry, Deadline::Expiry(id)));
         }
         self.sessions.insert(id, session);
-        true
     }
 
     /// Records that the session's client was heard from; its lease runs again from `now`.
@@ -400,11 +395,9 @@ impl LockTable {
         }
         // Every wait becomes a hold, so the lock limit counts both.
         if session.lock_count() >= self.config.max_locks_per_session {
-            return Err(LockError::LimitExceeded(format!(
-                "this session already holds or waits for {} locks, the limit \
-                 (--max-locks-per-session)",
-                session.lock_count()
-            )));
+            return Err(LockError::TooManyLocks {
+                held: session.lock_count(),
+            });
         }
         let queue = self.queues.entry(resource.clone()).or_default();
         let has_token = self.next_token <= self.token_limit;
@@ -432,10 +425,9 @@ impl LockTable {
             if queue.is_idle() {
                 self.queues.remove(&resource);
             }
-            return Err(LockError::LimitExceeded(format!(
-                "this session already waits for {} locks, the limit (--max-waits-per-session)",
-                session.waits.len()
-            )));
+            return Err(LockError::TooManyWaits {
+                waiting: session.waits.len(),
+            });
         }
         if timeout == Some(Duration::ZERO) {
             if queue.is_idle() {

@@ -626,7 +626,7 @@ fn per_session_lock_and_wait_limits() {
     assert_eq!(h.acquire(a, 2, "x", X), queued(1));
     let third_wait = h.try_acquire(a, 3, "y", X, None);
     assert!(
-        matches!(third_wait, Err(LockError::LimitExceeded(ref m)) if m.contains("--max-waits-per-session")),
+        matches!(third_wait, Err(LockError::TooManyWaits { waiting: 2 })),
         "{third_wait:?}"
     );
     // Trying once never waits, so only the lock limit applies.
@@ -638,7 +638,7 @@ fn per_session_lock_and_wait_limits() {
     assert_eq!(h.acquire(a, 6, "q", X), granted_now(5));
     let fifth = h.try_acquire(a, 7, "r", X, None);
     assert!(
-        matches!(fifth, Err(LockError::LimitExceeded(ref m)) if m.contains("--max-locks-per-session")),
+        matches!(fifth, Err(LockError::TooManyLocks { held: 4 })),
         "{fifth:?}"
     );
     assert!(h.table.status(h.now, Some(&name("r")))[0]

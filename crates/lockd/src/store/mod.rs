@@ -12,6 +12,7 @@
 mod redb_store;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use protocol::ResourceName;
@@ -20,7 +21,7 @@ pub use self::redb_store::{RedbStore, DB_FILE};
 
 /// What a store holds when it is opened.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Snapshot {
+pub struct StoredState {
     /// Every value ever written and not since replaced.
     pub values: HashMap<ResourceName, Arc<str>>,
     /// The highest token the server may have handed out (0 for a new store): the next server
@@ -44,10 +45,37 @@ impl CommitBatch {
     }
 }
 
-/// Why the store failed; the message names the file and the cause.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+/// Why the store failed. Messages name the file and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store's file could not be opened, set up or read at start.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Open {
+        /// What failed, e.g. "open the store".
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// redb's error.
+        source: Box<redb::Error>,
+    },
+    /// A commit could not be made durable.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// redb's error.
+        source: Box<redb::Error>,
+    },
+    /// The disk failed (a store that is not redb, such as a test's failing store).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// An earlier commit panicked and took the store with it: every later commit fails.
+    #[error("the store is unavailable after an earlier failure")]
+    Unavailable,
+    /// The commit panicked; the text is the panic's.
+    #[error("the store failed: {0}")]
+    Panicked(String),
+}
 
 /// Where values and the token reservation are kept. Implementations must make a batch durable
 /// (on disk, synced) before `commit` returns `Ok`, and must apply it all or not at all.

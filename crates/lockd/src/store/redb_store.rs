@@ -11,7 +11,7 @@ use std::sync::Arc;
 use protocol::ResourceName;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{CommitBatch, Snapshot, Store, StoreError};
+use super::{CommitBatch, Store, StoreError, StoredState};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "lockd.redb";
@@ -35,40 +35,43 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) `dir/lockd.redb` and reads everything in it. Any error names the file:
     /// lockd must never start with an empty state in place of data it could not read.
-    pub fn open(dir: &Path) -> Result<(RedbStore, Snapshot), StoreError> {
+    pub fn open(dir: &Path) -> Result<(RedbStore, StoredState), StoreError> {
         let path = dir.join(DB_FILE);
-        let fail = |what: &str, err: &dyn std::fmt::Display| {
-            StoreError(format!("cannot {what} {}: {err}", path.display()))
+        let fail = |action: &'static str| {
+            let path = path.clone();
+            move |source: redb::Error| StoreError::Open {
+                action,
+                path,
+                source: Box::new(source),
+            }
         };
-        let db = Database::create(&path).map_err(|err| fail("open the store", &err))?;
+        let db = Database::create(&path).map_err(|err| fail("open the store")(err.into()))?;
         let mut store = RedbStore {
             db: Some(db),
             path: path.clone(),
         };
         // Create the tables on first use, so a read-only open below always finds them.
         store
-            .commit(&CommitBatch::default())
-            .map_err(|err| StoreError(format!("cannot initialise the store: {err}")))?;
-        let snapshot = store
-            .read_all()
-            .map_err(|err| fail("read the store", &err))?;
-        Ok((store, snapshot))
+            .try_commit(&CommitBatch::default())
+            .map_err(fail("initialise the store"))?;
+        let stored = store.read_all().map_err(fail("read the store"))?;
+        Ok((store, stored))
     }
 
-    fn read_all(&mut self) -> Result<Snapshot, redb::Error> {
+    fn read_all(&mut self) -> Result<StoredState, redb::Error> {
         let txn = self.database()?.begin_read()?;
-        let mut snapshot = Snapshot::default();
+        let mut stored = StoredState::default();
         for entry in txn.open_table(VALUES)?.iter()? {
             let (name, value) = entry?;
             let name = ResourceName::new(name.value()).map_err(|err| {
                 redb::Error::Corrupted(format!("stored resource name is invalid: {err}"))
             })?;
-            snapshot.values.insert(name, Arc::from(value.value()));
+            stored.values.insert(name, Arc::from(value.value()));
         }
         if let Some(reserved) = txn.open_table(META)?.get(TOKENS_RESERVED)? {
-            snapshot.tokens_reserved = reserved.value();
+            stored.tokens_reserved = reserved.value();
         }
-        Ok(snapshot)
+        Ok(stored)
     }
 
     /// The open database, opening the file again first if an earlier commit failed.
@@ -106,7 +109,10 @@ impl Store for RedbStore {
     fn commit(&mut self, batch: &CommitBatch) -> Result<(), StoreError> {
         self.try_commit(batch).map_err(|err| {
             self.db = None;
-            StoreError(format!("cannot write {}: {err}", self.path.display()))
+            StoreError::Write {
+                path: self.path.clone(),
+                source: Box::new(err),
+            }
         })
     }
 }
@@ -122,8 +128,8 @@ mod tests {
     #[test]
     fn values_and_reservation_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut store, snapshot) = RedbStore::open(dir.path()).unwrap();
-        assert_eq!(snapshot, Snapshot::default());
+        let (mut store, stored) = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(stored, StoredState::default());
         store
             .commit(&CommitBatch {
                 values: vec![
@@ -135,11 +141,11 @@ mod tests {
             })
             .unwrap();
         drop(store);
-        let (_, snapshot) = RedbStore::open(dir.path()).unwrap();
-        assert_eq!(snapshot.tokens_reserved, 1 << 20);
-        assert_eq!(snapshot.values.len(), 2);
-        assert_eq!(&*snapshot.values[&name("a")], "2");
-        assert_eq!(&*snapshot.values[&name("b")], "x");
+        let (_, stored) = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(stored.tokens_reserved, 1 << 20);
+        assert_eq!(stored.values.len(), 2);
+        assert_eq!(&*stored.values[&name("a")], "2");
+        assert_eq!(&*stored.values[&name("b")], "x");
     }
 
     #[test]
@@ -151,7 +157,7 @@ mod tests {
         )
         .unwrap();
         let err = RedbStore::open(dir.path()).unwrap_err();
-        assert!(err.0.contains(DB_FILE), "{err}");
+        assert!(err.to_string().contains(DB_FILE), "{err}");
         // The file is left as it was: never replaced by an empty store.
         let kept = std::fs::read(dir.path().join(DB_FILE)).unwrap();
         assert_eq!(kept, b"this is not a redb database at all");

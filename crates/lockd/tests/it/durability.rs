@@ -278,7 +278,7 @@ struct FlakyStore {
 impl Store for FlakyStore {
     fn commit(&mut self, batch: &CommitBatch) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError("No space left on device (os error 28)".into()));
+            return Err(StoreError::Io(std::io::Error::from_raw_os_error(28)));
         }
         self.inner.commit(batch)
     }
@@ -412,7 +412,7 @@ impl Store for GatedStore {
             self.commits.lock().unwrap().push(batch.values.len());
         }
         if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError("Input/output error (os error 5)".into()));
+            return Err(StoreError::Io(std::io::Error::from_raw_os_error(5)));
         }
         self.inner.commit(batch)
     }
@@ -500,7 +500,7 @@ impl<S> GatedServer<S> {
 /// Runs a server over `store` in this process; awaiting the returned future stops it.
 async fn serve_in_process(
     store: Box<dyn Store>,
-    snapshot: lockd::store::Snapshot,
+    snapshot: lockd::store::StoredState,
 ) -> (std::net::SocketAddr, impl std::future::Future<Output = ()>) {
     let server = Server::with_store(ServerConfig::default(), store, snapshot).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -65,22 +65,104 @@ pub enum Command {
 }
 
 impl Command {
-    /// The op name on the wire.
-    pub fn op(&self) -> &'static str {
+    /// Which op this is.
+    pub fn op(&self) -> Op {
         match self {
-            Command::Hello(_) => "hello",
-            Command::Acquire(_) => "acquire",
-            Command::Release(_) => "release",
-            Command::Read(_) => "read",
-            Command::Write(_) => "write",
-            Command::Cancel(_) => "cancel",
-            Command::Validate(_) => "validate",
-            Command::Ping => "ping",
-            Command::Status(_) => "status",
-            Command::ClusterStatus => "cluster_status",
-            Command::AddNode(_) => "add_node",
-            Command::RemoveNode(_) => "remove_node",
+            Command::Hello(_) => Op::Hello,
+            Command::Acquire(_) => Op::Acquire,
+            Command::Release(_) => Op::Release,
+            Command::Read(_) => Op::Read,
+            Command::Write(_) => Op::Write,
+            Command::Cancel(_) => Op::Cancel,
+            Command::Validate(_) => Op::Validate,
+            Command::Ping => Op::Ping,
+            Command::Status(_) => Op::Status,
+            Command::ClusterStatus => Op::ClusterStatus,
+            Command::AddNode(_) => Op::AddNode,
+            Command::RemoveNode(_) => Op::RemoveNode,
         }
+    }
+}
+
+/// The ops of protocol v1: the one table of their wire names. Parsing, the `unknown_op`
+/// message and the server's per-op metrics all read it, so an op is named in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// `hello`
+    Hello,
+    /// `acquire`
+    Acquire,
+    /// `release`
+    Release,
+    /// `read`
+    Read,
+    /// `write`
+    Write,
+    /// `cancel`
+    Cancel,
+    /// `validate`
+    Validate,
+    /// `ping`
+    Ping,
+    /// `status`
+    Status,
+    /// `cluster_status`
+    ClusterStatus,
+    /// `add_node`
+    AddNode,
+    /// `remove_node`
+    RemoveNode,
+}
+
+impl Op {
+    /// Every op, in the order of [`Op::index`].
+    pub const ALL: [Op; 12] = [
+        Op::Hello,
+        Op::Acquire,
+        Op::Release,
+        Op::Read,
+        Op::Write,
+        Op::Cancel,
+        Op::Validate,
+        Op::Ping,
+        Op::Status,
+        Op::ClusterStatus,
+        Op::AddNode,
+        Op::RemoveNode,
+    ];
+
+    /// The op's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Hello => "hello",
+            Op::Acquire => "acquire",
+            Op::Release => "release",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Cancel => "cancel",
+            Op::Validate => "validate",
+            Op::Ping => "ping",
+            Op::Status => "status",
+            Op::ClusterStatus => "cluster_status",
+            Op::AddNode => "add_node",
+            Op::RemoveNode => "remove_node",
+        }
+    }
+
+    /// The op with this wire name.
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+
+    /// Its position in [`Op::ALL`], for arrays indexed by op.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -167,17 +249,24 @@ struct RawRequest<'a> {
 
 impl RawRequest<'_> {
     fn into_command(self) -> Result<Command, ErrorBody> {
-        let Some(op) = self.op.as_deref() else {
+        let Some(name) = self.op.as_deref() else {
             return Err(missing("op", "a string"));
         };
+        let Some(op) = Op::from_name(name) else {
+            let known: Vec<&str> = Op::ALL.iter().map(|op| op.name()).collect();
+            return Err(ErrorBody::new(
+                ErrorCode::UnknownOp,
+                format!("unknown op {name:?}; expected one of {}", known.join(", ")),
+            ));
+        };
         Ok(match op {
-            "hello" => Command::Hello(Hello {
+            Op::Hello => Command::Hello(Hello {
                 client: self.client.map(Cow::into_owned),
                 lease_ms: self.lease_ms,
                 auth: self.auth.map(Cow::into_owned),
                 session: self.session.map(SessionId),
             }),
-            "acquire" => Command::Acquire(Acquire {
+            Op::Acquire => Command::Acquire(Acquire {
                 resource: resource(self.resource)?,
                 mode: match self.mode.as_deref() {
                     None => LockMode::Exclusive,
@@ -190,15 +279,15 @@ impl RawRequest<'_> {
                 },
                 timeout_ms: self.timeout_ms,
             }),
-            "release" => Command::Release(Release {
+            Op::Release => Command::Release(Release {
                 resource: resource(self.resource)?,
                 token: token(self.token)?,
             }),
-            "read" => Command::Read(Read {
+            Op::Read => Command::Read(Read {
                 resource: resource(self.resource)?,
                 token: token(self.token)?,
             }),
-            "write" => Command::Write(Write {
+            Op::Write => Command::Write(Write {
                 resource: resource(self.resource)?,
                 token: token(self.token)?,
                 value: self
@@ -206,16 +295,16 @@ impl RawRequest<'_> {
                     .ok_or_else(|| missing("value", "a string"))?
                     .into_owned(),
             }),
-            "cancel" => Command::Cancel(Cancel {
+            Op::Cancel => Command::Cancel(Cancel {
                 target: RequestId(self.target.ok_or_else(|| missing("target", "a u64"))?),
             }),
-            "validate" => Command::Validate(Validate {
+            Op::Validate => Command::Validate(Validate {
                 resource: resource(self.resource)?,
                 token: token(self.token)?,
             }),
-            "ping" => Command::Ping,
-            "cluster_status" => Command::ClusterStatus,
-            "add_node" => Command::AddNode(AddNode {
+            Op::Ping => Command::Ping,
+            Op::ClusterStatus => Command::ClusterStatus,
+            Op::AddNode => Command::AddNode(AddNode {
                 node_id: self.node_id.ok_or_else(|| missing("node_id", "a u64"))?,
                 client: self
                     .client
@@ -226,22 +315,12 @@ impl RawRequest<'_> {
                     .ok_or_else(|| missing("peer", "the node's peer address"))?
                     .into_owned(),
             }),
-            "remove_node" => Command::RemoveNode(RemoveNode {
+            Op::RemoveNode => Command::RemoveNode(RemoveNode {
                 node_id: self.node_id.ok_or_else(|| missing("node_id", "a u64"))?,
             }),
-            "status" => Command::Status(Status {
+            Op::Status => Command::Status(Status {
                 resource: self.resource.map(|name| valid_name(&name)).transpose()?,
             }),
-            other => {
-                return Err(ErrorBody::new(
-                    ErrorCode::UnknownOp,
-                    format!(
-                        "unknown op {other:?}; expected one of hello, acquire, release, read, \
-                         write, cancel, validate, ping, status, cluster_status, add_node, \
-                         remove_node"
-                    ),
-                ))
-            }
         })
     }
 }

@@ -1,6 +1,7 @@
-//! Cluster mode: real lockd processes on 127.0.0.x addresses, each node's peer port behind a
+//! Cluster mode: real lockd processes on loopback addresses of each cluster's own, each node's peer port behind a
 //! [`FaultProxy`] so that tests can cut links, with leaders killed and nodes paused on purpose.
 
+mod admin;
 mod chaos;
 mod failover;
 mod membership;
@@ -34,7 +35,28 @@ pub(super) struct Cluster {
     /// The nodes named in --peers; later ones joined with add_node.
     founders: usize,
     peers: String,
+    /// The cluster's own loopback network (see [`private_net`]).
+    net: String,
     _dirs: tempfile::TempDir,
+}
+
+/// A loopback network of this cluster's own, `127.X.Y.0/24` with random X and Y: nodes bind
+/// ports found free a moment earlier, and a port found free on an address that no other test
+/// uses cannot be taken in that moment by a cluster of another test running at once.
+fn private_net() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let random = hasher.finish();
+    format!("127.{}.{}", 1 + random % 254, 1 + (random >> 8) % 254)
+}
+
+/// Node `id`'s client address on `net`; its peer address is on another host number, so the
+/// two ports found free for one node can never be the same one.
+fn node_addrs(net: &str, id: u64) -> (SocketAddr, SocketAddr) {
+    let client = free_addr(&format!("{net}.{}", 10 + id));
+    let peer = free_addr(&format!("{net}.{}", 110 + id));
+    (client, peer)
 }
 
 /// A free port on `ip`, found by binding port 0 and letting it go.
@@ -48,13 +70,14 @@ impl Cluster {
     /// Starts `size` nodes, node 1 with --bootstrap, each on its own loopback address.
     pub(super) async fn start(size: u64, extra: &[&str]) -> Cluster {
         let dirs = tempfile::tempdir().expect("a temp dir");
+        let net = private_net();
         let specs: Vec<NodeSpec> = (1..=size)
             .map(|id| {
-                let ip = format!("127.0.0.{}", 10 + id);
+                let (client, peer) = node_addrs(&net, id);
                 NodeSpec {
                     id,
-                    client: free_addr(&ip),
-                    peer: free_addr(&ip),
+                    client,
+                    peer,
                     data_dir: dirs.path().join(format!("node{id}")),
                 }
             })
@@ -75,6 +98,7 @@ impl Cluster {
             proxies,
             founders: size as usize,
             peers,
+            net,
             _dirs: dirs,
         };
         for index in 0..cluster.specs.len() {
@@ -117,11 +141,11 @@ impl Cluster {
     /// Starts one more node, not yet a member; returns its index.
     pub(super) fn start_joiner(&mut self) -> usize {
         let id = self.specs.len() as u64 + 1;
-        let ip = format!("127.0.0.{}", 10 + id);
+        let (client, peer) = node_addrs(&self.net, id);
         self.specs.push(NodeSpec {
             id,
-            client: free_addr(&ip),
-            peer: free_addr(&ip),
+            client,
+            peer,
             data_dir: self._dirs.path().join(format!("node{id}")),
         });
         let index = self.specs.len() - 1;

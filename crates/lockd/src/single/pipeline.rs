@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use protocol::{ErrorCode, RequestId, ResourceName, ServerFrame, SessionId};
+use protocol::{ErrorCode, Op, RequestId, ResourceName, ServerFrame, SessionId};
 
 use crate::store::CommitBatch;
 
@@ -31,10 +31,10 @@ pub(crate) type CommitId = u64;
 pub(crate) struct Outgoing {
     pub(crate) session: SessionId,
     pub(crate) frame: ServerFrame,
-    /// The request this frame answers, for the latency metric: its op (a metrics index) and
+    /// The request this frame answers, for the latency metric: its op and
     /// when it was read. `None` for a frame that answers no request of this turn (a grant
     /// after waiting).
-    pub(crate) answers: Option<(usize, std::time::Instant)>,
+    pub(crate) answers: Option<(Op, std::time::Instant)>,
 }
 
 /// A value written to the table and not yet durable.

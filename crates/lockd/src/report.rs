@@ -1,11 +1,13 @@
-//! A point-in-time copy of who holds and who waits, with each session's client name and peer
-//! address: what `/v1/locks`, the dashboard and the holder and waiter gauges are made from.
+//! A locks report: a point-in-time copy of who holds and who waits, with each session's client
+//! name and peer address: what `/v1/locks`, the dashboard and the holder and waiter gauges are
+//! made from.
 //!
-//! The driver builds one from [`LockTable::status`](crate::core::LockTable::status) and its own
-//! per-connection facts (the table knows neither peers nor should it), at most a few times a
-//! second however many browsers and scrapers ask, and hands out an `Arc` of it. Everything else
-//! (ages as of the moment of the request, filtering, sorting hot resources first, JSON) happens
-//! in the HTTP tasks, off the driver, so a busy dashboard costs the lock traffic almost nothing.
+//! A backend builds one with [`LocksReport::build`] from the table's `status` and its own
+//! per-connection facts (the table knows neither peers nor should it) and hands out an `Arc` of
+//! it; the single server does so at most a few times a second however many browsers and
+//! scrapers ask. Everything else (ages as of the moment of the request, filtering, sorting hot
+//! resources first, JSON) happens in the HTTP tasks, off the backend, so a busy dashboard costs
+//! the lock traffic almost nothing.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,9 +18,10 @@ use protocol::cmd::ResourceStatus;
 use protocol::{FenceToken, LockMode, ResourceName, SessionId};
 use serde::Serialize;
 
+use crate::core::LockTable;
 use crate::metrics::{mode_index, LockGauges};
 
-/// What the driver knows of a session beyond the table: who it is and where it connects from.
+/// What a backend knows of a session beyond the table: who it is and where it connects from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
     /// The name it gave in `hello`, if any.
@@ -29,7 +32,7 @@ pub struct SessionInfo {
 
 /// Holders and waiters of every busy resource at one instant.
 #[derive(Debug)]
-pub struct LocksSnapshot {
+pub struct LocksReport {
     /// When it was taken; ages are as of this instant.
     pub taken: Instant,
     /// Busy resources in name order, as the `status` op lists them.
@@ -51,7 +54,7 @@ pub enum Order {
     Hot,
 }
 
-/// What to show of a snapshot.
+/// What to show of a report.
 #[derive(Debug, Clone, Default)]
 pub struct View<'a> {
     /// Only resources whose name, or a holder's or waiter's client name or peer, contains this
@@ -63,14 +66,23 @@ pub struct View<'a> {
     pub limit: Option<usize>,
 }
 
-impl LocksSnapshot {
-    /// A snapshot taken at `taken`.
+impl LocksReport {
+    /// The report of `table` at `now`, with what the backend knows of each connected session.
+    pub(crate) fn build(
+        now: Instant,
+        table: &LockTable,
+        sessions: impl Iterator<Item = (SessionId, SessionInfo)>,
+    ) -> LocksReport {
+        LocksReport::new(now, table.status(now, None), sessions.collect())
+    }
+
+    /// A report taken at `taken`.
     pub fn new(
         taken: Instant,
         resources: Vec<ResourceStatus>,
         sessions: HashMap<SessionId, SessionInfo>,
-    ) -> LocksSnapshot {
-        LocksSnapshot {
+    ) -> LocksReport {
+        LocksReport {
             taken,
             resources,
             sessions,
@@ -78,7 +90,7 @@ impl LocksSnapshot {
         }
     }
 
-    /// The snapshot as JSON for the admin API, with ages as of `now`.
+    /// The report as JSON for the admin API, with ages as of `now`.
     pub fn render(&self, now: Instant, view: &View<'_>) -> LocksJson<'_> {
         let age = millis(now.saturating_duration_since(self.taken));
         let needle = view.filter.map(str::to_lowercase).filter(|n| !n.is_empty());
@@ -242,7 +254,7 @@ pub struct LocksJson<'a> {
     pub resources: Vec<ResourceJson<'a>>,
 }
 
-/// Counts over the whole snapshot.
+/// Counts over the whole report.
 #[derive(Debug, Serialize)]
 pub struct Totals {
     /// Resources with a holder or a waiter.
@@ -273,7 +285,7 @@ pub struct HolderJson<'a> {
     pub session: SessionId,
     /// Its `hello` client name, or null.
     pub client: Option<&'a str>,
-    /// Its peer address, or null in the moment between its session's end and the next snapshot.
+    /// Its peer address, or null in the moment between its session's end and the next report.
     pub peer: Option<SocketAddr>,
     /// The mode held.
     pub mode: LockMode,
@@ -346,7 +358,7 @@ mod tests {
         }
     }
 
-    fn snapshot() -> LocksSnapshot {
+    fn report() -> LocksReport {
         let peer = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let sessions = HashMap::from([
             (
@@ -371,7 +383,7 @@ mod tests {
                 },
             ),
         ]);
-        LocksSnapshot::new(
+        LocksReport::new(
             Instant::now(),
             vec![
                 status("a", &[(1, 50)], &[]),
@@ -391,12 +403,12 @@ mod tests {
 
     #[test]
     fn hot_order_puts_queues_first_then_the_oldest_holds() {
-        let snapshot = snapshot();
+        let report = report();
         let view = View {
             order: Order::Hot,
             ..View::default()
         };
-        let json = snapshot.render(snapshot.taken, &view);
+        let json = report.render(report.taken, &view);
         assert_eq!(names(&json), ["b", "c", "a"]);
         assert_eq!(json.matching, 3);
         assert_eq!(json.totals.holders, 3);
@@ -405,14 +417,14 @@ mod tests {
 
     #[test]
     fn the_filter_matches_names_clients_and_peers_and_the_limit_cuts_after_counting() {
-        let snapshot = snapshot();
+        let report = report();
         let render = |filter, limit| {
             let view = View {
                 filter: Some(filter),
                 order: Order::Name,
                 limit,
             };
-            let json = snapshot.render(snapshot.taken, &view);
+            let json = report.render(report.taken, &view);
             (names(&json), json.matching)
         };
         assert_eq!(render("DEPLOY", None), (vec!["a".to_owned()], 1));
@@ -422,11 +434,11 @@ mod tests {
     }
 
     #[test]
-    fn ages_count_from_the_snapshot_to_the_request() {
-        let snapshot = snapshot();
-        let later = snapshot.taken + Duration::from_millis(100);
+    fn ages_count_from_the_report_to_the_request() {
+        let report = report();
+        let later = report.taken + Duration::from_millis(100);
         let b = ResourceName::new("b").unwrap();
-        let json = serde_json::to_value(snapshot.render_one(later, &b)).unwrap();
+        let json = serde_json::to_value(report.render_one(later, &b)).unwrap();
         assert_eq!(json["holders"][0]["held_ms"], 110);
         assert_eq!(json["holders"][0]["client"], serde_json::Value::Null);
         assert_eq!(json["waiters"][0]["waited_ms"], 105);
@@ -434,12 +446,12 @@ mod tests {
         assert_eq!(json["waiters"][0]["client"], "backup");
         assert_eq!(json["waiters"][0]["peer"], "127.0.0.1:4003");
         let idle = ResourceName::new("idle").unwrap();
-        let json = serde_json::to_value(snapshot.render_one(later, &idle)).unwrap();
+        let json = serde_json::to_value(report.render_one(later, &idle)).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"resource": "idle", "holders": [], "waiters": []})
         );
-        let gauges = snapshot.gauges(later);
+        let gauges = report.gauges(later);
         assert_eq!(gauges.oldest_hold, Duration::from_millis(1_000));
         assert_eq!(gauges.longest_wait, Duration::from_millis(105));
     }

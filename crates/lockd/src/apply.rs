@@ -1,0 +1,267 @@
+//! A client request applied to the lock table, and the table's effects turned into frames: the
+//! one place that knows what each op does, shared by the single server's driver and the
+//! cluster's state machine, so that both answer every op the same way.
+//!
+//! Adding an op means a change in `protocol`, one in `core`, and one here; a backend changes
+//! only if the op is truly its own (the cluster's membership commands are). What differs
+//! between the backends stays with them: a single server commits the writes this reports, a
+//! cluster keeps replies for retries.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk, ValidateOk};
+use protocol::{
+    Command, ErrorCode, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
+};
+use tracing::{debug, warn};
+
+use crate::core::{Acquired, Effect, LockError, LockTable};
+use crate::metrics::Metrics;
+
+/// What applying a request gave.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// Its final reply.
+    Reply(Result<ReplyBody, RequestFailed>),
+    /// An acquire that waits in line at this position: send a `queued` event now; the reply
+    /// comes later as a [`Delivery`].
+    Queued(u64),
+}
+
+/// A value a `write` replaced, for a caller that may have to undo it.
+#[derive(Debug)]
+pub(crate) struct Written {
+    pub(crate) resource: ResourceName,
+    pub(crate) value: Arc<str>,
+    pub(crate) previous: Option<Arc<str>>,
+}
+
+/// Why a request failed: the table refused it, or the server did before asking the table. Each
+/// maps to one wire error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RequestFailed {
+    /// The lock table refused it.
+    #[error("{0}{hint}", hint = flag_hint(.0))]
+    Lock(#[from] LockError),
+    /// `hello` asked to resume a session that does not exist (or cannot be resumed here); the
+    /// text says why.
+    #[error("no such session: {0}")]
+    NoSession(String),
+    /// A cluster command (`cluster_status`, `add_node`, `remove_node`) sent to a server that is
+    /// not in cluster mode.
+    #[error("this lockd is a single server; cluster commands need cluster mode (--node-id)")]
+    NotACluster,
+}
+
+impl RequestFailed {
+    /// The wire code for this failure.
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            RequestFailed::Lock(err) => err.code(),
+            RequestFailed::NoSession(_) => ErrorCode::NoSession,
+            RequestFailed::NotACluster => ErrorCode::BadRequest,
+        }
+    }
+}
+
+/// The flag that sets the limit a refusal names, so the message says what to change.
+fn flag_hint(err: &LockError) -> &'static str {
+    match err {
+        LockError::TooManyLocks { .. } => " (--max-locks-per-session)",
+        LockError::TooManyWaits { .. } => " (--max-waits-per-session)",
+        _ => "",
+    }
+}
+
+/// What every backend applies requests with: the server's name for `hello`, and the metrics
+/// that count what the table does.
+#[derive(Debug)]
+pub(crate) struct Applier {
+    server_name: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Applier {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Applier {
+        Applier {
+            server_name: format!("lockd {}", env!("CARGO_PKG_VERSION")),
+            metrics,
+        }
+    }
+
+    /// Applies `request` of `session` to `table` at `now`; see [`apply`].
+    pub(crate) fn apply(
+        &self,
+        table: &mut LockTable,
+        now: Instant,
+        session: SessionId,
+        request: Request,
+    ) -> (Answer, Option<Written>) {
+        apply(
+            table,
+            now,
+            session,
+            request,
+            &self.server_name,
+            &self.metrics,
+        )
+    }
+
+    /// What the table produced since the last call; see [`take_deliveries`].
+    pub(crate) fn take_deliveries(&self, table: &mut LockTable) -> Vec<Delivery> {
+        take_deliveries(table, &self.metrics)
+    }
+}
+
+/// Applies `request` of `session` to `table` at `now`. `server` is the name `hello` reports;
+/// refused acquires are counted in `metrics` (the table observes only waits that end).
+fn apply(
+    table: &mut LockTable,
+    now: Instant,
+    session: SessionId,
+    request: Request,
+    server: &str,
+    metrics: &Metrics,
+) -> (Answer, Option<Written>) {
+    let mut written = None;
+    let result = match request.command {
+        Command::Hello(hello) => table
+            .handle_hello(now, session, hello.client, hello.lease_ms)
+            .map(|lease| {
+                ReplyBody::Hello(HelloOk {
+                    session,
+                    lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+                    server: server.to_owned(),
+                    protocol: protocol::PROTOCOL_VERSION,
+                })
+            })
+            .map_err(RequestFailed::from),
+        Command::Acquire(acquire) => {
+            let mode = acquire.mode;
+            match table.handle_acquire(
+                now,
+                session,
+                request.id,
+                acquire.resource,
+                mode,
+                acquire.timeout_ms.map(Duration::from_millis),
+            ) {
+                Ok(Acquired::Granted(token)) => Ok(ReplyBody::Acquired(AcquireOk { token, mode })),
+                Ok(Acquired::Queued { position }) => return (Answer::Queued(position), None),
+                Err(err) => {
+                    match err {
+                        LockError::Timeout(_) => metrics.try_once_failed(mode),
+                        LockError::Deadlock { .. } => metrics.deadlock(mode),
+                        _ => {}
+                    }
+                    Err(err.into())
+                }
+            }
+        }
+        Command::Release(release) => table
+            .handle_release(now, session, &release.resource, release.token)
+            .map(|()| ReplyBody::EMPTY)
+            .map_err(RequestFailed::from),
+        Command::Read(read) => table
+            .read(session, &read.resource, read.token)
+            .map(|value| {
+                ReplyBody::Value(ReadOk {
+                    value: value.map(str::to_owned),
+                })
+            })
+            .map_err(RequestFailed::from),
+        Command::Write(write) => {
+            let value: Arc<str> = Arc::from(write.value);
+            table
+                .handle_write(session, &write.resource, write.token, Arc::clone(&value))
+                .map(|previous| {
+                    written = Some(Written {
+                        resource: write.resource,
+                        value,
+                        previous,
+                    });
+                    ReplyBody::EMPTY
+                })
+                .map_err(RequestFailed::from)
+        }
+        Command::Cancel(cancel) => table
+            .handle_cancel(now, session, cancel.target)
+            .map(|()| ReplyBody::EMPTY)
+            .map_err(RequestFailed::from),
+        Command::Validate(validate) => Ok(ReplyBody::Validated(ValidateOk {
+            valid: table.validate(&validate.resource, validate.token),
+        })),
+        Command::Ping => Ok(ReplyBody::EMPTY),
+        Command::Status(status) => Ok(ReplyBody::Status(StatusOk {
+            resources: table.status(now, status.resource.as_ref()),
+        })),
+        // A cluster's front end answers these itself; a single server has no cluster.
+        Command::ClusterStatus | Command::AddNode(_) | Command::RemoveNode(_) => {
+            Err(RequestFailed::NotACluster)
+        }
+    };
+    (Answer::Reply(result), written)
+}
+
+/// The frame that answers request `id` with `result`.
+pub(crate) fn reply_frame(id: RequestId, result: Result<ReplyBody, RequestFailed>) -> ServerFrame {
+    match result {
+        Ok(body) => ServerFrame::Ok { id, body },
+        Err(err) => {
+            let code = err.code();
+            if code == ErrorCode::Internal {
+                warn!(id = id.0, error = %err, "request failed inside the server");
+            }
+            ServerFrame::error(Some(id), code, err.to_string())
+        }
+    }
+}
+
+/// What the table's effects ask a backend to do.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// Send this frame to the session: a waiting acquire's grant or failure.
+    Frame(SessionId, ServerFrame),
+    /// The session's lease ran out and the table has ended it: close its connection.
+    Expired(SessionId),
+}
+
+/// Takes what the table produced since the last call: counts its observations (and
+/// expirations) in `metrics`, and turns its effects into deliveries, in the table's order.
+/// Every backend calls this after every input to the table.
+fn take_deliveries(table: &mut LockTable, metrics: &Metrics) -> Vec<Delivery> {
+    while let Some(observation) = table.poll_observation() {
+        metrics.observe(observation);
+    }
+    let mut deliveries = Vec::new();
+    while let Some(effect) = table.poll_effect() {
+        deliveries.push(match effect {
+            Effect::Granted {
+                session,
+                request,
+                resource,
+                token,
+                mode,
+            } => {
+                debug!(session = session.0, %resource, token = token.0, "granted after waiting");
+                let body = ReplyBody::Acquired(AcquireOk { token, mode });
+                Delivery::Frame(session, reply_frame(request, Ok(body)))
+            }
+            Effect::WaitFailed {
+                session,
+                request,
+                resource,
+                reason,
+            } => {
+                let error = RequestFailed::Lock(reason.to_error(resource));
+                Delivery::Frame(session, reply_frame(request, Err(error)))
+            }
+            Effect::SessionExpired { session } => {
+                metrics.expirations.inc();
+                Delivery::Expired(session)
+            }
+        });
+    }
+    deliveries
+}
