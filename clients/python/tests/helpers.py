@@ -211,10 +211,12 @@ class Proxy:
             except OSError:
                 data = b""
             if not data:
-                try:
-                    sink.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+                # A partition passes no end of stream either: the far side hears nothing.
+                if self.mode == "pass":
+                    try:
+                        sink.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
                 return
             if self.mode == "pass":
                 try:
