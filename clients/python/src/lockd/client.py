@@ -11,6 +11,7 @@ the session (docs/python.md, "The local lease").
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 import weakref
@@ -38,6 +39,30 @@ __all__ = ["Client", "Lock"]
 QueuedCallback = Callable[[int], object]
 
 
+class _Wake:
+    """Wakes the one thread waiting for a call: a binary semaphore, cheaper than an Event.
+    ``set`` and ``clear`` are called under the client's state lock; ``clear`` right after a
+    ``wait`` that returned, before the waiter reads the call's state."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def wait(self, timeout: float = -1) -> bool:
+        return self._lock.acquire(True, timeout)
+
+    def clear(self) -> None:
+        self._set = False
+
+
 class _Call:
     """A request awaiting its final reply."""
 
@@ -49,7 +74,7 @@ class _Call:
         self.id = request_id
         self.frame = frame
         self.sent = sent
-        self.wake = threading.Event()
+        self.wake = _Wake()
         self.done = False
         self.reply: Dict[str, Any] = {}
         self.error: Optional[LockdError] = None
@@ -535,10 +560,11 @@ class Client:
         for lock in held:
             lock.lost.set()
         self.lost.set()
-        for call in pending.values():
-            call.error = error
-            call.done = True
-            call.wake.set()
+        with self._mu:
+            for call in pending.values():
+                call.error = error
+                call.done = True
+                call.wake.set()
         if link is not None:
             link.shutdown()
         self._tick.set()
