@@ -211,3 +211,18 @@ def test_cluster_failover(lockd_bin: str, tmp_path: Path) -> None:
         run(main())
     finally:
         cluster.stop()
+
+
+def test_a_frame_over_the_limit_fails_alone(start_server: Callable[..., Server]) -> None:
+    server = start_server("--max-frame-bytes", "200")
+
+    async def main() -> None:
+        async with lockd.aio.Client(server.addr) as client:
+            lock = client.lock("big")
+            assert await lock.acquire()
+            with pytest.raises(lockd.FrameTooLarge):
+                await lock.write("x" * 500)
+            await lock.write("small")
+            assert await lock.read() == "small" and not client.lost.is_set()
+
+    run(main())

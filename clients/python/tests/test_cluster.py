@@ -96,3 +96,16 @@ def test_the_lock_survives_a_leader_kill_and_waiters_keep_their_places(cluster: 
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_session_is_lost_when_no_leader_comes_within_the_local_lease(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    with lockd.Client(cluster.servers(), lease=1.0) as client:
+        lock = client.lock("orphan")
+        assert lock.acquire()
+        cluster.kill(leader)
+        cluster.kill((leader + 1) % 3)  # no majority: no leader can be elected
+        assert lock.lost.wait(PATIENCE)
+        assert client.lost.is_set() and lock.valid_for() == 0
+        with pytest.raises(lockd.ConnectionLost):
+            client.ping()

@@ -367,3 +367,23 @@ def test_interrupted_acquire_leaves_the_queue(connect: Connect) -> None:
     # The client can queue for it again (no already_held left behind).
     again = client.lock("intr")
     assert again.acquire(timeout=5)
+
+
+def test_a_frame_over_the_limit_fails_alone(start_server: Callable[..., Server]) -> None:
+    server = start_server("--max-frame-bytes", "200")
+    with lockd.Client(server.addr) as client:
+        lock = client.lock("big")
+        assert lock.acquire()
+        with pytest.raises(lockd.FrameTooLarge):
+            lock.write("x" * 500)
+        lock.write("small")
+        assert lock.read() == "small" and not client.lost.is_set()
+
+
+def test_the_connection_cap_is_reported(start_server: Callable[..., Server]) -> None:
+    server = start_server("--max-connections-per-ip", "1")
+    with lockd.Client(server.addr) as client:
+        with pytest.raises(lockd.LimitExceeded) as raised:
+            lockd.Client(server.addr)
+        assert "--max-connections-per-ip" in raised.value.message
+        client.ping()

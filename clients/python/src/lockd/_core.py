@@ -243,6 +243,14 @@ def frame_id(frame: Dict[str, Any]) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def largest_pending(sizes: Dict[int, int]) -> Optional[int]:
+    """The id of the largest frame in flight (the oldest of equals), for a ``frame_too_large``
+    answer, which has no id."""
+    if not sizes:
+        return None
+    return max(sizes, key=lambda key: (sizes[key], -key))
+
+
 class LineBuffer:
     """Splits received bytes into lines."""
 

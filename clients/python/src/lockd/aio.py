@@ -27,6 +27,7 @@ from .errors import (
     AlreadyHeld,
     ConnectError,
     ConnectionLost,
+    FrameTooLarge,
     LockdError,
     LockLost,
     NoSession,
@@ -437,6 +438,13 @@ class Client:
                         asyncio.ensure_future(result)
             return None
         error = _core.reply_error(frame)
+        if request_id is None and isinstance(error, FrameTooLarge):
+            # A line over the server's frame limit: the largest frame in flight (see client.py).
+            request_id = _core.largest_pending(
+                {key: len(call.frame) for key, call in self._pending.items()}
+            )
+            if request_id is None:
+                return None
         if request_id is None:
             return "broken", error or ProtocolError(f"reply without id: {frame!r}")
         if isinstance(error, NotLeader) and self._cluster:

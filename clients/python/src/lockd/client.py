@@ -25,6 +25,7 @@ from .errors import (
     AlreadyHeld,
     ConnectError,
     ConnectionLost,
+    FrameTooLarge,
     LockdError,
     LockLost,
     NoSession,
@@ -487,6 +488,16 @@ class Client:
                     call.wake.set()
             return None
         error = _core.reply_error(frame)
+        if request_id is None and isinstance(error, FrameTooLarge):
+            # The server could not read the id of a line over its frame limit; it answers
+            # with a null id and keeps the connection. The largest frame in flight is that
+            # line (every frame the client sends is small but for values).
+            with self._mu:
+                request_id = _core.largest_pending(
+                    {key: len(call.frame) for key, call in self._pending.items()}
+                )
+            if request_id is None:
+                return None
         if request_id is None:
             return "broken", error or ProtocolError(f"reply without id: {frame!r}")
         if isinstance(error, NotLeader) and self._cluster:
