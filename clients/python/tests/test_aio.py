@@ -142,7 +142,8 @@ def test_a_blackholed_holder_knows_before_the_next_holder_is_granted(server: Ser
 
             async def watch() -> None:
                 await lock.lost.wait()
-                times["lost"] = time.monotonic()
+                assert holder._lost_at is not None
+                times["lost"] = holder._lost_at
 
             async def next_holder() -> None:
                 mine = other.lock("job")

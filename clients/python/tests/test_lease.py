@@ -25,19 +25,19 @@ def test_the_margin_formula() -> None:
 
 
 def test_keepalive_keeps_a_short_lease_far_from_its_deadline(connect: Connect) -> None:
-    client = connect(lease=0.3)
+    client = connect(lease=0.5)
     other = connect()
-    assert client.lease == 0.3
+    assert client.lease == 0.5
     lock = client.lock("kept")
     assert lock.acquire()
     lowest = client.lease
-    end = time.monotonic() + 1.5  # five leases
+    end = time.monotonic() + 1.5  # three leases
     while time.monotonic() < end:
         lowest = min(lowest, lock.valid_for())
         time.sleep(0.01)
     assert not lock.lost.is_set() and lock.locked()
-    # Pings at a quarter of the lease keep at least a third of it in hand.
-    assert lowest > client.lease / 3, lowest
+    # Pings at a quarter of the lease keep well over a quarter of it in hand.
+    assert lowest > client.lease / 4, lowest
     assert not other.lock("kept").acquire(blocking=False)
     lock.release()
 
@@ -59,7 +59,9 @@ def test_a_blackholed_holder_knows_before_the_next_holder_is_granted(
 
         def watch_lost() -> None:
             if lock.lost.wait(PATIENCE):
-                times["lost"] = time.monotonic()
+                # When the client set the event (this thread may wake a little later).
+                assert holder._lost_at is not None
+                times["lost"] = holder._lost_at
 
         def next_holder() -> None:
             waiting = other.lock("job")
@@ -86,6 +88,7 @@ def test_a_blackholed_holder_knows_before_the_next_holder_is_granted(
         times["deadline"] = lockd.local_deadline(earliest_expiry - holder.lease, holder.lease)
         assert "lost" in times and "granted" in times, times
         print({k: round(v - times["cut"], 4) for k, v in times.items()}, earliest_expiry - times["cut"])
+        assert times["lost"] >= times["deadline"] - 0.001, "not before the local deadline"
         assert times["lost"] < times["granted"], times
         assert times["lost"] < earliest_expiry, (times, earliest_expiry)
         assert tokens and tokens[0] > held_token

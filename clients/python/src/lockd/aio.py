@@ -106,6 +106,7 @@ class Client:
         self._next_id = 1
         self._link: Optional[_Link] = None
         self._lost_error: Optional[LockdError] = None
+        self._lost_at: Optional[float] = None  # monotonic time the session was given up
         self._closing = False
         self._held: "weakref.WeakSet[Lock]" = weakref.WeakSet()
         self._heard_since = time.monotonic()
@@ -502,6 +503,7 @@ class Client:
         if self._lost_error is not None:
             return
         self._lost_error = error
+        self._lost_at = time.monotonic()
         pending, self._pending = self._pending, {}
         link, self._link = self._link, None
         for lock in list(self._held):
