@@ -52,8 +52,9 @@ if [ -z "${LOCKD_BIN:-}" ]; then
 fi
 [ -x "$LOCKD_BIN" ] || { echo "no lockd binary at $LOCKD_BIN" >&2; exit 1; }
 
-step "mypy --strict"
+step "mypy --strict (the package, then the tests)"
 (cd "$here" && "$venv/bin/mypy" --strict --cache-dir "$here/.mypy_cache" src/lockd)
+(cd "$here" && "$venv/bin/mypy" --strict --cache-dir "$here/.mypy_cache" tests)
 
 step "pytest"
 cd "$here"

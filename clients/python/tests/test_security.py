@@ -51,7 +51,7 @@ def test_tls_with_a_ca_file_and_with_a_context(
         client.ping()
     # The name checked is the host in the address: localhost is in the certificate too.
     port = server.addr.rsplit(":", 1)[1]
-    with lockd.Client(f"localhost:{port}", tls=certs["ca.pem"]) as client:  # type: ignore[arg-type]
+    with lockd.Client(f"localhost:{port}", tls=certs["ca.pem"]) as client:
         client.ping()
     # An untrusted server is refused.
     with pytest.raises(lockd.ConnectError) as raised:
