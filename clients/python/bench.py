@@ -2,7 +2,7 @@
 """Lock+unlock pairs per second per client thread: lockd's Python client against redis-py's
 ``Lock`` on a local redis-server, measured in one run, alternating, several rounds.
 
-    python bench.py [--threads 1] [--seconds 2] [--rounds 5] [--lockd PATH]
+    python bench.py [--threads 1] [--seconds 1] [--rounds 9] [--lockd PATH]
 
 Needs redis-server on PATH and redis-py installed (``pip install redis``). Each thread has its
 own client (its own connection) and its own resource, so the figure is the round-trip cost
@@ -104,8 +104,8 @@ def measure(threads: int, seconds: float, make_worker: Callable[[int], Callable[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--lockd", default=os.environ.get("LOCKD_BIN")
                         or str(REPO / "target" / "release" / "lockd"))
     parser.add_argument("--lockd-arg", action="append", default=[],
