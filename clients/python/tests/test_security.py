@@ -78,3 +78,34 @@ def test_mutual_tls(start_server: Callable[..., Server], certs: Dict[str, Path])
         # Without a client certificate the server ends the handshake (TLS 1.3 reports it
         # on the first read, so this may be a lost connection rather than a connect error).
         lockd.Client(server.addr, tls=str(certs["ca.pem"]))
+
+
+def test_tls_carries_pipelined_calls_from_many_threads(
+    start_server: Callable[..., Server], certs: Dict[str, Path]
+) -> None:
+    import threading
+    from typing import List
+
+    server = start_server(
+        "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"])
+    )
+    failures: List[BaseException] = []
+    with lockd.Client(server.addr, tls=str(certs["ca.pem"])) as client:
+
+        def work(index: int) -> None:
+            try:
+                for round_ in range(15):
+                    value = f"{index}:{round_}:" + "v" * 50_000
+                    with client.lock(f"tls/{index}") as lock:
+                        lock.write(value)
+                        assert lock.read() == value
+            except BaseException as err:
+                failures.append(err)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not failures, failures
+        assert not client.lost.is_set()

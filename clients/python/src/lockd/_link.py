@@ -25,7 +25,11 @@ class Link:
         self._tls = tls
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
+        # The TLS object is used under _tls_mu, never while blocking on the socket. The bytes
+        # it produces are taken out of the outgoing BIO and written under _send_mu, so that
+        # records leave in the order they were made while the reader never waits for a send.
         self._tls_mu = threading.Lock()
+        self._send_mu = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ)
         self._plain = b""
@@ -96,12 +100,20 @@ class Link:
         if self._tls is None:
             self._sock.sendall(data)
             return
+        with self._send_mu:
+            with self._tls_mu:
+                try:
+                    self._tls.write(data)
+                except ssl.SSLError as err:
+                    raise OSError(f"TLS write failed: {err}") from None
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        """Sends what the TLS object produced; the caller holds _send_mu."""
         with self._tls_mu:
-            try:
-                self._tls.write(data)
-            except ssl.SSLError as err:
-                raise OSError(f"TLS write failed: {err}") from None
-            self._flush()
+            data = self._outgoing.read()
+        if data:
+            self._sock.sendall(data)
 
     def recv(self, timeout: Optional[float]) -> Optional[bytes]:
         """The next bytes received: ``b""`` at the end of the stream, ``None`` when nothing
@@ -123,7 +135,10 @@ class Link:
                 else:
                     self._incoming.write_eof()
                 plain = self._read_plain()
-                self._flush()
+                reply = self._outgoing.pending > 0
+            if reply:  # e.g. a TLS 1.3 key update to answer
+                with self._send_mu:
+                    self._send_pending()
             if plain:
                 return plain
             if not data or self._eof:
