@@ -99,6 +99,9 @@ def test_a_blackholed_holder_knows_before_the_next_holder_is_granted(
             holder.ping()
         with pytest.raises(lockd.LockLost):
             lock.release()
+        with pytest.raises(lockd.ConnectionLost):
+            lock.acquire()  # a lost session is final
+        assert lock.lost.is_set()
     finally:
         proxy.close()
 

@@ -597,10 +597,14 @@ class Lock:
     async def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
         timeout_ms = _core.acquire_timeout_ms(blocking, timeout)
         if self.token is not None:
-            raise AlreadyHeld(f"this Lock already holds {self.name} (locks are not re-entrant)")
+            if not self.lost.is_set():
+                raise AlreadyHeld(
+                    f"this Lock already holds {self.name} (locks are not re-entrant)"
+                )
+            self._forget()
         request = _core.acquire_request(self.name, self._mode, timeout_ms, self._lock_delay_ms)
-        self._lost_event().clear()
         call = self._client._start(request, self, self.on_queued)
+        self._lost_event().clear()  # nothing can have run since the call was registered
         try:
             await asyncio.shield(call.future)
         except Timeout:

@@ -281,6 +281,10 @@ class Client:
                 frame = _core.encode({"id": request_id, **request})
                 call = _Call(request_id, frame, time.monotonic(), lock)
                 self._pending[request_id] = call
+                if lock is not None:
+                    # A new acquire of this Lock: under the state lock, so that a loss of the
+                    # session from now on is sure to set the event again.
+                    lock.lost.clear()
                 link = self._link
             if link is not None:
                 try:
@@ -668,10 +672,13 @@ class Lock:
         time; any other failure raises."""
         timeout_ms = _core.acquire_timeout_ms(blocking, timeout)
         if self.token is not None:
-            raise AlreadyHeld(f"this Lock already holds {self.name} (locks are not re-entrant)")
+            if not self.lost.is_set():
+                raise AlreadyHeld(
+                    f"this Lock already holds {self.name} (locks are not re-entrant)"
+                )
+            self._forget()
         request = _core.acquire_request(self.name, self._mode, timeout_ms, self._lock_delay_ms)
-        self.lost.clear()
-        call = self._client._start(request, self)
+        call = self._client._start(request, self)  # clears `lost` once the call is registered
         try:
             self._client._wait(call, self.on_queued)
         except Timeout:
