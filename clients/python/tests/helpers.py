@@ -129,6 +129,9 @@ class Cluster:
             for index, (client, peer) in enumerate(ports, start=1)
         )
         self.nodes: List[Optional[Server]] = []
+        self._binary = binary
+        self._root = root
+        self._args: List[List[str]] = []
         for index, (client, peer) in enumerate(ports, start=1):
             node_args = [
                 "--node-id", str(index),
@@ -140,6 +143,7 @@ class Cluster:
             ]
             if index == 1:
                 node_args.append("--bootstrap")
+            self._args.append(node_args)
             self.nodes.append(
                 Server(binary, root / f"node{index}", node_args, listen=f"127.0.0.1:{client}")
             )
@@ -166,6 +170,14 @@ class Cluster:
         if node is not None:
             node.kill()
             self.nodes[index] = None
+
+    def restart(self, index: int) -> None:
+        """Starts a killed node again on its addresses and data directory."""
+        assert self.nodes[index] is None
+        self.nodes[index] = Server(
+            self._binary, self._root / f"node{index + 1}", self._args[index],
+            listen=self.addrs[index],
+        )
 
     def stop(self) -> None:
         for index in range(len(self.nodes)):

@@ -227,3 +227,35 @@ def test_a_frame_over_the_limit_fails_alone(start_server: Callable[..., Server])
             assert await lock.read() == "small" and not client.lost.is_set()
 
     run(main())
+
+
+def test_a_given_up_cluster_session_is_released_when_a_leader_returns(
+    lockd_bin: str, tmp_path: Path
+) -> None:
+    cluster = Cluster(lockd_bin, tmp_path, ["--min-lease-ms", "100"])
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        leader = await loop.run_in_executor(None, cluster.leader)
+        follower = (leader + 1) % 3
+        async with lockd.aio.Client(cluster.servers(), lease=3.0) as holder:
+            lock = holder.lock("given-up")
+            assert await lock.acquire()
+            await loop.run_in_executor(None, cluster.kill, leader)
+            await loop.run_in_executor(None, cluster.kill, follower)
+            await asyncio.wait_for(lock.lost.wait(), PATIENCE)
+            await loop.run_in_executor(None, cluster.restart, follower)
+            await loop.run_in_executor(None, lambda: cluster.leader(not_=[leader]))
+            elected = time.monotonic()
+            live = [cluster.addrs[i] for i in range(3) if i != leader]
+            async with lockd.aio.Client(live, lease=3.0) as observer:
+                async def free() -> bool:
+                    return (await observer.status("given-up"))[0].holders == []
+
+                await until(free, "the lock given back")
+                assert time.monotonic() - elected < 2.0
+
+    try:
+        run(main())
+    finally:
+        cluster.stop()

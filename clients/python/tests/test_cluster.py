@@ -109,3 +109,30 @@ def test_a_session_is_lost_when_no_leader_comes_within_the_local_lease(cluster: 
         assert client.lost.is_set() and lock.valid_for() == 0
         with pytest.raises(lockd.ConnectionLost):
             client.ping()
+
+
+def test_a_given_up_session_is_released_when_a_leader_returns(cluster: Cluster) -> None:
+    """A failover longer than the local lease loses the lock to this client; the new leader
+    still gives the session a fresh lease, so the client goes back to release what it gave up
+    rather than leave it held for a whole lease."""
+    import time
+
+    leader = cluster.leader()
+    follower = (leader + 1) % 3
+    with lockd.Client(cluster.servers(), lease=3.0) as holder:
+        lock = holder.lock("given-up")
+        assert lock.acquire()
+        cluster.kill(leader)
+        cluster.kill(follower)  # no majority: no leader until the follower is back
+        assert lock.lost.wait(PATIENCE)
+        cluster.restart(follower)
+        cluster.leader(not_=[leader])
+        elected = time.monotonic()
+        live = [cluster.addrs[i] for i in range(3) if i != leader]
+        with lockd.Client(live, lease=3.0) as observer:
+            wait_until(
+                lambda: observer.status("given-up")[0].holders == [], "the lock given back"
+            )
+            # Well within the fresh 3 s lease the new leader gave the session.
+            assert time.monotonic() - elected < 2.0
+            assert observer.lock("given-up").acquire(timeout=5)

@@ -116,6 +116,7 @@ class Client:
         self._tasks: List["asyncio.Task[None]"] = []
         self._lost: Optional[asyncio.Event] = None
         self._tick: Optional[asyncio.Event] = None
+        self._give_back_task: Optional["asyncio.Future[None]"] = None
 
     # -----------------------------------------------------------------------------------------
     # Public API.
@@ -218,6 +219,10 @@ class Client:
             if calls:
                 await asyncio.wait([call.future for call in calls], timeout=2.0)
         self._lose(ConnectionLost("the client was closed"))
+        if self._give_back_task is not None:
+            # Let a give-back that is under way finish its releases, briefly.
+            await asyncio.wait([self._give_back_task], timeout=2.0)
+            self._give_back_task.cancel()
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
@@ -271,7 +276,11 @@ class Client:
     # Opening a session.
 
     async def _open(
-        self, resume: Optional[int], first: Optional[str], deadline: float
+        self,
+        resume: Optional[int],
+        first: Optional[str],
+        deadline: float,
+        lease_ms: Optional[int] = None,
     ) -> Tuple[_Link, Dict[str, Any], float]:
         candidates: List[Tuple[str, int]] = []
         if first is not None:
@@ -290,7 +299,7 @@ class Client:
                 backoff = min(backoff * 2, 0.5)
                 candidates.extend(self._addrs)
                 continue
-            if resume is not None and self._lost_error is not None:
+            if resume is not None and self._lost_error is not None and lease_ms is None:
                 raise self._lost_error
             addr = candidates.pop(0)
             if time.monotonic() >= deadline:
@@ -301,7 +310,7 @@ class Client:
                 last_error = err
                 continue
             try:
-                hello, sent = await self._hello(link, resume, deadline)
+                hello, sent = await self._hello(link, resume, deadline, lease_ms)
                 return link, hello, sent
             except NotLeader as err:
                 link.close()
@@ -355,29 +364,42 @@ class Client:
         return _Link(reader, writer)
 
     async def _hello(
-        self, link: _Link, resume: Optional[int], deadline: float
+        self,
+        link: _Link,
+        resume: Optional[int],
+        deadline: float,
+        lease_ms: Optional[int] = None,
     ) -> Tuple[Dict[str, Any], float]:
         request_id = self._next_id
         self._next_id += 1
-        request = _core.hello_request(self._name, self._lease_ms, self._auth, resume)
+        lease_ms = self._lease_ms if lease_ms is None else lease_ms
+        request: Optional[Dict[str, Any]] = _core.hello_request(
+            self._name, lease_ms, self._auth, resume
+        )
         sent = time.monotonic()
-        try:
-            link.send(_core.encode({"id": request_id, **request}))
-            line = await asyncio.wait_for(
-                link.readline(), timeout=max(0.0, deadline - time.monotonic())
-            )
-        except asyncio.TimeoutError:
-            raise ConnectionLost("no answer to hello in time") from None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, RuntimeError):
-            raise ConnectionLost("the connection closed before hello was answered") from None
-        frame = _core.decode(line)
-        error = _core.reply_error(frame)
-        reply_to = _core.frame_id(frame)
-        if reply_to == request_id or (reply_to is None and error is not None):
-            if error is not None:
-                raise error
-            return frame, sent
-        raise ProtocolError(f"expected the reply to hello, got {frame!r}")
+        while True:
+            try:
+                if request is not None:
+                    link.send(_core.encode({"id": request_id, **request}))
+                    request = None
+                line = await asyncio.wait_for(
+                    link.readline(), timeout=max(0.0, deadline - time.monotonic())
+                )
+            except asyncio.TimeoutError:
+                raise ConnectionLost("no answer to hello in time") from None
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, RuntimeError):
+                raise ConnectionLost("the connection closed before hello was answered") from None
+            if not line.strip():
+                continue
+            frame = _core.decode(line)
+            error = _core.reply_error(frame)
+            reply_to = _core.frame_id(frame)
+            if reply_to == request_id or (reply_to is None and error is not None):
+                if error is not None:
+                    raise error
+                return frame, sent
+            # A resumed session's frames may reach its new connection before the hello's
+            # reply; the calls they answer are sent again after the resume anyway.
 
     # -----------------------------------------------------------------------------------------
     # The reader task.
@@ -480,7 +502,10 @@ class Client:
             if isinstance(err, NoSession):
                 self._lose(ConnectionLost(f"the session ended on the server: {err.message}"))
             else:
-                self._lose(ConnectionLost(f"no leader took the session back in time: {err.message}"))
+                self._lose(
+                    ConnectionLost(f"no leader took the session back in time: {err.message}"),
+                    give_back=True,
+                )
             return None
         if self._lost_error is not None:
             link.close()
@@ -499,17 +524,23 @@ class Client:
     # -----------------------------------------------------------------------------------------
     # The local lease.
 
-    def _lose(self, error: LockdError) -> None:
+    def _lose(self, error: LockdError, give_back: bool = False) -> None:
+        """As :meth:`lockd.Client._lose`: locks first, then the client, then the calls."""
         if self._lost_error is not None:
             return
         self._lost_error = error
         self._lost_at = time.monotonic()
         pending, self._pending = self._pending, {}
         link, self._link = self._link, None
-        for lock in list(self._held):
+        held = list(self._held)
+        for lock in held:
             lock._lost_event().set()
         if self._lost is not None:
             self._lost.set()
+        given_up = [(lock.name, lock.token) for lock in held if lock.token is not None]
+        waited = any(call.lock is not None for call in pending.values())
+        if give_back and self._cluster and (given_up or waited):
+            self._give_back_task = asyncio.ensure_future(self._give_back(given_up))
         for call in pending.values():
             if not call.future.done():
                 call.future.set_exception(error)
@@ -530,7 +561,8 @@ class Client:
                     ConnectionLost(
                         "no reply from lockd within the local lease; the server may expire "
                         "the session at any moment, so its locks are given up"
-                    )
+                    ),
+                    give_back=True,
                 )
                 return
             try:
@@ -538,6 +570,37 @@ class Client:
             except asyncio.TimeoutError:
                 pass
             self._tick.clear()
+
+    async def _give_back(self, given_up: List[Tuple[str, int]]) -> None:
+        """As :meth:`lockd.Client._give_back`: resume the given-up session with the shortest
+        lease, release what it held, and go silent."""
+        deadline = time.monotonic() + _core.LEADER_SEARCH + self._lease
+        try:
+            link, _, _ = await self._open(self._session, None, deadline, lease_ms=1)
+        except LockdError:
+            return
+        try:
+            first = self._next_id
+            self._next_id += len(given_up)
+            link.send(b"".join(
+                _core.encode({"id": first + n, "op": "release", "resource": name, "token": token})
+                for n, (name, token) in enumerate(given_up)
+            ))
+            waiting = set(range(first, first + len(given_up)))
+
+            async def replies() -> None:
+                while waiting:
+                    line = await link.readline()
+                    if line.strip():
+                        frame = _core.decode(line)
+                        if frame.get("event") is None:
+                            waiting.discard(_core.frame_id(frame) or 0)
+
+            await asyncio.wait_for(replies(), timeout=5.0)
+        except (OSError, LockdError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            link.close()
 
     async def _keepalive(self) -> None:
         while self._lost_error is None:

@@ -333,10 +333,15 @@ class Client:
     # Opening a session on a server.
 
     def _open(
-        self, resume: Optional[int], first: Optional[str], deadline: float
+        self,
+        resume: Optional[int],
+        first: Optional[str],
+        deadline: float,
+        lease_ms: Optional[int] = None,
     ) -> Tuple[Link, Dict[str, Any], float]:
-        """Dials the server that serves and says ``hello`` (resuming ``resume``). A cluster is
-        searched until ``deadline``, following ``not_leader``; a single server is tried once."""
+        """Dials the server that serves and says ``hello`` (resuming ``resume``; asking for
+        ``lease_ms`` instead of the client's lease if given). A cluster is searched until
+        ``deadline``, following ``not_leader``; a single server is tried once."""
         candidates: List[Tuple[str, int]] = []
         if first is not None:
             try:
@@ -355,7 +360,7 @@ class Client:
                 candidates.extend(self._addrs)
                 continue
             with self._mu:
-                if self._lost_error is not None and resume is not None:
+                if self._lost_error is not None and resume is not None and lease_ms is None:
                     raise self._lost_error
             addr = candidates.pop(0)
             if time.monotonic() >= deadline:
@@ -366,7 +371,7 @@ class Client:
                 last_error = err
                 continue
             try:
-                hello, sent = self._hello(link, resume, deadline)
+                hello, sent = self._hello(link, resume, deadline, lease_ms)
                 return link, hello, sent
             except NotLeader as err:
                 link.close()
@@ -388,12 +393,13 @@ class Client:
                 raise
 
     def _hello(
-        self, link: Link, resume: Optional[int], deadline: float
+        self, link: Link, resume: Optional[int], deadline: float, lease_ms: Optional[int] = None
     ) -> Tuple[Dict[str, Any], float]:
         with self._mu:
             request_id = self._next_id
             self._next_id += 1
-        request = _core.hello_request(self._name, self._lease_ms, self._auth, resume)
+        lease_ms = self._lease_ms if lease_ms is None else lease_ms
+        request = _core.hello_request(self._name, lease_ms, self._auth, resume)
         sent = time.monotonic()
         try:
             link.send(_core.encode({"id": request_id, **request}))
@@ -420,7 +426,8 @@ class Client:
                     if error is not None:
                         raise error
                     return frame, sent
-                raise ProtocolError(f"expected the reply to hello, got {frame!r}")
+                # A resumed session's frames may reach its new connection before the hello's
+                # reply; the calls they answer are sent again after the resume anyway.
 
     # -----------------------------------------------------------------------------------------
     # The session thread: reading replies, resuming on a cluster.
@@ -542,7 +549,10 @@ class Client:
             if isinstance(err, NoSession):
                 self._lose(ConnectionLost(f"the session ended on the server: {err.message}"))
             else:
-                self._lose(ConnectionLost(f"no leader took the session back in time: {err.message}"))
+                self._lose(
+                    ConnectionLost(f"no leader took the session back in time: {err.message}"),
+                    give_back=True,
+                )
             return None
         with self._wmu:
             with self._mu:
@@ -564,8 +574,10 @@ class Client:
     # -----------------------------------------------------------------------------------------
     # The local lease.
 
-    def _lose(self, error: LockdError) -> None:
-        """The session is lost: every lock's ``lost`` is set first, then every call fails."""
+    def _lose(self, error: LockdError, give_back: bool = False) -> None:
+        """The session is lost: every lock's ``lost`` is set first, then every call fails.
+        With ``give_back`` (a cluster session given up while it may still be alive), a
+        thread then resumes it once more to release what it held and let it expire."""
         with self._mu:
             if self._lost_error is not None:
                 return
@@ -577,6 +589,12 @@ class Client:
         for lock in held:
             lock.lost.set()
         self.lost.set()
+        given_up = [(lock.name, lock.token) for lock in held if lock.token is not None]
+        waited = any(call.lock is not None for call in pending.values())
+        if give_back and self._cluster and (given_up or waited):
+            threading.Thread(
+                target=self._give_back, args=(given_up,), name="lockd-give-back", daemon=True
+            ).start()
         with self._mu:
             for call in pending.values():
                 call.error = error
@@ -600,11 +618,47 @@ class Client:
                     ConnectionLost(
                         "no reply from lockd within the local lease; the server may expire "
                         "the session at any moment, so its locks are given up"
-                    )
+                    ),
+                    give_back=True,
                 )
                 return
             self._tick.wait(deadline - now)
             self._tick.clear()
+
+    def _give_back(self, given_up: List[Tuple[str, int]]) -> None:
+        """After giving up a cluster session, which a new leader may have kept alive (it gives
+        every session a fresh lease): resume it with the shortest lease, release the locks
+        this client gave up, and go silent, so that the session and its waits expire within
+        the server's minimum lease instead of holding everything for a whole lease."""
+        deadline = time.monotonic() + _core.LEADER_SEARCH + self._lease
+        try:
+            link, _, _ = self._open(self._session, None, deadline, lease_ms=1)
+        except LockdError:
+            return  # the session is gone (no_session), or no leader: it expires by itself
+        try:
+            with self._mu:
+                first = self._next_id
+                self._next_id += len(given_up)
+            frames = [
+                _core.encode({"id": first + n, "op": "release", "resource": name, "token": token})
+                for n, (name, token) in enumerate(given_up)
+            ]
+            link.send(b"".join(frames))
+            waiting = set(range(first, first + len(given_up)))
+            lines = _core.LineBuffer()
+            end = time.monotonic() + 5.0
+            while waiting and time.monotonic() < end:
+                data = link.recv(max(0.0, end - time.monotonic()))
+                if not data:
+                    break
+                for line in lines.feed(data):
+                    frame = _core.decode(line)
+                    if frame.get("event") is None:
+                        waiting.discard(_core.frame_id(frame) or 0)
+        except (OSError, LockdError):
+            pass
+        finally:
+            link.close()
 
     def _keepalive(self) -> None:
         """Pings at a quarter of the lease, and sends what the session thread deferred (a
