@@ -37,7 +37,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_lockd(binary: str, data_dir: str, extra: List[str]) -> "tuple[subprocess.Popen[bytes], str]":
+def start_lockd(
+    binary: str, data_dir: str, extra: List[str]
+) -> "tuple[subprocess.Popen[bytes], str]":
     process = subprocess.Popen(
         [binary, "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--log-level", "warn", *extra],
         stdout=subprocess.PIPE,
@@ -53,8 +55,19 @@ def start_lockd(binary: str, data_dir: str, extra: List[str]) -> "tuple[subproce
 def start_redis(data_dir: str) -> "tuple[subprocess.Popen[bytes], int]":
     port = free_port()
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", data_dir],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            data_dir,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -71,7 +84,9 @@ def start_redis(data_dir: str) -> "tuple[subprocess.Popen[bytes], int]":
             time.sleep(0.05)
 
 
-def measure(threads: int, seconds: float, make_worker: Callable[[int], Callable[[], None]]) -> float:
+def measure(
+    threads: int, seconds: float, make_worker: Callable[[int], Callable[[], None]]
+) -> float:
     """Pairs per second per thread."""
     workers = [make_worker(index) for index in range(threads)]
     counts = [0] * threads
@@ -106,10 +121,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--lockd", default=os.environ.get("LOCKD_BIN")
-                        or str(REPO / "target" / "release" / "lockd"))
-    parser.add_argument("--lockd-arg", action="append", default=[],
-                        help="an extra lockd flag, e.g. --lockd-arg=--worker-threads=1")
+    parser.add_argument(
+        "--lockd", default=os.environ.get("LOCKD_BIN") or str(REPO / "target" / "release" / "lockd")
+    )
+    parser.add_argument(
+        "--lockd-arg",
+        action="append",
+        default=[],
+        help="an extra lockd flag, e.g. --lockd-arg=--worker-threads=1",
+    )
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
@@ -120,6 +140,7 @@ def main() -> None:
         redis_process, port = start_redis(tmp)
         clients: List[lockd.Client] = []
         try:
+
             def lockd_worker(index: int) -> Callable[[], None]:
                 client = lockd.Client(addr)
                 clients.append(client)
@@ -128,6 +149,7 @@ def main() -> None:
                 def pair() -> None:
                     lock.acquire()
                     lock.release()
+
                 return pair
 
             def redis_worker(index: int) -> Callable[[], None]:
@@ -136,23 +158,30 @@ def main() -> None:
                 def pair() -> None:
                     lock.acquire()
                     lock.release()
+
                 return pair
 
-            print(f"lockd {args.lockd} {' '.join(args.lockd_arg)}; redis-server on port {port}; "
-                  f"redis-py {redis.__version__}; Python {sys.version.split()[0]}; "
-                  f"{args.threads} thread(s), {args.seconds} s x {args.rounds} rounds")
+            print(
+                f"lockd {args.lockd} {' '.join(args.lockd_arg)}; redis-server on port {port}; "
+                f"redis-py {redis.__version__}; Python {sys.version.split()[0]}; "
+                f"{args.threads} thread(s), {args.seconds} s x {args.rounds} rounds"
+            )
             ratios = []
             for round_ in range(args.rounds):
                 ours = measure(args.threads, args.seconds, lockd_worker)
                 theirs = measure(args.threads, args.seconds, redis_worker)
                 ratios.append(ours / theirs)
-                print(f"round {round_ + 1}: lockd {ours:8.0f} pairs/s/thread   "
-                      f"redis-py Lock {theirs:8.0f} pairs/s/thread   ratio {ours / theirs:.2f}")
+                print(
+                    f"round {round_ + 1}: lockd {ours:8.0f} pairs/s/thread   "
+                    f"redis-py Lock {theirs:8.0f} pairs/s/thread   ratio {ours / theirs:.2f}"
+                )
                 for client in clients:
                     client.close()
                 clients.clear()
-            print(f"median ratio lockd/redis-py: {statistics.median(ratios):.2f} "
-                  f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+            print(
+                f"median ratio lockd/redis-py: {statistics.median(ratios):.2f} "
+                f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
+            )
         finally:
             for client in clients:
                 client.close()

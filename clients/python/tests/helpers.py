@@ -33,9 +33,7 @@ def lockd_binary() -> str:
     given = os.environ.get("LOCKD_BIN")
     if given:
         return given
-    subprocess.run(
-        ["cargo", "build", "-p", "lockd", "--bin", "lockd"], cwd=REPO, check=True
-    )
+    subprocess.run(["cargo", "build", "-p", "lockd", "--bin", "lockd"], cwd=REPO, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
     if not target.is_absolute():
         target = REPO / target
@@ -51,8 +49,14 @@ def free_port() -> int:
 class Server:
     """One lockd process. ``addr`` is its client address."""
 
-    def __init__(self, binary: str, data_dir: Path, args: Sequence[str] = (),
-                 listen: str = "127.0.0.1:0", wait_banner: bool = True) -> None:
+    def __init__(
+        self,
+        binary: str,
+        data_dir: Path,
+        args: Sequence[str] = (),
+        listen: str = "127.0.0.1:0",
+        wait_banner: bool = True,
+    ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self._log = open(self.log_path, "wb")
@@ -134,11 +138,16 @@ class Cluster:
         self._args: List[List[str]] = []
         for index, (client, peer) in enumerate(ports, start=1):
             node_args = [
-                "--node-id", str(index),
-                "--peer-listen", f"127.0.0.1:{peer}",
-                "--peers", peers,
-                "--election-timeout-ms", "500",
-                "--heartbeat-ms", "100",
+                "--node-id",
+                str(index),
+                "--peer-listen",
+                f"127.0.0.1:{peer}",
+                "--peers",
+                peers,
+                "--election-timeout-ms",
+                "500",
+                "--heartbeat-ms",
+                "100",
                 *args,
             ]
             if index == 1:
@@ -175,7 +184,9 @@ class Cluster:
         """Starts a killed node again on its addresses and data directory."""
         assert self.nodes[index] is None
         self.nodes[index] = Server(
-            self._binary, self._root / f"node{index + 1}", self._args[index],
+            self._binary,
+            self._root / f"node{index + 1}",
+            self._args[index],
             listen=self.addrs[index],
         )
 
@@ -262,11 +273,25 @@ def have_openssl() -> bool:
 def make_certs(directory: Path) -> Dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, made with
     the openssl command."""
+
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "2", "-subj", "/CN=lockd test CA")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=lockd test CA",
+    )
     for name, ext in (
         ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
         ("client", "extendedKeyUsage=clientAuth"),
@@ -274,9 +299,36 @@ def make_certs(directory: Path) -> Dict[str, Path]:
         (directory / f"{name}.ext").write_text(
             "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n" + ext + "\n"
         )
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-            f"{name}.csr", "-subj", f"/CN=lockd test {name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
-    return {name: directory / name for name in (
-        "ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN=lockd test {name}",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+        )
+    return {
+        name: directory / name
+        for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    }

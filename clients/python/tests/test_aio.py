@@ -134,9 +134,10 @@ def test_a_blackholed_holder_knows_before_the_next_holder_is_granted(server: Ser
 
     async def main() -> None:
         times: Dict[str, float] = {}
-        async with lockd.aio.Client(proxy.addr, lease=0.5) as holder, lockd.aio.Client(
-            server.addr
-        ) as other:
+        async with (
+            lockd.aio.Client(proxy.addr, lease=0.5) as holder,
+            lockd.aio.Client(server.addr) as other,
+        ):
             lock = holder.lock("job")
             assert await lock.acquire()
 
@@ -189,9 +190,10 @@ def test_cluster_failover(lockd_bin: str, tmp_path: Path) -> None:
 
     async def main() -> None:
         leader = await asyncio.get_running_loop().run_in_executor(None, cluster.leader)
-        async with lockd.aio.Client(cluster.servers(), lease=3.0) as holder, lockd.aio.Client(
-            cluster.servers(), lease=3.0
-        ) as waiter:
+        async with (
+            lockd.aio.Client(cluster.servers(), lease=3.0) as holder,
+            lockd.aio.Client(cluster.servers(), lease=3.0) as waiter,
+        ):
             lock = holder.lock("r")
             assert await lock.acquire()
             await lock.write("before")
@@ -249,6 +251,7 @@ def test_a_given_up_cluster_session_is_released_when_a_leader_returns(
             elected = time.monotonic()
             live = [cluster.addrs[i] for i in range(3) if i != leader]
             async with lockd.aio.Client(live, lease=3.0) as observer:
+
                 async def free() -> bool:
                     return (await observer.status("given-up"))[0].holders == []
 

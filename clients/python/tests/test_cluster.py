@@ -27,7 +27,7 @@ def test_the_lock_survives_a_leader_kill_and_waiters_keep_their_places(cluster: 
 
     def connect() -> lockd.Client:
         # Every node's address, the leader's not first: the client follows not_leader.
-        addrs = cluster.addrs[leader + 1:] + cluster.addrs[: leader + 1]
+        addrs = cluster.addrs[leader + 1 :] + cluster.addrs[: leader + 1]
         client = lockd.Client(addrs, lease=3.0)
         clients.append(client)
         return client
@@ -130,9 +130,7 @@ def test_a_given_up_session_is_released_when_a_leader_returns(cluster: Cluster) 
         elected = time.monotonic()
         live = [cluster.addrs[i] for i in range(3) if i != leader]
         with lockd.Client(live, lease=3.0) as observer:
-            wait_until(
-                lambda: observer.status("given-up")[0].holders == [], "the lock given back"
-            )
+            wait_until(lambda: observer.status("given-up")[0].holders == [], "the lock given back")
             # Well within the fresh 3 s lease the new leader gave the session.
             assert time.monotonic() - elected < 2.0
             assert observer.lock("given-up").acquire(timeout=5)

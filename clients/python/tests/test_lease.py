@@ -87,7 +87,10 @@ def test_a_blackholed_holder_knows_before_the_next_holder_is_granted(
 
         times["deadline"] = lockd.local_deadline(earliest_expiry - holder.lease, holder.lease)
         assert "lost" in times and "granted" in times, times
-        print({k: round(v - times["cut"], 4) for k, v in times.items()}, earliest_expiry - times["cut"])
+        print(
+            {k: round(v - times["cut"], 4) for k, v in times.items()},
+            earliest_expiry - times["cut"],
+        )
         assert times["lost"] >= times["deadline"] - 0.001, "not before the local deadline"
         assert times["lost"] < times["granted"], times
         assert times["lost"] < earliest_expiry, (times, earliest_expiry)

@@ -115,6 +115,7 @@ def test_shared_locks_and_a_queued_writer(connect: Connect) -> None:
 
     writer = w.lock("cfg")
     got: List[str] = []
+
     def write_when_granted() -> None:
         assert writer.acquire()
         got.append("writer")

@@ -66,8 +66,12 @@ def test_tls_with_a_ca_file_and_with_a_context(
 
 def test_mutual_tls(start_server: Callable[..., Server], certs: Dict[str, Path]) -> None:
     server = start_server(
-        "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
-        "--tls-client-ca", str(certs["ca.pem"]),
+        "--tls-cert",
+        str(certs["server.pem"]),
+        "--tls-key",
+        str(certs["server.key"]),
+        "--tls-client-ca",
+        str(certs["ca.pem"]),
     )
     context = ssl.create_default_context(cafile=str(certs["ca.pem"]))
     context.load_cert_chain(str(certs["client.pem"]), str(certs["client.key"]))

@@ -216,9 +216,7 @@ def keepalive_interval(lease: float) -> float:
 
 
 def encode(request: Dict[str, Any]) -> bytes:
-    return (json.dumps(request, separators=(",", ":"), ensure_ascii=False) + "\n").encode(
-        "utf-8"
-    )
+    return (json.dumps(request, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def decode(line: bytes) -> Dict[str, Any]:
@@ -309,9 +307,7 @@ def parse_status(frame: Dict[str, Any]) -> List[ResourceStatus]:
                     Holder(h["session"], h["mode"], h["token"], h["held_ms"])
                     for h in entry["holders"]
                 ],
-                waiters=[
-                    Waiter(w["session"], w["mode"], w["waited_ms"]) for w in entry["waiters"]
-                ],
+                waiters=[Waiter(w["session"], w["mode"], w["waited_ms"]) for w in entry["waiters"]],
             )
             for entry in frame["resources"]
         ]

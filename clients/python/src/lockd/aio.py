@@ -96,7 +96,9 @@ class Client:
     ) -> None:
         self._addrs = _core.parse_servers(servers)
         self._name = _core.check_client_name(name)
-        self._lease_ms = None if lease is None else _core.seconds_to_ms(lease, "lease", zero_ok=False)
+        self._lease_ms = (
+            None if lease is None else _core.seconds_to_ms(lease, "lease", zero_ok=False)
+        )
         if auth_token is not None and not isinstance(auth_token, str):
             raise TypeError(f"auth_token must be a str, not {type(auth_token).__name__}")
         self._auth = auth_token
@@ -212,7 +214,9 @@ class Client:
                 if lock.token is not None:
                     try:
                         calls.append(
-                            self._start({"op": "release", "resource": lock.name, "token": lock.token})
+                            self._start(
+                                {"op": "release", "resource": lock.name, "token": lock.token}
+                            )
                         )
                     except LockdError:
                         pass
@@ -305,7 +309,9 @@ class Client:
             if time.monotonic() >= deadline:
                 raise last_error
             try:
-                link = await self._dial(addr, min(deadline, time.monotonic() + _core.CONNECT_TIMEOUT))
+                link = await self._dial(
+                    addr, min(deadline, time.monotonic() + _core.CONNECT_TIMEOUT)
+                )
             except ConnectError as err:
                 last_error = err
                 continue
@@ -582,10 +588,14 @@ class Client:
         try:
             first = self._next_id
             self._next_id += len(given_up)
-            link.send(b"".join(
-                _core.encode({"id": first + n, "op": "release", "resource": name, "token": token})
-                for n, (name, token) in enumerate(given_up)
-            ))
+            link.send(
+                b"".join(
+                    _core.encode(
+                        {"id": first + n, "op": "release", "resource": name, "token": token}
+                    )
+                    for n, (name, token) in enumerate(given_up)
+                )
+            )
             waiting = set(range(first, first + len(given_up)))
 
             async def replies() -> None:
@@ -661,9 +671,7 @@ class Lock:
         timeout_ms = _core.acquire_timeout_ms(blocking, timeout)
         if self.token is not None:
             if not self.lost.is_set():
-                raise AlreadyHeld(
-                    f"this Lock already holds {self.name} (locks are not re-entrant)"
-                )
+                raise AlreadyHeld(f"this Lock already holds {self.name} (locks are not re-entrant)")
             self._forget()
         request = _core.acquire_request(self.name, self._mode, timeout_ms, self._lock_delay_ms)
         call = self._client._start(request, self, self.on_queued)
@@ -765,5 +773,3 @@ class Lock:
     def __repr__(self) -> str:
         held = "held" if self.token is not None else "free"
         return f"<lockd.aio.Lock {self.name!r} {self._mode} {held} token={self.token}>"
-
-

@@ -68,7 +68,16 @@ class _Call:
     """A request awaiting its final reply."""
 
     __slots__ = (
-        "id", "frame", "sent", "wake", "done", "reply", "error", "queued", "lock", "abandoned"
+        "id",
+        "frame",
+        "sent",
+        "wake",
+        "done",
+        "reply",
+        "error",
+        "queued",
+        "lock",
+        "abandoned",
     )
 
     def __init__(self, request_id: int, frame: bytes, sent: float, lock: Optional["Lock"]) -> None:
@@ -109,7 +118,9 @@ class Client:
     ) -> None:
         self._addrs = _core.parse_servers(servers)
         self._name = _core.check_client_name(name)
-        self._lease_ms = None if lease is None else _core.seconds_to_ms(lease, "lease", zero_ok=False)
+        self._lease_ms = (
+            None if lease is None else _core.seconds_to_ms(lease, "lease", zero_ok=False)
+        )
         if auth_token is not None and not isinstance(auth_token, str):
             raise TypeError(f"auth_token must be a str, not {type(auth_token).__name__}")
         self._auth = auth_token
@@ -230,9 +241,11 @@ class Client:
             calls = []
             for lock in held:
                 try:
-                    calls.append(self._start(
-                        {"op": "release", "resource": lock.name, "token": lock.token}, None
-                    ))
+                    calls.append(
+                        self._start(
+                            {"op": "release", "resource": lock.name, "token": lock.token}, None
+                        )
+                    )
                 except LockdError:
                     pass
             end = time.monotonic() + 2.0
@@ -366,7 +379,9 @@ class Client:
             if time.monotonic() >= deadline:
                 raise last_error
             try:
-                link = Link.dial(addr, self._tls, min(deadline, time.monotonic() + _core.CONNECT_TIMEOUT))
+                link = Link.dial(
+                    addr, self._tls, min(deadline, time.monotonic() + _core.CONNECT_TIMEOUT)
+                )
             except ConnectError as err:
                 last_error = err
                 continue
@@ -727,9 +742,7 @@ class Lock:
         timeout_ms = _core.acquire_timeout_ms(blocking, timeout)
         if self.token is not None:
             if not self.lost.is_set():
-                raise AlreadyHeld(
-                    f"this Lock already holds {self.name} (locks are not re-entrant)"
-                )
+                raise AlreadyHeld(f"this Lock already holds {self.name} (locks are not re-entrant)")
             self._forget()
         request = _core.acquire_request(self.name, self._mode, timeout_ms, self._lock_delay_ms)
         call = self._client._start(request, self)  # clears `lost` once the call is registered
@@ -779,7 +792,9 @@ class Lock:
 
     def read(self) -> Optional[str]:
         """The resource's value (``None`` if never written); needs the lock."""
-        reply = self._client._call({"op": "read", "resource": self.name, "token": self._held_token()})
+        reply = self._client._call(
+            {"op": "read", "resource": self.name, "token": self._held_token()}
+        )
         value = reply.get("value")
         if value is not None and not isinstance(value, str):
             raise ProtocolError(f"read reply has a value that is not a string: {reply!r}")
