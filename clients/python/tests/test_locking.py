@@ -277,6 +277,7 @@ def test_pipelined_calls_from_many_threads(connect: Connect) -> None:
     client = connect()
     other = connect()
     failures: List[BaseException] = []
+    holders: List[int] = []
     counter = client.lock("counter")
     assert counter.acquire()
     counter.write("0")
@@ -289,9 +290,9 @@ def test_pipelined_calls_from_many_threads(connect: Connect) -> None:
                 with own:
                     own.write(f"{index}:{round_}")
                     assert own.read() == f"{index}:{round_}"
+                    if round_ == 0:
+                        holders.extend(h.session for h in client.status(own.name)[0].holders)
                 assert own.token is None
-                # A lock all threads contend for, on other sessions too: each thread has its
-                # own session here, since one session cannot wait for a lock it holds.
         except BaseException as err:
             failures.append(err)
 
@@ -309,7 +310,8 @@ def test_pipelined_calls_from_many_threads(connect: Connect) -> None:
     assert not failures, failures
     with client.lock("counter") as lock:
         assert lock.read() == "20"
-    # All of it went over one connection: one session.
+    # All of it went over one connection: one session held every thread's lock.
+    assert holders == [client.session] * 8
     assert client.status() == []
 
 
