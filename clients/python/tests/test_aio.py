@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Dict, List
@@ -262,3 +263,38 @@ def test_a_given_up_cluster_session_is_released_when_a_leader_returns(
         run(main())
     finally:
         cluster.stop()
+
+
+def test_tls_and_a_coroutine_on_queued(start_server: Callable[..., Server], tmp_path: Path) -> None:
+    from helpers import make_certs
+
+    certs = make_certs(tmp_path)
+    server = start_server(
+        "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"])
+    )
+
+    async def main() -> None:
+        ca = str(certs["ca.pem"])
+        async with (
+            lockd.aio.Client(server.addr, tls=ca) as a,
+            lockd.aio.Client(server.addr, tls=ca) as b,
+        ):
+            seen: List[int] = []
+
+            async def queued(position: int) -> None:
+                await asyncio.sleep(0)
+                seen.append(position)
+
+            held = a.lock("tls")
+            assert await held.acquire()
+            await held.write("y" * 100_000)
+            waiting = asyncio.ensure_future(b.lock("tls", on_queued=queued).acquire())
+            await until(lambda: _eq(seen, [1]), "the coroutine callback")
+            await held.release()
+            assert await waiting
+        with pytest.raises(lockd.ConnectError):
+            await lockd.aio.Client(
+                server.addr, tls=__import__("ssl").create_default_context()
+            ).connect()
+
+    run(main())
