@@ -293,8 +293,6 @@ def test_tls_and_a_coroutine_on_queued(start_server: Callable[..., Server], tmp_
             await held.release()
             assert await waiting
         with pytest.raises(lockd.ConnectError):
-            await lockd.aio.Client(
-                server.addr, tls=__import__("ssl").create_default_context()
-            ).connect()
+            await lockd.aio.Client(server.addr, tls=ssl.create_default_context()).connect()
 
     run(main())
