@@ -291,13 +291,19 @@ def make_certs(directory: Path) -> Dict[str, Path]:
         "2",
         "-subj",
         "/CN=lockd test CA",
+        # What Python 3.13's strict verification (VERIFY_X509_STRICT) asks of a CA.
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     )
     for name, ext in (
         ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
         ("client", "extendedKeyUsage=clientAuth"),
     ):
         (directory / f"{name}.ext").write_text(
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n" + ext + "\n"
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n" + ext + "\n"
         )
         run(
             "req",
