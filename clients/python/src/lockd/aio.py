@@ -411,6 +411,15 @@ class Client:
     # The reader task.
 
     async def _run(self, link: _Link) -> None:
+        try:
+            await self._run_links(link)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:  # pragma: no cover - a bug; never leave callers hanging
+            self._lose(ProtocolError(f"the reader task failed: {err!r}"))
+            raise
+
+    async def _run_links(self, link: _Link) -> None:
         while True:
             end, detail = await self._carry(link)
             if self._link is link:
