@@ -14,6 +14,7 @@ an ``asyncio.Event`` here). Create and use the client's objects inside one runni
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import ssl
 import time
@@ -558,7 +559,7 @@ class Client:
             self._give_back_task = asyncio.ensure_future(self._give_back(given_up))
         for call in pending.values():
             if not call.future.done():
-                call.future.set_exception(error)
+                call.future.set_exception(copy.copy(error))
                 # Nobody may be awaiting it (a keepalive ping): do not warn about that.
                 call.future.exception()
         if link is not None:

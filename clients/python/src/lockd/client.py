@@ -12,6 +12,7 @@ the session (docs/python.md, "The local lease").
 from __future__ import annotations
 
 import _thread
+import copy
 import threading
 import time
 import weakref
@@ -612,7 +613,7 @@ class Client:
             ).start()
         with self._mu:
             for call in pending.values():
-                call.error = error
+                call.error = copy.copy(error)  # each waiting thread raises its own
                 call.done = True
                 call.wake.set()
         if link is not None:
