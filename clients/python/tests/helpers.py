@@ -126,14 +126,27 @@ class Cluster:
     """Three lockd nodes on 127.0.0.1 with short Raft timings; node 1 bootstraps."""
 
     def __init__(self, binary: str, root: Path, args: Sequence[str] = ()) -> None:
+        self._binary = binary
+        self.nodes: List[Optional[Server]] = []
+        # Ports are picked free and then released, so another process may take one before
+        # lockd binds it: start over on fresh ports (and fresh data directories) if so.
+        for attempt in range(3):
+            try:
+                self._start(root / f"attempt{attempt}", args)
+                return
+            except AssertionError:
+                self.stop()
+                if attempt == 2:
+                    raise
+
+    def _start(self, root: Path, args: Sequence[str]) -> None:
         ports = [(free_port(), free_port()) for _ in range(3)]
         self.addrs = [f"127.0.0.1:{client}" for client, _ in ports]
         peers = ",".join(
             f"{index}=127.0.0.1:{client}/127.0.0.1:{peer}"
             for index, (client, peer) in enumerate(ports, start=1)
         )
-        self.nodes: List[Optional[Server]] = []
-        self._binary = binary
+        self.nodes = []
         self._root = root
         self._args: List[List[str]] = []
         for index, (client, peer) in enumerate(ports, start=1):
@@ -154,7 +167,7 @@ class Cluster:
                 node_args.append("--bootstrap")
             self._args.append(node_args)
             self.nodes.append(
-                Server(binary, root / f"node{index}", node_args, listen=f"127.0.0.1:{client}")
+                Server(self._binary, root / f"node{index}", node_args, listen=f"127.0.0.1:{client}")
             )
 
     def servers(self) -> str:
