@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,10 +41,17 @@ def lockd_binary() -> str:
     return str(target / "debug" / "lockd")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def private_net() -> str:
+    """A loopback network of one cluster's own, ``127.X.Y``: its nodes bind ports found free a
+    moment earlier, and no other test binds anything on these addresses in that moment."""
+    x, y = random.SystemRandom().randrange(1, 255), random.SystemRandom().randrange(1, 255)
+    return f"127.{x}.{y}"
 
 
 class Server:
@@ -123,38 +131,34 @@ def serves(addr: str) -> bool:
 
 
 class Cluster:
-    """Three lockd nodes on 127.0.0.1 with short Raft timings; node 1 bootstraps."""
+    """Three lockd nodes on a loopback network of their own with short Raft timings; node 1
+    bootstraps."""
 
     def __init__(self, binary: str, root: Path, args: Sequence[str] = ()) -> None:
         self._binary = binary
-        self.nodes: List[Optional[Server]] = []
-        # Ports are picked free and then released, so another process may take one before
-        # lockd binds it: start over on fresh ports (and fresh data directories) if so.
-        for attempt in range(3):
-            try:
-                self._start(root / f"attempt{attempt}", args)
-                return
-            except AssertionError:
-                self.stop()
-                if attempt == 2:
-                    raise
-
-    def _start(self, root: Path, args: Sequence[str]) -> None:
-        ports = [(free_port(), free_port()) for _ in range(3)]
-        self.addrs = [f"127.0.0.1:{client}" for client, _ in ports]
+        # Each node's client and peer ports are on addresses of their own (the peer one on
+        # another host number), so no two of the ports found free can be the same one.
+        net = private_net()
+        hosts = [(f"{net}.{10 + index}", f"{net}.{110 + index}") for index in range(1, 4)]
+        ports = [(free_port(client), free_port(peer)) for client, peer in hosts]
+        self.addrs = [f"{client}:{port}" for (client, _), (port, _) in zip(hosts, ports)]
         peers = ",".join(
-            f"{index}=127.0.0.1:{client}/127.0.0.1:{peer}"
-            for index, (client, peer) in enumerate(ports, start=1)
+            f"{index}={client}:{client_port}/{peer}:{peer_port}"
+            for index, ((client, peer), (client_port, peer_port)) in enumerate(
+                zip(hosts, ports), start=1
+            )
         )
-        self.nodes = []
+        self.nodes: List[Optional[Server]] = []
         self._root = root
         self._args: List[List[str]] = []
-        for index, (client, peer) in enumerate(ports, start=1):
+        for index, ((client_host, peer_host), (client, peer)) in enumerate(
+            zip(hosts, ports), start=1
+        ):
             node_args = [
                 "--node-id",
                 str(index),
                 "--peer-listen",
-                f"127.0.0.1:{peer}",
+                f"{peer_host}:{peer}",
                 "--peers",
                 peers,
                 "--election-timeout-ms",
@@ -167,7 +171,9 @@ class Cluster:
                 node_args.append("--bootstrap")
             self._args.append(node_args)
             self.nodes.append(
-                Server(self._binary, root / f"node{index}", node_args, listen=f"127.0.0.1:{client}")
+                Server(
+                    self._binary, root / f"node{index}", node_args, listen=f"{client_host}:{client}"
+                )
             )
 
     def servers(self) -> str:
