@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
 
-use crate::modes::Mode;
+use crate::bench::Mode;
 
 /// lockbench: drives lockd over its real protocol and prints a table and one JSON line per run.
 ///
