@@ -157,8 +157,8 @@ impl ClientBuilder {
     }
 
     /// Connects, says `hello`, and starts the keepalive. With several addresses (a cluster),
-    /// tries them in turn and follows `not_leader` answers to the leader, for up to
-    /// [`LEADER_SEARCH`] while a cluster elects one.
+    /// tries them in turn and follows `not_leader` answers to the leader, for up to 10 s
+    /// (`LEADER_SEARCH`) while a cluster elects one.
     pub async fn connect(self) -> Result<Client, ClientError> {
         let lease_ms = self
             .lease
