@@ -19,8 +19,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     echo "== installing cargo-nextest"
     cargo install cargo-nextest --locked
 fi
-for component in rustfmt clippy; do
-    if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+for tool in fmt clippy; do
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+        component=$([ "$tool" = fmt ] && echo rustfmt || echo clippy)
+        if ! command -v rustup >/dev/null 2>&1; then
+            echo "scripts/test.sh: cargo $tool is missing and there is no rustup to install it; install the $component component of your Rust toolchain" >&2
+            exit 1
+        fi
         echo "== installing the $component component"
         rustup component add "$component"
     fi
