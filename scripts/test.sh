@@ -9,6 +9,8 @@
 # - Debian packages: strace (fsync.rs traces lockd's fsyncs), util-linux (unshare: the full-disk
 #   test mounts a small tmpfs) and chromium (dashboard.rs loads the page headless). As root it
 #   runs apt-get; otherwise it prints one line naming what to install and exits non-zero.
+# - python3 with its venv module (Debian: python3 and python3-venv), for the Python client's
+#   tests; clients/python/run-tests.sh then puts pytest and mypy from PyPI in a venv of its own.
 #
 # The test runner's summary is the last thing it prints: CI reads the closing lines.
 set -euo pipefail
@@ -36,6 +38,10 @@ missing=()
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: missing Debian packages; install them first: sudo apt-get install -y ${missing[*]}" >&2
@@ -55,8 +61,9 @@ RUSTDOCFLAGS='-D warnings' cargo doc --no-deps --workspace --quiet
 echo "== doc tests"
 cargo test --workspace --doc --quiet
 
-# ---- Python client: its tests go here, before the Rust suite, so that nextest's summary stays
-# ---- the last output. (clients/python/run-tests.sh is being written on another branch.)
+# The Python client before the Rust suite, so that nextest's summary stays the last output.
+echo "== Python client (mypy --strict, pytest)"
+bash clients/python/run-tests.sh
 
 echo "== tests"
 # No retries, whatever a config file says: a test that needs one is a bug.
