@@ -30,7 +30,6 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use protocol::frame::{Frame, LineCodec};
 use protocol::{Command, ErrorCode, Request, ServerFrame};
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
@@ -39,6 +38,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::metrics::Metrics;
 use crate::seam::{BackendMsg, ConnectionId, ConnectionRecord, Outbox};
+use crate::secret;
 
 /// How long a closing connection may take to write its last replies.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
@@ -67,6 +67,8 @@ const KEPT_BUFFER: usize = 4 * 1024;
 pub(crate) struct ConnectionLimits {
     pub(crate) max_frame_bytes: usize,
     pub(crate) max_in_flight: usize,
+    /// The longest client name `hello` may give, in bytes.
+    pub(crate) max_client_name_bytes: usize,
     /// A connection must send its first complete frame within this time.
     pub(crate) first_frame_timeout: Duration,
     /// A single write to a client may stall this long before the client is dropped.
@@ -325,17 +327,26 @@ where
                 })
             }
         };
+        if let Command::Hello(hello) = &request.command {
+            if let Some(refusal) = self.check_client_name(hello.client.as_deref()) {
+                return Verdict::Reject(ServerFrame::error(
+                    Some(request.id),
+                    ErrorCode::BadRequest,
+                    refusal,
+                ));
+            }
+        }
         if self.authenticated {
             return Verdict::Forward(request);
         }
-        let Some(secret) = &self.limits.auth else {
+        let Some(expected) = &self.limits.auth else {
             return Verdict::Forward(request);
         };
         let id = Some(request.id);
         match &request.command {
             Command::Hello(hello) => {
                 let given = hello.auth.as_deref().unwrap_or_default().as_bytes();
-                if bool::from(given.ct_eq(secret.as_bytes())) {
+                if secret::matches(given, expected.as_bytes()) {
                     self.authenticated = true;
                     Verdict::Forward(request)
                 } else {
@@ -355,6 +366,24 @@ where
                 "this server requires authentication: send hello with `auth` first",
             )),
         }
+    }
+
+    /// Why a `hello`'s client name is refused, if it is: it goes into every log line of the
+    /// session, the admin API and, in a cluster, the replicated log, so it must be short and
+    /// printable (a newline in it could forge a log line).
+    fn check_client_name(&self, client: Option<&str>) -> Option<String> {
+        let client = client?;
+        let limit = self.limits.max_client_name_bytes;
+        if client.len() > limit {
+            return Some(format!(
+                "the client name is {} bytes; the limit is {limit} (--max-client-name-bytes)",
+                client.len()
+            ));
+        }
+        if client.chars().any(char::is_control) {
+            return Some("the client name has a control character; use printable text".to_owned());
+        }
+        None
     }
 
     /// Writes `first` and every other frame already in the outbox, in one write.

@@ -25,4 +25,5 @@ mod connection;
 mod metrics;
 mod report;
 mod seam;
+mod secret;
 mod single;

@@ -11,7 +11,9 @@ use clap::{Parser, ValueEnum};
 use lockd::cluster::node::ClusterOptions;
 use lockd::core::TableConfig;
 use lockd::data_dir::DataDir;
-use lockd::server::{AdminOptions, Server, ServerConfig, DEFAULT_MAX_IN_FLIGHT};
+use lockd::server::{
+    AdminOptions, Server, ServerConfig, DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT,
+};
 use protocol::cmd::DEFAULT_MAX_VALUE_BYTES;
 use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use tokio::net::{TcpListener, TcpSocket};
@@ -83,6 +85,11 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_MAX_VALUE_BYTES, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(0..=(1 << 30)).map(|n| n as usize))]
     max_value_bytes: usize,
+
+    /// Longest client name a `hello` may give, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_CLIENT_NAME_BYTES, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..=65_536).map(|n| n as usize))]
+    max_client_name_bytes: usize,
 
     /// Requests one connection may have in flight before lockd stops reading from it.
     #[arg(long, default_value_t = DEFAULT_MAX_IN_FLIGHT, value_name = "N",
@@ -220,6 +227,7 @@ impl Args {
             },
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,
+            max_client_name_bytes: self.max_client_name_bytes,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             first_frame_timeout: Duration::from_millis(self.first_frame_timeout_ms),

@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     /// Requests one connection may have in flight before the server stops reading from it.
     pub max_in_flight: usize,
+    /// The longest client name `hello` may give, in bytes.
+    pub max_client_name_bytes: usize,
     /// Open connections at most; more are refused with `limit_exceeded`.
     pub max_connections: usize,
     /// Open connections from one client IP address at most.
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             table: TableConfig::default(),
             max_frame_bytes: protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_client_name_bytes: DEFAULT_MAX_CLIENT_NAME_BYTES,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
             first_frame_timeout: Duration::from_secs(10),
@@ -75,6 +78,10 @@ impl Default for ServerConfig {
 
 /// The default for [`ServerConfig::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// The default for [`ServerConfig::max_client_name_bytes`]: room for `user@host.domain` and a
+/// job name, far below what would weigh on logs or a cluster's log entries.
+pub const DEFAULT_MAX_CLIENT_NAME_BYTES: usize = 256;
 
 /// How long shutdown waits for connections to write their last frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -245,6 +252,7 @@ impl Server {
         let limits = ConnectionLimits {
             max_frame_bytes: config.max_frame_bytes,
             max_in_flight: config.max_in_flight.max(1),
+            max_client_name_bytes: config.max_client_name_bytes,
             first_frame_timeout: config.first_frame_timeout,
             write_timeout: config.write_timeout,
             auth: config.auth.clone(),

@@ -33,7 +33,6 @@ use axum::{Json, Router};
 use protocol::{FenceToken, LockMode, ResourceName, SessionId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +41,7 @@ use tracing::{error, info, warn};
 use crate::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::report::{LocksReport, Order, View};
 use crate::seam::{BackendMsg, Evicted, ForceReleaseRefused};
+use crate::secret;
 
 /// How long a request waits for the backend before answering 503: a backend this slow is stuck
 /// (on a disk that does not answer, usually), and saying so beats hanging the caller.
@@ -297,6 +297,9 @@ async fn force_release(
              --admin-token-file to enable it",
         ));
     };
+    // Checked first, so that a name is in the log only once it is known to be a valid one:
+    // anything else could forge log lines.
+    let resource = resource_name(&resource)?;
     if !bearer_matches(&headers, expected) {
         warn!(%operator, %resource, "refused a forced release without the right admin token");
         return Err(ApiError::new(
@@ -307,7 +310,6 @@ async fn force_release(
     }
     let Query(params) =
         params.map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, err.body_text()))?;
-    let resource = resource_name(&resource)?;
     info!(%operator, %resource, token = params.token, "forced release requested");
     let token = params.token.map(FenceToken);
     let evicted = ask(&state, |reply| BackendMsg::ForceRelease {
@@ -399,7 +401,7 @@ fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
         return false;
     };
     scheme.eq_ignore_ascii_case("bearer")
-        && bool::from(given.trim().as_bytes().ct_eq(expected.as_bytes()))
+        && secret::matches(given.trim().as_bytes(), expected.as_bytes())
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use openraft::{Raft, RaftTypeConfig};
-use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -100,7 +99,9 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut connection)).await {
             Ok(Ok(())) => {}
             Ok(Err(why)) => {
-                warn!(peer = %self.peer, "closing a peer connection at the handshake: {why}");
+                // As Debug: the reason may quote what the peer sent, and must not forge log lines.
+                let why = why.to_string();
+                warn!(peer = %self.peer, reason = ?why, "closing a peer connection at the handshake");
                 return;
             }
             Err(_) => {
@@ -113,14 +114,14 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
             let bytes = match read {
                 Ok(bytes) => bytes,
                 Err(err) => {
-                    warn!(peer = %self.peer, error = %err, "closing a peer connection: bad frame");
+                    warn!(peer = %self.peer, error = ?err.to_string(), "closing a peer connection: bad frame");
                     return;
                 }
             };
             let frame: RequestFrame<C> = match wire::decode(&bytes) {
                 Ok(frame) => frame,
                 Err(err) => {
-                    warn!(peer = %self.peer, error = %err, "closing a peer connection: bad request");
+                    warn!(peer = %self.peer, error = ?err.to_string(), "closing a peer connection: bad request");
                     return;
                 }
             };
@@ -153,7 +154,7 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
         }
         if let Some(secret) = &self.secret {
             let given = hello.secret.as_deref().unwrap_or_default().as_bytes();
-            if !bool::from(given.ct_eq(secret.as_bytes())) {
+            if !crate::secret::matches(given, secret.as_bytes()) {
                 return Err(HandshakeError::Secret);
             }
         }

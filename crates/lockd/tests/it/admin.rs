@@ -435,6 +435,40 @@ async fn forced_release_needs_the_token_ends_the_holder_and_hands_the_lock_on() 
 }
 
 #[tokio::test]
+async fn a_forced_release_of_a_name_that_is_not_one_forges_no_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "the-admin-token\n").unwrap();
+    let log = dir.path().join("lockd.log");
+    let data = dir.path().join("data");
+    let mut command = lockd_command(
+        &data,
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--allow-force-release",
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    command.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    let mut lockd = Lockd::spawn(&mut command, &data);
+    let admin = admin_addr(&mut lockd);
+    // No token, and a "name" that carries a newline and a fake log line.
+    let path = "/v1/locks/x%0A2026-01-01T00:00:00Z%20WARN%20FORGED%1B%5B31m";
+    let reply = http(admin, "DELETE", path, &[]).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let wrong = [("Authorization", "Bearer wrong")];
+    assert_eq!(http(admin, "DELETE", path, &wrong).await.status, 400);
+    assert!(lockd.signal_and_wait("TERM").success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        !log.lines().any(|line| line.contains("FORGED")),
+        "an invalid name reached the log:\n{log}"
+    );
+}
+
+#[tokio::test]
 async fn json_logs_carry_the_session_span() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("lockd.log");

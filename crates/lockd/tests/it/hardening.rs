@@ -178,6 +178,27 @@ async fn a_client_that_stops_reading_is_dropped_and_its_locks_freed() {
 }
 
 #[tokio::test]
+async fn client_names_are_short_and_printable() {
+    let lockd = Lockd::start(&["--max-client-name-bytes", "16"]);
+    let mut conn = lockd.connect().await;
+    let long = conn
+        .call(json!({"id": 1, "op": "hello", "client": "x".repeat(17)}))
+        .await;
+    assert_eq!(error_code(&long), "bad_request", "{long}");
+    let message = long["error"]["message"].as_str().unwrap();
+    assert!(message.contains("--max-client-name-bytes"), "{message}");
+    let forged = conn
+        .call(json!({"id": 2, "op": "hello", "client": "ok\nFORGED line"}))
+        .await;
+    assert_eq!(error_code(&forged), "bad_request", "{forged}");
+    // The connection stays usable, and a name within the limit is taken.
+    let fine = conn
+        .call(json!({"id": 3, "op": "hello", "client": "deploy@ci-7"}))
+        .await;
+    assert_eq!(fine["ok"], true, "{fine}");
+}
+
+#[tokio::test]
 async fn per_session_limits_come_from_flags() {
     let lockd = Lockd::start(&[
         "--max-waits-per-session",
