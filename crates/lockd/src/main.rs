@@ -162,6 +162,17 @@ struct Args {
     #[arg(long, value_name = "LIST", requires = "node_id")]
     peers: Option<String>,
 
+    /// Cluster mode: the secret the nodes present to each other on the peer port (this file's
+    /// contents, trimmed), the same file on every node. Separate from --auth-token-file: a
+    /// client's secret never opens the peer port.
+    #[arg(long, value_name = "FILE", requires = "node_id")]
+    peer_secret_file: Option<PathBuf>,
+
+    /// Cluster mode: let --peer-listen be a non-loopback address without --peer-secret-file,
+    /// for a network that only the cluster's nodes can reach.
+    #[arg(long, requires = "node_id")]
+    peer_network_trusted: bool,
+
     /// Cluster mode: initialize a new cluster with --peers as its voters, if this node has
     /// no cluster state yet (a no-op afterwards). Give it to one node of a new cluster.
     #[arg(long, requires = "node_id")]
@@ -249,7 +260,7 @@ impl Args {
     }
 
     /// The cluster flags, with the peer listener bound; only called with --node-id.
-    async fn cluster_options(&self, secret: Option<Arc<str>>) -> Result<ClusterOptions, FlagError> {
+    async fn cluster_options(&self) -> Result<ClusterOptions, FlagError> {
         let (Some(node_id), Some(peer_listen), Some(peers)) =
             (self.node_id, &self.peer_listen, &self.peers)
         else {
@@ -262,6 +273,28 @@ impl Args {
             });
         }
         let peers = lockd::cluster::node::parse_peers(peers)?;
+        let secret = self
+            .peer_secret_file
+            .as_deref()
+            .map(|path| read_secret(path, "--peer-secret-file"))
+            .transpose()?;
+        if secret.is_none() && !self.peer_network_trusted {
+            // Checked before binding: whoever reaches an open peer port can rewrite the log.
+            let addrs = tokio::net::lookup_host(peer_listen.as_str())
+                .await
+                .map_err(|source| FlagError::PeerListen {
+                    addr: peer_listen.clone(),
+                    source,
+                })?;
+            if let Some(open) = addrs.into_iter().find(|addr| !addr.ip().is_loopback()) {
+                return Err(FlagError::OpenPeerPort(open));
+            }
+            tracing::warn!(
+                addr = %peer_listen,
+                "the peer port has no secret (--peer-secret-file): any process on this machine \
+                 can send it Raft messages"
+            );
+        }
         let peer_listener =
             TcpListener::bind(peer_listen)
                 .await
@@ -321,6 +354,12 @@ enum FlagError {
     HeartbeatAboveElection { heartbeat: u64, election: u64 },
     #[error(transparent)]
     Cluster(#[from] lockd::cluster::node::NodeError),
+    #[error(
+        "--peer-listen {0} is reachable beyond this machine and the peer port has no secret: \
+         anyone who reaches it could rewrite the cluster's log; give every node the same \
+         --peer-secret-file (or --peer-network-trusted if only the nodes can reach it)"
+    )]
+    OpenPeerPort(std::net::SocketAddr),
     #[error("cannot listen on --peer-listen {addr}: {source}")]
     PeerListen {
         addr: String,
@@ -398,14 +437,13 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
         Ok(data_dir) => data_dir,
         Err(err) => return fail(err.to_string()),
     };
-    let secret = config.auth.clone();
     let mut server = match &args.node_id {
         None => match Server::open(config, data_dir.path()) {
             Ok(server) => server,
             Err(err) => return fail(err.to_string()),
         },
         Some(_) => {
-            let options = match args.cluster_options(secret).await {
+            let options = match args.cluster_options().await {
                 Ok(options) => options,
                 Err(err) => return fail(err.to_string()),
             };

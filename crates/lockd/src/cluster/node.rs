@@ -40,7 +40,7 @@ pub struct ClusterOptions {
     /// Take a snapshot, and drop the log before it, every this many entries
     /// (`--snapshot-every`).
     pub snapshot_every: u64,
-    /// The shared secret peers present to each other (the `--auth-token-file` secret).
+    /// The shared secret peers present to each other (`--peer-secret-file`), never a client's.
     pub secret: Option<Arc<str>>,
 }
 

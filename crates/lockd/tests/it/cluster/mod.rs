@@ -6,6 +6,7 @@ mod chaos;
 mod failover;
 mod membership;
 mod metrics;
+mod peer_port;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use crate::support::{Conn, Lockd, PATIENCE};
 pub(super) struct NodeSpec {
     id: u64,
     pub(super) client: SocketAddr,
-    peer: SocketAddr,
+    pub(super) peer: SocketAddr,
     data_dir: PathBuf,
 }
 

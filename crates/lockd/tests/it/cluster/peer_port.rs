@@ -1,0 +1,85 @@
+//! The peer port belongs to the nodes: a client's secret does not open it, and without a
+//! secret of its own it is not offered beyond loopback.
+
+use futures_util::{SinkExt, StreamExt};
+use lockd::cluster::wire::{self, Hello, Welcome, PROTOCOL_VERSION};
+use tokio::net::TcpStream;
+
+use super::Cluster;
+use crate::support::{lockd_command, PATIENCE};
+
+/// Says hello on `node`'s peer port with `secret`; true if the node welcomes it.
+async fn welcomed(peer: std::net::SocketAddr, secret: &str) -> bool {
+    let stream = TcpStream::connect(peer)
+        .await
+        .expect("the peer port accepts");
+    let mut frames = wire::frame_stream(stream);
+    let hello = wire::encode(&Hello {
+        version: PROTOCOL_VERSION,
+        secret: Some(secret.to_owned()),
+    })
+    .unwrap();
+    frames.send(hello).await.expect("the hello is sent");
+    match tokio::time::timeout(PATIENCE, frames.next()).await {
+        Ok(Some(Ok(bytes))) => {
+            let welcome: Welcome = wire::decode(&bytes).expect("a welcome");
+            welcome.version == PROTOCOL_VERSION
+        }
+        // Closed without a word: refused.
+        Ok(Some(Err(_)) | None) => false,
+        Err(_) => panic!("the peer port neither answered nor closed within {PATIENCE:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_secret_does_not_open_the_peer_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let client_secret = dir.path().join("client-secret");
+    let peer_secret = dir.path().join("peer-secret");
+    for (file, secret) in [
+        (&client_secret, "the-clients-secret\n"),
+        (&peer_secret, "the-nodes-secret\n"),
+    ] {
+        std::fs::write(file, secret).unwrap();
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--auth-token-file",
+            client_secret.to_str().unwrap(),
+            "--peer-secret-file",
+            peer_secret.to_str().unwrap(),
+        ],
+    )
+    .await;
+    // Node 1's peer port is bound once the node prints its first line (Cluster::start waited).
+    let peer = cluster.specs[0].peer;
+    assert!(!welcomed(peer, "the-clients-secret").await);
+    assert!(welcomed(peer, "the-nodes-secret").await);
+}
+
+#[test]
+fn a_peer_port_beyond_loopback_needs_a_secret_or_a_trusted_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = lockd_command(
+        dir.path(),
+        &[
+            "--node-id",
+            "1",
+            "--peer-listen",
+            "0.0.0.0:0",
+            "--peers",
+            "1=127.0.0.1:1/127.0.0.1:2",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--peer-secret-file") && stderr.contains("--peer-network-trusted"),
+        "{stderr}"
+    );
+}
