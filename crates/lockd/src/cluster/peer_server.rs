@@ -96,8 +96,16 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
             debug!(peer = %self.peer, error = %err, "cannot set TCP_NODELAY on a peer connection");
         }
         let mut connection = wire::frame_stream(stream);
+        // Until the peer has shown the secret, it may send a hello and nothing bigger: the codec
+        // reserves room for a frame as soon as its length arrives, so a stranger announcing
+        // 64 MiB frames would otherwise make this node hold 64 MiB per connection.
+        connection
+            .codec_mut()
+            .set_max_frame_length(wire::MAX_HELLO_BYTES);
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut connection)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => connection
+                .codec_mut()
+                .set_max_frame_length(wire::MAX_FRAME_BYTES),
             Ok(Err(why)) => {
                 // As Debug: the reason may quote what the peer sent, and must not forge log lines.
                 let why = why.to_string();

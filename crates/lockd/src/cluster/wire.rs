@@ -27,6 +27,10 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// connection on the receiving side; the sending side refuses to send it.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
+/// The longest frame a peer may send before its hello is accepted: a hello is a version and a
+/// secret (so a peer secret must stay well under this).
+pub const MAX_HELLO_BYTES: usize = 16 * 1024;
+
 /// The version of these frames; a peer that speaks another is refused at the handshake.
 pub const PROTOCOL_VERSION: u32 = 1;
 

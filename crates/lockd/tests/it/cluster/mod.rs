@@ -44,7 +44,7 @@ pub(super) struct Cluster {
 /// A loopback network of this cluster's own, `127.X.Y.0/24` with random X and Y: nodes bind
 /// ports found free a moment earlier, and a port found free on an address that no other test
 /// uses cannot be taken in that moment by a cluster of another test running at once.
-fn private_net() -> String {
+pub(super) fn private_net() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
@@ -54,7 +54,7 @@ fn private_net() -> String {
 
 /// Node `id`'s client address on `net`; its peer address is on another host number, so the
 /// two ports found free for one node can never be the same one.
-fn node_addrs(net: &str, id: u64) -> (SocketAddr, SocketAddr) {
+pub(super) fn node_addrs(net: &str, id: u64) -> (SocketAddr, SocketAddr) {
     let client = free_addr(&format!("{net}.{}", 10 + id));
     let peer = free_addr(&format!("{net}.{}", 110 + id));
     (client, peer)

@@ -5,8 +5,12 @@ use futures_util::{SinkExt, StreamExt};
 use lockd::cluster::wire::{self, Hello, Welcome, PROTOCOL_VERSION};
 use tokio::net::TcpStream;
 
-use super::Cluster;
-use crate::support::{lockd_command, PATIENCE};
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+
+use super::{node_addrs, private_net, Cluster};
+use crate::support::{lockd_command, Deadline, Lockd, PATIENCE};
 
 /// Says hello on `node`'s peer port with `secret`; true if the node welcomes it.
 async fn welcomed(peer: std::net::SocketAddr, secret: &str) -> bool {
@@ -82,4 +86,49 @@ fn a_peer_port_beyond_loopback_needs_a_secret_or_a_trusted_network() {
         stderr.contains("--peer-secret-file") && stderr.contains("--peer-network-trusted"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_announcing_a_huge_frame_before_its_hello_is_cut_off_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = node_addrs(&private_net(), 1);
+    let data = dir.path().join("data");
+    let log = dir.path().join("lockd.log");
+    let peers = format!("1={client}/{peer}");
+    let mut command = lockd_command(
+        &data,
+        &[
+            "--node-id",
+            "1",
+            "--peer-listen",
+            &peer.to_string(),
+            "--peers",
+            &peers,
+            "--bootstrap",
+        ],
+    );
+    command.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    let mut lockd = Lockd::spawn(&mut command, &data);
+
+    // A length prefix for a 64 MiB frame, then a little of it, and never a hello.
+    let mut stranger = TcpStream::connect(peer).await.unwrap();
+    stranger
+        .write_all(&(64u32 << 20).to_be_bytes())
+        .await
+        .unwrap();
+    stranger.write_all(&[b'x'; 1024]).await.unwrap();
+    // Refused for the frame's size, not for staying silent until the handshake timeout.
+    let deadline = Deadline::new("lockd to log why it closed the stranger's peer connection");
+    let reason = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(line) = text.lines().find(|line| line.contains("peer connection")) {
+            break line.to_owned();
+        }
+        deadline.tick(&text).await;
+    };
+    assert!(
+        reason.contains("at the handshake") && reason.contains("bad frame"),
+        "{reason}"
+    );
+    assert!(lockd.signal_and_wait("TERM").success());
 }
