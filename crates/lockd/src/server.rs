@@ -232,6 +232,7 @@ impl Server {
                     node.node_id,
                     Arc::clone(&node.replica),
                     Arc::clone(&metrics),
+                    config.table.default_lease,
                 );
                 (tokio::spawn(frontend.run(backend_rx)), Some(node))
             }

@@ -59,6 +59,9 @@ struct Connection {
     record: ConnectionRecord,
     /// The replicated session this connection speaks for, once its first request arrived.
     session: Option<SessionId>,
+    /// When this node last heard from the client: a connection that speaks for no session
+    /// has no lease in the table, so this is what closes it when it falls silent.
+    heard: std::time::Instant,
 }
 
 /// Most operations in one log entry, and most bytes of written values: a batch must stay
@@ -126,6 +129,9 @@ pub(crate) struct Frontend {
     /// Which connection speaks for each bound session (a resumed session moves).
     owners: HashMap<SessionId, ConnectionId>,
     leases: LeaseKeeper,
+    /// How long a connection that speaks for no session may stay silent: the default lease,
+    /// as for a session on a single server.
+    unbound_idle: Duration,
     leader: bool,
     /// The latest entry time proposed, so entry times never go back.
     last_at_ms: u64,
@@ -156,10 +162,12 @@ impl Frontend {
         node_id: u64,
         replica: Arc<Mutex<Replica>>,
         metrics: Arc<Metrics>,
+        unbound_idle: Duration,
     ) -> Self {
         Frontend {
             raft,
             node_id,
+            unbound_idle,
             replica,
             connections: HashMap::new(),
             owners: HashMap::new(),
@@ -250,6 +258,7 @@ impl Frontend {
                 let connection = Connection {
                     record,
                     session: None,
+                    heard: Instant::now().into_std(),
                 };
                 self.connections.insert(id, connection);
                 let _ = reply.send(id);
@@ -260,8 +269,12 @@ impl Frontend {
                 received,
             } => self.on_request(connection, request, received),
             BackendMsg::Activity { connection } => {
-                if let Some(session) = self.bound_session(connection) {
-                    self.leases.heard(Instant::now().into_std(), session);
+                let now = Instant::now().into_std();
+                if let Some(connection) = self.connections.get_mut(&connection) {
+                    connection.heard = now;
+                    if let Some(session) = connection.session {
+                        self.leases.heard(now, session);
+                    }
                 }
             }
             BackendMsg::Closed { connection } => self.on_closed(connection),
@@ -338,10 +351,6 @@ impl Frontend {
         );
     }
 
-    fn bound_session(&self, connection: ConnectionId) -> Option<SessionId> {
-        self.connections.get(&connection)?.session
-    }
-
     fn on_request(
         &mut self,
         connection_id: ConnectionId,
@@ -351,6 +360,7 @@ impl Frontend {
         let Some(connection) = self.connections.get_mut(&connection_id) else {
             return;
         };
+        connection.heard = Instant::now().into_std();
         if let Command::ClusterStatus = request.command {
             // Any node answers for itself, so that an operator can ask a follower too.
             let status = membership::status(&self.raft.metrics().borrow());
@@ -485,6 +495,7 @@ impl Frontend {
 
     /// The leader's periodic work: expire silent sessions and time out waits.
     fn on_tick(&mut self) {
+        self.close_silent_unbound();
         if !self.leader {
             return;
         }
@@ -506,6 +517,29 @@ impl Frontend {
         }
         if tick_due {
             self.propose(None, EntryOp::Tick);
+        }
+    }
+
+    /// Closes connections that speak for no session and have been silent for the default
+    /// lease (on any node): a stranger that sent nothing valid, or a client that only ever
+    /// asked a follower. A single server's sessions expire the same way.
+    fn close_silent_unbound(&self) {
+        let now = Instant::now().into_std();
+        for connection in self.connections.values() {
+            let silent = now.saturating_duration_since(connection.heard);
+            if connection.session.is_none()
+                && silent >= self.unbound_idle
+                && !connection.record.close.is_cancelled()
+            {
+                connection.record.span.in_scope(|| {
+                    info!(
+                        silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
+                        "closing a connection that speaks for no session and sent nothing for \
+                         the default lease"
+                    );
+                });
+                connection.record.close.cancel();
+            }
         }
     }
 

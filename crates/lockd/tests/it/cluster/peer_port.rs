@@ -132,3 +132,31 @@ async fn a_stranger_announcing_a_huge_frame_before_its_hello_is_cut_off_at_once(
     );
     assert!(lockd.signal_and_wait("TERM").success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_speaks_for_no_session_is_closed_when_silent_for_the_lease() {
+    let cluster = Cluster::start(3, &["--default-lease-ms", "1000"]).await;
+    let leader = cluster.leader(None).await;
+    for node in [leader, (leader + 1) % 3] {
+        let mut stranger = cluster.connect(node).await;
+        // One junk line (it is answered, and it counts as a first frame), then silence.
+        stranger
+            .send_raw(b"{\"id\":1,\"op\":\"no-such-op\"}\n")
+            .await;
+        let reply = stranger.recv().await;
+        assert_eq!(reply["error"]["code"], "unknown_op", "{reply}");
+        stranger.send_raw(b"{\"id\":2,\"op\":\"pi").await;
+        let mut closed = false;
+        let deadline = Deadline::new(format!("node {} to close a silent stranger", node + 1));
+        while !closed {
+            match stranger
+                .try_recv(std::time::Duration::from_millis(200))
+                .await
+            {
+                Ok(None) => closed = true,
+                Ok(Some(frame)) => panic!("unexpected frame {frame}"),
+                Err(()) => deadline.tick("the connection still open").await,
+            }
+        }
+    }
+}
