@@ -18,6 +18,10 @@ use crate::seam::Outbox;
 /// learner.
 pub(crate) const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long `add_node` waits for the new node's peer port to accept a connection before it
+/// refuses to add a node that is not there.
+const PEER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The cluster as this node sees it.
 pub(crate) fn status(metrics: &RaftMetrics<u64, LockdNode>) -> ClusterStatusOk {
     let membership = metrics.membership_config.membership();
@@ -67,39 +71,88 @@ pub(crate) fn spawn_add(raft: Raft<TypeConfig>, outbox: Outbox, id: RequestId, a
             peer: add.peer,
         };
         info!(node_id = add.node_id, %node, "adding a node: as a learner first");
-        let caught_up =
-            tokio::time::timeout(CATCH_UP_TIMEOUT, raft.add_learner(add.node_id, node, true)).await;
-        let frame = match caught_up {
-            Err(_) => ServerFrame::error(
-                Some(id),
-                ErrorCode::Internal,
-                format!(
-                    "node {} did not catch up with the log within {CATCH_UP_TIMEOUT:?}; it stays \
-                     a learner (check that it runs and that its peer address is reachable), \
-                     and add_node can be sent again",
-                    add.node_id
-                ),
-            ),
-            Ok(Err(err)) => refusal(id, err),
-            Ok(Ok(_)) => {
-                let voters = BTreeSet::from([add.node_id]);
-                match raft
-                    .change_membership(ChangeMembers::AddVoterIds(voters), false)
-                    .await
-                {
-                    Ok(_) => {
-                        info!(node_id = add.node_id, "the node is now a voter");
-                        ServerFrame::Ok {
-                            id,
-                            body: ReplyBody::EMPTY,
-                        }
-                    }
-                    Err(err) => refusal(id, err),
+        let frame = match add_voter(&raft, add.node_id, node).await {
+            Ok(()) => {
+                info!(node_id = add.node_id, "the node is now a voter");
+                ServerFrame::Ok {
+                    id,
+                    body: ReplyBody::EMPTY,
                 }
             }
+            Err(frame) => frame(id),
         };
         outbox.send(frame);
     });
+}
+
+/// A refusal, as the frame that answers the request.
+type Refusal = Box<dyn FnOnce(RequestId) -> ServerFrame + Send>;
+
+/// Adds `node_id` as a learner, waits until it has really replicated the log, then makes it a
+/// voter. A node whose peer port does not answer is not added at all, and one that does not
+/// catch up stays a learner: a voter that is not there would stop the cluster at the next
+/// failure.
+async fn add_voter(raft: &Raft<TypeConfig>, node_id: u64, node: LockdNode) -> Result<(), Refusal> {
+    let peer = node.peer.clone();
+    let reachable =
+        tokio::time::timeout(PEER_CHECK_TIMEOUT, tokio::net::TcpStream::connect(&peer)).await;
+    if !matches!(reachable, Ok(Ok(_))) {
+        return Err(Box::new(move |id| {
+            ServerFrame::error(
+                Some(id),
+                ErrorCode::BadRequest,
+                format!(
+                    "node {node_id} does not answer on its peer address {peer}; start it (with \
+                     --peer-listen {peer}) before adding it"
+                ),
+            )
+        }));
+    }
+    let target = raft.metrics().borrow().last_log_index.unwrap_or(0);
+    if let Err(err) = raft.add_learner(node_id, node, false).await {
+        return Err(Box::new(move |id| refusal(id, err)));
+    }
+    // The learner's entry itself comes after `target`; having matched up to it, the node has
+    // everything the cluster had when it was asked to join.
+    let mut metrics = raft.metrics();
+    let caught_up = tokio::time::timeout(CATCH_UP_TIMEOUT, async {
+        loop {
+            let matched = metrics
+                .borrow_and_update()
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(&node_id).copied().flatten())
+                .map(|log_id| log_id.index);
+            if matched.is_some_and(|index| index >= target) {
+                return true;
+            }
+            if metrics.changed().await.is_err() {
+                return false;
+            }
+        }
+    })
+    .await;
+    if caught_up != Ok(true) {
+        return Err(Box::new(move |id| {
+            ServerFrame::error(
+                Some(id),
+                ErrorCode::Internal,
+                format!(
+                    "node {node_id} did not catch up with the log within {CATCH_UP_TIMEOUT:?}; \
+                     it stays a learner (check that it runs and that its peer address is \
+                     reachable), and add_node can be sent again"
+                ),
+            )
+        }));
+    }
+    let voters = BTreeSet::from([node_id]);
+    match raft
+        .change_membership(ChangeMembers::AddVoterIds(voters), false)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) => Err(Box::new(move |id| refusal(id, err))),
+    }
 }
 
 /// Removes a member in the background and answers `id` on `outbox`.
@@ -110,6 +163,21 @@ pub(crate) fn spawn_remove(
     remove: RemoveNode,
 ) {
     tokio::spawn(async move {
+        let is_member = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&remove.node_id)
+            .is_some();
+        if !is_member {
+            let message = format!(
+                "node {} is not a member of this cluster; nothing to remove",
+                remove.node_id
+            );
+            outbox.send(ServerFrame::error(Some(id), ErrorCode::BadRequest, message));
+            return;
+        }
         info!(node_id = remove.node_id, "removing a node");
         let voters = BTreeSet::from([remove.node_id]);
         let frame = match raft

@@ -77,3 +77,36 @@ async fn a_node_joins_as_a_voter_and_leaves_again() {
     let reply = conn.call(json!({"id": 1, "op": "cluster_status"})).await;
     assert_eq!(error_code(&reply), "bad_request", "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_not_there_is_not_added_and_a_stranger_is_not_removed() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader(None).await;
+    let mut conn = cluster.connect(leader).await;
+    hello(&mut conn, None).await;
+    // Nothing listens on this peer address: it was free a moment ago and nobody took it.
+    let (client, peer) = super::node_addrs(&super::private_net(), 5);
+    let reply = conn
+        .call(json!({"id": 2, "op": "add_node", "node_id": 5,
+                     "client": client.to_string(), "peer": peer.to_string()}))
+        .await;
+    assert_eq!(error_code(&reply), "bad_request", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not answer"),
+        "{reply}"
+    );
+    let reply = conn
+        .call(json!({"id": 3, "op": "remove_node", "node_id": 9}))
+        .await;
+    assert_eq!(error_code(&reply), "bad_request", "{reply}");
+    let status = conn.call(json!({"id": 4, "op": "cluster_status"})).await;
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{status}");
+    assert!(
+        members.iter().all(|member| member["voter"] == true),
+        "{status}"
+    );
+}
