@@ -77,6 +77,10 @@ pub(crate) struct ConnectionLimits {
     pub(crate) auth: Option<Arc<str>>,
 }
 
+/// Called once if the connection is closed for a wrong or missing secret, before the client
+/// hears so: the accept loop counts failures per address (see `--max-auth-failures-per-minute`).
+pub(crate) type AuthFailure = Box<dyn FnOnce() + Send>;
+
 /// Serves one accepted connection until the client leaves, its session expires, or the server
 /// shuts down (`shutdown` is cancelled). Always tells the backend when it is done.
 pub(crate) async fn serve<S>(
@@ -86,6 +90,7 @@ pub(crate) async fn serve<S>(
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    on_auth_failure: AuthFailure,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -131,6 +136,7 @@ pub(crate) async fn serve<S>(
         close,
         unwritten: Vec::new(),
         span,
+        on_auth_failure: Some(on_auth_failure),
     };
     let ended = connection.serve_requests().await;
     let _ = connection
@@ -166,6 +172,8 @@ struct Connection<S> {
     unwritten: Vec<u8>,
     /// The session's span, entered to log.
     span: tracing::Span,
+    /// Taken and called when the client fails authentication.
+    on_auth_failure: Option<AuthFailure>,
 }
 
 /// Why a connection stopped serving requests.
@@ -353,6 +361,9 @@ where
                     self.span.in_scope(|| {
                         warn!("closing a connection whose hello had a wrong or missing auth token");
                     });
+                    if let Some(record) = self.on_auth_failure.take() {
+                        record();
+                    }
                     Verdict::RejectAndClose(ServerFrame::error(
                         id,
                         ErrorCode::Unauthorized,

@@ -12,7 +12,8 @@ use lockd::cluster::node::ClusterOptions;
 use lockd::core::TableConfig;
 use lockd::data_dir::DataDir;
 use lockd::server::{
-    AdminOptions, Server, ServerConfig, DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT,
+    AdminOptions, Server, ServerConfig, DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
+    DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT,
 };
 use protocol::cmd::DEFAULT_MAX_VALUE_BYTES;
 use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
@@ -85,6 +86,12 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_MAX_VALUE_BYTES, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(0..=(1 << 30)).map(|n| n as usize))]
     max_value_bytes: usize,
+
+    /// Failed authentications (a `hello` with a wrong or missing secret) one client address may
+    /// make in a minute; after that its new connections are refused until the minute is over.
+    #[arg(long, default_value_t = DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
+    max_auth_failures_per_minute: usize,
 
     /// Longest client name a `hello` may give, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_CLIENT_NAME_BYTES, value_name = "BYTES",
@@ -239,6 +246,7 @@ impl Args {
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,
             max_client_name_bytes: self.max_client_name_bytes,
+            max_auth_failures_per_minute: self.max_auth_failures_per_minute,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             first_frame_timeout: Duration::from_millis(self.first_frame_timeout_ms),

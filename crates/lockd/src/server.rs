@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// The longest client name `hello` may give, in bytes.
     pub max_client_name_bytes: usize,
+    /// Failed authentications one client address may make in a minute before its new
+    /// connections are refused for the rest of that minute.
+    pub max_auth_failures_per_minute: usize,
     /// Open connections at most; more are refused with `limit_exceeded`.
     pub max_connections: usize,
     /// Open connections from one client IP address at most.
@@ -66,6 +69,7 @@ impl Default for ServerConfig {
             max_frame_bytes: protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_client_name_bytes: DEFAULT_MAX_CLIENT_NAME_BYTES,
+            max_auth_failures_per_minute: DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
             first_frame_timeout: Duration::from_secs(10),
@@ -78,6 +82,10 @@ impl Default for ServerConfig {
 
 /// The default for [`ServerConfig::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// The default for [`ServerConfig::max_auth_failures_per_minute`]: a person who mistyped the
+/// secret, or a few clients with an old one, are never refused; guessing is.
+pub const DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE: usize = 20;
 
 /// The default for [`ServerConfig::max_client_name_bytes`]: room for `user@host.domain` and a
 /// job name, far below what would weigh on logs or a cluster's log entries.
@@ -258,7 +266,11 @@ impl Server {
             write_timeout: config.write_timeout,
             auth: config.auth.clone(),
         };
-        let mut admission = Admission::new(config.max_connections, config.max_connections_per_ip);
+        let mut admission = Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.max_auth_failures_per_minute,
+        );
         let tls = config.tls.clone().map(TlsAcceptor::from);
         let tasks = TaskTracker::new();
 
@@ -291,12 +303,21 @@ impl Server {
                     let metrics = Arc::clone(&metrics);
                     let stop = stop.clone();
                     let tls = tls.clone();
+                    let on_auth_failure = ticket.auth_failure_recorder();
                     tasks.spawn(async move {
                         let counted = Arc::clone(&metrics);
                         match tls {
                             None => {
-                                connection::serve(stream, peer, backend, limits, metrics, stop)
-                                    .await
+                                connection::serve(
+                                    stream,
+                                    peer,
+                                    backend,
+                                    limits,
+                                    metrics,
+                                    stop,
+                                    on_auth_failure,
+                                )
+                                .await
                             }
                             Some(tls) => {
                                 // The handshake gets its own --first-frame-timeout-ms; the
@@ -307,7 +328,13 @@ impl Server {
                                 {
                                     Ok(Ok(stream)) => {
                                         connection::serve(
-                                            stream, peer, backend, limits, metrics, stop,
+                                            stream,
+                                            peer,
+                                            backend,
+                                            limits,
+                                            metrics,
+                                            stop,
+                                            on_auth_failure,
                                         )
                                         .await
                                     }
@@ -363,11 +390,14 @@ impl Server {
 }
 
 /// Counts open connections, in total and per client address, and hands out a ticket per
-/// admitted connection that gives its place back when dropped.
+/// admitted connection that gives its place back when dropped. Also counts failed
+/// authentications per address, and refuses an address that failed too often lately: a secret
+/// cannot be guessed at the speed of the network.
 #[derive(Debug, Clone)]
 struct Admission {
     max_total: usize,
     max_per_ip: usize,
+    max_auth_failures: usize,
     open: Arc<Mutex<AdmissionCounts>>,
 }
 
@@ -375,17 +405,32 @@ struct Admission {
 struct AdmissionCounts {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
+    /// Failed authentications per address in the current window: how many, since when.
+    auth_failures: HashMap<IpAddr, (usize, std::time::Instant)>,
 }
 
-/// Why a connection was refused at accept.
+/// The window `--max-auth-failures-per-minute` counts in.
+const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Addresses whose failures are remembered at most; past this, windows that have ended are
+/// forgotten first, and if all are current the oldest window goes.
+const MAX_AUTH_FAILURE_ADDRESSES: usize = 100_000;
+
+/// Why a connection was refused at accept: each variant is a limit reached, too many of what
+/// it names.
 #[derive(Debug, thiserror::Error)]
 enum Refused {
     #[error("the server has {0} connections open, its limit (--max-connections)")]
-    TooManyConnections(usize),
+    Connections(usize),
     #[error(
         "{0} already has {1} connections open, the limit per address (--max-connections-per-ip)"
     )]
-    TooManyFromAddress(IpAddr, usize),
+    FromAddress(IpAddr, usize),
+    #[error(
+        "{0} failed authentication {1} times in the last minute, the limit \
+         (--max-auth-failures-per-minute); try again later"
+    )]
+    AuthFailures(IpAddr, usize),
 }
 
 /// An admitted connection's place.
@@ -396,10 +441,11 @@ struct AdmissionTicket {
 }
 
 impl Admission {
-    fn new(max_total: usize, max_per_ip: usize) -> Admission {
+    fn new(max_total: usize, max_per_ip: usize, max_auth_failures: usize) -> Admission {
         Admission {
             max_total,
             max_per_ip,
+            max_auth_failures,
             open: Arc::default(),
         }
     }
@@ -407,18 +453,58 @@ impl Admission {
     /// A ticket, or the reason to refuse.
     fn admit(&mut self, ip: IpAddr) -> Result<AdmissionTicket, Refused> {
         let mut open = lock_counts(&self.open);
+        if let Some(&(failures, since)) = open.auth_failures.get(&ip) {
+            if since.elapsed() >= AUTH_FAILURE_WINDOW {
+                open.auth_failures.remove(&ip);
+            } else if failures >= self.max_auth_failures {
+                return Err(Refused::AuthFailures(ip, failures));
+            }
+        }
         if open.total >= self.max_total {
-            return Err(Refused::TooManyConnections(open.total));
+            return Err(Refused::Connections(open.total));
         }
         let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
         if from_ip >= self.max_per_ip {
-            return Err(Refused::TooManyFromAddress(ip, from_ip));
+            return Err(Refused::FromAddress(ip, from_ip));
         }
         open.total += 1;
         *open.per_ip.entry(ip).or_default() += 1;
         Ok(AdmissionTicket {
             ip,
             open: Arc::clone(&self.open),
+        })
+    }
+}
+
+impl AdmissionTicket {
+    /// What the connection calls when its client fails authentication.
+    fn auth_failure_recorder(&self) -> connection::AuthFailure {
+        let ip = self.ip;
+        let open = Arc::clone(&self.open);
+        Box::new(move || {
+            let mut open = lock_counts(&open);
+            let now = std::time::Instant::now();
+            if open.auth_failures.len() >= MAX_AUTH_FAILURE_ADDRESSES
+                && !open.auth_failures.contains_key(&ip)
+            {
+                open.auth_failures
+                    .retain(|_, (_, since)| now.duration_since(*since) < AUTH_FAILURE_WINDOW);
+                if open.auth_failures.len() >= MAX_AUTH_FAILURE_ADDRESSES {
+                    let oldest = open
+                        .auth_failures
+                        .iter()
+                        .min_by_key(|(_, (_, since))| *since)
+                        .map(|(ip, _)| *ip);
+                    if let Some(oldest) = oldest {
+                        open.auth_failures.remove(&oldest);
+                    }
+                }
+            }
+            let entry = open.auth_failures.entry(ip).or_insert((0, now));
+            if now.duration_since(entry.1) >= AUTH_FAILURE_WINDOW {
+                *entry = (0, now);
+            }
+            entry.0 += 1;
         })
     }
 }

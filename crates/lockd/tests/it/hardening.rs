@@ -178,6 +178,49 @@ async fn a_client_that_stops_reading_is_dropped_and_its_locks_freed() {
 }
 
 #[tokio::test]
+async fn an_address_that_keeps_failing_authentication_is_refused_for_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "right").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let lockd = Lockd::start(&[
+        "--auth-token-file",
+        secret.to_str().unwrap(),
+        "--max-auth-failures-per-minute",
+        "3",
+    ]);
+    // From 127.0.0.1: three wrong guesses, each answered and closed.
+    for guess in ["wrong", "Right", ""] {
+        let mut conn = lockd.connect().await;
+        let reply = conn
+            .call(json!({"id": 1, "op": "hello", "auth": guess}))
+            .await;
+        assert_eq!(error_code(&reply), "unauthorized", "{reply}");
+        assert_eq!(conn.try_recv(PATIENCE).await, Ok(None));
+    }
+    // The fourth connection from that address is refused before it can guess again.
+    let mut refused = lockd.connect().await;
+    let reply = refused.recv().await;
+    assert_eq!(error_code(&reply), "limit_exceeded", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-auth-failures-per-minute"),
+        "{reply}"
+    );
+    // Another address is not affected.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(lockd.addr).await.unwrap();
+    let mut other = Conn::from_stream(stream);
+    let reply = other
+        .call(json!({"id": 1, "op": "hello", "auth": "right"}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+}
+
+#[tokio::test]
 async fn client_names_are_short_and_printable() {
     let lockd = Lockd::start(&["--max-client-name-bytes", "16"]);
     let mut conn = lockd.connect().await;
