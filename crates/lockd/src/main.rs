@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::builder::TypedValueParser;
 use clap::{Parser, ValueEnum};
 use lockd::cluster::node::ClusterOptions;
+use lockd::cluster::node::MAX_CLUSTER_FRAME_BYTES;
 use lockd::core::TableConfig;
 use lockd::data_dir::DataDir;
 use lockd::server::{
@@ -274,6 +275,9 @@ impl Args {
         else {
             return Err(FlagError::ClusterFlags);
         };
+        if self.max_frame_bytes > MAX_CLUSTER_FRAME_BYTES {
+            return Err(FlagError::ClusterFrame(self.max_frame_bytes));
+        }
         if self.heartbeat_ms >= self.election_timeout_ms {
             return Err(FlagError::HeartbeatAboveElection {
                 heartbeat: self.heartbeat_ms,
@@ -358,6 +362,11 @@ enum FlagError {
     Tls(#[from] lockd::tls::TlsError),
     #[error("cluster mode needs --node-id, --peer-listen and --peers")]
     ClusterFlags,
+    #[error(
+        "--max-frame-bytes ({0}) is over {MAX_CLUSTER_FRAME_BYTES} in cluster mode: every \
+         request becomes part of a log entry, which must fit a peer frame"
+    )]
+    ClusterFrame(usize),
     #[error("--heartbeat-ms ({heartbeat}) must be below --election-timeout-ms ({election})")]
     HeartbeatAboveElection { heartbeat: u64, election: u64 },
     #[error(transparent)]

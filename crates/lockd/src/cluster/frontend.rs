@@ -64,10 +64,13 @@ struct Connection {
     heard: std::time::Instant,
 }
 
-/// Most operations in one log entry, and most bytes of written values: a batch must stay
-/// far below the peers' frame limit and leave room in the token space (see `machine.rs`).
+/// Most operations in one log entry, and most bytes of them: a batch must stay far below the
+/// peers' frame limit (`wire::MAX_FRAME_BYTES`, 64 MiB) and leave room in the token space (see
+/// `machine.rs`). An entry is closed once it passes `MAX_BATCH_BYTES`, so it is at most that
+/// plus one request; `main.rs` keeps a request (`--max-frame-bytes`) within
+/// `node::MAX_CLUSTER_FRAME_BYTES` in cluster mode, so an entry always fits a peer frame.
 pub(crate) const MAX_BATCH: usize = 256;
-const MAX_BATCH_VALUE_BYTES: usize = 4 << 20;
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// Entries proposed and not yet applied, at most (unless a batch is full). While they are on
 /// their way, new requests gather into the next entry: group commit, as the single server's
@@ -139,7 +142,7 @@ pub(crate) struct Frontend {
     /// Operations gathered in this turn, proposed together as one entry.
     batch: Vec<EntryOp>,
     batch_proposers: Vec<Proposer>,
-    batch_value_bytes: usize,
+    batch_bytes: usize,
     /// Forced releases proposed and not yet applied, by key.
     force_releases: HashMap<u64, ForceReleaseWait>,
     next_force_release: u64,
@@ -177,7 +180,7 @@ impl Frontend {
             pending: FuturesUnordered::new(),
             batch: Vec::new(),
             batch_proposers: Vec::new(),
-            batch_value_bytes: 0,
+            batch_bytes: 0,
             force_releases: HashMap::new(),
             next_force_release: 0,
             metrics,
@@ -569,18 +572,14 @@ impl Frontend {
 
     /// Adds an operation to this turn's entry (sent by [`flush`](Self::flush)).
     fn add_to_batch(&mut self, proposer: Proposer, op: EntryOp) {
-        if let EntryOp::Request { request, .. } = &op {
-            if let Command::Write(write) = &request.command {
-                self.batch_value_bytes += write.value.len();
-            }
-        }
+        self.batch_bytes += encoded_size(&op);
         self.batch.push(op);
         self.batch_proposers.push(proposer);
     }
 
     /// Whether the entry being gathered is full.
     fn batch_full(&self) -> bool {
-        self.batch.len() >= MAX_BATCH || self.batch_value_bytes >= MAX_BATCH_VALUE_BYTES
+        self.batch.len() >= MAX_BATCH || self.batch_bytes >= MAX_BATCH_BYTES
     }
 
     /// Hands this turn's operations to Raft as one entry. Raft keeps the order of entries and
@@ -597,7 +596,7 @@ impl Frontend {
             ops: std::mem::take(&mut self.batch),
         };
         let proposers = std::mem::take(&mut self.batch_proposers);
-        self.batch_value_bytes = 0;
+        self.batch_bytes = 0;
         match self.raft.client_write_ff(proposal).await {
             Ok(receiver) => self.pending.push(Box::pin(async move {
                 let outcome = match receiver.await {
@@ -755,4 +754,28 @@ impl Frontend {
         });
         LocksReport::build(now, &replica.table, sessions)
     }
+}
+
+/// About how many bytes `op` takes in an entry: its strings, which can be long, plus a bound
+/// for the rest of its JSON. Serializing every op to measure it would cost more than the op.
+fn encoded_size(op: &EntryOp) -> usize {
+    const FIXED: usize = 128;
+    let EntryOp::Request { request, .. } = op else {
+        return FIXED;
+    };
+    FIXED
+        + match &request.command {
+            Command::Write(write) => write.resource.as_str().len() + write.value.len(),
+            Command::Hello(hello) => hello.client.as_deref().map_or(0, str::len),
+            Command::Acquire(acquire) => acquire.resource.as_str().len(),
+            Command::Release(release) => release.resource.as_str().len(),
+            Command::Read(read) => read.resource.as_str().len(),
+            Command::Validate(validate) => validate.resource.as_str().len(),
+            Command::Status(status) => status.resource.as_ref().map_or(0, |r| r.as_str().len()),
+            Command::AddNode(add) => add.client.len() + add.peer.len(),
+            Command::Cancel(_)
+            | Command::Ping
+            | Command::ClusterStatus
+            | Command::RemoveNode(_) => 0,
+        }
 }

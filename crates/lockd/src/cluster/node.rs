@@ -61,6 +61,11 @@ impl std::fmt::Debug for ClusterNode {
     }
 }
 
+/// The longest request line a cluster node accepts: `--max-frame-bytes` may not be more, so
+/// that a log entry (a few MiB of requests, and one more) always fits a peer frame
+/// (`wire::MAX_FRAME_BYTES`, 64 MiB).
+pub const MAX_CLUSTER_FRAME_BYTES: usize = 16 << 20;
+
 /// Why a cluster node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

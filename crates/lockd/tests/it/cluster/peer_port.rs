@@ -1,5 +1,7 @@
-//! The peer port belongs to the nodes: a client's secret does not open it, and without a
-//! secret of its own it is not offered beyond loopback.
+//! What a cluster node lets in: its peer port belongs to the nodes (a client's secret does not
+//! open it, a stranger cannot make it hold big frames, and without a secret of its own it is not
+//! offered beyond loopback); a connection that speaks for no session does not stay open for
+//! good; and no request is too long to fit a log entry.
 
 use futures_util::{SinkExt, StreamExt};
 use lockd::cluster::wire::{self, Hello, Welcome, PROTOCOL_VERSION};
@@ -159,4 +161,27 @@ async fn a_connection_that_speaks_for_no_session_is_closed_when_silent_for_the_l
             }
         }
     }
+}
+
+#[test]
+fn a_cluster_node_refuses_requests_too_long_for_a_log_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = lockd_command(
+        dir.path(),
+        &[
+            "--node-id",
+            "1",
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--peers",
+            "1=127.0.0.1:1/127.0.0.1:2",
+            "--max-frame-bytes",
+            "100000000",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--max-frame-bytes"), "{stderr}");
 }
