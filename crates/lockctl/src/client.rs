@@ -330,6 +330,7 @@ impl Client {
             resource: name(resource)?,
             mode,
             timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            lock_delay_ms: None,
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let (id, reply) = self.send(command, Some(events_tx))?;

@@ -95,7 +95,7 @@ proptest! {
                     next_request += 1;
                     let mode = if shared { LockMode::Shared } else { LockMode::Exclusive };
                     match table.handle_acquire(now, id, request, name(resource), mode,
-                        timeout_ms.map(Duration::from_millis)) {
+                        timeout_ms.map(Duration::from_millis), None) {
                         Ok(Acquired::Granted(token)) => {
                             let waiting = queues.get(&resource).map_or(0, Vec::len);
                             prop_assert_eq!(waiting, 0, "granted r{} past {} waiter(s)", resource, waiting);
