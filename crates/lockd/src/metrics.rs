@@ -68,6 +68,8 @@ pub struct Metrics {
     /// the sessions whose client is connected to it.
     sessions: Gauge,
     pub(crate) expirations: Counter,
+    /// Stalls of the backend loop (see `pause.rs`) long enough to be credited to the leases.
+    pub(crate) server_pauses: Counter,
     lock_delays: Counter,
     delayed_resources: Gauge,
     grants: [Counter; 2],
@@ -148,6 +150,13 @@ impl Metrics {
             "session_expirations",
             "Sessions ended because nothing was heard from them for their whole lease",
             expirations.clone(),
+        );
+        let server_pauses = Counter::default();
+        registry.register(
+            "server_pauses",
+            "Times the server woke from a stall (SIGSTOP, a VM pause, a starved loop) and did \
+             not count the stall as its clients' silence",
+            server_pauses.clone(),
         );
         let lock_delays = Counter::default();
         registry.register(
@@ -304,6 +313,7 @@ impl Metrics {
             connections_refused,
             sessions,
             expirations,
+            server_pauses,
             lock_delays,
             delayed_resources,
             grants,
