@@ -6,6 +6,7 @@ mod chaos;
 mod failover;
 mod membership;
 mod metrics;
+mod safety;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
