@@ -1,5 +1,5 @@
-//! What every mode needs to run: the servers under test, the run window, the sizes asked for,
-//! and helpers to open many lockd connections.
+//! What every mode needs to run: the list of modes, the servers under test, the run window, the
+//! sizes asked for, and helpers to open many lockd connections.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +13,62 @@ use crate::clients::redis::RedisTarget;
 use crate::lockd_metrics::StoreCommits;
 use crate::lockd_process::LockdProcess;
 use crate::measure::{ServerCpu, Window};
-use crate::modes::Mode;
+
+/// One benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Each connection locks and unlocks its own resource: pairs/s and latencies.
+    Uncontended,
+    /// Every connection on one resource: grants/s, handoff latency, fairness.
+    Contended,
+    /// Readers and one writer on one resource.
+    Shared,
+    /// Many held locks, many queued waiters, many idle connections: cost per op and memory.
+    Scale,
+    /// Writers doing acquire / durable write / release on resources of their own: writes/s
+    /// and commits/s (group commit).
+    Writes,
+}
+
+impl Mode {
+    /// Every mode, in the order `--mode all` runs them.
+    pub const ALL: [Mode; 5] = [
+        Mode::Uncontended,
+        Mode::Contended,
+        Mode::Shared,
+        Mode::Scale,
+        Mode::Writes,
+    ];
+
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Uncontended => "uncontended",
+            Mode::Contended => "contended",
+            Mode::Shared => "shared",
+            Mode::Scale => "scale",
+            Mode::Writes => "writes",
+        }
+    }
+
+    /// What the mode's `ops` count.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Mode::Uncontended | Mode::Scale => "pairs",
+            Mode::Contended | Mode::Shared => "grants",
+            Mode::Writes => "writes",
+        }
+    }
+
+    /// Connections when `--connections` is not given: the targets are stated at 64
+    /// connections, and at 16 clients for the contended one.
+    pub fn default_connections(self) -> usize {
+        match self {
+            Mode::Contended => 16,
+            Mode::Uncontended | Mode::Shared | Mode::Scale | Mode::Writes => 64,
+        }
+    }
+}
 
 /// Sizes of the `scale` runs.
 #[derive(Debug, Clone, Copy)]

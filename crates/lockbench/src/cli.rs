@@ -1,7 +1,8 @@
 //! The command line, as clap derive types, and the checks clap cannot express.
 //!
 //! Kept apart from `main.rs` so that the flags and their documentation read as one list; the
-//! values are turned into [`crate::bench::Options`] here and nowhere else.
+//! values are checked and turned into [`Mode`]s and durations here and nowhere else, and
+//! `main.rs` builds the [`crate::bench::Bench`] from them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
 
-use crate::modes::Mode;
+use crate::bench::Mode;
 
 /// lockbench: drives lockd over its real protocol and prints a table and one JSON line per run.
 ///

@@ -1,7 +1,7 @@
 //! Starting and stopping a lockd of our own, and reading its memory from /proc.
 //!
 //! lockbench starts lockd itself unless `--server` is given, so that a benchmark needs one
-//! command and so that it can read the server's RSS (`VmRSS` in /proc/<pid>/status) and CPU
+//! command and so that it can read the server's RSS (`VmRSS` in `/proc/<pid>/status`) and CPU
 //! time. The process gets a temporary data directory and logs at `warn` into a file there: at
 //! `info` lockd logs every session, which at thousands of connections would be measured too.
 //! It also serves its admin API on a free port, so that the `writes` mode can read how many
@@ -185,7 +185,7 @@ fn read_addresses(child: &mut Child) -> Result<(SocketAddr, SocketAddr)> {
     ))
 }
 
-/// A process's resident memory in bytes, from `VmRSS` in /proc/<pid>/status.
+/// A process's resident memory in bytes, from `VmRSS` in `/proc/<pid>/status`.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;

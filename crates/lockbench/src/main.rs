@@ -109,7 +109,7 @@ fn run(args: Args) -> Result<()> {
             window.duration
         );
         for mode in args.modes() {
-            mode.run(&mut bench, &mut report)
+            modes::run(mode, &mut bench, &mut report)
                 .await
                 .with_context(|| format!("{} run failed", mode.name()))?;
         }

@@ -14,9 +14,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::bench::Mode;
 use crate::clients::Target;
 use crate::measure::{LatencySummary, LoopsOutcome, Window, BUSY_MACHINE_CORES};
-use crate::modes::Mode;
 
 /// What one run measured; serialized as one JSON line.
 #[derive(Debug, Clone, Serialize)]

@@ -17,7 +17,7 @@ use protocol::{Command, ErrorBody, ErrorCode, Incoming, Request, RequestId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::client::ClientError;
+use crate::error::ClientError;
 
 /// A call's final reply: the whole success frame (read with `Incoming::result`), or why it
 /// failed.

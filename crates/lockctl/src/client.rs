@@ -9,10 +9,7 @@ use protocol::cmd::{
     Acquire, AcquireOk, Cancel, Hello, HelloOk, Read, ReadOk, Release, ResourceStatus, Status,
     StatusOk, Validate, ValidateOk, Write,
 };
-use protocol::{
-    Command, ErrorBody, ErrorCode, FenceToken, Incoming, LockMode, RequestId, ResourceName,
-    SessionId,
-};
+use protocol::{Command, FenceToken, Incoming, LockMode, RequestId, ResourceName, SessionId};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -20,52 +17,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::calls::{Calls, Reply};
+use crate::error::ClientError;
 use crate::leader::Dialer;
-use crate::lock::LockRequest;
 use crate::session::SessionTask;
 use crate::tls::TlsOptions;
 
 /// Where lockd listens unless told otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:5555";
-
-/// Why a call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The server could not be reached.
-    #[error("cannot reach lockd at {addr}: {reason}")]
-    Connect {
-        /// The address tried.
-        addr: String,
-        /// What went wrong, e.g. "connection refused".
-        reason: String,
-    },
-    /// The server answered with an error.
-    #[error("{}", .0.message)]
-    Server(ErrorBody),
-    /// The session ended before the reply came: the server stopped, the network failed, or
-    /// the session expired. With a cluster's addresses, the client first tries to resume the
-    /// session on the new leader, and this means that failed too (no leader within the
-    /// session's lease, or the session was gone). Any lock this session held is no longer
-    /// held.
-    #[error("the connection to lockd was lost")]
-    ConnectionLost,
-    /// A name or value was refused before it was sent.
-    #[error("{0}")]
-    InvalidInput(String),
-    /// The server sent something this client cannot read.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-}
-
-impl ClientError {
-    /// The server's error code, when the server refused the request.
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            ClientError::Server(error) => Some(error.code),
-            _ => None,
-        }
-    }
-}
 
 /// A progress report or the outcome of a waiting acquire.
 #[derive(Debug)]
@@ -199,8 +157,8 @@ impl ClientBuilder {
     }
 
     /// Connects, says `hello`, and starts the keepalive. With several addresses (a cluster),
-    /// tries them in turn and follows `not_leader` answers to the leader, for up to
-    /// [`LEADER_SEARCH`] while a cluster elects one.
+    /// tries them in turn and follows `not_leader` answers to the leader, for up to 10 s
+    /// (`LEADER_SEARCH`) while a cluster elects one.
     pub async fn connect(self) -> Result<Client, ClientError> {
         let lease_ms = self
             .lease
@@ -287,12 +245,6 @@ impl Client {
     /// Whether the session is lost.
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
-    }
-
-    /// Starts a lock request for `resource`: exclusive, waiting as long as it takes, unless the
-    /// builder says otherwise. See [`LockRequest`].
-    pub fn lock(&self, resource: &str) -> LockRequest<'_> {
-        LockRequest::new(self, resource)
     }
 
     /// `validate`: whether `token` is the token of a current holder of `resource`.

@@ -3,7 +3,8 @@
 use protocol::cmd::{AddNode, ClusterStatusOk, Hello, RemoveNode};
 use protocol::{Command, ErrorCode, RequestId};
 
-use crate::client::{Client, ClientBuilder, ClientError};
+use crate::client::{Client, ClientBuilder};
+use crate::error::ClientError;
 use crate::link::dial;
 
 /// How long `cluster_status_of_each` waits for each node.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use lockctl::cli::ClusterAction;
 use lockctl::ClusterStatusOk;
 
-use crate::{aligned, builder, connect, fail, Server};
+use crate::common::{aligned, builder, connect, fail, Server};
 
 pub(crate) async fn run(server: &Server, action: ClusterAction) -> ExitCode {
     match action {

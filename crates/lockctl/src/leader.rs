@@ -13,7 +13,7 @@ use protocol::{ErrorCode, SessionId};
 use tokio::time::Instant;
 
 use crate::calls::Calls;
-use crate::client::ClientError;
+use crate::error::ClientError;
 use crate::link::{self, Link};
 use crate::tls::TlsOptions;
 

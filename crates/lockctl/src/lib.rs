@@ -24,15 +24,15 @@ mod calls;
 pub mod cli;
 mod client;
 mod cluster;
+mod error;
 mod leader;
 mod link;
 mod lock;
 mod session;
 mod tls;
 
-pub use client::{
-    AcquireCall, AcquireProgress, Client, ClientBuilder, ClientError, Keepalive, DEFAULT_ADDR,
-};
+pub use client::{AcquireCall, AcquireProgress, Client, ClientBuilder, Keepalive, DEFAULT_ADDR};
+pub use error::ClientError;
 pub use lock::{LockGuard, LockRequest};
 pub use protocol::cmd::{AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, ResourceStatus};
 pub use protocol::{ErrorBody, ErrorCode, FenceToken, LockMode, ResourceName, SessionId};

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use crate::calls::{Calls, Routed};
-use crate::client::ClientError;
+use crate::error::ClientError;
 use crate::tls::TlsOptions;
 
 /// How long a dial waits for the TCP handshake (and again for the TLS one).

@@ -10,7 +10,16 @@ use std::time::Duration;
 use protocol::cmd::Release;
 use protocol::{Command, FenceToken, LockMode, ResourceName};
 
-use crate::client::{Client, ClientError};
+use crate::client::Client;
+use crate::error::ClientError;
+
+impl Client {
+    /// Starts a lock request for `resource`: exclusive, waiting as long as it takes, unless the
+    /// builder says otherwise. See [`LockRequest`].
+    pub fn lock(&self, resource: &str) -> LockRequest<'_> {
+        LockRequest::new(self, resource)
+    }
+}
 
 /// A lock request being built; see [`Client::lock`].
 #[derive(Debug)]

@@ -12,7 +12,10 @@ use lockctl::{
     AcquireCall, AcquireProgress, Client, ClientError, ErrorCode, LockMode, ResourceStatus,
 };
 
+use crate::common::{aligned, connect, fail, fail_call, interrupted, Server};
+
 mod cluster_cli;
+mod common;
 mod run;
 
 /// Exit code when `--timeout` ran out before the lock was granted.
@@ -61,49 +64,6 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     lock(&server, cli.timeout, plan).await
-}
-
-/// Where and how to connect: the address, and the secret if the server wants one.
-pub(crate) struct Server {
-    addr: String,
-    auth: Option<String>,
-    tls: Option<lockctl::TlsOptions>,
-}
-
-impl Server {
-    /// The secret comes from --auth-token-file, else $LOCKD_AUTH_TOKEN (not LOCKD_TOKEN, which
-    /// `lockctl run` sets to the fencing token).
-    fn from_cli(cli: &Cli) -> Result<Server, ExitCode> {
-        let auth = match &cli.auth_token_file {
-            Some(path) => match std::fs::read_to_string(path) {
-                Ok(text) => Some(text.trim().to_owned()),
-                Err(err) => {
-                    return Err(fail(&format!(
-                        "cannot read --auth-token-file {}: {err}",
-                        path.display()
-                    )))
-                }
-            },
-            None => std::env::var("LOCKD_AUTH_TOKEN").ok(),
-        };
-        let tls_extras =
-            cli.tls_cert.is_some() || cli.tls_key.is_some() || cli.tls_server_name.is_some();
-        if tls_extras && cli.tls_ca.is_none() {
-            return Err(fail(
-                "--tls-cert, --tls-key and --tls-server-name need --tls-ca",
-            ));
-        }
-        Ok(Server {
-            addr: cli.server.clone(),
-            auth: auth.filter(|secret| !secret.is_empty()),
-            tls: cli.tls_ca.as_ref().map(|ca| lockctl::TlsOptions {
-                ca: ca.clone(),
-                cert: cli.tls_cert.clone(),
-                key: cli.tls_key.clone(),
-                server_name: cli.tls_server_name.clone(),
-            }),
-        })
-    }
 }
 
 /// `lockctl <resource> READ|WRITE ...`.
@@ -287,99 +247,6 @@ fn status_table(resources: &[ResourceStatus]) -> String {
     aligned(&rows)
 }
 
-/// Rows as columns padded to their widest cell, two spaces apart.
-pub(crate) fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
-    let widths: Vec<usize> = (0..N)
-        .map(|col| {
-            rows.iter()
-                .map(|row| row[col].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 fn seconds(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
-}
-
-/// A client builder for the server's address(es), secret and TLS options.
-pub(crate) fn builder(server: &Server) -> lockctl::ClientBuilder {
-    let mut builder = Client::builder(&server.addr).name(client_name());
-    if let Some(secret) = &server.auth {
-        builder = builder.auth(secret.clone());
-    }
-    if let Some(tls) = &server.tls {
-        builder = builder.tls(tls.clone());
-    }
-    builder
-}
-
-/// Connects, says hello with this process's name, and keeps the session alive with pings at a
-/// third of the lease until exit.
-pub(crate) async fn connect(server: &Server) -> Result<Client, ExitCode> {
-    builder(server).connect().await.map_err(|err| {
-        if err.code() == Some(ErrorCode::Unauthorized) {
-            return fail(&format!(
-                "lockd at {} refused the connection: {err}. Give its secret with \
-                 --auth-token-file or LOCKD_AUTH_TOKEN",
-                server.addr
-            ));
-        }
-        let addr = server.addr.as_str();
-        fail(&format!(
-            "{err}. Is lockd running? Start it with `lockd --listen {}`, or point \
-             --server / LOCKD_ADDR at it",
-            addr.strip_prefix("tcp://").unwrap_or(addr)
-        ))
-    })
-}
-
-pub(crate) fn fail_call(err: &ClientError, resource: &str) -> ExitCode {
-    match err {
-        ClientError::Server(body) => fail(&format!("{} ({})", body.message, body.code)),
-        ClientError::ConnectionLost => fail(&format!(
-            "lost the connection to lockd; any lock on {resource} is no longer held"
-        )),
-        other => fail(&other.to_string()),
-    }
-}
-
-pub(crate) fn fail(message: &str) -> ExitCode {
-    eprintln!("lockctl: error: {message}");
-    ExitCode::FAILURE
-}
-
-/// A name for `hello`, so that `status` and the server log can tell clients apart.
-fn client_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
-    format!("lockctl/{}@{host}", std::process::id())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

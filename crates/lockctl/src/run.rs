@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{connect, fail, fail_call, interrupted, Server};
+use crate::common::{connect, fail, fail_call, interrupted, Server};
 
 /// Exit code when the command cannot be started, as shells use.
 const EXIT_CANNOT_RUN: u8 = 127;

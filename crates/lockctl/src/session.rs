@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::calls::Calls;
-use crate::client::ClientError;
+use crate::error::ClientError;
 use crate::leader::Dialer;
 use crate::link::{Link, LinkEnd};
 

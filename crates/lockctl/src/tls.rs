@@ -9,7 +9,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{self, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use crate::client::ClientError;
+use crate::error::ClientError;
 
 /// How to reach a lockd that serves TLS.
 #[derive(Debug, Clone, Default)]

@@ -1,4 +1,4 @@
-//! The `lockd` binary: flags, logging, signals, then [`lockd::server::run`].
+//! The `lockd` binary: flags, logging, signals, then [`lockd::server::Server::run`].
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};

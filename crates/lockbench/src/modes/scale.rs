@@ -24,11 +24,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::task::JoinSet;
 
-use crate::bench::Bench;
+use crate::bench::{Bench, Mode};
 use crate::clients::lockd::{LockdConn, Mode as LockMode, Started, SETUP_PATIENCE};
 use crate::clients::Target;
 use crate::measure::run_loops;
-use crate::modes::Mode;
 use crate::report::{round, Record, Report};
 
 /// Locks each holding session takes; N held locks use N / this many sessions.

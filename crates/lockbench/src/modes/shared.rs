@@ -9,11 +9,10 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::bench::Bench;
+use crate::bench::{Bench, Mode};
 use crate::clients::lockd::Mode as LockMode;
 use crate::clients::Target;
 use crate::measure::{run_loops, Latency};
-use crate::modes::Mode;
 use crate::report::{round, Fairness, Record, Report};
 
 /// Runs readers and one writer against lockd.

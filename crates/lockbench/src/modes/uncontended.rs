@@ -6,12 +6,11 @@
 
 use anyhow::Result;
 
-use crate::bench::{connect_each, Bench};
+use crate::bench::{connect_each, Bench, Mode};
 use crate::clients::echo::EchoLocker;
 use crate::clients::lockd::Mode as LockMode;
 use crate::clients::Target;
 use crate::measure::run_loops;
-use crate::modes::Mode;
 use crate::report::{Record, Report};
 
 /// Runs the loop against lockd, then Redis and echo if configured.

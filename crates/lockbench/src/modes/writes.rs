@@ -10,11 +10,10 @@
 
 use anyhow::Result;
 
-use crate::bench::{connect_each, Bench};
+use crate::bench::{connect_each, Bench, Mode};
 use crate::clients::lockd::WritingLocker;
 use crate::clients::Target;
 use crate::measure::run_loops_counting;
-use crate::modes::Mode;
 use crate::report::{round, Record, Report};
 
 /// Runs one writer, then `--connections` writers (64 by default).

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use lockctl::{ErrorCode, LockMode};
+use lockctl::{AcquireProgress, ErrorCode, LockMode};
 use lockd::core::TableConfig;
 use lockd::server::ServerConfig;
 
-use crate::support::{run_lockctl, stdout_lines, Running, Server};
+use crate::support::{run_lockctl, stdout_lines, Running, Server, PATIENCE};
 
 #[tokio::test]
 async fn example_1_basic_write() {
@@ -92,7 +92,7 @@ async fn sigkill_while_holding_frees_the_lock_at_once() {
     holder.wait_for_line("Sleeping").await;
     let client = server.client().await;
     let mut call = client
-        .start_acquire("victim", LockMode::Exclusive, Some(Duration::from_secs(5)))
+        .start_acquire("victim", LockMode::Exclusive, Some(PATIENCE))
         .unwrap();
     assert!(matches!(
         call.next().await,
@@ -192,16 +192,14 @@ async fn status_shows_holders_and_waiters_as_a_table() {
         .await
         .unwrap();
     let waiter = server.client().await;
-    let _waiting = waiter
+    let mut waiting = waiter
         .start_acquire("jobs/nightly", LockMode::Exclusive, None)
         .unwrap();
     // Wait until the server has queued it.
-    while holder.status(Some("jobs/nightly")).await.unwrap()[0]
-        .waiters
-        .is_empty()
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let queued = tokio::time::timeout(PATIENCE, waiting.next())
+        .await
+        .expect("the waiter is queued in time");
+    assert!(matches!(queued, AcquireProgress::Queued(1)), "{queued:?}");
     let output = run_lockctl(&addr, &["status"]).await;
     let lines = stdout_lines(&output);
     assert_eq!(lines.len(), 3, "{lines:?}");

@@ -9,10 +9,7 @@ use lockd::core::TableConfig;
 use lockd::server::ServerConfig;
 
 use crate::cluster_support::Cluster;
-use crate::support::{run_lockctl, stdout_lines, Running};
-
-/// Generous: a failover takes an election (500 to 1,000 ms here) and a reconnect.
-const PATIENCE: Duration = Duration::from_secs(10);
+use crate::support::{run_lockctl, stdout_lines, Running, PATIENCE};
 
 /// A client of all three nodes, with a short lease so that a lost session shows quickly.
 async fn cluster_client(cluster: &Cluster, lease: Duration) -> Client {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lockctl::{Client, ClientError, ErrorCode, LockMode};
 
-use crate::support::Server;
+use crate::support::{Server, PATIENCE};
 
 #[tokio::test]
 async fn many_clients_increment_a_counter_without_losing_an_update() {
@@ -101,7 +101,9 @@ async fn cancel_withdraws_a_waiting_acquire() {
 async fn keepalive_holds_a_lock_past_its_lease_and_silence_loses_it() {
     let server = Server::start_with_short_leases();
     let addr = server.addr_string();
-    let lease = Duration::from_millis(200);
+    // Keepalive pings at a third of the lease, so a ping may come up to two thirds of a lease
+    // late (a loaded machine) before the session expires by mistake.
+    let lease = Duration::from_secs(1);
     let kept = Client::builder(&addr)
         .name("kept")
         .lease(lease)
@@ -119,20 +121,19 @@ async fn keepalive_holds_a_lock_past_its_lease_and_silence_loses_it() {
         .unwrap();
     let _s = silent.lock("s").acquire().await.unwrap();
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // "s" is granted once the silent session expires, a lease after its last request, which
+    // came after `kept` last said anything itself: only its keepalive can have kept "k" since.
     let other = server.client().await;
+    let s = other.lock("s").timeout(PATIENCE).acquire().await;
+    assert!(s.is_ok(), "the silent session expired: {s:?}");
     let k = other.lock("k").try_once().acquire().await;
     assert_eq!(
         k.unwrap_err().code(),
         Some(ErrorCode::Timeout),
         "still held"
     );
-    let s = other.lock("s").try_once().acquire().await;
-    assert!(s.is_ok(), "the silent session expired: {s:?}");
     // The expired session is told, both by its next call and by `lost`.
-    tokio::time::timeout(Duration::from_secs(5), silent.lost())
-        .await
-        .unwrap();
+    tokio::time::timeout(PATIENCE, silent.lost()).await.unwrap();
     let err = silent.ping().await.unwrap_err();
     assert!(matches!(err, ClientError::ConnectionLost), "{err:?}");
     assert!(!kept.is_lost());
@@ -174,7 +175,7 @@ async fn a_guard_learns_when_its_session_is_lost() {
     let client = server.client().await;
     let guard = client.lock("l").acquire().await.unwrap();
     tokio::task::block_in_place(|| server.stop());
-    tokio::time::timeout(Duration::from_secs(5), guard.lost())
+    tokio::time::timeout(PATIENCE, guard.lost())
         .await
         .expect("lost resolves when the server goes away");
     assert!(client.is_lost());

@@ -8,6 +8,9 @@ use std::time::Duration;
 use lockd::core::TableConfig;
 use lockd::server::{Server as LockServer, ServerConfig};
 
+/// How long any single wait in a test may take before the test fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
 /// A lockd server on 127.0.0.1:0, stopped (sessions closed) when dropped.
 pub struct Server {
     pub addr: SocketAddr,
@@ -137,7 +140,7 @@ impl Running {
 
     /// Waits (up to 10 s) until a stdout line starts with `prefix`.
     pub async fn wait_for_line(&mut self, prefix: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             while let Ok(line) = self.lines.try_recv() {
                 let found = line.starts_with(prefix);
@@ -177,7 +180,7 @@ impl Running {
         .await
         .unwrap();
         // The reader thread ends at EOF, after the process exits.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+        while let Ok(line) = self.lines.recv_timeout(PATIENCE) {
             self.seen.push(line);
         }
         (status.code(), self.seen, stderr)

@@ -47,7 +47,7 @@ use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
 use crate::core::ForcedRelease;
 use crate::metrics::Metrics;
 use crate::pause::PauseDetector;
-use crate::report::LocksReport;
+use crate::report::{LocksReport, SessionInfo};
 use crate::seam::{
     BackendMsg, ConnectionId, ConnectionRecord, Evicted, ForceReleaseRefused, NotReady,
 };
@@ -95,6 +95,9 @@ struct Proposer {
 struct ForceReleaseWait {
     resource: ResourceName,
     operator: SocketAddr,
+    /// Who the resource's holders were when it was proposed: their connections close when the
+    /// entry is applied, and the answer still names them.
+    holders: HashMap<SessionId, SessionInfo>,
     reply: oneshot::Sender<Result<Vec<Evicted>, ForceReleaseRefused>>,
 }
 
@@ -339,6 +342,7 @@ impl Frontend {
         }
         let key = self.next_force_release;
         self.next_force_release += 1;
+        let holders = self.holders_info(&resource);
         let op = EntryOp::ForceRelease {
             resource: resource.clone(),
             token,
@@ -348,6 +352,7 @@ impl Frontend {
             ForceReleaseWait {
                 resource,
                 operator,
+                holders,
                 reply,
             },
         );
@@ -694,11 +699,7 @@ impl Frontend {
                         "an operator forced the release of a lock: its holder's session is \
                          ended and its connection closed"
                     );
-                    let session = self
-                        .owners
-                        .get(&release.session)
-                        .and_then(|id| self.connections.get(id))
-                        .map(|connection| connection.record.info());
+                    let session = wait.holders.get(&release.session).cloned();
                     Evicted { release, session }
                 })
                 .collect()
@@ -722,6 +723,21 @@ impl Frontend {
                 return ConnectionId(id);
             }
         }
+    }
+
+    /// What this node knows of the sessions holding `resource` now.
+    fn holders_info(&self, resource: &ResourceName) -> HashMap<SessionId, SessionInfo> {
+        let replica = lock_replica(&self.replica);
+        let now = replica.instant_at(replica.last_at_ms);
+        let statuses = replica.table.status(now, Some(resource));
+        let holders = statuses.iter().flat_map(|status| &status.holders);
+        holders
+            .filter_map(|holder| {
+                let connection = self.owners.get(&holder.session)?;
+                let record = &self.connections.get(connection)?.record;
+                Some((holder.session, record.info()))
+            })
+            .collect()
     }
 
     /// Holders and waiters for the admin API, from this node's replica.

@@ -9,13 +9,11 @@
 //! on a fresh connection and never reads an earlier request's late reply.
 //!
 //! Failures are reported the way openraft's replication loop expects: a peer that cannot be
-//! connected to (refused, no route, connect timeout, handshake refused) is
-//! [`Unreachable`](openraft::error::Unreachable), after which openraft waits for
-//! [`PeerClient::backoff`] before trying again; a connection that fails mid-RPC is a
-//! [`NetworkError`](openraft::error::NetworkError), retried on the next heartbeat; no reply
-//! within `hard_ttl` is a [`Timeout`](openraft::error::Timeout); and an error returned by the
-//! remote `Raft` is a [`RemoteError`](openraft::error::RemoteError). Snapshots use openraft's
-//! default chunked `full_snapshot`, one `install_snapshot` RPC per chunk.
+//! connected to (refused, no route, connect timeout, handshake refused) is `Unreachable`, after
+//! which openraft waits for [`PeerClient::backoff`] before trying again; a connection that fails
+//! mid-RPC is a `NetworkError`, retried on the next heartbeat; no reply within `hard_ttl` is a
+//! `Timeout`; and an error returned by the remote `Raft` is a `RemoteError`. Snapshots use
+//! openraft's default chunked `full_snapshot`, one `install_snapshot` RPC per chunk.
 
 use std::fmt::{self, Debug};
 use std::marker::PhantomData;
@@ -328,7 +326,7 @@ where
         }
     }
 
-    /// Exponential, from [`BACKOFF_FIRST`] to [`BACKOFF_MAX`], in place of openraft's constant
+    /// Exponential, from `BACKOFF_FIRST` to `BACKOFF_MAX`, in place of openraft's constant
     /// 500 ms: a peer that blinked is retried sooner, a dead one less often.
     fn backoff(&self) -> Backoff {
         let intervals = std::iter::successors(Some(BACKOFF_FIRST), |previous| {

@@ -7,7 +7,8 @@
 //! - tokens strictly increasing over every grant;
 //! - every holder and waiter belongs to a live session, and nothing is held or waited for by a
 //!   closed or expired session;
-//! - each session's own index of what it holds and waits for matches the queues exactly.
+//! - each session's own index of what it holds and waits for matches the queues exactly;
+//! - the incremental deadlock search agrees with a straightforward one.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -215,6 +216,7 @@ fn check_invariants(table: &LockTable, now: Instant, slots: &[Slot]) -> Result<(
         );
     }
     check_session_index(table)?;
+    check_deadlock_search(table, slots)?;
     // What the test believes is held is exactly what the table says is held.
     for slot in slots {
         let Some(id) = slot.id else { continue };
@@ -223,6 +225,33 @@ fn check_invariants(table: &LockTable, now: Instant, slots: &[Slot]) -> Result<(
                 table.validate(&name(*resource), *token),
                 "{id:?} lost r{resource}"
             );
+        }
+    }
+    Ok(())
+}
+
+/// The incremental deadlock search finds a cycle exactly when the straightforward walk of
+/// every waiter's every blocker does, for every request any live session could make next.
+fn check_deadlock_search(table: &LockTable, slots: &[Slot]) -> Result<(), TestCaseError> {
+    for id in slots.iter().filter_map(|slot| slot.id) {
+        let session = &table.sessions[&id];
+        for resource in (0..3).map(name) {
+            if session.held.contains(&resource) || session.waiting.contains_key(&resource) {
+                continue;
+            }
+            for mode in [LockMode::Exclusive, LockMode::Shared] {
+                let found = table.find_wait_cycle(id, &resource, mode);
+                let expected = table.reference_wait_cycle_exists(id, &resource, mode);
+                prop_assert_eq!(
+                    found.is_some(),
+                    expected,
+                    "{:?} asking for {} {}: {:?}",
+                    id,
+                    resource,
+                    mode,
+                    found
+                );
+            }
         }
     }
     Ok(())

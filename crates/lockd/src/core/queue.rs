@@ -199,23 +199,50 @@ impl LockQueue {
         self.waiter_map()?.get(&ticket).map(|waiter| waiter.mode)
     }
 
+    /// Holders a request in `mode` waits for: those it conflicts with.
+    pub(crate) fn conflicting_holders(
+        &self,
+        mode: LockMode,
+    ) -> impl Iterator<Item = SessionId> + '_ {
+        self.holders()
+            .filter(move |(_, holder)| conflicts(holder.mode, mode))
+            .map(|(_, holder)| holder.session)
+    }
+
+    /// Waiters with tickets from `from` (inclusive) up to `to` (exclusive; `None`: to the end of
+    /// the queue) that a request in `mode` conflicts with. A request waits for every such
+    /// waiter ahead of it, since they will be granted first.
+    pub(crate) fn conflicting_waiters(
+        &self,
+        from: Ticket,
+        to: Option<Ticket>,
+        mode: LockMode,
+    ) -> impl Iterator<Item = (Ticket, SessionId)> + '_ {
+        use std::ops::Bound;
+        let upper = to.map_or(Bound::Unbounded, Bound::Excluded);
+        self.waiter_map()
+            .into_iter()
+            .flat_map(move |waiters| waiters.range((Bound::Included(from), upper)))
+            .filter(move |(_, waiter)| conflicts(waiter.mode, mode))
+            .map(|(ticket, waiter)| (*ticket, waiter.session))
+    }
+
     /// Everyone a request in `mode` waits for: holders it conflicts with, and waiters ahead of
-    /// it (before `ticket`, or all of them for a request not yet queued) that it conflicts with,
-    /// since they will be granted first. `true` marks a holder.
+    /// it (before `ticket`, or all of them for a request not yet queued) that it conflicts with.
+    /// `true` marks a holder. The straightforward form of what the table's deadlock search
+    /// walks incrementally; kept to check that search against.
+    #[cfg(test)]
     pub(crate) fn blockers(
         &self,
         ticket: Option<Ticket>,
         mode: LockMode,
     ) -> impl Iterator<Item = (SessionId, bool)> + '_ {
         let holders = self
-            .holders()
-            .filter(move |(_, holder)| conflicts(holder.mode, mode))
-            .map(|(_, holder)| (holder.session, true));
+            .conflicting_holders(mode)
+            .map(|session| (session, true));
         let ahead = self
-            .waiters_by_ticket()
-            .take_while(move |(t, _)| ticket.is_none_or(|ticket| **t < ticket))
-            .filter(move |(_, waiter)| conflicts(waiter.mode, mode))
-            .map(|(_, waiter)| (waiter.session, false));
+            .conflicting_waiters(Ticket(0), ticket, mode)
+            .map(|(_, session)| (session, false));
         holders.chain(ahead)
     }
 

@@ -569,6 +569,32 @@ fn a_cycle_through_a_waiter_ahead_in_line_is_refused() {
 }
 
 #[test]
+fn a_long_line_is_searched_once_and_a_cycle_at_its_back_is_found() {
+    let mut h = harness();
+    let holder = h.session();
+    h.acquire(holder, 1, "busy", X);
+    let waiters: Vec<_> = (0..990).map(|_| h.session()).collect();
+    for (position, waiter) in waiters.iter().enumerate() {
+        assert_eq!(
+            h.acquire(*waiter, 1, "busy", X),
+            queued(position as u64 + 1)
+        );
+    }
+    // A session that holds another lock and joins the line closes no cycle.
+    let newcomer = h.session();
+    h.acquire(newcomer, 1, "other", X);
+    assert_eq!(h.acquire(newcomer, 2, "busy", X), queued(991));
+    // The last waiter's next lock is free: no wait, no search.
+    assert_eq!(h.acquire(waiters[989], 2, "elsewhere", X), granted_now(3));
+    // The holder asking for what the newcomer holds closes a cycle through the whole line.
+    let cycle = deadlock(h.try_acquire(holder, 2, "other", X, None));
+    assert!(
+        cycle.contains(&format!("session {newcomer} waits for busy")),
+        "{cycle}"
+    );
+}
+
+#[test]
 fn chains_that_only_look_like_cycles_are_not_deadlocks() {
     let mut h = harness();
     let [a, b, c] = [h.session(), h.session(), h.session()];

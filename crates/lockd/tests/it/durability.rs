@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use lockd::server::{Server, ServerConfig};
 use lockd::store::{CommitBatch, RedbStore, Store, StoreError};
 use serde_json::json;
 
-use crate::support::{error_code, Conn, Lockd};
+use crate::support::{error_code, Conn, Deadline, Lockd, PATIENCE};
 
 /// Writes `value` to `resource` under a fresh exclusive lock, returning the lock's token.
 async fn write_under_lock(conn: &mut Conn, resource: &str, value: &str) -> u64 {
@@ -396,6 +396,8 @@ struct GatedStore {
     commits: Arc<Mutex<Vec<usize>>>,
     open: Arc<(Mutex<bool>, std::sync::Condvar)>,
     failing: Arc<AtomicBool>,
+    /// Commits that carry values and have reached the gate but not passed it yet.
+    held: Arc<AtomicUsize>,
 }
 
 impl Store for GatedStore {
@@ -403,11 +405,18 @@ impl Store for GatedStore {
         // The gate opens by itself after a while, so that a failing test ends instead of
         // hanging (a runtime waits for its blocking threads when it shuts down).
         let (open, changed) = &*self.open;
+        let carries_values = !batch.values.is_empty();
+        if carries_values {
+            self.held.fetch_add(1, Ordering::SeqCst);
+        }
         let guard = open.lock().unwrap();
         let (guard, _) = changed
             .wait_timeout_while(guard, GATE_TIMEOUT, |open| !*open)
             .unwrap();
         drop(guard);
+        if carries_values {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+        }
         if !batch.values.is_empty() {
             self.commits.lock().unwrap().push(batch.values.len());
         }
@@ -422,34 +431,38 @@ impl Store for GatedStore {
 async fn writes_that_arrive_during_a_commit_share_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
     let gated = GatedServer::start(dir.path()).await;
-    let (addr, commits, open) = (gated.addr, gated.commits, gated.open);
-    let stop = gated.stop;
 
     const WRITERS: usize = 10;
     let mut conns = Vec::new();
     for i in 0..=WRITERS {
-        let mut conn = Conn::connect(addr).await;
+        let mut conn = Conn::connect(gated.addr).await;
         let token = conn.lock(1, &format!("r{i}"), "exclusive").await;
         conns.push((conn, token));
     }
+    let mut probe = Conn::connect(gated.addr).await;
     // Hold the disk: the first write's commit blocks, and the others arrive meanwhile.
-    *open.0.lock().unwrap() = false;
+    gated.hold_disk();
     for (i, (conn, token)) in conns.iter_mut().enumerate() {
         conn.send(json!({"id": 2, "op": "write", "resource": format!("r{i}"), "token": token, "value": "v"}))
             .await;
         if i == 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            gated.wait_for_a_held_commit().await;
+        } else {
+            // A marker pipelined after the write: lockd applies a connection's requests in
+            // order, so once the marker shows in `status`, the write has been applied. (Its
+            // reply waits behind the write's, as the write's waits for the commit.)
+            conn.send(json!({"id": 3, "op": "acquire", "resource": "applied", "mode": "shared"}))
+                .await;
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    *open.0.lock().unwrap() = true;
-    open.1.notify_all();
+    wait_for_holders(&mut probe, "applied", WRITERS).await;
+    gated.open_disk();
     for (conn, _) in &mut conns {
         assert_eq!(conn.recv().await, json!({"id": 2, "ok": true}));
     }
     // One fsync for the lone first writer, one for the ten that queued behind it.
-    assert_eq!(*commits.lock().unwrap(), vec![1, WRITERS]);
-    stop.await;
+    assert_eq!(*gated.commits.lock().unwrap(), vec![1, WRITERS]);
+    (gated.stop).await;
 }
 
 /// A server in this process over a [`GatedStore`]: its address, the sizes of its commits, the
@@ -459,6 +472,7 @@ struct GatedServer<S> {
     commits: Arc<Mutex<Vec<usize>>>,
     open: Arc<(Mutex<bool>, std::sync::Condvar)>,
     failing: Arc<AtomicBool>,
+    held: Arc<AtomicUsize>,
     stop: S,
 }
 
@@ -468,11 +482,13 @@ impl GatedServer<()> {
         let commits = Arc::new(Mutex::new(Vec::new()));
         let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
         let failing = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicUsize::new(0));
         let store = GatedStore {
             inner: store,
             commits: Arc::clone(&commits),
             open: Arc::clone(&open),
             failing: Arc::clone(&failing),
+            held: Arc::clone(&held),
         };
         let (addr, stop) = serve_in_process(Box::new(store), snapshot).await;
         GatedServer {
@@ -480,6 +496,7 @@ impl GatedServer<()> {
             commits,
             open,
             failing,
+            held,
             stop,
         }
     }
@@ -494,6 +511,36 @@ impl<S> GatedServer<S> {
     fn open_disk(&self) {
         *self.open.0.lock().unwrap() = true;
         self.open.1.notify_all();
+    }
+
+    /// Waits until a commit carrying values has reached the held gate: the writes applied
+    /// from now on go into the next commit.
+    async fn wait_for_a_held_commit(&self) {
+        let deadline = Deadline::new("a commit of the write to reach the held disk");
+        loop {
+            let held = self.held.load(Ordering::SeqCst);
+            if held == 1 {
+                return;
+            }
+            deadline.tick(format!("{held} commits held")).await;
+        }
+    }
+}
+
+/// Waits until `status` of `resource`, asked on `probe`, shows `holders` holders.
+async fn wait_for_holders(probe: &mut Conn, resource: &str, holders: usize) {
+    let deadline = Deadline::new(format!("{holders} holders of {resource}"));
+    loop {
+        let status = probe
+            .call(json!({"id": 1, "op": "status", "resource": resource}))
+            .await;
+        let now = status["resources"][0]["holders"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if now == holders {
+            return;
+        }
+        deadline.tick(&status).await;
     }
 }
 
@@ -569,7 +616,7 @@ async fn requests_are_served_while_a_commit_waits_on_the_disk() {
     writer
         .send(json!({"id": 2, "op": "write", "resource": "w", "token": token, "value": "v1"}))
         .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gated.wait_for_a_held_commit().await;
 
     // Another session's lock traffic, and its read of a value already durable, do not wait.
     let other_token = other.lock(1, "o", "shared").await;
@@ -650,7 +697,7 @@ async fn a_failed_commit_undoes_every_write_made_after_it() {
     gated.failing.store(true, Ordering::SeqCst);
     conn.send(json!({"id": 11, "op": "write", "resource": "r", "token": token, "value": "one"}))
         .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gated.wait_for_a_held_commit().await;
     // Applied while the first commit waits: these go into the next one.
     conn.send_batch(&[
         json!({"id": 12, "op": "write", "resource": "r", "token": token, "value": "two"}),
@@ -691,12 +738,14 @@ async fn a_half_closed_client_gets_the_reply_to_its_last_write() {
     tokio::io::AsyncWriteExt::shutdown(&mut write)
         .await
         .unwrap();
-    // Let the server see the end of the stream while the commit waits.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The server sees the end of the stream while the commit waits: it ends the session, which
+    // frees the lock.
+    let mut probe = Conn::connect(gated.addr).await;
+    wait_for_holders(&mut probe, "r", 0).await;
     gated.open_disk();
     let mut line = String::new();
     let read_line = tokio::io::AsyncBufReadExt::read_line(&mut read, &mut line);
-    tokio::time::timeout(Duration::from_secs(5), read_line)
+    tokio::time::timeout(PATIENCE, read_line)
         .await
         .expect("the reply arrives")
         .unwrap();

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::support::Lockd;
+use crate::support::{Deadline, Lockd};
 
 const WRITES: u64 = 20;
 /// Write requests use ids from here, so they are easy to find in the trace.
@@ -61,6 +61,7 @@ async fn audit_writes(flags: &[&str]) {
     let mut lockd = Lockd::spawn(&mut command, &data);
     let mut conn = lockd.connect().await;
     // A cluster of one elects itself; until then it answers `not_leader`.
+    let deadline = Deadline::new("the cluster of one to elect itself and grant a lock");
     let token = loop {
         let reply = conn
             .call(json!({"id": 1, "op": "acquire", "resource": "audited"}))
@@ -70,7 +71,7 @@ async fn audit_writes(flags: &[&str]) {
         }
         assert_eq!(reply["error"]["code"], "not_leader", "{reply}");
         conn = lockd.connect().await;
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        deadline.tick(&reply).await;
     };
     for i in 0..WRITES {
         let id = FIRST_WRITE_ID + i;

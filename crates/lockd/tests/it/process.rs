@@ -1,12 +1,11 @@
 //! The process around the server: start-up line, signals, data directory, bad flags.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use crate::support::{lockd_command, wait_with_patience, Lockd};
+use crate::support::{lockd_command, wait_with_patience, Lockd, PATIENCE};
 
 #[tokio::test]
 async fn sigterm_and_sigint_close_sessions_and_exit_zero() {
@@ -16,11 +15,7 @@ async fn sigterm_and_sigint_close_sessions_and_exit_zero() {
         conn.lock(1, "f", "exclusive").await;
         let status = lockd.signal_and_wait(signal);
         assert!(status.success(), "SIG{signal}: {status:?}");
-        assert_eq!(
-            conn.try_recv(Duration::from_secs(5)).await,
-            Ok(None),
-            "closed"
-        );
+        assert_eq!(conn.try_recv(PATIENCE).await, Ok(None), "closed");
     }
 }
 

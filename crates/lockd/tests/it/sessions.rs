@@ -4,21 +4,26 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::Lockd;
+use crate::support::{Deadline, Lockd, PATIENCE};
+
+/// The lease of the sessions below. A pinger pings at a third of it, so a ping may come up to
+/// two thirds of a lease late (a loaded machine) before the session expires by mistake.
+const LEASE: Duration = Duration::from_millis(1_000);
 
 #[tokio::test]
 async fn a_silent_session_expires_and_a_pinging_one_keeps_its_lock() {
     let lockd = Lockd::start(&["--min-lease-ms", "100"]);
+    let lease_ms = LEASE.as_millis() as u64;
     let mut silent = lockd.connect().await;
     let hello = silent
-        .call(json!({"id": 1, "op": "hello", "lease_ms": 300}))
+        .call(json!({"id": 1, "op": "hello", "lease_ms": lease_ms}))
         .await;
-    assert_eq!(hello["lease_ms"], 300);
+    assert_eq!(hello["lease_ms"], lease_ms);
     silent.lock(2, "s", "exclusive").await;
 
     let mut pinger = lockd.connect().await;
     let pinger_session = pinger
-        .call(json!({"id": 1, "op": "hello", "lease_ms": 300}))
+        .call(json!({"id": 1, "op": "hello", "lease_ms": lease_ms}))
         .await["session"]
         .clone();
     pinger.lock(2, "p", "exclusive").await;
@@ -33,28 +38,38 @@ async fn a_silent_session_expires_and_a_pinging_one_keeps_its_lock() {
         .await;
     assert_eq!(waiter.recv().await["event"], "queued");
 
-    // Ping for 900 ms (three leases) at a third of the lease.
-    let started = tokio::time::Instant::now();
+    // Ping at a third of the lease until the silent session expires and its lock passes on...
     let mut id = 10;
-    let mut granted_s = None;
-    while started.elapsed() < Duration::from_millis(900) {
+    let deadline = Deadline::new("the silent session's lock to be granted to the waiter");
+    let granted = loop {
         id += 1;
         assert_eq!(
             pinger.call(json!({"id": id, "op": "ping"})).await["ok"],
             true
         );
-        if let Ok(Some(frame)) = waiter.try_recv(Duration::from_millis(100)).await {
-            assert!(granted_s.is_none(), "one grant only: {frame}");
-            granted_s = Some(frame);
+        if let Ok(Some(frame)) = waiter.try_recv(LEASE / 3).await {
+            break frame;
         }
-    }
-    let granted = granted_s.expect("the silent session's lock was freed");
+        deadline.tick("no frame for the waiter").await;
+    };
     assert_eq!(
         (granted["id"].as_u64(), granted["ok"].as_bool()),
-        (Some(1), Some(true))
+        (Some(1), Some(true)),
+        "{granted}"
     );
+    // ... and for another whole lease, in which the pinging session keeps its lock.
+    let until = tokio::time::Instant::now() + LEASE;
+    while tokio::time::Instant::now() < until {
+        id += 1;
+        assert_eq!(
+            pinger.call(json!({"id": id, "op": "ping"})).await["ok"],
+            true
+        );
+        let frame = waiter.try_recv(LEASE / 3).await;
+        assert_eq!(frame, Err(()), "one grant only");
+    }
     // The silent session's connection was closed by the server.
-    assert_eq!(silent.try_recv(Duration::from_secs(2)).await, Ok(None));
+    assert_eq!(silent.try_recv(PATIENCE).await, Ok(None));
     // The pinging session still holds "p", and the waiter still waits for it.
     let status = pinger
         .call(json!({"id": 99, "op": "status", "resource": "p"}))
@@ -68,10 +83,12 @@ async fn a_silent_session_expires_and_a_pinging_one_keeps_its_lock() {
 async fn an_invalid_frame_still_counts_as_a_sign_of_life() {
     let lockd = Lockd::start(&["--min-lease-ms", "100"]);
     let mut conn = lockd.connect().await;
-    conn.call(json!({"id": 1, "op": "hello", "lease_ms": 200}))
+    let lease_ms = LEASE.as_millis() as u64;
+    conn.call(json!({"id": 1, "op": "hello", "lease_ms": lease_ms}))
         .await;
+    // Garbage at a quarter of the lease, for one and a half leases.
     for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::sleep(LEASE / 4).await;
         conn.send_raw(b"garbage\n").await;
         assert_eq!(conn.recv().await["error"]["code"], "bad_request");
     }

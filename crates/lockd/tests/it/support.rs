@@ -14,6 +14,49 @@ use tokio::net::TcpStream;
 /// How long any single wait in a test may take before the test fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// How often a [`Deadline`] loop looks again.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// The end of a wait for a condition: a loop checks the condition, and between checks calls
+/// [`Deadline::tick`], which fails the test after [`PATIENCE`] saying what was awaited and what
+/// was last seen. Tests wait for conditions this way, never for a fixed time.
+#[derive(Debug)]
+pub struct Deadline {
+    at: std::time::Instant,
+    what: String,
+}
+
+impl Deadline {
+    /// A wait of [`PATIENCE`] for `what`, e.g. "the disconnect's release to be counted".
+    pub fn new(what: impl Into<String>) -> Deadline {
+        Deadline {
+            at: std::time::Instant::now() + PATIENCE,
+            what: what.into(),
+        }
+    }
+
+    /// Fails the test if the deadline has passed, naming what was awaited and `seen` (the
+    /// state last observed); otherwise sleeps for [`POLL`].
+    pub async fn tick(&self, seen: impl std::fmt::Display) {
+        self.check(seen);
+        tokio::time::sleep(POLL).await;
+    }
+
+    /// [`Deadline::tick`] for code that runs on a plain thread.
+    pub fn tick_blocking(&self, seen: impl std::fmt::Display) {
+        self.check(seen);
+        std::thread::sleep(POLL);
+    }
+
+    fn check(&self, seen: impl std::fmt::Display) {
+        assert!(
+            std::time::Instant::now() < self.at,
+            "waited {PATIENCE:?} for {}; last seen: {seen}",
+            self.what
+        );
+    }
+}
+
 /// A running `lockd` process, killed when dropped.
 pub struct Lockd {
     pub child: Child,
@@ -113,13 +156,12 @@ pub fn lockd_command(data_dir: &Path, flags: &[&str]) -> Command {
 }
 
 pub fn wait_with_patience(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + PATIENCE;
+    let deadline = Deadline::new(format!("process {} to exit", child.id()));
     loop {
         if let Some(status) = child.try_wait().expect("try_wait works") {
             return status;
         }
-        assert!(std::time::Instant::now() < deadline, "process did not exit");
-        std::thread::sleep(Duration::from_millis(10));
+        deadline.tick_blocking("still running");
     }
 }
 

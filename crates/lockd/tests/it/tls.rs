@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_rustls::rustls::{self, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use crate::support::{lockd_command, Lockd};
+use crate::support::{lockd_command, Lockd, PATIENCE};
 
 /// PEM files for a test CA, a server certificate for localhost/127.0.0.1, and a client
 /// certificate, all written under one directory.
@@ -85,13 +85,10 @@ async fn tls_call(
         .await
         .map_err(|err| err.to_string())?;
     let mut line = String::new();
-    let read = tokio::time::timeout(
-        Duration::from_secs(5),
-        BufReader::new(read).read_line(&mut line),
-    )
-    .await
-    .map_err(|_| "no reply".to_owned())?
-    .map_err(|err| err.to_string())?;
+    let read = tokio::time::timeout(PATIENCE, BufReader::new(read).read_line(&mut line))
+        .await
+        .map_err(|_| "no reply".to_owned())?
+        .map_err(|err| err.to_string())?;
     if read == 0 {
         return Err("closed".to_owned());
     }

@@ -33,7 +33,8 @@ async fn a_forced_release_on_the_leader_ends_the_holder_and_hands_the_lock_on() 
     let follower_admin = cluster.admin_addr(follower);
 
     let mut stuck = cluster.connect(leader).await;
-    let session = hello(&mut stuck, None).await["session"].clone();
+    let named = json!({"id": 100, "op": "hello", "client": "stuck-deploy", "lease_ms": 5_000});
+    let session = stuck.call(named).await["session"].clone();
     let token = stuck.lock(1, "deploy", "exclusive").await;
     let mut next = cluster.connect(leader).await;
     assert_eq!(hello(&mut next, None).await["ok"], true);
@@ -59,6 +60,7 @@ async fn a_forced_release_on_the_leader_ends_the_holder_and_hands_the_lock_on() 
     let released = reply.json();
     assert_eq!(released["released"][0]["session"], session);
     assert_eq!(released["released"][0]["token"], token);
+    assert_eq!(released["released"][0]["client"], "stuck-deploy");
     // The waiter is granted through the queue, and the evicted holder's connection closes.
     let granted = next.recv().await;
     assert_eq!(
