@@ -154,9 +154,15 @@ pub struct RunArgs {
     /// Exit code when the lock is lost while the command runs.
     #[arg(long, default_value_t = 75, value_name = "N")]
     pub lost_exit_code: u8,
-    /// Seconds between SIGTERM and SIGKILL when the lock is lost.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
-    pub kill_after: Duration,
+    /// Seconds between SIGTERM and SIGKILL when the lock is lost or about to be (default and
+    /// maximum: a quarter of the lease; a longer value is cut to that, with a note on stderr,
+    /// so that the command is dead before lockd could give the lock to anyone else).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub kill_after: Option<Duration>,
+    /// Ask for a lock-delay: if the lock is lost other than by a release, lockd grants it to
+    /// nobody for this many seconds (default: the server's, --default-lock-delay-ms).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub lock_delay: Option<Duration>,
     /// The resource to lock.
     pub resource: String,
     /// The command and its arguments (after `--`).

@@ -24,6 +24,13 @@ const EXIT_TIMEOUT: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    // `lockctl run` starts this binary again as the watchdog of its command's process group.
+    let mut args = std::env::args();
+    if let (Some(_), Some(flag), Some(group)) = (args.next(), args.next(), args.next()) {
+        if flag == run::WATCHDOG_FLAG {
+            return run::watchdog(&group);
+        }
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

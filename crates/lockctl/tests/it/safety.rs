@@ -104,3 +104,182 @@ async fn a_guard_on_a_blackholed_link_is_lost_before_the_server_expires_it() {
     );
     drop(guard);
 }
+
+/// A shell script for `lockctl run`: it notes its process group, starts a background child
+/// that ignores SIGTERM, and runs until killed, ignoring SIGTERM too (so only SIGKILL ends
+/// it: the hardest case for lockctl).
+const STUBBORN: &str = "trap '' TERM; echo $$ > \"$DIR/group\"; \
+     sh -c \"trap '' TERM; while :; do sleep 0.02; done\" & \
+     echo ready; while :; do sleep 0.02; done";
+
+/// Reads the process group the script wrote.
+fn group_of(dir: &std::path::Path) -> i32 {
+    std::fs::read_to_string(dir.join("group"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Whether any process of `group` is alive (zombies are not).
+fn group_alive(group: i32) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(group)
+            && !matches!(fields.first(), Some(&"Z" | &"X"))
+    })
+}
+
+/// How many processes `group` has (alive).
+fn group_size(group: i32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                return false;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(group)
+                && !matches!(fields.first(), Some(&"Z" | &"X"))
+        })
+        .count()
+}
+
+/// Polls until `group` has no live process; returns when that was first seen.
+async fn wait_group_gone(group: i32, within: Duration) -> Instant {
+    let deadline = Instant::now() + within;
+    loop {
+        if !group_alive(group) {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process group {group} still alive after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockctl_run_on_a_blackholed_link_stops_its_whole_group_before_the_next_grant() {
+    const LEASE: Duration = Duration::from_millis(2_000);
+    const LOCK_DELAY: Duration = Duration::from_millis(500);
+    let server = Server::start_with(lockd::server::ServerConfig {
+        table: lockd::core::TableConfig {
+            default_lease: LEASE,
+            ..lockd::core::TableConfig::default()
+        },
+        ..lockd::server::ServerConfig::default()
+    });
+    let proxy = FaultProxy::start(server.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = crate::support::lockctl(
+        &proxy.addr().to_string(),
+        &[
+            "run",
+            "--lock-delay",
+            "0.5",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            STUBBORN,
+        ],
+    );
+    command.env("DIR", dir.path());
+    let mut running = crate::support::Running::from_command(command);
+    running.wait_for_line("ready").await;
+    let group = group_of(dir.path());
+    let deadline = Instant::now() + PATIENCE;
+    while group_size(group) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the background child never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let observer = server.client().await;
+    let holder = observer.status(Some("job")).await.unwrap()[0].holders[0].session;
+    let next = server.client().await;
+    let waiting = tokio::spawn(async move {
+        let granted = next.lock("job").acquire().await.unwrap();
+        (Instant::now(), granted, next)
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while observer.status(Some("job")).await.unwrap()[0]
+        .waiters
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let cut = Instant::now();
+    proxy.set_mode(Mode::Blackhole);
+    let stopped = wait_group_gone(group, PATIENCE).await;
+    let expired = wait_until_gone(&observer, "job", holder).await;
+    let (granted_at, _granted, _next) = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the next holder was granted in time")
+        .unwrap();
+    let (code, _, stderr) = running.finish().await;
+    assert_eq!(code, Some(75), "{stderr}");
+    assert!(stderr.contains("SIGKILL"), "{stderr}");
+    assert!(
+        stopped < expired,
+        "the command's group must be gone before the server expires the session: {stderr}"
+    );
+    assert!(expired < granted_at);
+    assert!(
+        granted_at - expired >= LOCK_DELAY - Duration::from_millis(50),
+        "the lock-delay held the next grant back"
+    );
+    eprintln!(
+        "lockctl run, blackholed link (lease {LEASE:?}, lock-delay {LOCK_DELAY:?}), after the \
+         cut: command group gone {:?}; server expired the session (seen by status) {:?}; next \
+         holder granted {:?}\nlockctl said: {stderr}",
+        stopped - cut,
+        expired - cut,
+        granted_at - cut
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_of_lockctl_run_takes_the_command_group_with_it() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = crate::support::lockctl(
+        &server.addr_string(),
+        &["run", "job", "--", "sh", "-c", STUBBORN],
+    );
+    command.env("DIR", dir.path());
+    let mut running = crate::support::Running::from_command(command);
+    running.wait_for_line("ready").await;
+    let group = group_of(dir.path());
+    let deadline = Instant::now() + PATIENCE;
+    while group_size(group) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the background child never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed = Instant::now();
+    running.signal("KILL");
+    let gone = wait_group_gone(group, Duration::from_secs(3)).await;
+    let _ = running.finish().await;
+    eprintln!(
+        "kill -9 of lockctl run: the command's group was gone {:?} later",
+        gone - killed
+    );
+}
