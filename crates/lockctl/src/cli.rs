@@ -19,7 +19,8 @@ Examples:
   lockctl lock status READ                           a resource that is named `status`
   lockctl completions bash > /etc/bash_completion.d/lockctl
 
-Exit codes: 0 done, 1 error, 2 bad arguments, 3 timed out waiting, 130 interrupted.
+Exit codes: 0 done, 1 error, 2 bad arguments, 3 timed out waiting, 75 the lock was lost before
+the read or write (stdout: `LOST lock on RESOURCE; nothing was written`), 130 interrupted.
 `lockctl run` exits with the command's own code; see `lockctl run --help`.";
 
 const RUN_AFTER_HELP: &str = "\

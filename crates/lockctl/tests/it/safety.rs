@@ -283,3 +283,31 @@ async fn a_kill_9_of_lockctl_run_takes_the_command_group_with_it() {
         gone - killed
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_write_does_not_write_after_losing_its_lock() {
+    let server = Server::start_with(lockd::server::ServerConfig {
+        table: lockd::core::TableConfig {
+            default_lease: Duration::from_millis(1_000),
+            ..lockd::core::TableConfig::default()
+        },
+        ..lockd::server::ServerConfig::default()
+    });
+    let proxy = FaultProxy::start(server.addr).await;
+    let mut running = crate::support::Running::spawn(
+        &proxy.addr().to_string(),
+        &["file_A", "WRITE", "too late", "5"],
+    );
+    running.wait_for_line("Sleeping").await;
+    proxy.set_mode(Mode::Blackhole);
+    let (code, lines, stderr) = running.finish().await;
+    assert_eq!(code, Some(75), "{stderr}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("LOST lock on file_A; nothing was written"),
+        "{lines:?}"
+    );
+    let client = server.client().await;
+    let guard = client.lock("file_A").acquire().await.unwrap();
+    assert_eq!(guard.read().await.unwrap(), None, "nothing was written");
+}
