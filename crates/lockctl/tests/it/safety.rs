@@ -311,3 +311,77 @@ async fn the_seed_write_does_not_write_after_losing_its_lock() {
     let guard = client.lock("file_A").acquire().await.unwrap();
     assert_eq!(guard.read().await.unwrap(), None, "nothing was written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockctl_run_cut_off_from_a_cluster_stops_its_whole_group_before_the_next_grant() {
+    const LEASE: Duration = Duration::from_millis(2_000);
+    let cluster = crate::cluster_support::Cluster::start(lockd::server::ServerConfig {
+        table: lockd::core::TableConfig {
+            default_lease: LEASE,
+            ..lockd::core::TableConfig::default()
+        },
+        ..lockd::server::ServerConfig::default()
+    });
+    cluster.leader(&[]).await;
+    // lockctl reaches every node through a proxy of its own; the other clients do not.
+    let mut proxies = Vec::new();
+    for addr in cluster.addrs().split(',') {
+        proxies.push(FaultProxy::start(addr.parse().unwrap()).await);
+    }
+    let through_proxies = proxies
+        .iter()
+        .map(|proxy| proxy.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = crate::support::lockctl(
+        &through_proxies,
+        &["run", "job", "--", "sh", "-c", STUBBORN],
+    );
+    command.env("DIR", dir.path());
+    let mut running = crate::support::Running::from_command(command);
+    running.wait_for_line("ready").await;
+    let group = group_of(dir.path());
+    let deadline = Instant::now() + PATIENCE;
+    while group_size(group) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the background child never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let next = Client::connect(&cluster.addrs()).await.unwrap();
+    let mut call = next
+        .start_acquire("job", lockctl::LockMode::Exclusive, None)
+        .unwrap();
+    assert!(
+        matches!(call.next().await, lockctl::AcquireProgress::Queued(1)),
+        "the next holder waits"
+    );
+
+    let cut = Instant::now();
+    for proxy in &proxies {
+        proxy.set_mode(Mode::Blackhole);
+    }
+    let stopped = wait_group_gone(group, PATIENCE).await;
+    let granted = tokio::time::timeout(PATIENCE, call.next())
+        .await
+        .expect("the next holder was granted in time");
+    let granted_at = Instant::now();
+    assert!(
+        matches!(granted, lockctl::AcquireProgress::Done(Ok(_))),
+        "{granted:?}"
+    );
+    let (code, _, stderr) = running.finish().await;
+    assert_eq!(code, Some(75), "{stderr}");
+    assert!(
+        stopped < granted_at,
+        "the group must be gone before the next grant: {stderr}"
+    );
+    eprintln!(
+        "lockctl run cut off from a cluster (lease {LEASE:?}), after the cut: command group \
+         gone {:?}; next holder granted {:?}",
+        stopped - cut,
+        granted_at - cut
+    );
+}
