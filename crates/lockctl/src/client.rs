@@ -413,7 +413,7 @@ impl Client {
     }
 
     /// Pings every `every` until the returned guard (or the client) is dropped, so that the
-    /// session outlives long waits and holds. Pick a third of the lease or less.
+    /// session outlives long waits and holds. Pick a quarter of the lease or less (`lease::keepalive_interval`).
     pub fn spawn_keepalive(&self, every: Duration) -> Keepalive {
         // The task holds the calls, not the session task, so it never keeps the connection
         // open by itself.

@@ -49,9 +49,9 @@ impl SessionTask {
     /// goes).
     pub(crate) async fn run(mut self, mut link: Link) {
         let resumable = self.dialer.is_cluster();
-        // The keepalive pings every third of the lease, so a healthy server sends something at
+        // The keepalive pings every quarter of the lease, so a healthy server sends something at
         // least that often; nothing for half the lease while a reply is due means it is
-        // paused or cut off, with half the lease left to resume elsewhere.
+        // paused or cut off, with what is left of the local lease to resume elsewhere.
         let silence = resumable.then(|| (self.lease / 2).max(Duration::from_millis(100)));
         let calls = std::sync::Arc::clone(&self.calls);
         loop {
