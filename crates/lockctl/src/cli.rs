@@ -25,15 +25,19 @@ the read or write (stdout: `LOST lock on RESOURCE; nothing was written`), 130 in
 
 const RUN_AFTER_HELP: &str = "\
 The command runs with LOCKD_RESOURCE (the resource) and LOCKD_TOKEN (the fencing token) in its
-environment. SIGINT, SIGTERM and SIGHUP are passed on to it. The lock is released when it exits.
+environment, in a process group of its own. SIGINT, SIGTERM and SIGHUP are passed on to that
+group. The lock is released when the command exits and nothing it started is left in its group.
+If lockctl is killed, a watchdog process kills the group. See docs/safety.md.
 
 Exit codes:
   the command's     when it ran (128 + N when it was killed by signal N)
   1 (-E N to set)   the lock was not granted within -w, or at once with -n
   75 (--lost-exit-code N to set)
-                    the lock was lost while the command ran (lockd went away or the session
-                    expired; a cluster's failover within the lease is not a loss): the command
-                    got SIGTERM, then SIGKILL after --kill-after seconds
+                    the lock was lost, or about to be, while the command ran (lockd went away,
+                    or did not answer for most of the lease; a cluster's failover within the
+                    lease is not a loss): the command's group got SIGTERM, then SIGKILL after
+                    --kill-after seconds (at most a quarter of the lease), before lockd could
+                    give the lock to anyone else
   127               the command could not be started
   2                 bad arguments
 
