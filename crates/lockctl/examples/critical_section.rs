@@ -12,7 +12,7 @@ use lockctl::{Client, ClientError};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), ClientError> {
     let addr = std::env::var("LOCKD_ADDR").unwrap_or_else(|_| lockctl::DEFAULT_ADDR.to_owned());
-    // Connects, says hello, and pings at a third of the lease for as long as `client` lives.
+    // Connects, says hello, and pings at a quarter of the lease for as long as `client` lives.
     let client = Client::builder(&addr)
         .name("critical_section example")
         .connect()

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::{Command, ErrorBody, ErrorCode, Incoming, Request, RequestId};
@@ -41,6 +42,9 @@ struct State {
     /// the session no earlier than that, so the session's lease lasts at least until then
     /// plus the lease: the time a failed-over client has to resume it.
     heard_since: Instant,
+    /// The lease the server granted (set once the session's `hello` is answered, and again on
+    /// each resume): with `heard_since`, it gives the local deadline (`lease.rs`).
+    lease: Duration,
 }
 
 #[derive(Debug)]
@@ -78,6 +82,7 @@ impl Calls {
             state: Mutex::new(State {
                 pending: Some(BTreeMap::new()),
                 heard_since: Instant::now(),
+                lease: Duration::MAX,
             }),
             outgoing,
         }
@@ -139,6 +144,7 @@ impl Calls {
         let State {
             pending,
             heard_since,
+            ..
         } = &mut *state;
         let Some(pending) = pending.as_mut() else {
             return Routed::Delivered;
@@ -179,6 +185,33 @@ impl Calls {
             }
         }
         Routed::Delivered
+    }
+
+    /// Sets the lease the server granted.
+    pub(crate) fn set_lease(&self, lease: Duration) {
+        self.state().lease = lease;
+    }
+
+    /// The lease the server granted.
+    pub(crate) fn lease(&self) -> Duration {
+        self.state().lease
+    }
+
+    /// The local deadline (`lease.rs`): after it, the server may have expired the session.
+    pub(crate) fn local_deadline(&self) -> Instant {
+        let state = self.state();
+        crate::lease::local_deadline(state.heard_since, state.lease)
+    }
+
+    /// Resolves once the local deadline has passed with no newer answer to move it.
+    pub(crate) async fn local_deadline_passed(&self) {
+        loop {
+            let deadline = self.local_deadline();
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
     }
 
     /// When the newest call the server answered was registered (see `State::heard_since`).

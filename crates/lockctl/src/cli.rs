@@ -19,20 +19,25 @@ Examples:
   lockctl lock status READ                           a resource that is named `status`
   lockctl completions bash > /etc/bash_completion.d/lockctl
 
-Exit codes: 0 done, 1 error, 2 bad arguments, 3 timed out waiting, 130 interrupted.
+Exit codes: 0 done, 1 error, 2 bad arguments, 3 timed out waiting, 75 the lock was lost before
+the read or write (stdout: `LOST lock on RESOURCE; nothing was written`), 130 interrupted.
 `lockctl run` exits with the command's own code; see `lockctl run --help`.";
 
 const RUN_AFTER_HELP: &str = "\
 The command runs with LOCKD_RESOURCE (the resource) and LOCKD_TOKEN (the fencing token) in its
-environment. SIGINT, SIGTERM and SIGHUP are passed on to it. The lock is released when it exits.
+environment, in a process group of its own. SIGINT, SIGTERM and SIGHUP are passed on to that
+group. The lock is released when the command exits and nothing it started is left in its group.
+If lockctl is killed, a watchdog process kills the group. See docs/safety.md.
 
 Exit codes:
   the command's     when it ran (128 + N when it was killed by signal N)
   1 (-E N to set)   the lock was not granted within -w, or at once with -n
   75 (--lost-exit-code N to set)
-                    the lock was lost while the command ran (lockd went away or the session
-                    expired; a cluster's failover within the lease is not a loss): the command
-                    got SIGTERM, then SIGKILL after --kill-after seconds
+                    the lock was lost, or about to be, while the command ran (lockd went away,
+                    or did not answer for most of the lease; a cluster's failover within the
+                    lease is not a loss): the command's group got SIGTERM, then SIGKILL after
+                    --kill-after seconds (at most a quarter of the lease), before lockd could
+                    give the lock to anyone else
   127               the command could not be started
   2                 bad arguments
 
@@ -154,9 +159,15 @@ pub struct RunArgs {
     /// Exit code when the lock is lost while the command runs.
     #[arg(long, default_value_t = 75, value_name = "N")]
     pub lost_exit_code: u8,
-    /// Seconds between SIGTERM and SIGKILL when the lock is lost.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
-    pub kill_after: Duration,
+    /// Seconds between SIGTERM and SIGKILL when the lock is lost or about to be (default and
+    /// maximum: a quarter of the lease; a longer value is cut to that, with a note on stderr,
+    /// so that the command is dead before lockd could give the lock to anyone else).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub kill_after: Option<Duration>,
+    /// Ask for a lock-delay: if the lock is lost other than by a release, lockd grants it to
+    /// nobody for this many seconds (default: the server's, --default-lock-delay-ms).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub lock_delay: Option<Duration>,
     /// The resource to lock.
     pub resource: String,
     /// The command and its arguments (after `--`).

@@ -88,7 +88,6 @@ pub struct Client {
     /// Cancelled by the session task when the session is lost.
     lost: CancellationToken,
     session: Option<SessionId>,
-    lease: Duration,
     _connection: Arc<SessionTaskHandle>,
     _keepalive: Option<Arc<Keepalive>>,
 }
@@ -137,7 +136,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Whether to ping at a third of the lease so that the session never expires while the
+    /// Whether to ping at a quarter of the lease so that the session never expires while the
     /// client lives (default: yes). Without it, a client silent for its lease loses its locks.
     pub fn keepalive(mut self, keepalive: bool) -> Self {
         self.keepalive = keepalive;
@@ -175,6 +174,7 @@ impl ClientBuilder {
         let deadline = Instant::now() + LEADER_SEARCH;
         let (link, hello) = dialer.open(&calls, None, None, deadline).await?;
         let lease = Duration::from_millis(hello.lease_ms);
+        calls.set_lease(lease);
         let lost = CancellationToken::new();
         let task = SessionTask {
             calls: Arc::clone(&calls),
@@ -188,13 +188,13 @@ impl ClientBuilder {
             calls,
             lost,
             session: Some(hello.session),
-            lease,
             _connection: Arc::new(SessionTaskHandle(tokio::spawn(task.run(link)))),
             _keepalive: None,
         };
         if self.keepalive {
-            // A third of the lease: two pings can be lost before the session expires.
-            let every = (client.lease / 3).max(Duration::from_millis(10));
+            // A quarter of the lease: a ping answered late or lost still leaves most of the
+            // local lease (`lease.rs`).
+            let every = crate::lease::keepalive_interval(lease);
             client._keepalive = Some(Arc::new(client.spawn_keepalive(every)));
         }
         Ok(client)
@@ -226,9 +226,36 @@ impl Client {
         self.session
     }
 
-    /// The lease the server granted.
+    /// The lease the server granted (in a cluster, the one granted at the latest resume).
     pub fn lease(&self) -> Duration {
-        self.lease
+        self.calls.lease()
+    }
+
+    /// The session's local deadline (docs/safety.md): the send time of the newest request the
+    /// server answered, plus the lease, minus a margin. The server cannot have expired the
+    /// session before it; at it, if no newer answer moved it, the session is given up and
+    /// [`lost`](Self::lost) resolves.
+    pub fn local_deadline(&self) -> std::time::Instant {
+        self.calls.local_deadline().into_std()
+    }
+
+    /// How long the session's locks are still certainly held: the time left until the local
+    /// deadline, zero once the session is lost.
+    pub fn valid_for(&self) -> Duration {
+        if self.is_lost() {
+            return Duration::ZERO;
+        }
+        self.calls
+            .local_deadline()
+            .saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the session is *in jeopardy*: nothing the server answered was sent in the last
+    /// half lease (a healthy session is renewed every quarter), or it is lost. Its locks are
+    /// still held until the local deadline, but work that cannot stop quickly should not start.
+    pub fn in_jeopardy(&self) -> bool {
+        self.is_lost()
+            || self.calls.heard_since().elapsed() >= crate::lease::jeopardy_after(self.lease())
     }
 
     /// Resolves when the session is lost (server stopped, network failed, lease expired).
@@ -278,10 +305,25 @@ impl Client {
         mode: LockMode,
         timeout: Option<Duration>,
     ) -> Result<AcquireCall, ClientError> {
+        self.start_acquire_with(resource, mode, timeout, None)
+    }
+
+    /// [`start_acquire`](Self::start_acquire) with a lock-delay: if this lock is lost other
+    /// than by a release (the session expired or was cut off), lockd grants it to nobody for
+    /// that long (`None`: the server's default, `--default-lock-delay-ms`).
+    pub fn start_acquire_with(
+        &self,
+        resource: &str,
+        mode: LockMode,
+        timeout: Option<Duration>,
+        lock_delay: Option<Duration>,
+    ) -> Result<AcquireCall, ClientError> {
+        let millis = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
         let command = Command::Acquire(Acquire {
             resource: name(resource)?,
             mode,
-            timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            timeout_ms: timeout.map(millis),
+            lock_delay_ms: lock_delay.map(millis),
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let (id, reply) = self.send(command, Some(events_tx))?;
@@ -299,7 +341,19 @@ impl Client {
         mode: LockMode,
         timeout: Option<Duration>,
     ) -> Result<AcquireOk, ClientError> {
-        let mut call = self.start_acquire(resource, mode, timeout)?;
+        self.acquire_with(resource, mode, timeout, None).await
+    }
+
+    /// [`acquire`](Self::acquire) with a lock-delay; see
+    /// [`start_acquire_with`](Self::start_acquire_with).
+    pub async fn acquire_with(
+        &self,
+        resource: &str,
+        mode: LockMode,
+        timeout: Option<Duration>,
+        lock_delay: Option<Duration>,
+    ) -> Result<AcquireOk, ClientError> {
+        let mut call = self.start_acquire_with(resource, mode, timeout, lock_delay)?;
         loop {
             if let AcquireProgress::Done(outcome) = call.next().await {
                 return outcome;
@@ -359,7 +413,7 @@ impl Client {
     }
 
     /// Pings every `every` until the returned guard (or the client) is dropped, so that the
-    /// session outlives long waits and holds. Pick a third of the lease or less.
+    /// session outlives long waits and holds. Pick a quarter of the lease or less (`lease::keepalive_interval`).
     pub fn spawn_keepalive(&self, every: Duration) -> Keepalive {
         // The task holds the calls, not the session task, so it never keeps the connection
         // open by itself.

@@ -63,7 +63,7 @@ pub(crate) fn builder(server: &Server) -> lockctl::ClientBuilder {
 }
 
 /// Connects, says hello with this process's name, and keeps the session alive with pings at a
-/// third of the lease until exit.
+/// quarter of the lease until exit.
 pub(crate) async fn connect(server: &Server) -> Result<Client, ExitCode> {
     builder(server).connect().await.map_err(|err| {
         if err.code() == Some(ErrorCode::Unauthorized) {

@@ -9,7 +9,7 @@
 //! # async fn demo() -> Result<(), lockctl::ClientError> {
 //! use lockctl::Client;
 //!
-//! // Connects, says hello, and pings at a third of the lease from now on.
+//! // Connects, says hello, and pings at a quarter of the lease from now on.
 //! let client = Client::connect("127.0.0.1:5555").await?;
 //! let lock = client.lock("jobs/nightly").timeout(std::time::Duration::from_secs(30)).acquire().await?;
 //! lock.write("last run: today").await?;
@@ -26,6 +26,7 @@ mod client;
 mod cluster;
 mod error;
 mod leader;
+pub mod lease;
 mod link;
 mod lock;
 mod session;

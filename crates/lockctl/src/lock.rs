@@ -29,6 +29,7 @@ pub struct LockRequest<'a> {
     resource: String,
     mode: LockMode,
     timeout: Option<Duration>,
+    lock_delay: Option<Duration>,
 }
 
 impl<'a> LockRequest<'a> {
@@ -38,6 +39,7 @@ impl<'a> LockRequest<'a> {
             resource: resource.to_owned(),
             mode: LockMode::Exclusive,
             timeout: None,
+            lock_delay: None,
         }
     }
 
@@ -59,6 +61,15 @@ impl<'a> LockRequest<'a> {
         self
     }
 
+    /// Ask for a lock-delay: if this lock is lost other than by a release (the session expired,
+    /// the link was cut), lockd grants it to nobody for this long, so that this holder has
+    /// time to notice and stop before the next one starts (default: the server's,
+    /// `--default-lock-delay-ms`, 0 unless set; clamped to `--max-lock-delay-ms`).
+    pub fn lock_delay(mut self, delay: Duration) -> Self {
+        self.lock_delay = Some(delay);
+        self
+    }
+
     /// Take the lock only if it is free now; never queue.
     pub fn try_once(self) -> Self {
         self.timeout(Duration::ZERO)
@@ -68,7 +79,7 @@ impl<'a> LockRequest<'a> {
     pub async fn acquire(self) -> Result<LockGuard, ClientError> {
         let granted = self
             .client
-            .acquire(&self.resource, self.mode, self.timeout)
+            .acquire_with(&self.resource, self.mode, self.timeout, self.lock_delay)
             .await?;
         Ok(LockGuard {
             client: self.client.clone(),
@@ -122,10 +133,27 @@ impl LockGuard {
             .await
     }
 
-    /// Resolves when the session is lost (connection gone, lease expired): the lock is then no
-    /// longer held, whatever this guard says. Select on it next to the protected work.
+    /// Resolves when the lock is lost: at once when the connection ends (on a single server),
+    /// and at the latest at the session's local deadline if nothing renewed it, strictly before
+    /// the server could expire the session and grant the lock to someone else
+    /// (docs/safety.md). The lock is then no longer held, whatever this guard says. Select on
+    /// it next to the protected work.
     pub async fn lost(&self) {
         self.client.lost().await;
+    }
+
+    /// How long the lock is still certainly held: the time left until the session's local
+    /// deadline (zero once lost). Keepalive pings keep it above half the lease while the
+    /// server answers.
+    pub fn valid_for(&self) -> Duration {
+        self.client.valid_for()
+    }
+
+    /// Whether the lock is *in jeopardy*: the server has not answered anything sent in the
+    /// last half lease. It is still held until [`valid_for`](Self::valid_for) runs out; work
+    /// that cannot stop in that time should not start.
+    pub fn in_jeopardy(&self) -> bool {
+        self.client.in_jeopardy()
     }
 
     /// Releases the lock and waits for the server to confirm.

@@ -22,8 +22,18 @@ mod run;
 const EXIT_TIMEOUT: u8 = 3;
 /// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code when the lock was lost before the read or write (as `lockctl run`'s default
+/// `--lost-exit-code`: EX_TEMPFAIL).
+const EXIT_LOST: u8 = 75;
 
 fn main() -> ExitCode {
+    // `lockctl run` starts this binary again as the watchdog of its command's process group.
+    let mut args = std::env::args();
+    if let (Some(_), Some(flag), Some(group)) = (args.next(), args.next(), args.next()) {
+        if flag == run::WATCHDOG_FLAG {
+            return run::watchdog(&group);
+        }
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -133,6 +143,19 @@ async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> Exi
         }
     };
     let outcome = tokio::select! {
+        // The lock is lost (the link went silent past the local deadline, or closed): stop
+        // before the read or write, whichever step was under way.
+        biased;
+        () = client.lost() => {
+            let what = if plan.value.is_some() { "nothing was written" } else { "nothing was read" };
+            println!("LOST lock on {resource}; {what}");
+            eprintln!(
+                "lockctl: lost the lock on {resource} (lockd unreachable or session expired) \
+                 before the {}; someone else may hold it now",
+                if plan.value.is_some() { "write" } else { "read" }
+            );
+            return ExitCode::from(EXIT_LOST);
+        }
         outcome = work => Some(outcome),
         () = &mut interrupt => None,
     };

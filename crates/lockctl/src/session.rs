@@ -9,9 +9,12 @@
 //! request it already applied from the reply it saved, and tells a waiting acquire its place
 //! again, so nothing is lost or applied twice. Callers only see their replies arrive later.
 //!
-//! The session is lost (and `lost` cancelled, and every call failed) when no leader takes the
-//! session back before its lease runs out, counted from the newest call the server answered,
-//! or when the new leader no longer knows the session (`no_session`).
+//! The session is lost (and `lost` cancelled, and every call failed) at its local deadline
+//! (`lease.rs`), strictly before the server could expire it, if nothing the server answered
+//! has moved that deadline on: a link that went silent, a failover that takes longer than the
+//! lease. It is lost at once when the link ends on a single server, or when the new leader no
+//! longer knows the session (`no_session`). The link is then dropped, which on a single server
+//! frees the locks at once if the server can still hear it.
 
 use std::time::Duration;
 
@@ -46,14 +49,16 @@ impl SessionTask {
     /// goes).
     pub(crate) async fn run(mut self, mut link: Link) {
         let resumable = self.dialer.is_cluster();
-        // The keepalive pings every third of the lease, so a healthy server sends something at
+        // The keepalive pings every quarter of the lease, so a healthy server sends something at
         // least that often; nothing for half the lease while a reply is due means it is
-        // paused or cut off, with half the lease left to resume elsewhere.
+        // paused or cut off, with what is left of the local lease to resume elsewhere.
         let silence = resumable.then(|| (self.lease / 2).max(Duration::from_millis(100)));
+        let calls = std::sync::Arc::clone(&self.calls);
         loop {
-            let end = link
-                .carry(&self.calls, &mut self.outgoing, resumable, silence)
-                .await;
+            let end = tokio::select! {
+                end = link.carry(&self.calls, &mut self.outgoing, resumable, silence) => end,
+                () = calls.local_deadline_passed() => return self.lose(&ClientError::ConnectionLost),
+            };
             let leader = match end {
                 LinkEnd::Broken(err) => return self.lose(&err),
                 LinkEnd::Closed => None,
@@ -62,17 +67,21 @@ impl SessionTask {
             if !resumable {
                 return self.lose(&ClientError::ConnectionLost);
             }
-            match self.resume(leader).await {
+            let resumed = tokio::select! {
+                resumed = self.resume(leader) => resumed,
+                () = calls.local_deadline_passed() => None,
+            };
+            match resumed {
                 Some(resumed) => link = resumed,
                 None => return self.lose(&ClientError::ConnectionLost),
             }
         }
     }
 
-    /// Takes the session back on the cluster's leader, trying `leader` first, within the
-    /// session's lease; queues every call in flight again on success.
+    /// Takes the session back on the cluster's leader, trying `leader` first, before the local
+    /// deadline; queues every call in flight again on success.
     async fn resume(&mut self, leader: Option<String>) -> Option<Link> {
-        let deadline = self.calls.heard_since() + self.lease;
+        let deadline = self.calls.local_deadline();
         let started = Instant::now();
         let (link, hello) = self
             .dialer
@@ -80,6 +89,7 @@ impl SessionTask {
             .await
             .ok()?;
         self.lease = Duration::from_millis(hello.lease_ms);
+        self.calls.set_lease(self.lease);
         self.calls.requeue_all(&mut self.outgoing, started);
         Some(link)
     }

@@ -146,6 +146,7 @@ fn apply(
                 acquire.resource,
                 mode,
                 acquire.timeout_ms.map(Duration::from_millis),
+                acquire.lock_delay_ms.map(Duration::from_millis),
             ) {
                 Ok(Acquired::Granted(token)) => Ok(ReplyBody::Acquired(AcquireOk { token, mode })),
                 Ok(Acquired::Queued { position }) => return (Answer::Queued(position), None),

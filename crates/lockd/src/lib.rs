@@ -23,6 +23,7 @@ mod admin;
 mod apply;
 mod connection;
 mod metrics;
+mod pause;
 mod report;
 mod seam;
 mod secret;

@@ -128,6 +128,19 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize))]
     max_waits_per_session: usize,
 
+    /// The lock-delay of an acquire that asks for none: when its holder loses the lock other
+    /// than by `release` (expiry, disconnect, eviction), nobody is granted the resource for
+    /// this long (docs/safety.md). 0: none.
+    #[arg(long, default_value_t = 0, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=4_294_967_295))]
+    default_lock_delay_ms: u64,
+
+    /// The longest lock-delay an acquire may ask for; longer ones are clamped to it, and so is
+    /// --default-lock-delay-ms.
+    #[arg(long, default_value_t = 60_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=4_294_967_295))]
+    max_lock_delay_ms: u64,
+
     /// Open connections at most; more are refused with `limit_exceeded`.
     #[arg(long, default_value_t = 10_000, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize))]
@@ -243,6 +256,8 @@ impl Args {
                 max_locks_per_session: self.max_locks_per_session,
                 max_waits_per_session: self.max_waits_per_session,
                 expire_sessions: true,
+                default_lock_delay: Duration::from_millis(self.default_lock_delay_ms),
+                max_lock_delay: Duration::from_millis(self.max_lock_delay_ms),
             },
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,

@@ -68,6 +68,10 @@ pub struct Metrics {
     /// the sessions whose client is connected to it.
     sessions: Gauge,
     pub(crate) expirations: Counter,
+    /// Stalls of the backend loop (see `pause.rs`) long enough to be credited to the leases.
+    pub(crate) server_pauses: Counter,
+    lock_delays: Counter,
+    delayed_resources: Gauge,
     grants: [Counter; 2],
     releases: [[Counter; 4]; 2],
     timeouts: [Counter; 2],
@@ -101,8 +105,10 @@ pub struct LockGauges {
     pub holders: [u64; 2],
     /// Waiters by mode, exclusive first.
     pub waiters: [u64; 2],
-    /// Resources with a holder or a waiter.
+    /// Resources with a holder or a waiter, or in lock-delay.
     pub busy_resources: u64,
+    /// Resources in lock-delay.
+    pub delayed_resources: u64,
     /// The longest current hold.
     pub oldest_hold: Duration,
     /// The longest current wait.
@@ -144,6 +150,26 @@ impl Metrics {
             "session_expirations",
             "Sessions ended because nothing was heard from them for their whole lease",
             expirations.clone(),
+        );
+        let server_pauses = Counter::default();
+        registry.register(
+            "server_pauses",
+            "Times the server woke from a stall (SIGSTOP, a VM pause, a starved loop) and did \
+             not count the stall as its clients' silence",
+            server_pauses.clone(),
+        );
+        let lock_delays = Counter::default();
+        registry.register(
+            "lock_delays",
+            "Holds with a lock-delay that ended other than by release, holding their resource \
+             back from the next grant",
+            lock_delays.clone(),
+        );
+        let delayed_resources = Gauge::default();
+        registry.register(
+            "delayed_resources",
+            "Resources in lock-delay now: granted to nobody until it ends",
+            delayed_resources.clone(),
         );
 
         let grants = by_mode(
@@ -287,6 +313,9 @@ impl Metrics {
             connections_refused,
             sessions,
             expirations,
+            server_pauses,
+            lock_delays,
+            delayed_resources,
             grants,
             releases,
             timeouts,
@@ -340,6 +369,9 @@ impl Metrics {
                     }
                 };
             }
+            Observation::LockDelayed { .. } => {
+                self.lock_delays.inc();
+            }
         }
     }
 
@@ -386,6 +418,8 @@ impl Metrics {
         }
         self.busy_resources
             .set(saturating_i64(gauges.busy_resources));
+        self.delayed_resources
+            .set(saturating_i64(gauges.delayed_resources));
         self.oldest_hold_seconds
             .set(gauges.oldest_hold.as_secs_f64());
         self.longest_wait_seconds

@@ -118,6 +118,7 @@ impl LocksReport {
             matching,
             totals: Totals {
                 busy_resources: gauges.busy_resources,
+                delayed_resources: gauges.delayed_resources,
                 holders: gauges.holders.iter().sum(),
                 waiters: gauges.waiters.iter().sum(),
                 sessions: self.sessions.len() as u64,
@@ -138,6 +139,7 @@ impl LocksReport {
                 resource,
                 holders: Vec::new(),
                 waiters: Vec::new(),
+                delayed_ms: None,
             },
         }
     }
@@ -151,6 +153,9 @@ impl LocksReport {
         let mut oldest_hold = 0;
         let mut longest_wait = 0;
         for status in &self.resources {
+            if status.delayed_ms.is_some() {
+                gauges.delayed_resources += 1;
+            }
             for holder in &status.holders {
                 gauges.holders[mode_index(holder.mode)] += 1;
                 oldest_hold = oldest_hold.max(holder.held_ms);
@@ -218,6 +223,7 @@ impl LocksReport {
                         mode: holder.mode,
                         token: holder.token,
                         held_ms: holder.held_ms.saturating_add(age),
+                        lock_delay_ms: holder.lock_delay_ms,
                     }
                 })
                 .collect(),
@@ -237,6 +243,7 @@ impl LocksReport {
                     }
                 })
                 .collect(),
+            delayed_ms: status.delayed_ms.map(|ms| ms.saturating_sub(age)),
         }
     }
 }
@@ -257,8 +264,10 @@ pub struct LocksJson<'a> {
 /// Counts over the whole report.
 #[derive(Debug, Serialize)]
 pub struct Totals {
-    /// Resources with a holder or a waiter.
+    /// Resources with a holder or a waiter, or in lock-delay.
     pub busy_resources: u64,
+    /// Resources in lock-delay: granted to nobody until it ends.
+    pub delayed_resources: u64,
     /// Current holders.
     pub holders: u64,
     /// Current waiters.
@@ -276,6 +285,9 @@ pub struct ResourceJson<'a> {
     pub holders: Vec<HolderJson<'a>>,
     /// Waiters, first in line first.
     pub waiters: Vec<WaiterJson<'a>>,
+    /// While the resource is in lock-delay: how long until it may be granted again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delayed_ms: Option<u64>,
 }
 
 /// A holder, with what the driver knows of its session.
@@ -293,6 +305,13 @@ pub struct HolderJson<'a> {
     pub token: FenceToken,
     /// How long it has held the lock.
     pub held_ms: u64,
+    /// The lock-delay that follows if it loses the lock other than by `release`; absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lock_delay_ms: u64,
+}
+
+fn is_zero(ms: &u64) -> bool {
+    *ms == 0
 }
 
 /// A waiter, with what the driver knows of its session.
@@ -345,6 +364,7 @@ mod tests {
                     mode: LockMode::Exclusive,
                     token: FenceToken(session),
                     held_ms,
+                    lock_delay_ms: 0,
                 })
                 .collect(),
             waiters: waiters
@@ -355,6 +375,7 @@ mod tests {
                     waited_ms,
                 })
                 .collect(),
+            delayed_ms: None,
         }
     }
 

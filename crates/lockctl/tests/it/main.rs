@@ -8,5 +8,9 @@
 mod cli;
 mod cluster_support;
 mod failover;
+// The lockd tests' TCP proxy that blackholes a link with both sockets left open.
+#[path = "../../../lockd/tests/it/fault_proxy.rs"]
+mod fault_proxy;
 mod library;
+mod safety;
 mod support;

@@ -116,7 +116,12 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(addr: &str, args: &[&str]) -> Running {
-        let mut child = lockctl(addr, args)
+        Running::from_command(lockctl(addr, args))
+    }
+
+    /// Runs `command` (a [`lockctl`] command with more settings).
+    pub fn from_command(mut command: Command) -> Running {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -18,7 +18,9 @@
 //! `Tick` entries: the only ways time moves in the replicated table.
 //!
 //! It reads the clock because it is where a cluster's time comes from: the wall clock stamps
-//! each entry (`Proposal::at_ms`, never going back), and the monotonic clock times the leases.
+//! each entry (`Proposal::at_ms`, never going back), and the monotonic clock times the leases
+//! and notices when the leader itself stood still (`pause.rs`): such a pause is credited to
+//! every lease before the leader judges anyone silent.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -44,6 +46,7 @@ use super::membership::{self, leader_node, not_leader};
 use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
 use crate::core::ForcedRelease;
 use crate::metrics::Metrics;
+use crate::pause::PauseDetector;
 use crate::report::{LocksReport, SessionInfo};
 use crate::seam::{
     BackendMsg, ConnectionId, ConnectionRecord, Evicted, ForceReleaseRefused, NotReady,
@@ -135,6 +138,9 @@ pub(crate) struct Frontend {
     /// How long a connection that speaks for no session may stay silent: the default lease,
     /// as for a session on a single server.
     unbound_idle: Duration,
+    /// When the loop last turned (every `TICK` at least), to tell the leader's own pauses from
+    /// clients' silence.
+    pauses: PauseDetector,
     leader: bool,
     /// The latest entry time proposed, so entry times never go back.
     last_at_ms: u64,
@@ -175,6 +181,7 @@ impl Frontend {
             connections: HashMap::new(),
             owners: HashMap::new(),
             leases: LeaseKeeper::default(),
+            pauses: PauseDetector::default(),
             leader: false,
             last_at_ms: 0,
             pending: FuturesUnordered::new(),
@@ -198,6 +205,7 @@ impl Frontend {
             tokio::select! {
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { break };
+                    self.check_pause();
                     self.handle(msg);
                     // Everything already waiting joins the same entry: one append, one round
                     // of replication for all of them.
@@ -209,6 +217,7 @@ impl Frontend {
                     }
                 }
                 Some((proposers, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.check_pause();
                     self.settle(&proposers, outcome);
                 }
                 changed = metrics.changed() => {
@@ -218,9 +227,33 @@ impl Frontend {
                     let latest = metrics.borrow_and_update().clone();
                     self.observe_role(&latest);
                 }
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    // A pause first: the leases it ran out are credited before they are judged.
+                    self.check_pause();
+                    self.on_tick();
+                }
             }
             self.flush().await;
+        }
+    }
+
+    /// Notes a turn of the loop; if this node stood still since the last one, credits that
+    /// time to every lease (see `pause.rs`).
+    fn check_pause(&mut self) {
+        let now = Instant::now().into_std();
+        if let Some(paused) = self.pauses.turn(now) {
+            warn!(
+                paused_ms = u64::try_from(paused.as_millis()).unwrap_or(u64::MAX),
+                leader = self.leader,
+                "this node stood still (stopped, suspended or starved); that time is not \
+                 counted as its clients' silence"
+            );
+            self.metrics.server_pauses.inc();
+            self.leases.paused(now, paused);
+            // Connections that speak for no session are judged by the same clock.
+            for connection in self.connections.values_mut() {
+                connection.heard += paused;
+            }
         }
     }
 

@@ -58,6 +58,16 @@ impl LeaseKeeper {
         }
     }
 
+    /// The leader stood still for `paused`, up to `now` (see `pause.rs`): that time is not
+    /// counted as any client's silence. Every session's last-heard time moves forward by it
+    /// (never past `now`); the frames that waited in the sockets renew them when they are read.
+    pub(crate) fn paused(&mut self, now: Instant, paused: Duration) {
+        for state in self.sessions.values_mut() {
+            let credited = state.last_heard.checked_add(paused).unwrap_or(now).min(now);
+            state.last_heard = state.last_heard.max(credited);
+        }
+    }
+
     /// Sessions silent for their whole lease at `now`, in id order, each returned once (until
     /// it is heard from again).
     pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<SessionId> {
@@ -113,6 +123,22 @@ mod tests {
         keeper.sync(start + ms(500), &[(S1, ms(100))]);
         assert_eq!(keeper.take_expired(start + ms(599)), vec![]);
         assert_eq!(keeper.take_expired(start + ms(600)), vec![S1]);
+    }
+
+    #[test]
+    fn a_pause_of_the_leader_is_credited_to_every_lease() {
+        let start = Instant::now();
+        let mut keeper = LeaseKeeper::default();
+        keeper.sync(start, &[(S1, ms(1_000)), (S2, ms(1_000))]);
+        keeper.heard(start + ms(600), S1);
+        // The leader stands still from 700 ms to 3700 ms.
+        let woke = start + ms(3_700);
+        keeper.paused(woke, ms(3_000));
+        assert_eq!(keeper.take_expired(woke), vec![]);
+        // S2 was silent for 700 ms before the pause, S1 for 100 ms.
+        assert_eq!(keeper.take_expired(woke + ms(299)), vec![]);
+        assert_eq!(keeper.take_expired(woke + ms(300)), vec![S2]);
+        assert_eq!(keeper.take_expired(woke + ms(900)), vec![S1]);
     }
 
     #[test]

@@ -94,6 +94,7 @@ impl Harness {
             name(resource),
             mode,
             timeout_ms.map(Duration::from_millis),
+            None,
         )
     }
 

@@ -30,6 +30,9 @@ pub struct TableImage {
     sessions: Vec<SessionImage>,
     queues: Vec<QueueImage>,
     values: Vec<(ResourceName, String)>,
+    /// Resources in lock-delay, with the time it ends.
+    #[serde(default)]
+    delayed: Vec<(ResourceName, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +56,8 @@ struct HolderImage {
     session: SessionId,
     mode: LockMode,
     since_ms: u64,
+    #[serde(default)]
+    lock_delay_ms: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +68,8 @@ struct WaiterImage {
     mode: LockMode,
     since_ms: u64,
     deadline_ms: Option<u64>,
+    #[serde(default)]
+    lock_delay_ms: u32,
 }
 
 /// Why an image cannot become a table: it contradicts itself (a foreign or corrupt snapshot).
@@ -98,6 +105,7 @@ impl LockTable {
                         session: holder.session,
                         mode: holder.mode,
                         since_ms: ms(holder.since),
+                        lock_delay_ms: holder.lock_delay_ms,
                     })
                     .collect(),
                 waiters: queue
@@ -109,6 +117,7 @@ impl LockTable {
                         mode: waiter.mode,
                         since_ms: ms(waiter.since),
                         deadline_ms: waiter.deadline.map(ms),
+                        lock_delay_ms: waiter.lock_delay_ms,
                     })
                     .collect(),
             })
@@ -120,6 +129,12 @@ impl LockTable {
             .map(|(resource, value)| (resource.clone(), value.to_string()))
             .collect();
         values.sort();
+        let mut delayed: Vec<(ResourceName, u64)> = self
+            .delayed
+            .iter()
+            .map(|(resource, until)| (resource.clone(), ms(*until)))
+            .collect();
+        delayed.sort();
         TableImage {
             next_session: self.next_session,
             next_token: self.next_token,
@@ -128,6 +143,7 @@ impl LockTable {
             sessions,
             queues,
             values,
+            delayed,
         }
     }
 
@@ -167,6 +183,7 @@ impl LockTable {
                     Holder {
                         session: holder.session,
                         mode: holder.mode,
+                        lock_delay_ms: holder.lock_delay_ms,
                         since: at(holder.since_ms),
                     },
                 );
@@ -191,12 +208,18 @@ impl LockTable {
                         session: waiter.session,
                         request: waiter.request,
                         mode: waiter.mode,
+                        lock_delay_ms: waiter.lock_delay_ms,
                         since: at(waiter.since_ms),
                         deadline,
                     },
                 );
             }
             queues.insert(resource, queue);
+        }
+        let mut delayed = HashMap::new();
+        for (resource, until_ms) in image.delayed {
+            deadlines.insert((at(until_ms), Deadline::LockDelay(resource.clone())));
+            delayed.insert(resource, at(until_ms));
         }
         let values = image
             .values
@@ -207,6 +230,7 @@ impl LockTable {
         table.sessions = sessions;
         table.queues = queues;
         table.deadlines = deadlines;
+        table.delayed = delayed;
         table.effects = VecDeque::new();
         table.next_session = image.next_session;
         table.next_token = image.next_token;

@@ -16,6 +16,8 @@ pub use observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 pub use table::{Acquired, ForcedRelease, LockTable, TableConfig, TOKEN_BLOCK, TOKEN_LOW_WATER};
 
 #[cfg(test)]
+mod delay_tests;
+#[cfg(test)]
 mod harness;
 #[cfg(test)]
 mod observe_tests;

@@ -40,6 +40,12 @@ pub enum Observation {
         /// Why it stopped waiting.
         reason: WaitEnd,
     },
+    /// A hold that carried a lock-delay ended other than by `release`: its resource is granted
+    /// to nobody for `delay`.
+    LockDelayed {
+        /// How long the resource is held back.
+        delay: Duration,
+    },
 }
 
 /// Why a session ended, and with it everything it held or waited for.

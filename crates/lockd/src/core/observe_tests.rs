@@ -130,7 +130,7 @@ fn observations_time_every_grant_hold_and_wait_and_say_why_each_ended() {
     h.acquire(a, 1, "f", X);
     h.acquire(b, 1, "f", S);
     h.table
-        .handle_acquire(h.now, c, RequestId(1), name("f"), X, Some(ms(300)))
+        .handle_acquire(h.now, c, RequestId(1), name("f"), X, Some(ms(300)), None)
         .unwrap();
     h.acquire(d, 1, "f", X);
     h.advance(100);

@@ -5,6 +5,9 @@
 //! - grants per resource in arrival order (a waiter is never granted before one queued ahead of
 //!   it in a conflicting mode);
 //! - tokens strictly increasing over every grant;
+//! - no acquire granted at once while its resource is in lock-delay (holders lost with a
+//!   lock-delay are among the random inputs), and only delayed resources listed with nobody in
+//!   them;
 //! - every holder and waiter belongs to a live session, and nothing is held or waited for by a
 //!   closed or expired session;
 //! - each session's own index of what it holds and waits for matches the queues exactly;
@@ -25,6 +28,7 @@ enum Step {
         resource: usize,
         shared: bool,
         timeout_ms: Option<u64>,
+        lock_delay_ms: Option<u64>,
     },
     Release {
         session: usize,
@@ -49,9 +53,10 @@ fn step() -> impl Strategy<Value = Step> {
     let session = 0..6usize;
     let resource = 0..3usize;
     prop_oneof![
-        4 => (session.clone(), resource.clone(), any::<bool>(), prop::option::of(0..3_000u64))
-            .prop_map(|(session, resource, shared, timeout_ms)| Step::Acquire {
-                session, resource, shared, timeout_ms
+        4 => (session.clone(), resource.clone(), any::<bool>(), prop::option::of(0..3_000u64),
+              prop::option::of(0..2_000u64))
+            .prop_map(|(session, resource, shared, timeout_ms, lock_delay_ms)| Step::Acquire {
+                session, resource, shared, timeout_ms, lock_delay_ms
             }),
         3 => (session.clone(), resource).prop_map(|(session, resource)| Step::Release { session, resource }),
         1 => (session.clone(), 0..40u64).prop_map(|(session, request)| Step::Cancel { session, request }),
@@ -90,14 +95,17 @@ proptest! {
 
         for step in steps {
             match step {
-                Step::Acquire { session, resource, shared, timeout_ms } => {
+                Step::Acquire { session, resource, shared, timeout_ms, lock_delay_ms } => {
                     let id = *slots[session].id.get_or_insert_with(|| table.open_session(now));
                     let request = RequestId(next_request);
                     next_request += 1;
                     let mode = if shared { LockMode::Shared } else { LockMode::Exclusive };
+                    let delayed = table.status(now, Some(&name(resource)))[0].delayed_ms.is_some();
                     match table.handle_acquire(now, id, request, name(resource), mode,
-                        timeout_ms.map(Duration::from_millis)) {
+                        timeout_ms.map(Duration::from_millis),
+                        lock_delay_ms.map(Duration::from_millis)) {
                         Ok(Acquired::Granted(token)) => {
+                            prop_assert!(!delayed, "r{} granted during its lock-delay", resource);
                             let waiting = queues.get(&resource).map_or(0, Vec::len);
                             prop_assert_eq!(waiting, 0, "granted r{} past {} waiter(s)", resource, waiting);
                             prop_assert!(token.0 > last_token);
@@ -202,16 +210,18 @@ fn check_invariants(table: &LockTable, now: Instant, slots: &[Slot]) -> Result<(
                 "waiter of a dead session: {entry:?}"
             );
         }
-        // FIFO: the first waiter could not be granted now (else it would have been).
+        // FIFO: the first waiter could not be granted now (else it would have been), unless
+        // the resource is in lock-delay.
         if let Some(first) = entry.waiters.first() {
-            let blocked = match first.mode {
-                LockMode::Exclusive => !entry.holders.is_empty(),
-                LockMode::Shared => exclusive > 0,
-            };
+            let blocked = entry.delayed_ms.is_some()
+                || match first.mode {
+                    LockMode::Exclusive => !entry.holders.is_empty(),
+                    LockMode::Shared => exclusive > 0,
+                };
             prop_assert!(blocked, "a grantable waiter was left waiting: {entry:?}");
         }
         prop_assert!(
-            !entry.holders.is_empty() || !entry.waiters.is_empty(),
+            !entry.holders.is_empty() || !entry.waiters.is_empty() || entry.delayed_ms.is_some(),
             "idle entry kept"
         );
     }

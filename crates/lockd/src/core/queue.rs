@@ -2,8 +2,8 @@
 //!
 //! The queue decides who may hold the lock next and nothing else; the table around it keeps
 //! sessions, tokens and deadlines. Invariant, true between calls: the first waiter (if any)
-//! cannot be granted (or waits for a token reservation), so a new request may skip the queue
-//! only when it is empty.
+//! cannot be granted (or waits for a token reservation, or for its resource's lock-delay), so a
+//! new request may skip the queue only when it is empty.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -19,6 +19,10 @@ pub(crate) struct Ticket(pub(crate) u64);
 pub(crate) struct Holder {
     pub(crate) session: SessionId,
     pub(crate) mode: LockMode,
+    /// The lock-delay this holder asked for, in milliseconds (already clamped): how long the
+    /// resource stays ungranted if this hold ends other than by `release`. A `u32` fits in the
+    /// padding after `mode`, so a held lock costs no more than before.
+    pub(crate) lock_delay_ms: u32,
     pub(crate) since: Instant,
 }
 
@@ -28,6 +32,8 @@ pub(crate) struct Waiter {
     pub(crate) session: SessionId,
     pub(crate) request: RequestId,
     pub(crate) mode: LockMode,
+    /// The lock-delay its hold will carry once granted; see [`Holder::lock_delay_ms`].
+    pub(crate) lock_delay_ms: u32,
     pub(crate) since: Instant,
     pub(crate) deadline: Option<Instant>,
 }
@@ -376,6 +382,7 @@ mod tests {
         Holder {
             session: SessionId(session),
             mode: LockMode::Shared,
+            lock_delay_ms: 0,
             since,
         }
     }
@@ -409,6 +416,7 @@ mod tests {
         Holder {
             session: SessionId(session),
             mode: LockMode::Exclusive,
+            lock_delay_ms: 0,
             since,
         }
     }
@@ -418,6 +426,7 @@ mod tests {
             session: SessionId(session),
             request: RequestId(session),
             mode,
+            lock_delay_ms: 0,
             since,
             deadline: None,
         }

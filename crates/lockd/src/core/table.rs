@@ -38,6 +38,11 @@ pub struct TableConfig {
     /// table does not, because followers never see the clients' frames: the leader decides
     /// when a lease ran out and writes that into the log (`handle_session_expired`).
     pub expire_sessions: bool,
+    /// The lock-delay of an acquire that does not ask for one (`--default-lock-delay-ms`).
+    pub default_lock_delay: Duration,
+    /// The longest lock-delay an acquire may ask for (`--max-lock-delay-ms`); longer ones are
+    /// clamped to it.
+    pub max_lock_delay: Duration,
 }
 
 impl Default for TableConfig {
@@ -50,6 +55,8 @@ impl Default for TableConfig {
             max_locks_per_session: 10_000,
             max_waits_per_session: 1_000,
             expire_sessions: true,
+            default_lock_delay: Duration::ZERO,
+            max_lock_delay: Duration::from_millis(60_000),
         }
     }
 }
@@ -95,6 +102,8 @@ pub(super) enum Deadline {
     Expiry(SessionId),
     /// A waiting acquire's timeout runs out.
     WaitTimeout(ResourceName, Ticket),
+    /// A resource's lock-delay may be over (it is if `delayed` still says this instant).
+    LockDelay(ResourceName),
 }
 
 /// Holders, queues, sessions and values, driven by `handle_*` inputs.
@@ -131,6 +140,10 @@ pub struct LockTable {
     pub(super) token_limit: u64,
     /// Resources whose next grant waits for a token reservation.
     pub(super) stalled: BTreeSet<ResourceName>,
+    /// Resources in lock-delay, with the instant it ends: a holder that asked for a lock-delay
+    /// lost its lock other than by `release`, and nobody may be granted the resource before
+    /// then. Each has a `Deadline::LockDelay` at that instant.
+    pub(super) delayed: HashMap<ResourceName, Instant>,
     pub(super) next_ticket: u64,
 }
 
@@ -161,6 +174,7 @@ impl LockTable {
             next_token: tokens_reserved.saturating_add(1),
             token_limit: tokens_reserved,
             stalled: BTreeSet::new(),
+            delayed: HashMap::new(),
             next_ticket: 0,
         }
     }
@@ -204,6 +218,23 @@ impl LockTable {
     pub fn touch(&mut self, now: Instant, session: SessionId) {
         if let Some(session) = self.sessions.get_mut(&session) {
             session.last_seen = session.last_seen.max(now);
+        }
+    }
+
+    /// The server could not hear anyone for the `paused` that ended at `now`: it was stopped,
+    /// or its clock jumped, or the loop that feeds the table was starved. That time does not
+    /// count as anyone's silence: every session's lease is moved forward by it (never past
+    /// `now`). The frames its clients sent meanwhile are still in the socket buffers, and the
+    /// caller delivers them next; without this, a session would expire for the server's own
+    /// stall (docs/safety.md).
+    pub fn handle_pause(&mut self, now: Instant, paused: Duration) {
+        for session in self.sessions.values_mut() {
+            let credited = session
+                .last_seen
+                .checked_add(paused)
+                .unwrap_or(now)
+                .min(now);
+            session.last_seen = session.last_seen.max(credited);
         }
     }
 
@@ -329,6 +360,8 @@ impl LockTable {
             )
             .collect();
         resources.sort_by(|a, b| a.0.cmp(&b.0));
+        // Lock-delays of the holds this ends, started before anything is granted.
+        let mut delays = Vec::new();
         for (resource, waiting_ticket) in &resources {
             let Some(queue) = self.queues.get_mut(resource) else {
                 continue;
@@ -339,6 +372,9 @@ impl LockTable {
                         .holding_token(session_id)
                         .and_then(|token| queue.remove_holder(token));
                     if let Some(holder) = removed {
+                        if holder.lock_delay_ms > 0 {
+                            delays.push((resource.clone(), holder.lock_delay_ms));
+                        }
                         self.observations.push_back(Observation::HoldEnded {
                             mode: holder.mode,
                             held: now.saturating_duration_since(holder.since),
@@ -358,9 +394,47 @@ impl LockTable {
                 }
             }
         }
+        for (resource, ms) in delays {
+            self.start_lock_delay(now, resource, ms);
+        }
         for (resource, _) in &resources {
             self.grant_waiters(now, resource);
         }
+    }
+
+    /// Holds `resource` back from every grant until `ms` after `now` (or later, if a longer
+    /// lock-delay is already running).
+    fn start_lock_delay(&mut self, now: Instant, resource: ResourceName, ms: u32) {
+        let delay = Duration::from_millis(u64::from(ms));
+        let Some(until) = now.checked_add(delay) else {
+            return;
+        };
+        if let Some(&running) = self.delayed.get(&resource) {
+            if running >= until {
+                return;
+            }
+            self.deadlines
+                .remove(&(running, Deadline::LockDelay(resource.clone())));
+        }
+        self.deadlines
+            .insert((until, Deadline::LockDelay(resource.clone())));
+        self.delayed.insert(resource, until);
+        self.observations
+            .push_back(Observation::LockDelayed { delay });
+    }
+
+    /// How many resources are in lock-delay now.
+    pub fn delayed_count(&self) -> usize {
+        self.delayed.len()
+    }
+
+    /// The lock-delay an acquire asking for `asked` gets, in milliseconds: the server's default
+    /// when it asks for none, clamped to the server's maximum.
+    fn lock_delay_ms(&self, asked: Option<Duration>) -> u32 {
+        let delay = asked
+            .unwrap_or(self.config.default_lock_delay)
+            .min(self.config.max_lock_delay);
+        u32::try_from(delay.as_millis()).unwrap_or(u32::MAX)
     }
 
     /// How many sessions are open.
@@ -370,9 +444,15 @@ impl LockTable {
 
     // ---- Locks ---------------------------------------------------------------------------
 
-    /// `acquire`: grants at once when the queue is empty and the mode fits the holders,
-    /// otherwise queues the request behind everyone already waiting. `timeout` of zero never
-    /// queues (it fails with `Timeout`); `None` waits as long as it takes.
+    /// `acquire`: grants at once when the queue is empty, the mode fits the holders and the
+    /// resource is not in lock-delay, otherwise queues the request behind everyone already
+    /// waiting. `timeout` of zero never queues (it fails with `Timeout`); `None` waits as long
+    /// as it takes. `lock_delay` is the holder's lock-delay (`None`: the server's default); it is
+    /// clamped to the server's maximum.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per field of the request"
+    )]
     pub fn handle_acquire(
         &mut self,
         now: Instant,
@@ -381,7 +461,10 @@ impl LockTable {
         resource: ResourceName,
         mode: LockMode,
         timeout: Option<Duration>,
+        lock_delay: Option<Duration>,
     ) -> Result<Acquired, LockError> {
+        let lock_delay_ms = self.lock_delay_ms(lock_delay);
+        let delayed = self.delayed.contains_key(&resource);
         let session = self
             .sessions
             .get_mut(&session_id)
@@ -401,7 +484,7 @@ impl LockTable {
         }
         let queue = self.queues.entry(resource.clone()).or_default();
         let has_token = self.next_token <= self.token_limit;
-        if queue.can_grant_now(mode) && has_token {
+        if queue.can_grant_now(mode) && has_token && !delayed {
             let token = FenceToken(self.next_token);
             self.next_token += 1;
             queue.add_holder(
@@ -409,6 +492,7 @@ impl LockTable {
                 Holder {
                     session: session_id,
                     mode,
+                    lock_delay_ms,
                     since: now,
                 },
             );
@@ -462,6 +546,7 @@ impl LockTable {
                 session: session_id,
                 request,
                 mode,
+                lock_delay_ms,
                 since: now,
                 deadline,
             },
@@ -628,8 +713,8 @@ impl LockTable {
         self.deadlines.first().map(|(at, _)| *at)
     }
 
-    /// Acts on every deadline at or before `now`: expires silent sessions and fails waiters
-    /// whose timeout ran out, in deadline order.
+    /// Acts on every deadline at or before `now`: expires silent sessions, fails waiters whose
+    /// timeout ran out and ends lock-delays (granting what waited for them), in deadline order.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((at, _)) = self.deadlines.first() {
             if *at > now {
@@ -642,6 +727,12 @@ impl LockTable {
                 Deadline::Expiry(session_id) => self.check_expiry(now, at, session_id),
                 Deadline::WaitTimeout(resource, ticket) => {
                     self.end_wait(now, &resource, ticket, WaitFailure::Timeout);
+                }
+                Deadline::LockDelay(resource) => {
+                    if self.delayed.get(&resource) == Some(&at) {
+                        self.delayed.remove(&resource);
+                        self.grant_waiters(now, &resource);
+                    }
                 }
             }
         }
@@ -667,7 +758,16 @@ impl LockTable {
         match resource {
             Some(resource) => vec![self.resource_status(now, resource)],
             None => {
-                let mut names: Vec<_> = self.queues.keys().collect();
+                // A resource in lock-delay is busy even when nobody holds or waits for it.
+                let mut names: Vec<_> = self
+                    .queues
+                    .keys()
+                    .chain(
+                        self.delayed
+                            .keys()
+                            .filter(|name| !self.queues.contains_key(*name)),
+                    )
+                    .collect();
                 names.sort();
                 names
                     .into_iter()
@@ -691,6 +791,7 @@ impl LockTable {
                     mode: holder.mode,
                     token,
                     held_ms: millis_since(now, holder.since),
+                    lock_delay_ms: u64::from(holder.lock_delay_ms),
                 })
                 .collect(),
             waiters: queue
@@ -702,6 +803,10 @@ impl LockTable {
                     waited_ms: millis_since(now, waiter.since),
                 })
                 .collect(),
+            delayed_ms: self
+                .delayed
+                .get(resource)
+                .map(|until| millis_since(*until, now)),
         }
     }
 
@@ -878,7 +983,12 @@ impl LockTable {
         let Some(queue) = self.queues.get_mut(resource) else {
             return;
         };
+        // In lock-delay: the deadline that ends it grants them.
+        let delayed = self.delayed.contains_key(resource);
         loop {
+            if delayed {
+                break;
+            }
             if self.next_token > self.token_limit {
                 if queue.has_grantable() {
                     self.stalled.insert(resource.clone());
@@ -899,6 +1009,7 @@ impl LockTable {
                 Holder {
                     session: waiter.session,
                     mode: waiter.mode,
+                    lock_delay_ms: waiter.lock_delay_ms,
                     since: now,
                 },
             );

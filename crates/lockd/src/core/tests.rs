@@ -243,7 +243,7 @@ fn a_restored_table_grants_above_the_old_reservation_once_a_new_one_is_durable()
     assert_eq!(table.tokens_wanted(), Some(1000 + TOKEN_BLOCK));
     // Free, but no token is durable yet: the acquire waits instead of reusing a token.
     assert_eq!(
-        table.handle_acquire(now, s, RequestId(1), name("f"), X, None),
+        table.handle_acquire(now, s, RequestId(1), name("f"), X, None, None),
         Ok(queued(1))
     );
     assert_eq!(table.poll_effect(), None);
@@ -268,7 +268,7 @@ fn grants_pause_when_reserved_tokens_run_out_and_resume_in_order() {
     );
     let [a, b, c, d] = [(); 4].map(|()| table.open_session(now));
     let acquire = |table: &mut LockTable, s, resource: &str| {
-        table.handle_acquire(now, s, RequestId(1), name(resource), X, None)
+        table.handle_acquire(now, s, RequestId(1), name(resource), X, None, None)
     };
     assert_eq!(acquire(&mut table, a, "f"), Ok(granted_now(1)));
     assert_eq!(acquire(&mut table, b, "g"), Ok(granted_now(2)));

@@ -11,7 +11,9 @@
 //! The admin API's reports are rationed by the [`ReportCache`]. Each of them keeps its own
 //! state and never calls the driver back.
 //!
-//! The driver reads the clock: it is the time of every table input.
+//! The driver reads the clock: it is the time of every table input. It also wakes every
+//! `PAUSE_CHECK` to notice when the server itself stood still (`pause.rs`), and credits such a
+//! pause to every lease before it judges anyone silent.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +31,7 @@ use super::reports::ReportCache;
 use crate::apply::{reply_frame, Answer, Applier, Delivery, RequestFailed};
 use crate::core::LockTable;
 use crate::metrics::Metrics;
+use crate::pause::{PauseDetector, PAUSE_CHECK};
 use crate::report::LocksReport;
 use crate::seam::{BackendMsg, ConnectionId, ConnectionRecord, Evicted, NotReady, Outbox};
 use crate::store::Store;
@@ -46,6 +49,8 @@ pub(crate) struct Driver {
     applier: Applier,
     metrics: Arc<Metrics>,
     reports: ReportCache,
+    /// When the loop last turned, to tell the server's own pauses from clients' silence.
+    pauses: PauseDetector,
 }
 
 impl std::fmt::Debug for Driver {
@@ -73,6 +78,7 @@ impl Driver {
             applier: Applier::new(Arc::clone(&metrics)),
             metrics,
             reports: ReportCache::default(),
+            pauses: PauseDetector::default(),
         }
     }
 
@@ -85,6 +91,8 @@ impl Driver {
         let table_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(table_timer);
         let mut timer_set_for = None;
+        let mut pause_check = tokio::time::interval(PAUSE_CHECK);
+        pause_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.table.next_deadline();
             if deadline != timer_set_for {
@@ -97,6 +105,7 @@ impl Driver {
             tokio::select! {
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { break };
+                    self.check_pause();
                     self.handle(msg);
                     // Take whatever else is already waiting before starting a commit, so that
                     // writes that arrived together share it.
@@ -104,13 +113,19 @@ impl Driver {
                         self.handle(msg);
                     }
                 }
-                outcome = self.committer.finished() => self.commit_done(outcome),
+                outcome = self.committer.finished() => {
+                    self.check_pause();
+                    self.commit_done(outcome);
+                }
                 () = &mut table_timer, if deadline.is_some() => {
+                    // A pause first: the leases it ran out are credited before they are judged.
+                    self.check_pause();
                     self.table.handle_timeout(now());
                     self.reports.mark_stale();
                     self.deliver();
                 }
                 () = sleep_until(report_due), if report_due.is_some() => self.publish_report(),
+                _ = pause_check.tick() => self.check_pause(),
             }
             self.start_commit();
         }
@@ -119,6 +134,22 @@ impl Driver {
             let outcome = self.committer.finished().await;
             self.commit_done(outcome);
             self.start_commit();
+        }
+    }
+
+    /// Notes a turn of the loop. If the server stood still since the last one (stopped,
+    /// suspended, starved), that time is credited to every lease: the frames clients sent
+    /// meanwhile are still unread, and they renew the leases when the connections deliver them.
+    fn check_pause(&mut self) {
+        let now = now();
+        if let Some(paused) = self.pauses.turn(now) {
+            warn!(
+                paused_ms = u64::try_from(paused.as_millis()).unwrap_or(u64::MAX),
+                "the server stood still (stopped, suspended or starved); that time is not \
+                 counted as its clients' silence"
+            );
+            self.metrics.server_pauses.inc();
+            self.table.handle_pause(now, paused);
         }
     }
 

@@ -58,6 +58,29 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
     queue(&mut conns[runner9], "deploy/prod", "exclusive", 1).await;
     queue(&mut conns[ana], "deploy/prod", "exclusive", 2).await;
     queue(&mut conns[cleanup], "reports/nightly", "exclusive", 1).await;
+    // A holder with a lock-delay that went away without releasing: nobody may take the lock
+    // for a minute.
+    let mut gone = lockd.connect().await;
+    let reply = gone
+        .call(serde_json::json!({"id": 1, "op": "acquire", "resource": "jobs/sync", "lock_delay_ms": 60_000}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    drop(gone);
+    let mut observer = lockd.connect().await;
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    loop {
+        let status = observer
+            .call(serde_json::json!({"id": 1, "op": "status", "resource": "jobs/sync"}))
+            .await;
+        if status["resources"][0]["delayed_ms"].is_u64() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never in lock-delay: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let url = format!("http://{admin}/");
     let dom = tokio::task::spawn_blocking(move || chromium(&url, &["--dump-dom"]))
@@ -92,6 +115,10 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
     ] {
         assert!(reports.contains(text), "{text:?} missing from:\n{reports}");
     }
+    assert!(
+        row(&dom, "jobs/sync").contains("nobody: lock-delay, free in"),
+        "{dom}"
+    );
     // A client without a name shows as its session.
     assert!(row(&dom, "cache/warmup").contains("session "));
     // Hottest first: the longest queue, then the next.

@@ -23,8 +23,9 @@ pub enum Mode {
     /// Close every connection, and close new ones as soon as they are accepted: the peer sees
     /// the connection end, as when a process dies.
     Drop,
-    /// Keep connections open and accept new ones, but discard every byte in both directions:
-    /// a network partition as TCP sees it, where reads wait until they time out.
+    /// Keep connections open and accept new ones, but discard every byte in both directions,
+    /// and hold back the end of a stream until the mode changes: a network partition as TCP
+    /// sees it, where reads wait until they time out.
     Blackhole,
 }
 
@@ -103,8 +104,9 @@ async fn relay(client: TcpStream, upstream: TcpStream, mut mode: watch::Receiver
 }
 
 /// Copies one direction, discarding what arrives while blackholed. Passes the end of the
-/// stream on, so a half-closed connection stays half-closed.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mode: watch::Receiver<Mode>) {
+/// stream on, so a half-closed connection stays half-closed; but not while blackholed, since
+/// a partition carries no FIN either: then only once the mode changes.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
     let mut buffer = vec![0; 16 * 1024];
     loop {
         let read = match from.read(&mut buffer).await {
@@ -122,6 +124,7 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mode: watch::Rece
             Mode::Drop => break,
         }
     }
+    let _ = mode.wait_for(|mode| *mode != Mode::Blackhole).await;
     let _ = to.shutdown().await;
 }
 

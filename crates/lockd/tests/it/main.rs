@@ -14,6 +14,7 @@ mod hardening;
 mod ops;
 mod process;
 mod queueing;
+mod safety;
 mod sessions;
 mod support;
 mod tls;

@@ -16,6 +16,12 @@ pub struct Acquire {
     /// How long to wait: absent waits as long as it takes, 0 tries once and never queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Lock-delay: if this holder's lock is freed by anything but its own `release` (its
+    /// session expired, its connection closed, an operator evicted it), the resource is granted
+    /// to nobody until this many milliseconds have passed. Absent: the server's default
+    /// (`--default-lock-delay-ms`, 0 unless set); clamped to `--max-lock-delay-ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_delay_ms: Option<u64>,
 }
 
 /// The result of a granted `acquire`.
@@ -84,6 +90,10 @@ pub struct ResourceStatus {
     pub holders: Vec<HolderStatus>,
     /// Waiters, first in line first.
     pub waiters: Vec<WaiterStatus>,
+    /// While the resource is in lock-delay (a holder that asked for one lost its lock other
+    /// than by `release`): how many milliseconds remain before it can be granted again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delayed_ms: Option<u64>,
 }
 
 /// A holder in a `status` result.
@@ -97,6 +107,14 @@ pub struct HolderStatus {
     pub token: FenceToken,
     /// How long the lock has been held, in milliseconds.
     pub held_ms: u64,
+    /// The lock-delay this holder asked for (in force if it loses the lock other than by
+    /// `release`); absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lock_delay_ms: u64,
+}
+
+fn is_zero(ms: &u64) -> bool {
+    *ms == 0
 }
 
 /// A waiter in a `status` result.

@@ -232,6 +232,7 @@ struct RawRequest<'a> {
     #[serde(borrow)]
     mode: Option<Cow<'a, str>>,
     timeout_ms: Option<u64>,
+    lock_delay_ms: Option<u64>,
     token: Option<u64>,
     #[serde(borrow)]
     value: Option<Cow<'a, str>>,
@@ -278,6 +279,7 @@ impl RawRequest<'_> {
                     })?,
                 },
                 timeout_ms: self.timeout_ms,
+                lock_delay_ms: self.lock_delay_ms,
             }),
             Op::Release => Command::Release(Release {
                 resource: resource(self.resource)?,

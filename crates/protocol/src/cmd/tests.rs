@@ -34,14 +34,16 @@ fn parses_every_op() {
                 resource: name("file_A"),
                 mode: LockMode::Exclusive,
                 timeout_ms: None,
+                lock_delay_ms: None,
             }),
         ),
         (
-            r#"{"id":1,"op":"acquire","resource":"f","mode":"shared","timeout_ms":0}"#,
+            r#"{"id":1,"op":"acquire","resource":"f","mode":"shared","timeout_ms":0,"lock_delay_ms":250}"#,
             Command::Acquire(Acquire {
                 resource: name("f"),
                 mode: LockMode::Shared,
                 timeout_ms: Some(0),
+                lock_delay_ms: Some(250),
             }),
         ),
         (
@@ -111,6 +113,7 @@ fn encoding_round_trips() {
             resource: name("jobs/nightly"),
             mode: LockMode::Shared,
             timeout_ms: Some(10),
+            lock_delay_ms: Some(3_000),
         }),
         Command::Write(Write {
             resource: name("x"),
@@ -138,7 +141,8 @@ fn ignores_unknown_fields_and_treats_null_as_absent() {
         Command::Acquire(Acquire {
             resource: name("f"),
             mode: LockMode::Exclusive,
-            timeout_ms: None
+            timeout_ms: None,
+            lock_delay_ms: None
         })
     );
 }

@@ -131,6 +131,7 @@ function shapeKey(data) {
   return JSON.stringify(
     data.resources.map((r) => [
       r.resource,
+      r.delayed_ms != null,
       r.holders.map((h) => [h.session, h.token, h.client, h.peer]),
       r.waiters.map((w) => [w.session, w.mode, w.client]),
     ]),
@@ -172,7 +173,13 @@ function row(r) {
   tr.appendChild(name);
 
   const holders = el("td", "holders");
-  if (r.holders.length === 0) {
+  if (r.holders.length === 0 && r.delayed_ms != null) {
+    // A holder with a lock-delay lost the lock other than by release: nobody gets it yet.
+    const delayed = el("span", "delayed", `nobody: lock-delay, free in ${duration(r.delayed_ms)}`);
+    delayed.title = "Its last holder lost it without releasing it; the lock-delay it asked for " +
+      "keeps the next holder out until the old one must have stopped.";
+    holders.appendChild(delayed);
+  } else if (r.holders.length === 0) {
     holders.appendChild(el("span", "none", "nobody (next grant pending)"));
   } else {
     const list = el("ol", "entries");
@@ -181,6 +188,11 @@ function row(r) {
       li.appendChild(mode(h.mode));
       li.appendChild(who(h, `token ${h.token}`));
       li.appendChild(age("held for", h.held_ms));
+      if (h.lock_delay_ms) {
+        const note = el("span", "lock-delay", `lock-delay ${duration(h.lock_delay_ms)}`);
+        note.title = "If this holder loses the lock without releasing it, nobody gets it for this long";
+        li.appendChild(note);
+      }
       list.appendChild(li);
     }
     holders.appendChild(list);

@@ -7,6 +7,7 @@ mod failover;
 mod membership;
 mod metrics;
 mod peer_port;
+mod safety;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
