@@ -81,19 +81,31 @@ pub(crate) struct ConnectionLimits {
 /// hears so: the accept loop counts failures per address (see `--max-auth-failures-per-minute`).
 pub(crate) type AuthFailure = Box<dyn FnOnce() + Send>;
 
+/// Everything a connection's task needs besides its stream.
+pub(crate) struct Accepted {
+    pub(crate) peer: SocketAddr,
+    pub(crate) backend: mpsc::UnboundedSender<BackendMsg>,
+    pub(crate) limits: ConnectionLimits,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Cancelled when the server shuts down.
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) on_auth_failure: AuthFailure,
+}
+
 /// Serves one accepted connection until the client leaves, its session expires, or the server
 /// shuts down (`shutdown` is cancelled). Always tells the backend when it is done.
-pub(crate) async fn serve<S>(
-    stream: S,
-    peer: SocketAddr,
-    backend: mpsc::UnboundedSender<BackendMsg>,
-    limits: ConnectionLimits,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    on_auth_failure: AuthFailure,
-) where
+pub(crate) async fn serve<S>(stream: S, accepted: Accepted)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Accepted {
+        peer,
+        backend,
+        limits,
+        metrics,
+        shutdown,
+        on_auth_failure,
+    } = accepted;
     // The backend fills in the session id when it opens the session, and the client name when
     // `hello` gives one. The task enters the span only to log (`Connection::log`): entering it
     // on every poll, as `Instrument` does, costs more than a request's table work.

@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminState};
 use crate::cluster::frontend::Frontend;
 use crate::cluster::node::{ClusterNode, ClusterOptions, NodeError};
-use crate::connection::{self, ConnectionLimits};
+use crate::connection::{self, Accepted, ConnectionLimits};
 use crate::core::{LockTable, TableConfig};
 use crate::metrics::Metrics;
 use crate::single::Driver;
@@ -298,46 +298,26 @@ impl Server {
                     };
                     metrics.connections_accepted.inc();
                     metrics.connections.inc();
-                    let backend = backend_tx.clone();
-                    let limits = limits.clone();
-                    let metrics = Arc::clone(&metrics);
-                    let stop = stop.clone();
+                    let accepted = Accepted {
+                        peer,
+                        backend: backend_tx.clone(),
+                        limits: limits.clone(),
+                        metrics: Arc::clone(&metrics),
+                        shutdown: stop.clone(),
+                        on_auth_failure: ticket.auth_failure_recorder(),
+                    };
+                    let handshake_timeout = limits.first_frame_timeout;
                     let tls = tls.clone();
-                    let on_auth_failure = ticket.auth_failure_recorder();
+                    let counted = Arc::clone(&metrics);
                     tasks.spawn(async move {
-                        let counted = Arc::clone(&metrics);
                         match tls {
-                            None => {
-                                connection::serve(
-                                    stream,
-                                    peer,
-                                    backend,
-                                    limits,
-                                    metrics,
-                                    stop,
-                                    on_auth_failure,
-                                )
-                                .await
-                            }
+                            None => connection::serve(stream, accepted).await,
                             Some(tls) => {
                                 // The handshake gets its own --first-frame-timeout-ms; the
                                 // first frame then gets another.
                                 let handshake = tls.accept(stream);
-                                match tokio::time::timeout(limits.first_frame_timeout, handshake)
-                                    .await
-                                {
-                                    Ok(Ok(stream)) => {
-                                        connection::serve(
-                                            stream,
-                                            peer,
-                                            backend,
-                                            limits,
-                                            metrics,
-                                            stop,
-                                            on_auth_failure,
-                                        )
-                                        .await
-                                    }
+                                match tokio::time::timeout(handshake_timeout, handshake).await {
+                                    Ok(Ok(stream)) => connection::serve(stream, accepted).await,
                                     Ok(Err(err)) => {
                                         info!(%peer, error = %err, "TLS handshake failed")
                                     }
