@@ -132,6 +132,8 @@ pub(crate) async fn run(server: &Server, timeout: Option<Duration>, args: RunArg
         .args(&args.command[1..])
         .env("LOCKD_RESOURCE", resource)
         .env("LOCKD_TOKEN", guard.token().to_string())
+        // The job gets its fencing token, never the secret lockctl authenticated with.
+        .env_remove("LOCKD_AUTH_TOKEN")
         .process_group(0)
         .spawn()
     {

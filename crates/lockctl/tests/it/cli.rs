@@ -436,6 +436,29 @@ async fn the_auth_secret_comes_from_a_file_or_the_environment() {
     assert!(output.status.success(), "{output:?}");
 }
 
+#[tokio::test]
+async fn run_keeps_the_auth_secret_from_the_command() {
+    let server = Server::start_with(ServerConfig {
+        auth: Some(std::sync::Arc::from("s3cret")),
+        ..ServerConfig::default()
+    });
+    let script = "echo \"token=${LOCKD_TOKEN:+set} secret=${LOCKD_AUTH_TOKEN:-unset}\"";
+    let mut command = crate::support::lockctl(
+        &server.addr_string(),
+        &["run", "jobs/nightly", "--", "sh", "-c", script],
+    );
+    command.env("LOCKD_AUTH_TOKEN", "s3cret");
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        stdout_lines(&output),
+        ["token=set secret=unset"],
+        "{output:?}"
+    );
+}
+
 /// A CA, and a server certificate for localhost/127.0.0.1 signed by it, as PEM files.
 fn write_test_pki(dir: &std::path::Path) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
