@@ -19,7 +19,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use protocol::SessionId;
+use protocol::cmd::{Hello, HelloOk, Release, Status, StatusOk};
+use protocol::{Command, SessionId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,11 @@ use crate::calls::Calls;
 use crate::error::ClientError;
 use crate::leader::Dialer;
 use crate::link::{Link, LinkEnd};
+
+/// How long a client that lost its session tries to find the cluster again to give back its
+/// locks (see [`SessionTask::give_up`]): a new leader keeps the session for a lease after its
+/// election, so there is no point in trying for much longer than an election and a lease.
+const GIVE_BACK_PATIENCE: Duration = Duration::from_secs(30);
 
 /// What the task needs to keep one session; see the module docs.
 #[derive(Debug)]
@@ -57,7 +63,7 @@ impl SessionTask {
         loop {
             let end = tokio::select! {
                 end = link.carry(&self.calls, &mut self.outgoing, resumable, silence) => end,
-                () = calls.local_deadline_passed() => return self.lose(&ClientError::ConnectionLost),
+                () = calls.local_deadline_passed() => return self.give_up().await,
             };
             let leader = match end {
                 LinkEnd::Broken(err) => return self.lose(&err),
@@ -73,7 +79,7 @@ impl SessionTask {
             };
             match resumed {
                 Some(resumed) => link = resumed,
-                None => return self.lose(&ClientError::ConnectionLost),
+                None => return self.give_up().await,
             }
         }
     }
@@ -92,6 +98,62 @@ impl SessionTask {
         self.calls.set_lease(self.lease);
         self.calls.requeue_all(&mut self.outgoing, started);
         Some(link)
+    }
+
+    /// The local deadline passed: the session is lost to this client. In a cluster the server
+    /// may still keep it (a new leader gives every session a fresh lease), holding locks this
+    /// client no longer uses; so the client goes back once to release them, instead of letting
+    /// others wait out that lease.
+    async fn give_up(&self) {
+        self.lose(&ClientError::ConnectionLost);
+        if self.dialer.is_cluster() {
+            self.give_back().await;
+        }
+    }
+
+    /// Resumes the session on the leader, if the cluster still has it, releases every lock it
+    /// holds there, and asks for the shortest lease, so that its waits end soon too. Tries for
+    /// at most `GIVE_BACK_PATIENCE`; gives up quietly on any error (a session the cluster no
+    /// longer has holds nothing).
+    async fn give_back(&self) {
+        let deadline = Instant::now() + GIVE_BACK_PATIENCE;
+        let Ok((mut link, _)) = self
+            .dialer
+            .open(&self.calls, Some(self.session), None, deadline)
+            .await
+        else {
+            return;
+        };
+        let status = Command::Status(Status { resource: None });
+        let Ok(status) = link
+            .exchange::<StatusOk>(self.calls.next_id(), status, Some(deadline))
+            .await
+        else {
+            return;
+        };
+        for entry in status.resources {
+            for holder in entry.holders.iter().filter(|h| h.session == self.session) {
+                let release = Command::Release(Release {
+                    resource: entry.resource.clone(),
+                    token: holder.token,
+                });
+                // A release the server refuses (the lock already went) leaves nothing to do.
+                let _ = link
+                    .exchange::<serde_json::Value>(self.calls.next_id(), release, Some(deadline))
+                    .await;
+            }
+        }
+        let shortest = Hello {
+            lease_ms: Some(1),
+            ..Hello::default()
+        };
+        let _ = link
+            .exchange::<HelloOk>(
+                self.calls.next_id(),
+                Command::Hello(shortest),
+                Some(deadline),
+            )
+            .await;
     }
 
     /// Ends the session: `lost` fires, and every call fails with `error`.

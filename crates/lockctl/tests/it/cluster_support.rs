@@ -2,7 +2,9 @@
 //! runtime in its own thread, on 127.0.0.1 ports, with short Raft timings.
 //!
 //! Killing a node drops its runtime (every task aborted, every socket closed, as when the
-//! process dies) and then its data directory's lock. Nodes are not restarted.
+//! process dies) and then its data directory's lock. A killed node can be restarted on the
+//! same addresses and data directory. Each cluster binds a loopback network of its own
+//! (`127.X.Y.0/24`), so no other test can take a killed node's ports before it comes back.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,9 +20,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 /// How long a test waits for a leader to be elected.
 const ELECTION_PATIENCE: Duration = Duration::from_secs(10);
 
-/// One node: its client address and the thread that runs it until killed.
+/// One node: its addresses, what it runs with, and the thread that runs it until killed.
 struct Node {
     client: SocketAddr,
+    peer: SocketAddr,
+    options: NodeOptions,
     kill: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -35,12 +39,20 @@ impl Cluster {
     /// Starts three nodes serving with `config`, node 1 bootstrapping the cluster.
     pub fn start(config: ServerConfig) -> Cluster {
         let dirs = tempfile::tempdir().unwrap();
-        let bind = || {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let net = private_net();
+        let bind = |host: String| {
+            let listener = std::net::TcpListener::bind((host.as_str(), 0)).unwrap();
             listener.set_nonblocking(true).unwrap();
             listener
         };
-        let listeners: Vec<_> = (0..3).map(|_| (bind(), bind())).collect();
+        let listeners: Vec<_> = (1..=3)
+            .map(|id| {
+                (
+                    bind(format!("{net}.{id}")),
+                    bind(format!("{net}.{}", 100 + id)),
+                )
+            })
+            .collect();
         let peers: BTreeMap<u64, LockdNode> = listeners
             .iter()
             .zip(1..)
@@ -56,24 +68,37 @@ impl Cluster {
             .into_iter()
             .zip(1..)
             .map(|((client, peer), id)| {
-                let addr = client.local_addr().unwrap();
-                let data_dir = dirs.path().join(format!("node{id}"));
-                let (kill, killed) = std::sync::mpsc::channel();
                 let options = NodeOptions {
                     id,
                     peers: peers.clone(),
                     config: config.clone(),
-                    data_dir,
+                    data_dir: dirs.path().join(format!("node{id}")),
                 };
-                let thread = std::thread::spawn(move || options.run(client, peer, killed));
-                Node {
-                    client: addr,
-                    kill: Some(kill),
-                    thread: Some(thread),
-                }
+                let mut node = Node {
+                    client: client.local_addr().unwrap(),
+                    peer: peer.local_addr().unwrap(),
+                    options,
+                    kill: None,
+                    thread: None,
+                };
+                node.run(client, peer);
+                node
             })
             .collect();
         Cluster { nodes, _dirs: dirs }
+    }
+
+    /// Starts node `index` again after [`kill`](Self::kill), on its addresses and data.
+    pub fn restart(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        assert!(node.thread.is_none(), "node {} runs", index + 1);
+        let bind = |addr: SocketAddr| {
+            let listener = std::net::TcpListener::bind(addr).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            listener
+        };
+        let (client, peer) = (bind(node.client), bind(node.peer));
+        node.run(client, peer);
     }
 
     /// Every node's client address, separated by commas, in node order.
@@ -128,7 +153,28 @@ impl Drop for Cluster {
     }
 }
 
+impl Node {
+    fn run(&mut self, client: std::net::TcpListener, peer: std::net::TcpListener) {
+        let (kill, killed) = std::sync::mpsc::channel();
+        let options = self.options.clone();
+        self.thread = Some(std::thread::spawn(move || {
+            options.run(client, peer, killed)
+        }));
+        self.kill = Some(kill);
+    }
+}
+
+/// A loopback network of one cluster's own, `127.X.Y`.
+fn private_net() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let random = hasher.finish();
+    format!("127.{}.{}", 1 + random % 254, 1 + (random >> 8) % 254)
+}
+
 /// What a node's thread needs to run it.
+#[derive(Clone)]
 struct NodeOptions {
     id: u64,
     peers: BTreeMap<u64, LockdNode>,

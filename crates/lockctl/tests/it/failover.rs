@@ -274,3 +274,65 @@ async fn a_silent_leader_is_left_for_another_node() {
         "the session is resumed, not replaced: {hello}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_given_up_in_a_long_failover_gives_its_locks_back_when_a_leader_returns() {
+    // Leases of at least 3 s: the give-back asks for the shortest lease, and the session must
+    // stay visible long enough for the check below to see it alive.
+    let mut cluster = Cluster::start(ServerConfig {
+        table: TableConfig {
+            min_lease: Duration::from_secs(3),
+            ..TableConfig::default()
+        },
+        ..ServerConfig::default()
+    });
+    let leader = cluster.leader(&[]).await;
+    let follower = (leader + 1) % 3;
+    let observer = cluster_client(&cluster, Duration::from_secs(30)).await;
+    let _other = observer.lock("other").acquire().await.unwrap();
+    let holder = cluster_client(&cluster, Duration::from_secs(3)).await;
+    let session = holder.session().unwrap();
+    let _given_up = holder.lock("given-up").acquire().await.unwrap();
+    // The holder also waits for what the observer holds: while that wait shows in `status`,
+    // its session is alive, so a free `given-up` then was given back, not expired.
+    let mut waiting = holder
+        .start_acquire("other", LockMode::Exclusive, None)
+        .unwrap();
+    assert!(matches!(waiting.next().await, AcquireProgress::Queued(1)));
+
+    // No majority: no leader until the follower is back, far past the holder's local lease.
+    cluster.kill(leader);
+    cluster.kill(follower);
+    tokio::time::timeout(PATIENCE, holder.lost()).await.unwrap();
+    cluster.restart(follower);
+    cluster.leader(&[leader]).await;
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = observer.status(None).await.unwrap();
+        let holds = |name: &str| {
+            status
+                .iter()
+                .filter(|entry| entry.resource.as_str() == name)
+                .flat_map(|entry| entry.holders.iter().map(|holder| holder.session))
+                .any(|holder| holder == session)
+        };
+        let waits = status
+            .iter()
+            .filter(|entry| entry.resource.as_str() == "other")
+            .flat_map(|entry| entry.waiters.iter())
+            .any(|waiter| waiter.session == session);
+        if !holds("given-up") {
+            assert!(
+                waits,
+                "given-up was freed by the session's end, not given back: {status:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost session never gave given-up back: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
