@@ -339,12 +339,12 @@ fn allow_force_release_needs_a_token_file_and_http() {
     assert_eq!(output.status.code(), Some(2));
 }
 
-#[tokio::test]
-async fn forced_release_needs_the_token_ends_the_holder_and_hands_the_lock_on() {
-    const TOKEN: &str = "s3cret-admin-token";
+/// A lockd that allows forced releases with `token`, its stderr in a log file: the lockd, its
+/// admin address, the log's path, and the directory that holds them.
+fn with_forced_release(token: &str) -> (Lockd, SocketAddr, std::path::PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let log = dir.path().join("lockd.log");
     let data = dir.path().join("data");
     let mut command = lockd_command(
@@ -360,6 +360,13 @@ async fn forced_release_needs_the_token_ends_the_holder_and_hands_the_lock_on() 
     command.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
     let mut lockd = Lockd::spawn(&mut command, &data);
     let admin = admin_addr(&mut lockd);
+    (lockd, admin, log, dir)
+}
+
+#[tokio::test]
+async fn forced_release_needs_the_token_ends_the_holder_and_hands_the_lock_on() {
+    const TOKEN: &str = "s3cret-admin-token";
+    let (mut lockd, admin, log, _dir) = with_forced_release(TOKEN);
 
     let (mut stuck, stuck_addr) = connect(&lockd).await;
     let stuck_session = hello(&mut stuck, "stuck-deploy").await;
@@ -436,24 +443,7 @@ async fn forced_release_needs_the_token_ends_the_holder_and_hands_the_lock_on() 
 
 #[tokio::test]
 async fn a_forced_release_of_a_name_that_is_not_one_forges_no_log_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("admin-token");
-    std::fs::write(&token_file, "the-admin-token\n").unwrap();
-    let log = dir.path().join("lockd.log");
-    let data = dir.path().join("data");
-    let mut command = lockd_command(
-        &data,
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--allow-force-release",
-            "--admin-token-file",
-            token_file.to_str().unwrap(),
-        ],
-    );
-    command.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
-    let mut lockd = Lockd::spawn(&mut command, &data);
-    let admin = admin_addr(&mut lockd);
+    let (mut lockd, admin, log, _dir) = with_forced_release("the-admin-token");
     // No token, and a "name" that carries a newline and a fake log line.
     let path = "/v1/locks/x%0A2026-01-01T00:00:00Z%20WARN%20FORGED%1B%5B31m";
     let reply = http(admin, "DELETE", path, &[]).await;

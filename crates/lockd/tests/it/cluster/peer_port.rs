@@ -68,22 +68,7 @@ async fn a_clients_secret_does_not_open_the_peer_port() {
 
 #[test]
 fn a_peer_port_beyond_loopback_needs_a_secret_or_a_trusted_network() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = lockd_command(
-        dir.path(),
-        &[
-            "--node-id",
-            "1",
-            "--peer-listen",
-            "0.0.0.0:0",
-            "--peers",
-            "1=127.0.0.1:1/127.0.0.1:2",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_node(&["--peer-listen", "0.0.0.0:0"]);
     assert!(
         stderr.contains("--peer-secret-file") && stderr.contains("--peer-network-trusted"),
         "{stderr}"
@@ -165,23 +150,21 @@ async fn a_connection_that_speaks_for_no_session_is_closed_when_silent_for_the_l
 
 #[test]
 fn a_cluster_node_refuses_requests_too_long_for_a_log_entry() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = lockd_command(
-        dir.path(),
-        &[
-            "--node-id",
-            "1",
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--peers",
-            "1=127.0.0.1:1/127.0.0.1:2",
-            "--max-frame-bytes",
-            "100000000",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_node(&[
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--max-frame-bytes",
+        "100000000",
+    ]);
     assert!(stderr.contains("--max-frame-bytes"), "{stderr}");
+}
+
+/// Starts a one-node cluster with `flags` that must refuse to start; returns what it said.
+fn refused_node(flags: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--node-id", "1", "--peers", "1=127.0.0.1:1/127.0.0.1:2"];
+    args.extend_from_slice(flags);
+    let output = lockd_command(dir.path(), &args).output().unwrap();
+    assert!(!output.status.success(), "lockd started with {flags:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
