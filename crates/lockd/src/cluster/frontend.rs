@@ -56,6 +56,10 @@ use crate::seam::{
 /// acquire timeouts are therefore late by up to this much in cluster mode.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
 
+/// How often connections that speak for no session are checked for silence: such a
+/// connection is closed up to this long after its lease of silence.
+const UNBOUND_SWEEP: Duration = Duration::from_millis(500);
+
 /// One client connection to this node.
 #[derive(Debug)]
 struct Connection {
@@ -138,6 +142,8 @@ pub(crate) struct Frontend {
     /// How long a connection that speaks for no session may stay silent: the default lease,
     /// as for a session on a single server.
     unbound_idle: Duration,
+    /// When `close_silent_unbound` last walked the connections.
+    last_unbound_sweep: Option<std::time::Instant>,
     /// When the loop last turned (every `TICK` at least), to tell the leader's own pauses from
     /// clients' silence.
     pauses: PauseDetector,
@@ -177,6 +183,7 @@ impl Frontend {
             raft,
             node_id,
             unbound_idle,
+            last_unbound_sweep: None,
             replica,
             connections: HashMap::new(),
             owners: HashMap::new(),
@@ -559,8 +566,19 @@ impl Frontend {
     /// Closes connections that speak for no session and have been silent for the default
     /// lease (on any node): a stranger that sent nothing valid, or a client that only ever
     /// asked a follower. A single server's sessions expire the same way.
-    fn close_silent_unbound(&self) {
+    ///
+    /// It walks every connection, so it runs at most every `UNBOUND_SWEEP`, not every `TICK`:
+    /// with thousands of connections the walk would otherwise run 20 times a second for
+    /// nothing.
+    fn close_silent_unbound(&mut self) {
         let now = Instant::now().into_std();
+        if self
+            .last_unbound_sweep
+            .is_some_and(|last| now.saturating_duration_since(last) < UNBOUND_SWEEP)
+        {
+            return;
+        }
+        self.last_unbound_sweep = Some(now);
         for connection in self.connections.values() {
             let silent = now.saturating_duration_since(connection.heard);
             if connection.session.is_none()
