@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::calls::{Calls, Reply};
 use crate::error::ClientError;
-use crate::leader::Dialer;
+use crate::leader::{Dialer, Resume};
 use crate::session::SessionTask;
 use crate::tls::TlsOptions;
 
@@ -167,6 +167,7 @@ impl ClientBuilder {
             lease_ms,
             auth: self.auth,
             session: None,
+            resume_secret: None,
         };
         let dialer = Dialer::new(&self.addr, self.tls, hello);
         let (outgoing_tx, outgoing) = mpsc::unbounded_channel();
@@ -180,7 +181,7 @@ impl ClientBuilder {
             calls: Arc::clone(&calls),
             lost: lost.clone(),
             dialer,
-            session: hello.session,
+            resume: Resume::opened_by(&hello),
             lease,
             outgoing,
         };
@@ -292,8 +293,7 @@ impl Client {
         self.call(Command::Hello(Hello {
             client: client.map(str::to_owned),
             lease_ms,
-            auth: None,
-            session: None,
+            ..Hello::default()
         }))
         .await
     }

@@ -23,13 +23,40 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest pause between two rounds over the addresses.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
+/// What resuming a session takes: its id, and the secret the `hello` that opened it returned
+/// (a cluster refuses a resume without it).
+#[derive(Clone)]
+pub(crate) struct Resume {
+    pub(crate) session: SessionId,
+    pub(crate) secret: Option<String>,
+}
+
+/// Never shows the secret, so that it cannot reach a log line.
+impl std::fmt::Debug for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resume {
+    /// What resumes the session `hello` opened.
+    pub(crate) fn opened_by(hello: &HelloOk) -> Resume {
+        Resume {
+            session: hello.session,
+            secret: hello.resume_secret.clone(),
+        }
+    }
+}
+
 /// Where and how to open a session; see the module docs.
 #[derive(Debug, Clone)]
 pub(crate) struct Dialer {
     addrs: Vec<String>,
     tls: Option<TlsOptions>,
     /// The `hello` of every link of this session, without `session`: the same name, lease and
-    /// secret on a resume as at the start.
+    /// auth secret on a resume as at the start.
     hello: Hello,
 }
 
@@ -62,7 +89,7 @@ impl Dialer {
     pub(crate) async fn open(
         &self,
         calls: &Calls,
-        resume: Option<SessionId>,
+        resume: Option<&Resume>,
         first: Option<String>,
         deadline: Instant,
     ) -> Result<(Link, HelloOk), ClientError> {
@@ -107,7 +134,8 @@ impl Dialer {
                 }
             };
             let hello = Hello {
-                session: resume,
+                session: resume.map(|resume| resume.session),
+                resume_secret: resume.and_then(|resume| resume.secret.clone()),
                 ..self.hello.clone()
             };
             // A single server gets as long as it takes, as any other request does; a cluster

@@ -20,14 +20,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::cmd::{Hello, HelloOk, Release, Status, StatusOk};
-use protocol::{Command, SessionId};
+use protocol::Command;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::calls::Calls;
 use crate::error::ClientError;
-use crate::leader::Dialer;
+use crate::leader::{Dialer, Resume};
 use crate::link::{Link, LinkEnd};
 
 /// How long a client that lost its session tries to find the cluster again to give back its
@@ -43,7 +43,8 @@ pub(crate) struct SessionTask {
     pub(crate) lost: CancellationToken,
     /// How to find the server again.
     pub(crate) dialer: Dialer,
-    pub(crate) session: SessionId,
+    /// The session, and what resuming it takes.
+    pub(crate) resume: Resume,
     /// The lease the server granted: how long a resume may take.
     pub(crate) lease: Duration,
     /// The frames `calls` queues, for the current link.
@@ -91,7 +92,7 @@ impl SessionTask {
         let started = Instant::now();
         let (link, hello) = self
             .dialer
-            .open(&self.calls, Some(self.session), leader, deadline)
+            .open(&self.calls, Some(&self.resume), leader, deadline)
             .await
             .ok()?;
         self.lease = Duration::from_millis(hello.lease_ms);
@@ -119,7 +120,7 @@ impl SessionTask {
         let deadline = Instant::now() + GIVE_BACK_PATIENCE;
         let Ok((mut link, _)) = self
             .dialer
-            .open(&self.calls, Some(self.session), None, deadline)
+            .open(&self.calls, Some(&self.resume), None, deadline)
             .await
         else {
             return;
@@ -132,7 +133,11 @@ impl SessionTask {
             return;
         };
         for entry in status.resources {
-            for holder in entry.holders.iter().filter(|h| h.session == self.session) {
+            for holder in entry
+                .holders
+                .iter()
+                .filter(|h| h.session == self.resume.session)
+            {
                 let release = Command::Release(Release {
                     resource: entry.resource.clone(),
                     token: holder.token,

@@ -134,6 +134,8 @@ fn apply(
                     lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
                     server: server.to_owned(),
                     protocol: protocol::PROTOCOL_VERSION,
+                    // The cluster's front end adds it on the connection that opened the session.
+                    resume_secret: None,
                 })
             })
             .map_err(RequestFailed::from),

@@ -323,8 +323,14 @@ def result_int(frame: Dict[str, Any], field: str) -> int:
 
 
 def hello_request(
-    name: Optional[str], lease_ms: Optional[int], auth: Optional[str], session: Optional[int]
+    name: Optional[str],
+    lease_ms: Optional[int],
+    auth: Optional[str],
+    session: Optional[int],
+    resume_secret: Optional[str] = None,
 ) -> Dict[str, Any]:
+    """A ``hello``; with ``session``, one that resumes it, which a cluster only allows with
+    the ``resume_secret`` that the session's first ``hello`` returned."""
     request: Dict[str, Any] = {"op": "hello"}
     if name is not None:
         request["client"] = name
@@ -334,7 +340,15 @@ def hello_request(
         request["auth"] = auth
     if session is not None:
         request["session"] = session
+        if resume_secret is not None:
+            request["resume_secret"] = resume_secret
     return request
+
+
+def resume_secret_of(hello: Dict[str, Any]) -> Optional[str]:
+    """The secret that resumes the session a ``hello`` reply opened (cluster mode), if any."""
+    secret = hello.get("resume_secret")
+    return secret if isinstance(secret, str) else None
 
 
 def acquire_request(

@@ -115,6 +115,7 @@ class Client:
         self._heard_since = time.monotonic()
         self._lease = 0.0
         self._session = 0
+        self._resume_secret: Optional[str] = None
         self._server = ""
         self._tasks: List["asyncio.Task[None]"] = []
         self._lost: Optional[asyncio.Event] = None
@@ -135,6 +136,7 @@ class Client:
         self._link = link
         self._heard_since = sent
         self._session = _core.result_int(hello, "session")
+        self._resume_secret = _core.resume_secret_of(hello)
         self._lease = _core.result_int(hello, "lease_ms") / 1000.0
         self._server = str(hello.get("server", ""))
         self._tasks = [
@@ -381,7 +383,7 @@ class Client:
         self._next_id += 1
         lease_ms = self._lease_ms if lease_ms is None else lease_ms
         request: Optional[Dict[str, Any]] = _core.hello_request(
-            self._name, lease_ms, self._auth, resume
+            self._name, lease_ms, self._auth, resume, self._resume_secret
         )
         sent = time.monotonic()
         while True:

@@ -146,10 +146,12 @@ class Client:
         started = time.monotonic()
         self._heard_since = started
         deadline = started + _core.LEADER_SEARCH
+        self._resume_secret: Optional[str] = None
         link, hello, sent = self._open(None, None, deadline)
         self._link = link
         self._heard_since = sent
         self._session: int = _core.result_int(hello, "session")
+        self._resume_secret = _core.resume_secret_of(hello)
         self._lease: float = _core.result_int(hello, "lease_ms") / 1000.0
         self._server: str = str(hello.get("server", ""))
 
@@ -415,7 +417,9 @@ class Client:
             request_id = self._next_id
             self._next_id += 1
         lease_ms = self._lease_ms if lease_ms is None else lease_ms
-        request = _core.hello_request(self._name, lease_ms, self._auth, resume)
+        request = _core.hello_request(
+            self._name, lease_ms, self._auth, resume, self._resume_secret
+        )
         sent = time.monotonic()
         try:
             link.send(_core.encode({"id": request_id, **request}))

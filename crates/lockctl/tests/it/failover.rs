@@ -224,7 +224,8 @@ async fn a_silent_leader_is_left_for_another_node() {
         reader.read_line(&mut line).await.unwrap();
         let hello: serde_json::Value = serde_json::from_str(&line).unwrap();
         let reply = serde_json::json!({"id": hello["id"], "ok": true, "session": 7,
-            "lease_ms": 1000, "server": "fake", "protocol": 1});
+            "lease_ms": 1000, "server": "fake", "protocol": 1,
+            "resume_secret": "5ec7e75ec7e75ec7e75ec7e75ec7e75e"});
         let mut reply = reply.to_string();
         reply.push('\n');
         reader.get_mut().write_all(reply.as_bytes()).await.unwrap();
@@ -272,6 +273,10 @@ async fn a_silent_leader_is_left_for_another_node() {
     assert_eq!(
         hello["session"], 7,
         "the session is resumed, not replaced: {hello}"
+    );
+    assert_eq!(
+        hello["resume_secret"], "5ec7e75ec7e75ec7e75ec7e75ec7e75e",
+        "a resume presents the secret the session opened with: {hello}"
     );
 }
 

@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 use super::leases::LeaseKeeper;
 use super::machine::{lock_replica, Replica, Route};
 use super::membership::{self, leader_node, not_leader};
+use super::resume::{ResumeCheck, ResumeSecret};
 use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
 use crate::core::ForcedRelease;
 use crate::metrics::Metrics;
@@ -123,6 +124,27 @@ enum Outcome {
     Failed(String),
 }
 
+/// Whether a resume has already waited for this node to apply everything committed before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResumeStage {
+    AsReceived,
+    AfterBarrier,
+}
+
+/// A resume of a session this node did not know, once the node has caught up with the log
+/// (`barrier` is `Ok`), or found it may not lead (`Err`, with the leader if known).
+#[derive(Debug)]
+struct DeferredResume {
+    connection: ConnectionId,
+    request: Request,
+    received: std::time::Instant,
+    barrier: Result<(), Option<LockdNode>>,
+}
+
+/// Resumes waiting for this node to catch up with the log.
+type DeferredResumes =
+    FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = DeferredResume> + Send>>>;
+
 /// Why a proposal was not applied.
 #[derive(Debug)]
 enum Failure {
@@ -151,6 +173,7 @@ pub(crate) struct Frontend {
     /// The latest entry time proposed, so entry times never go back.
     last_at_ms: u64,
     pending: FuturesUnordered<Pending>,
+    deferred_resumes: DeferredResumes,
     /// Operations gathered in this turn, proposed together as one entry.
     batch: Vec<EntryOp>,
     batch_proposers: Vec<Proposer>,
@@ -192,6 +215,7 @@ impl Frontend {
             leader: false,
             last_at_ms: 0,
             pending: FuturesUnordered::new(),
+            deferred_resumes: FuturesUnordered::new(),
             batch: Vec::new(),
             batch_proposers: Vec::new(),
             batch_bytes: 0,
@@ -226,6 +250,12 @@ impl Frontend {
                 Some((proposers, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
                     self.check_pause();
                     self.settle(&proposers, outcome);
+                }
+                Some(deferred) = self.deferred_resumes.next(),
+                    if !self.deferred_resumes.is_empty() =>
+                {
+                    self.check_pause();
+                    self.on_deferred_resume(deferred);
                 }
                 changed = metrics.changed() => {
                     if changed.is_err() {
@@ -397,8 +427,20 @@ impl Frontend {
     fn on_request(
         &mut self,
         connection_id: ConnectionId,
+        request: Request,
+        received: std::time::Instant,
+    ) {
+        self.serve_request(connection_id, request, received, ResumeStage::AsReceived);
+    }
+
+    /// Serves one request; `stage` says whether a resume in it was already deferred until
+    /// this node had applied everything committed before it.
+    fn serve_request(
+        &mut self,
+        connection_id: ConnectionId,
         mut request: Request,
         received: std::time::Instant,
+        stage: ResumeStage,
     ) {
         let Some(connection) = self.connections.get_mut(&connection_id) else {
             return;
@@ -435,11 +477,6 @@ impl Frontend {
             _ => {}
         }
         let now = Instant::now().into_std();
-        if let Command::Hello(hello) = &mut request.command {
-            // The secret was checked by the connection; it never goes into the log.
-            hello.auth = None;
-            connection.record.note_hello(hello);
-        }
         let resume = match &request.command {
             Command::Hello(hello) => hello.session,
             _ => None,
@@ -456,18 +493,42 @@ impl Frontend {
             }
             (Some(bound), _) => bound,
             (None, Some(asked)) => {
-                info!(session = asked.0, peer = %connection.record.peer, "session resumed");
-                self.bind(connection_id, asked);
+                if !self.take_over(connection_id, asked, &request, received, stage) {
+                    return;
+                }
                 asked
             }
             (None, None) => {
                 // A new session takes its connection's id: random, and not in use here.
                 let session = SessionId(connection_id.0);
-                self.bind(connection_id, session);
-                self.propose(Some(connection_id), EntryOp::Open { session });
+                let secret = ResumeSecret::generate();
+                if secret.is_none() {
+                    warn!(
+                        session = session.0,
+                        "the OS gave no randomness for a resume secret: this session cannot be \
+                         resumed"
+                    );
+                }
+                let resume_digest = secret.as_ref().map(ResumeSecret::digest);
+                self.bind(connection_id, session, secret);
+                self.propose(
+                    Some(connection_id),
+                    EntryOp::Open {
+                        session,
+                        resume_digest,
+                    },
+                );
                 session
             }
         };
+        if let Command::Hello(hello) = &mut request.command {
+            // The secrets were checked here; they never go into the log.
+            hello.auth = None;
+            hello.resume_secret = None;
+            if let Some(connection) = self.connections.get_mut(&connection_id) {
+                connection.record.note_hello(hello);
+            }
+        }
         self.leases.heard(now, session);
         debug!(
             session = session.0,
@@ -484,15 +545,127 @@ impl Frontend {
         self.add_to_batch(proposer, EntryOp::Request { session, request });
     }
 
+    /// A `hello` on an unbound connection asks to resume `asked`: routes the session here if
+    /// the request carries its resume secret, and says whether it did. Otherwise the client is
+    /// told why not, and the session's own connection is left alone.
+    ///
+    /// A session this node does not know may still exist: a new leader may not have applied
+    /// the entry that opened it yet. The resume then waits until this node has applied all
+    /// that was committed before it (openraft's linearizable-read barrier), and is checked
+    /// again.
+    fn take_over(
+        &mut self,
+        connection_id: ConnectionId,
+        asked: SessionId,
+        request: &Request,
+        received: std::time::Instant,
+        stage: ResumeStage,
+    ) -> bool {
+        let Some(connection) = self.connections.get(&connection_id) else {
+            return false;
+        };
+        let secret = match &request.command {
+            Command::Hello(hello) => hello.resume_secret.as_deref(),
+            _ => None,
+        };
+        let refuse = |message: String| {
+            connection.record.outbox.send(ServerFrame::error(
+                Some(request.id),
+                ErrorCode::NoSession,
+                message,
+            ));
+            false
+        };
+        let Some(secret) = secret else {
+            return refuse(format!(
+                "resuming session {asked} needs its resume_secret, which the hello that \
+                 opened it returned"
+            ));
+        };
+        match lock_replica(&self.replica).check_resume(asked, secret) {
+            ResumeCheck::Matches => {}
+            ResumeCheck::DoesNotMatch => {
+                warn!(
+                    session = asked.0,
+                    peer = %connection.record.peer,
+                    "refused a resume with the wrong secret"
+                );
+                return refuse(format!("the resume_secret given is not session {asked}'s"));
+            }
+            ResumeCheck::UnknownSession if stage == ResumeStage::AfterBarrier => {
+                return refuse(format!(
+                    "session {asked} expired or was closed; its locks are gone"
+                ));
+            }
+            ResumeCheck::UnknownSession => {
+                let raft = self.raft.clone();
+                let request = request.clone();
+                self.deferred_resumes.push(Box::pin(async move {
+                    let barrier = raft
+                        .ensure_linearizable()
+                        .await
+                        .map(|_| ())
+                        .map_err(|error| {
+                            error
+                                .forward_to_leader()
+                                .and_then(|forward| forward.leader_node.clone())
+                        });
+                    DeferredResume {
+                        connection: connection_id,
+                        request,
+                        received,
+                        barrier,
+                    }
+                }));
+                return false;
+            }
+        }
+        info!(session = asked.0, peer = %connection.record.peer, "session resumed");
+        self.bind(connection_id, asked, None);
+        true
+    }
+
+    /// A resume waited for this node to catch up with the log: serves it again, now that a
+    /// session this node does not know does not exist; or, if this node is no longer sure it
+    /// leads, sends the client to the leader.
+    fn on_deferred_resume(&mut self, deferred: DeferredResume) {
+        let DeferredResume {
+            connection,
+            request,
+            received,
+            barrier,
+        } = deferred;
+        match barrier {
+            Ok(()) => {
+                self.serve_request(connection, request, received, ResumeStage::AfterBarrier);
+            }
+            Err(leader) => {
+                if let Some(connection) = self.connections.get(&connection) {
+                    connection
+                        .record
+                        .outbox
+                        .send(not_leader(Some(request.id), leader));
+                }
+            }
+        }
+    }
+
     /// Routes the frames of `session` to `connection`, taking it over from any connection that
-    /// spoke for it before (which is closed).
-    fn bind(&mut self, connection_id: ConnectionId, session: SessionId) {
+    /// spoke for it before (which is closed). `resume_secret` is the secret of a session this
+    /// connection opens, for its `hello` reply.
+    fn bind(
+        &mut self,
+        connection_id: ConnectionId,
+        session: SessionId,
+        resume_secret: Option<ResumeSecret>,
+    ) {
         let Some(connection) = self.connections.get(&connection_id) else {
             return;
         };
         let route = Route {
             outbox: connection.record.outbox.clone(),
             close: connection.record.close.clone(),
+            resume_secret,
         };
         if let Some(connection) = self.connections.get_mut(&connection_id) {
             connection.session = Some(session);

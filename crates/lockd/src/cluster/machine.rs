@@ -23,12 +23,13 @@ use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, StorageError,
     StorageIOError, StoredMembership,
 };
-use protocol::{Command, ErrorCode, Request, ServerFrame, SessionId};
+use protocol::{Command, ErrorCode, ReplyBody, Request, ServerFrame, SessionId};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::resume::{ResumeCheck, ResumeKeys, ResumeKeysImage, ResumeSecret};
 use super::retries::{Retries, RetriesImage, Retry, SAVED_REPLIES};
 use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
 use crate::apply::{reply_frame, Answer, Applier, Delivery, RequestFailed};
@@ -56,6 +57,9 @@ const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapsh
 pub(crate) struct Route {
     pub(crate) outbox: Outbox,
     pub(crate) close: CancellationToken,
+    /// The session's resume secret, on the connection that opened the session: its `hello`
+    /// reply carries it. Never saved for retries, never in the log.
+    pub(crate) resume_secret: Option<ResumeSecret>,
 }
 
 /// The lock table and what openraft asks a state machine to remember.
@@ -72,6 +76,8 @@ pub(crate) struct Replica {
     pub(crate) routes: HashMap<SessionId, Route>,
     /// Each session's last replies, for requests retried after a failover.
     retries: Retries,
+    /// Each session's resume digest: the front end checks a resume against it.
+    resume_keys: ResumeKeys,
     applier: Applier,
 }
 
@@ -81,6 +87,9 @@ struct SnapshotData {
     last_at_ms: u64,
     table: TableImage,
     retries: RetriesImage,
+    /// Absent in snapshots from before resume secrets.
+    #[serde(default)]
+    resume_keys: ResumeKeysImage,
 }
 
 impl Replica {
@@ -98,8 +107,13 @@ impl Replica {
         let mut applied = Applied::default();
         for op in proposal.ops {
             match op {
-                EntryOp::Open { session } => {
-                    if !self.table.open_session_as(now, session) {
+                EntryOp::Open {
+                    session,
+                    resume_digest,
+                } => {
+                    if self.table.open_session_as(now, session) {
+                        self.resume_keys.opened(session, resume_digest);
+                    } else {
                         applied.sessions_taken.push(session);
                     }
                 }
@@ -138,7 +152,7 @@ impl Replica {
             }
         }
         if let Some(route) = self.routes.get(&session) {
-            route.outbox.send(frame);
+            route.outbox.send(with_resume_secret(frame, route));
         }
     }
 
@@ -210,6 +224,7 @@ impl Replica {
     /// replies go, and its connection here, if any, is closed.
     fn session_ended(&mut self, session: SessionId) {
         self.retries.forget(session);
+        self.resume_keys.ended(session);
         if let Some(route) = self.routes.remove(&session) {
             info!(
                 session = session.0,
@@ -219,11 +234,17 @@ impl Replica {
         }
     }
 
+    /// Whether `secret` resumes `session`, as far as this node has applied the log.
+    pub(crate) fn check_resume(&self, session: SessionId, secret: &str) -> ResumeCheck {
+        self.resume_keys.check(session, secret)
+    }
+
     fn snapshot_data(&self) -> SnapshotData {
         SnapshotData {
             last_at_ms: self.last_at_ms,
             table: self.table.to_image(self.clock_origin),
             retries: self.retries.to_image(),
+            resume_keys: self.resume_keys.to_image(),
         }
     }
 }
@@ -255,6 +276,7 @@ impl ReplicaMachine {
             membership: StoredMembership::default(),
             routes: HashMap::new(),
             retries: Retries::default(),
+            resume_keys: ResumeKeys::default(),
             applier: Applier::new(metrics),
         };
         if let Some((meta, data)) = read_snapshot(&db).map_err(SnapshotError::Read)? {
@@ -301,6 +323,23 @@ pub(crate) fn lock_replica(replica: &Mutex<Replica>) -> MutexGuard<'_, Replica> 
     replica.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// `frame` as the session's connection gets it: the reply to the `hello` of a session opened
+/// on this connection carries the session's resume secret. Only the connection's copy does:
+/// the reply saved for retries does not.
+fn with_resume_secret(mut frame: ServerFrame, route: &Route) -> ServerFrame {
+    if let (
+        ServerFrame::Ok {
+            body: ReplyBody::Hello(hello),
+            ..
+        },
+        Some(secret),
+    ) = (&mut frame, &route.resume_secret)
+    {
+        hello.resume_secret = Some(secret.as_str().to_owned());
+    }
+    frame
+}
+
 fn restore(
     replica: &mut Replica,
     config: &TableConfig,
@@ -311,6 +350,7 @@ fn restore(
     replica.table = LockTable::from_image(config.clone(), data.table, replica.clock_origin)?;
     replica.last_at_ms = data.last_at_ms;
     replica.retries = Retries::from_image(data.retries);
+    replica.resume_keys = ResumeKeys::from_image(data.resume_keys);
     replica.last_applied = meta.last_log_id;
     replica.membership = meta.last_membership.clone();
     Ok(())

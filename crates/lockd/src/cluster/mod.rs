@@ -4,7 +4,8 @@
 //! Lock-specific: [`types`] says what is replicated; `machine.rs` applies committed entries to
 //! the lock table and delivers the resulting frames to the sessions connected here;
 //! `frontend.rs` is the cluster's stand-in for the single server's driver (it proposes every
-//! request, and on the leader keeps leases, see `leases.rs`); [`node`] starts a node.
+//! request, and on the leader keeps leases, see `leases.rs`, and checks resumes, see
+//! [`resume`]); [`node`] starts a node.
 //!
 //! Generic over openraft's `RaftTypeConfig`, knowing nothing of locks: [`log_store`] keeps
 //! the Raft log and vote in the node's redb database, [`network`] sends Raft RPCs to peers
@@ -18,6 +19,7 @@ pub(crate) mod membership;
 pub mod network;
 pub mod node;
 pub mod peer_server;
+pub mod resume;
 pub(crate) mod retries;
 pub mod types;
 pub mod wire;

@@ -7,6 +7,7 @@ use std::io::Cursor;
 use protocol::{FenceToken, Request, ResourceName, SessionId};
 use serde::{Deserialize, Serialize};
 
+use super::resume::ResumeDigest;
 use crate::core::ForcedRelease;
 
 openraft::declare_raft_types!(
@@ -64,6 +65,10 @@ pub enum EntryOp {
     Open {
         /// The new session.
         session: SessionId,
+        /// The digest of the secret that resumes it (none in entries from before resume
+        /// secrets: such a session cannot be resumed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_digest: Option<ResumeDigest>,
     },
     /// A client's request, exactly as it arrived (without its `auth`).
     Request {

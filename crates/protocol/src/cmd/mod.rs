@@ -243,6 +243,8 @@ struct RawRequest<'a> {
     #[serde(borrow)]
     auth: Option<Cow<'a, str>>,
     session: Option<u64>,
+    #[serde(borrow)]
+    resume_secret: Option<Cow<'a, str>>,
     node_id: Option<u64>,
     #[serde(borrow)]
     peer: Option<Cow<'a, str>>,
@@ -266,6 +268,7 @@ impl RawRequest<'_> {
                 lease_ms: self.lease_ms,
                 auth: self.auth.map(Cow::into_owned),
                 session: self.session.map(SessionId),
+                resume_secret: self.resume_secret.map(Cow::into_owned),
             }),
             Op::Acquire => Command::Acquire(Acquire {
                 resource: resource(self.resource)?,

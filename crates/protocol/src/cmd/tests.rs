@@ -19,12 +19,13 @@ fn name(s: &str) -> ResourceName {
 fn parses_every_op() {
     let cases = [
         (
-            r#"{"id":1,"op":"hello","client":"me","lease_ms":5000,"session":42}"#,
+            r#"{"id":1,"op":"hello","client":"me","lease_ms":5000,"session":42,"resume_secret":"9f"}"#,
             Command::Hello(Hello {
                 client: Some("me".into()),
                 lease_ms: Some(5000),
                 auth: None,
                 session: Some(SessionId(42)),
+                resume_secret: Some("9f".into()),
             }),
         ),
         (r#"{"id":1,"op":"hello"}"#, Command::Hello(Hello::default())),
@@ -108,6 +109,7 @@ fn encoding_round_trips() {
             lease_ms: None,
             auth: Some("s3cret".into()),
             session: Some(SessionId(7)),
+            resume_secret: Some("c0ffee".into()),
         }),
         Command::Acquire(Acquire {
             resource: name("jobs/nightly"),
@@ -273,6 +275,28 @@ fn the_auth_secret_never_shows_in_debug_output() {
     let shown = format!("{request:?}");
     assert!(
         !shown.contains("hunter2") && shown.contains("redacted"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn resume_secrets_never_show_in_debug_output() {
+    let request = parse(r#"{"id":1,"op":"hello","session":5,"resume_secret":"0ddba11"}"#).unwrap();
+    let shown = format!("{request:?}");
+    assert!(
+        !shown.contains("0ddba11") && shown.contains("redacted"),
+        "{shown}"
+    );
+    let reply = crate::cmd::HelloOk {
+        session: SessionId(5),
+        lease_ms: 1,
+        server: "lockd".into(),
+        protocol: 1,
+        resume_secret: Some("0ddba11".into()),
+    };
+    let shown = format!("{reply:?}");
+    assert!(
+        !shown.contains("0ddba11") && shown.contains("redacted"),
         "{shown}"
     );
 }

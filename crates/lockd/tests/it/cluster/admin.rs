@@ -34,7 +34,8 @@ async fn a_forced_release_on_the_leader_ends_the_holder_and_hands_the_lock_on() 
 
     let mut stuck = cluster.connect(leader).await;
     let named = json!({"id": 100, "op": "hello", "client": "stuck-deploy", "lease_ms": 5_000});
-    let session = stuck.call(named).await["session"].clone();
+    let opened = stuck.call(named).await;
+    let session = opened["session"].clone();
     let token = stuck.lock(1, "deploy", "exclusive").await;
     let mut next = cluster.connect(leader).await;
     assert_eq!(hello(&mut next, None).await["ok"], true);
@@ -72,7 +73,7 @@ async fn a_forced_release_on_the_leader_ends_the_holder_and_hands_the_lock_on() 
     assert_eq!(stuck.try_recv(PATIENCE).await, Ok(None));
     // The ended session cannot be resumed on any node.
     let mut resumer = cluster.connect(leader).await;
-    let resumed = hello(&mut resumer, session.as_u64()).await;
+    let resumed = hello(&mut resumer, Some(&opened)).await;
     assert_eq!(resumed["error"]["code"], "no_session", "{resumed}");
 }
 

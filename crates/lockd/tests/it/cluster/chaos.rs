@@ -54,7 +54,9 @@ struct SessionLost;
 struct ChaosClient {
     addrs: Vec<SocketAddr>,
     conn: Option<Conn>,
-    session: Option<u64>,
+    /// The session to resume after a failure: its id and resume secret, as its `hello` gave
+    /// them.
+    session: Option<(u64, Value)>,
     next_id: u64,
     tally: Arc<Tally>,
 }
@@ -89,8 +91,9 @@ impl ChaosClient {
             let mut conn = Conn::from_stream(stream);
             let id = self.new_id();
             let mut hello = json!({"id": id, "op": "hello", "lease_ms": LEASE_MS});
-            if let Some(session) = self.session {
+            if let Some((session, secret)) = &self.session {
                 hello["session"] = json!(session);
+                hello["resume_secret"] = secret.clone();
             }
             if !conn.try_send(hello).await {
                 continue;
@@ -111,7 +114,11 @@ impl ChaosClient {
             };
             match (reply["ok"] == true, code(&reply)) {
                 (true, _) => {
-                    self.session = reply["session"].as_u64();
+                    // A resume's reply has no secret: the one the session opened with stays.
+                    if self.session.is_none() {
+                        let session = reply["session"].as_u64().expect("a session id");
+                        self.session = Some((session, reply["resume_secret"].clone()));
+                    }
                     self.conn = Some(conn);
                     return Ok(());
                 }

@@ -53,7 +53,7 @@ async fn holders_and_waiters_keep_their_places_when_the_leader_dies() {
     let leader = cluster.leader(None).await;
 
     let mut holder = cluster.connect(leader).await;
-    let holder_session = hello(&mut holder, None).await["session"].as_u64().unwrap();
+    let holder_session = hello(&mut holder, None).await;
     let token = holder.lock(1, "jobs/nightly", "exclusive").await;
     let reply = holder
         .call(
@@ -64,7 +64,7 @@ async fn holders_and_waiters_keep_their_places_when_the_leader_dies() {
     assert_eq!(reply["ok"], true, "{reply}");
 
     let mut waiter = cluster.connect(leader).await;
-    let waiter_session = hello(&mut waiter, None).await["session"].as_u64().unwrap();
+    let waiter_session = hello(&mut waiter, None).await;
     let queued = waiter
         .call(json!({"id": 41, "op": "acquire", "resource": "jobs/nightly"}))
         .await;
@@ -74,9 +74,9 @@ async fn holders_and_waiters_keep_their_places_when_the_leader_dies() {
     let new_leader = cluster.leader(Some(leader)).await;
 
     let mut holder = cluster.connect(new_leader).await;
-    let reply = hello(&mut holder, Some(holder_session)).await;
+    let reply = hello(&mut holder, Some(&holder_session)).await;
     assert_eq!(reply["ok"], true, "{reply}");
-    assert_eq!(reply["session"], holder_session);
+    assert_eq!(reply["session"], holder_session["session"]);
     let reply = holder
         .call(json!({"id": 3, "op": "read", "resource": "jobs/nightly", "token": token}))
         .await;
@@ -86,7 +86,7 @@ async fn holders_and_waiters_keep_their_places_when_the_leader_dies() {
     );
 
     let mut waiter = cluster.connect(new_leader).await;
-    let reply = hello(&mut waiter, Some(waiter_session)).await;
+    let reply = hello(&mut waiter, Some(&waiter_session)).await;
     assert_eq!(reply["ok"], true, "{reply}");
 
     let reply = holder
@@ -100,7 +100,8 @@ async fn holders_and_waiters_keep_their_places_when_the_leader_dies() {
 
     // A session nobody resumes is gone once its lease runs out.
     let mut stranger = cluster.connect(new_leader).await;
-    let reply = hello(&mut stranger, Some(123_456)).await;
+    let unknown = json!({"session": 123_456, "resume_secret": "00112233445566778899aabbccddeeff"});
+    let reply = hello(&mut stranger, Some(&unknown)).await;
     assert_eq!(error_code(&reply), "no_session", "{reply}");
 }
 
@@ -157,7 +158,7 @@ async fn retried_requests_after_a_resume_are_applied_once() {
     let cluster = Cluster::start(3, &[]).await;
     let leader = cluster.leader(None).await;
     let mut first = cluster.connect(leader).await;
-    let session = hello(&mut first, None).await["session"].as_u64().unwrap();
+    let opened = hello(&mut first, None).await;
     let token = first.lock(1, "a", "exclusive").await;
     let released = first
         .call(json!({"id": 2, "op": "release", "resource": "a", "token": token}))
@@ -178,7 +179,10 @@ async fn retried_requests_after_a_resume_are_applied_once() {
     drop(first);
     let mut resumed = cluster.connect(leader).await;
     let reply = resumed
-        .call(json!({"id": 101, "op": "hello", "session": session}))
+        .call(
+            json!({"id": 101, "op": "hello", "session": opened["session"],
+                     "resume_secret": opened["resume_secret"]}),
+        )
         .await;
     assert_eq!(reply["ok"], true, "{reply}");
     let retried = resumed
@@ -248,7 +252,7 @@ async fn a_long_wait_survives_a_resume_after_many_pings() {
     holder.lock(1, "busy", "exclusive").await;
 
     let mut waiter = cluster.connect(leader).await;
-    let session = hello(&mut waiter, None).await["session"].as_u64().unwrap();
+    let opened = hello(&mut waiter, None).await;
     let queued = waiter
         .call(json!({"id": 1, "op": "acquire", "resource": "busy"}))
         .await;
@@ -262,7 +266,10 @@ async fn a_long_wait_survives_a_resume_after_many_pings() {
 
     let mut resumed = cluster.connect(leader).await;
     let reply = resumed
-        .call(json!({"id": 200, "op": "hello", "session": session}))
+        .call(
+            json!({"id": 200, "op": "hello", "session": opened["session"],
+                     "resume_secret": opened["resume_secret"]}),
+        )
         .await;
     assert_eq!(reply["ok"], true, "{reply}");
     let retried = resumed

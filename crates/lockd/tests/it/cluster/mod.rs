@@ -7,6 +7,7 @@ mod failover;
 mod membership;
 mod metrics;
 mod peer_port;
+mod resume;
 mod safety;
 
 use std::net::{SocketAddr, TcpListener};
@@ -231,10 +232,13 @@ impl Cluster {
     }
 }
 
-pub(super) async fn hello(conn: &mut Conn, session: Option<u64>) -> Value {
+/// Says `hello` (request 100), resuming the session that `opened` (the reply to the `hello`
+/// that opened it) names, if given: its id and its resume secret.
+pub(super) async fn hello(conn: &mut Conn, opened: Option<&Value>) -> Value {
     let mut frame = json!({"id": 100, "op": "hello", "lease_ms": 5_000});
-    if let Some(session) = session {
-        frame["session"] = json!(session);
+    if let Some(opened) = opened {
+        frame["session"] = opened["session"].clone();
+        frame["resume_secret"] = opened["resume_secret"].clone();
     }
     conn.call(frame).await
 }
