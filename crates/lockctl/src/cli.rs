@@ -136,12 +136,24 @@ pub enum ClusterAction {
         client: String,
         /// Its peer address (--peer-listen).
         peer: String,
+        #[command(flatten)]
+        admin: AdminCredential,
     },
     /// Take a node out of the cluster.
     RemoveNode {
         /// Its --node-id.
         node_id: u64,
+        #[command(flatten)]
+        admin: AdminCredential,
     },
+}
+
+/// The cluster's admin credential, which membership changes need.
+#[derive(Debug, Clone, Args)]
+pub struct AdminCredential {
+    /// A file holding the secret of the nodes' --admin-token-file; else $LOCKD_ADMIN_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
 }
 
 /// `lockctl run [options] RESOURCE -- COMMAND [ARGS...]`; the flags follow flock(1).

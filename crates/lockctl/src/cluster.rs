@@ -12,25 +12,32 @@ const STATUS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Client {
     /// `add_node`: the leader adds the node as a learner, waits for it to catch up with the
-    /// log, then makes it a voter. Answers once it is a voter.
+    /// log, then makes it a voter. Answers once it is a voter. `admin_token` is the secret of
+    /// the nodes' `--admin-token-file`.
     pub async fn add_node(
         &self,
         node_id: u64,
         client: &str,
         peer: &str,
+        admin_token: &str,
     ) -> Result<(), ClientError> {
         self.call_empty(Command::AddNode(AddNode {
             node_id,
             client: client.to_owned(),
             peer: peer.to_owned(),
+            admin_token: Some(admin_token.to_owned()),
         }))
         .await
     }
 
-    /// `remove_node`: the leader takes the node out of the cluster.
-    pub async fn remove_node(&self, node_id: u64) -> Result<(), ClientError> {
-        self.call_empty(Command::RemoveNode(RemoveNode { node_id }))
-            .await
+    /// `remove_node`: the leader takes the node out of the cluster. `admin_token` as for
+    /// [`add_node`](Self::add_node).
+    pub async fn remove_node(&self, node_id: u64, admin_token: &str) -> Result<(), ClientError> {
+        self.call_empty(Command::RemoveNode(RemoveNode {
+            node_id,
+            admin_token: Some(admin_token.to_owned()),
+        }))
+        .await
     }
 
     /// `cluster_status`: the cluster as the connected node sees it.

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use lockctl::cli::ClusterAction;
+use lockctl::cli::{AdminCredential, ClusterAction};
 use lockctl::ClusterStatusOk;
 
 use crate::common::{aligned, builder, connect, fail, Server};
@@ -14,26 +14,58 @@ pub(crate) async fn run(server: &Server, action: ClusterAction) -> ExitCode {
             node_id,
             client,
             peer,
+            admin,
         } => {
+            let token = match admin_token(&admin) {
+                Ok(token) => token,
+                Err(code) => return code,
+            };
             let leader = match connect(server).await {
                 Ok(leader) => leader,
                 Err(code) => return code,
             };
             println!("Adding node {node_id} ({client}, peer {peer}): catching up as a learner...");
-            report(leader.add_node(node_id, &client, &peer).await, || {
-                format!("Node {node_id} is a voter.")
-            })
+            report(
+                leader.add_node(node_id, &client, &peer, &token).await,
+                || format!("Node {node_id} is a voter."),
+            )
         }
-        ClusterAction::RemoveNode { node_id } => {
+        ClusterAction::RemoveNode { node_id, admin } => {
+            let token = match admin_token(&admin) {
+                Ok(token) => token,
+                Err(code) => return code,
+            };
             let leader = match connect(server).await {
                 Ok(leader) => leader,
                 Err(code) => return code,
             };
-            report(leader.remove_node(node_id).await, || {
+            report(leader.remove_node(node_id, &token).await, || {
                 format!("Node {node_id} is no longer a member.")
             })
         }
     }
+}
+
+/// The admin credential from --admin-token-file, else $LOCKD_ADMIN_TOKEN; without one, a
+/// usage error (exit 2): the cluster would refuse the change anyway.
+fn admin_token(admin: &AdminCredential) -> Result<String, ExitCode> {
+    let token = match &admin.admin_token_file {
+        Some(path) => std::fs::read_to_string(path).map_err(|err| {
+            usage_error(&format!(
+                "cannot read --admin-token-file {}: {err}",
+                path.display()
+            ))
+        })?,
+        None => std::env::var("LOCKD_ADMIN_TOKEN").unwrap_or_default(),
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(usage_error(
+            "membership changes need the cluster's admin credential (the nodes' \
+             --admin-token-file): give it with --admin-token-file FILE or LOCKD_ADMIN_TOKEN",
+        ));
+    }
+    Ok(token.to_owned())
 }
 
 fn report(outcome: Result<(), lockctl::ClientError>, done: impl Fn() -> String) -> ExitCode {
@@ -114,4 +146,10 @@ async fn status(server: &Server) -> ExitCode {
 
 fn dash(value: Option<u64>) -> String {
     value.map_or_else(|| "-".to_owned(), |value| value.to_string())
+}
+
+/// A usage error: the one-line message, and exit code 2 as for a bad flag.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("lockctl: error: {message}");
+    ExitCode::from(2)
 }

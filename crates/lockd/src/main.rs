@@ -73,9 +73,11 @@ struct Args {
     #[arg(long, requires_all = ["http", "admin_token_file"])]
     allow_force_release: bool,
 
-    /// The admin API's bearer token, read from this file (trimmed); used with
-    /// --allow-force-release.
-    #[arg(long, value_name = "FILE", requires = "allow_force_release")]
+    /// The admin credential, read from this file (trimmed): the bearer token of the admin
+    /// API's forced release (with --allow-force-release), and in a cluster the `admin_token`
+    /// that `add_node` and `remove_node` must carry (without this flag a cluster refuses
+    /// membership changes).
+    #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
 
     /// Longest request line accepted, in bytes without the newline.
@@ -338,13 +340,22 @@ impl Args {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             snapshot_every: self.snapshot_every,
             secret,
+            admin_token: self.admin_token()?,
         })
     }
 
+    /// The admin credential, if `--admin-token-file` is given.
+    fn admin_token(&self) -> Result<Option<Arc<str>>, FlagError> {
+        self.admin_token_file
+            .as_deref()
+            .map(|path| read_secret(path, "--admin-token-file"))
+            .transpose()
+    }
+
     fn admin_options(&self) -> Result<AdminOptions, FlagError> {
-        let force_release_token = match (&self.admin_token_file, self.allow_force_release) {
-            (Some(path), true) => Some(read_secret(path, "--admin-token-file")?),
-            _ => None,
+        let force_release_token = match self.allow_force_release {
+            true => self.admin_token()?,
+            false => None,
         };
         Ok(AdminOptions {
             force_release_token,

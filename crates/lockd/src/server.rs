@@ -241,6 +241,7 @@ impl Server {
                     Arc::clone(&node.replica),
                     Arc::clone(&metrics),
                     config.table.default_lease,
+                    node.admin_token.clone(),
                 );
                 (tokio::spawn(frontend.run(backend_rx)), Some(node))
             }

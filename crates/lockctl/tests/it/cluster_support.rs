@@ -20,6 +20,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 /// How long a test waits for a leader to be elected.
 const ELECTION_PATIENCE: Duration = Duration::from_secs(10);
 
+/// Every test node's admin credential (`--admin-token-file`), which membership changes need.
+pub const ADMIN_TOKEN: &str = "lockctl-tests-admin-credential";
+
 /// One node: its addresses, what it runs with, and the thread that runs it until killed.
 struct Node {
     client: SocketAddr,
@@ -208,6 +211,7 @@ impl NodeOptions {
                 heartbeat: Duration::from_millis(100),
                 snapshot_every: 1_000,
                 secret: None,
+                admin_token: Some(ADMIN_TOKEN.into()),
             };
             let server = Server::open_cluster(self.config, data_dir.path(), options)
                 .await

@@ -8,7 +8,7 @@ use lockctl::{AcquireProgress, Client, ClientError, LockMode};
 use lockd::core::TableConfig;
 use lockd::server::ServerConfig;
 
-use crate::cluster_support::Cluster;
+use crate::cluster_support::{Cluster, ADMIN_TOKEN};
 use crate::support::{run_lockctl, stdout_lines, Running, PATIENCE};
 
 /// A client of all three nodes, with a short lease so that a lost session shows quickly.
@@ -202,7 +202,35 @@ async fn lockctl_cluster_status_and_remove_node() {
         "{status:?}"
     );
     let down_id = (down + 1).to_string();
+    // Membership changes need the admin credential: none is a usage error, a wrong one is
+    // refused by the leader, and nothing changes.
     let removed = run_lockctl(&cluster.addrs(), &["cluster", "remove-node", &down_id]).await;
+    assert_eq!(removed.status.code(), Some(2), "{removed:?}");
+    assert!(
+        String::from_utf8_lossy(&removed.stderr).contains("--admin-token-file"),
+        "{removed:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-credential\n").unwrap();
+    let args = ["cluster", "remove-node", &down_id, "--admin-token-file"];
+    let refused = run_lockctl(
+        &cluster.addrs(),
+        &[&args[..], &[wrong.to_str().unwrap()]].concat(),
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("admin credential"),
+        "{refused:?}"
+    );
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let removed = run_lockctl(
+        &cluster.addrs(),
+        &[&args[..], &[token.to_str().unwrap()]].concat(),
+    )
+    .await;
     assert!(removed.status.success(), "{removed:?}");
     assert!(
         stdout_lines(&removed).contains(&format!("Node {down_id} is no longer a member.")),

@@ -164,6 +164,8 @@ pub(crate) struct Frontend {
     /// How long a connection that speaks for no session may stay silent: the default lease,
     /// as for a session on a single server.
     unbound_idle: Duration,
+    /// The admin credential membership changes must carry; none refuses them all.
+    admin_token: Option<Arc<str>>,
     /// When `close_silent_unbound` last walked the connections.
     last_unbound_sweep: Option<std::time::Instant>,
     /// When the loop last turned (every `TICK` at least), to tell the leader's own pauses from
@@ -201,8 +203,10 @@ impl Frontend {
         replica: Arc<Mutex<Replica>>,
         metrics: Arc<Metrics>,
         unbound_idle: Duration,
+        admin_token: Option<Arc<str>>,
     ) -> Self {
         Frontend {
+            admin_token,
             raft,
             node_id,
             unbound_idle,
@@ -462,6 +466,21 @@ impl Frontend {
                 .outbox
                 .send(not_leader(Some(request.id), leader));
             return;
+        }
+        if let Some(given) = membership::admin_token_of(&request.command) {
+            if let Err(refused) = membership::authorize(self.admin_token.as_deref(), given) {
+                warn!(
+                    peer = %connection.record.peer,
+                    op = %request.command.op(),
+                    "refused a membership change: {refused}"
+                );
+                connection.record.outbox.send(ServerFrame::error(
+                    Some(request.id),
+                    ErrorCode::Unauthorized,
+                    refused,
+                ));
+                return;
+            }
         }
         match request.command {
             Command::AddNode(add) => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, RaftMetrics, ServerState};
 use protocol::cmd::{AddNode, ClusterMember, ClusterStatusOk, RemoveNode};
-use protocol::{ErrorCode, ReplyBody, RequestId, ServerFrame};
+use protocol::{Command, ErrorCode, ReplyBody, RequestId, ServerFrame};
 use tracing::{info, warn};
 
 use super::types::{LockdNode, TypeConfig};
@@ -21,6 +21,37 @@ pub(crate) const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `add_node` waits for the new node's peer port to accept a connection before it
 /// refuses to add a node that is not there.
 const PEER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The admin credential a command carries, if it is a membership change (which needs it).
+pub(crate) fn admin_token_of(command: &Command) -> Option<Option<&str>> {
+    match command {
+        Command::AddNode(add) => Some(add.admin_token.as_deref()),
+        Command::RemoveNode(remove) => Some(remove.admin_token.as_deref()),
+        _ => None,
+    }
+}
+
+/// Whether a membership change carrying `given` may go ahead on a node whose admin
+/// credential is `expected`: changing the members decides who elects leaders and holds the
+/// log, so a client's secret is not enough. `Err` says why not, for the client.
+pub(crate) fn authorize(expected: Option<&str>, given: Option<&str>) -> Result<(), String> {
+    let Some(expected) = expected else {
+        return Err(
+            "membership changes need the admin credential, and this lockd has none: \
+                    start it with --admin-token-file"
+                .to_owned(),
+        );
+    };
+    match given {
+        None => Err(
+            "membership changes need the admin credential: send admin_token (lockctl: \
+                     --admin-token-file or LOCKD_ADMIN_TOKEN)"
+                .to_owned(),
+        ),
+        Some(given) if crate::secret::matches(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err("the admin_token given is not this cluster's admin credential".to_owned()),
+    }
+}
 
 /// The cluster as this node sees it.
 pub(crate) fn status(metrics: &RaftMetrics<u64, LockdNode>) -> ClusterStatusOk {

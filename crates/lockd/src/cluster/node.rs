@@ -42,6 +42,9 @@ pub struct ClusterOptions {
     pub snapshot_every: u64,
     /// The shared secret peers present to each other (`--peer-secret-file`), never a client's.
     pub secret: Option<Arc<str>>,
+    /// The admin credential (`--admin-token-file`): `add_node` and `remove_node` must carry
+    /// it, and without it they are refused.
+    pub admin_token: Option<Arc<str>>,
 }
 
 /// A running Raft node and what the front end needs of it.
@@ -49,6 +52,8 @@ pub(crate) struct ClusterNode {
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) node_id: u64,
     pub(crate) replica: Arc<Mutex<Replica>>,
+    /// What membership changes must carry; see [`ClusterOptions::admin_token`].
+    pub(crate) admin_token: Option<Arc<str>>,
     peer_stop: CancellationToken,
     peer_server: JoinHandle<()>,
 }
@@ -197,6 +202,7 @@ impl ClusterNode {
             raft,
             node_id: options.node_id,
             replica,
+            admin_token: options.admin_token,
             peer_stop,
             peer_server,
         };

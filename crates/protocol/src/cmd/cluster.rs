@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// `add_node`: makes a node a member: first a learner that catches up with the log, then a
 /// voter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddNode {
     /// The new node's `--node-id`.
     pub node_id: u64,
@@ -13,13 +13,46 @@ pub struct AddNode {
     pub client: String,
     /// Its peer address (`--peer-listen`).
     pub peer: String,
+    /// The admin credential: the secret in the leader's `--admin-token-file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
 }
 
 /// `remove_node`: takes a node out of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveNode {
     /// The node's id.
     pub node_id: u64,
+    /// The admin credential, as for [`AddNode`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+}
+
+/// What `Debug` shows of a secret: whether there is one.
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
+/// Hand-written so that the admin token never reaches a log line.
+impl std::fmt::Debug for AddNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddNode")
+            .field("node_id", &self.node_id)
+            .field("client", &self.client)
+            .field("peer", &self.peer)
+            .field("admin_token", &redacted(&self.admin_token))
+            .finish()
+    }
+}
+
+/// Hand-written so that the admin token never reaches a log line.
+impl std::fmt::Debug for RemoveNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoveNode")
+            .field("node_id", &self.node_id)
+            .field("admin_token", &redacted(&self.admin_token))
+            .finish()
+    }
 }
 
 /// The result of `cluster_status`, as the answering node sees it.

@@ -247,6 +247,8 @@ struct RawRequest<'a> {
     resume_secret: Option<Cow<'a, str>>,
     node_id: Option<u64>,
     #[serde(borrow)]
+    admin_token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     peer: Option<Cow<'a, str>>,
 }
 
@@ -319,9 +321,11 @@ impl RawRequest<'_> {
                     .peer
                     .ok_or_else(|| missing("peer", "the node's peer address"))?
                     .into_owned(),
+                admin_token: self.admin_token.map(Cow::into_owned),
             }),
             Op::RemoveNode => Command::RemoveNode(RemoveNode {
                 node_id: self.node_id.ok_or_else(|| missing("node_id", "a u64"))?,
+                admin_token: self.admin_token.map(Cow::into_owned),
             }),
             Op::Status => Command::Status(Status {
                 resource: self.resource.map(|name| valid_name(&name)).transpose()?,

@@ -300,3 +300,23 @@ fn resume_secrets_never_show_in_debug_output() {
         "{shown}"
     );
 }
+
+#[test]
+fn admin_tokens_parse_and_never_show_in_debug_output() {
+    let add = r#"{"id":1,"op":"add_node","node_id":4,"client":"a:1","peer":"a:2","admin_token":"0ddba11"}"#;
+    let remove = r#"{"id":2,"op":"remove_node","node_id":4,"admin_token":"0ddba11"}"#;
+    for line in [add, remove] {
+        let request = parse(line).unwrap();
+        let token = match &request.command {
+            Command::AddNode(add) => add.admin_token.as_deref(),
+            Command::RemoveNode(remove) => remove.admin_token.as_deref(),
+            other => panic!("not a membership change: {other:?}"),
+        };
+        assert_eq!(token, Some("0ddba11"));
+        let shown = format!("{request:?}");
+        assert!(
+            !shown.contains("0ddba11") && shown.contains("redacted"),
+            "{shown}"
+        );
+    }
+}

@@ -8,9 +8,30 @@ use serde_json::json;
 use super::{hello, Cluster};
 use crate::support::{error_code, PATIENCE};
 
+/// The admin credential of the clusters below, which membership changes need.
+const ADMIN_TOKEN: &str = "membership-admin-credential";
+
+/// A cluster of `size` nodes whose admin credential is [`ADMIN_TOKEN`]; the directory holds its
+/// file, and must outlive the cluster's start.
+async fn cluster_with_admin_token(size: u64) -> (Cluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, format!("{ADMIN_TOKEN}\n")).expect("the token file");
+    let flags = ["--admin-token-file", file.to_str().expect("a UTF-8 path")];
+    (Cluster::start(size, &flags).await, dir)
+}
+
+/// How many members `conn`'s node knows, and how many of them vote.
+async fn members(conn: &mut crate::support::Conn) -> (usize, usize) {
+    let status = conn.call(json!({"id": 99, "op": "cluster_status"})).await;
+    let members = status["members"].as_array().expect("members");
+    let voters = members.iter().filter(|m| m["voter"] == true).count();
+    (members.len(), voters)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_as_a_voter_and_leaves_again() {
-    let mut cluster = Cluster::start(3, &[]).await;
+    let (mut cluster, _token) = cluster_with_admin_token(3).await;
     let leader = cluster.leader(None).await;
     let mut conn = cluster.connect(leader).await;
     hello(&mut conn, None).await;
@@ -24,7 +45,8 @@ async fn a_node_joins_as_a_voter_and_leaves_again() {
     let spec = &cluster.specs[joiner];
     let reply = conn
         .call(json!({"id": 3, "op": "add_node", "node_id": spec.id,
-                     "client": spec.client.to_string(), "peer": spec.peer.to_string()}))
+                     "client": spec.client.to_string(), "peer": spec.peer.to_string(),
+                     "admin_token": ADMIN_TOKEN}))
         .await;
     assert_eq!(reply["ok"], true, "{reply}");
 
@@ -58,7 +80,10 @@ async fn a_node_joins_as_a_voter_and_leaves_again() {
     let session = conn.call(json!({"id": 1, "op": "hello"})).await;
     assert_eq!(session["ok"], true, "{session}");
     let reply = conn
-        .call(json!({"id": 2, "op": "remove_node", "node_id": leader as u64 + 1}))
+        .call(
+            json!({"id": 2, "op": "remove_node", "node_id": leader as u64 + 1,
+                     "admin_token": ADMIN_TOKEN}),
+        )
         .await;
     assert_eq!(reply["ok"], true, "{reply}");
     let status = conn.call(json!({"id": 3, "op": "cluster_status"})).await;
@@ -80,7 +105,7 @@ async fn a_node_joins_as_a_voter_and_leaves_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_is_not_there_is_not_added_and_a_stranger_is_not_removed() {
-    let cluster = Cluster::start(3, &[]).await;
+    let (cluster, _token) = cluster_with_admin_token(3).await;
     let leader = cluster.leader(None).await;
     let mut conn = cluster.connect(leader).await;
     hello(&mut conn, None).await;
@@ -88,7 +113,8 @@ async fn a_node_that_is_not_there_is_not_added_and_a_stranger_is_not_removed() {
     let (client, peer) = super::node_addrs(&super::private_net(), 5);
     let reply = conn
         .call(json!({"id": 2, "op": "add_node", "node_id": 5,
-                     "client": client.to_string(), "peer": peer.to_string()}))
+                     "client": client.to_string(), "peer": peer.to_string(),
+                     "admin_token": ADMIN_TOKEN}))
         .await;
     assert_eq!(error_code(&reply), "bad_request", "{reply}");
     assert!(
@@ -99,7 +125,7 @@ async fn a_node_that_is_not_there_is_not_added_and_a_stranger_is_not_removed() {
         "{reply}"
     );
     let reply = conn
-        .call(json!({"id": 3, "op": "remove_node", "node_id": 9}))
+        .call(json!({"id": 3, "op": "remove_node", "node_id": 9, "admin_token": ADMIN_TOKEN}))
         .await;
     assert_eq!(error_code(&reply), "bad_request", "{reply}");
     let status = conn.call(json!({"id": 4, "op": "cluster_status"})).await;
@@ -108,5 +134,50 @@ async fn a_node_that_is_not_there_is_not_added_and_a_stranger_is_not_removed() {
     assert!(
         members.iter().all(|member| member["voter"] == true),
         "{status}"
+    );
+}
+
+/// Changing the members decides who elects leaders and keeps the log: a client's session is
+/// not enough, it takes the admin credential, and a cluster without one refuses every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_need_the_admin_credential() {
+    let (cluster, _token) = cluster_with_admin_token(3).await;
+    let leader = cluster.leader(None).await;
+    let mut conn = cluster.connect(leader).await;
+    hello(&mut conn, None).await;
+    let follower = cluster.specs[(leader + 1) % 3].id;
+    let attempts = [
+        json!({"id": 1, "op": "remove_node", "node_id": follower}),
+        json!({"id": 1, "op": "remove_node", "node_id": follower, "admin_token": "guess"}),
+        json!({"id": 1, "op": "add_node", "node_id": 7, "client": "127.0.0.1:1",
+               "peer": "127.0.0.1:2", "admin_token": format!("{ADMIN_TOKEN}x")}),
+    ];
+    for attempt in attempts {
+        let reply = conn.call(attempt.clone()).await;
+        assert_eq!(error_code(&reply), "unauthorized", "{attempt} got {reply}");
+    }
+    assert_eq!(
+        members(&mut conn).await,
+        (3, 3),
+        "the members did not change"
+    );
+    let reply = conn.call(json!({"id": 2, "op": "ping"})).await;
+    assert_eq!(reply["ok"], true, "the connection stays usable: {reply}");
+
+    let unguarded = Cluster::start(3, &[]).await;
+    let leader = unguarded.leader(None).await;
+    let mut conn = unguarded.connect(leader).await;
+    hello(&mut conn, None).await;
+    let follower = unguarded.specs[(leader + 1) % 3].id;
+    let reply = conn
+        .call(json!({"id": 1, "op": "remove_node", "node_id": follower, "admin_token": "any"}))
+        .await;
+    assert_eq!(error_code(&reply), "unauthorized", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("--admin-token-file"), "{reply}");
+    assert_eq!(
+        members(&mut conn).await,
+        (3, 3),
+        "the members did not change"
     );
 }
