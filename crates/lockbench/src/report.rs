@@ -315,6 +315,15 @@ fn notes(record: &Record) -> String {
     if let Some(rate) = record.extra_f64("setup_ops_per_s") {
         notes.push(format!("setup {}/s", thousands(rate.round() as u64)));
     }
+    if let (Some(waiters), Some(holder)) = (
+        record.latency_us.get("deadlock_search_behind_waiters"),
+        record.latency_us.get("deadlock_search_behind_holder"),
+    ) {
+        notes.push(format!(
+            "deadlock search p50 {:.0} µs ({:.0} µs with no waiter)",
+            waiters.p50, holder.p50
+        ));
+    }
     if let (Some(alive), Some(asked)) = (
         record.extra_f64("idle_alive"),
         record.extra_f64("idle_connections"),

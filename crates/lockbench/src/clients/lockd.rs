@@ -174,6 +174,31 @@ impl LockdConn {
         }
     }
 
+    /// Withdraws the acquire sent last, which must be waiting: reads the cancel's reply, then
+    /// the acquire's own failure (`cancelled`).
+    pub async fn cancel_last_acquire(&mut self) -> Result<()> {
+        let target = self.next_id - 1;
+        self.out.clear();
+        let id = self.take_id();
+        self.push_prefix(id, b"cancel");
+        self.out.extend_from_slice(b",\"target\":");
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(target).as_bytes());
+        self.out.extend_from_slice(b"}\n");
+        self.flush().await?;
+        self.finish_request().await?;
+        let line = self.lines.next_line(&mut self.stream).await?;
+        let reply: Reply<'_> = serde_json::from_slice(line)
+            .with_context(|| format!("lockd sent a frame lockbench cannot read: {}", show(line)))?;
+        if reply.id != Some(target) || reply.ok != Some(false) {
+            bail!(
+                "expected the cancelled acquire's failure, got {}",
+                show(line)
+            );
+        }
+        Ok(())
+    }
+
     /// Releases `resource`, held with `token`.
     pub async fn release(&mut self, resource: &[u8], token: u64) -> Result<()> {
         self.start_held_request(b"release", resource, token);

@@ -9,7 +9,11 @@
 //! - `queued_waiters`: one holder and N waiters queued on one resource, at N = 1,000 and at
 //!   `--scale-waiters`. A session waits at most once per resource, so each waiter is its own
 //!   connection and N is bounded by open files. RSS gives bytes per waiter (connections are
-//!   opened before the first reading, so their own cost is not counted).
+//!   opened before the first reading, so their own cost is not counted). Then the cost of the
+//!   deadlock search: a session that holds a lock of its own asks for the crowded resource,
+//!   so that lockd must follow the wait-for edges through all N waiters before it queues the
+//!   request ([`DEADLOCK_PROBES`] times, each withdrawn at once), and the same against a
+//!   resource with a holder and no waiter, in the same run (`deadlock_search_*` latencies).
 //! - `idle_connections`: `--idle-connections` sessions that only said hello; RSS per
 //!   connection, and a ping on every one afterwards to check that all are still served.
 //!
@@ -27,7 +31,7 @@ use tokio::task::JoinSet;
 use crate::bench::{Bench, Mode};
 use crate::clients::lockd::{LockdConn, Mode as LockMode, Started, SETUP_PATIENCE};
 use crate::clients::Target;
-use crate::measure::run_loops;
+use crate::measure::{run_loops, Latency};
 use crate::report::{round, Record, Report};
 
 /// Locks each holding session takes; N held locks use N / this many sessions.
@@ -39,6 +43,9 @@ const BASELINE: u64 = 1_000;
 /// Acquires written per batch by a holding session. Below lockd's default in-flight limit
 /// (1,024), so lockd never stops reading a holder while it waits for replies.
 const PIPELINE_BATCH: u64 = 256;
+
+/// Acquires sent through the deadlock search per probe (each queued, then withdrawn).
+const DEADLOCK_PROBES: usize = 200;
 
 /// File descriptors kept free for everything that is not a held connection (the measuring
 /// loops, the control connection, the runtime, stdio).
@@ -158,6 +165,11 @@ async fn queued_waiters(bench: &mut Bench, report: &mut Report, asked: u64) -> R
     let rss_after = bench.lockd_rss();
 
     let outcome = measure_fresh(bench, &prefix).await?;
+    let lone = format!("{prefix}lone");
+    holder.acquire(lone.as_bytes(), LockMode::Exclusive).await?;
+    let own = format!("{prefix}probe-own");
+    let behind_waiters = probe_deadlock_search(bench, &resource, &own).await?;
+    let behind_holder = probe_deadlock_search(bench, &lone, &own).await?;
     let mut record = Record::from_loops(
         Mode::Scale,
         Some("queued_waiters"),
@@ -181,6 +193,14 @@ async fn queued_waiters(bench: &mut Bench, report: &mut Report, asked: u64) -> R
         waiters,
         "rss_bytes_per_waiter",
     );
+    for (key, latency) in [
+        ("deadlock_search_behind_waiters", behind_waiters),
+        ("deadlock_search_behind_holder", behind_holder),
+    ] {
+        if let Some(summary) = latency.summary() {
+            record.latency_us.insert(key, summary);
+        }
+    }
     check_alive(bench)?;
 
     drop(queued);
@@ -188,6 +208,30 @@ async fn queued_waiters(bench: &mut Bench, report: &mut Report, asked: u64) -> R
     let mut control = LockdConn::connect(bench.lockd_addr).await?;
     settle(&mut control, resource.as_bytes()).await?;
     report.push(record)
+}
+
+/// The time from sending an acquire for `resource` to its `queued` event, from a session that
+/// holds `own`: lockd checks every such wait for a deadlock, following the wait-for edges from
+/// the resource's holders and the waiters ahead. Each acquire is withdrawn at once.
+async fn probe_deadlock_search(bench: &Bench, resource: &str, own: &str) -> Result<Latency> {
+    let mut probe = LockdConn::connect(bench.lockd_addr).await?;
+    probe.acquire(own.as_bytes(), LockMode::Exclusive).await?;
+    let mut latency = Latency::new();
+    for _ in 0..DEADLOCK_PROBES {
+        let sent = Instant::now();
+        let started = tokio::time::timeout(
+            SETUP_PATIENCE,
+            probe.start_acquire(resource.as_bytes(), LockMode::Exclusive),
+        )
+        .await
+        .context("lockd did not answer a probing acquire in time")??;
+        latency.record(sent.elapsed());
+        if let Started::Granted(_) = started {
+            bail!("lockd granted {resource}, which another session holds");
+        }
+        probe.cancel_last_acquire().await?;
+    }
+    Ok(latency)
 }
 
 async fn idle_connections(bench: &mut Bench, report: &mut Report, asked: u64) -> Result<()> {

@@ -1036,8 +1036,6 @@ impl LockTable {
     }
 }
 
-/// "session 1 waits for b held by session 2; session 2 waits for a held by session 1", walking
-/// the `reached` links back from `start` to itself.
 /// The deadlock search's state: who was reached and how, and how much of each queue it has
 /// already walked.
 ///
@@ -1132,6 +1130,8 @@ impl<'t> CycleSearch<'t> {
     }
 }
 
+/// "session 1 waits for b held by session 2; session 2 waits for a held by session 1", walking
+/// the `reached` links back from `start` to itself.
 fn describe_cycle(
     start: SessionId,
     reached: &HashMap<SessionId, (SessionId, ResourceName, bool)>,
