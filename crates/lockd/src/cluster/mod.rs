@@ -10,6 +10,7 @@
 //! the Raft log and vote in the node's redb database, [`network`] sends Raft RPCs to peers
 //! over TCP and [`peer_server`] answers them, in [`wire`]'s frames.
 
+pub(crate) mod append_check;
 pub(crate) mod frontend;
 pub(crate) mod leases;
 pub mod log_store;

@@ -4,8 +4,9 @@
 //! Each connection gets a task that checks the client's [`Hello`] (the protocol version, and the
 //! shared secret in constant time when the cluster has one), then answers requests one at a
 //! time, in order, as the client sends them (see `network.rs`). A frame that is too long or
-//! does not parse, a wrong secret, or a silent client at the handshake closes that connection
-//! with a log line; nothing a peer sends can stop the server. It knows nothing of what the
+//! does not parse, an AppendEntries whose entries do not follow on from each other (see
+//! `append_check.rs`), a wrong secret, or a silent client at the handshake closes that
+//! connection with a log line; nothing a peer sends can stop the server. It knows nothing of what the
 //! entries mean.
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::append_check::check_append_entries;
 use super::wire::{
     self, Hello, PeerReply, PeerRequest, PeerStream, ReplyFrame, RequestFrame, Welcome,
     PROTOCOL_VERSION,
@@ -133,6 +135,12 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                     return;
                 }
             };
+            if let PeerRequest::AppendEntries(rpc) = &frame.request {
+                if let Err(why) = check_append_entries(rpc) {
+                    warn!(peer = %self.peer, reason = %why, "closing a peer connection: its AppendEntries does not follow on from its prev_log_id");
+                    return;
+                }
+            }
             let reply = ReplyFrame {
                 id: frame.id,
                 reply: self.dispatch(frame.request).await,
