@@ -10,6 +10,9 @@ use clap::builder::TypedValueParser;
 use clap::{Parser, ValueEnum};
 use lockd::cluster::node::ClusterOptions;
 use lockd::cluster::node::MAX_CLUSTER_FRAME_BYTES;
+use lockd::cluster::peer_admission::{
+    PeerLimits, DEFAULT_MAX_HANDSHAKES_PER_IP, DEFAULT_MAX_PEER_CONNECTIONS,
+};
 use lockd::core::TableConfig;
 use lockd::data_dir::DataDir;
 use lockd::server::{
@@ -194,6 +197,21 @@ struct Args {
     #[arg(long, requires = "node_id")]
     peer_network_trusted: bool,
 
+    /// Cluster mode: connections the peer port serves at once, from any address. Members'
+    /// addresses (--peers and the cluster's membership) get 64 more slots that no one else
+    /// may take, so a flood from elsewhere cannot keep the nodes apart.
+    #[arg(long, default_value_t = DEFAULT_MAX_PEER_CONNECTIONS, value_name = "N",
+          requires = "node_id",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
+    peer_max_connections: usize,
+
+    /// Cluster mode: connections one address that is not a member's may have open on the peer
+    /// port before their handshake is done.
+    #[arg(long, default_value_t = DEFAULT_MAX_HANDSHAKES_PER_IP, value_name = "N",
+          requires = "node_id",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
+    peer_max_handshakes_per_ip: usize,
+
     /// Cluster mode: initialize a new cluster with --peers as its voters, if this node has
     /// no cluster state yet (a no-op afterwards). Give it to one node of a new cluster.
     #[arg(long, requires = "node_id")]
@@ -338,6 +356,10 @@ impl Args {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             snapshot_every: self.snapshot_every,
             secret,
+            peer_limits: PeerLimits {
+                max_connections: self.peer_max_connections,
+                max_handshakes_per_ip: self.peer_max_handshakes_per_ip,
+            },
         })
     }
 

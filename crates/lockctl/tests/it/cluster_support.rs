@@ -208,6 +208,7 @@ impl NodeOptions {
                 heartbeat: Duration::from_millis(100),
                 snapshot_every: 1_000,
                 secret: None,
+                peer_limits: Default::default(),
             };
             let server = Server::open_cluster(self.config, data_dir.path(), options)
                 .await

@@ -18,6 +18,7 @@ pub(crate) mod machine;
 pub(crate) mod membership;
 pub mod network;
 pub mod node;
+pub mod peer_admission;
 pub mod peer_server;
 pub(crate) mod retries;
 pub mod types;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::cluster::log_store::RedbLogStore;
+use crate::cluster::peer_admission::{PeerAdmission, PeerLimits};
 use crate::cluster::peer_server::serve_peers;
 use crate::cluster::testing::{open_database, KvWrite, MemStateMachine, TestConfig};
 
@@ -40,6 +41,12 @@ struct TestNode {
     _dir: tempfile::TempDir,
 }
 
+/// The default limits, with no member addresses: every test peer is a stranger.
+fn default_admission() -> PeerAdmission {
+    let (_, members) = tokio::sync::watch::channel(std::collections::HashSet::new());
+    PeerAdmission::new(PeerLimits::default(), members)
+}
+
 impl TestNode {
     async fn start(id: u64, config: Config, secret: Option<&str>) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
@@ -54,7 +61,13 @@ impl TestNode {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = CancellationToken::new();
-        let server_task = tokio::spawn(serve_peers(listener, raft.clone(), secret, server.clone()));
+        let server_task = tokio::spawn(serve_peers(
+            listener,
+            raft.clone(),
+            secret,
+            default_admission(),
+            server.clone(),
+        ));
         TestNode {
             id,
             raft,
@@ -309,6 +322,7 @@ async fn a_client_reconnects_after_the_peer_server_restarts() {
         listener,
         node.raft.clone(),
         None,
+        default_admission(),
         server.clone(),
     ));
     client.vote(vote_request(), option(2_000)).await.unwrap();

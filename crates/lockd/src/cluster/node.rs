@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::log_store::RedbLogStore;
 use super::machine::{Replica, ReplicaMachine, SnapshotError};
 use super::network::PeerNetwork;
+use super::peer_admission::{watch_member_addresses, PeerAdmission, PeerLimits};
 use super::peer_server::serve_peers;
 use super::types::{LockdNode, TypeConfig};
 use crate::core::TableConfig;
@@ -42,6 +43,9 @@ pub struct ClusterOptions {
     pub snapshot_every: u64,
     /// The shared secret peers present to each other (`--peer-secret-file`), never a client's.
     pub secret: Option<Arc<str>>,
+    /// The peer port's connection limits (`--peer-max-connections`,
+    /// `--peer-max-handshakes-per-ip`).
+    pub peer_limits: PeerLimits,
 }
 
 /// A running Raft node and what the front end needs of it.
@@ -187,10 +191,13 @@ impl ClusterNode {
             source: Box::new(source),
         })?;
         let peer_stop = CancellationToken::new();
+        let configured = options.peers.values().map(|node| node.peer.clone());
+        let members = watch_member_addresses(&raft, configured.collect());
         let peer_server = tokio::spawn(serve_peers(
             options.peer_listener,
             raft.clone(),
             options.secret,
+            PeerAdmission::new(options.peer_limits, members),
             peer_stop.clone(),
         ));
         let node = ClusterNode {

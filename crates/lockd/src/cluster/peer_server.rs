@@ -16,12 +16,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use openraft::{Raft, RaftTypeConfig};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::append_check::check_append_entries;
+use super::peer_admission::{PeerAdmission, PeerSlot};
 use super::wire::{
     self, Hello, PeerReply, PeerRequest, PeerStream, ReplyFrame, RequestFrame, Welcome,
     PROTOCOL_VERSION,
@@ -29,10 +29,6 @@ use super::wire::{
 
 /// How long a new connection may take to send its [`Hello`].
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The most peer connections served at once. openraft opens a few per peer (replication,
-/// elections), so this is far above a healthy cluster's need; it bounds what a flood costs.
-pub const MAX_PEER_CONNECTIONS: usize = 256;
 
 /// How long to pause accepting after `accept` fails (out of file descriptors, typically), so
 /// that the loop does not spin.
@@ -42,14 +38,15 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// peer connection and returns once their tasks have ended.
 ///
 /// With a `secret`, a peer must present the same one in its first frame or be disconnected.
+/// `admission` decides which connections get a slot (see `peer_admission.rs`).
 pub async fn serve_peers<C: RaftTypeConfig>(
     listener: TcpListener,
     raft: Raft<C>,
     secret: Option<Arc<str>>,
+    admission: PeerAdmission,
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -63,9 +60,12 @@ pub async fn serve_peers<C: RaftTypeConfig>(
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            warn!(%peer, limit = MAX_PEER_CONNECTIONS, "refusing a peer connection: too many open");
-            continue;
+        let slot = match admission.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                warn!(%peer, reason = %refused, "refusing a peer connection");
+                continue;
+            }
         };
         let connection = PeerConnection {
             raft: raft.clone(),
@@ -76,9 +76,8 @@ pub async fn serve_peers<C: RaftTypeConfig>(
         connections.spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = connection.serve(stream) => {}
+                () = connection.serve(stream, slot) => {}
             }
-            drop(slot);
         });
     }
     connections.close();
@@ -93,7 +92,8 @@ struct PeerConnection<C: RaftTypeConfig> {
 }
 
 impl<C: RaftTypeConfig> PeerConnection<C> {
-    async fn serve(self, stream: TcpStream) {
+    /// Serves the connection while it holds `slot`, which it tells when the handshake is done.
+    async fn serve(self, stream: TcpStream, mut slot: PeerSlot) {
         if let Err(err) = stream.set_nodelay(true) {
             debug!(peer = %self.peer, error = %err, "cannot set TCP_NODELAY on a peer connection");
         }
@@ -105,9 +105,12 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
             .codec_mut()
             .set_max_frame_length(wire::MAX_HELLO_BYTES);
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut connection)).await {
-            Ok(Ok(())) => connection
-                .codec_mut()
-                .set_max_frame_length(wire::MAX_FRAME_BYTES),
+            Ok(Ok(())) => {
+                slot.handshake_done();
+                connection
+                    .codec_mut()
+                    .set_max_frame_length(wire::MAX_FRAME_BYTES);
+            }
             Ok(Err(why)) => {
                 // As Debug: the reason may quote what the peer sent, and must not forge log lines.
                 let why = why.to_string();

@@ -39,7 +39,7 @@ pub(super) struct Cluster {
     founders: usize,
     peers: String,
     /// The cluster's own loopback network (see [`private_net`]).
-    net: String,
+    pub(super) net: String,
     _dirs: tempfile::TempDir,
 }
 
