@@ -13,6 +13,7 @@ use lockd::cluster::node::MAX_CLUSTER_FRAME_BYTES;
 use lockd::cluster::peer_admission::{
     PeerLimits, DEFAULT_MAX_HANDSHAKES_PER_IP, DEFAULT_MAX_PEER_CONNECTIONS,
 };
+use lockd::cluster::transport::PeerCredentials;
 use lockd::core::TableConfig;
 use lockd::data_dir::DataDir;
 use lockd::server::{
@@ -192,8 +193,24 @@ struct Args {
     #[arg(long, value_name = "FILE", requires = "node_id")]
     peer_secret_file: Option<PathBuf>,
 
-    /// Cluster mode: let --peer-listen be a non-loopback address without --peer-secret-file,
-    /// for a network that only the cluster's nodes can reach.
+    /// Cluster mode: this node's certificate chain for the peer port (PEM, leaf first), whose
+    /// leaf names `lockd-peer` as a DNS subject alternative name. With --peer-tls-key and
+    /// --peer-tls-ca (all three or none): mutual TLS between the nodes, the recommended setup
+    /// (docs/security.md). Default: none, plain TCP.
+    #[arg(long, value_name = "FILE", requires = "node_id")]
+    peer_tls_cert: Option<PathBuf>,
+
+    /// Cluster mode: the private key (PEM) of --peer-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "node_id")]
+    peer_tls_key: Option<PathBuf>,
+
+    /// Cluster mode: the CA (PEM) that signs every node's peer certificate, and nothing else; a
+    /// peer connection whose other end has no certificate signed by it is refused, both ways.
+    #[arg(long, value_name = "FILE", requires = "node_id")]
+    peer_tls_ca: Option<PathBuf>,
+
+    /// Cluster mode: let --peer-listen be a non-loopback address without --peer-secret-file or
+    /// --peer-tls-*, for a network that only the cluster's nodes can reach.
     #[arg(long, requires = "node_id")]
     peer_network_trusted: bool,
 
@@ -323,7 +340,23 @@ impl Args {
             .as_deref()
             .map(|path| read_secret(path, "--peer-secret-file"))
             .transpose()?;
-        if secret.is_none() && !self.peer_network_trusted {
+        let tls = match (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(lockd::tls::peer_config(cert, key, ca)?),
+            (cert, key, ca) => {
+                let missing = [
+                    ("--peer-tls-cert", cert.is_none()),
+                    ("--peer-tls-key", key.is_none()),
+                    ("--peer-tls-ca", ca.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, missing)| missing.then_some(flag))
+                .collect::<Vec<_>>()
+                .join(", ");
+                return Err(FlagError::PeerTlsIncomplete(missing));
+            }
+        };
+        if secret.is_none() && tls.is_none() && !self.peer_network_trusted {
             // Checked before binding: whoever reaches an open peer port can rewrite the log.
             let addrs = tokio::net::lookup_host(peer_listen.as_str())
                 .await
@@ -336,8 +369,8 @@ impl Args {
             }
             tracing::warn!(
                 addr = %peer_listen,
-                "the peer port has no secret (--peer-secret-file): any process on this machine \
-                 can send it Raft messages"
+                "the peer port has no credential (--peer-secret-file or --peer-tls-*): any \
+                 process on this machine can send it Raft messages"
             );
         }
         let peer_listener =
@@ -355,7 +388,7 @@ impl Args {
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             snapshot_every: self.snapshot_every,
-            secret,
+            credentials: PeerCredentials { secret, tls },
             peer_limits: PeerLimits {
                 max_connections: self.peer_max_connections,
                 max_handshakes_per_ip: self.peer_max_handshakes_per_ip,
@@ -409,11 +442,17 @@ enum FlagError {
     #[error(transparent)]
     Cluster(#[from] lockd::cluster::node::NodeError),
     #[error(
-        "--peer-listen {0} is reachable beyond this machine and the peer port has no secret: \
-         anyone who reaches it could rewrite the cluster's log; give every node the same \
+        "--peer-listen {0} is reachable beyond this machine and the peer port has no \
+         credential: anyone who reaches it could rewrite the cluster's log; give every node \
+         --peer-tls-cert, --peer-tls-key and --peer-tls-ca (mutual TLS, recommended) or the same \
          --peer-secret-file (or --peer-network-trusted if only the nodes can reach it)"
     )]
     OpenPeerPort(std::net::SocketAddr),
+    #[error(
+        "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together (mutual TLS between the \
+         nodes); missing: {0}"
+    )]
+    PeerTlsIncomplete(String),
     #[error("cannot listen on --peer-listen {addr}: {source}")]
     PeerListen {
         addr: String,

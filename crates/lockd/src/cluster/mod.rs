@@ -21,6 +21,7 @@ pub mod node;
 pub mod peer_admission;
 pub mod peer_server;
 pub(crate) mod retries;
+pub mod transport;
 pub mod types;
 pub mod wire;
 

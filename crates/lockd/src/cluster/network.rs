@@ -1,4 +1,5 @@
-//! The client side of Raft RPC: [`PeerNetwork`], openraft's `RaftNetworkFactory` over TCP.
+//! The client side of Raft RPC: [`PeerNetwork`], openraft's `RaftNetworkFactory` over TCP (or
+//! mutual TLS, see `transport.rs`).
 //!
 //! openraft asks the factory for one [`PeerClient`] per target and per purpose (a replication
 //! stream, an election) and calls it through `&mut self`, so a client never has two RPCs in
@@ -17,7 +18,6 @@
 
 use std::fmt::{self, Debug};
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -34,6 +34,7 @@ use openraft::{AnyError, BasicNode, RaftTypeConfig};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use super::transport::PeerCredentials;
 use super::wire::{
     self, FrameError, Hello, PeerReply, PeerRequest, PeerStream, ReplyFrame, RequestFrame, Welcome,
     PROTOCOL_VERSION,
@@ -61,14 +62,17 @@ impl PeerAddress for BasicNode {
 pub struct PeerNetwork<C: RaftTypeConfig> {
     /// This node's id, which openraft's `Timeout` error names as the sender.
     own_id: C::NodeId,
-    /// Sent in every connection's first frame when set; peers with a secret refuse others.
-    secret: Option<Arc<str>>,
+    /// Presented on every connection: its TLS certificate and its secret, when set.
+    credentials: PeerCredentials,
 }
 
 impl<C: RaftTypeConfig> PeerNetwork<C> {
-    /// A network for the node `own_id`. With a `secret`, every connection presents it.
-    pub fn new(own_id: C::NodeId, secret: Option<Arc<str>>) -> Self {
-        PeerNetwork { own_id, secret }
+    /// A network for the node `own_id`, whose every connection presents `credentials`.
+    pub fn new(own_id: C::NodeId, credentials: PeerCredentials) -> Self {
+        PeerNetwork {
+            own_id,
+            credentials,
+        }
     }
 }
 
@@ -76,17 +80,16 @@ impl<C: RaftTypeConfig> Clone for PeerNetwork<C> {
     fn clone(&self) -> Self {
         PeerNetwork {
             own_id: self.own_id.clone(),
-            secret: self.secret.clone(),
+            credentials: self.credentials.clone(),
         }
     }
 }
 
 impl<C: RaftTypeConfig> Debug for PeerNetwork<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the secret itself.
         f.debug_struct("PeerNetwork")
             .field("own_id", &self.own_id)
-            .field("secret", &self.secret.as_ref().map(|_| "set"))
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
@@ -103,7 +106,7 @@ where
             own_id: self.own_id.clone(),
             target,
             node: node.clone(),
-            secret: self.secret.clone(),
+            credentials: self.credentials.clone(),
             connection: None,
             next_request_id: 1,
             _config: PhantomData,
@@ -116,7 +119,7 @@ pub struct PeerClient<C: RaftTypeConfig> {
     own_id: C::NodeId,
     target: C::NodeId,
     node: C::Node,
-    secret: Option<Arc<str>>,
+    credentials: PeerCredentials,
     /// `Some` only between RPCs that succeeded: an RPC takes it out and puts it back when it
     /// got its reply, so a failed or cancelled RPC leaves `None` and the next one reconnects.
     connection: Option<PeerStream>,
@@ -197,10 +200,15 @@ where
         stream
             .set_nodelay(true)
             .map_err(|err| unreachable("cannot configure the connection to", &err))?;
-        let mut connection = wire::frame_stream(stream);
+        let transport = self
+            .credentials
+            .connect(stream)
+            .await
+            .map_err(|err| unreachable("TLS handshake failed with", &err))?;
+        let mut connection = wire::frame_stream(transport);
         let hello = Hello {
             version: PROTOCOL_VERSION,
-            secret: self.secret.as_deref().map(str::to_owned),
+            secret: self.credentials.secret.as_deref().map(str::to_owned),
         };
         let hello = wire::encode(&hello).map_err(|err| unreachable("cannot greet", &err))?;
         connection

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use openraft::raft::ClientWriteResponse;
@@ -17,6 +18,7 @@ use crate::cluster::log_store::RedbLogStore;
 use crate::cluster::peer_admission::{PeerAdmission, PeerLimits};
 use crate::cluster::peer_server::serve_peers;
 use crate::cluster::testing::{open_database, KvWrite, MemStateMachine, TestConfig};
+use crate::cluster::transport::PeerCredentials;
 
 /// The longest any test waits for the cluster to get somewhere.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -52,8 +54,8 @@ impl TestNode {
         let dir = tempfile::tempdir().unwrap();
         let log_store = RedbLogStore::new(open_database(dir.path())).await.unwrap();
         let state = MemStateMachine::default();
-        let secret: Option<Arc<str>> = secret.map(Arc::from);
-        let network = PeerNetwork::new(id, secret.clone());
+        let credentials = PeerCredentials::secret(secret.map(Arc::from));
+        let network = PeerNetwork::new(id, credentials.clone());
         let config = Arc::new(config.validate().unwrap());
         let raft = Raft::new(id, config, network, log_store, state.clone())
             .await
@@ -64,7 +66,7 @@ impl TestNode {
         let server_task = tokio::spawn(serve_peers(
             listener,
             raft.clone(),
-            secret,
+            credentials,
             default_admission(),
             server.clone(),
         ));
@@ -135,7 +137,8 @@ async fn wait_for_leader<'a>(nodes: &[&'a TestNode], not: Option<u64>) -> &'a Te
 
 /// A client from node 1 to the node at `target`, which it takes for node 2.
 async fn client(target: SocketAddr, secret: Option<&str>) -> PeerClient<TestConfig> {
-    let mut network = PeerNetwork::<TestConfig>::new(1, secret.map(Arc::from));
+    let mut network =
+        PeerNetwork::<TestConfig>::new(1, PeerCredentials::secret(secret.map(Arc::from)));
     network.new_client(2, &BasicNode::new(target)).await
 }
 
@@ -321,7 +324,7 @@ async fn a_client_reconnects_after_the_peer_server_restarts() {
     let task = tokio::spawn(serve_peers(
         listener,
         node.raft.clone(),
-        None,
+        PeerCredentials::default(),
         default_admission(),
         server.clone(),
     ));

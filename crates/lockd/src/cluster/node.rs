@@ -17,6 +17,7 @@ use super::machine::{Replica, ReplicaMachine, SnapshotError};
 use super::network::PeerNetwork;
 use super::peer_admission::{watch_member_addresses, PeerAdmission, PeerLimits};
 use super::peer_server::serve_peers;
+use super::transport::PeerCredentials;
 use super::types::{LockdNode, TypeConfig};
 use crate::core::TableConfig;
 use crate::metrics::Metrics;
@@ -41,8 +42,9 @@ pub struct ClusterOptions {
     /// Take a snapshot, and drop the log before it, every this many entries
     /// (`--snapshot-every`).
     pub snapshot_every: u64,
-    /// The shared secret peers present to each other (`--peer-secret-file`), never a client's.
-    pub secret: Option<Arc<str>>,
+    /// What the nodes present to each other: the shared secret (`--peer-secret-file`, never a
+    /// client's) and mutual TLS (`--peer-tls-*`).
+    pub credentials: PeerCredentials,
     /// The peer port's connection limits (`--peer-max-connections`,
     /// `--peer-max-handshakes-per-ip`).
     pub peer_limits: PeerLimits,
@@ -177,7 +179,7 @@ impl ClusterNode {
             .map_err(|err| NodeError::Log(Box::new(err)))?;
         let state_machine = ReplicaMachine::open(db, table, metrics)?;
         let replica = state_machine.replica();
-        let network = PeerNetwork::new(options.node_id, options.secret.clone());
+        let network = PeerNetwork::new(options.node_id, options.credentials.clone());
         let raft = Raft::new(
             options.node_id,
             Arc::new(config),
@@ -196,7 +198,7 @@ impl ClusterNode {
         let peer_server = tokio::spawn(serve_peers(
             options.peer_listener,
             raft.clone(),
-            options.secret,
+            options.credentials,
             PeerAdmission::new(options.peer_limits, members),
             peer_stop.clone(),
         ));

@@ -10,7 +10,6 @@
 //! entries mean.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -22,6 +21,7 @@ use tracing::{debug, warn};
 
 use super::append_check::check_append_entries;
 use super::peer_admission::{PeerAdmission, PeerSlot};
+use super::transport::PeerCredentials;
 use super::wire::{
     self, Hello, PeerReply, PeerRequest, PeerStream, ReplyFrame, RequestFrame, Welcome,
     PROTOCOL_VERSION,
@@ -37,12 +37,13 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Serves Raft RPCs from peers on `listener` until `shutdown` is cancelled, then closes every
 /// peer connection and returns once their tasks have ended.
 ///
-/// With a `secret`, a peer must present the same one in its first frame or be disconnected.
-/// `admission` decides which connections get a slot (see `peer_admission.rs`).
+/// A peer must meet `credentials`: with TLS, present a certificate signed by the peer CA; with a
+/// secret, present the same one in its first frame; or be disconnected. `admission` decides
+/// which connections get a slot (see `peer_admission.rs`).
 pub async fn serve_peers<C: RaftTypeConfig>(
     listener: TcpListener,
     raft: Raft<C>,
-    secret: Option<Arc<str>>,
+    credentials: PeerCredentials,
     admission: PeerAdmission,
     shutdown: CancellationToken,
 ) {
@@ -69,7 +70,7 @@ pub async fn serve_peers<C: RaftTypeConfig>(
         };
         let connection = PeerConnection {
             raft: raft.clone(),
-            secret: secret.clone(),
+            credentials: credentials.clone(),
             peer,
         };
         let shutdown = shutdown.clone();
@@ -87,7 +88,7 @@ pub async fn serve_peers<C: RaftTypeConfig>(
 /// One accepted peer connection.
 struct PeerConnection<C: RaftTypeConfig> {
     raft: Raft<C>,
-    secret: Option<Arc<str>>,
+    credentials: PeerCredentials,
     peer: SocketAddr,
 }
 
@@ -97,19 +98,29 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
         if let Err(err) = stream.set_nodelay(true) {
             debug!(peer = %self.peer, error = %err, "cannot set TCP_NODELAY on a peer connection");
         }
-        let mut connection = wire::frame_stream(stream);
-        // Until the peer has shown the secret, it may send a hello and nothing bigger: the codec
-        // reserves room for a frame as soon as its length arrives, so a stranger announcing
-        // 64 MiB frames would otherwise make this node hold 64 MiB per connection.
-        connection
-            .codec_mut()
-            .set_max_frame_length(wire::MAX_HELLO_BYTES);
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut connection)).await {
-            Ok(Ok(())) => {
+        let handshake = async {
+            let transport = self
+                .credentials
+                .accept(stream)
+                .await
+                .map_err(HandshakeError::Tls)?;
+            let mut connection = wire::frame_stream(transport);
+            // Until the peer has shown the secret, it may send a hello and nothing bigger: the
+            // codec reserves room for a frame as soon as its length arrives, so a stranger
+            // announcing 64 MiB frames would otherwise make this node hold 64 MiB per connection.
+            connection
+                .codec_mut()
+                .set_max_frame_length(wire::MAX_HELLO_BYTES);
+            self.handshake(&mut connection).await?;
+            Ok::<_, HandshakeError>(connection)
+        };
+        let mut connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(mut connection)) => {
                 slot.handshake_done();
                 connection
                     .codec_mut()
                     .set_max_frame_length(wire::MAX_FRAME_BYTES);
+                connection
             }
             Ok(Err(why)) => {
                 // As Debug: the reason may quote what the peer sent, and must not forge log lines.
@@ -121,7 +132,7 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                 warn!(peer = %self.peer, "closing a peer connection that sent no hello in {HANDSHAKE_TIMEOUT:?}");
                 return;
             }
-        }
+        };
         debug!(peer = %self.peer, "peer connected");
         while let Some(read) = connection.next().await {
             let bytes = match read {
@@ -171,7 +182,7 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
         if hello.version != PROTOCOL_VERSION {
             return Err(HandshakeError::Version(hello.version));
         }
-        if let Some(secret) = &self.secret {
+        if let Some(secret) = &self.credentials.secret {
             let given = hello.secret.as_deref().unwrap_or_default().as_bytes();
             if !crate::secret::matches(given, secret.as_bytes()) {
                 return Err(HandshakeError::Secret);
@@ -205,6 +216,8 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
 /// Why a peer was refused at the handshake.
 #[derive(Debug, thiserror::Error)]
 enum HandshakeError {
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
     #[error("bad frame: {0}")]
     BadFrame(#[source] std::io::Error),
     #[error("closed before its hello")]

@@ -8,6 +8,7 @@ mod membership;
 mod metrics;
 mod peer_entries;
 mod peer_port;
+mod peer_tls;
 mod safety;
 
 use std::net::{SocketAddr, TcpListener};

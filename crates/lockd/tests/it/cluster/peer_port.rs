@@ -5,7 +5,7 @@
 //! good; and no request is too long to fit a log entry.
 
 use futures_util::{SinkExt, StreamExt};
-use lockd::cluster::wire::{self, Hello, Welcome, PROTOCOL_VERSION};
+use lockd::cluster::wire::{self, Hello, PeerStream, Welcome, PROTOCOL_VERSION};
 use tokio::net::TcpStream;
 
 use std::process::Stdio;
@@ -20,13 +20,21 @@ async fn welcomed(peer: std::net::SocketAddr, secret: &str) -> bool {
     let stream = TcpStream::connect(peer)
         .await
         .expect("the peer port accepts");
-    let mut frames = wire::frame_stream(stream);
+    says_welcome(wire::frame_stream(stream), Some(secret)).await
+}
+
+/// Says hello with `secret` on a peer connection; true if the node welcomes it, false if it
+/// closes the connection. Fails the test if it does neither within [`PATIENCE`].
+pub(super) async fn says_welcome(mut frames: PeerStream, secret: Option<&str>) -> bool {
     let hello = wire::encode(&Hello {
         version: PROTOCOL_VERSION,
-        secret: Some(secret.to_owned()),
+        secret: secret.map(str::to_owned),
     })
     .unwrap();
-    frames.send(hello).await.expect("the hello is sent");
+    if frames.send(hello).await.is_err() {
+        // Closed before the hello could be sent: refused.
+        return false;
+    }
     match tokio::time::timeout(PATIENCE, frames.next()).await {
         Ok(Some(Ok(bytes))) => {
             let welcome: Welcome = wire::decode(&bytes).expect("a welcome");
@@ -161,7 +169,7 @@ fn a_cluster_node_refuses_requests_too_long_for_a_log_entry() {
 }
 
 /// Starts a one-node cluster with `flags` that must refuse to start; returns what it said.
-fn refused_node(flags: &[&str]) -> String {
+pub(super) fn refused_node(flags: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["--node-id", "1", "--peers", "1=127.0.0.1:1/127.0.0.1:2"];
     args.extend_from_slice(flags);
@@ -273,22 +281,9 @@ async fn silent_stranger(
 
 /// Says hello on `target`'s peer port from `ip` (no secret); true if it is welcomed.
 async fn stranger_welcomed(ip: std::net::IpAddr, target: std::net::SocketAddr) -> bool {
-    let Ok(stream) = connect_from(ip, target).await else {
-        return false;
-    };
-    let mut frames = wire::frame_stream(stream);
-    let hello = wire::encode(&Hello {
-        version: PROTOCOL_VERSION,
-        secret: None,
-    })
-    .unwrap();
-    if frames.send(hello).await.is_err() {
-        return false;
-    }
-    match tokio::time::timeout(PATIENCE, frames.next()).await {
-        Ok(Some(Ok(_welcome))) => true,
-        Ok(Some(Err(_)) | None) => false,
-        Err(_) => panic!("the peer port neither answered nor closed within {PATIENCE:?}"),
+    match connect_from(ip, target).await {
+        Ok(stream) => says_welcome(wire::frame_stream(stream), None).await,
+        Err(_) => false,
     }
 }
 
