@@ -94,6 +94,14 @@ impl<C: RaftTypeConfig> Debug for PeerNetwork<C> {
     }
 }
 
+impl<C: RaftTypeConfig> PeerNetwork<C> {
+    /// Checks that a node answers on the peer address `address` and accepts this node's
+    /// credentials, as a connection for Raft would; says why not.
+    pub async fn probe(&self, address: &str) -> Result<(), String> {
+        dial(address, &self.credentials).await.map(drop)
+    }
+}
+
 impl<C> RaftNetworkFactory<C> for PeerNetwork<C>
 where
     C: RaftTypeConfig,
@@ -189,50 +197,9 @@ where
     /// Opens a connection and completes the handshake. Every failure here means the peer is
     /// unreachable, and openraft should wait before trying again.
     async fn connect(&self) -> Result<PeerStream, CallError> {
-        let address = self.node.peer_addr();
-        let unreachable = |what: &str, err: &dyn fmt::Display| {
-            CallError::Unreachable(AnyError::error(format!("{what} {address}: {err}")))
-        };
-        let stream = TcpStream::connect(address)
+        dial(self.node.peer_addr(), &self.credentials)
             .await
-            .map_err(|err| unreachable("cannot connect to", &err))?;
-        // Raft RPCs are small and latency-bound: do not let Nagle hold them back.
-        stream
-            .set_nodelay(true)
-            .map_err(|err| unreachable("cannot configure the connection to", &err))?;
-        let transport = self
-            .credentials
-            .connect(stream)
-            .await
-            .map_err(|err| unreachable("TLS handshake failed with", &err))?;
-        let mut connection = wire::frame_stream(transport);
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            secret: self.credentials.secret.as_deref().map(str::to_owned),
-        };
-        let hello = wire::encode(&hello).map_err(|err| unreachable("cannot greet", &err))?;
-        connection
-            .send(hello)
-            .await
-            .map_err(|err| unreachable("cannot greet", &err))?;
-        let welcome =
-            match connection.next().await {
-                Some(Ok(bytes)) => bytes,
-                Some(Err(err)) => return Err(unreachable("no welcome from", &err)),
-                None => return Err(unreachable(
-                    "refused by",
-                    &"the peer closed the connection at the handshake (wrong secret or version?)",
-                )),
-            };
-        let welcome: Welcome =
-            wire::decode(&welcome).map_err(|err| unreachable("bad welcome from", &err))?;
-        if welcome.version != PROTOCOL_VERSION {
-            return Err(unreachable(
-                "protocol version mismatch with",
-                &welcome.version,
-            ));
-        }
-        Ok(connection)
+            .map_err(|why| CallError::Unreachable(AnyError::error(why)))
     }
 
     fn unexpected_reply<E: std::error::Error>(
@@ -352,6 +319,49 @@ impl<C: RaftTypeConfig> Debug for PeerClient<C> {
             .field("connected", &self.connection.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// Connects to the peer port at `address` and completes the handshake with `credentials`: TLS
+/// when they have it, then hello and welcome. Says why it failed, naming the address.
+async fn dial(address: &str, credentials: &PeerCredentials) -> Result<PeerStream, String> {
+    let failed = |what: &str, err: &dyn fmt::Display| format!("{what} {address}: {err}");
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|err| failed("cannot connect to", &err))?;
+    // Raft RPCs are small and latency-bound: do not let Nagle hold them back.
+    stream
+        .set_nodelay(true)
+        .map_err(|err| failed("cannot configure the connection to", &err))?;
+    let transport = credentials
+        .connect(stream)
+        .await
+        .map_err(|err| failed("TLS handshake failed with", &err))?;
+    let mut connection = wire::frame_stream(transport);
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        secret: credentials.secret.as_deref().map(str::to_owned),
+    };
+    let hello = wire::encode(&hello).map_err(|err| failed("cannot greet", &err))?;
+    connection
+        .send(hello)
+        .await
+        .map_err(|err| failed("cannot greet", &err))?;
+    let welcome = match connection.next().await {
+        Some(Ok(bytes)) => bytes,
+        Some(Err(err)) => return Err(failed("no welcome from", &err)),
+        None => {
+            return Err(failed(
+                "refused by",
+                &"the peer closed the connection at the handshake (wrong secret or version?)",
+            ))
+        }
+    };
+    let welcome: Welcome =
+        wire::decode(&welcome).map_err(|err| failed("bad welcome from", &err))?;
+    if welcome.version != PROTOCOL_VERSION {
+        return Err(failed("protocol version mismatch with", &welcome.version));
+    }
+    Ok(connection)
 }
 
 /// How one RPC failed, before it is put in the error type of its method.

@@ -55,6 +55,8 @@ pub(crate) struct ClusterNode {
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) node_id: u64,
     pub(crate) replica: Arc<Mutex<Replica>>,
+    /// A copy of the network Raft uses, for membership's check that a new node answers.
+    pub(crate) network: PeerNetwork<TypeConfig>,
     peer_stop: CancellationToken,
     peer_server: JoinHandle<()>,
 }
@@ -183,7 +185,7 @@ impl ClusterNode {
         let raft = Raft::new(
             options.node_id,
             Arc::new(config),
-            network,
+            network.clone(),
             log_store,
             state_machine,
         )
@@ -206,6 +208,7 @@ impl ClusterNode {
             raft,
             node_id: options.node_id,
             replica,
+            network,
             peer_stop,
             peer_server,
         };

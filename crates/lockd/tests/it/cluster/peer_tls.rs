@@ -166,3 +166,37 @@ fn the_peer_tls_flags_go_together() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_node_refuses_a_node_that_does_not_speak_peer_tls() {
+    let pki = PeerPki::new();
+    let flags = pki.node_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cluster = Cluster::start(1, &flags).await;
+    cluster.leader(None).await;
+    // Something accepts TCP connections on the new node's peer address, and closes them.
+    let impostor = tokio::net::TcpListener::bind(format!("{}.99:0", cluster.net))
+        .await
+        .unwrap();
+    let impostor_addr = impostor.local_addr().unwrap();
+    let accepting = tokio::spawn(async move {
+        while let Ok((stream, _)) = impostor.accept().await {
+            drop(stream);
+        }
+    });
+    let mut conn = cluster.connect(0).await;
+    hello(&mut conn, None).await;
+    let reply = conn
+        .call(json!({"id": 2, "op": "add_node", "node_id": 2,
+                     "client": "127.0.0.1:1", "peer": impostor_addr.to_string()}))
+        .await;
+    assert_eq!(reply["error"]["code"], "bad_request", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("does not answer as a peer") && message.contains("TLS"),
+        "{reply}"
+    );
+    let status = conn.call(json!({"id": 3, "op": "cluster_status"})).await;
+    assert_eq!(status["members"].as_array().unwrap().len(), 1, "{status}");
+    accepting.abort();
+}
