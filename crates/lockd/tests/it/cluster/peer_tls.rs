@@ -85,6 +85,15 @@ impl PeerPki {
     }
 }
 
+/// A cluster of `size` nodes with mutual TLS between them, and its certificates.
+async fn tls_cluster(size: u64) -> (PeerPki, Cluster) {
+    let pki = PeerPki::new();
+    let flags = pki.node_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cluster = Cluster::start(size, &flags).await;
+    (pki, cluster)
+}
+
 fn read_chain(path: &Path) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_file_iter(path)
         .unwrap()
@@ -112,10 +121,7 @@ async fn welcomed(addr: std::net::SocketAddr, tls: Option<TlsConnector>) -> bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_over_peer_mutual_tls_elect_serve_and_fail_over() {
-    let pki = PeerPki::new();
-    let flags = pki.node_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut cluster = Cluster::start(3, &flags).await;
+    let (_pki, mut cluster) = tls_cluster(3).await;
     let leader = cluster.leader(None).await;
     let mut holder = cluster.connect(leader).await;
     let reply = hello(&mut holder, None).await;
@@ -137,10 +143,7 @@ async fn three_nodes_over_peer_mutual_tls_elect_serve_and_fail_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_peer_port_refuses_a_foreign_certificate_and_plain_tcp_at_once() {
-    let pki = PeerPki::new();
-    let flags = pki.node_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let cluster = Cluster::start(1, &flags).await;
+    let (pki, cluster) = tls_cluster(1).await;
     cluster.leader(None).await;
     let peer = cluster.specs[0].peer;
     assert!(!welcomed(peer, Some(pki.client("intruder"))).await);
@@ -169,10 +172,7 @@ fn the_peer_tls_flags_go_together() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_node_refuses_a_node_that_does_not_speak_peer_tls() {
-    let pki = PeerPki::new();
-    let flags = pki.node_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let cluster = Cluster::start(1, &flags).await;
+    let (_pki, cluster) = tls_cluster(1).await;
     cluster.leader(None).await;
     // Something accepts TCP connections on the new node's peer address, and closes them.
     let impostor = tokio::net::TcpListener::bind(format!("{}.99:0", cluster.net))
