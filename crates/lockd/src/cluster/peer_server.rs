@@ -137,6 +137,12 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
         while let Some(read) = connection.next().await {
             let bytes = match read {
                 Ok(bytes) => bytes,
+                // A TLS peer that just drops the connection (openraft cancels an RPC by dropping
+                // its connection) sends no close_notify: an ordinary end, not a bad frame.
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    debug!(peer = %self.peer, "peer disconnected without closing TLS");
+                    return;
+                }
                 Err(err) => {
                     warn!(peer = %self.peer, error = ?err.to_string(), "closing a peer connection: bad frame");
                     return;
