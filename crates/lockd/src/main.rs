@@ -10,6 +10,10 @@ use clap::builder::TypedValueParser;
 use clap::{Parser, ValueEnum};
 use lockd::cluster::node::ClusterOptions;
 use lockd::cluster::node::MAX_CLUSTER_FRAME_BYTES;
+use lockd::cluster::peer_admission::{
+    PeerLimits, DEFAULT_MAX_HANDSHAKES_PER_IP, DEFAULT_MAX_PEER_CONNECTIONS,
+};
+use lockd::cluster::transport::PeerCredentials;
 use lockd::core::TableConfig;
 use lockd::data_dir::DataDir;
 use lockd::server::{
@@ -191,10 +195,41 @@ struct Args {
     #[arg(long, value_name = "FILE", requires = "node_id")]
     peer_secret_file: Option<PathBuf>,
 
-    /// Cluster mode: let --peer-listen be a non-loopback address without --peer-secret-file,
-    /// for a network that only the cluster's nodes can reach.
+    /// Cluster mode: this node's certificate chain for the peer port (PEM, leaf first), whose
+    /// leaf names `lockd-peer` as a DNS subject alternative name. With --peer-tls-key and
+    /// --peer-tls-ca (all three or none): mutual TLS between the nodes, the recommended setup
+    /// (docs/security.md). Default: none, plain TCP.
+    #[arg(long, value_name = "FILE", requires = "node_id")]
+    peer_tls_cert: Option<PathBuf>,
+
+    /// Cluster mode: the private key (PEM) of --peer-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "node_id")]
+    peer_tls_key: Option<PathBuf>,
+
+    /// Cluster mode: the CA (PEM) that signs every node's peer certificate, and nothing else; a
+    /// peer connection whose other end has no certificate signed by it is refused, both ways.
+    #[arg(long, value_name = "FILE", requires = "node_id")]
+    peer_tls_ca: Option<PathBuf>,
+
+    /// Cluster mode: let --peer-listen be a non-loopback address without --peer-secret-file or
+    /// --peer-tls-*, for a network that only the cluster's nodes can reach.
     #[arg(long, requires = "node_id")]
     peer_network_trusted: bool,
+
+    /// Cluster mode: connections the peer port serves at once, from any address. Members'
+    /// addresses (--peers and the cluster's membership) get 64 more slots that no one else
+    /// may take, so a flood from elsewhere cannot keep the nodes apart.
+    #[arg(long, default_value_t = DEFAULT_MAX_PEER_CONNECTIONS, value_name = "N",
+          requires = "node_id",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
+    peer_max_connections: usize,
+
+    /// Cluster mode: connections one address that is not a member's may have open on the peer
+    /// port before their handshake is done.
+    #[arg(long, default_value_t = DEFAULT_MAX_HANDSHAKES_PER_IP, value_name = "N",
+          requires = "node_id",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
+    peer_max_handshakes_per_ip: usize,
 
     /// Cluster mode: initialize a new cluster with --peers as its voters, if this node has
     /// no cluster state yet (a no-op afterwards). Give it to one node of a new cluster.
@@ -307,7 +342,23 @@ impl Args {
             .as_deref()
             .map(|path| read_secret(path, "--peer-secret-file"))
             .transpose()?;
-        if secret.is_none() && !self.peer_network_trusted {
+        let tls = match (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(lockd::tls::peer_config(cert, key, ca)?),
+            (cert, key, ca) => {
+                let missing = [
+                    ("--peer-tls-cert", cert.is_none()),
+                    ("--peer-tls-key", key.is_none()),
+                    ("--peer-tls-ca", ca.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, missing)| missing.then_some(flag))
+                .collect::<Vec<_>>()
+                .join(", ");
+                return Err(FlagError::PeerTlsIncomplete(missing));
+            }
+        };
+        if secret.is_none() && tls.is_none() && !self.peer_network_trusted {
             // Checked before binding: whoever reaches an open peer port can rewrite the log.
             let addrs = tokio::net::lookup_host(peer_listen.as_str())
                 .await
@@ -320,8 +371,8 @@ impl Args {
             }
             tracing::warn!(
                 addr = %peer_listen,
-                "the peer port has no secret (--peer-secret-file): any process on this machine \
-                 can send it Raft messages"
+                "the peer port has no credential (--peer-secret-file or --peer-tls-*): any \
+                 process on this machine can send it Raft messages"
             );
         }
         let peer_listener =
@@ -339,7 +390,11 @@ impl Args {
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             snapshot_every: self.snapshot_every,
-            secret,
+            credentials: PeerCredentials { secret, tls },
+            peer_limits: PeerLimits {
+                max_connections: self.peer_max_connections,
+                max_handshakes_per_ip: self.peer_max_handshakes_per_ip,
+            },
             admin_token: self.admin_token()?,
         })
     }
@@ -398,11 +453,17 @@ enum FlagError {
     #[error(transparent)]
     Cluster(#[from] lockd::cluster::node::NodeError),
     #[error(
-        "--peer-listen {0} is reachable beyond this machine and the peer port has no secret: \
-         anyone who reaches it could rewrite the cluster's log; give every node the same \
+        "--peer-listen {0} is reachable beyond this machine and the peer port has no \
+         credential: anyone who reaches it could rewrite the cluster's log; give every node \
+         --peer-tls-cert, --peer-tls-key and --peer-tls-ca (mutual TLS, recommended) or the same \
          --peer-secret-file (or --peer-network-trusted if only the nodes can reach it)"
     )]
     OpenPeerPort(std::net::SocketAddr),
+    #[error(
+        "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together (mutual TLS between the \
+         nodes); missing: {0}"
+    )]
+    PeerTlsIncomplete(String),
     #[error("cannot listen on --peer-listen {addr}: {source}")]
     PeerListen {
         addr: String,

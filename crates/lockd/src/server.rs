@@ -237,6 +237,7 @@ impl Server {
             Backend::Cluster(node) => {
                 let frontend = Frontend::new(
                     node.raft.clone(),
+                    node.network.clone(),
                     node.node_id,
                     Arc::clone(&node.replica),
                     Arc::clone(&metrics),

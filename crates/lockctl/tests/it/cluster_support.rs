@@ -210,7 +210,8 @@ impl NodeOptions {
                 election_timeout: Duration::from_millis(500),
                 heartbeat: Duration::from_millis(100),
                 snapshot_every: 1_000,
-                secret: None,
+                credentials: Default::default(),
+                peer_limits: Default::default(),
                 admin_token: Some(ADMIN_TOKEN.into()),
             };
             let server = Server::open_cluster(self.config, data_dir.path(), options)

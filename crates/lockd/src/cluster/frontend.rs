@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 use super::leases::LeaseKeeper;
 use super::machine::{lock_replica, Replica, Route};
 use super::membership::{self, leader_node, not_leader};
+use super::network::PeerNetwork;
 use super::resume::{ResumeCheck, ResumeSecret};
 use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
 use crate::core::ForcedRelease;
@@ -155,6 +156,8 @@ enum Failure {
 /// The front end of a cluster node; see the module docs.
 pub(crate) struct Frontend {
     raft: Raft<TypeConfig>,
+    /// Raft's network, for `add_node`'s check that the new node answers.
+    network: PeerNetwork<TypeConfig>,
     node_id: u64,
     replica: Arc<Mutex<Replica>>,
     connections: HashMap<ConnectionId, Connection>,
@@ -199,6 +202,7 @@ impl std::fmt::Debug for Frontend {
 impl Frontend {
     pub(crate) fn new(
         raft: Raft<TypeConfig>,
+        network: PeerNetwork<TypeConfig>,
         node_id: u64,
         replica: Arc<Mutex<Replica>>,
         metrics: Arc<Metrics>,
@@ -208,6 +212,7 @@ impl Frontend {
         Frontend {
             admin_token,
             raft,
+            network,
             node_id,
             unbound_idle,
             last_unbound_sweep: None,
@@ -485,7 +490,13 @@ impl Frontend {
         match request.command {
             Command::AddNode(add) => {
                 let outbox = connection.record.outbox.clone();
-                membership::spawn_add(self.raft.clone(), outbox, request.id, add);
+                membership::spawn_add(
+                    self.raft.clone(),
+                    self.network.clone(),
+                    outbox,
+                    request.id,
+                    add,
+                );
                 return;
             }
             Command::RemoveNode(remove) => {

@@ -11,6 +11,7 @@ use protocol::cmd::{AddNode, ClusterMember, ClusterStatusOk, RemoveNode};
 use protocol::{Command, ErrorCode, ReplyBody, RequestId, ServerFrame};
 use tracing::{info, warn};
 
+use super::network::PeerNetwork;
 use super::types::{LockdNode, TypeConfig};
 use crate::seam::Outbox;
 
@@ -18,8 +19,8 @@ use crate::seam::Outbox;
 /// learner.
 pub(crate) const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long `add_node` waits for the new node's peer port to accept a connection before it
-/// refuses to add a node that is not there.
+/// How long `add_node` waits for the new node to complete a peer handshake (TCP, TLS, hello)
+/// before it refuses to add a node that is not there.
 const PEER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The admin credential a command carries, if it is a membership change (which needs it).
@@ -95,14 +96,20 @@ pub(crate) fn status(metrics: &RaftMetrics<u64, LockdNode>) -> ClusterStatusOk {
 }
 
 /// Adds a member in the background and answers `id` on `outbox` when it is a voter.
-pub(crate) fn spawn_add(raft: Raft<TypeConfig>, outbox: Outbox, id: RequestId, add: AddNode) {
+pub(crate) fn spawn_add(
+    raft: Raft<TypeConfig>,
+    network: PeerNetwork<TypeConfig>,
+    outbox: Outbox,
+    id: RequestId,
+    add: AddNode,
+) {
     tokio::spawn(async move {
         let node = LockdNode {
             client: add.client,
             peer: add.peer,
         };
         info!(node_id = add.node_id, %node, "adding a node: as a learner first");
-        let frame = match add_voter(&raft, add.node_id, node).await {
+        let frame = match add_voter(&raft, &network, add.node_id, node).await {
             Ok(()) => {
                 info!(node_id = add.node_id, "the node is now a voter");
                 ServerFrame::Ok {
@@ -120,21 +127,29 @@ pub(crate) fn spawn_add(raft: Raft<TypeConfig>, outbox: Outbox, id: RequestId, a
 type Refusal = Box<dyn FnOnce(RequestId) -> ServerFrame + Send>;
 
 /// Adds `node_id` as a learner, waits until it has really replicated the log, then makes it a
-/// voter. A node whose peer port does not answer is not added at all, and one that does not
-/// catch up stays a learner: a voter that is not there would stop the cluster at the next
-/// failure.
-async fn add_voter(raft: &Raft<TypeConfig>, node_id: u64, node: LockdNode) -> Result<(), Refusal> {
+/// voter. A node whose peer port does not answer, or does not accept this node's credentials
+/// (its secret, its TLS certificate), is not added at all, and one that does not catch up stays
+/// a learner: a voter that is not there would stop the cluster at the next failure.
+async fn add_voter(
+    raft: &Raft<TypeConfig>,
+    network: &PeerNetwork<TypeConfig>,
+    node_id: u64,
+    node: LockdNode,
+) -> Result<(), Refusal> {
     let peer = node.peer.clone();
-    let reachable =
-        tokio::time::timeout(PEER_CHECK_TIMEOUT, tokio::net::TcpStream::connect(&peer)).await;
-    if !matches!(reachable, Ok(Ok(_))) {
+    let probe = match tokio::time::timeout(PEER_CHECK_TIMEOUT, network.probe(&peer)).await {
+        Ok(probe) => probe,
+        Err(_) => Err(format!("no handshake within {PEER_CHECK_TIMEOUT:?}")),
+    };
+    if let Err(why) = probe {
         return Err(Box::new(move |id| {
             ServerFrame::error(
                 Some(id),
                 ErrorCode::BadRequest,
                 format!(
-                    "node {node_id} does not answer on its peer address {peer}; start it (with \
-                     --peer-listen {peer}) before adding it"
+                    "node {node_id} does not answer as a peer on its peer address {peer} \
+                     ({why}); start it (with --peer-listen {peer} and the cluster's peer \
+                     credentials) before adding it"
                 ),
             )
         }));

@@ -11,6 +11,7 @@
 //! the Raft log and vote in the node's redb database, [`network`] sends Raft RPCs to peers
 //! over TCP and [`peer_server`] answers them, in [`wire`]'s frames.
 
+pub(crate) mod append_check;
 pub(crate) mod frontend;
 pub(crate) mod leases;
 pub mod log_store;
@@ -18,9 +19,11 @@ pub(crate) mod machine;
 pub(crate) mod membership;
 pub mod network;
 pub mod node;
+pub mod peer_admission;
 pub mod peer_server;
 pub mod resume;
 pub(crate) mod retries;
+pub mod transport;
 pub mod types;
 pub mod wire;
 

@@ -1,4 +1,5 @@
-//! The client side of Raft RPC: [`PeerNetwork`], openraft's `RaftNetworkFactory` over TCP.
+//! The client side of Raft RPC: [`PeerNetwork`], openraft's `RaftNetworkFactory` over TCP (or
+//! mutual TLS, see `transport.rs`).
 //!
 //! openraft asks the factory for one [`PeerClient`] per target and per purpose (a replication
 //! stream, an election) and calls it through `&mut self`, so a client never has two RPCs in
@@ -17,7 +18,6 @@
 
 use std::fmt::{self, Debug};
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -34,6 +34,7 @@ use openraft::{AnyError, BasicNode, RaftTypeConfig};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use super::transport::PeerCredentials;
 use super::wire::{
     self, FrameError, Hello, PeerReply, PeerRequest, PeerStream, ReplyFrame, RequestFrame, Welcome,
     PROTOCOL_VERSION,
@@ -61,14 +62,17 @@ impl PeerAddress for BasicNode {
 pub struct PeerNetwork<C: RaftTypeConfig> {
     /// This node's id, which openraft's `Timeout` error names as the sender.
     own_id: C::NodeId,
-    /// Sent in every connection's first frame when set; peers with a secret refuse others.
-    secret: Option<Arc<str>>,
+    /// Presented on every connection: its TLS certificate and its secret, when set.
+    credentials: PeerCredentials,
 }
 
 impl<C: RaftTypeConfig> PeerNetwork<C> {
-    /// A network for the node `own_id`. With a `secret`, every connection presents it.
-    pub fn new(own_id: C::NodeId, secret: Option<Arc<str>>) -> Self {
-        PeerNetwork { own_id, secret }
+    /// A network for the node `own_id`, whose every connection presents `credentials`.
+    pub fn new(own_id: C::NodeId, credentials: PeerCredentials) -> Self {
+        PeerNetwork {
+            own_id,
+            credentials,
+        }
     }
 }
 
@@ -76,18 +80,25 @@ impl<C: RaftTypeConfig> Clone for PeerNetwork<C> {
     fn clone(&self) -> Self {
         PeerNetwork {
             own_id: self.own_id.clone(),
-            secret: self.secret.clone(),
+            credentials: self.credentials.clone(),
         }
     }
 }
 
 impl<C: RaftTypeConfig> Debug for PeerNetwork<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the secret itself.
         f.debug_struct("PeerNetwork")
             .field("own_id", &self.own_id)
-            .field("secret", &self.secret.as_ref().map(|_| "set"))
+            .field("credentials", &self.credentials)
             .finish()
+    }
+}
+
+impl<C: RaftTypeConfig> PeerNetwork<C> {
+    /// Checks that a node answers on the peer address `address` and accepts this node's
+    /// credentials, as a connection for Raft would; says why not.
+    pub async fn probe(&self, address: &str) -> Result<(), String> {
+        dial(address, &self.credentials).await.map(drop)
     }
 }
 
@@ -103,7 +114,7 @@ where
             own_id: self.own_id.clone(),
             target,
             node: node.clone(),
-            secret: self.secret.clone(),
+            credentials: self.credentials.clone(),
             connection: None,
             next_request_id: 1,
             _config: PhantomData,
@@ -116,7 +127,7 @@ pub struct PeerClient<C: RaftTypeConfig> {
     own_id: C::NodeId,
     target: C::NodeId,
     node: C::Node,
-    secret: Option<Arc<str>>,
+    credentials: PeerCredentials,
     /// `Some` only between RPCs that succeeded: an RPC takes it out and puts it back when it
     /// got its reply, so a failed or cancelled RPC leaves `None` and the next one reconnects.
     connection: Option<PeerStream>,
@@ -186,45 +197,9 @@ where
     /// Opens a connection and completes the handshake. Every failure here means the peer is
     /// unreachable, and openraft should wait before trying again.
     async fn connect(&self) -> Result<PeerStream, CallError> {
-        let address = self.node.peer_addr();
-        let unreachable = |what: &str, err: &dyn fmt::Display| {
-            CallError::Unreachable(AnyError::error(format!("{what} {address}: {err}")))
-        };
-        let stream = TcpStream::connect(address)
+        dial(self.node.peer_addr(), &self.credentials)
             .await
-            .map_err(|err| unreachable("cannot connect to", &err))?;
-        // Raft RPCs are small and latency-bound: do not let Nagle hold them back.
-        stream
-            .set_nodelay(true)
-            .map_err(|err| unreachable("cannot configure the connection to", &err))?;
-        let mut connection = wire::frame_stream(stream);
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            secret: self.secret.as_deref().map(str::to_owned),
-        };
-        let hello = wire::encode(&hello).map_err(|err| unreachable("cannot greet", &err))?;
-        connection
-            .send(hello)
-            .await
-            .map_err(|err| unreachable("cannot greet", &err))?;
-        let welcome =
-            match connection.next().await {
-                Some(Ok(bytes)) => bytes,
-                Some(Err(err)) => return Err(unreachable("no welcome from", &err)),
-                None => return Err(unreachable(
-                    "refused by",
-                    &"the peer closed the connection at the handshake (wrong secret or version?)",
-                )),
-            };
-        let welcome: Welcome =
-            wire::decode(&welcome).map_err(|err| unreachable("bad welcome from", &err))?;
-        if welcome.version != PROTOCOL_VERSION {
-            return Err(unreachable(
-                "protocol version mismatch with",
-                &welcome.version,
-            ));
-        }
-        Ok(connection)
+            .map_err(|why| CallError::Unreachable(AnyError::error(why)))
     }
 
     fn unexpected_reply<E: std::error::Error>(
@@ -344,6 +319,49 @@ impl<C: RaftTypeConfig> Debug for PeerClient<C> {
             .field("connected", &self.connection.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// Connects to the peer port at `address` and completes the handshake with `credentials`: TLS
+/// when they have it, then hello and welcome. Says why it failed, naming the address.
+async fn dial(address: &str, credentials: &PeerCredentials) -> Result<PeerStream, String> {
+    let failed = |what: &str, err: &dyn fmt::Display| format!("{what} {address}: {err}");
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|err| failed("cannot connect to", &err))?;
+    // Raft RPCs are small and latency-bound: do not let Nagle hold them back.
+    stream
+        .set_nodelay(true)
+        .map_err(|err| failed("cannot configure the connection to", &err))?;
+    let transport = credentials
+        .connect(stream)
+        .await
+        .map_err(|err| failed("TLS handshake failed with", &err))?;
+    let mut connection = wire::frame_stream(transport);
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        secret: credentials.secret.as_deref().map(str::to_owned),
+    };
+    let hello = wire::encode(&hello).map_err(|err| failed("cannot greet", &err))?;
+    connection
+        .send(hello)
+        .await
+        .map_err(|err| failed("cannot greet", &err))?;
+    let welcome = match connection.next().await {
+        Some(Ok(bytes)) => bytes,
+        Some(Err(err)) => return Err(failed("no welcome from", &err)),
+        None => {
+            return Err(failed(
+                "refused by",
+                &"the peer closed the connection at the handshake (wrong secret or version?)",
+            ))
+        }
+    };
+    let welcome: Welcome =
+        wire::decode(&welcome).map_err(|err| failed("bad welcome from", &err))?;
+    if welcome.version != PROTOCOL_VERSION {
+        return Err(failed("protocol version mismatch with", &welcome.version));
+    }
+    Ok(connection)
 }
 
 /// How one RPC failed, before it is put in the error type of its method.

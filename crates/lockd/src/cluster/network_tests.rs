@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use openraft::raft::ClientWriteResponse;
@@ -14,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::cluster::log_store::RedbLogStore;
+use crate::cluster::peer_admission::{PeerAdmission, PeerLimits};
 use crate::cluster::peer_server::serve_peers;
 use crate::cluster::testing::{open_database, KvWrite, MemStateMachine, TestConfig};
+use crate::cluster::transport::PeerCredentials;
 
 /// The longest any test waits for the cluster to get somewhere.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -40,13 +43,19 @@ struct TestNode {
     _dir: tempfile::TempDir,
 }
 
+/// The default limits, with no member addresses: every test peer is a stranger.
+fn default_admission() -> PeerAdmission {
+    let (_, members) = tokio::sync::watch::channel(std::collections::HashSet::new());
+    PeerAdmission::new(PeerLimits::default(), members)
+}
+
 impl TestNode {
     async fn start(id: u64, config: Config, secret: Option<&str>) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let log_store = RedbLogStore::new(open_database(dir.path())).await.unwrap();
         let state = MemStateMachine::default();
-        let secret: Option<Arc<str>> = secret.map(Arc::from);
-        let network = PeerNetwork::new(id, secret.clone());
+        let credentials = PeerCredentials::secret(secret.map(Arc::from));
+        let network = PeerNetwork::new(id, credentials.clone());
         let config = Arc::new(config.validate().unwrap());
         let raft = Raft::new(id, config, network, log_store, state.clone())
             .await
@@ -54,7 +63,13 @@ impl TestNode {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = CancellationToken::new();
-        let server_task = tokio::spawn(serve_peers(listener, raft.clone(), secret, server.clone()));
+        let server_task = tokio::spawn(serve_peers(
+            listener,
+            raft.clone(),
+            credentials,
+            default_admission(),
+            server.clone(),
+        ));
         TestNode {
             id,
             raft,
@@ -122,7 +137,8 @@ async fn wait_for_leader<'a>(nodes: &[&'a TestNode], not: Option<u64>) -> &'a Te
 
 /// A client from node 1 to the node at `target`, which it takes for node 2.
 async fn client(target: SocketAddr, secret: Option<&str>) -> PeerClient<TestConfig> {
-    let mut network = PeerNetwork::<TestConfig>::new(1, secret.map(Arc::from));
+    let mut network =
+        PeerNetwork::<TestConfig>::new(1, PeerCredentials::secret(secret.map(Arc::from)));
     network.new_client(2, &BasicNode::new(target)).await
 }
 
@@ -308,7 +324,8 @@ async fn a_client_reconnects_after_the_peer_server_restarts() {
     let task = tokio::spawn(serve_peers(
         listener,
         node.raft.clone(),
-        None,
+        PeerCredentials::default(),
+        default_admission(),
         server.clone(),
     ));
     client.vote(vote_request(), option(2_000)).await.unwrap();

@@ -15,7 +15,9 @@ use tracing::{info, warn};
 use super::log_store::RedbLogStore;
 use super::machine::{Replica, ReplicaMachine, SnapshotError};
 use super::network::PeerNetwork;
+use super::peer_admission::{watch_member_addresses, PeerAdmission, PeerLimits};
 use super::peer_server::serve_peers;
+use super::transport::PeerCredentials;
 use super::types::{LockdNode, TypeConfig};
 use crate::core::TableConfig;
 use crate::metrics::Metrics;
@@ -40,8 +42,12 @@ pub struct ClusterOptions {
     /// Take a snapshot, and drop the log before it, every this many entries
     /// (`--snapshot-every`).
     pub snapshot_every: u64,
-    /// The shared secret peers present to each other (`--peer-secret-file`), never a client's.
-    pub secret: Option<Arc<str>>,
+    /// What the nodes present to each other: the shared secret (`--peer-secret-file`, never a
+    /// client's) and mutual TLS (`--peer-tls-*`).
+    pub credentials: PeerCredentials,
+    /// The peer port's connection limits (`--peer-max-connections`,
+    /// `--peer-max-handshakes-per-ip`).
+    pub peer_limits: PeerLimits,
     /// The admin credential (`--admin-token-file`): `add_node` and `remove_node` must carry
     /// it, and without it they are refused.
     pub admin_token: Option<Arc<str>>,
@@ -54,6 +60,8 @@ pub(crate) struct ClusterNode {
     pub(crate) replica: Arc<Mutex<Replica>>,
     /// What membership changes must carry; see [`ClusterOptions::admin_token`].
     pub(crate) admin_token: Option<Arc<str>>,
+    /// A copy of the network Raft uses, for membership's check that a new node answers.
+    pub(crate) network: PeerNetwork<TypeConfig>,
     peer_stop: CancellationToken,
     peer_server: JoinHandle<()>,
 }
@@ -178,11 +186,11 @@ impl ClusterNode {
             .map_err(|err| NodeError::Log(Box::new(err)))?;
         let state_machine = ReplicaMachine::open(db, table, metrics)?;
         let replica = state_machine.replica();
-        let network = PeerNetwork::new(options.node_id, options.secret.clone());
+        let network = PeerNetwork::new(options.node_id, options.credentials.clone());
         let raft = Raft::new(
             options.node_id,
             Arc::new(config),
-            network,
+            network.clone(),
             log_store,
             state_machine,
         )
@@ -192,10 +200,13 @@ impl ClusterNode {
             source: Box::new(source),
         })?;
         let peer_stop = CancellationToken::new();
+        let configured = options.peers.values().map(|node| node.peer.clone());
+        let members = watch_member_addresses(&raft, configured.collect());
         let peer_server = tokio::spawn(serve_peers(
             options.peer_listener,
             raft.clone(),
-            options.secret,
+            options.credentials,
+            PeerAdmission::new(options.peer_limits, members),
             peer_stop.clone(),
         ));
         let node = ClusterNode {
@@ -203,6 +214,7 @@ impl ClusterNode {
             node_id: options.node_id,
             replica,
             admin_token: options.admin_token,
+            network,
             peer_stop,
             peer_server,
         };

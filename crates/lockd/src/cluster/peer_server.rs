@@ -4,22 +4,24 @@
 //! Each connection gets a task that checks the client's [`Hello`] (the protocol version, and the
 //! shared secret in constant time when the cluster has one), then answers requests one at a
 //! time, in order, as the client sends them (see `network.rs`). A frame that is too long or
-//! does not parse, a wrong secret, or a silent client at the handshake closes that connection
-//! with a log line; nothing a peer sends can stop the server. It knows nothing of what the
+//! does not parse, an AppendEntries whose entries do not follow on from each other (see
+//! `append_check.rs`), a wrong secret, or a silent client at the handshake closes that
+//! connection with a log line; nothing a peer sends can stop the server. It knows nothing of what the
 //! entries mean.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use openraft::{Raft, RaftTypeConfig};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::append_check::check_append_entries;
+use super::peer_admission::{PeerAdmission, PeerSlot};
+use super::transport::PeerCredentials;
 use super::wire::{
     self, Hello, PeerReply, PeerRequest, PeerStream, ReplyFrame, RequestFrame, Welcome,
     PROTOCOL_VERSION,
@@ -28,10 +30,6 @@ use super::wire::{
 /// How long a new connection may take to send its [`Hello`].
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The most peer connections served at once. openraft opens a few per peer (replication,
-/// elections), so this is far above a healthy cluster's need; it bounds what a flood costs.
-pub const MAX_PEER_CONNECTIONS: usize = 256;
-
 /// How long to pause accepting after `accept` fails (out of file descriptors, typically), so
 /// that the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -39,15 +37,17 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Serves Raft RPCs from peers on `listener` until `shutdown` is cancelled, then closes every
 /// peer connection and returns once their tasks have ended.
 ///
-/// With a `secret`, a peer must present the same one in its first frame or be disconnected.
+/// A peer must meet `credentials`: with TLS, present a certificate signed by the peer CA; with a
+/// secret, present the same one in its first frame; or be disconnected. `admission` decides
+/// which connections get a slot (see `peer_admission.rs`).
 pub async fn serve_peers<C: RaftTypeConfig>(
     listener: TcpListener,
     raft: Raft<C>,
-    secret: Option<Arc<str>>,
+    credentials: PeerCredentials,
+    admission: PeerAdmission,
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -61,22 +61,24 @@ pub async fn serve_peers<C: RaftTypeConfig>(
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            warn!(%peer, limit = MAX_PEER_CONNECTIONS, "refusing a peer connection: too many open");
-            continue;
+        let slot = match admission.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                warn!(%peer, reason = %refused, "refusing a peer connection");
+                continue;
+            }
         };
         let connection = PeerConnection {
             raft: raft.clone(),
-            secret: secret.clone(),
+            credentials: credentials.clone(),
             peer,
         };
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = connection.serve(stream) => {}
+                () = connection.serve(stream, slot) => {}
             }
-            drop(slot);
         });
     }
     connections.close();
@@ -86,26 +88,40 @@ pub async fn serve_peers<C: RaftTypeConfig>(
 /// One accepted peer connection.
 struct PeerConnection<C: RaftTypeConfig> {
     raft: Raft<C>,
-    secret: Option<Arc<str>>,
+    credentials: PeerCredentials,
     peer: SocketAddr,
 }
 
 impl<C: RaftTypeConfig> PeerConnection<C> {
-    async fn serve(self, stream: TcpStream) {
+    /// Serves the connection while it holds `slot`, which it tells when the handshake is done.
+    async fn serve(self, stream: TcpStream, mut slot: PeerSlot) {
         if let Err(err) = stream.set_nodelay(true) {
             debug!(peer = %self.peer, error = %err, "cannot set TCP_NODELAY on a peer connection");
         }
-        let mut connection = wire::frame_stream(stream);
-        // Until the peer has shown the secret, it may send a hello and nothing bigger: the codec
-        // reserves room for a frame as soon as its length arrives, so a stranger announcing
-        // 64 MiB frames would otherwise make this node hold 64 MiB per connection.
-        connection
-            .codec_mut()
-            .set_max_frame_length(wire::MAX_HELLO_BYTES);
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut connection)).await {
-            Ok(Ok(())) => connection
+        let handshake = async {
+            let transport = self
+                .credentials
+                .accept(stream)
+                .await
+                .map_err(HandshakeError::Tls)?;
+            let mut connection = wire::frame_stream(transport);
+            // Until the peer has shown the secret, it may send a hello and nothing bigger: the
+            // codec reserves room for a frame as soon as its length arrives, so a stranger
+            // announcing 64 MiB frames would otherwise make this node hold 64 MiB per connection.
+            connection
                 .codec_mut()
-                .set_max_frame_length(wire::MAX_FRAME_BYTES),
+                .set_max_frame_length(wire::MAX_HELLO_BYTES);
+            self.handshake(&mut connection).await?;
+            Ok::<_, HandshakeError>(connection)
+        };
+        let mut connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(mut connection)) => {
+                slot.handshake_done();
+                connection
+                    .codec_mut()
+                    .set_max_frame_length(wire::MAX_FRAME_BYTES);
+                connection
+            }
             Ok(Err(why)) => {
                 // As Debug: the reason may quote what the peer sent, and must not forge log lines.
                 let why = why.to_string();
@@ -116,11 +132,17 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                 warn!(peer = %self.peer, "closing a peer connection that sent no hello in {HANDSHAKE_TIMEOUT:?}");
                 return;
             }
-        }
+        };
         debug!(peer = %self.peer, "peer connected");
         while let Some(read) = connection.next().await {
             let bytes = match read {
                 Ok(bytes) => bytes,
+                // A TLS peer that just drops the connection (openraft cancels an RPC by dropping
+                // its connection) sends no close_notify: an ordinary end, not a bad frame.
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    debug!(peer = %self.peer, "peer disconnected without closing TLS");
+                    return;
+                }
                 Err(err) => {
                     warn!(peer = %self.peer, error = ?err.to_string(), "closing a peer connection: bad frame");
                     return;
@@ -133,6 +155,12 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                     return;
                 }
             };
+            if let PeerRequest::AppendEntries(rpc) = &frame.request {
+                if let Err(why) = check_append_entries(rpc) {
+                    warn!(peer = %self.peer, reason = %why, "closing a peer connection: its AppendEntries does not follow on from its prev_log_id");
+                    return;
+                }
+            }
             let reply = ReplyFrame {
                 id: frame.id,
                 reply: self.dispatch(frame.request).await,
@@ -160,7 +188,7 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
         if hello.version != PROTOCOL_VERSION {
             return Err(HandshakeError::Version(hello.version));
         }
-        if let Some(secret) = &self.secret {
+        if let Some(secret) = &self.credentials.secret {
             let given = hello.secret.as_deref().unwrap_or_default().as_bytes();
             if !crate::secret::matches(given, secret.as_bytes()) {
                 return Err(HandshakeError::Secret);
@@ -194,6 +222,8 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
 /// Why a peer was refused at the handshake.
 #[derive(Debug, thiserror::Error)]
 enum HandshakeError {
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
     #[error("bad frame: {0}")]
     BadFrame(#[source] std::io::Error),
     #[error("closed before its hello")]

@@ -1,7 +1,8 @@
 //! The frames that Raft peers exchange, shared by [`network`](super::network) (the client) and
 //! [`peer_server`](super::peer_server).
 //!
-//! A peer connection is a TCP stream of length-delimited frames (tokio-util's
+//! A peer connection is a TCP stream (or TLS over it, see `transport.rs`) of length-delimited
+//! frames (tokio-util's
 //! `LengthDelimitedCodec`: a 4-byte big-endian length, then that many bytes), each a JSON
 //! document. The client speaks first with a [`Hello`]; the server answers [`Welcome`] or closes.
 //! After that, the client sends one [`RequestFrame`] at a time and reads its [`ReplyFrame`],
@@ -16,8 +17,9 @@ use openraft::raft::{
 use openraft::RaftTypeConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use super::transport::PeerTransport;
 
 /// The largest frame either side sends or accepts, in bytes.
 ///
@@ -85,15 +87,16 @@ pub enum PeerReply<C: RaftTypeConfig> {
     ),
 }
 
-/// A TCP stream cut into frames of at most [`MAX_FRAME_BYTES`].
-pub type PeerStream = Framed<TcpStream, LengthDelimitedCodec>;
+/// A peer connection (plain TCP or TLS) cut into frames of at most [`MAX_FRAME_BYTES`].
+pub type PeerStream = Framed<PeerTransport, LengthDelimitedCodec>;
 
-/// Wraps a connected stream in the peer framing.
-pub fn frame_stream(stream: TcpStream) -> PeerStream {
+/// Wraps a connected stream (a `TcpStream`, or a [`PeerTransport`] past its TLS handshake) in
+/// the peer framing.
+pub fn frame_stream(stream: impl Into<PeerTransport>) -> PeerStream {
     let codec = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME_BYTES)
         .new_codec();
-    Framed::new(stream, codec)
+    Framed::new(stream.into(), codec)
 }
 
 /// Why a frame could not be written or read.

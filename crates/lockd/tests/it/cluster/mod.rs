@@ -6,7 +6,9 @@ mod chaos;
 mod failover;
 mod membership;
 mod metrics;
+mod peer_entries;
 mod peer_port;
+mod peer_tls;
 mod resume;
 mod safety;
 
@@ -39,7 +41,7 @@ pub(super) struct Cluster {
     founders: usize,
     peers: String,
     /// The cluster's own loopback network (see [`private_net`]).
-    net: String,
+    pub(super) net: String,
     _dirs: tempfile::TempDir,
 }
 
