@@ -69,6 +69,8 @@ pub(crate) struct ConnectionLimits {
     pub(crate) max_in_flight: usize,
     /// The longest client name `hello` may give, in bytes.
     pub(crate) max_client_name_bytes: usize,
+    /// The longest line before the client has authenticated (when `auth` is set).
+    pub(crate) max_unauthenticated_frame_bytes: usize,
     /// A connection must send its first complete frame within this time.
     pub(crate) first_frame_timeout: Duration,
     /// A single write to a client may stall this long before the client is dropped.
@@ -135,7 +137,13 @@ where
     let Ok(id) = reply_rx.await else {
         return;
     };
-    let codec = LineCodec::new(limits.max_frame_bytes);
+    // Until a client has authenticated, a line may only be as long as a `hello`.
+    let codec = LineCodec::new(match limits.auth {
+        Some(_) => limits
+            .max_unauthenticated_frame_bytes
+            .min(limits.max_frame_bytes),
+        None => limits.max_frame_bytes,
+    });
     let mut connection = Connection {
         id,
         backend,
@@ -324,9 +332,9 @@ where
     }
 
     fn judge(&mut self, frame: Frame) -> Verdict {
-        let max_frame_bytes = self.limits.max_frame_bytes;
         let line = match frame {
-            Frame::TooLarge => {
+            Frame::TooLarge if self.authenticated => {
+                let max_frame_bytes = self.limits.max_frame_bytes;
                 return Verdict::Reject(ServerFrame::error(
                     None,
                     ErrorCode::FrameTooLarge,
@@ -334,7 +342,22 @@ where
                         "frame is longer than {max_frame_bytes} bytes (--max-frame-bytes); \
                          the rest of the line is discarded"
                     ),
-                ))
+                ));
+            }
+            Frame::TooLarge => {
+                // Nothing a client sends before its `hello` can be this long.
+                let max = self.frames.decoder().max_frame_bytes();
+                self.span.in_scope(|| {
+                    warn!("closing a connection whose first frame is too long for a hello");
+                });
+                return Verdict::RejectAndClose(ServerFrame::error(
+                    None,
+                    ErrorCode::FrameTooLarge,
+                    format!(
+                        "frame is longer than {max} bytes, the limit before authentication \
+                         (--max-unauthenticated-frame-bytes); closing the connection"
+                    ),
+                ));
             }
             Frame::Line(line) => line,
         };
@@ -368,6 +391,10 @@ where
                 let given = hello.auth.as_deref().unwrap_or_default().as_bytes();
                 if secret::matches(given, expected.as_bytes()) {
                     self.authenticated = true;
+                    let max_frame_bytes = self.limits.max_frame_bytes;
+                    self.frames
+                        .decoder_mut()
+                        .set_max_frame_bytes(max_frame_bytes);
                     Verdict::Forward(request)
                 } else {
                     self.span.in_scope(|| {

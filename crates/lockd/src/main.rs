@@ -18,7 +18,7 @@ use lockd::core::TableConfig;
 use lockd::data_dir::DataDir;
 use lockd::server::{
     AdminOptions, Server, ServerConfig, DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
-    DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
 };
 use protocol::cmd::DEFAULT_MAX_VALUE_BYTES;
 use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
@@ -99,6 +99,12 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
     max_auth_failures_per_minute: usize,
+
+    /// Longest request line accepted from a client that has not yet authenticated (with
+    /// --auth-token-file), in bytes: room for its `hello`. A longer line closes the connection.
+    #[arg(long, default_value_t = DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(256..=(1 << 30)).map(|n| n as usize))]
+    max_unauthenticated_frame_bytes: usize,
 
     /// Longest client name a `hello` may give, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_CLIENT_NAME_BYTES, value_name = "BYTES",
@@ -299,6 +305,7 @@ impl Args {
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,
             max_client_name_bytes: self.max_client_name_bytes,
+            max_unauthenticated_frame_bytes: self.max_unauthenticated_frame_bytes,
             max_auth_failures_per_minute: self.max_auth_failures_per_minute,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,

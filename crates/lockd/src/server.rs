@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub table: TableConfig,
     /// The longest frame accepted, in bytes of the line without its newline.
     pub max_frame_bytes: usize,
+    /// The longest frame accepted before a client has authenticated (with `auth` set): room
+    /// for a `hello`, so that a stranger cannot make lockd buffer `max_frame_bytes`.
+    pub max_unauthenticated_frame_bytes: usize,
     /// Requests one connection may have in flight before the server stops reading from it.
     pub max_in_flight: usize,
     /// The longest client name `hello` may give, in bytes.
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
         ServerConfig {
             table: TableConfig::default(),
             max_frame_bytes: protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_unauthenticated_frame_bytes: DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_client_name_bytes: DEFAULT_MAX_CLIENT_NAME_BYTES,
             max_auth_failures_per_minute: DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
@@ -86,6 +90,10 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// The default for [`ServerConfig::max_auth_failures_per_minute`]: a person who mistyped the
 /// secret, or a few clients with an old one, are never refused; guessing is.
 pub const DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE: usize = 20;
+
+/// The default for [`ServerConfig::max_unauthenticated_frame_bytes`]: a `hello` with the
+/// longest client name, a long secret and a resume fits many times over.
+pub const DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES: usize = 16 * 1024;
 
 /// The default for [`ServerConfig::max_client_name_bytes`]: room for `user@host.domain` and a
 /// job name, far below what would weigh on logs or a cluster's log entries.
@@ -264,6 +272,7 @@ impl Server {
             max_frame_bytes: config.max_frame_bytes,
             max_in_flight: config.max_in_flight.max(1),
             max_client_name_bytes: config.max_client_name_bytes,
+            max_unauthenticated_frame_bytes: config.max_unauthenticated_frame_bytes,
             first_frame_timeout: config.first_frame_timeout,
             write_timeout: config.write_timeout,
             auth: config.auth.clone(),

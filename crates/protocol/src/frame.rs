@@ -49,6 +49,12 @@ impl LineCodec {
     pub fn max_frame_bytes(&self) -> usize {
         self.max_frame_bytes
     }
+
+    /// Changes the limit for the lines still to come (a server raises it once a client has
+    /// authenticated).
+    pub fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
+        self.max_frame_bytes = max_frame_bytes;
+    }
 }
 
 impl Default for LineCodec {

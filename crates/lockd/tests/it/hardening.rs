@@ -67,6 +67,38 @@ async fn authentication_is_required_and_the_secret_is_never_logged() {
     );
 }
 
+/// Before a client has authenticated, its lines may only be as long as a `hello`: a stranger
+/// cannot make lockd buffer a megabyte per connection while the first-frame timeout runs.
+#[tokio::test]
+async fn a_stranger_cannot_send_long_lines_before_authenticating() {
+    let (lockd, _dir, _log) = start_with_secret();
+    let mut stranger = lockd.connect().await;
+    // No newline: the old server kept buffering up to --max-frame-bytes, silently.
+    stranger.send_raw(&[b'x'; 64 * 1024]).await;
+    let refused = stranger.recv().await;
+    assert_eq!(error_code(&refused), "frame_too_large", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("--max-unauthenticated-frame-bytes"),
+        "{refused}"
+    );
+    assert_eq!(
+        stranger.try_recv(PATIENCE).await,
+        Ok(None),
+        "a stranger's oversized first frame closes its connection"
+    );
+
+    // Once authenticated, the whole --max-frame-bytes applies again.
+    let mut friend = lockd.connect().await;
+    let hello = friend
+        .call(json!({"id": 1, "op": "hello", "auth": SECRET}))
+        .await;
+    assert_eq!(hello["ok"], true, "{hello}");
+    let long = json!({"id": 2, "op": "ping", "padding": "p".repeat(64 * 1024)});
+    let reply = friend.call(long).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+}
+
 #[tokio::test]
 async fn connections_over_the_caps_are_refused_with_a_reason() {
     let lockd = Lockd::start(&["--max-connections", "3", "--max-connections-per-ip", "2"]);
