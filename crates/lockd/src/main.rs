@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use lockd::cluster::node::ClusterOptions;
 use lockd::cluster::node::MAX_CLUSTER_FRAME_BYTES;
 use lockd::cluster::peer_admission::{
@@ -25,12 +25,25 @@ use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use tokio::net::{TcpListener, TcpSocket};
 use tracing_subscriber::EnvFilter;
 
+mod config_file;
+
 /// lockd: a lock server with FIFO queues, shared and exclusive locks, and fencing tokens.
 ///
 /// Clients speak newline-delimited JSON over TCP (see docs/protocol.md); `lockctl` is the CLI.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Read settings from this TOML file: each key is a flag's long name, e.g.
+    /// `max-frame-bytes = 1048576` (docs/configuration.md). Flags and LOCKD_* environment
+    /// variables win over it. Also LOCKD_CONFIG.
+    #[arg(long = config_file::CONFIG_FLAG, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Print the effective settings (flags, then LOCKD_* environment, then the --config file,
+    /// then defaults) as a TOML file that --config takes back, and exit.
+    #[arg(long = config_file::PRINT_CONFIG_FLAG)]
+    print_config: bool,
+
     /// Address to listen on; port 0 picks a free port. Use 0.0.0.0:5555 to serve other machines.
     #[arg(long, default_value = "127.0.0.1:5555", value_name = "ADDR")]
     listen: String,
@@ -493,7 +506,20 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (command, from_file) = match config_file::command_with_sources(Args::command(), &argv) {
+        Ok(sources) => sources,
+        Err(err) => {
+            eprintln!("lockd: error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let matches = command.clone().get_matches_from(&argv);
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    if args.print_config {
+        print!("{}", config_file::effective(&command, &matches, &from_file));
+        return ExitCode::SUCCESS;
+    }
     let filter = match &args.log_level {
         Some(level) => EnvFilter::try_new(level),
         None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
@@ -699,7 +725,6 @@ async fn bind_listener(addr: &str, backlog: u32) -> std::io::Result<TcpListener>
     }))
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
 /// Installs the SIGINT and SIGTERM handlers now, and returns a future that resolves on the
 /// first of them. Installing before the start-up line is printed matters: a supervisor may
 /// send SIGTERM the moment it sees that line, and an uninstalled handler would let the signal
@@ -720,4 +745,41 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, FlagError>
 fn fail(message: String) -> ExitCode {
     eprintln!("lockd: error: {message}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::{config_file, Args};
+
+    /// Where docs/configuration.md keeps the generated table of settings.
+    const BEGIN: &str =
+        "<!-- settings: generated from lockd's flags; see the test in main.rs -->\n";
+    const END: &str = "<!-- end of settings -->\n";
+
+    /// docs/configuration.md lists every setting as the code defines it. With
+    /// LOCKD_UPDATE_DOCS=1 the test rewrites the table instead of failing.
+    #[test]
+    fn the_settings_table_in_the_docs_is_the_flags() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+        let doc = std::fs::read_to_string(path).expect("docs/configuration.md");
+        let (Some(start), Some(end)) = (doc.find(BEGIN), doc.find(END)) else {
+            panic!("docs/configuration.md lacks the markers {BEGIN:?} and {END:?}");
+        };
+        let table = config_file::reference(&Args::command());
+        let current = &doc[start + BEGIN.len()..end];
+        if current == table {
+            return;
+        }
+        if std::env::var_os("LOCKD_UPDATE_DOCS").is_some() {
+            let updated = format!("{}{BEGIN}{table}{}", &doc[..start], &doc[end..]);
+            std::fs::write(path, updated).expect("docs/configuration.md is writable");
+            return;
+        }
+        panic!(
+            "docs/configuration.md's table of settings is not the flags'; run \
+             `LOCKD_UPDATE_DOCS=1 cargo test -p lockd --bin lockd` to rewrite it"
+        );
+    }
 }

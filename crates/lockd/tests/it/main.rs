@@ -6,6 +6,7 @@
 mod admin;
 mod chaos;
 mod cluster;
+mod config;
 mod dashboard;
 mod durability;
 mod fault_proxy;
