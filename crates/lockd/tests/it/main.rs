@@ -8,6 +8,7 @@ mod chaos;
 mod cluster;
 mod config;
 mod dashboard;
+mod deploy;
 mod durability;
 mod fault_proxy;
 mod fsync;
