@@ -19,8 +19,10 @@ Examples:
   lockctl lock status READ                           a resource that is named `status`
   lockctl completions bash > /etc/bash_completion.d/lockctl
 
-Exit codes: 0 done, 1 error, 2 bad arguments, 3 timed out waiting, 75 the lock was lost before
-the read or write (stdout: `LOST lock on RESOURCE; nothing was written`), 130 interrupted.
+Exit codes: 0 done, 1 error, 2 bad arguments, 3 timed out waiting, 4 lockd unreachable (nothing
+listens, or no connection within --connect-timeout), 5 lockd not answering (no answer within
+--reply-timeout), 75 the lock was lost before the read or write (stdout: `LOST lock on RESOURCE;
+nothing was written`), 130 interrupted.
 `lockctl run` exits with the command's own code; see `lockctl run --help`.";
 
 const RUN_AFTER_HELP: &str = "\
@@ -40,6 +42,8 @@ Exit codes:
                     give the lock to anyone else
   127               the command could not be started
   2                 bad arguments
+  4 lockd unreachable (nothing listens, or no connection within --connect-timeout)
+  5 lockd not answering (no answer within --reply-timeout); the command did not run
 
 Examples:
   lockctl run jobs/nightly -- ./nightly.sh
@@ -84,6 +88,15 @@ pub struct Cli {
     /// The name the server's certificate must carry (default: the host in --server).
     #[arg(long, global = true, value_name = "NAME")]
     pub tls_server_name: Option<String>,
+
+    /// Seconds lockd gets to accept a connection before lockctl gives up (exit 4).
+    #[arg(long, global = true, env = "LOCKD_CONNECT_TIMEOUT", default_value = DEFAULT_CONNECT_SECS, value_name = "SECS", value_parser = parse_positive_seconds)]
+    pub connect_timeout: Duration,
+
+    /// Seconds lockd gets to answer each request before lockctl gives up (exit 5); a lock's
+    /// wait in line is not counted (see --timeout).
+    #[arg(long, global = true, env = "LOCKD_REPLY_TIMEOUT", default_value = DEFAULT_REPLY_SECS, value_name = "SECS", value_parser = parse_positive_seconds)]
+    pub reply_timeout: Duration,
 
     /// Give up after waiting this many seconds for the lock (fractions allowed; 0 = try once).
     #[arg(long, short = 'w', global = true, value_name = "SECS", value_parser = parse_seconds)]
@@ -260,6 +273,20 @@ fn usage_error(kind: ErrorKind, message: &str) -> ! {
     Cli::command().error(kind, message).exit()
 }
 
+/// The default --connect-timeout, as clap shows it: `lockctl::DEFAULT_CONNECT_TIMEOUT`.
+const DEFAULT_CONNECT_SECS: &str = "5";
+/// The default --reply-timeout, as clap shows it: `lockctl::DEFAULT_REPLY_TIMEOUT`.
+const DEFAULT_REPLY_SECS: &str = "10";
+
+/// Parses a positive number of seconds, fractions allowed: a time limit of zero would fail
+/// every connection.
+pub fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    match parse_seconds(text)? {
+        Duration::ZERO => Err("expected more than 0 seconds".to_owned()),
+        seconds => Ok(seconds),
+    }
+}
+
 /// Parses a non-negative number of seconds, fractions allowed.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -386,5 +413,16 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("abc").is_err());
         assert!(parse_seconds("NaN").is_err());
+        assert!(parse_positive_seconds("0").is_err());
+    }
+
+    #[test]
+    fn the_default_time_limits_are_the_librarys() {
+        let cli = parse(&["status"]);
+        assert_eq!(cli.connect_timeout, crate::DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(cli.reply_timeout, crate::DEFAULT_REPLY_TIMEOUT);
+        let cli = parse(&["--connect-timeout", "0.5", "--reply-timeout", "2", "status"]);
+        assert_eq!(cli.connect_timeout, Duration::from_millis(500));
+        assert_eq!(cli.reply_timeout, Duration::from_secs(2));
     }
 }

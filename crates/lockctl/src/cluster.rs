@@ -7,7 +7,8 @@ use crate::client::{Client, ClientBuilder};
 use crate::error::ClientError;
 use crate::link::dial;
 
-/// How long `cluster_status_of_each` waits for each node.
+/// How long `cluster_status_of_each` waits for each node's answer, at most (a shorter reply
+/// timeout wins).
 const STATUS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Client {
@@ -49,9 +50,11 @@ impl ClientBuilder {
         let mut views = Vec::new();
         for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
             // A paused node must not hang the whole command.
-            let deadline = Some(tokio::time::Instant::now() + STATUS_PATIENCE);
+            let timeouts = self.timeouts();
+            let patience = STATUS_PATIENCE.min(timeouts.reply);
+            let deadline = Some(tokio::time::Instant::now() + patience);
             let view = async {
-                let mut link = dial(addr, tls).await?;
+                let mut link = dial(addr, tls, timeouts.connect).await?;
                 if let Some(secret) = auth {
                     // Authenticates the connection; a follower then says `not_leader`, which
                     // is fine: `cluster_status` is answered by every node.

@@ -3,15 +3,20 @@
 //! subcommand modules import it rather than the crate root that declares them.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use lockctl::cli::Cli;
-use lockctl::{Client, ClientError, ErrorCode};
+use lockctl::{Client, ClientError};
+
+use crate::hints::explain;
 
 /// Where and how to connect: the address, and the secret if the server wants one.
 pub(crate) struct Server {
     addr: String,
     auth: Option<String>,
     tls: Option<lockctl::TlsOptions>,
+    connect_timeout: Duration,
+    reply_timeout: Duration,
 }
 
 impl Server {
@@ -40,6 +45,8 @@ impl Server {
         Ok(Server {
             addr: cli.server.clone(),
             auth: auth.filter(|secret| !secret.is_empty()),
+            connect_timeout: cli.connect_timeout,
+            reply_timeout: cli.reply_timeout,
             tls: cli.tls_ca.as_ref().map(|ca| lockctl::TlsOptions {
                 ca: ca.clone(),
                 cert: cli.tls_cert.clone(),
@@ -48,11 +55,19 @@ impl Server {
             }),
         })
     }
+
+    /// The address(es) given with --server or LOCKD_ADDR.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
 }
 
 /// A client builder for the server's address(es), secret and TLS options.
 pub(crate) fn builder(server: &Server) -> lockctl::ClientBuilder {
-    let mut builder = Client::builder(&server.addr).name(client_name());
+    let mut builder = Client::builder(&server.addr)
+        .name(client_name())
+        .connect_timeout(server.connect_timeout)
+        .reply_timeout(server.reply_timeout);
     if let Some(secret) = &server.auth {
         builder = builder.auth(secret.clone());
     }
@@ -65,36 +80,25 @@ pub(crate) fn builder(server: &Server) -> lockctl::ClientBuilder {
 /// Connects, says hello with this process's name, and keeps the session alive with pings at a
 /// quarter of the lease until exit.
 pub(crate) async fn connect(server: &Server) -> Result<Client, ExitCode> {
-    builder(server).connect().await.map_err(|err| {
-        if err.code() == Some(ErrorCode::Unauthorized) {
-            return fail(&format!(
-                "lockd at {} refused the connection: {err}. Give its secret with \
-                 --auth-token-file or LOCKD_AUTH_TOKEN",
-                server.addr
-            ));
-        }
-        let addr = server.addr.as_str();
-        fail(&format!(
-            "{err}. Is lockd running? Start it with `lockd --listen {}`, or point \
-             --server / LOCKD_ADDR at it",
-            addr.strip_prefix("tcp://").unwrap_or(addr)
-        ))
-    })
+    builder(server)
+        .connect()
+        .await
+        .map_err(|err| explain(server, &err, None))
 }
 
-pub(crate) fn fail_call(err: &ClientError, resource: &str) -> ExitCode {
-    match err {
-        ClientError::Server(body) => fail(&format!("{} ({})", body.message, body.code)),
-        ClientError::ConnectionLost => fail(&format!(
-            "lost the connection to lockd; any lock on {resource} is no longer held"
-        )),
-        other => fail(&other.to_string()),
-    }
+/// Prints why a call about `resource` failed; returns the exit code.
+pub(crate) fn fail_call(server: &Server, err: &ClientError, resource: &str) -> ExitCode {
+    explain(server, err, Some(resource))
 }
 
 pub(crate) fn fail(message: &str) -> ExitCode {
+    fail_with(1, message)
+}
+
+/// Prints `lockctl: error: MESSAGE` on stderr; returns `code` as the exit code.
+pub(crate) fn fail_with(code: u8, message: &str) -> ExitCode {
     eprintln!("lockctl: error: {message}");
-    ExitCode::FAILURE
+    ExitCode::from(code)
 }
 
 /// A name for `hello`, so that `status` and the server log can tell clients apart.

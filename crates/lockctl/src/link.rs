@@ -18,11 +18,8 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use crate::calls::{Calls, Routed};
-use crate::error::ClientError;
+use crate::error::{ClientError, ConnectFailure};
 use crate::tls::TlsOptions;
-
-/// How long a dial waits for the TCP handshake (and again for the TLS one).
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest reply line the client accepts (a `status` of a busy server can be large).
 const MAX_REPLY_BYTES: usize = 1 << 30;
@@ -58,20 +55,39 @@ pub(crate) enum LinkEnd {
     Broken(ClientError),
 }
 
-/// Opens a connection to `addr` (`host:port`; a leading `tcp://` is accepted).
-pub(crate) async fn dial(addr: &str, tls: Option<&TlsOptions>) -> Result<Link, ClientError> {
+/// Opens a connection to `addr` (`host:port`; a leading `tcp://` is accepted), giving the TCP
+/// handshake `connect_timeout`, and the TLS one (if any) as long again.
+pub(crate) async fn dial(
+    addr: &str,
+    tls: Option<&TlsOptions>,
+    connect_timeout: Duration,
+) -> Result<Link, ClientError> {
     let target = addr.strip_prefix("tcp://").unwrap_or(addr);
-    let connect_error = |reason: String| ClientError::Connect {
+    let connect_error = |kind: ConnectFailure, reason: String| ClientError::Connect {
         addr: target.to_owned(),
         reason,
+        kind,
     };
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+    if !has_port(target) {
+        return Err(connect_error(
+            ConnectFailure::BadAddress,
+            "the address has no port; give host:port, e.g. 127.0.0.1:5555".to_owned(),
+        ));
+    }
+    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(target)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return Err(connect_error(describe_io_error(&err))),
+        Ok(Err(err)) => {
+            let (kind, reason) = describe_io_error(&err);
+            return Err(connect_error(kind, reason));
+        }
         Err(_) => {
-            return Err(connect_error(format!(
-                "no answer within {CONNECT_TIMEOUT:?}"
-            )))
+            return Err(connect_error(
+                ConnectFailure::TimedOut,
+                format!(
+                    "it did not accept the connection within {} s",
+                    crate::error::seconds(connect_timeout)
+                ),
+            ))
         }
     };
     let _ = stream.set_nodelay(true);
@@ -81,10 +97,15 @@ pub(crate) async fn dial(addr: &str, tls: Option<&TlsOptions>) -> Result<Link, C
             let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let (connector, name) = tls.connector(host)?;
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+            let stream = tokio::time::timeout(connect_timeout, connector.connect(name, stream))
                 .await
-                .map_err(|_| connect_error("no TLS handshake within 5 s".to_owned()))?
-                .map_err(|err| connect_error(format!("TLS handshake failed: {err}")))?;
+                .map_err(|_| ClientError::NoReply {
+                    what: "the TLS handshake".to_owned(),
+                    waited: connect_timeout,
+                })?
+                .map_err(|err| {
+                    connect_error(ConnectFailure::Tls, format!("TLS handshake failed: {err}"))
+                })?;
             Box::new(stream)
         }
     };
@@ -119,6 +140,7 @@ impl Link {
         let op = command.op();
         let mut frame = Request { id, command }.to_json();
         frame.push(b'\n');
+        let started = Instant::now();
         let exchange = async {
             self.writer
                 .write_all(&frame)
@@ -156,7 +178,12 @@ impl Link {
             None => exchange.await,
             Some(deadline) => tokio::time::timeout_at(deadline, exchange)
                 .await
-                .unwrap_or(Err(ClientError::ConnectionLost)),
+                .unwrap_or_else(|_| {
+                    Err(ClientError::NoReply {
+                        what: op.to_string(),
+                        waited: deadline.saturating_duration_since(started),
+                    })
+                }),
         }
     }
 
@@ -228,9 +255,22 @@ impl Link {
     }
 }
 
-fn describe_io_error(err: &std::io::Error) -> String {
+/// Whether `target` ends in `:port` (a host alone would fail with a message about an "invalid
+/// socket address", which does not say what is missing).
+fn has_port(target: &str) -> bool {
+    target
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+fn describe_io_error(err: &std::io::Error) -> (ConnectFailure, String) {
     match err.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-        _ => err.to_string(),
+        std::io::ErrorKind::ConnectionRefused => {
+            (ConnectFailure::Refused, "connection refused".to_owned())
+        }
+        std::io::ErrorKind::InvalidInput => (ConnectFailure::BadAddress, err.to_string()),
+        // A host name that does not resolve: getaddrinfo's errors have no kind of their own.
+        _ if err.raw_os_error().is_none() => (ConnectFailure::BadAddress, err.to_string()),
+        _ => (ConnectFailure::Other, err.to_string()),
     }
 }

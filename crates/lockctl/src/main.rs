@@ -16,6 +16,7 @@ use crate::common::{aligned, connect, fail, fail_call, interrupted, Server};
 
 mod cluster_cli;
 mod common;
+mod hints;
 mod run;
 
 /// Exit code when `--timeout` ran out before the lock was granted.
@@ -93,7 +94,7 @@ async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> Exi
     };
     let mut call = match client.start_acquire(resource, mode, timeout) {
         Ok(call) => call,
-        Err(err) => return fail_call(&err, resource),
+        Err(err) => return fail_call(server, &err, resource),
     };
     // One signal listener for the whole run, so a signal between two steps is not missed.
     let interrupt = interrupted();
@@ -121,7 +122,7 @@ async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> Exi
                 eprintln!("lockctl: timed out: {resource} was not granted within {waited} seconds");
                 return ExitCode::from(EXIT_TIMEOUT);
             }
-            AcquireProgress::Done(Err(err)) => return fail_call(&err, resource),
+            AcquireProgress::Done(Err(err)) => return fail_call(server, &err, resource),
         }
     };
     println!("LOCKED {resource}");
@@ -165,8 +166,8 @@ async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> Exi
             ExitCode::SUCCESS
         }
         // Without a connection there is nothing to release.
-        Some(Err(err @ ClientError::ConnectionLost)) => return fail_call(&err, resource),
-        Some(Err(err)) => fail_call(&err, resource),
+        Some(Err(err @ ClientError::ConnectionLost)) => return fail_call(server, &err, resource),
+        Some(Err(err)) => fail_call(server, &err, resource),
         None => {
             eprintln!("lockctl: interrupted while holding {resource}; releasing it");
             ExitCode::from(EXIT_INTERRUPTED)
@@ -177,7 +178,7 @@ async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> Exi
             println!("UNLOCKED {resource}");
             exit
         }
-        Err(err) => fail_call(&err, resource),
+        Err(err) => fail_call(server, &err, resource),
     }
 }
 
@@ -217,7 +218,7 @@ async fn status(server: &Server, resource: Option<&str>) -> ExitCode {
             print!("{}", status_table(&resources));
             ExitCode::SUCCESS
         }
-        Err(err) => fail(&err.to_string()),
+        Err(err) => hints::explain(server, &err, None),
     }
 }
 

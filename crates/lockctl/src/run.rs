@@ -116,7 +116,7 @@ pub(crate) async fn run(server: &Server, timeout: Option<Duration>, args: RunArg
             eprintln!("lockctl: {resource} {why}; not running {}", args.command[0]);
             return ExitCode::from(args.conflict_exit_code);
         }
-        Err(err) => return fail_call(&err, resource),
+        Err(err) => return fail_call(server, &err, resource),
     };
 
     // Listen before the child exists, so no signal meant for it is missed.

@@ -14,3 +14,4 @@ mod fault_proxy;
 mod library;
 mod safety;
 mod support;
+mod timeouts;
