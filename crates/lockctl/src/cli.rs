@@ -49,6 +49,7 @@ Examples:
   lockctl run jobs/nightly -- ./nightly.sh
   lockctl run -w 60 db/migrate -- ./migrate.sh up
   lockctl run -n -E 0 cron/report -- ./report.sh    # skip quietly when another run holds it
+  lockctl run -c 'pg_dump app > app.sql' db/dump     # a shell command, as flock -c
   lockctl run -s config -- cat /etc/app.conf";
 
 /// lockctl: take turns on named resources through lockd.
@@ -157,7 +158,8 @@ pub enum ClusterAction {
     },
 }
 
-/// `lockctl run [options] RESOURCE -- COMMAND [ARGS...]`; the flags follow flock(1).
+/// `lockctl run [options] RESOURCE [--] COMMAND [ARGS...]` or `lockctl run -c SHELL_COMMAND
+/// RESOURCE`; the flags follow flock(1).
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Take a shared lock instead of the exclusive one.
@@ -181,11 +183,46 @@ pub struct RunArgs {
     /// nobody for this many seconds (default: the server's, --default-lock-delay-ms).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub lock_delay: Option<Duration>,
+    /// Say on stderr why the command did not run when the lock was not granted (by default
+    /// that is silent, as with flock(1), so that cron mails nothing for a skipped run).
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Run this shell command (with `sh -c`) instead of COMMAND, as flock(1)'s -c.
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "SHELL_COMMAND",
+        conflicts_with = "command"
+    )]
+    pub shell_command: Option<String>,
     /// The resource to lock.
     pub resource: String,
-    /// The command and its arguments (after `--`).
-    #[arg(required = true, last = true, value_name = "COMMAND")]
+    /// The command and its arguments. Everything after its first word is the command's, so
+    /// `lockctl run r echo -n hi` needs no `--`; a command that starts with `-` does.
+    #[arg(
+        trailing_var_arg = true,
+        required_unless_present = "shell_command",
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The program and arguments to start: COMMAND, or `sh -c SHELL_COMMAND`.
+    pub fn argv(&self) -> Vec<String> {
+        match &self.shell_command {
+            Some(line) => vec!["sh".to_owned(), "-c".to_owned(), line.clone()],
+            None => self.command.clone(),
+        }
+    }
+
+    /// What the messages call the command: its program, or the whole shell command.
+    pub fn display_name(&self) -> &str {
+        match &self.shell_command {
+            Some(line) => line,
+            None => self.command.first().map_or("", String::as_str),
+        }
+    }
 }
 
 /// `<resource> READ [sleep_seconds]` or `<resource> WRITE <value> [sleep_seconds]`.
@@ -393,6 +430,20 @@ mod tests {
         assert_eq!(run.conflict_exit_code, 9);
         assert_eq!(run.resource, "jobs/x");
         assert_eq!(run.command, ["echo", "-n", "hi"]);
+        let cli = parse(&["run", "jobs/x", "echo", "-n", "--server", "x"]);
+        let Some(Subcommands::Run(run)) = cli.command else {
+            panic!("not a run command");
+        };
+        assert_eq!(
+            run.argv(),
+            ["echo", "-n", "--server", "x"],
+            "all the command's"
+        );
+        let cli = parse(&["run", "-c", "echo hi", "jobs/x"]);
+        let Some(Subcommands::Run(run)) = cli.command else {
+            panic!("not a run command");
+        };
+        assert_eq!(run.argv(), ["sh", "-c", "echo hi"]);
         assert!(
             Cli::try_parse_from(["lockctl", "run", "jobs/x"]).is_err(),
             "no command"

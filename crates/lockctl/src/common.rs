@@ -10,6 +10,9 @@ use lockctl::{Client, ClientError};
 
 use crate::hints::explain;
 
+/// The environment variable that holds lockd's secret; `lockctl run` keeps it from the command.
+pub(crate) const AUTH_TOKEN_ENV: &str = "LOCKD_AUTH_TOKEN";
+
 /// Where and how to connect: the address, and the secret if the server wants one.
 pub(crate) struct Server {
     addr: String,
@@ -33,7 +36,7 @@ impl Server {
                     )))
                 }
             },
-            None => std::env::var("LOCKD_AUTH_TOKEN").ok(),
+            None => std::env::var(AUTH_TOKEN_ENV).ok(),
         };
         let tls_extras =
             cli.tls_cert.is_some() || cli.tls_key.is_some() || cli.tls_server_name.is_some();

@@ -198,3 +198,7 @@ pub fn stdout_lines(output: &Output) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+pub fn stderr_text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

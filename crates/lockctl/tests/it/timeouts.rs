@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use lockctl::{Client, ClientError};
 
 use crate::fault_proxy::{FaultProxy, Mode};
-use crate::support::{run_lockctl, Server, PATIENCE};
+use crate::support::{run_lockctl, stderr_text, Server, PATIENCE};
 
 /// `lockctl`'s exit code when lockd cannot be reached.
 const EXIT_UNREACHABLE: i32 = 4;
@@ -49,10 +49,6 @@ fn full_listener() -> (tokio::net::TcpListener, std::net::TcpStream) {
     (listener, filler)
 }
 
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 #[tokio::test]
 async fn run_and_status_give_up_on_a_server_that_never_answers() {
     let silent = SilentServer::start();
@@ -81,7 +77,7 @@ async fn run_and_status_give_up_on_a_server_that_never_answers() {
         );
         assert!(took < PATIENCE, "{args:?} took {took:?}");
         assert!(output.stdout.is_empty(), "{output:?}");
-        let stderr = stderr(&output);
+        let stderr = stderr_text(&output);
         assert!(
             stderr.contains("did not answer hello within 0.3 s")
                 && stderr.contains(&format!("the lockd at {}", silent.addr)),
@@ -129,7 +125,7 @@ async fn a_connect_that_is_never_accepted_is_unreachable() {
     let output = run_lockctl(&addr, &["--connect-timeout", "0.3", "status"]).await;
     assert!(started.elapsed() < PATIENCE);
     assert_eq!(output.status.code(), Some(EXIT_UNREACHABLE), "{output:?}");
-    let stderr = stderr(&output);
+    let stderr = stderr_text(&output);
     assert!(
         stderr.contains("did not accept the connection within 0.3 s"),
         "{stderr}"
@@ -152,7 +148,7 @@ async fn a_refused_connection_is_unreachable_and_says_how_to_start_lockd() {
     let addr = format!("127.0.0.1:{port}");
     let output = run_lockctl(&addr, &["status"]).await;
     assert_eq!(output.status.code(), Some(EXIT_UNREACHABLE), "{output:?}");
-    let stderr = stderr(&output);
+    let stderr = stderr_text(&output);
     assert!(stderr.contains("connection refused"), "{stderr}");
     assert!(
         stderr.contains(&format!("Start it with `lockd --listen {addr}`")),
