@@ -70,6 +70,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "LOCKD_ADDR", default_value = DEFAULT_ADDR, value_name = "ADDR[,ADDR...]")]
     pub server: String,
 
+    /// The name lockd shows for this client in `status` and /v1/locks (default: USER@HOST, from
+    /// $USER and the host's real name).
+    #[arg(long, global = true, env = "LOCKD_CLIENT_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+
     /// A file holding the secret of a lockd started with --auth-token-file.
     #[arg(long, global = true, value_name = "FILE")]
     pub auth_token_file: Option<std::path::PathBuf>,
@@ -117,6 +122,10 @@ pub enum Subcommands {
     Status {
         /// Only this resource (shown even when idle).
         resource: Option<String>,
+        /// Print the server's answer as one JSON object, `{"resources":[...]}`, as the protocol's
+        /// `status` reply has it (docs/protocol.md), instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Take a lock: the long form of `lockctl <resource> ...`, for a resource whose name is
     /// also a subcommand (`lockctl lock status READ`).
@@ -388,12 +397,15 @@ mod tests {
         let cli = parse(&["--server", "h:1", "status"]);
         assert!(matches!(
             cli.command,
-            Some(Subcommands::Status { resource: None })
+            Some(Subcommands::Status { resource: None, .. })
         ));
         let cli = parse(&["--tls-ca", "ca.pem", "--timeout", "1", "status", "r"]);
         assert!(matches!(
             cli.command,
-            Some(Subcommands::Status { resource: Some(_) })
+            Some(Subcommands::Status {
+                resource: Some(_),
+                ..
+            })
         ));
         let cli = parse(&["-w", "2", "run", "r", "--", "true"]);
         assert!(matches!(cli.command, Some(Subcommands::Run(_))));
@@ -404,11 +416,11 @@ mod tests {
         let cli = parse(&["status"]);
         assert!(matches!(
             cli.command,
-            Some(Subcommands::Status { resource: None })
+            Some(Subcommands::Status { resource: None, .. })
         ));
         let cli = parse(&["status", "file_A"]);
         assert!(
-            matches!(cli.command, Some(Subcommands::Status { resource: Some(r) }) if r == "file_A")
+            matches!(cli.command, Some(Subcommands::Status { resource: Some(r), .. }) if r == "file_A")
         );
         let cli = parse(&["lock", "status", "READ"]);
         let Some(Subcommands::Lock(args)) = cli.command else {

@@ -20,6 +20,8 @@ pub(crate) struct Server {
     tls: Option<lockctl::TlsOptions>,
     connect_timeout: Duration,
     reply_timeout: Duration,
+    /// The client name for `hello`.
+    name: String,
 }
 
 impl Server {
@@ -49,6 +51,7 @@ impl Server {
             addr: cli.server.clone(),
             auth: auth.filter(|secret| !secret.is_empty()),
             connect_timeout: cli.connect_timeout,
+            name: cli.name.clone().unwrap_or_else(default_client_name),
             reply_timeout: cli.reply_timeout,
             tls: cli.tls_ca.as_ref().map(|ca| lockctl::TlsOptions {
                 ca: ca.clone(),
@@ -68,7 +71,7 @@ impl Server {
 /// A client builder for the server's address(es), secret and TLS options.
 pub(crate) fn builder(server: &Server) -> lockctl::ClientBuilder {
     let mut builder = Client::builder(&server.addr)
-        .name(client_name())
+        .name(server.name.clone())
         .connect_timeout(server.connect_timeout)
         .reply_timeout(server.reply_timeout);
     if let Some(secret) = &server.auth {
@@ -104,10 +107,27 @@ pub(crate) fn fail_with(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// A name for `hello`, so that `status` and the server log can tell clients apart.
-fn client_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
-    format!("lockctl/{}@{host}", std::process::id())
+/// The name for `hello` when --name and LOCKD_CLIENT_NAME give none, so that `status` and the
+/// server log say who holds a lock: `USER@HOST`, with the host's real name (shells do not export
+/// $HOSTNAME, so the environment cannot be trusted for it).
+fn default_client_name() -> String {
+    use nix::unistd::{gethostname, getuid, User};
+    let user = ["USER", "LOGNAME"]
+        .into_iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .find(|user| !user.is_empty())
+        .or_else(|| {
+            User::from_uid(getuid())
+                .ok()
+                .flatten()
+                .map(|user| user.name)
+        })
+        .unwrap_or_else(|| format!("uid{}", getuid()));
+    let host = gethostname()
+        .ok()
+        .and_then(|host| host.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{user}@{host}")
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

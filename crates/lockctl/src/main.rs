@@ -52,8 +52,8 @@ async fn run(cli: Cli) -> ExitCode {
         Err(code) => return code,
     };
     let plan = match (cli.command, cli.lock) {
-        (Some(Subcommands::Status { resource }), _) => {
-            return status(&server, resource.as_deref()).await
+        (Some(Subcommands::Status { resource, json }), _) => {
+            return status(&server, resource.as_deref(), json).await
         }
         (Some(Subcommands::Run(args)), _) => return run::run(&server, cli.timeout, args).await,
         (Some(Subcommands::Cluster { action }), _) => {
@@ -207,13 +207,17 @@ async fn withdraw(client: &Client, resource: &str, mut call: AcquireCall) {
     let _ = tokio::time::timeout(WITHDRAW_TIMEOUT, leave).await;
 }
 
-/// `lockctl status [resource]`.
-async fn status(server: &Server, resource: Option<&str>) -> ExitCode {
+/// `lockctl status [resource] [--json]`.
+async fn status(server: &Server, resource: Option<&str>, json: bool) -> ExitCode {
     let client = match connect(server).await {
         Ok(client) => client,
         Err(code) => return code,
     };
     match client.status(resource).await {
+        Ok(resources) if json => {
+            println!("{}", serde_json::json!({ "resources": resources }));
+            ExitCode::SUCCESS
+        }
         Ok(resources) => {
             print!("{}", status_table(&resources));
             ExitCode::SUCCESS
@@ -228,6 +232,8 @@ fn status_table(resources: &[ResourceStatus]) -> String {
         "RESOURCE".to_owned(),
         "STATE".to_owned(),
         "SESSION".to_owned(),
+        "CLIENT".to_owned(),
+        "PEER".to_owned(),
         "MODE".to_owned(),
         "TOKEN".to_owned(),
         "FOR".to_owned(),
@@ -242,6 +248,8 @@ fn status_table(resources: &[ResourceStatus]) -> String {
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
+                "-".into(),
             ]);
         }
         for holder in &entry.holders {
@@ -249,6 +257,8 @@ fn status_table(resources: &[ResourceStatus]) -> String {
                 name.clone(),
                 "holding".into(),
                 holder.session.to_string(),
+                dash(holder.client.as_deref()),
+                dash(holder.peer.as_deref()),
                 holder.mode.to_string(),
                 holder.token.to_string(),
                 seconds(holder.held_ms),
@@ -259,6 +269,8 @@ fn status_table(resources: &[ResourceStatus]) -> String {
                 name.clone(),
                 format!("waiting #{}", place + 1),
                 waiter.session.to_string(),
+                dash(waiter.client.as_deref()),
+                dash(waiter.peer.as_deref()),
                 waiter.mode.to_string(),
                 "-".into(),
                 seconds(waiter.waited_ms),
@@ -269,6 +281,11 @@ fn status_table(resources: &[ResourceStatus]) -> String {
         return "No locks are held or waited for.\n".to_owned();
     }
     aligned(&rows)
+}
+
+/// A cell's text, or `-` for a value the server did not give.
+fn dash(text: Option<&str>) -> String {
+    text.unwrap_or("-").to_owned()
 }
 
 fn seconds(ms: u64) -> String {

@@ -519,3 +519,86 @@ async fn lockctl_speaks_tls_with_the_ca_it_is_given() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("TLS handshake failed"));
 }
+
+/// `lockctl status --json` run as the command of a `lockctl run` with `env`: what the server
+/// says of the holder of `jobs/names`, the run's own session.
+async fn holder_seen_by_status(
+    addr: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend([
+        "run",
+        "jobs/names",
+        env!("CARGO_BIN_EXE_lockctl"),
+        "status",
+        "--json",
+    ]);
+    let mut command = crate::support::lockctl(addr, &all);
+    command.env_remove("LOCKD_CLIENT_NAME");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    status["resources"][0]["holders"][0].clone()
+}
+
+#[tokio::test]
+async fn the_client_name_is_given_or_user_at_host() {
+    let server = Server::start();
+    let addr = server.addr_string();
+    let holder = holder_seen_by_status(&addr, &["--name", "deploy@ci-runner-7"], &[]).await;
+    assert_eq!(holder["client"], "deploy@ci-runner-7", "{holder}");
+    assert!(
+        holder["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{holder}"
+    );
+    let holder = holder_seen_by_status(&addr, &[], &[("LOCKD_CLIENT_NAME", "cron@box")]).await;
+    assert_eq!(holder["client"], "cron@box", "{holder}");
+    // The default: the user, and the real host name (shells do not export $HOSTNAME).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let holder = holder_seen_by_status(
+        &addr,
+        &[],
+        &[("USER", "alice"), ("HOSTNAME", "not-the-host")],
+    )
+    .await;
+    assert_eq!(
+        holder["client"],
+        format!("alice@{}", host.trim()),
+        "{holder}"
+    );
+}
+
+#[tokio::test]
+async fn status_shows_each_holders_name_and_address() {
+    let server = Server::start();
+    let addr = server.addr_string();
+    let holder = lockctl::Client::builder(&addr)
+        .name("deploy@ci-runner-7")
+        .connect()
+        .await
+        .unwrap();
+    holder
+        .acquire("deploy/prod", LockMode::Exclusive, None)
+        .await
+        .unwrap();
+    let output = run_lockctl(&addr, &["status"]).await;
+    let lines = stdout_lines(&output);
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["RESOURCE", "STATE", "SESSION", "CLIENT", "PEER", "MODE", "TOKEN", "FOR"]
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        row[..4],
+        ["deploy/prod", "holding", "1", "deploy@ci-runner-7"]
+    );
+    assert!(row[4].starts_with("127.0.0.1:"), "{row:?}");
+}
