@@ -115,6 +115,48 @@ pub struct Cli {
     pub lock: Option<LockArgs>,
 }
 
+impl Cli {
+    /// Checks what clap cannot: every --server address has a port, and the TLS flags come in
+    /// the combinations that work. A mistake exits with a usage error (code 2) that says what to
+    /// write instead.
+    pub fn check_connection_flags(&self) {
+        for addr in self
+            .server
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            if let Err(problem) = crate::check_address(addr) {
+                usage_error(ErrorKind::InvalidValue, &format!("--server {problem}"));
+            }
+        }
+        let extras = [
+            ("--tls-cert", self.tls_cert.is_some()),
+            ("--tls-key", self.tls_key.is_some()),
+            ("--tls-server-name", self.tls_server_name.is_some()),
+        ];
+        for (flag, given) in extras {
+            if given && self.tls_ca.is_none() {
+                usage_error(
+                    ErrorKind::MissingRequiredArgument,
+                    &format!("{flag} needs --tls-ca (the CA that signed lockd's certificate)"),
+                );
+            }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => usage_error(
+                ErrorKind::MissingRequiredArgument,
+                "--tls-cert needs --tls-key (the certificate's private key)",
+            ),
+            (None, Some(_)) => usage_error(
+                ErrorKind::MissingRequiredArgument,
+                "--tls-key needs --tls-cert (the client certificate it belongs to)",
+            ),
+            _ => {}
+        }
+    }
+}
+
 /// Subcommands; their names win over resource names (see `lock` for a resource named so).
 #[derive(Debug, Subcommand)]
 pub enum Subcommands {

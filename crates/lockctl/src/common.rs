@@ -40,13 +40,7 @@ impl Server {
             },
             None => std::env::var(AUTH_TOKEN_ENV).ok(),
         };
-        let tls_extras =
-            cli.tls_cert.is_some() || cli.tls_key.is_some() || cli.tls_server_name.is_some();
-        if tls_extras && cli.tls_ca.is_none() {
-            return Err(fail(
-                "--tls-cert, --tls-key and --tls-server-name need --tls-ca",
-            ));
-        }
+        cli.check_connection_flags();
         Ok(Server {
             addr: cli.server.clone(),
             auth: auth.filter(|secret| !secret.is_empty()),
@@ -65,6 +59,11 @@ impl Server {
     /// The address(es) given with --server or LOCKD_ADDR.
     pub(crate) fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Whether lockctl gives a TLS client certificate.
+    pub(crate) fn gives_client_cert(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.cert.is_some())
     }
 }
 

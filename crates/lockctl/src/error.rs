@@ -56,8 +56,14 @@ pub enum ConnectFailure {
     TimedOut,
     /// The address is not `host:port`, or its host cannot be resolved.
     BadAddress,
-    /// The TLS handshake failed: the server does not speak TLS, or its certificate is not
-    /// trusted or not for that name, or it refused this client's certificate.
+    /// TLS was spoken to a server that does not speak it.
+    NotTls,
+    /// The server speaks TLS, and the client did not.
+    TlsExpected,
+    /// The server refused this client's certificate, or its lack of one (mutual TLS).
+    ClientCertRefused,
+    /// The TLS handshake failed otherwise: the server's certificate is not trusted or not for
+    /// that name, or the two sides share no protocol version or cipher.
     Tls,
     /// Anything else (an unreachable network, a reset).
     Other,

@@ -46,9 +46,57 @@ fn describe(server: &Server, err: &ClientError, resource: Option<&str>) -> (u8, 
             ),
         ),
         ClientError::Connect {
+            addr,
+            kind: ConnectFailure::NotTls,
+            ..
+        } => (
+            1,
+            format!(
+                "{err}. If lockd at {addr} serves plain TCP, drop --tls-ca (and LOCKD_TLS_CA); to \
+                 serve TLS, start lockd with --tls-cert and --tls-key (docs/security.md)"
+            ),
+        ),
+        ClientError::Connect {
+            addr,
+            kind: ConnectFailure::TlsExpected,
+            ..
+        } => (
+            1,
+            format!(
+                "{err}. lockd at {addr} speaks TLS: give --tls-ca FILE (or LOCKD_TLS_CA), the CA \
+                 that signed its certificate (docs/security.md)"
+            ),
+        ),
+        ClientError::Connect {
+            addr,
+            kind: ConnectFailure::ClientCertRefused,
+            ..
+        } => {
+            let hint = match server.gives_client_cert() {
+                false => {
+                    "(none was given): it requires mutual TLS; give --tls-cert and --tls-key \
+                     (or LOCKD_TLS_CERT and LOCKD_TLS_KEY)"
+                }
+                true => {
+                    "(it was not signed by a CA that lockd's --tls-client-ca trusts, or has \
+                     expired): give one that is (docs/security.md)"
+                }
+            };
+            (
+                1,
+                format!("{err}. lockd at {addr} refused this client's certificate {hint}"),
+            )
+        }
+        ClientError::Connect {
             kind: ConnectFailure::Tls,
             ..
-        } => (1, err.to_string()),
+        } => (
+            1,
+            format!(
+                "{err}. Check that --tls-ca holds the CA that signed lockd's certificate, and that \
+                 the certificate names the host in --server (else give --tls-server-name)"
+            ),
+        ),
         ClientError::Connect { .. } => (EXIT_UNREACHABLE, err.to_string()),
         ClientError::NoReply { .. } => (
             EXIT_NO_REPLY,

@@ -35,6 +35,7 @@ mod tls;
 
 pub use client::{AcquireCall, AcquireProgress, Client, ClientBuilder, Keepalive, DEFAULT_ADDR};
 pub use error::{ClientError, ConnectFailure};
+pub use link::check_address;
 pub use lock::{LockGuard, LockRequest};
 pub use protocol::cmd::{AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, ResourceStatus};
 pub use protocol::{ErrorBody, ErrorCode, FenceToken, LockMode, ResourceName, SessionId};

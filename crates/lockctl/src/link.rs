@@ -32,6 +32,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub(crate) struct Link {
     frames: FramedRead<ReadHalf<Box<dyn Io>>, LineCodec>,
     writer: WriteHalf<Box<dyn Io>>,
+    /// The address dialed, for errors that say the connection never really worked.
+    addr: String,
 }
 
 impl std::fmt::Debug for Link {
@@ -68,11 +70,8 @@ pub(crate) async fn dial(
         reason,
         kind,
     };
-    if !has_port(target) {
-        return Err(connect_error(
-            ConnectFailure::BadAddress,
-            "the address has no port; give host:port, e.g. 127.0.0.1:5555".to_owned(),
-        ));
+    if let Err(problem) = check_address(target) {
+        return Err(connect_error(ConnectFailure::BadAddress, problem));
     }
     let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(target)).await {
         Ok(Ok(stream)) => stream,
@@ -104,7 +103,9 @@ pub(crate) async fn dial(
                     waited: connect_timeout,
                 })?
                 .map_err(|err| {
-                    connect_error(ConnectFailure::Tls, format!("TLS handshake failed: {err}"))
+                    let (kind, reason) = tls_failure(&err)
+                        .unwrap_or((ConnectFailure::Tls, format!("TLS handshake failed: {err}")));
+                    connect_error(kind, reason)
                 })?;
             Box::new(stream)
         }
@@ -113,10 +114,19 @@ pub(crate) async fn dial(
     Ok(Link {
         frames: FramedRead::new(read_half, LineCodec::new(MAX_REPLY_BYTES)),
         writer,
+        addr: target.to_owned(),
     })
 }
 
 impl Link {
+    fn connect_error(&self, kind: ConnectFailure, reason: String) -> ClientError {
+        ClientError::Connect {
+            addr: self.addr.clone(),
+            reason,
+            kind,
+        }
+    }
+
     /// Sends `hello` as request `id`, the first frame on this link, and waits for its reply
     /// (until `deadline`, if one is given). Nothing else is in flight on the link yet, so any
     /// other frame is a protocol error.
@@ -151,8 +161,20 @@ impl Link {
                 Some(Ok(Frame::TooLarge)) => {
                     return Err(ClientError::Protocol("reply larger than 1 GiB".into()))
                 }
-                Some(Err(_)) | None => return Err(ClientError::ConnectionLost),
+                Some(Err(err)) => {
+                    return Err(match tls_failure(&err) {
+                        Some((kind, reason)) => self.connect_error(kind, reason),
+                        None => ClientError::ConnectionLost,
+                    })
+                }
+                None => return Err(ClientError::ConnectionLost),
             };
+            if looks_like_tls(&line) {
+                return Err(self.connect_error(
+                    ConnectFailure::TlsExpected,
+                    "the server speaks TLS, and this client did not".to_owned(),
+                ));
+            }
             match Incoming::parse(&line) {
                 Ok(Incoming::Reply {
                     id: Some(reply_to),
@@ -205,6 +227,7 @@ impl Link {
         let Link {
             mut frames,
             mut writer,
+            ..
         } = self;
         let reading = async {
             loop {
@@ -255,12 +278,58 @@ impl Link {
     }
 }
 
-/// Whether `target` ends in `:port` (a host alone would fail with a message about an "invalid
-/// socket address", which does not say what is missing).
-fn has_port(target: &str) -> bool {
-    target
+/// Checks that `addr` (a leading `tcp://` allowed) is `host:port`, before any connect: a host
+/// alone would fail with a message about an "invalid socket address", which does not say what
+/// is missing. The error says what to write instead.
+pub fn check_address(addr: &str) -> Result<(), String> {
+    let target = addr.strip_prefix("tcp://").unwrap_or(addr);
+    let has_port = target
         .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if has_port {
+        return Ok(());
+    }
+    let host = if target.is_empty() {
+        "127.0.0.1"
+    } else {
+        target
+    };
+    Err(format!(
+        "{addr} has no port: give host:port, e.g. {host}:5555"
+    ))
+}
+
+/// Whether a "line" from the server is a TLS record (an alert or a handshake, TLS 1.x): what a
+/// TLS server answers a client that does not speak TLS.
+fn looks_like_tls(line: &[u8]) -> bool {
+    matches!(line, [21 | 22, 3, ..])
+}
+
+/// What a TLS error (inside an I/O error) means for the user, if it is one that has a better
+/// explanation than rustls's own words.
+fn tls_failure(err: &std::io::Error) -> Option<(ConnectFailure, String)> {
+    use tokio_rustls::rustls::{AlertDescription, Error as TlsError, InvalidMessage};
+    let tls = err.get_ref()?.downcast_ref::<TlsError>()?;
+    match tls {
+        TlsError::InvalidMessage(InvalidMessage::InvalidContentType) => Some((
+            ConnectFailure::NotTls,
+            "the server does not speak TLS (it answered the TLS handshake with something else)"
+                .to_owned(),
+        )),
+        TlsError::AlertReceived(
+            alert @ (AlertDescription::CertificateRequired
+            | AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateExpired
+            | AlertDescription::AccessDenied),
+        ) => Some((
+            ConnectFailure::ClientCertRefused,
+            format!("the server refused the TLS client certificate (TLS alert: {alert:?})"),
+        )),
+        _ => None,
+    }
 }
 
 fn describe_io_error(err: &std::io::Error) -> (ConnectFailure, String) {

@@ -459,35 +459,11 @@ async fn run_keeps_the_auth_secret_from_the_command() {
     );
 }
 
-/// A CA, and a server certificate for localhost/127.0.0.1 signed by it, as PEM files.
-fn write_test_pki(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
-}
-
 #[tokio::test]
 async fn lockctl_speaks_tls_with_the_ca_it_is_given() {
     let pki = tempfile::tempdir().unwrap();
-    write_test_pki(pki.path());
-    let tls = lockd::tls::server_config(
-        &pki.path().join("server.pem"),
-        &pki.path().join("server.key"),
-        None,
-    )
-    .unwrap();
-    let server = Server::start_with(ServerConfig {
-        tls: Some(tls),
-        ..ServerConfig::default()
-    });
+    crate::support::write_test_pki(pki.path());
+    let server = crate::support::start_tls_server(pki.path(), false);
     let addr = server.addr_string();
     let ca = pki.path().join("ca.pem");
     let output = run_lockctl(
