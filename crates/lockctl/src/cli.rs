@@ -129,6 +129,14 @@ impl Cli {
             if let Err(problem) = crate::check_address(addr) {
                 usage_error(ErrorKind::InvalidValue, &format!("--server {problem}"));
             }
+            if addr.starts_with("tls://") && self.tls_ca.is_none() {
+                usage_error(
+                    ErrorKind::MissingRequiredArgument,
+                    &format!(
+                        "--server {addr} needs --tls-ca (the CA that signed lockd's certificate)"
+                    ),
+                );
+            }
         }
         let extras = [
             ("--tls-cert", self.tls_cert.is_some()),

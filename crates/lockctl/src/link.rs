@@ -57,14 +57,14 @@ pub(crate) enum LinkEnd {
     Broken(ClientError),
 }
 
-/// Opens a connection to `addr` (`host:port`; a leading `tcp://` is accepted), giving the TCP
+/// Opens a connection to `addr` (`host:port`; a leading `tcp://` or `tls://` is accepted), giving the TCP
 /// handshake `connect_timeout`, and the TLS one (if any) as long again.
 pub(crate) async fn dial(
     addr: &str,
     tls: Option<&TlsOptions>,
     connect_timeout: Duration,
 ) -> Result<Link, ClientError> {
-    let target = addr.strip_prefix("tcp://").unwrap_or(addr);
+    let target = without_scheme(addr);
     let connect_error = |kind: ConnectFailure, reason: String| ClientError::Connect {
         addr: target.to_owned(),
         reason,
@@ -278,11 +278,11 @@ impl Link {
     }
 }
 
-/// Checks that `addr` (a leading `tcp://` allowed) is `host:port`, before any connect: a host
+/// Checks that `addr` (a leading `tcp://` or `tls://` allowed) is `host:port`, before any connect: a host
 /// alone would fail with a message about an "invalid socket address", which does not say what
 /// is missing. The error says what to write instead.
 pub fn check_address(addr: &str) -> Result<(), String> {
-    let target = addr.strip_prefix("tcp://").unwrap_or(addr);
+    let target = without_scheme(addr);
     let has_port = target
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
@@ -297,6 +297,15 @@ pub fn check_address(addr: &str) -> Result<(), String> {
     Err(format!(
         "{addr} has no port: give host:port, e.g. {host}:5555"
     ))
+}
+
+/// `addr` without the `tcp://` or `tls://` that lockd's start-up line puts before it (whether to
+/// speak TLS is --tls-ca's to say; `tls://` without it is a usage error in lockctl).
+pub(crate) fn without_scheme(addr: &str) -> &str {
+    ["tcp://", "tls://"]
+        .iter()
+        .find_map(|scheme| addr.strip_prefix(scheme))
+        .unwrap_or(addr)
 }
 
 /// Whether a "line" from the server is a TLS record (an alert or a handshake, TLS 1.x): what a

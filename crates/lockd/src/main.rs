@@ -529,7 +529,13 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
     let mut stdout = std::io::stdout();
     // Scripts and tests wait for this exact first line to learn the real port, and for the
     // second (only with --http) to learn the admin API's.
-    let mut banner = format!("Lock Server started on tcp://{addr}\n");
+    // The scheme tells a reader what to speak: `tls://` needs lockctl's --tls-ca.
+    let scheme = if args.tls_cert.is_some() {
+        "tls"
+    } else {
+        "tcp"
+    };
+    let mut banner = format!("Lock Server started on {scheme}://{addr}\n");
     if let Some(admin_addr) = admin_addr {
         banner.push_str(&format!("Admin HTTP listening on http://{admin_addr}\n"));
     }

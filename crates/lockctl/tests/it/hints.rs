@@ -54,31 +54,17 @@ async fn a_refused_client_certificate_says_which_flags_to_give() {
             "--tls-cert and --tls-key",
         ],
     );
-    // With the client certificate it works.
-    let (cert, key) = (
-        path(pki.path(), "client.pem"),
-        path(pki.path(), "client.key"),
-    );
-    let output = run_lockctl(
-        &addr,
-        &[
-            "--tls-ca",
-            &ca,
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "status",
-        ],
-    )
-    .await;
-    assert!(output.status.success(), "{output:?}");
+    // With the client certificate it works: tls_docs.rs.
 }
 
 #[tokio::test]
 async fn usage_mistakes_exit_2_with_what_to_write() {
     // (arguments, what stderr must say)
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--server", "tls://127.0.0.1:5555", "status"],
+            "--server tls://127.0.0.1:5555 needs --tls-ca",
+        ),
         (
             &["--server", "127.0.0.1", "status"],
             "--server 127.0.0.1 has no port: give host:port, e.g. 127.0.0.1:5555",

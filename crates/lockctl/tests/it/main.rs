@@ -17,3 +17,4 @@ mod library;
 mod safety;
 mod support;
 mod timeouts;
+mod tls_docs;
