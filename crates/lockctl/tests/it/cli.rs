@@ -578,3 +578,19 @@ async fn status_shows_each_holders_name_and_address() {
     );
     assert!(row[4].starts_with("127.0.0.1:"), "{row:?}");
 }
+
+#[tokio::test]
+async fn cluster_status_of_a_single_server_says_so_plainly() {
+    let server = Server::start();
+    let addr = server.addr_string();
+    let output = run_lockctl(&addr, &["cluster", "status"]).await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        stdout_lines(&output),
+        [format!(
+            "lockd at {addr} is a single server, not a cluster: it has no cluster status \
+             (`lockctl status` shows its locks)."
+        )]
+    );
+    assert!(output.stderr.is_empty(), "{output:?}");
+}
