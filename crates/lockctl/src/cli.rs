@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::error::ErrorKind;
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::DEFAULT_ADDR;
 
@@ -42,8 +42,10 @@ Exit codes:
                     give the lock to anyone else
   127               the command could not be started
   2                 bad arguments
-  4 lockd unreachable (nothing listens, or no connection within --connect-timeout)
-  5 lockd not answering (no answer within --reply-timeout); the command did not run
+  4                 lockd unreachable (nothing listens, or no connection within
+                    --connect-timeout); the command did not run
+  5                 lockd not answering (no answer within --reply-timeout); the command did
+                    not run
 
 Examples:
   lockctl run jobs/nightly -- ./nightly.sh
@@ -51,6 +53,9 @@ Examples:
   lockctl run -n -E 0 cron/report -- ./report.sh    # skip quietly when another run holds it
   lockctl run -c 'pg_dump app > app.sql' db/dump     # a shell command, as flock -c
   lockctl run -s config -- cat /etc/app.conf";
+
+/// The heading of the options every subcommand shares: where lockd is and how to reach it.
+const CONNECTION: &str = "Connection options";
 
 /// lockctl: take turns on named resources through lockd.
 ///
@@ -62,51 +67,52 @@ Examples:
     version,
     about,
     after_help = AFTER_HELP,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    disable_help_flag = true
 )]
 pub struct Cli {
     /// lockd's address, host:port; for a cluster, every node's, separated by commas
     /// (lockctl finds the leader, and follows a failover to the next one).
-    #[arg(long, global = true, env = "LOCKD_ADDR", default_value = DEFAULT_ADDR, value_name = "ADDR[,ADDR...]")]
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_ADDR", default_value = DEFAULT_ADDR, value_name = "ADDR[,ADDR...]")]
     pub server: String,
 
     /// The name lockd shows for this client in `status` and /v1/locks (default: USER@HOST, from
     /// $USER and the host's real name).
-    #[arg(long, global = true, env = "LOCKD_CLIENT_NAME", value_name = "NAME")]
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_CLIENT_NAME", value_name = "NAME")]
     pub name: Option<String>,
 
     /// A file holding the secret of a lockd started with --auth-token-file.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = CONNECTION, value_name = "FILE")]
     pub auth_token_file: Option<std::path::PathBuf>,
 
     /// Speak TLS, trusting the CA certificates (PEM) in this file.
-    #[arg(long, global = true, env = "LOCKD_TLS_CA", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<std::path::PathBuf>,
 
     /// A client certificate (PEM) for a server that requires mutual TLS; needs --tls-key.
-    #[arg(long, global = true, env = "LOCKD_TLS_CERT", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<std::path::PathBuf>,
 
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, global = true, env = "LOCKD_TLS_KEY", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<std::path::PathBuf>,
 
     /// The name the server's certificate must carry (default: the host in --server).
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, help_heading = CONNECTION, value_name = "NAME")]
     pub tls_server_name: Option<String>,
 
     /// Seconds lockd gets to accept a connection before lockctl gives up (exit 4).
-    #[arg(long, global = true, env = "LOCKD_CONNECT_TIMEOUT", default_value = DEFAULT_CONNECT_SECS, value_name = "SECS", value_parser = parse_positive_seconds)]
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_CONNECT_TIMEOUT", default_value = DEFAULT_CONNECT_SECS, value_name = "SECS", value_parser = parse_positive_seconds)]
     pub connect_timeout: Duration,
 
     /// Seconds lockd gets to answer each request before lockctl gives up (exit 5); a lock's
-    /// wait in line is not counted (see --timeout).
-    #[arg(long, global = true, env = "LOCKD_REPLY_TIMEOUT", default_value = DEFAULT_REPLY_SECS, value_name = "SECS", value_parser = parse_positive_seconds)]
+    /// wait in line is not counted.
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_REPLY_TIMEOUT", default_value = DEFAULT_REPLY_SECS, value_name = "SECS", value_parser = parse_positive_seconds)]
     pub reply_timeout: Duration,
 
-    /// Give up after waiting this many seconds for the lock (fractions allowed; 0 = try once).
-    #[arg(long, short = 'w', global = true, value_name = "SECS", value_parser = parse_seconds)]
-    pub timeout: Option<Duration>,
+    /// Print help (the same with -h and --help).
+    #[arg(short = 'h', long = "help", global = true, action = ArgAction::HelpLong)]
+    help: Option<bool>,
 
     #[command(subcommand)]
     pub command: Option<Subcommands>,
@@ -225,8 +231,11 @@ pub struct RunArgs {
     #[arg(short, long)]
     pub shared: bool,
     /// Fail at once (exit with the conflict code) if the lock is not free.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "timeout")]
     pub nonblock: bool,
+    /// Give up after waiting this many seconds for the lock (fractions allowed).
+    #[arg(long, short = 'w', value_name = "SECS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
     /// Exit code when the lock is not granted (-n, or -w running out).
     #[arg(short = 'E', long, default_value_t = 1, value_name = "N")]
     pub conflict_exit_code: u8,
@@ -287,6 +296,9 @@ impl RunArgs {
 /// `<resource> READ [sleep_seconds]` or `<resource> WRITE <value> [sleep_seconds]`.
 #[derive(Debug, Clone, Args)]
 pub struct LockArgs {
+    /// Give up after waiting this many seconds for the lock (fractions allowed; 0 = try once).
+    #[arg(long, short = 'w', value_name = "SECS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
     /// The resource's name, e.g. file_A or jobs/nightly.
     #[arg(required = true)]
     pub resource: String,
@@ -315,6 +327,8 @@ pub enum Operation {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LockPlan {
     pub resource: String,
+    /// How long to wait for the lock (`None`: as long as it takes; zero: try once).
+    pub timeout: Option<Duration>,
     pub operation: Operation,
     /// The value to write (WRITE only).
     pub value: Option<String>,
@@ -357,6 +371,7 @@ impl LockArgs {
         };
         LockPlan {
             resource: self.resource,
+            timeout: self.timeout,
             operation: self.operation,
             value,
             hold,
@@ -431,8 +446,9 @@ mod tests {
             "0.25",
         ]);
         assert_eq!(cli.server, "h:1");
-        assert_eq!(cli.timeout, Some(Duration::from_millis(250)));
-        assert_eq!(cli.lock.unwrap().plan().value.as_deref(), Some("-5"));
+        let plan = cli.lock.unwrap().plan();
+        assert_eq!(plan.timeout, Some(Duration::from_millis(250)));
+        assert_eq!(plan.value.as_deref(), Some("-5"));
         let cli = parse(&["--server", "h:2", "file_A", "WRITE", "--", "-x", "1"]);
         assert_eq!(cli.server, "h:2");
         let plan = cli.lock.unwrap().plan();
@@ -449,7 +465,7 @@ mod tests {
             cli.command,
             Some(Subcommands::Status { resource: None, .. })
         ));
-        let cli = parse(&["--tls-ca", "ca.pem", "--timeout", "1", "status", "r"]);
+        let cli = parse(&["--tls-ca", "ca.pem", "--reply-timeout", "1", "status", "r"]);
         assert!(matches!(
             cli.command,
             Some(Subcommands::Status {
@@ -457,8 +473,10 @@ mod tests {
                 ..
             })
         ));
-        let cli = parse(&["-w", "2", "run", "r", "--", "true"]);
+        let cli = parse(&["--server", "h:1", "run", "r", "--", "true"]);
         assert!(matches!(cli.command, Some(Subcommands::Run(_))));
+        // A lock's wait belongs to the commands that take a lock, not to `status`.
+        assert!(Cli::try_parse_from(["lockctl", "-w", "2", "status"]).is_err());
     }
 
     #[test]
@@ -484,10 +502,10 @@ mod tests {
         let cli = parse(&[
             "run", "-s", "-w", "1.5", "-E", "9", "jobs/x", "--", "echo", "-n", "hi",
         ]);
-        assert_eq!(cli.timeout, Some(Duration::from_millis(1500)));
         let Some(Subcommands::Run(run)) = cli.command else {
             panic!("not a run command");
         };
+        assert_eq!(run.timeout, Some(Duration::from_millis(1500)));
         assert!(run.shared && !run.nonblock);
         assert_eq!(run.conflict_exit_code, 9);
         assert_eq!(run.resource, "jobs/x");

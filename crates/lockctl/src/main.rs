@@ -55,7 +55,7 @@ async fn run(cli: Cli) -> ExitCode {
         (Some(Subcommands::Status { resource, json }), _) => {
             return status(&server, resource.as_deref(), json).await
         }
-        (Some(Subcommands::Run(args)), _) => return run::run(&server, cli.timeout, args).await,
+        (Some(Subcommands::Run(args)), _) => return run::run(&server, args).await,
         (Some(Subcommands::Cluster { action }), _) => {
             return cluster_cli::run(&server, action).await
         }
@@ -74,12 +74,13 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    lock(&server, cli.timeout, plan).await
+    lock(&server, plan).await
 }
 
 /// `lockctl <resource> READ|WRITE ...`.
-async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> ExitCode {
+async fn lock(server: &Server, plan: LockPlan) -> ExitCode {
     let resource = plan.resource.as_str();
+    let timeout = plan.timeout;
     if let Err(err) = lockctl::ResourceName::new(resource) {
         return fail(&format!("invalid resource name {resource:?}: {err}"));
     }

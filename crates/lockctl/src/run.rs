@@ -62,7 +62,8 @@ fn reserve(lease: Duration) -> Duration {
     RESERVE.min(lease / 20)
 }
 
-pub(crate) async fn run(server: &Server, timeout: Option<Duration>, args: RunArgs) -> ExitCode {
+pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
+    let timeout = args.timeout;
     let resource = args.resource.as_str();
     if let Err(err) = lockctl::ResourceName::new(resource) {
         return fail(&format!("invalid resource name {resource:?}: {err}"));

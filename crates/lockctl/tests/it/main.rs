@@ -9,6 +9,7 @@ mod cli;
 mod cluster_support;
 mod failover;
 mod flock;
+mod help;
 mod hints;
 // The lockd tests' TCP proxy that blackholes a link with both sockets left open.
 #[path = "../../../lockd/tests/it/fault_proxy.rs"]

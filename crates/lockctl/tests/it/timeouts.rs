@@ -164,8 +164,14 @@ async fn exit_codes_for_unreachable_and_silent_servers_are_in_help() {
     assert!(help.contains("5 lockd not answering"), "{help}");
     let output = run_lockctl("127.0.0.1:1", &["run", "--help"]).await;
     let help = String::from_utf8_lossy(&output.stdout);
-    assert!(help.contains("4 lockd unreachable"), "{help}");
-    assert!(help.contains("5 lockd not answering"), "{help}");
+    assert!(
+        help.contains("  4                 lockd unreachable"),
+        "{help}"
+    );
+    assert!(
+        help.contains("  5                 lockd not answering"),
+        "{help}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
