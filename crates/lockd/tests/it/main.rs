@@ -7,6 +7,7 @@ mod admin;
 mod chaos;
 mod cluster;
 mod dashboard;
+mod docs;
 mod durability;
 mod fault_proxy;
 mod fsync;
