@@ -555,15 +555,7 @@ async fn the_client_name_is_given_or_user_at_host() {
 async fn status_shows_each_holders_name_and_address() {
     let server = Server::start();
     let addr = server.addr_string();
-    let holder = lockctl::Client::builder(&addr)
-        .name("deploy@ci-runner-7")
-        .connect()
-        .await
-        .unwrap();
-    holder
-        .acquire("deploy/prod", LockMode::Exclusive, None)
-        .await
-        .unwrap();
+    let _holder = crate::support::deploy_holder(&addr).await;
     let output = run_lockctl(&addr, &["status"]).await;
     let lines = stdout_lines(&output);
     let header: Vec<&str> = lines[0].split_whitespace().collect();

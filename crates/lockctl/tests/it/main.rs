@@ -15,6 +15,7 @@ mod hints;
 #[path = "../../../lockd/tests/it/fault_proxy.rs"]
 mod fault_proxy;
 mod library;
+mod readme;
 mod safety;
 mod support;
 mod timeouts;

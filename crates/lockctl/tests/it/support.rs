@@ -243,3 +243,17 @@ pub fn start_tls_server(pki: &std::path::Path, mutual: bool) -> Server {
         ..ServerConfig::default()
     })
 }
+
+/// A session named `deploy@ci-runner-7` that holds `deploy/prod` until dropped.
+pub async fn deploy_holder(addr: &str) -> lockctl::Client {
+    let holder = lockctl::Client::builder(addr)
+        .name("deploy@ci-runner-7")
+        .connect()
+        .await
+        .unwrap();
+    holder
+        .acquire("deploy/prod", lockctl::LockMode::Exclusive, None)
+        .await
+        .unwrap();
+    holder
+}

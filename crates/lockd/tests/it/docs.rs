@@ -458,3 +458,50 @@ async fn every_example_in_the_protocol_doc_is_what_lockd_answers() {
     // The parser found the examples (a change of format would make it find none).
     assert!(blocks.len() >= 25, "{} examples found", blocks.len());
 }
+
+/// README's "From anything else" example: the requests its `printf` sends and the replies
+/// its `head` prints.
+fn readme_bash_example() -> (Vec<String>, Vec<String>) {
+    let readme = include_str!("../../../../README.md");
+    let mut lines = readme
+        .lines()
+        .skip_while(|line| !line.starts_with("$ exec 3<>/dev/tcp/"));
+    let printf = lines
+        .find(|line| line.starts_with("$ printf "))
+        .expect("README sends requests with printf");
+    let requests = printf
+        .split('\'')
+        .filter(|piece| piece.starts_with('{'))
+        .map(str::to_owned)
+        .collect();
+    let replies = lines
+        .skip_while(|line| !line.starts_with("$ head "))
+        .skip(1)
+        .take_while(|line| !line.starts_with('$'))
+        .map(str::to_owned)
+        .collect();
+    (requests, replies)
+}
+
+#[tokio::test]
+async fn the_readme_bash_example_is_what_lockd_answers() {
+    let (requests, replies) = readme_bash_example();
+    assert_eq!(
+        (requests.len(), replies.len()),
+        (2, 2),
+        "{requests:?} {replies:?}"
+    );
+    let lockd = Lockd::start(&[]);
+    let mut conn = lockd.connect().await;
+    for request in &requests {
+        conn.send_raw(format!("{request}\n").as_bytes()).await;
+    }
+    for reply in &replies {
+        let expected: Value = serde_json::from_str(reply).unwrap();
+        let actual = conn.recv().await;
+        assert!(
+            matches(&expected, &actual, None),
+            "README shows\n  {expected}\nlockd sent\n  {actual}"
+        );
+    }
+}
