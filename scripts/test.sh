@@ -7,8 +7,9 @@
 # - cargo-nextest, with `cargo install cargo-nextest --locked`;
 # - the rustfmt and clippy components, with rustup;
 # - Debian packages: strace (fsync.rs traces lockd's fsyncs), util-linux (unshare: the full-disk
-#   test mounts a small tmpfs), chromium (dashboard.rs loads the page headless) and systemd
-#   (deploy.rs checks the service unit with systemd-analyze verify). As root it
+#   test mounts a small tmpfs), openssl (tls_docs.rs runs docs/security.md's certificate
+#   commands), chromium (dashboard.rs loads the page headless) and systemd (deploy.rs checks
+#   the service unit with systemd-analyze verify). As root it
 #   runs apt-get; otherwise it prints one line naming what to install and exits non-zero.
 # - python3 with its venv module (Debian: python3 and python3-venv), for the Python client's
 #   tests; clients/python/run-tests.sh then puts pytest and mypy from PyPI in a venv of its own.
@@ -38,6 +39,7 @@ done
 missing=()
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

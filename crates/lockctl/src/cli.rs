@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::error::ErrorKind;
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::DEFAULT_ADDR;
 
@@ -19,8 +19,10 @@ Examples:
   lockctl lock status READ                           a resource that is named `status`
   lockctl completions bash > /etc/bash_completion.d/lockctl
 
-Exit codes: 0 done, 1 error, 2 bad arguments, 3 timed out waiting, 75 the lock was lost before
-the read or write (stdout: `LOST lock on RESOURCE; nothing was written`), 130 interrupted.
+Exit codes: 0 done, 1 error, 2 bad arguments, 3 timed out waiting, 4 lockd unreachable (nothing
+listens, or no connection within --connect-timeout), 5 lockd not answering (no answer within
+--reply-timeout), 75 the lock was lost before the read or write (stdout: `LOST lock on RESOURCE;
+nothing was written`), 130 interrupted.
 `lockctl run` exits with the command's own code; see `lockctl run --help`.";
 
 const RUN_AFTER_HELP: &str = "\
@@ -40,12 +42,20 @@ Exit codes:
                     give the lock to anyone else
   127               the command could not be started
   2                 bad arguments
+  4                 lockd unreachable (nothing listens, or no connection within
+                    --connect-timeout); the command did not run
+  5                 lockd not answering (no answer within --reply-timeout); the command did
+                    not run
 
 Examples:
   lockctl run jobs/nightly -- ./nightly.sh
   lockctl run -w 60 db/migrate -- ./migrate.sh up
   lockctl run -n -E 0 cron/report -- ./report.sh    # skip quietly when another run holds it
+  lockctl run -c 'pg_dump app > app.sql' db/dump     # a shell command, as flock -c
   lockctl run -s config -- cat /etc/app.conf";
+
+/// The heading of the options every subcommand shares: where lockd is and how to reach it.
+const CONNECTION: &str = "Connection options";
 
 /// lockctl: take turns on named resources through lockd.
 ///
@@ -57,43 +67,108 @@ Examples:
     version,
     about,
     after_help = AFTER_HELP,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    disable_help_flag = true
 )]
 pub struct Cli {
     /// lockd's address, host:port; for a cluster, every node's, separated by commas
     /// (lockctl finds the leader, and follows a failover to the next one).
-    #[arg(long, global = true, env = "LOCKD_ADDR", default_value = DEFAULT_ADDR, value_name = "ADDR[,ADDR...]")]
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_ADDR", default_value = DEFAULT_ADDR, value_name = "ADDR[,ADDR...]")]
     pub server: String,
 
+    /// The name lockd shows for this client in `status` and /v1/locks (default: USER@HOST, from
+    /// $USER and the host's real name).
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_CLIENT_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+
     /// A file holding the secret of a lockd started with --auth-token-file.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = CONNECTION, value_name = "FILE")]
     pub auth_token_file: Option<std::path::PathBuf>,
 
     /// Speak TLS, trusting the CA certificates (PEM) in this file.
-    #[arg(long, global = true, env = "LOCKD_TLS_CA", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<std::path::PathBuf>,
 
     /// A client certificate (PEM) for a server that requires mutual TLS; needs --tls-key.
-    #[arg(long, global = true, env = "LOCKD_TLS_CERT", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<std::path::PathBuf>,
 
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, global = true, env = "LOCKD_TLS_KEY", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<std::path::PathBuf>,
 
     /// The name the server's certificate must carry (default: the host in --server).
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, help_heading = CONNECTION, value_name = "NAME")]
     pub tls_server_name: Option<String>,
 
-    /// Give up after waiting this many seconds for the lock (fractions allowed; 0 = try once).
-    #[arg(long, short = 'w', global = true, value_name = "SECS", value_parser = parse_seconds)]
-    pub timeout: Option<Duration>,
+    /// Seconds lockd gets to accept a connection before lockctl gives up (exit 4).
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_CONNECT_TIMEOUT", default_value = DEFAULT_CONNECT_SECS, value_name = "SECS", value_parser = parse_positive_seconds)]
+    pub connect_timeout: Duration,
+
+    /// Seconds lockd gets to answer each request before lockctl gives up (exit 5); a lock's
+    /// wait in line is not counted.
+    #[arg(long, global = true, help_heading = CONNECTION, env = "LOCKD_REPLY_TIMEOUT", default_value = DEFAULT_REPLY_SECS, value_name = "SECS", value_parser = parse_positive_seconds)]
+    pub reply_timeout: Duration,
+
+    /// Print help (the same with -h and --help).
+    #[arg(short = 'h', long = "help", global = true, action = ArgAction::HelpLong)]
+    help: Option<bool>,
 
     #[command(subcommand)]
     pub command: Option<Subcommands>,
 
     #[command(flatten)]
     pub lock: Option<LockArgs>,
+}
+
+impl Cli {
+    /// Checks what clap cannot: every --server address has a port, and the TLS flags come in
+    /// the combinations that work. A mistake exits with a usage error (code 2) that says what to
+    /// write instead.
+    pub fn check_connection_flags(&self) {
+        for addr in self
+            .server
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            if let Err(problem) = crate::check_address(addr) {
+                usage_error(ErrorKind::InvalidValue, &format!("--server {problem}"));
+            }
+            if addr.starts_with("tls://") && self.tls_ca.is_none() {
+                usage_error(
+                    ErrorKind::MissingRequiredArgument,
+                    &format!(
+                        "--server {addr} needs --tls-ca (the CA that signed lockd's certificate)"
+                    ),
+                );
+            }
+        }
+        let extras = [
+            ("--tls-cert", self.tls_cert.is_some()),
+            ("--tls-key", self.tls_key.is_some()),
+            ("--tls-server-name", self.tls_server_name.is_some()),
+        ];
+        for (flag, given) in extras {
+            if given && self.tls_ca.is_none() {
+                usage_error(
+                    ErrorKind::MissingRequiredArgument,
+                    &format!("{flag} needs --tls-ca (the CA that signed lockd's certificate)"),
+                );
+            }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => usage_error(
+                ErrorKind::MissingRequiredArgument,
+                "--tls-cert needs --tls-key (the certificate's private key)",
+            ),
+            (None, Some(_)) => usage_error(
+                ErrorKind::MissingRequiredArgument,
+                "--tls-key needs --tls-cert (the client certificate it belongs to)",
+            ),
+            _ => {}
+        }
+    }
 }
 
 /// Subcommands; their names win over resource names (see `lock` for a resource named so).
@@ -103,6 +178,10 @@ pub enum Subcommands {
     Status {
         /// Only this resource (shown even when idle).
         resource: Option<String>,
+        /// Print the server's answer as one JSON object, `{"resources":[...]}`, as the protocol's
+        /// `status` reply has it (docs/protocol.md), instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Take a lock: the long form of `lockctl <resource> ...`, for a resource whose name is
     /// also a subcommand (`lockctl lock status READ`).
@@ -156,15 +235,19 @@ pub struct AdminCredential {
     pub admin_token_file: Option<std::path::PathBuf>,
 }
 
-/// `lockctl run [options] RESOURCE -- COMMAND [ARGS...]`; the flags follow flock(1).
+/// `lockctl run [options] RESOURCE [--] COMMAND [ARGS...]` or `lockctl run -c SHELL_COMMAND
+/// RESOURCE`; the flags follow flock(1).
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Take a shared lock instead of the exclusive one.
     #[arg(short, long)]
     pub shared: bool,
     /// Fail at once (exit with the conflict code) if the lock is not free.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "timeout")]
     pub nonblock: bool,
+    /// Give up after waiting this many seconds for the lock (fractions allowed).
+    #[arg(long, short = 'w', value_name = "SECS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
     /// Exit code when the lock is not granted (-n, or -w running out).
     #[arg(short = 'E', long, default_value_t = 1, value_name = "N")]
     pub conflict_exit_code: u8,
@@ -180,16 +263,54 @@ pub struct RunArgs {
     /// nobody for this many seconds (default: the server's, --default-lock-delay-ms).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub lock_delay: Option<Duration>,
+    /// Say on stderr why the command did not run when the lock was not granted (by default
+    /// that is silent, as with flock(1), so that cron mails nothing for a skipped run).
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Run this shell command (with `sh -c`) instead of COMMAND, as flock(1)'s -c.
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "SHELL_COMMAND",
+        conflicts_with = "command"
+    )]
+    pub shell_command: Option<String>,
     /// The resource to lock.
     pub resource: String,
-    /// The command and its arguments (after `--`).
-    #[arg(required = true, last = true, value_name = "COMMAND")]
+    /// The command and its arguments. Everything after its first word is the command's, so
+    /// `lockctl run r echo -n hi` needs no `--`; a command that starts with `-` does.
+    #[arg(
+        trailing_var_arg = true,
+        required_unless_present = "shell_command",
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The program and arguments to start: COMMAND, or `sh -c SHELL_COMMAND`.
+    pub fn argv(&self) -> Vec<String> {
+        match &self.shell_command {
+            Some(line) => vec!["sh".to_owned(), "-c".to_owned(), line.clone()],
+            None => self.command.clone(),
+        }
+    }
+
+    /// What the messages call the command: its program, or the whole shell command.
+    pub fn display_name(&self) -> &str {
+        match &self.shell_command {
+            Some(line) => line,
+            None => self.command.first().map_or("", String::as_str),
+        }
+    }
 }
 
 /// `<resource> READ [sleep_seconds]` or `<resource> WRITE <value> [sleep_seconds]`.
 #[derive(Debug, Clone, Args)]
 pub struct LockArgs {
+    /// Give up after waiting this many seconds for the lock (fractions allowed; 0 = try once).
+    #[arg(long, short = 'w', value_name = "SECS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
     /// The resource's name, e.g. file_A or jobs/nightly.
     #[arg(required = true)]
     pub resource: String,
@@ -218,6 +339,8 @@ pub enum Operation {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LockPlan {
     pub resource: String,
+    /// How long to wait for the lock (`None`: as long as it takes; zero: try once).
+    pub timeout: Option<Duration>,
     pub operation: Operation,
     /// The value to write (WRITE only).
     pub value: Option<String>,
@@ -260,6 +383,7 @@ impl LockArgs {
         };
         LockPlan {
             resource: self.resource,
+            timeout: self.timeout,
             operation: self.operation,
             value,
             hold,
@@ -270,6 +394,20 @@ impl LockArgs {
 
 fn usage_error(kind: ErrorKind, message: &str) -> ! {
     Cli::command().error(kind, message).exit()
+}
+
+/// The default --connect-timeout, as clap shows it: `lockctl::DEFAULT_CONNECT_TIMEOUT`.
+const DEFAULT_CONNECT_SECS: &str = "5";
+/// The default --reply-timeout, as clap shows it: `lockctl::DEFAULT_REPLY_TIMEOUT`.
+const DEFAULT_REPLY_SECS: &str = "10";
+
+/// Parses a positive number of seconds, fractions allowed: a time limit of zero would fail
+/// every connection.
+pub fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    match parse_seconds(text)? {
+        Duration::ZERO => Err("expected more than 0 seconds".to_owned()),
+        seconds => Ok(seconds),
+    }
 }
 
 /// Parses a non-negative number of seconds, fractions allowed.
@@ -320,8 +458,9 @@ mod tests {
             "0.25",
         ]);
         assert_eq!(cli.server, "h:1");
-        assert_eq!(cli.timeout, Some(Duration::from_millis(250)));
-        assert_eq!(cli.lock.unwrap().plan().value.as_deref(), Some("-5"));
+        let plan = cli.lock.unwrap().plan();
+        assert_eq!(plan.timeout, Some(Duration::from_millis(250)));
+        assert_eq!(plan.value.as_deref(), Some("-5"));
         let cli = parse(&["--server", "h:2", "file_A", "WRITE", "--", "-x", "1"]);
         assert_eq!(cli.server, "h:2");
         let plan = cli.lock.unwrap().plan();
@@ -336,15 +475,20 @@ mod tests {
         let cli = parse(&["--server", "h:1", "status"]);
         assert!(matches!(
             cli.command,
-            Some(Subcommands::Status { resource: None })
+            Some(Subcommands::Status { resource: None, .. })
         ));
-        let cli = parse(&["--tls-ca", "ca.pem", "--timeout", "1", "status", "r"]);
+        let cli = parse(&["--tls-ca", "ca.pem", "--reply-timeout", "1", "status", "r"]);
         assert!(matches!(
             cli.command,
-            Some(Subcommands::Status { resource: Some(_) })
+            Some(Subcommands::Status {
+                resource: Some(_),
+                ..
+            })
         ));
-        let cli = parse(&["-w", "2", "run", "r", "--", "true"]);
+        let cli = parse(&["--server", "h:1", "run", "r", "--", "true"]);
         assert!(matches!(cli.command, Some(Subcommands::Run(_))));
+        // A lock's wait belongs to the commands that take a lock, not to `status`.
+        assert!(Cli::try_parse_from(["lockctl", "-w", "2", "status"]).is_err());
     }
 
     #[test]
@@ -352,11 +496,11 @@ mod tests {
         let cli = parse(&["status"]);
         assert!(matches!(
             cli.command,
-            Some(Subcommands::Status { resource: None })
+            Some(Subcommands::Status { resource: None, .. })
         ));
         let cli = parse(&["status", "file_A"]);
         assert!(
-            matches!(cli.command, Some(Subcommands::Status { resource: Some(r) }) if r == "file_A")
+            matches!(cli.command, Some(Subcommands::Status { resource: Some(r), .. }) if r == "file_A")
         );
         let cli = parse(&["lock", "status", "READ"]);
         let Some(Subcommands::Lock(args)) = cli.command else {
@@ -370,14 +514,28 @@ mod tests {
         let cli = parse(&[
             "run", "-s", "-w", "1.5", "-E", "9", "jobs/x", "--", "echo", "-n", "hi",
         ]);
-        assert_eq!(cli.timeout, Some(Duration::from_millis(1500)));
         let Some(Subcommands::Run(run)) = cli.command else {
             panic!("not a run command");
         };
+        assert_eq!(run.timeout, Some(Duration::from_millis(1500)));
         assert!(run.shared && !run.nonblock);
         assert_eq!(run.conflict_exit_code, 9);
         assert_eq!(run.resource, "jobs/x");
         assert_eq!(run.command, ["echo", "-n", "hi"]);
+        let cli = parse(&["run", "jobs/x", "echo", "-n", "--server", "x"]);
+        let Some(Subcommands::Run(run)) = cli.command else {
+            panic!("not a run command");
+        };
+        assert_eq!(
+            run.argv(),
+            ["echo", "-n", "--server", "x"],
+            "all the command's"
+        );
+        let cli = parse(&["run", "-c", "echo hi", "jobs/x"]);
+        let Some(Subcommands::Run(run)) = cli.command else {
+            panic!("not a run command");
+        };
+        assert_eq!(run.argv(), ["sh", "-c", "echo hi"]);
         assert!(
             Cli::try_parse_from(["lockctl", "run", "jobs/x"]).is_err(),
             "no command"
@@ -398,5 +556,16 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("abc").is_err());
         assert!(parse_seconds("NaN").is_err());
+        assert!(parse_positive_seconds("0").is_err());
+    }
+
+    #[test]
+    fn the_default_time_limits_are_the_librarys() {
+        let cli = parse(&["status"]);
+        assert_eq!(cli.connect_timeout, crate::DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(cli.reply_timeout, crate::DEFAULT_REPLY_TIMEOUT);
+        let cli = parse(&["--connect-timeout", "0.5", "--reply-timeout", "2", "status"]);
+        assert_eq!(cli.connect_timeout, Duration::from_millis(500));
+        assert_eq!(cli.reply_timeout, Duration::from_secs(2));
     }
 }

@@ -20,6 +20,7 @@ use crate::calls::{Calls, Reply};
 use crate::error::ClientError;
 use crate::leader::{Dialer, Resume};
 use crate::session::SessionTask;
+use crate::timeouts::Timeouts;
 use crate::tls::TlsOptions;
 
 /// Where lockd listens unless told otherwise.
@@ -40,6 +41,9 @@ pub struct AcquireCall {
     id: RequestId,
     events: mpsc::UnboundedReceiver<u64>,
     reply: Option<oneshot::Receiver<Reply>>,
+    /// Until the server's first answer (a place in line, or the outcome): when the reply
+    /// timeout runs out, and how long it is.
+    unanswered: Option<(Instant, Duration)>,
 }
 
 impl AcquireCall {
@@ -49,19 +53,36 @@ impl AcquireCall {
     }
 
     /// The next `queued` event, or the final outcome. After `Done`, it returns
-    /// `Done(Err(ConnectionLost))` forever.
+    /// `Done(Err(ConnectionLost))` forever. If the server says nothing at all within the
+    /// reply timeout, the outcome is [`ClientError::NoReply`]; once it has put the acquire in
+    /// line, the wait is as long as the acquire's own timeout.
     pub async fn next(&mut self) -> AcquireProgress {
         let Some(reply) = self.reply.as_mut() else {
             return AcquireProgress::Done(Err(ClientError::ConnectionLost));
         };
-        tokio::select! {
+        let silence = async {
+            match self.unanswered {
+                Some((deadline, _)) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let progress = tokio::select! {
             biased;
             Some(position) = self.events.recv() => AcquireProgress::Queued(position),
-            outcome = reply => {
-                self.reply = None;
-                AcquireProgress::Done(typed(outcome))
+            outcome = reply => AcquireProgress::Done(typed(outcome)),
+            () = silence => {
+                let waited = self.unanswered.map(|(_, waited)| waited).unwrap_or_default();
+                AcquireProgress::Done(Err(ClientError::NoReply {
+                    what: "acquire".to_owned(),
+                    waited,
+                }))
             }
+        };
+        self.unanswered = None;
+        if let AcquireProgress::Done(_) = progress {
+            self.reply = None;
         }
+        progress
     }
 }
 
@@ -85,6 +106,8 @@ impl Drop for Keepalive {
 #[derive(Debug, Clone)]
 pub struct Client {
     calls: Arc<Calls>,
+    /// How long a call waits for the server's first answer.
+    reply_timeout: Duration,
     /// Cancelled by the session task when the session is lost.
     lost: CancellationToken,
     session: Option<SessionId>,
@@ -115,6 +138,7 @@ pub struct ClientBuilder {
     keepalive: bool,
     auth: Option<String>,
     tls: Option<TlsOptions>,
+    timeouts: Timeouts,
 }
 
 impl ClientBuilder {
@@ -122,6 +146,11 @@ impl ClientBuilder {
     /// session (cluster status).
     pub(crate) fn target(&self) -> (&str, Option<&TlsOptions>, Option<&str>) {
         (&self.addr, self.tls.as_ref(), self.auth.as_deref())
+    }
+
+    /// The time limits of each connection and request.
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     /// A name for the server's logs and `status`, e.g. `backup@host1`.
@@ -155,6 +184,24 @@ impl ClientBuilder {
         self
     }
 
+    /// How long a server gets to accept the connection (and again for the TLS handshake)
+    /// before it counts as unreachable ([`ClientError::Connect`], kind `TimedOut`); default
+    /// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.connect = timeout;
+        self
+    }
+
+    /// How long a request waits for the server's first answer before it fails with
+    /// [`ClientError::NoReply`]: the reply, or for an acquire its place in line (after which
+    /// it waits as long as its own timeout says). `hello` included. Default
+    /// [`DEFAULT_REPLY_TIMEOUT`](crate::DEFAULT_REPLY_TIMEOUT). `add_node` is not limited: a
+    /// learner catches up for as long as the log takes to copy.
+    pub fn reply_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.reply = timeout;
+        self
+    }
+
     /// Connects, says `hello`, and starts the keepalive. With several addresses (a cluster),
     /// tries them in turn and follows `not_leader` answers to the leader, for up to 10 s
     /// (`LEADER_SEARCH`) while a cluster elects one.
@@ -169,7 +216,7 @@ impl ClientBuilder {
             session: None,
             resume_secret: None,
         };
-        let dialer = Dialer::new(&self.addr, self.tls, hello);
+        let dialer = Dialer::new(&self.addr, self.tls, hello).with_timeouts(self.timeouts);
         let (outgoing_tx, outgoing) = mpsc::unbounded_channel();
         let calls = Arc::new(Calls::new(outgoing_tx));
         let deadline = Instant::now() + LEADER_SEARCH;
@@ -187,6 +234,7 @@ impl ClientBuilder {
         };
         let mut client = Client {
             calls,
+            reply_timeout: self.timeouts.reply,
             lost,
             session: Some(hello.session),
             _connection: Arc::new(SessionTaskHandle(tokio::spawn(task.run(link)))),
@@ -219,6 +267,7 @@ impl Client {
             keepalive: true,
             auth: None,
             tls: None,
+            timeouts: Timeouts::default(),
         }
     }
 
@@ -331,6 +380,7 @@ impl Client {
             id,
             events,
             reply: Some(reply),
+            unanswered: Some((Instant::now() + self.reply_timeout, self.reply_timeout)),
         })
     }
 
@@ -437,17 +487,32 @@ impl Client {
         &self,
         command: Command,
     ) -> Result<T, ClientError> {
-        let (_, reply) = self.send(command, None)?;
-        typed(reply.await)
+        typed(Ok(self.exchange(command).await))
     }
 
     pub(crate) async fn call_empty(&self, command: Command) -> Result<(), ClientError> {
+        self.exchange(command).await.map(|_| ())
+    }
+
+    /// Sends `command` and waits for its reply, within the reply timeout. A request that timed
+    /// out stays sent: a server that wakes up may still apply it.
+    async fn exchange(&self, command: Command) -> Reply {
+        let op = command.op();
+        // Adding a node answers once the learner has copied the whole log: no fixed limit fits.
+        let limit = (!matches!(command, Command::AddNode(_))).then_some(self.reply_timeout);
         let (_, reply) = self.send(command, None)?;
-        match reply.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err(ClientError::ConnectionLost),
-        }
+        let reply = match limit {
+            None => reply.await,
+            Some(limit) => {
+                tokio::time::timeout(limit, reply)
+                    .await
+                    .map_err(|_| ClientError::NoReply {
+                        what: op.to_string(),
+                        waited: limit,
+                    })?
+            }
+        };
+        reply.map_err(|_| ClientError::ConnectionLost)?
     }
 
     pub(crate) fn send(

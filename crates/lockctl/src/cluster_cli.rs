@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
+use std::collections::HashSet;
+
 use lockctl::cli::{AdminCredential, ClusterAction};
-use lockctl::ClusterStatusOk;
+use lockctl::{ClientError, ClusterStatusOk, ErrorCode};
 
 use crate::common::{aligned, builder, connect, fail, Server};
 
@@ -78,9 +80,19 @@ fn report(outcome: Result<(), lockctl::ClientError>, done: impl Fn() -> String) 
     }
 }
 
-/// Asks every node; prints the first answer's view of the members and each node's own line.
+/// Asks every node it learns of; prints each node's own line, then the errors of those that did
+/// not answer (one line each, so the table stays narrow), then the members as the leader (or
+/// else the first node that answered) sees them.
 async fn status(server: &Server) -> ExitCode {
     let views = builder(server).cluster_status_of_each().await;
+    if !views.is_empty() && views.iter().all(|(_, view)| is_single_server(view)) {
+        println!(
+            "lockd at {} is a single server, not a cluster: it has no cluster status \
+             (`lockctl status` shows its locks).",
+            server.addr()
+        );
+        return ExitCode::SUCCESS;
+    }
     let mut nodes = vec![[
         "ADDRESS".to_owned(),
         "NODE".to_owned(),
@@ -90,9 +102,13 @@ async fn status(server: &Server) -> ExitCode {
         "LAST LOG".to_owned(),
         "APPLIED".to_owned(),
     ]];
+    let mut errors = Vec::new();
     let mut members: Option<ClusterStatusOk> = None;
+    let mut shown = HashSet::new();
     for (addr, view) in &views {
         match view {
+            // The same node under another address (a name, then its IP from the members).
+            Ok(view) if !shown.insert(view.node_id) => {}
             Ok(view) => {
                 nodes.push([
                     addr.clone(),
@@ -108,18 +124,28 @@ async fn status(server: &Server) -> ExitCode {
                     members = Some(view.clone());
                 }
             }
-            Err(err) => nodes.push([
-                addr.clone(),
-                "-".into(),
-                format!("unreachable: {err}"),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ]),
+            Err(err) => {
+                let role = match err {
+                    ClientError::NoReply { .. } => "no answer",
+                    _ => "unreachable",
+                };
+                nodes.push([
+                    addr.clone(),
+                    "-".into(),
+                    role.to_owned(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]);
+                errors.push(format!("{addr}: {err}"));
+            }
         }
     }
     print!("{}", aligned(&nodes));
+    for error in &errors {
+        println!("{error}");
+    }
     let Some(view) = members else {
         return fail("no node answered");
     };
@@ -142,6 +168,14 @@ async fn status(server: &Server) -> ExitCode {
     println!();
     print!("{}", aligned(&rows));
     ExitCode::SUCCESS
+}
+
+/// Whether a node answered that it is a single server, which has no cluster to show.
+fn is_single_server(view: &Result<ClusterStatusOk, ClientError>) -> bool {
+    // lockd's `NotACluster` refusal (crates/lockd/src/apply.rs); its wording is pinned by
+    // the test `cluster_status_of_a_single_server_says_so_plainly`.
+    matches!(view, Err(ClientError::Server(body))
+        if body.code == ErrorCode::BadRequest && body.message.contains("single server"))
 }
 
 fn dash(value: Option<u64>) -> String {

@@ -3,15 +3,25 @@
 //! subcommand modules import it rather than the crate root that declares them.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use lockctl::cli::Cli;
-use lockctl::{Client, ClientError, ErrorCode};
+use lockctl::{Client, ClientError};
+
+use crate::hints::explain;
+
+/// The environment variable that holds lockd's secret; `lockctl run` keeps it from the command.
+pub(crate) const AUTH_TOKEN_ENV: &str = "LOCKD_AUTH_TOKEN";
 
 /// Where and how to connect: the address, and the secret if the server wants one.
 pub(crate) struct Server {
     addr: String,
     auth: Option<String>,
     tls: Option<lockctl::TlsOptions>,
+    connect_timeout: Duration,
+    reply_timeout: Duration,
+    /// The client name for `hello`.
+    name: String,
 }
 
 impl Server {
@@ -28,18 +38,15 @@ impl Server {
                     )))
                 }
             },
-            None => std::env::var("LOCKD_AUTH_TOKEN").ok(),
+            None => std::env::var(AUTH_TOKEN_ENV).ok(),
         };
-        let tls_extras =
-            cli.tls_cert.is_some() || cli.tls_key.is_some() || cli.tls_server_name.is_some();
-        if tls_extras && cli.tls_ca.is_none() {
-            return Err(fail(
-                "--tls-cert, --tls-key and --tls-server-name need --tls-ca",
-            ));
-        }
+        cli.check_connection_flags();
         Ok(Server {
             addr: cli.server.clone(),
             auth: auth.filter(|secret| !secret.is_empty()),
+            connect_timeout: cli.connect_timeout,
+            name: cli.name.clone().unwrap_or_else(default_client_name),
+            reply_timeout: cli.reply_timeout,
             tls: cli.tls_ca.as_ref().map(|ca| lockctl::TlsOptions {
                 ca: ca.clone(),
                 cert: cli.tls_cert.clone(),
@@ -48,11 +55,24 @@ impl Server {
             }),
         })
     }
+
+    /// The address(es) given with --server or LOCKD_ADDR.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether lockctl gives a TLS client certificate.
+    pub(crate) fn gives_client_cert(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.cert.is_some())
+    }
 }
 
 /// A client builder for the server's address(es), secret and TLS options.
 pub(crate) fn builder(server: &Server) -> lockctl::ClientBuilder {
-    let mut builder = Client::builder(&server.addr).name(client_name());
+    let mut builder = Client::builder(&server.addr)
+        .name(server.name.clone())
+        .connect_timeout(server.connect_timeout)
+        .reply_timeout(server.reply_timeout);
     if let Some(secret) = &server.auth {
         builder = builder.auth(secret.clone());
     }
@@ -65,42 +85,48 @@ pub(crate) fn builder(server: &Server) -> lockctl::ClientBuilder {
 /// Connects, says hello with this process's name, and keeps the session alive with pings at a
 /// quarter of the lease until exit.
 pub(crate) async fn connect(server: &Server) -> Result<Client, ExitCode> {
-    builder(server).connect().await.map_err(|err| {
-        if err.code() == Some(ErrorCode::Unauthorized) {
-            return fail(&format!(
-                "lockd at {} refused the connection: {err}. Give its secret with \
-                 --auth-token-file or LOCKD_AUTH_TOKEN",
-                server.addr
-            ));
-        }
-        let addr = server.addr.as_str();
-        fail(&format!(
-            "{err}. Is lockd running? Start it with `lockd --listen {}`, or point \
-             --server / LOCKD_ADDR at it",
-            addr.strip_prefix("tcp://").unwrap_or(addr)
-        ))
-    })
+    builder(server)
+        .connect()
+        .await
+        .map_err(|err| explain(server, &err, None))
 }
 
-pub(crate) fn fail_call(err: &ClientError, resource: &str) -> ExitCode {
-    match err {
-        ClientError::Server(body) => fail(&format!("{} ({})", body.message, body.code)),
-        ClientError::ConnectionLost => fail(&format!(
-            "lost the connection to lockd; any lock on {resource} is no longer held"
-        )),
-        other => fail(&other.to_string()),
-    }
+/// Prints why a call about `resource` failed; returns the exit code.
+pub(crate) fn fail_call(server: &Server, err: &ClientError, resource: &str) -> ExitCode {
+    explain(server, err, Some(resource))
 }
 
 pub(crate) fn fail(message: &str) -> ExitCode {
-    eprintln!("lockctl: error: {message}");
-    ExitCode::FAILURE
+    fail_with(1, message)
 }
 
-/// A name for `hello`, so that `status` and the server log can tell clients apart.
-fn client_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
-    format!("lockctl/{}@{host}", std::process::id())
+/// Prints `lockctl: error: MESSAGE` on stderr; returns `code` as the exit code.
+pub(crate) fn fail_with(code: u8, message: &str) -> ExitCode {
+    eprintln!("lockctl: error: {message}");
+    ExitCode::from(code)
+}
+
+/// The name for `hello` when --name and LOCKD_CLIENT_NAME give none, so that `status` and the
+/// server log say who holds a lock: `USER@HOST`, with the host's real name (shells do not export
+/// $HOSTNAME, so the environment cannot be trusted for it).
+fn default_client_name() -> String {
+    use nix::unistd::{gethostname, getuid, User};
+    let user = ["USER", "LOGNAME"]
+        .into_iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .find(|user| !user.is_empty())
+        .or_else(|| {
+            User::from_uid(getuid())
+                .ok()
+                .flatten()
+                .map(|user| user.name)
+        })
+        .unwrap_or_else(|| format!("uid{}", getuid()));
+    let host = gethostname()
+        .ok()
+        .and_then(|host| host.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{user}@{host}")
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

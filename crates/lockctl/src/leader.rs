@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::calls::Calls;
 use crate::error::ClientError;
 use crate::link::{self, Link};
+use crate::timeouts::Timeouts;
 use crate::tls::TlsOptions;
 
 /// The first pause after every address failed; it doubles up to [`MAX_BACKOFF`].
@@ -58,6 +59,8 @@ pub(crate) struct Dialer {
     /// The `hello` of every link of this session, without `session`: the same name, lease and
     /// auth secret on a resume as at the start.
     hello: Hello,
+    /// How long one server gets to accept a connection and to answer `hello`.
+    timeouts: Timeouts,
 }
 
 impl Dialer {
@@ -69,7 +72,17 @@ impl Dialer {
             .filter(|addr| !addr.is_empty())
             .map(str::to_owned)
             .collect();
-        Dialer { addrs, tls, hello }
+        Dialer {
+            addrs,
+            tls,
+            hello,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// The same dialer with other time limits for each server.
+    pub(crate) fn with_timeouts(self, timeouts: Timeouts) -> Dialer {
+        Dialer { timeouts, ..self }
     }
 
     /// Whether this is a cluster (two addresses or more), whose sessions outlive a connection
@@ -99,6 +112,7 @@ impl Dialer {
         let mut last_error = ClientError::Connect {
             addr: self.addrs.join(","),
             reason: "no address given".to_owned(),
+            kind: crate::ConnectFailure::BadAddress,
         };
         loop {
             let Some(addr) = candidates.pop_front() else {
@@ -114,17 +128,19 @@ impl Dialer {
             if self.is_cluster() && Instant::now() >= deadline {
                 return Err(last_error);
             }
+            let dial = link::dial(&addr, self.tls.as_ref(), self.timeouts.connect);
             let dialed = if self.is_cluster() {
-                tokio::time::timeout_at(deadline, link::dial(&addr, self.tls.as_ref()))
+                tokio::time::timeout_at(deadline, dial)
                     .await
                     .unwrap_or_else(|_| {
                         Err(ClientError::Connect {
                             addr: addr.clone(),
                             reason: "no answer in time".to_owned(),
+                            kind: crate::ConnectFailure::TimedOut,
                         })
                     })
             } else {
-                link::dial(&addr, self.tls.as_ref()).await
+                dial.await
             };
             let mut link = match dialed {
                 Ok(link) => link,
@@ -138,9 +154,13 @@ impl Dialer {
                 resume_secret: resume.and_then(|resume| resume.secret.clone()),
                 ..self.hello.clone()
             };
-            // A single server gets as long as it takes, as any other request does; a cluster
-            // node that does not answer in time is passed over for the next.
-            let reply_deadline = self.is_cluster().then_some(deadline);
+            // A server that does not answer within the reply timeout is frozen; a cluster node
+            // that does not answer in time is passed over for the next.
+            let mut reply_deadline = Instant::now() + self.timeouts.reply;
+            if self.is_cluster() {
+                reply_deadline = reply_deadline.min(deadline);
+            }
+            let reply_deadline = Some(reply_deadline);
             match link.hello(calls.next_id(), hello, reply_deadline).await {
                 Ok(hello) => return Ok((link, hello)),
                 Err(ClientError::Server(error)) if error.code == ErrorCode::NotLeader => {
@@ -151,7 +171,11 @@ impl Dialer {
                     }
                     last_error = ClientError::Server(error);
                 }
-                Err(err @ ClientError::ConnectionLost) if self.is_cluster() => last_error = err,
+                Err(err @ (ClientError::ConnectionLost | ClientError::NoReply { .. }))
+                    if self.is_cluster() =>
+                {
+                    last_error = err
+                }
                 Err(err) => return Err(err),
             }
         }

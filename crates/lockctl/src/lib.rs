@@ -30,11 +30,14 @@ pub mod lease;
 mod link;
 mod lock;
 mod session;
+mod timeouts;
 mod tls;
 
 pub use client::{AcquireCall, AcquireProgress, Client, ClientBuilder, Keepalive, DEFAULT_ADDR};
-pub use error::ClientError;
+pub use error::{ClientError, ConnectFailure};
+pub use link::check_address;
 pub use lock::{LockGuard, LockRequest};
 pub use protocol::cmd::{AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, ResourceStatus};
 pub use protocol::{ErrorBody, ErrorCode, FenceToken, LockMode, ResourceName, SessionId};
+pub use timeouts::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT};
 pub use tls::TlsOptions;

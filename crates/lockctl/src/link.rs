@@ -18,11 +18,8 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use crate::calls::{Calls, Routed};
-use crate::error::ClientError;
+use crate::error::{ClientError, ConnectFailure};
 use crate::tls::TlsOptions;
-
-/// How long a dial waits for the TCP handshake (and again for the TLS one).
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest reply line the client accepts (a `status` of a busy server can be large).
 const MAX_REPLY_BYTES: usize = 1 << 30;
@@ -35,6 +32,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub(crate) struct Link {
     frames: FramedRead<ReadHalf<Box<dyn Io>>, LineCodec>,
     writer: WriteHalf<Box<dyn Io>>,
+    /// The address dialed, for errors that say the connection never really worked.
+    addr: String,
 }
 
 impl std::fmt::Debug for Link {
@@ -58,20 +57,36 @@ pub(crate) enum LinkEnd {
     Broken(ClientError),
 }
 
-/// Opens a connection to `addr` (`host:port`; a leading `tcp://` is accepted).
-pub(crate) async fn dial(addr: &str, tls: Option<&TlsOptions>) -> Result<Link, ClientError> {
-    let target = addr.strip_prefix("tcp://").unwrap_or(addr);
-    let connect_error = |reason: String| ClientError::Connect {
+/// Opens a connection to `addr` (`host:port`; a leading `tcp://` or `tls://` is accepted), giving the TCP
+/// handshake `connect_timeout`, and the TLS one (if any) as long again.
+pub(crate) async fn dial(
+    addr: &str,
+    tls: Option<&TlsOptions>,
+    connect_timeout: Duration,
+) -> Result<Link, ClientError> {
+    let target = without_scheme(addr);
+    let connect_error = |kind: ConnectFailure, reason: String| ClientError::Connect {
         addr: target.to_owned(),
         reason,
+        kind,
     };
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+    if let Err(problem) = check_address(target) {
+        return Err(connect_error(ConnectFailure::BadAddress, problem));
+    }
+    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(target)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return Err(connect_error(describe_io_error(&err))),
+        Ok(Err(err)) => {
+            let (kind, reason) = describe_io_error(&err);
+            return Err(connect_error(kind, reason));
+        }
         Err(_) => {
-            return Err(connect_error(format!(
-                "no answer within {CONNECT_TIMEOUT:?}"
-            )))
+            return Err(connect_error(
+                ConnectFailure::TimedOut,
+                format!(
+                    "it did not accept the connection within {} s",
+                    crate::error::seconds(connect_timeout)
+                ),
+            ))
         }
     };
     let _ = stream.set_nodelay(true);
@@ -81,10 +96,17 @@ pub(crate) async fn dial(addr: &str, tls: Option<&TlsOptions>) -> Result<Link, C
             let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let (connector, name) = tls.connector(host)?;
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+            let stream = tokio::time::timeout(connect_timeout, connector.connect(name, stream))
                 .await
-                .map_err(|_| connect_error("no TLS handshake within 5 s".to_owned()))?
-                .map_err(|err| connect_error(format!("TLS handshake failed: {err}")))?;
+                .map_err(|_| ClientError::NoReply {
+                    what: "the TLS handshake".to_owned(),
+                    waited: connect_timeout,
+                })?
+                .map_err(|err| {
+                    let (kind, reason) = tls_failure(&err)
+                        .unwrap_or((ConnectFailure::Tls, format!("TLS handshake failed: {err}")));
+                    connect_error(kind, reason)
+                })?;
             Box::new(stream)
         }
     };
@@ -92,10 +114,19 @@ pub(crate) async fn dial(addr: &str, tls: Option<&TlsOptions>) -> Result<Link, C
     Ok(Link {
         frames: FramedRead::new(read_half, LineCodec::new(MAX_REPLY_BYTES)),
         writer,
+        addr: target.to_owned(),
     })
 }
 
 impl Link {
+    fn connect_error(&self, kind: ConnectFailure, reason: String) -> ClientError {
+        ClientError::Connect {
+            addr: self.addr.clone(),
+            reason,
+            kind,
+        }
+    }
+
     /// Sends `hello` as request `id`, the first frame on this link, and waits for its reply
     /// (until `deadline`, if one is given). Nothing else is in flight on the link yet, so any
     /// other frame is a protocol error.
@@ -119,6 +150,7 @@ impl Link {
         let op = command.op();
         let mut frame = Request { id, command }.to_json();
         frame.push(b'\n');
+        let started = Instant::now();
         let exchange = async {
             self.writer
                 .write_all(&frame)
@@ -129,8 +161,20 @@ impl Link {
                 Some(Ok(Frame::TooLarge)) => {
                     return Err(ClientError::Protocol("reply larger than 1 GiB".into()))
                 }
-                Some(Err(_)) | None => return Err(ClientError::ConnectionLost),
+                Some(Err(err)) => {
+                    return Err(match tls_failure(&err) {
+                        Some((kind, reason)) => self.connect_error(kind, reason),
+                        None => ClientError::ConnectionLost,
+                    })
+                }
+                None => return Err(ClientError::ConnectionLost),
             };
+            if looks_like_tls(&line) {
+                return Err(self.connect_error(
+                    ConnectFailure::TlsExpected,
+                    "the server speaks TLS, and this client did not".to_owned(),
+                ));
+            }
             match Incoming::parse(&line) {
                 Ok(Incoming::Reply {
                     id: Some(reply_to),
@@ -156,7 +200,12 @@ impl Link {
             None => exchange.await,
             Some(deadline) => tokio::time::timeout_at(deadline, exchange)
                 .await
-                .unwrap_or(Err(ClientError::ConnectionLost)),
+                .unwrap_or_else(|_| {
+                    Err(ClientError::NoReply {
+                        what: op.to_string(),
+                        waited: deadline.saturating_duration_since(started),
+                    })
+                }),
         }
     }
 
@@ -178,6 +227,7 @@ impl Link {
         let Link {
             mut frames,
             mut writer,
+            ..
         } = self;
         let reading = async {
             loop {
@@ -228,9 +278,77 @@ impl Link {
     }
 }
 
-fn describe_io_error(err: &std::io::Error) -> String {
+/// Checks that `addr` (a leading `tcp://` or `tls://` allowed) is `host:port`, before any connect: a host
+/// alone would fail with a message about an "invalid socket address", which does not say what
+/// is missing. The error says what to write instead.
+pub fn check_address(addr: &str) -> Result<(), String> {
+    let target = without_scheme(addr);
+    let has_port = target
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if has_port {
+        return Ok(());
+    }
+    let host = if target.is_empty() {
+        "127.0.0.1"
+    } else {
+        target
+    };
+    Err(format!(
+        "{addr} has no port: give host:port, e.g. {host}:5555"
+    ))
+}
+
+/// `addr` without the `tcp://` or `tls://` that lockd's start-up line puts before it (whether to
+/// speak TLS is --tls-ca's to say; `tls://` without it is a usage error in lockctl).
+pub(crate) fn without_scheme(addr: &str) -> &str {
+    ["tcp://", "tls://"]
+        .iter()
+        .find_map(|scheme| addr.strip_prefix(scheme))
+        .unwrap_or(addr)
+}
+
+/// Whether a "line" from the server is a TLS record (an alert or a handshake, TLS 1.x): what a
+/// TLS server answers a client that does not speak TLS.
+fn looks_like_tls(line: &[u8]) -> bool {
+    matches!(line, [21 | 22, 3, ..])
+}
+
+/// What a TLS error (inside an I/O error) means for the user, if it is one that has a better
+/// explanation than rustls's own words.
+fn tls_failure(err: &std::io::Error) -> Option<(ConnectFailure, String)> {
+    use tokio_rustls::rustls::{AlertDescription, Error as TlsError, InvalidMessage};
+    let tls = err.get_ref()?.downcast_ref::<TlsError>()?;
+    match tls {
+        TlsError::InvalidMessage(InvalidMessage::InvalidContentType) => Some((
+            ConnectFailure::NotTls,
+            "the server does not speak TLS (it answered the TLS handshake with something else)"
+                .to_owned(),
+        )),
+        TlsError::AlertReceived(
+            alert @ (AlertDescription::CertificateRequired
+            | AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateExpired
+            | AlertDescription::AccessDenied),
+        ) => Some((
+            ConnectFailure::ClientCertRefused,
+            format!("the server refused the TLS client certificate (TLS alert: {alert:?})"),
+        )),
+        _ => None,
+    }
+}
+
+fn describe_io_error(err: &std::io::Error) -> (ConnectFailure, String) {
     match err.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-        _ => err.to_string(),
+        std::io::ErrorKind::ConnectionRefused => {
+            (ConnectFailure::Refused, "connection refused".to_owned())
+        }
+        std::io::ErrorKind::InvalidInput => (ConnectFailure::BadAddress, err.to_string()),
+        // A host name that does not resolve: getaddrinfo's errors have no kind of their own.
+        _ if err.raw_os_error().is_none() => (ConnectFailure::BadAddress, err.to_string()),
+        _ => (ConnectFailure::Other, err.to_string()),
     }
 }

@@ -16,6 +16,7 @@ use crate::common::{aligned, connect, fail, fail_call, interrupted, Server};
 
 mod cluster_cli;
 mod common;
+mod hints;
 mod run;
 
 /// Exit code when `--timeout` ran out before the lock was granted.
@@ -51,10 +52,10 @@ async fn run(cli: Cli) -> ExitCode {
         Err(code) => return code,
     };
     let plan = match (cli.command, cli.lock) {
-        (Some(Subcommands::Status { resource }), _) => {
-            return status(&server, resource.as_deref()).await
+        (Some(Subcommands::Status { resource, json }), _) => {
+            return status(&server, resource.as_deref(), json).await
         }
-        (Some(Subcommands::Run(args)), _) => return run::run(&server, cli.timeout, args).await,
+        (Some(Subcommands::Run(args)), _) => return run::run(&server, args).await,
         (Some(Subcommands::Cluster { action }), _) => {
             return cluster_cli::run(&server, action).await
         }
@@ -73,12 +74,13 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    lock(&server, cli.timeout, plan).await
+    lock(&server, plan).await
 }
 
 /// `lockctl <resource> READ|WRITE ...`.
-async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> ExitCode {
+async fn lock(server: &Server, plan: LockPlan) -> ExitCode {
     let resource = plan.resource.as_str();
+    let timeout = plan.timeout;
     if let Err(err) = lockctl::ResourceName::new(resource) {
         return fail(&format!("invalid resource name {resource:?}: {err}"));
     }
@@ -93,7 +95,7 @@ async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> Exi
     };
     let mut call = match client.start_acquire(resource, mode, timeout) {
         Ok(call) => call,
-        Err(err) => return fail_call(&err, resource),
+        Err(err) => return fail_call(server, &err, resource),
     };
     // One signal listener for the whole run, so a signal between two steps is not missed.
     let interrupt = interrupted();
@@ -121,7 +123,7 @@ async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> Exi
                 eprintln!("lockctl: timed out: {resource} was not granted within {waited} seconds");
                 return ExitCode::from(EXIT_TIMEOUT);
             }
-            AcquireProgress::Done(Err(err)) => return fail_call(&err, resource),
+            AcquireProgress::Done(Err(err)) => return fail_call(server, &err, resource),
         }
     };
     println!("LOCKED {resource}");
@@ -165,8 +167,8 @@ async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> Exi
             ExitCode::SUCCESS
         }
         // Without a connection there is nothing to release.
-        Some(Err(err @ ClientError::ConnectionLost)) => return fail_call(&err, resource),
-        Some(Err(err)) => fail_call(&err, resource),
+        Some(Err(err @ ClientError::ConnectionLost)) => return fail_call(server, &err, resource),
+        Some(Err(err)) => fail_call(server, &err, resource),
         None => {
             eprintln!("lockctl: interrupted while holding {resource}; releasing it");
             ExitCode::from(EXIT_INTERRUPTED)
@@ -177,7 +179,7 @@ async fn lock(server: &Server, timeout: Option<Duration>, plan: LockPlan) -> Exi
             println!("UNLOCKED {resource}");
             exit
         }
-        Err(err) => fail_call(&err, resource),
+        Err(err) => fail_call(server, &err, resource),
     }
 }
 
@@ -206,18 +208,22 @@ async fn withdraw(client: &Client, resource: &str, mut call: AcquireCall) {
     let _ = tokio::time::timeout(WITHDRAW_TIMEOUT, leave).await;
 }
 
-/// `lockctl status [resource]`.
-async fn status(server: &Server, resource: Option<&str>) -> ExitCode {
+/// `lockctl status [resource] [--json]`.
+async fn status(server: &Server, resource: Option<&str>, json: bool) -> ExitCode {
     let client = match connect(server).await {
         Ok(client) => client,
         Err(code) => return code,
     };
     match client.status(resource).await {
+        Ok(resources) if json => {
+            println!("{}", serde_json::json!({ "resources": resources }));
+            ExitCode::SUCCESS
+        }
         Ok(resources) => {
             print!("{}", status_table(&resources));
             ExitCode::SUCCESS
         }
-        Err(err) => fail(&err.to_string()),
+        Err(err) => hints::explain(server, &err, None),
     }
 }
 
@@ -227,6 +233,8 @@ fn status_table(resources: &[ResourceStatus]) -> String {
         "RESOURCE".to_owned(),
         "STATE".to_owned(),
         "SESSION".to_owned(),
+        "CLIENT".to_owned(),
+        "PEER".to_owned(),
         "MODE".to_owned(),
         "TOKEN".to_owned(),
         "FOR".to_owned(),
@@ -241,6 +249,8 @@ fn status_table(resources: &[ResourceStatus]) -> String {
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
+                "-".into(),
             ]);
         }
         for holder in &entry.holders {
@@ -248,6 +258,8 @@ fn status_table(resources: &[ResourceStatus]) -> String {
                 name.clone(),
                 "holding".into(),
                 holder.session.to_string(),
+                dash(holder.client.as_deref()),
+                dash(holder.peer.as_deref()),
                 holder.mode.to_string(),
                 holder.token.to_string(),
                 seconds(holder.held_ms),
@@ -258,6 +270,8 @@ fn status_table(resources: &[ResourceStatus]) -> String {
                 name.clone(),
                 format!("waiting #{}", place + 1),
                 waiter.session.to_string(),
+                dash(waiter.client.as_deref()),
+                dash(waiter.peer.as_deref()),
                 waiter.mode.to_string(),
                 "-".into(),
                 seconds(waiter.waited_ms),
@@ -268,6 +282,11 @@ fn status_table(resources: &[ResourceStatus]) -> String {
         return "No locks are held or waited for.\n".to_owned();
     }
     aligned(&rows)
+}
+
+/// A cell's text, or `-` for a value the server did not give.
+fn dash(text: Option<&str>) -> String {
+    text.unwrap_or("-").to_owned()
 }
 
 fn seconds(ms: u64) -> String {

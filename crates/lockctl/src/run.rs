@@ -33,7 +33,7 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
-use crate::common::{connect, fail, fail_call, interrupted, Server};
+use crate::common::{connect, fail, fail_call, interrupted, Server, AUTH_TOKEN_ENV};
 
 /// Exit code when the command cannot be started, as shells use.
 const EXIT_CANNOT_RUN: u8 = 127;
@@ -62,7 +62,8 @@ fn reserve(lease: Duration) -> Duration {
     RESERVE.min(lease / 20)
 }
 
-pub(crate) async fn run(server: &Server, timeout: Option<Duration>, args: RunArgs) -> ExitCode {
+pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
+    let timeout = args.timeout;
     let resource = args.resource.as_str();
     if let Err(err) = lockctl::ResourceName::new(resource) {
         return fail(&format!("invalid resource name {resource:?}: {err}"));
@@ -113,10 +114,15 @@ pub(crate) async fn run(server: &Server, timeout: Option<Duration>, args: RunArg
                     timeout.unwrap_or_default().as_secs_f64()
                 )
             };
-            eprintln!("lockctl: {resource} {why}; not running {}", args.command[0]);
+            if args.verbose {
+                eprintln!(
+                    "lockctl: {resource} {why}; not running {}",
+                    args.display_name()
+                );
+            }
             return ExitCode::from(args.conflict_exit_code);
         }
-        Err(err) => return fail_call(&err, resource),
+        Err(err) => return fail_call(server, &err, resource),
     };
 
     // Listen before the child exists, so no signal meant for it is missed.
@@ -128,19 +134,25 @@ pub(crate) async fn run(server: &Server, timeout: Option<Duration>, args: RunArg
         let _ = guard.release().await;
         return fail("cannot install signal handlers");
     };
-    let mut child = match Command::new(&args.command[0])
-        .args(&args.command[1..])
+    let argv = args.argv();
+    let Some((program, program_args)) = argv.split_first() else {
+        let _ = guard.release().await;
+        return fail("no command to run");
+    };
+    let mut child = match Command::new(program)
+        .args(program_args)
         .env("LOCKD_RESOURCE", resource)
         .env("LOCKD_TOKEN", guard.token().to_string())
-        // The job gets its fencing token, never the secret lockctl authenticated with.
-        .env_remove("LOCKD_AUTH_TOKEN")
+        // The job gets its fencing token, never the secret lockctl authenticated with (the only
+        // secret lockctl reads from its environment; the TLS variables name files).
+        .env_remove(AUTH_TOKEN_ENV)
         .process_group(0)
         .spawn()
     {
         Ok(child) => child,
         Err(err) => {
             let _ = guard.release().await;
-            eprintln!("lockctl: cannot run {}: {err}", args.command[0]);
+            eprintln!("lockctl: cannot run {}: {err}", args.display_name());
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };
@@ -159,7 +171,7 @@ pub(crate) async fn run(server: &Server, timeout: Option<Duration>, args: RunArg
             eprintln!(
                 "lockctl: cannot start the watchdog ({err}); if lockctl is killed, {} keeps \
                  running unprotected",
-                args.command[0]
+                args.display_name()
             );
             None
         }
@@ -187,7 +199,7 @@ pub(crate) async fn run(server: &Server, timeout: Option<Duration>, args: RunArg
                 eprintln!(
                     "lockctl: lost the lock on {resource} (lockd unreachable or session \
                      expired); stopping {} and its process group",
-                    args.command[0]
+                    args.display_name()
                 );
                 stopping.stop(&guard, Some(&mut child)).await;
                 break ExitCode::from(args.lost_exit_code);
@@ -203,7 +215,7 @@ pub(crate) async fn run(server: &Server, timeout: Option<Duration>, args: RunArg
                         .saturating_sub(guard.valid_for())
                         .as_secs_f64(),
                     guard.valid_for().as_secs_f64(),
-                    args.command[0]
+                    args.display_name()
                 );
                 stopping.stop(&guard, Some(&mut child)).await;
                 // Give the lock back if lockd can still hear us; else it expires.

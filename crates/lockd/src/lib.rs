@@ -15,6 +15,7 @@
 pub mod cluster;
 pub mod core;
 pub mod data_dir;
+pub mod logging;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -16,6 +16,7 @@ use lockd::cluster::peer_admission::{
 use lockd::cluster::transport::PeerCredentials;
 use lockd::core::TableConfig;
 use lockd::data_dir::DataDir;
+use lockd::logging;
 use lockd::server::{
     AdminOptions, Server, ServerConfig, DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
     DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
@@ -23,7 +24,10 @@ use lockd::server::{
 use protocol::cmd::DEFAULT_MAX_VALUE_BYTES;
 use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use tokio::net::{TcpListener, TcpSocket};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::FilterExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 mod config_file;
 
@@ -68,7 +72,9 @@ struct Args {
     data_dir: PathBuf,
 
     /// Log filter (error, warn, info, debug, trace, or a tracing directive). Without it,
-    /// RUST_LOG is used, else `info`.
+    /// RUST_LOG is used, else `info`. openraft's own logs stay at `warn` unless the filter
+    /// names openraft (`info,openraft=debug`), and each of its warnings shows at most once
+    /// every 10 s.
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
 
@@ -520,26 +526,31 @@ fn main() -> ExitCode {
         print!("{}", config_file::effective(&command, &matches, &from_file));
         return ExitCode::SUCCESS;
     }
-    let filter = match &args.log_level {
-        Some(level) => EnvFilter::try_new(level),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
-    };
-    let filter = match filter {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = match logging::filter(args.log_level.as_deref(), rust_log.as_deref()) {
         Ok(filter) => filter,
-        Err(err) => return fail(format!("invalid --log-level: {err}")),
+        Err(err) => return fail(format!("invalid --log-level or RUST_LOG: {err}")),
     };
+    let filter = filter.and(logging::OpenraftRepeats::new(
+        logging::OPENRAFT_REPEAT_EVERY,
+    ));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match args.log_format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(
+                layer
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_filter(filter),
+            )
             .init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_current_span(true)
-            .with_span_list(false)
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(
+                layer
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_filter(filter),
+            )
             .init(),
     }
     let config = match args.server_config() {
@@ -634,7 +645,13 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
     let mut stdout = std::io::stdout();
     // Scripts and tests wait for this exact first line to learn the real port, and for the
     // second (only with --http) to learn the admin API's.
-    let mut banner = format!("Lock Server started on tcp://{addr}\n");
+    // The scheme tells a reader what to speak: `tls://` needs lockctl's --tls-ca.
+    let scheme = if args.tls_cert.is_some() {
+        "tls"
+    } else {
+        "tcp"
+    };
+    let mut banner = format!("Lock Server started on {scheme}://{addr}\n");
     if let Some(admin_addr) = admin_addr {
         banner.push_str(&format!("Admin HTTP listening on http://{admin_addr}\n"));
     }

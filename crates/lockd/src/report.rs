@@ -348,6 +348,22 @@ fn contains_folded(haystack: &str, needle: &str) -> bool {
     }
 }
 
+/// Fills in the peer address of every holder and waiter in a `status` result whose session
+/// `peer_of` knows: the backend's fact the table lacks.
+pub(crate) fn add_peers(
+    resources: &mut [ResourceStatus],
+    peer_of: impl Fn(SessionId) -> Option<SocketAddr>,
+) {
+    for entry in resources {
+        for holder in &mut entry.holders {
+            holder.peer = peer_of(holder.session).map(|peer| peer.to_string());
+        }
+        for waiter in &mut entry.waiters {
+            waiter.peer = peer_of(waiter.session).map(|peer| peer.to_string());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use protocol::cmd::{HolderStatus, WaiterStatus};
@@ -361,6 +377,8 @@ mod tests {
                 .iter()
                 .map(|&(session, held_ms)| HolderStatus {
                     session: SessionId(session),
+                    client: None,
+                    peer: None,
                     mode: LockMode::Exclusive,
                     token: FenceToken(session),
                     held_ms,
@@ -371,6 +389,8 @@ mod tests {
                 .iter()
                 .map(|&(session, waited_ms)| WaiterStatus {
                     session: SessionId(session),
+                    client: None,
+                    peer: None,
                     mode: LockMode::Shared,
                     waited_ms,
                 })

@@ -220,7 +220,7 @@ async fn status_shows_holders_and_waiters_as_a_table() {
 #[tokio::test]
 async fn an_unreachable_server_is_one_clear_line() {
     let output = run_lockctl("127.0.0.1:1", &["f", "READ"]).await;
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(4), "unreachable");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
@@ -459,35 +459,11 @@ async fn run_keeps_the_auth_secret_from_the_command() {
     );
 }
 
-/// A CA, and a server certificate for localhost/127.0.0.1 signed by it, as PEM files.
-fn write_test_pki(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
-}
-
 #[tokio::test]
 async fn lockctl_speaks_tls_with_the_ca_it_is_given() {
     let pki = tempfile::tempdir().unwrap();
-    write_test_pki(pki.path());
-    let tls = lockd::tls::server_config(
-        &pki.path().join("server.pem"),
-        &pki.path().join("server.key"),
-        None,
-    )
-    .unwrap();
-    let server = Server::start_with(ServerConfig {
-        tls: Some(tls),
-        ..ServerConfig::default()
-    });
+    crate::support::write_test_pki(pki.path());
+    let server = crate::support::start_tls_server(pki.path(), false);
     let addr = server.addr_string();
     let ca = pki.path().join("ca.pem");
     let output = run_lockctl(
@@ -518,4 +494,95 @@ async fn lockctl_speaks_tls_with_the_ca_it_is_given() {
     let output = run_lockctl(&addr, &args).await;
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("TLS handshake failed"));
+}
+
+/// `lockctl status --json` run as the command of a `lockctl run` with `env`: what the server
+/// says of the holder of `jobs/names`, the run's own session.
+async fn holder_seen_by_status(
+    addr: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend([
+        "run",
+        "jobs/names",
+        env!("CARGO_BIN_EXE_lockctl"),
+        "status",
+        "--json",
+    ]);
+    let mut command = crate::support::lockctl(addr, &all);
+    command.env_remove("LOCKD_CLIENT_NAME");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    status["resources"][0]["holders"][0].clone()
+}
+
+#[tokio::test]
+async fn the_client_name_is_given_or_user_at_host() {
+    let server = Server::start();
+    let addr = server.addr_string();
+    let holder = holder_seen_by_status(&addr, &["--name", "deploy@ci-runner-7"], &[]).await;
+    assert_eq!(holder["client"], "deploy@ci-runner-7", "{holder}");
+    assert!(
+        holder["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{holder}"
+    );
+    let holder = holder_seen_by_status(&addr, &[], &[("LOCKD_CLIENT_NAME", "cron@box")]).await;
+    assert_eq!(holder["client"], "cron@box", "{holder}");
+    // The default: the user, and the real host name (shells do not export $HOSTNAME).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let holder = holder_seen_by_status(
+        &addr,
+        &[],
+        &[("USER", "alice"), ("HOSTNAME", "not-the-host")],
+    )
+    .await;
+    assert_eq!(
+        holder["client"],
+        format!("alice@{}", host.trim()),
+        "{holder}"
+    );
+}
+
+#[tokio::test]
+async fn status_shows_each_holders_name_and_address() {
+    let server = Server::start();
+    let addr = server.addr_string();
+    let _holder = crate::support::deploy_holder(&addr).await;
+    let output = run_lockctl(&addr, &["status"]).await;
+    let lines = stdout_lines(&output);
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["RESOURCE", "STATE", "SESSION", "CLIENT", "PEER", "MODE", "TOKEN", "FOR"]
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        row[..4],
+        ["deploy/prod", "holding", "1", "deploy@ci-runner-7"]
+    );
+    assert!(row[4].starts_with("127.0.0.1:"), "{row:?}");
+}
+
+#[tokio::test]
+async fn cluster_status_of_a_single_server_says_so_plainly() {
+    let server = Server::start();
+    let addr = server.addr_string();
+    let output = run_lockctl(&addr, &["cluster", "status"]).await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        stdout_lines(&output),
+        [format!(
+            "lockd at {addr} is a single server, not a cluster: it has no cluster status \
+             (`lockctl status` shows its locks)."
+        )]
+    );
+    assert!(output.stderr.is_empty(), "{output:?}");
 }

@@ -191,16 +191,44 @@ async fn lockctl_cluster_status_and_remove_node() {
     );
     assert!(lines.iter().any(|l| l.starts_with("MEMBER")), "{lines:?}");
 
+    // One address is enough: the others are learned from the members it lists.
+    let one = cluster.addrs_in_order(&[(leader + 1) % 3]);
+    let status = run_lockctl(&one, &["cluster", "status"]).await;
+    let lines = stdout_lines(&status);
+    for role in [" leader ", " follower "] {
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(role)).count(),
+            if role == " leader " { 1 } else { 2 },
+            "{lines:?}"
+        );
+    }
+
     let down = (leader + 1) % 3;
     cluster.kill(down);
     let status = run_lockctl(&cluster.addrs(), &["cluster", "status"]).await;
     assert!(status.status.success(), "{status:?}");
+    let lines = stdout_lines(&status);
+    let down_addr = cluster.addrs_in_order(&[down]);
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with(&down_addr) && l.contains("unreachable"))
+        .unwrap_or_else(|| panic!("no row for the down node: {lines:?}"));
     assert!(
-        stdout_lines(&status)
-            .iter()
-            .any(|l| l.contains("unreachable")),
-        "{status:?}"
+        !row.contains("refused"),
+        "the error has a line of its own: {row}"
     );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{down_addr}: "))),
+        "{lines:?}"
+    );
+    for line in &lines {
+        assert!(
+            line.chars().count() <= 100,
+            "{line:?} is wider than 100 columns"
+        );
+    }
     let down_id = (down + 1).to_string();
     // Membership changes need the admin credential: none is a usage error, a wrong one is
     // refused by the leader, and nothing changes.

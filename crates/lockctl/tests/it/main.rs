@@ -8,9 +8,15 @@
 mod cli;
 mod cluster_support;
 mod failover;
+mod flock;
+mod help;
+mod hints;
 // The lockd tests' TCP proxy that blackholes a link with both sockets left open.
 #[path = "../../../lockd/tests/it/fault_proxy.rs"]
 mod fault_proxy;
 mod library;
+mod readme;
 mod safety;
 mod support;
+mod timeouts;
+mod tls_docs;

@@ -198,3 +198,62 @@ pub fn stdout_lines(output: &Output) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+pub fn stderr_text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, both signed by
+/// it, as PEM files: ca.pem, server.pem, server.key, client.pem, client.key.
+pub fn write_test_pki(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (name, names) in [
+        (
+            "server",
+            vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+        ),
+        ("client", vec!["lockctl".to_owned()]),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// A lockd serving TLS with the certificates of [`write_test_pki`] in `pki`; with `mutual`, it
+/// requires a client certificate signed by the same CA.
+pub fn start_tls_server(pki: &std::path::Path, mutual: bool) -> Server {
+    let client_ca = pki.join("ca.pem");
+    let tls = lockd::tls::server_config(
+        &pki.join("server.pem"),
+        &pki.join("server.key"),
+        mutual.then_some(client_ca.as_path()),
+    )
+    .unwrap();
+    Server::start_with(ServerConfig {
+        tls: Some(tls),
+        ..ServerConfig::default()
+    })
+}
+
+/// A session named `deploy@ci-runner-7` that holds `deploy/prod` until dropped.
+pub async fn deploy_holder(addr: &str) -> lockctl::Client {
+    let holder = lockctl::Client::builder(addr)
+        .name("deploy@ci-runner-7")
+        .connect()
+        .await
+        .unwrap();
+    holder
+        .acquire("deploy/prod", lockctl::LockMode::Exclusive, None)
+        .await
+        .unwrap();
+    holder
+}

@@ -779,6 +779,14 @@ impl LockTable {
 
     // ---- Helpers -------------------------------------------------------------------------
 
+    /// The name `session`'s `hello` gave, for `status` (the table keeps names, replicated with
+    /// the sessions; peers are the backend's, which adds them).
+    fn client_name(&self, session: SessionId) -> Option<String> {
+        self.sessions
+            .get(&session)
+            .and_then(|session| session.client.clone())
+    }
+
     fn resource_status(&self, now: Instant, resource: &ResourceName) -> ResourceStatus {
         let queue = self.queues.get(resource);
         ResourceStatus {
@@ -788,6 +796,8 @@ impl LockTable {
                 .flat_map(LockQueue::holders)
                 .map(|(token, holder)| HolderStatus {
                     session: holder.session,
+                    client: self.client_name(holder.session),
+                    peer: None,
                     mode: holder.mode,
                     token,
                     held_ms: millis_since(now, holder.since),
@@ -799,6 +809,8 @@ impl LockTable {
                 .flat_map(LockQueue::waiters)
                 .map(|waiter| WaiterStatus {
                     session: waiter.session,
+                    client: self.client_name(waiter.session),
+                    peer: None,
                     mode: waiter.mode,
                     waited_ms: millis_since(now, waiter.since),
                 })

@@ -490,6 +490,22 @@ fn status_lists_holders_and_waiters_with_their_ages() {
     assert!(idle[0].holders.is_empty() && idle[0].waiters.is_empty());
 }
 
+#[test]
+fn status_names_each_holder_and_waiter_by_its_hello() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    h.table
+        .handle_hello(h.now, a, Some("deploy@ci-runner-7".to_owned()), None)
+        .unwrap();
+    h.acquire(a, 1, "f", X);
+    h.acquire(b, 1, "f", X);
+    let f = &h.table.status(h.now, None)[0];
+    assert_eq!(f.holders[0].client.as_deref(), Some("deploy@ci-runner-7"));
+    assert_eq!(f.waiters[0].client, None, "b never named itself");
+    // Peers are the backend's to add: the table knows no connections.
+    assert_eq!((&f.holders[0].peer, &f.waiters[0].peer), (&None, &None));
+}
+
 fn deadlock(result: Result<Acquired, LockError>) -> String {
     match result {
         Err(LockError::Deadlock { cycle, .. }) => cycle,

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{Command, FenceToken, Request, ResourceName, ServerFrame, SessionId};
+use protocol::{Command, FenceToken, ReplyBody, Request, ResourceName, ServerFrame, SessionId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -254,13 +254,19 @@ impl Driver {
             _ => None,
         };
         let (answer, written) = self.applier.apply(&mut self.table, now, session, request);
-        let result = match answer {
+        let mut result = match answer {
             Answer::Queued(position) => {
                 self.send(outgoing(ServerFrame::Queued { id, position }), None);
                 return;
             }
             Answer::Reply(result) => result,
         };
+        if let Ok(ReplyBody::Status(status)) = &mut result {
+            let connections = &self.connections;
+            crate::report::add_peers(&mut status.resources, |session| {
+                connections.get(&session).map(|record| record.peer)
+            });
+        }
         // The commit that saves the value this reply reports or shows, if not yet durable.
         let shows = match written {
             Some(written) => Some(self.pipeline.write_applied(

@@ -9,6 +9,7 @@ mod cluster;
 mod config;
 mod dashboard;
 mod deploy;
+mod docs;
 mod durability;
 mod fault_proxy;
 mod fsync;

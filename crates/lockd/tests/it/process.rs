@@ -11,6 +11,10 @@ use crate::support::{lockd_command, wait_with_patience, Lockd, PATIENCE};
 async fn sigterm_and_sigint_close_sessions_and_exit_zero() {
     for signal in ["TERM", "INT"] {
         let mut lockd = Lockd::start(&[]);
+        assert_eq!(
+            lockd.scheme, "tcp",
+            "plain TCP says so in the start-up line"
+        );
         let mut conn = lockd.connect().await;
         conn.lock(1, "f", "exclusive").await;
         let status = lockd.signal_and_wait(signal);

@@ -61,6 +61,8 @@ impl Deadline {
 pub struct Lockd {
     pub child: Child,
     pub addr: SocketAddr,
+    /// How the start-up line names the listener: `tcp`, or `tls` when lockd serves TLS.
+    pub scheme: String,
     pub data_dir: PathBuf,
     /// Removed on drop when the test created it.
     owned_dir: Option<tempfile::TempDir>,
@@ -97,15 +99,15 @@ impl Lockd {
         stdout
             .read_line(&mut first_line)
             .expect("lockd prints its address");
-        let addr = first_line
+        let (scheme, addr) = first_line
             .trim()
-            .strip_prefix("Lock Server started on tcp://")
-            .unwrap_or_else(|| panic!("unexpected first line {first_line:?} (stderr above)"))
-            .parse()
-            .expect("a socket address");
+            .strip_prefix("Lock Server started on ")
+            .and_then(|url| url.split_once("://"))
+            .unwrap_or_else(|| panic!("unexpected first line {first_line:?} (stderr above)"));
         Lockd {
+            addr: addr.parse().expect("a socket address"),
+            scheme: scheme.to_owned(),
             child,
-            addr,
             data_dir: data_dir.to_owned(),
             owned_dir: None,
             stdout,

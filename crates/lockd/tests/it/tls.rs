@@ -121,6 +121,7 @@ async fn tls_clients_are_served_and_plain_ones_are_not() {
     let pki = TestPki::new();
     let data = tempfile::tempdir().unwrap();
     let lockd = start_tls(data.path(), &pki, false);
+    assert_eq!(lockd.scheme, "tls", "the start-up line says what to speak");
     assert_eq!(
         tls_call(lockd.addr, &pki, false).await.unwrap(),
         json!({"id": 1, "ok": true})

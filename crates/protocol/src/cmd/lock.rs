@@ -101,6 +101,13 @@ pub struct ResourceStatus {
 pub struct HolderStatus {
     /// The holding session.
     pub session: SessionId,
+    /// The client name its `hello` gave; absent if none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Its connection's address (`ip:port`), as the server sees it; absent in a cluster, whose
+    /// replicated table answers `status` and knows no connections (see `/v1/locks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     /// The mode held.
     pub mode: LockMode,
     /// The fencing token of the grant.
@@ -122,6 +129,12 @@ fn is_zero(ms: &u64) -> bool {
 pub struct WaiterStatus {
     /// The waiting session.
     pub session: SessionId,
+    /// The client name its `hello` gave; absent if none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Its connection's address, as for a holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     /// The mode asked for.
     pub mode: LockMode,
     /// How long it has waited, in milliseconds.
