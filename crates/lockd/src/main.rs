@@ -10,7 +10,7 @@ use clap::builder::TypedValueParser;
 use clap::{Parser, ValueEnum};
 use lockd::cluster::node::ClusterOptions;
 use lockd::cluster::node::MAX_CLUSTER_FRAME_BYTES;
-use lockd::core::TableConfig;
+use lockd::core::{TableConfig, DEFAULT_MAX_STATUS_LIMIT};
 use lockd::data_dir::DataDir;
 use lockd::server::{
     AdminOptions, Server, ServerConfig, DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
@@ -103,6 +103,12 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_MAX_IN_FLIGHT, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
     max_in_flight: usize,
+
+    /// The largest page of resources one `status` (and one GET /v1/locks) may ask for with
+    /// `limit`; a request without `limit` gets 1000, or this if it is smaller.
+    #[arg(long, default_value_t = DEFAULT_MAX_STATUS_LIMIT, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_status_limit: u64,
 
     /// Lease of a session that does not ask for one in `hello`, in milliseconds.
     #[arg(long, default_value_t = 15_000, value_name = "MS")]
@@ -258,6 +264,7 @@ impl Args {
                 expire_sessions: true,
                 default_lock_delay: Duration::from_millis(self.default_lock_delay_ms),
                 max_lock_delay: Duration::from_millis(self.max_lock_delay_ms),
+                max_status_limit: self.max_status_limit,
             },
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,
