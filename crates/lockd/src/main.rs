@@ -14,7 +14,7 @@ use lockd::core::{TableConfig, DEFAULT_MAX_STATUS_LIMIT};
 use lockd::data_dir::DataDir;
 use lockd::server::{
     AdminOptions, Server, ServerConfig, DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
-    DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_UNSENT_BYTES,
 };
 use protocol::cmd::DEFAULT_MAX_VALUE_BYTES;
 use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
@@ -109,6 +109,12 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_MAX_STATUS_LIMIT, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_status_limit: u64,
+
+    /// Bytes of replies one connection may have waiting for its client before lockd stops
+    /// reading that connection (it reads again once they are written).
+    #[arg(long, default_value_t = DEFAULT_MAX_UNSENT_BYTES, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)).map(|n| n as usize))]
+    max_unsent_bytes: usize,
 
     /// Lease of a session that does not ask for one in `hello`, in milliseconds.
     #[arg(long, default_value_t = 15_000, value_name = "MS")]
@@ -268,6 +274,7 @@ impl Args {
             },
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,
+            max_unsent_bytes: self.max_unsent_bytes,
             max_client_name_bytes: self.max_client_name_bytes,
             max_auth_failures_per_minute: self.max_auth_failures_per_minute,
             max_connections: self.max_connections,

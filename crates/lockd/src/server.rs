@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     /// Requests one connection may have in flight before the server stops reading from it.
     pub max_in_flight: usize,
+    /// Bytes of replies one connection may have waiting for its client before the server stops
+    /// reading from it.
+    pub max_unsent_bytes: usize,
     /// The longest client name `hello` may give, in bytes.
     pub max_client_name_bytes: usize,
     /// Failed authentications one client address may make in a minute before its new
@@ -68,6 +71,7 @@ impl Default for ServerConfig {
             table: TableConfig::default(),
             max_frame_bytes: protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_unsent_bytes: DEFAULT_MAX_UNSENT_BYTES,
             max_client_name_bytes: DEFAULT_MAX_CLIENT_NAME_BYTES,
             max_auth_failures_per_minute: DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
             max_connections: 10_000,
@@ -82,6 +86,11 @@ impl Default for ServerConfig {
 
 /// The default for [`ServerConfig::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// The default for [`ServerConfig::max_unsent_bytes`]: a few default `status` pages, so a
+/// client that reads slowly is not held back, and far below what a thousand such clients could
+/// cost.
+pub const DEFAULT_MAX_UNSENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// The default for [`ServerConfig::max_auth_failures_per_minute`]: a person who mistyped the
 /// secret, or a few clients with an old one, are never refused; guessing is.
@@ -261,6 +270,7 @@ impl Server {
         let limits = ConnectionLimits {
             max_frame_bytes: config.max_frame_bytes,
             max_in_flight: config.max_in_flight.max(1),
+            max_unsent_bytes: config.max_unsent_bytes,
             max_client_name_bytes: config.max_client_name_bytes,
             first_frame_timeout: config.first_frame_timeout,
             write_timeout: config.write_timeout,

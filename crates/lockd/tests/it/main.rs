@@ -14,6 +14,7 @@ mod hardening;
 mod ops;
 mod process;
 mod queueing;
+mod replies;
 mod safety;
 mod sessions;
 mod support;
