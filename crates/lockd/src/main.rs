@@ -13,7 +13,8 @@ use lockd::cluster::node::MAX_CLUSTER_FRAME_BYTES;
 use lockd::core::{TableConfig, DEFAULT_MAX_STATUS_LIMIT};
 use lockd::data_dir::DataDir;
 use lockd::server::{
-    AdminOptions, Server, ServerConfig, DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
+    AdminLimits, AdminOptions, Server, ServerConfig, DEFAULT_ADMIN_HEADER_TIMEOUT,
+    DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
     DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_UNSENT_BYTES,
 };
 use protocol::cmd::DEFAULT_MAX_VALUE_BYTES;
@@ -72,6 +73,18 @@ struct Args {
     /// --admin-token-file.
     #[arg(long, requires_all = ["http", "admin_token_file"])]
     allow_force_release: bool,
+
+    /// Open connections to the admin HTTP API at most; more are answered 503 and closed. They
+    /// are counted apart from --max-connections, which they never take from.
+    #[arg(long, default_value_t = DEFAULT_ADMIN_MAX_CONNECTIONS, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
+    admin_max_connections: usize,
+
+    /// An admin HTTP connection must send each request's head within this time of connecting
+    /// or of its previous answer (so also the keep-alive idle timeout), or it is closed.
+    #[arg(long, default_value_t = DEFAULT_ADMIN_HEADER_TIMEOUT.as_millis() as u64,
+          value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    admin_header_timeout_ms: u64,
 
     /// The admin API's bearer token, read from this file (trimmed); used with
     /// --allow-force-release.
@@ -361,6 +374,10 @@ impl Args {
             _ => None,
         };
         Ok(AdminOptions {
+            limits: AdminLimits {
+                max_connections: self.admin_max_connections,
+                header_timeout: Duration::from_millis(self.admin_header_timeout_ms),
+            },
             force_release_token,
         })
     }
@@ -535,7 +552,12 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
         admin_addr = Some(addr);
         server = server.with_admin(listener, admin);
     }
-    raise_open_file_limit(args.max_connections);
+    let admin_connections = if args.http.is_some() {
+        args.admin_max_connections
+    } else {
+        0
+    };
+    raise_open_file_limit(args.max_connections, admin_connections);
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(err) => return fail(err.to_string()),
@@ -594,14 +616,17 @@ fn read_secret(path: &Path, flag: &'static str) -> Result<Arc<str>, FlagError> {
 }
 
 /// Each connection is a file descriptor: raise the soft limit as far as the hard limit allows,
-/// and say so if that is still below what `--max-connections` needs.
-fn raise_open_file_limit(max_connections: usize) {
-    let wanted = max_connections as u64 + 256;
+/// and say so if that is still below what `--max-connections` needs. The admin port's cap
+/// (`--admin-max-connections`, when `--http` is on) is added on top, so that the admin port's
+/// connections never use descriptors the lock port's cap counts on.
+fn raise_open_file_limit(max_connections: usize, admin_connections: usize) {
+    let wanted = (max_connections + admin_connections) as u64 + 256;
     match rlimit::increase_nofile_limit(wanted) {
         Ok(limit) if limit < wanted => tracing::warn!(
             limit,
             max_connections,
-            "the open-file limit is below what --max-connections needs; raise it (ulimit -n)"
+            "the open-file limit is below what --max-connections and --admin-max-connections \
+             need; raise it (ulimit -n)"
         ),
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),

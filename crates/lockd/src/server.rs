@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
+pub use crate::admin::{AdminLimits, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS};
 use crate::cluster::frontend::Frontend;
 use crate::cluster::node::{ClusterNode, ClusterOptions, NodeError};
 use crate::connection::{self, Accepted, ConnectionLimits};
@@ -106,9 +107,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for admin HTTP requests in flight.
 const ADMIN_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the admin HTTP API may do beyond reading.
+/// What the admin HTTP API may do beyond reading, and its port's limits.
 #[derive(Clone, Default)]
 pub struct AdminOptions {
+    /// The connection cap and header timeout of the admin port.
+    pub limits: AdminLimits,
     /// When set, `DELETE /v1/locks/{resource}` with `Authorization: Bearer <this>` forces the
     /// release of a lock (`--allow-force-release` with `--admin-token-file`). When not set,
     /// that route answers 403 and the API is read-only.
@@ -119,6 +122,7 @@ pub struct AdminOptions {
 impl std::fmt::Debug for AdminOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminOptions")
+            .field("limits", &self.limits)
             .field(
                 "force_release_token",
                 &self.force_release_token.as_ref().map(|_| "<redacted>"),
@@ -265,7 +269,12 @@ impl Server {
                 force_release_token: options.force_release_token,
                 ready: Arc::clone(&ready),
             };
-            tokio::spawn(admin::serve(listener, state, admin_stop.clone()))
+            tokio::spawn(admin::serve(
+                listener,
+                state,
+                options.limits,
+                admin_stop.clone(),
+            ))
         });
         let limits = ConnectionLimits {
             max_frame_bytes: config.max_frame_bytes,

@@ -14,6 +14,11 @@
 //! route answers 403; with it, a missing or wrong token gets 401. Tokens are compared in
 //! constant time and never logged.
 //!
+//! The port is bounded before anyone is trusted (`limits.rs`): at most `--admin-max-connections`
+//! at once, counted apart from the lock port's connections so that a flood here never takes a
+//! lock client's place, and a connection must send each request's head within
+//! `--admin-header-timeout-ms` of connecting or of its previous answer.
+//!
 //! It reads the clock to give ages as of the request and to bound its wait for the backend.
 //!
 //! The dashboard is three static files compiled into the binary (`dashboard/`): no build step,
@@ -36,12 +41,16 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::report::{LocksReport, Order, View};
 use crate::seam::{BackendMsg, Evicted, ForceReleaseRefused};
 use crate::secret;
+
+mod limits;
+
+pub use limits::{AdminLimits, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS};
 
 /// How long a request waits for the backend before answering 503: a backend this slow is stuck
 /// (on a disk that does not answer, usually), and saying so beats hanging the caller.
@@ -59,15 +68,16 @@ pub(crate) struct AdminState {
     pub(crate) ready: Arc<AtomicBool>,
 }
 
-/// Serves the admin API on `listener` until `stop` is cancelled.
-pub(crate) async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
-    let app = router(Arc::new(state)).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(err) = served {
-        error!(error = %err, "the admin HTTP server failed");
-    }
+/// Serves the admin API on `listener` until `stop` is cancelled, within `limits`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    limits: AdminLimits,
+    stop: CancellationToken,
+) {
+    let metrics = Arc::clone(&state.metrics);
+    let app = router(Arc::new(state));
+    limits::serve(listener, app, limits, metrics, stop).await;
 }
 
 fn router(state: Arc<AdminState>) -> Router {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod admin_limits;
 mod chaos;
 mod cluster;
 mod dashboard;
