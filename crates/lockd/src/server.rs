@@ -268,6 +268,7 @@ impl Server {
                 metrics: Arc::clone(&metrics),
                 force_release_token: options.force_release_token,
                 ready: Arc::clone(&ready),
+                max_page: config.table.max_status_limit,
             };
             tokio::spawn(admin::serve(
                 listener,

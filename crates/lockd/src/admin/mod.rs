@@ -35,6 +35,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use protocol::cmd::DEFAULT_STATUS_LIMIT;
 use protocol::{FenceToken, LockMode, ResourceName, SessionId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -66,6 +67,8 @@ pub(crate) struct AdminState {
     pub(crate) force_release_token: Option<Arc<str>>,
     /// True while the server accepts lock connections.
     pub(crate) ready: Arc<AtomicBool>,
+    /// The largest page `GET /v1/locks` may ask for: `status`'s, `--max-status-limit`.
+    pub(crate) max_page: u64,
 }
 
 /// Serves the admin API on `listener` until `stop` is cancelled, within `limits`.
@@ -255,8 +258,12 @@ struct ListParams {
     /// `name` (the default) or `hot`.
     #[serde(default)]
     sort: Order,
-    /// At most this many resources.
-    limit: Option<usize>,
+    /// At most this many resources: `status`'s default page unless given, and never more than
+    /// its largest.
+    limit: Option<u64>,
+    /// With `sort=name`: only resources whose names come after this one (the previous page's
+    /// `next`).
+    after: Option<String>,
 }
 
 async fn list_locks(
@@ -265,11 +272,33 @@ async fn list_locks(
 ) -> Result<Response, ApiError> {
     let Query(params) =
         params.map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, err.body_text()))?;
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let max = state.max_page;
+    let limit = params.limit.unwrap_or(DEFAULT_STATUS_LIMIT.min(max));
+    if limit == 0 || limit > max {
+        return Err(bad(format!(
+            "limit must be from 1 to {max} (--max-status-limit); absent: {}",
+            DEFAULT_STATUS_LIMIT.min(max)
+        )));
+    }
+    let after = match params.after.as_deref() {
+        Some(_) if params.sort != Order::Name => {
+            return Err(bad(
+                "`after` pages in name order; it takes sort=name".to_owned()
+            ))
+        }
+        Some(after) => Some(
+            ResourceName::new(after)
+                .map_err(|err| bad(format!("`after` is not a resource name: {err}")))?,
+        ),
+        None => None,
+    };
     let report = locks_report(&state).await?;
     let view = View {
         filter: params.q.as_deref(),
         order: params.sort,
-        limit: params.limit,
+        limit: Some(usize::try_from(limit).unwrap_or(usize::MAX)),
+        after: after.as_ref(),
     };
     Ok(Json(report.render(Instant::now(), &view)).into_response())
 }
