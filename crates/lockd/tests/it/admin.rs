@@ -202,7 +202,10 @@ async fn v1_locks_is_paged_by_name_with_a_cursor_and_refuses_bad_pages() {
     // No limit: the default page, cut to the server's largest; `matching` counts every page.
     let first = get(admin, "/v1/locks").await.json();
     assert_eq!(names(&first), ["a", "b", "c"]);
-    assert_eq!((&first["next"], &first["matching"]), (&json!("c"), &json!(5)));
+    assert_eq!(
+        (&first["next"], &first["matching"]),
+        (&json!("c"), &json!(5))
+    );
     let rest = get(admin, "/v1/locks?limit=3&after=c").await.json();
     assert_eq!(names(&rest), ["d", "e"]);
     assert_eq!(rest["next"], Value::Null);
