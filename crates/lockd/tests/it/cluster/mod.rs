@@ -8,6 +8,7 @@ mod membership;
 mod metrics;
 mod peer_port;
 mod safety;
+mod status;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
