@@ -195,6 +195,26 @@ def test_validate_and_status(connect: Connect) -> None:
     assert not other.validate("v", token)
 
 
+def test_status_pages_follow_the_cursor(start_server: Callable[..., Server]) -> None:
+    server = start_server("--max-status-limit", "2")
+    with lockd.Client(server.addr) as holder, lockd.Client(server.addr) as observer:
+        names = ["a", "b", "c", "d", "e"]
+        locks = [holder.lock(name) for name in names]
+        for lock in locks:
+            assert lock.acquire()
+        first = observer.status_page()
+        assert [r.resource for r in first.resources] == ["a", "b"]
+        assert first.next == "b"
+        second = observer.status_page(after=first.next, limit=1)
+        assert ([r.resource for r in second.resources], second.next) == (["c"], "c")
+        assert [r.resource for r in observer.iter_status()] == names
+        assert [r.resource for r in observer.status()] == names
+        with pytest.raises(lockd.BadRequest, match="--max-status-limit"):
+            observer.status_page(limit=3)
+        with pytest.raises(ValueError):
+            observer.status_page(limit=0)
+
+
 def test_errors_carry_the_server_message(start_server: Callable[..., Server]) -> None:
     server = start_server("--max-value-bytes", "8")
     with lockd.Client(server.addr) as client:

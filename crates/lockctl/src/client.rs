@@ -455,11 +455,36 @@ impl Client {
         self.call_empty(Command::Ping).await
     }
 
-    /// `status` of one resource, or of every busy one.
+    /// `status` of one resource, or of every busy one: follows the server's cursor page by
+    /// page (see [`status_page`](Self::status_page)) and returns them all.
     pub async fn status(&self, resource: Option<&str>) -> Result<Vec<ResourceStatus>, ClientError> {
-        let resource = resource.map(name).transpose()?;
-        let ok: StatusOk = self.call(Command::Status(Status { resource })).await?;
-        Ok(ok.resources)
+        if let Some(resource) = resource {
+            let one = Status::one(name(resource)?);
+            let ok: StatusOk = self.call(Command::Status(one)).await?;
+            return Ok(ok.resources);
+        }
+        let mut resources = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.status_page(after.as_ref(), None).await?;
+            after = page.next_after(after.as_ref());
+            resources.extend(page.resources);
+            if after.is_none() {
+                return Ok(resources);
+            }
+        }
+    }
+
+    /// One page of `status`: at most `limit` busy resources (the server's default page when
+    /// `None`) whose names come after `after`, and the page's `next` cursor. To walk every
+    /// page, pass [`StatusOk::next_after`] as the next call's `after` until it is `None`.
+    pub async fn status_page(
+        &self,
+        after: Option<&ResourceName>,
+        limit: Option<u64>,
+    ) -> Result<StatusOk, ClientError> {
+        self.call(Command::Status(Status::page(after.cloned(), limit)))
+            .await
     }
 
     /// Pings every `every` until the returned guard (or the client) is dropped, so that the

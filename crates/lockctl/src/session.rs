@@ -125,27 +125,39 @@ impl SessionTask {
         else {
             return;
         };
-        let status = Command::Status(Status { resource: None });
-        let Ok(status) = link
-            .exchange::<StatusOk>(self.calls.next_id(), status, Some(deadline))
-            .await
-        else {
-            return;
-        };
-        for entry in status.resources {
-            for holder in entry
-                .holders
-                .iter()
-                .filter(|h| h.session == self.resume.session)
-            {
-                let release = Command::Release(Release {
-                    resource: entry.resource.clone(),
-                    token: holder.token,
-                });
-                // A release the server refuses (the lock already went) leaves nothing to do.
-                let _ = link
-                    .exchange::<serde_json::Value>(self.calls.next_id(), release, Some(deadline))
-                    .await;
+        // Every page, since this session's holds may be anywhere in the table.
+        let mut after = None;
+        loop {
+            let status = Command::Status(Status::page(after.clone(), None));
+            let Ok(page) = link
+                .exchange::<StatusOk>(self.calls.next_id(), status, Some(deadline))
+                .await
+            else {
+                return;
+            };
+            for entry in &page.resources {
+                for holder in entry
+                    .holders
+                    .iter()
+                    .filter(|h| h.session == self.resume.session)
+                {
+                    let release = Command::Release(Release {
+                        resource: entry.resource.clone(),
+                        token: holder.token,
+                    });
+                    // A release the server refuses (the lock already went) leaves nothing to do.
+                    let _ = link
+                        .exchange::<serde_json::Value>(
+                            self.calls.next_id(),
+                            release,
+                            Some(deadline),
+                        )
+                        .await;
+                }
+            }
+            after = page.next_after(after.as_ref());
+            if after.is_none() {
+                break;
             }
         }
         let shortest = Hello {

@@ -10,7 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::cmd::{AcquireOk, HelloOk, ReadOk, StatusOk, ValidateOk};
+use protocol::cmd::{
+    AcquireOk, HelloOk, ReadOk, Status, StatusOk, ValidateOk, DEFAULT_STATUS_LIMIT,
+};
 use protocol::{
     Command, ErrorCode, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
 };
@@ -52,6 +54,11 @@ pub(crate) enum RequestFailed {
     /// not in cluster mode.
     #[error("this lockd is a single server; cluster commands need cluster mode (--node-id)")]
     NotACluster,
+    /// A `status` asked for a page larger than the server allows.
+    #[error(
+        "`limit` {asked} is above this server's largest status page, {max} (--max-status-limit)"
+    )]
+    PageTooLarge { asked: u64, max: u64 },
 }
 
 impl RequestFailed {
@@ -60,7 +67,9 @@ impl RequestFailed {
         match self {
             RequestFailed::Lock(err) => err.code(),
             RequestFailed::NoSession(_) => ErrorCode::NoSession,
-            RequestFailed::NotACluster => ErrorCode::BadRequest,
+            RequestFailed::NotACluster | RequestFailed::PageTooLarge { .. } => {
+                ErrorCode::BadRequest
+            }
         }
     }
 }
@@ -196,15 +205,40 @@ fn apply(
             valid: table.validate(&validate.resource, validate.token),
         })),
         Command::Ping => Ok(ReplyBody::EMPTY),
-        Command::Status(status) => Ok(ReplyBody::Status(StatusOk {
-            resources: table.status(now, status.resource.as_ref()),
-        })),
+        Command::Status(status) => status_reply(table, now, status).map(ReplyBody::Status),
         // A cluster's front end answers these itself; a single server has no cluster.
         Command::ClusterStatus | Command::AddNode(_) | Command::RemoveNode(_) => {
             Err(RequestFailed::NotACluster)
         }
     };
     (Answer::Reply(result), written)
+}
+
+/// The answer to `status`: one resource, or one page of busy resources, built in time that
+/// follows the page, not the table (so a client cannot make the backend, or a cluster's state
+/// machine on every node, walk a huge table for one request).
+fn status_reply(
+    table: &LockTable,
+    now: Instant,
+    status: Status,
+) -> Result<StatusOk, RequestFailed> {
+    if let Some(resource) = &status.resource {
+        return Ok(StatusOk {
+            resources: table.status(now, Some(resource)),
+            next: None,
+        });
+    }
+    let max = table.config().max_status_limit;
+    let limit = status.limit.unwrap_or(DEFAULT_STATUS_LIMIT.min(max));
+    if limit > max {
+        return Err(RequestFailed::PageTooLarge { asked: limit, max });
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let page = table.status_page(now, status.after.as_ref(), limit);
+    Ok(StatusOk {
+        resources: page.resources,
+        next: page.next,
+    })
 }
 
 /// The frame that answers request `id` with `result`.

@@ -10,8 +10,14 @@
 //! Backpressure: the task counts the requests it passed to the backend whose final reply it has
 //! not written yet, and stops reading the socket while `max_in_flight` of them are pending. The
 //! replies waiting in its outbox therefore never exceed two frames (a `queued` event and a
-//! reply) per request in flight. A client that stops reading altogether is dropped when one
-//! write stalls for `write_timeout`.
+//! reply) per request in flight. It reads nothing while a write is under way, and one write
+//! takes at most `max_unsent_bytes` of replies (plus the frame that crosses the line); the rest
+//! wait in the outbox. A `status` reply grows with its page rather than being a few bytes like
+//! every other reply (but a `read`'s), so a connection has one `status` at a time in flight: a
+//! second one is read but held, and nothing more is read, until the first is written. A client
+//! that pipelines statuses and never reads therefore costs one page plus `max_unsent_bytes`,
+//! not one page per request. A client that stops reading altogether is dropped when one write
+//! stalls for `write_timeout`.
 //!
 //! Authentication, when the server has a secret, happens here too, before anything reaches the
 //! backend: until `hello` carries the right `auth`, every request is answered `unauthorized`.
@@ -29,7 +35,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use protocol::frame::{Frame, LineCodec};
-use protocol::{Command, ErrorCode, Request, ServerFrame};
+use protocol::{Command, ErrorCode, Request, RequestId, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
@@ -67,6 +73,8 @@ const KEPT_BUFFER: usize = 4 * 1024;
 pub(crate) struct ConnectionLimits {
     pub(crate) max_frame_bytes: usize,
     pub(crate) max_in_flight: usize,
+    /// Serialized replies a connection holds for its client at most; see the module docs.
+    pub(crate) max_unsent_bytes: usize,
     /// The longest client name `hello` may give, in bytes.
     pub(crate) max_client_name_bytes: usize,
     /// The longest line before the client has authenticated (when `auth` is set).
@@ -150,6 +158,8 @@ where
         frames: FramedRead::with_capacity(stream, codec, INITIAL_READ_BUFFER),
         outbox: outbox_rx,
         in_flight: 0,
+        status_in_flight: None,
+        held: None,
         authenticated: limits.auth.is_none(),
         limits,
         metrics,
@@ -181,6 +191,13 @@ struct Connection<S> {
     outbox: mpsc::UnboundedReceiver<ServerFrame>,
     /// Requests passed to the backend whose final reply has not been written yet.
     in_flight: usize,
+    /// The id of the `status` passed to the backend whose reply has not been written yet: one
+    /// at a time (see the module docs).
+    status_in_flight: Option<RequestId>,
+    /// A request that waits for `status_in_flight`'s reply before it goes to the backend: a
+    /// second `status`, or a request that reuses the first one's id (whose reply could not be
+    /// told apart from it). Nothing more is read while it waits.
+    held: Option<Request>,
     authenticated: bool,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
@@ -224,42 +241,59 @@ where
     /// Reads requests and writes replies until the connection ends, replies first: frames in
     /// the outbox are written before more requests are read.
     async fn serve_requests(&mut self) -> Ended {
+        match self.serve_until_ended().await {
+            Ok(never) => match never {},
+            Err(ended) => ended,
+        }
+    }
+
+    async fn serve_until_ended(&mut self) -> Result<std::convert::Infallible, Ended> {
         let first_frame_deadline = tokio::time::sleep(self.limits.first_frame_timeout);
         tokio::pin!(first_frame_deadline);
         let mut waiting_for_first_frame = true;
+        let mut client_closed = false;
         // One wait for the close token for the connection's whole life: a new one per loop
         // would register with (and leave) the token's waiter list on every request.
         let close = self.close.clone();
         let closed = close.cancelled();
         tokio::pin!(closed);
         loop {
-            // The backpressure point: a client with `max_in_flight` requests unanswered is not
-            // read until a reply goes out.
-            let may_read = self.in_flight < self.limits.max_in_flight;
+            if self.status_in_flight.is_none() {
+                if let Some(request) = self.held.take() {
+                    self.forward(request)?;
+                }
+            }
+            // A client that closed its side after a held request still gets its answer.
+            if client_closed && self.held.is_none() {
+                return Err(Ended::ClientDone);
+            }
+            // The backpressure point: a client with `max_in_flight` requests unanswered, or
+            // with a request held behind a `status`, is not read until a reply goes out.
+            let may_read =
+                self.in_flight < self.limits.max_in_flight && self.held.is_none() && !client_closed;
             self.make_read_room();
             tokio::select! {
                 biased;
-                () = &mut closed => return Ended::Closed,
+                () = &mut closed => return Err(Ended::Closed),
                 frame = self.outbox.recv() => {
                     // The backend keeps its sender until this task sends `Closed`.
-                    let Some(frame) = frame else { return Ended::ClientDone };
-                    if let Err(ended) = self.write_batch(frame).await {
-                        return ended;
-                    }
+                    let Some(frame) = frame else { return Err(Ended::ClientDone) };
+                    self.write_batch(frame).await?;
                 }
                 frame = self.frames.next(), if may_read => {
                     waiting_for_first_frame = false;
                     let frame = match frame {
-                        None => return Ended::ClientDone,
+                        None => {
+                            client_closed = true;
+                            continue;
+                        }
                         Some(Err(err)) => {
                             self.span.in_scope(|| debug!(error = %err, "read failed"));
-                            return Ended::ClientDone;
+                            return Err(Ended::ClientDone);
                         }
                         Some(Ok(frame)) => frame,
                     };
-                    if let Err(ended) = self.handle_frame(frame).await {
-                        return ended;
-                    }
+                    self.handle_frame(frame).await?;
                 }
                 () = &mut first_frame_deadline, if waiting_for_first_frame => {
                     self.span.in_scope(|| {
@@ -273,7 +307,7 @@ where
                             self.limits.first_frame_timeout.as_millis()
                         ),
                     );
-                    return self.answer_and_end(&reply).await;
+                    return Err(self.answer_and_end(&reply).await);
                 }
             }
         }
@@ -295,16 +329,13 @@ where
     async fn handle_frame(&mut self, frame: Frame) -> Result<(), Ended> {
         match self.judge(frame) {
             Verdict::Forward(request) => {
-                let msg = BackendMsg::Request {
-                    connection: self.id,
-                    request,
-                    received: tokio::time::Instant::now().into_std(),
-                };
-                if self.backend.send(msg).is_err() {
-                    return Err(Ended::ClientDone);
+                let behind_status = matches!(request.command, Command::Status(_))
+                    || Some(request.id) == self.status_in_flight;
+                if behind_status && self.status_in_flight.is_some() {
+                    self.held = Some(request);
+                    return Ok(());
                 }
-                self.in_flight += 1;
-                Ok(())
+                self.forward(request)
             }
             Verdict::Reject(reply) => {
                 // A bad frame is still a sign of life, but only from an authenticated client:
@@ -319,6 +350,23 @@ where
             }
             Verdict::RejectAndClose(reply) => Err(self.answer_and_end(&reply).await),
         }
+    }
+
+    /// Passes a request to the backend.
+    fn forward(&mut self, request: Request) -> Result<(), Ended> {
+        if matches!(request.command, Command::Status(_)) {
+            self.status_in_flight = Some(request.id);
+        }
+        let msg = BackendMsg::Request {
+            connection: self.id,
+            request,
+            received: tokio::time::Instant::now().into_std(),
+        };
+        if self.backend.send(msg).is_err() {
+            return Err(Ended::ClientDone);
+        }
+        self.in_flight += 1;
+        Ok(())
     }
 
     /// Writes a last reply of the connection's own (the replies still owed by the backend
@@ -436,11 +484,15 @@ where
         None
     }
 
-    /// Writes `first` and every other frame already in the outbox, in one write.
+    /// Writes `first` and the frames after it in the outbox, in one write of at most
+    /// `max_unsent_bytes` (plus the frame that crosses it); the rest wait for the next write.
     async fn write_batch(&mut self, first: ServerFrame) -> Result<(), Ended> {
-        let mut answered = usize::from(encode(&first, &mut self.unwritten, &self.metrics));
-        while let Ok(frame) = self.outbox.try_recv() {
-            answered += usize::from(encode(&frame, &mut self.unwritten, &self.metrics));
+        let mut answered = usize::from(self.encode_reply(&first));
+        while self.unwritten.len() < self.limits.max_unsent_bytes {
+            let Ok(frame) = self.outbox.try_recv() else {
+                break;
+            };
+            answered += usize::from(self.encode_reply(&frame));
         }
         // Counted as answered once on their way to the socket, as soon as they are serialized,
         // so that a stalled write cannot also stop the reading that would notice the stall.
@@ -448,9 +500,28 @@ where
         self.write_unwritten().await
     }
 
+    /// Serializes a frame from the backend into the write buffer, noting the answer to the
+    /// `status` in flight. Returns whether it is a request's final reply.
+    fn encode_reply(&mut self, frame: &ServerFrame) -> bool {
+        let answered = match frame {
+            ServerFrame::Ok { id, .. } => Some(*id),
+            ServerFrame::Err { id, .. } => *id,
+            // A saved reply (a cluster's answer to a retry) keeps its id inside its bytes; it
+            // is taken as the answer, which may let a second `status` in early but can never
+            // leave the connection waiting for a reply that already went out.
+            ServerFrame::Saved(_) => self.status_in_flight,
+            ServerFrame::Queued { .. } => None,
+        };
+        if answered.is_some() && answered == self.status_in_flight {
+            self.status_in_flight = None;
+        }
+        encode(frame, &mut self.unwritten, &self.metrics)
+    }
+
     /// Writes the serialized frames, giving up on a client that has not read for
     /// `write_timeout` (and closing its connection) or when the connection is closed.
     async fn write_unwritten(&mut self) -> Result<(), Ended> {
+        let _unsent = Unsent::count(&self.metrics, self.unwritten.len());
         let write = self.frames.get_mut().write_all(&self.unwritten);
         let written = tokio::select! {
             // The write first: a write that completes at once never waits on the close token.
@@ -528,6 +599,27 @@ where
             let Some(frame) = frame else { return Ok(()) };
             self.write_batch(frame).await?;
         }
+    }
+}
+
+/// Bytes being written to a client, counted in `lockd_unsent_reply_bytes` for as long as this
+/// lives: however the write ends (done, failed, timed out, or its task dropped).
+struct Unsent<'a> {
+    metrics: &'a Metrics,
+    bytes: i64,
+}
+
+impl<'a> Unsent<'a> {
+    fn count(metrics: &'a Metrics, bytes: usize) -> Unsent<'a> {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        metrics.unsent_reply_bytes.inc_by(bytes);
+        Unsent { metrics, bytes }
+    }
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        self.metrics.unsent_reply_bytes.dec_by(self.bytes);
     }
 }
 

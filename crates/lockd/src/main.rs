@@ -14,12 +14,14 @@ use lockd::cluster::peer_admission::{
     PeerLimits, DEFAULT_MAX_HANDSHAKES_PER_IP, DEFAULT_MAX_PEER_CONNECTIONS,
 };
 use lockd::cluster::transport::PeerCredentials;
-use lockd::core::TableConfig;
+use lockd::core::{TableConfig, DEFAULT_MAX_STATUS_LIMIT};
 use lockd::data_dir::DataDir;
 use lockd::logging;
 use lockd::server::{
-    AdminOptions, Server, ServerConfig, DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
+    AdminLimits, AdminOptions, Server, ServerConfig, DEFAULT_ADMIN_HEADER_TIMEOUT,
+    DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
     DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
+    DEFAULT_MAX_UNSENT_BYTES,
 };
 use protocol::cmd::DEFAULT_MAX_VALUE_BYTES;
 use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
@@ -96,6 +98,18 @@ struct Args {
     #[arg(long, requires_all = ["http", "admin_token_file"])]
     allow_force_release: bool,
 
+    /// Open connections to the admin HTTP API at most; more are answered 503 and closed. They
+    /// are counted apart from --max-connections, which they never take from.
+    #[arg(long, default_value_t = DEFAULT_ADMIN_MAX_CONNECTIONS, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
+    admin_max_connections: usize,
+
+    /// An admin HTTP connection must send each request's head within this time of connecting
+    /// or of its previous answer (so also the keep-alive idle timeout), or it is closed.
+    #[arg(long, default_value_t = DEFAULT_ADMIN_HEADER_TIMEOUT.as_millis() as u64,
+          value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    admin_header_timeout_ms: u64,
+
     /// The admin credential, read from this file (trimmed): the bearer token of the admin
     /// API's forced release (with --allow-force-release), and in a cluster the `admin_token`
     /// that `add_node` and `remove_node` must carry (without this flag a cluster refuses
@@ -134,6 +148,18 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_MAX_IN_FLIGHT, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
     max_in_flight: usize,
+
+    /// The largest page of resources one `status` (and one GET /v1/locks) may ask for with
+    /// `limit`; a request without `limit` gets 1000, or this if it is smaller.
+    #[arg(long, default_value_t = DEFAULT_MAX_STATUS_LIMIT, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_status_limit: u64,
+
+    /// Bytes of replies one connection may have waiting for its client before lockd stops
+    /// reading that connection (it reads again once they are written).
+    #[arg(long, default_value_t = DEFAULT_MAX_UNSENT_BYTES, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)).map(|n| n as usize))]
+    max_unsent_bytes: usize,
 
     /// Lease of a session that does not ask for one in `hello`, in milliseconds.
     #[arg(long, default_value_t = 15_000, value_name = "MS")]
@@ -320,9 +346,11 @@ impl Args {
                 expire_sessions: true,
                 default_lock_delay: Duration::from_millis(self.default_lock_delay_ms),
                 max_lock_delay: Duration::from_millis(self.max_lock_delay_ms),
+                max_status_limit: self.max_status_limit,
             },
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,
+            max_unsent_bytes: self.max_unsent_bytes,
             max_client_name_bytes: self.max_client_name_bytes,
             max_unauthenticated_frame_bytes: self.max_unauthenticated_frame_bytes,
             max_auth_failures_per_minute: self.max_auth_failures_per_minute,
@@ -439,6 +467,10 @@ impl Args {
             false => None,
         };
         Ok(AdminOptions {
+            limits: AdminLimits {
+                max_connections: self.admin_max_connections,
+                header_timeout: Duration::from_millis(self.admin_header_timeout_ms),
+            },
             force_release_token,
         })
     }
@@ -637,7 +669,12 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
         admin_addr = Some(addr);
         server = server.with_admin(listener, admin);
     }
-    raise_open_file_limit(args.max_connections);
+    let admin_connections = if args.http.is_some() {
+        args.admin_max_connections
+    } else {
+        0
+    };
+    raise_open_file_limit(args.max_connections, admin_connections);
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(err) => return fail(err.to_string()),
@@ -702,14 +739,17 @@ fn read_secret(path: &Path, flag: &'static str) -> Result<Arc<str>, FlagError> {
 }
 
 /// Each connection is a file descriptor: raise the soft limit as far as the hard limit allows,
-/// and say so if that is still below what `--max-connections` needs.
-fn raise_open_file_limit(max_connections: usize) {
-    let wanted = max_connections as u64 + 256;
+/// and say so if that is still below what `--max-connections` needs. The admin port's cap
+/// (`--admin-max-connections`, when `--http` is on) is added on top, so that the admin port's
+/// connections never use descriptors the lock port's cap counts on.
+fn raise_open_file_limit(max_connections: usize, admin_connections: usize) {
+    let wanted = (max_connections + admin_connections) as u64 + 256;
     match rlimit::increase_nofile_limit(wanted) {
         Ok(limit) if limit < wanted => tracing::warn!(
             limit,
             max_connections,
-            "the open-file limit is below what --max-connections needs; raise it (ulimit -n)"
+            "the open-file limit is below what --max-connections and --admin-max-connections \
+             need; raise it (ulimit -n)"
         ),
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),

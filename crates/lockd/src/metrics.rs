@@ -64,6 +64,12 @@ pub struct Metrics {
     pub(crate) connections: Gauge,
     pub(crate) connections_accepted: Counter,
     pub(crate) connections_refused: Counter,
+    /// Bytes of replies serialized for lock clients and not yet taken by their sockets.
+    pub(crate) unsent_reply_bytes: Gauge,
+    /// Open connections to the admin HTTP API.
+    pub(crate) admin_connections: Gauge,
+    /// Admin HTTP connections closed at once for `--admin-max-connections`.
+    pub(crate) admin_connections_refused: Counter,
     /// Open sessions: on a single server the connections the driver knows; on a cluster node
     /// the sessions whose client is connected to it.
     sessions: Gauge,
@@ -142,6 +148,25 @@ impl Metrics {
             "connections_refused",
             "Connections refused for --max-connections or --max-connections-per-ip",
             connections_refused.clone(),
+        );
+        let unsent_reply_bytes = Gauge::default();
+        registry.register(
+            "unsent_reply_bytes",
+            "Bytes of replies serialized for lock clients and not yet taken by their sockets \
+             (each connection stops reading past --max-unsent-bytes)",
+            unsent_reply_bytes.clone(),
+        );
+        let admin_connections = Gauge::default();
+        registry.register(
+            "admin_connections",
+            "Open connections to the admin HTTP API",
+            admin_connections.clone(),
+        );
+        let admin_connections_refused = Counter::default();
+        registry.register(
+            "admin_connections_refused",
+            "Admin HTTP connections closed at once for --admin-max-connections",
+            admin_connections_refused.clone(),
         );
         let sessions = Gauge::default();
         registry.register("sessions", "Open sessions", sessions.clone());
@@ -311,6 +336,9 @@ impl Metrics {
             connections,
             connections_accepted,
             connections_refused,
+            unsent_reply_bytes,
+            admin_connections,
+            admin_connections_refused,
             sessions,
             expirations,
             server_pauses,

@@ -64,6 +64,9 @@ pub struct View<'a> {
     pub order: Order,
     /// At most this many resources.
     pub limit: Option<usize>,
+    /// In name order only: just the resources whose names come after this one (the `next` of
+    /// the previous page).
+    pub after: Option<&'a ResourceName>,
 }
 
 impl LocksReport {
@@ -101,6 +104,7 @@ impl LocksReport {
         let mut matching = 0;
         let limit = view.limit.unwrap_or(usize::MAX);
         let mut resources = Vec::new();
+        let mut more = false;
         for status in order {
             if let Some(needle) = &needle {
                 if !self.matches(status, needle) {
@@ -108,10 +112,21 @@ impl LocksReport {
                 }
             }
             matching += 1;
+            if view.after.is_some_and(|after| status.resource <= *after) {
+                continue;
+            }
             if resources.len() < limit {
                 resources.push(self.resource_json(status, age));
+            } else {
+                more = true;
             }
         }
+        // A cursor is a name, so only name order has one.
+        let next = if more && view.order == Order::Name {
+            resources.last().map(|last| last.resource)
+        } else {
+            None
+        };
         let gauges = self.gauges(now);
         LocksJson {
             server: concat!("lockd ", env!("CARGO_PKG_VERSION")),
@@ -124,6 +139,7 @@ impl LocksReport {
                 sessions: self.sessions.len() as u64,
             },
             resources,
+            next,
         }
     }
 
@@ -253,12 +269,14 @@ impl LocksReport {
 pub struct LocksJson<'a> {
     /// The server's name and version.
     pub server: &'static str,
-    /// How many resources matched the filter (before the limit).
+    /// How many resources matched the filter, on every page (before the cursor and the limit).
     pub matching: usize,
     /// Counts over everything, whatever the filter.
     pub totals: Totals,
     /// The resources shown.
     pub resources: Vec<ResourceJson<'a>>,
+    /// Where the next page starts, in name order (pass it as `after`); `null` on the last page.
+    pub next: Option<&'a ResourceName>,
 }
 
 /// Counts over the whole report.
@@ -464,6 +482,7 @@ mod tests {
                 filter: Some(filter),
                 order: Order::Name,
                 limit,
+                after: None,
             };
             let json = report.render(report.taken, &view);
             (names(&json), json.matching)
@@ -472,6 +491,25 @@ mod tests {
         assert_eq!(render("backup", None), (vec!["b".into(), "c".into()], 2));
         assert_eq!(render(":4002", None), (vec!["b".to_owned()], 1));
         assert_eq!(render("", Some(1)), (vec!["a".to_owned()], 3));
+    }
+
+    #[test]
+    fn pages_in_name_order_follow_the_cursor_and_count_every_match() {
+        let report = report();
+        let page = |after: Option<&ResourceName>| {
+            let view = View {
+                limit: Some(2),
+                after,
+                ..View::default()
+            };
+            let json = report.render(report.taken, &view);
+            (names(&json), json.next.cloned(), json.matching)
+        };
+        let (first, next, matching) = page(None);
+        assert_eq!((first, matching), (vec!["a".into(), "b".into()], 3));
+        assert_eq!(next, Some(ResourceName::new("b").unwrap()));
+        let (second, next, matching) = page(next.as_ref());
+        assert_eq!((second, next, matching), (vec!["c".to_owned()], None, 3));
     }
 
     #[test]

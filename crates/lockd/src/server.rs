@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
+pub use crate::admin::{AdminLimits, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS};
 use crate::cluster::frontend::Frontend;
 use crate::cluster::node::{ClusterNode, ClusterOptions, NodeError};
 use crate::connection::{self, Accepted, ConnectionLimits};
@@ -46,6 +47,9 @@ pub struct ServerConfig {
     pub max_unauthenticated_frame_bytes: usize,
     /// Requests one connection may have in flight before the server stops reading from it.
     pub max_in_flight: usize,
+    /// Bytes of replies one connection may have waiting for its client before the server stops
+    /// reading from it.
+    pub max_unsent_bytes: usize,
     /// The longest client name `hello` may give, in bytes.
     pub max_client_name_bytes: usize,
     /// Failed authentications one client address may make in a minute before its new
@@ -72,6 +76,7 @@ impl Default for ServerConfig {
             max_frame_bytes: protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             max_unauthenticated_frame_bytes: DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_unsent_bytes: DEFAULT_MAX_UNSENT_BYTES,
             max_client_name_bytes: DEFAULT_MAX_CLIENT_NAME_BYTES,
             max_auth_failures_per_minute: DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
             max_connections: 10_000,
@@ -86,6 +91,11 @@ impl Default for ServerConfig {
 
 /// The default for [`ServerConfig::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// The default for [`ServerConfig::max_unsent_bytes`]: a few default `status` pages, so a
+/// client that reads slowly is not held back, and far below what a thousand such clients could
+/// cost.
+pub const DEFAULT_MAX_UNSENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// The default for [`ServerConfig::max_auth_failures_per_minute`]: a person who mistyped the
 /// secret, or a few clients with an old one, are never refused; guessing is.
@@ -105,9 +115,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for admin HTTP requests in flight.
 const ADMIN_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the admin HTTP API may do beyond reading.
+/// What the admin HTTP API may do beyond reading, and its port's limits.
 #[derive(Clone, Default)]
 pub struct AdminOptions {
+    /// The connection cap and header timeout of the admin port.
+    pub limits: AdminLimits,
     /// When set, `DELETE /v1/locks/{resource}` with `Authorization: Bearer <this>` forces the
     /// release of a lock (`--allow-force-release` with `--admin-token-file`). When not set,
     /// that route answers 403 and the API is read-only.
@@ -118,6 +130,7 @@ pub struct AdminOptions {
 impl std::fmt::Debug for AdminOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminOptions")
+            .field("limits", &self.limits)
             .field(
                 "force_release_token",
                 &self.force_release_token.as_ref().map(|_| "<redacted>"),
@@ -265,12 +278,19 @@ impl Server {
                 metrics: Arc::clone(&metrics),
                 force_release_token: options.force_release_token,
                 ready: Arc::clone(&ready),
+                max_page: config.table.max_status_limit,
             };
-            tokio::spawn(admin::serve(listener, state, admin_stop.clone()))
+            tokio::spawn(admin::serve(
+                listener,
+                state,
+                options.limits,
+                admin_stop.clone(),
+            ))
         });
         let limits = ConnectionLimits {
             max_frame_bytes: config.max_frame_bytes,
             max_in_flight: config.max_in_flight.max(1),
+            max_unsent_bytes: config.max_unsent_bytes,
             max_client_name_bytes: config.max_client_name_bytes,
             max_unauthenticated_frame_bytes: config.max_unauthenticated_frame_bytes,
             first_frame_timeout: config.first_frame_timeout,

@@ -9,7 +9,7 @@
 The asyncio twin is :mod:`lockd.aio`. See docs/python.md.
 """
 
-from ._core import Holder, ResourceStatus, Waiter, lease_margin, local_deadline
+from ._core import Holder, ResourceStatus, StatusPage, Waiter, lease_margin, local_deadline
 from .client import Client, Lock
 from .errors import (
     AlreadyHeld,
@@ -44,6 +44,7 @@ __all__ = [
     "Holder",
     "Waiter",
     "ResourceStatus",
+    "StatusPage",
     "lease_margin",
     "local_deadline",
     "LockdError",

@@ -298,6 +298,43 @@ class ResourceStatus:
     waiters: List[Waiter]
 
 
+@dataclass(frozen=True)
+class StatusPage:
+    """One page of ``status``: busy resources in name order, and ``next``, the ``after`` of the
+    following page (``None`` on the last page)."""
+
+    resources: List[ResourceStatus]
+    next: Optional[str]
+
+
+def status_request(
+    name: Optional[str], after: Optional[str] = None, limit: Optional[int] = None
+) -> Dict[str, Any]:
+    """A ``status`` of one resource, or of a page of busy resources after ``after`` (the
+    server's default page of 1000 unless ``limit`` says otherwise)."""
+    request: Dict[str, Any] = {"op": "status"}
+    if name is not None:
+        request["resource"] = check_name(name)
+    if after is not None:
+        request["after"] = check_name(after)
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive int, not {limit!r}")
+        request["limit"] = limit
+    return request
+
+
+def parse_status_page(frame: Dict[str, Any], after: Optional[str]) -> StatusPage:
+    """A ``status`` reply asked for with ``after``. Its ``next`` is kept only if it moves past
+    ``after``, so that following cursors always ends; a server older than paging sends none."""
+    following = frame.get("next")
+    if following is not None and not isinstance(following, str):
+        raise ProtocolError(f"malformed status reply: next is {following!r}")
+    if following is not None and after is not None and following <= after:
+        following = None
+    return StatusPage(parse_status(frame), following)
+
+
 def parse_status(frame: Dict[str, Any]) -> List[ResourceStatus]:
     try:
         return [

@@ -20,10 +20,10 @@ import ssl
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple, Type
 
 from . import _core
-from ._core import Holder, ResourceStatus, Servers, TlsArg, Waiter
+from ._core import Holder, ResourceStatus, Servers, StatusPage, TlsArg, Waiter
 from .errors import (
     AlreadyHeld,
     ConnectError,
@@ -38,7 +38,7 @@ from .errors import (
     Timeout,
 )
 
-__all__ = ["Client", "Lock", "Holder", "Waiter", "ResourceStatus"]
+__all__ = ["Client", "Lock", "Holder", "Waiter", "ResourceStatus", "StatusPage"]
 
 QueuedCallback = Callable[[int], object]
 
@@ -198,10 +198,25 @@ class Client:
         return valid
 
     async def status(self, name: Optional[str] = None) -> List[ResourceStatus]:
-        request: Dict[str, Any] = {"op": "status"}
         if name is not None:
-            request["resource"] = _core.check_name(name)
-        return _core.parse_status(await self._call(request))
+            return _core.parse_status(await self._call(_core.status_request(name)))
+        return [entry async for entry in self.iter_status()]
+
+    async def status_page(
+        self, after: Optional[str] = None, limit: Optional[int] = None
+    ) -> StatusPage:
+        reply = await self._call(_core.status_request(None, after, limit))
+        return _core.parse_status_page(reply, after)
+
+    async def iter_status(self, limit: Optional[int] = None) -> AsyncIterator[ResourceStatus]:
+        after: Optional[str] = None
+        while True:
+            page = await self.status_page(after, limit)
+            for entry in page.resources:
+                yield entry
+            if page.next is None:
+                return
+            after = page.next
 
     async def ping(self) -> None:
         await self._call({"op": "ping"})

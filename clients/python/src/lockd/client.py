@@ -17,10 +17,10 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
 from . import _core
-from ._core import ResourceStatus, Servers, TlsArg
+from ._core import ResourceStatus, Servers, StatusPage, TlsArg
 from ._link import Link
 from .errors import (
     AlreadyHeld,
@@ -221,11 +221,28 @@ class Client:
         return valid
 
     def status(self, name: Optional[str] = None) -> List[ResourceStatus]:
-        """Who holds and who waits: for ``name``, or for every busy resource."""
-        request: Dict[str, Any] = {"op": "status"}
+        """Who holds and who waits: for ``name``, or for every busy resource (every page; see
+        ``iter_status`` to take them a page at a time)."""
         if name is not None:
-            request["resource"] = _core.check_name(name)
-        return _core.parse_status(self._call(request))
+            return _core.parse_status(self._call(_core.status_request(name)))
+        return list(self.iter_status())
+
+    def status_page(self, after: Optional[str] = None, limit: Optional[int] = None) -> StatusPage:
+        """One page of busy resources in name order: those after ``after``, at most ``limit``
+        (the server's default page of 1000 unless given). Pass its ``next`` as the following
+        page's ``after``; it is ``None`` on the last page."""
+        reply = self._call(_core.status_request(None, after, limit))
+        return _core.parse_status_page(reply, after)
+
+    def iter_status(self, limit: Optional[int] = None) -> Iterator[ResourceStatus]:
+        """Every busy resource in name order, asking for one page at a time as it goes."""
+        after: Optional[str] = None
+        while True:
+            page = self.status_page(after, limit)
+            yield from page.resources
+            if page.next is None:
+                return
+            after = page.next
 
     def ping(self) -> None:
         """Round trip to the server (the keepalive does this by itself)."""

@@ -218,6 +218,35 @@ async fn status_shows_holders_and_waiters_as_a_table() {
 }
 
 #[tokio::test]
+async fn status_follows_the_cursor_through_every_page() {
+    // Pages of two: the library and `lockctl status` must ask for the other pages.
+    let server = Server::start_with(ServerConfig {
+        table: TableConfig {
+            max_status_limit: 2,
+            ..TableConfig::default()
+        },
+        ..ServerConfig::default()
+    });
+    let holder = server.client().await;
+    let names = ["a", "b", "c", "d", "e"];
+    for resource in names {
+        holder
+            .acquire(resource, LockMode::Exclusive, None)
+            .await
+            .unwrap();
+    }
+    let first = holder.status_page(None, None).await.unwrap();
+    assert_eq!(first.resources.len(), 2, "the server's page is two");
+    let all = holder.status(None).await.unwrap();
+    let listed: Vec<&str> = all.iter().map(|r| r.resource.as_str()).collect();
+    assert_eq!(listed, names);
+    let output = run_lockctl(&server.addr_string(), &["status"]).await;
+    let lines = stdout_lines(&output);
+    assert_eq!(lines.len(), 1 + names.len(), "{lines:?}");
+    assert!(lines[5].starts_with("e "), "{lines:?}");
+}
+
+#[tokio::test]
 async fn an_unreachable_server_is_one_clear_line() {
     let output = run_lockctl("127.0.0.1:1", &["f", "READ"]).await;
     assert_eq!(output.status.code(), Some(4), "unreachable");

@@ -14,6 +14,11 @@
 //! route answers 403; with it, a missing or wrong token gets 401. Tokens are compared in
 //! constant time and never logged.
 //!
+//! The port is bounded before anyone is trusted (`limits.rs`): at most `--admin-max-connections`
+//! at once, counted apart from the lock port's connections so that a flood here never takes a
+//! lock client's place, and a connection must send each request's head within
+//! `--admin-header-timeout-ms` of connecting or of its previous answer.
+//!
 //! It reads the clock to give ages as of the request and to bound its wait for the backend.
 //!
 //! The dashboard is three static files compiled into the binary (`dashboard/`): no build step,
@@ -30,18 +35,23 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use protocol::cmd::DEFAULT_STATUS_LIMIT;
 use protocol::{FenceToken, LockMode, ResourceName, SessionId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::report::{LocksReport, Order, View};
 use crate::seam::{BackendMsg, Evicted, ForceReleaseRefused};
 use crate::secret;
+
+mod limits;
+
+pub use limits::{AdminLimits, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS};
 
 /// How long a request waits for the backend before answering 503: a backend this slow is stuck
 /// (on a disk that does not answer, usually), and saying so beats hanging the caller.
@@ -57,17 +67,20 @@ pub(crate) struct AdminState {
     pub(crate) force_release_token: Option<Arc<str>>,
     /// True while the server accepts lock connections.
     pub(crate) ready: Arc<AtomicBool>,
+    /// The largest page `GET /v1/locks` may ask for: `status`'s, `--max-status-limit`.
+    pub(crate) max_page: u64,
 }
 
-/// Serves the admin API on `listener` until `stop` is cancelled.
-pub(crate) async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
-    let app = router(Arc::new(state)).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(err) = served {
-        error!(error = %err, "the admin HTTP server failed");
-    }
+/// Serves the admin API on `listener` until `stop` is cancelled, within `limits`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    limits: AdminLimits,
+    stop: CancellationToken,
+) {
+    let metrics = Arc::clone(&state.metrics);
+    let app = router(Arc::new(state));
+    limits::serve(listener, app, limits, metrics, stop).await;
 }
 
 fn router(state: Arc<AdminState>) -> Router {
@@ -245,8 +258,12 @@ struct ListParams {
     /// `name` (the default) or `hot`.
     #[serde(default)]
     sort: Order,
-    /// At most this many resources.
-    limit: Option<usize>,
+    /// At most this many resources: `status`'s default page unless given, and never more than
+    /// its largest.
+    limit: Option<u64>,
+    /// With `sort=name`: only resources whose names come after this one (the previous page's
+    /// `next`).
+    after: Option<String>,
 }
 
 async fn list_locks(
@@ -255,11 +272,33 @@ async fn list_locks(
 ) -> Result<Response, ApiError> {
     let Query(params) =
         params.map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, err.body_text()))?;
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let max = state.max_page;
+    let limit = params.limit.unwrap_or(DEFAULT_STATUS_LIMIT.min(max));
+    if limit == 0 || limit > max {
+        return Err(bad(format!(
+            "limit must be from 1 to {max} (--max-status-limit); absent: {}",
+            DEFAULT_STATUS_LIMIT.min(max)
+        )));
+    }
+    let after = match params.after.as_deref() {
+        Some(_) if params.sort != Order::Name => {
+            return Err(bad(
+                "`after` pages in name order; it takes sort=name".to_owned()
+            ))
+        }
+        Some(after) => Some(
+            ResourceName::new(after)
+                .map_err(|err| bad(format!("`after` is not a resource name: {err}")))?,
+        ),
+        None => None,
+    };
     let report = locks_report(&state).await?;
     let view = View {
         filter: params.q.as_deref(),
         order: params.sort,
-        limit: params.limit,
+        limit: Some(usize::try_from(limit).unwrap_or(usize::MAX)),
+        after: after.as_ref(),
     };
     Ok(Json(report.render(Instant::now(), &view)).into_response())
 }

@@ -222,3 +222,31 @@ fn a_server_pause_is_not_counted_as_silence() {
     );
     assert_eq!(h.holders("f"), vec![(pinging, X, 1)]);
 }
+
+#[test]
+fn status_pages_list_a_resource_in_lock_delay_once_in_name_order() {
+    let mut h = harness();
+    let [holder, keeper] = [h.session(), h.session()];
+    h.acquire_delayed(holder, 1, "b", 2_000);
+    h.acquire(keeper, 1, "a", X);
+    h.acquire(keeper, 2, "c", X);
+    h.advance_keeping(1_500, &[keeper]);
+    assert_eq!(
+        h.delayed_ms("b"),
+        Some(1_500),
+        "b is idle but in lock-delay"
+    );
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let page = h.table.status_page(h.now, after.as_ref(), 1);
+        walked.extend(page.resources.iter().map(|r| r.resource.to_string()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(walked, ["a", "b", "c"]);
+    let whole = h.table.status_page(h.now, None, 3);
+    assert_eq!((whole.resources.len(), whole.next), (3, None));
+}

@@ -9,7 +9,7 @@
 //! Only what cannot be derived is kept: each session's holds and waits, and the table's
 //! deadlines, are rebuilt from the queues on the way back.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,7 +166,7 @@ impl LockTable {
             }
             sessions.insert(image.id, session);
         }
-        let mut queues = HashMap::new();
+        let mut queues = BTreeMap::new();
         for queue_image in image.queues {
             let resource = queue_image.resource;
             let mut queue = LockQueue::default();
@@ -216,7 +216,7 @@ impl LockTable {
             }
             queues.insert(resource, queue);
         }
-        let mut delayed = HashMap::new();
+        let mut delayed = BTreeMap::new();
         for (resource, until_ms) in image.delayed {
             deadlines.insert((at(until_ms), Deadline::LockDelay(resource.clone())));
             delayed.insert(resource, at(until_ms));

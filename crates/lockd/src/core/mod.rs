@@ -13,7 +13,10 @@ mod table;
 pub use effect::{Effect, LockError, WaitFailure};
 pub use image::{ImageError, TableImage};
 pub use observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
-pub use table::{Acquired, ForcedRelease, LockTable, TableConfig, TOKEN_BLOCK, TOKEN_LOW_WATER};
+pub use table::{
+    Acquired, ForcedRelease, LockTable, StatusPage, TableConfig, DEFAULT_MAX_STATUS_LIMIT,
+    TOKEN_BLOCK, TOKEN_LOW_WATER,
+};
 
 #[cfg(test)]
 mod delay_tests;

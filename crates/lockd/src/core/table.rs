@@ -7,7 +7,8 @@
 //! Tokio driver be thin, lets tests use a fake clock, and lets a later version replicate the
 //! table command by command.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,8 @@ pub struct TableConfig {
     /// The longest lock-delay an acquire may ask for (`--max-lock-delay-ms`); longer ones are
     /// clamped to it.
     pub max_lock_delay: Duration,
+    /// The largest `status` page a client may ask for (`--max-status-limit`), in resources.
+    pub max_status_limit: u64,
 }
 
 impl Default for TableConfig {
@@ -57,9 +60,24 @@ impl Default for TableConfig {
             expire_sessions: true,
             default_lock_delay: Duration::ZERO,
             max_lock_delay: Duration::from_millis(60_000),
+            max_status_limit: DEFAULT_MAX_STATUS_LIMIT,
         }
     }
 }
+
+/// One page of `status`, from [`LockTable::status_page`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusPage {
+    /// The page's resources, in name order.
+    pub resources: Vec<ResourceStatus>,
+    /// Where the next page starts (the name to pass as its `after`), or `None` when this is
+    /// the last page.
+    pub next: Option<ResourceName>,
+}
+
+/// The default for [`TableConfig::max_status_limit`]: ten default pages. A page of that size is
+/// about a megabyte of JSON when every resource has a holder and a waiter.
+pub const DEFAULT_MAX_STATUS_LIMIT: u64 = 10_000;
 
 /// What an acquire got at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +142,9 @@ pub(super) enum Deadline {
 #[derive(Debug)]
 pub struct LockTable {
     pub(super) config: TableConfig,
-    pub(super) queues: HashMap<ResourceName, LockQueue>,
+    /// Ordered by name, so that a `status` page is a range: its cost follows the page, not the
+    /// table.
+    pub(super) queues: BTreeMap<ResourceName, LockQueue>,
     /// Values outlive locks, so they live apart from the queues (which are dropped when idle).
     pub(super) values: HashMap<ResourceName, Arc<str>>,
     pub(super) sessions: HashMap<SessionId, Session>,
@@ -143,7 +163,8 @@ pub struct LockTable {
     /// Resources in lock-delay, with the instant it ends: a holder that asked for a lock-delay
     /// lost its lock other than by `release`, and nobody may be granted the resource before
     /// then. Each has a `Deadline::LockDelay` at that instant.
-    pub(super) delayed: HashMap<ResourceName, Instant>,
+    /// Ordered by name like `queues`, for the same reason.
+    pub(super) delayed: BTreeMap<ResourceName, Instant>,
     pub(super) next_ticket: u64,
 }
 
@@ -164,7 +185,7 @@ impl LockTable {
     ) -> LockTable {
         LockTable {
             config,
-            queues: HashMap::new(),
+            queues: BTreeMap::new(),
             values,
             sessions: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -174,7 +195,7 @@ impl LockTable {
             next_token: tokens_reserved.saturating_add(1),
             token_limit: tokens_reserved,
             stalled: BTreeSet::new(),
-            delayed: HashMap::new(),
+            delayed: BTreeMap::new(),
             next_ticket: 0,
         }
     }
@@ -753,28 +774,59 @@ impl LockTable {
     // ---- Introspection -------------------------------------------------------------------
 
     /// `status`: one resource (reported even when idle), or every resource with holders or
-    /// waiters, in name order.
+    /// waiters, in name order. The whole table: for tests and reports that want all of it;
+    /// clients get it a page at a time through [`status_page`](Self::status_page).
     pub fn status(&self, now: Instant, resource: Option<&ResourceName>) -> Vec<ResourceStatus> {
         match resource {
             Some(resource) => vec![self.resource_status(now, resource)],
-            None => {
-                // A resource in lock-delay is busy even when nobody holds or waits for it.
-                let mut names: Vec<_> = self
-                    .queues
-                    .keys()
-                    .chain(
-                        self.delayed
-                            .keys()
-                            .filter(|name| !self.queues.contains_key(*name)),
-                    )
-                    .collect();
-                names.sort();
-                names
-                    .into_iter()
-                    .map(|name| self.resource_status(now, name))
-                    .collect()
-            }
+            None => self.status_page(now, None, usize::MAX).resources,
         }
+    }
+
+    /// The table's settings.
+    pub fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    /// One page of `status`: at most `limit` busy resources (held, awaited or in lock-delay)
+    /// whose names come after `after` (from the first when `None`), in name order. Costs
+    /// O(log n + page): both indexes are ordered, and only the page's own resources are read.
+    pub fn status_page(
+        &self,
+        now: Instant,
+        after: Option<&ResourceName>,
+        limit: usize,
+    ) -> StatusPage {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = (start, Bound::Unbounded);
+        // A resource in lock-delay is busy even when nobody holds or waits for it, so the page
+        // is the first `limit + 1` names of the two indexes merged; the extra one only says
+        // whether there is a next page.
+        let wanted = limit.saturating_add(1);
+        let mut names: BTreeSet<&ResourceName> = self
+            .queues
+            .range::<ResourceName, _>(range)
+            .map(|(name, _)| name)
+            .take(wanted)
+            .collect();
+        names.extend(
+            self.delayed
+                .range::<ResourceName, _>(range)
+                .map(|(name, _)| name)
+                .take(wanted),
+        );
+        let more = names.len() > limit;
+        let resources: Vec<ResourceStatus> = names
+            .into_iter()
+            .take(limit)
+            .map(|name| self.resource_status(now, name))
+            .collect();
+        let next = if more {
+            resources.last().map(|last| last.resource.clone())
+        } else {
+            None
+        };
+        StatusPage { resources, next }
     }
 
     // ---- Helpers -------------------------------------------------------------------------

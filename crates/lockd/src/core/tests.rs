@@ -506,6 +506,43 @@ fn status_names_each_holder_and_waiter_by_its_hello() {
     assert_eq!((&f.holders[0].peer, &f.waiters[0].peer), (&None, &None));
 }
 
+#[test]
+fn status_pages_follow_the_cursor_even_when_the_table_changes_between_pages() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    for (request, resource) in [(1, "d"), (2, "b"), (3, "f")] {
+        h.acquire(a, request, resource, X);
+    }
+    let names = |page: &StatusPage| -> Vec<String> {
+        page.resources
+            .iter()
+            .map(|r| r.resource.to_string())
+            .collect()
+    };
+    let first = h.table.status_page(h.now, None, 2);
+    assert_eq!(names(&first), ["b", "d"]);
+    assert_eq!(first.next, Some(name("d")));
+    // Between pages, a resource before the cursor is taken and one after it is freed: the next
+    // page neither repeats nor skips what was busy all along.
+    h.acquire(b, 1, "a", X);
+    h.release(a, "f", 3).unwrap();
+    h.acquire(b, 2, "e", X);
+    let second = h.table.status_page(h.now, first.next.as_ref(), 2);
+    assert_eq!(names(&second), ["e"]);
+    assert_eq!(second.next, None, "the last page has no cursor");
+    // A cursor need not name a busy resource, and a page that ends exactly at the end says
+    // there is more only when there is.
+    assert_eq!(
+        names(&h.table.status_page(h.now, Some(&name("c")), 5)),
+        ["d", "e"]
+    );
+    let exact = h.table.status_page(h.now, None, 4);
+    assert_eq!(
+        (names(&exact), exact.next),
+        (vec!["a".into(), "b".into(), "d".into(), "e".into()], None)
+    );
+}
+
 fn deadlock(result: Result<Acquired, LockError>) -> String {
     match result {
         Err(LockError::Deadlock { cycle, .. }) => cycle,

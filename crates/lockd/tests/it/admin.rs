@@ -186,6 +186,45 @@ async fn metrics_count_lock_traffic_by_mode_reason_and_error_code() {
 }
 
 #[tokio::test]
+async fn v1_locks_is_paged_by_name_with_a_cursor_and_refuses_bad_pages() {
+    let (lockd, admin) = start_with_admin(&["--max-status-limit", "3"]);
+    let mut holder = lockd.connect().await;
+    for (id, resource) in (1..).zip(["a", "b", "c", "d", "e"]) {
+        holder.lock(id, resource, "exclusive").await;
+    }
+    let names = |page: &Value| -> Vec<String> {
+        let resources = page["resources"].as_array().expect("resources");
+        resources
+            .iter()
+            .map(|r| r["resource"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // No limit: the default page, cut to the server's largest; `matching` counts every page.
+    let first = get(admin, "/v1/locks").await.json();
+    assert_eq!(names(&first), ["a", "b", "c"]);
+    assert_eq!(
+        (&first["next"], &first["matching"]),
+        (&json!("c"), &json!(5))
+    );
+    let rest = get(admin, "/v1/locks?limit=3&after=c").await.json();
+    assert_eq!(names(&rest), ["d", "e"]);
+    assert_eq!(rest["next"], Value::Null);
+    let hot = get(admin, "/v1/locks?sort=hot&limit=1").await.json();
+    assert_eq!(hot["next"], Value::Null, "hot order has no cursor");
+    for bad in [
+        "/v1/locks?limit=0",
+        "/v1/locks?limit=4",
+        "/v1/locks?limit=-1",
+        "/v1/locks?after=",
+        "/v1/locks?sort=hot&after=a",
+    ] {
+        let reply = get(admin, bad).await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+        assert!(reply.json()["error"].is_string(), "{bad}: {}", reply.body);
+    }
+}
+
+#[tokio::test]
 async fn v1_locks_shows_holders_and_queues_with_client_names_and_peers() {
     let (lockd, admin) = start_with_admin(&[]);
     let (mut a, a_addr) = connect(&lockd).await;

@@ -371,6 +371,12 @@ async fn start(name: &str) -> Replay {
             replay.open_in_order("session 2").await;
             replay.wait_for("session 2", 1, "file_A").await;
         }
+        "status-pages" => {
+            // Session 1 holds file_A and jobs/nightly, session 2 waits for file_A.
+            replay.session_1_holds(&["file_A", "jobs/nightly"]).await;
+            replay.open_in_order("session 2").await;
+            replay.wait_for("session 2", 1, "file_A").await;
+        }
         _ => {}
     }
     replay

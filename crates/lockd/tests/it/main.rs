@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod admin_limits;
 mod chaos;
 mod cluster;
 mod config;
@@ -17,6 +18,7 @@ mod hardening;
 mod ops;
 mod process;
 mod queueing;
+mod replies;
 mod safety;
 mod sessions;
 mod support;

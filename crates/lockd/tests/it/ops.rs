@@ -77,8 +77,73 @@ async fn acquire_release_read_write_ping_and_status() {
         status,
         json!({"id": 12, "ok": true, "resources": [
             {"resource": "idle", "holders": [], "waiters": []}
-        ]})
+        ], "next": null})
     );
+}
+
+#[tokio::test]
+async fn status_pages_through_busy_resources_and_refuses_bad_pages() {
+    let lockd = Lockd::start(&["--max-status-limit", "3"]);
+    let mut holder = lockd.connect().await;
+    for (id, resource) in (1..).zip(["a", "b", "c", "d", "e"]) {
+        holder.lock(id, resource, "exclusive").await;
+    }
+    let mut observer = lockd.connect().await;
+    let names = |reply: &serde_json::Value| -> Vec<String> {
+        let resources = reply["resources"].as_array().expect("resources");
+        resources
+            .iter()
+            .map(|r| r["resource"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // No paging fields: the default page, cut to the server's maximum here, and a cursor.
+    let first = observer.call(json!({"id": 1, "op": "status"})).await;
+    assert_eq!(
+        (names(&first), &first["next"]),
+        (vec!["a".into(), "b".into(), "c".into()], &json!("c"))
+    );
+    let second = observer
+        .call(json!({"id": 2, "op": "status", "limit": 3, "after": "c"}))
+        .await;
+    assert_eq!(
+        (names(&second), &second["next"]),
+        (vec!["d".into(), "e".into()], &json!(null))
+    );
+    let small = observer
+        .call(json!({"id": 3, "op": "status", "limit": 1, "after": "a"}))
+        .await;
+    assert_eq!(
+        (names(&small), &small["next"]),
+        (vec!["b".to_owned()], &json!("b"))
+    );
+
+    for (id, bad, code, needle) in [
+        (4, json!({"limit": 4}), "bad_request", "--max-status-limit"),
+        (5, json!({"limit": 0}), "bad_request", "at least 1"),
+        (
+            6,
+            json!({"limit": u64::MAX}),
+            "bad_request",
+            "--max-status-limit",
+        ),
+        (7, json!({"after": "x\ny"}), "invalid_resource", "`after`"),
+        (
+            8,
+            json!({"resource": "a", "limit": 2}),
+            "bad_request",
+            "takes neither",
+        ),
+    ] {
+        let mut request = json!({"id": id, "op": "status"});
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(bad.as_object().unwrap().clone());
+        let reply = observer.call(request.clone()).await;
+        assert_eq!(error_code(&reply), code, "{request} -> {reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{request} -> {message}");
+    }
 }
 
 #[tokio::test]

@@ -66,12 +66,45 @@ pub struct ValidateOk {
     pub valid: bool,
 }
 
-/// `status`: who holds and who waits.
+/// The page size of a `status` that does not give `limit`. A server may allow larger pages up
+/// to its own maximum (lockd: `--max-status-limit`).
+pub const DEFAULT_STATUS_LIMIT: u64 = 1_000;
+
+/// `status`: who holds and who waits, one page of resources at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Status {
-    /// One resource (always reported, even when idle), or every busy resource when absent.
+    /// One resource (always reported, even when idle), or busy resources when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<ResourceName>,
+    /// The most resources in the reply; absent means [`DEFAULT_STATUS_LIMIT`]. Not with
+    /// `resource`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// Only resources whose names sort after this one: the `next` of the previous page. Not
+    /// with `resource`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<ResourceName>,
+}
+
+impl Status {
+    /// The page that follows `previous`'s `next` cursor, of `limit` resources (the server's
+    /// default when `None`).
+    pub fn page(after: Option<ResourceName>, limit: Option<u64>) -> Status {
+        Status {
+            resource: None,
+            limit,
+            after,
+        }
+    }
+
+    /// One resource, reported even when idle.
+    pub fn one(resource: ResourceName) -> Status {
+        Status {
+            resource: Some(resource),
+            limit: None,
+            after: None,
+        }
+    }
 }
 
 /// The result of `status`.
@@ -79,6 +112,22 @@ pub struct Status {
 pub struct StatusOk {
     /// Resources in name order.
     pub resources: Vec<ResourceStatus>,
+    /// Where the next page starts: send it as `after` to get that page. `null` on the last
+    /// page (and for one resource); absent from servers older than paging, which always sent
+    /// everything.
+    #[serde(default)]
+    pub next: Option<ResourceName>,
+}
+
+impl StatusOk {
+    /// The `after` that asks for the page following this one, which was asked for with
+    /// `after`: `None` on the last page. Also `None` if the server's cursor does not move
+    /// forward, so that a client that follows cursors always comes to an end.
+    pub fn next_after(&self, after: Option<&ResourceName>) -> Option<ResourceName> {
+        self.next
+            .clone()
+            .filter(|next| after.is_none_or(|after| next > after))
+    }
 }
 
 /// One resource in a `status` result.

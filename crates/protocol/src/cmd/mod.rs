@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use self::cluster::{AddNode, ClusterMember, ClusterStatusOk, RemoveNode};
 pub use self::lock::{
     Acquire, AcquireOk, Cancel, HolderStatus, Release, ResourceStatus, Status, StatusOk, Validate,
-    ValidateOk, WaiterStatus,
+    ValidateOk, WaiterStatus, DEFAULT_STATUS_LIMIT,
 };
 pub use self::session::{Hello, HelloOk};
 pub use self::value::{Read, ReadOk, Write, DEFAULT_MAX_VALUE_BYTES};
@@ -250,6 +250,9 @@ struct RawRequest<'a> {
     admin_token: Option<Cow<'a, str>>,
     #[serde(borrow)]
     peer: Option<Cow<'a, str>>,
+    limit: Option<u64>,
+    #[serde(borrow)]
+    after: Option<Cow<'a, str>>,
 }
 
 impl RawRequest<'_> {
@@ -327,11 +330,45 @@ impl RawRequest<'_> {
                 node_id: self.node_id.ok_or_else(|| missing("node_id", "a u64"))?,
                 admin_token: self.admin_token.map(Cow::into_owned),
             }),
-            Op::Status => Command::Status(Status {
-                resource: self.resource.map(|name| valid_name(&name)).transpose()?,
-            }),
+            Op::Status => Command::Status(status(self.resource, self.limit, self.after)?),
         })
     }
+}
+
+/// A `status`: one resource, or a page of busy resources. The server checks `limit` against
+/// its own maximum; here it only has to be a page at all.
+fn status(
+    resource: Option<Cow<'_, str>>,
+    limit: Option<u64>,
+    after: Option<Cow<'_, str>>,
+) -> Result<Status, ErrorBody> {
+    if resource.is_some() && (limit.is_some() || after.is_some()) {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "`limit` and `after` page through busy resources; a `status` of one `resource` \
+             takes neither",
+        ));
+    }
+    if limit == Some(0) {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "`limit` must be at least 1 (absent: the server's default page)",
+        ));
+    }
+    let after = after
+        .map(|name| valid_name(&name))
+        .transpose()
+        .map_err(|err| {
+            ErrorBody::new(
+                err.code,
+                format!("`after` is not a resource name: {}", err.message),
+            )
+        })?;
+    Ok(Status {
+        resource: resource.map(|name| valid_name(&name)).transpose()?,
+        limit,
+        after,
+    })
 }
 
 fn missing(field: &str, what: &str) -> ErrorBody {

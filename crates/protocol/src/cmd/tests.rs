@@ -89,9 +89,11 @@ fn parses_every_op() {
         ),
         (
             r#"{"id":1,"op":"status","resource":"f"}"#,
-            Command::Status(Status {
-                resource: Some(name("f")),
-            }),
+            Command::Status(Status::one(name("f"))),
+        ),
+        (
+            r#"{"id":1,"op":"status","limit":5,"after":"jobs/a"}"#,
+            Command::Status(Status::page(Some(name("jobs/a")), Some(5))),
         ),
     ];
     for (line, command) in cases {
@@ -123,7 +125,8 @@ fn encoding_round_trips() {
             value: "ünïcödé\u{0}".into(),
         }),
         Command::Ping,
-        Command::Status(Status { resource: None }),
+        Command::Status(Status::default()),
+        Command::Status(Status::page(Some(name("a/b")), Some(2))),
     ];
     for command in requests {
         let request = Request {
@@ -242,6 +245,26 @@ fn field_errors_keep_the_id() {
             r#"{"id":7,"op":"status","resource":"\t"}"#,
             ErrorCode::InvalidResource,
             "control",
+        ),
+        (
+            r#"{"id":7,"op":"status","limit":0}"#,
+            ErrorCode::BadRequest,
+            "`limit` must be at least 1",
+        ),
+        (
+            r#"{"id":7,"op":"status","limit":-1}"#,
+            ErrorCode::BadRequest,
+            "ill-typed",
+        ),
+        (
+            r#"{"id":7,"op":"status","after":""}"#,
+            ErrorCode::InvalidResource,
+            "`after` is not a resource name",
+        ),
+        (
+            r#"{"id":7,"op":"status","resource":"f","after":"e"}"#,
+            ErrorCode::BadRequest,
+            "takes neither",
         ),
         (
             r#"{"id":7,"op":"ping","id":8}"#,

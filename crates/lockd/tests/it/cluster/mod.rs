@@ -11,6 +11,7 @@ mod peer_port;
 mod peer_tls;
 mod resume;
 mod safety;
+mod status;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
