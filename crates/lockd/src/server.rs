@@ -109,6 +109,21 @@ pub const DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES: usize = 16 * 1024;
 /// job name, far below what would weigh on logs or a cluster's log entries.
 pub const DEFAULT_MAX_CLIENT_NAME_BYTES: usize = 256;
 
+/// The lowest token a store that handed out tokens before may start from: the wall clock in
+/// microseconds since the Unix epoch. lockd issues tokens far slower than one per microsecond,
+/// so every token any copy of this store issued before now is below it, and a restored backup
+/// never hands a token out twice, without anyone telling lockd what was issued since. The
+/// assumption: the clock at a start is later than at any earlier run's start plus its tokens
+/// in microseconds (a clock set back by more than that could repeat tokens after a restore; a
+/// plain restart is still safe, since it also starts above the store's own reservation).
+fn clock_token_floor() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        })
+}
+
 /// How long shutdown waits for connections to write their last frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -186,6 +201,11 @@ impl Server {
     ) -> Result<Server, StoreError> {
         let mut table =
             LockTable::restore(config.table.clone(), stored.values, stored.tokens_reserved);
+        if stored.tokens_reserved > 0 {
+            // This store handed out tokens before, and may be a copy restored from a backup,
+            // whose reservation knows nothing of the tokens issued after it was taken.
+            table.raise_token_floor(clock_token_floor());
+        }
         if let Some(reserved) = table.tokens_wanted() {
             store.commit(&CommitBatch {
                 values: Vec::new(),

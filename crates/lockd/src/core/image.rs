@@ -234,6 +234,7 @@ impl LockTable {
         table.effects = VecDeque::new();
         table.next_session = image.next_session;
         table.next_token = image.next_token;
+        table.run_first_token = image.next_token;
         table.next_ticket = image.next_ticket;
         Ok(table)
     }

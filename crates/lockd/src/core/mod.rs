@@ -15,7 +15,7 @@ pub use image::{ImageError, TableImage};
 pub use observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 pub use table::{
     Acquired, ForcedRelease, LockTable, StatusPage, TableConfig, DEFAULT_MAX_STATUS_LIMIT,
-    TOKEN_BLOCK, TOKEN_LOW_WATER,
+    FIRST_TOKEN_BLOCK, TOKEN_BLOCK,
 };
 
 #[cfg(test)]

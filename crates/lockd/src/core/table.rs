@@ -91,13 +91,16 @@ pub enum Acquired {
     },
 }
 
-/// How many tokens a reservation covers. A restarted server skips what is left of the last
-/// block, so blocks are large enough to cost one fsync per million grants and small enough that
-/// a u64 never runs out (2^44 restarts).
+/// The most tokens a reservation covers: one fsync per million grants at full speed.
 pub const TOKEN_BLOCK: u64 = 1 << 20;
 
-/// Ask for the next block when fewer tokens than this are left, long before they run out.
-pub const TOKEN_LOW_WATER: u64 = TOKEN_BLOCK / 2;
+/// The fewest tokens a reservation covers, and what a run's first one covers. A run reserves
+/// as many tokens as it has handed out so far, between this and [`TOKEN_BLOCK`]: a restarted
+/// server skips what is left of the last reservation, and a run that handed out few tokens
+/// must not leave a large gap, or a crash loop would push tokens ahead of the wall clock,
+/// which a server restored from a backup relies on to start above every token issued since
+/// (see `clock_token_floor` in `server.rs`).
+pub const FIRST_TOKEN_BLOCK: u64 = 1 << 12;
 
 /// A hold ended by [`LockTable::handle_force_release`]. Serializable, because a cluster's
 /// state machine hands it back to the node that proposed the forced release.
@@ -158,6 +161,9 @@ pub struct LockTable {
     /// it; a grant that would is held back (see `stalled`) until the driver has made a new
     /// reservation durable and called `handle_tokens_reserved`.
     pub(super) token_limit: u64,
+    /// The first token this run could hand out: reservations grow with what it has handed
+    /// out since (see [`FIRST_TOKEN_BLOCK`]).
+    pub(super) run_first_token: u64,
     /// Resources whose next grant waits for a token reservation.
     pub(super) stalled: BTreeSet<ResourceName>,
     /// Resources in lock-delay, with the instant it ends: a holder that asked for a lock-delay
@@ -194,6 +200,7 @@ impl LockTable {
             next_session: 1,
             next_token: tokens_reserved.saturating_add(1),
             token_limit: tokens_reserved,
+            run_first_token: tokens_reserved.saturating_add(1),
             stalled: BTreeSet::new(),
             delayed: BTreeMap::new(),
             next_ticket: 0,
@@ -707,8 +714,9 @@ impl LockTable {
     pub fn tokens_wanted(&self) -> Option<u64> {
         let issued = self.next_token - 1;
         let left = self.token_limit.saturating_sub(issued);
-        (self.token_limit != u64::MAX && left < TOKEN_LOW_WATER)
-            .then(|| issued.saturating_add(TOKEN_BLOCK))
+        let this_run = self.next_token - self.run_first_token;
+        let block = this_run.clamp(FIRST_TOKEN_BLOCK, TOKEN_BLOCK);
+        (self.token_limit != u64::MAX && left < block / 2).then(|| issued.saturating_add(block))
     }
 
     /// A reservation up to `reserved` is durable: tokens up to it may be handed out. Grants
@@ -726,6 +734,10 @@ impl LockTable {
     /// each log entry with a floor derived from the entry's log index, so tokens grow with the
     /// log: strictly, across leaders, restarts and snapshots, without any reservation.
     pub fn raise_token_floor(&mut self, floor: u64) {
+        if self.next_token == self.run_first_token {
+            // Nothing handed out yet: this run starts at the floor.
+            self.run_first_token = self.run_first_token.max(floor);
+        }
         self.next_token = self.next_token.max(floor);
     }
 

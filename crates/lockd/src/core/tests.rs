@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use protocol::{FenceToken, LockMode, RequestId};
 
 use super::harness::*;
-use super::table::TOKEN_BLOCK;
+use super::table::{FIRST_TOKEN_BLOCK, TOKEN_BLOCK};
 use super::*;
 
 use LockMode::{Exclusive as X, Shared as S};
@@ -240,14 +240,14 @@ fn a_restored_table_grants_above_the_old_reservation_once_a_new_one_is_durable()
     let mut table = LockTable::restore(TableConfig::default(), values, 1000);
     let now = Instant::now();
     let s = table.open_session(now);
-    assert_eq!(table.tokens_wanted(), Some(1000 + TOKEN_BLOCK));
+    assert_eq!(table.tokens_wanted(), Some(1000 + FIRST_TOKEN_BLOCK));
     // Free, but no token is durable yet: the acquire waits instead of reusing a token.
     assert_eq!(
         table.handle_acquire(now, s, RequestId(1), name("f"), X, None, None),
         Ok(queued(1))
     );
     assert_eq!(table.poll_effect(), None);
-    table.handle_tokens_reserved(now, 1000 + TOKEN_BLOCK);
+    table.handle_tokens_reserved(now, 1000 + FIRST_TOKEN_BLOCK);
     assert_eq!(table.poll_effect(), Some(granted(s, 1, "f", 1001, X)));
     assert_eq!(table.tokens_wanted(), None);
     assert_eq!(
@@ -263,7 +263,7 @@ fn grants_pause_when_reserved_tokens_run_out_and_resume_in_order() {
     table.handle_tokens_reserved(now, 2);
     assert_eq!(
         table.tokens_wanted(),
-        Some(TOKEN_BLOCK),
+        Some(FIRST_TOKEN_BLOCK),
         "running low: ask early"
     );
     let [a, b, c, d] = [(); 4].map(|()| table.open_session(now));
@@ -278,12 +278,59 @@ fn grants_pause_when_reserved_tokens_run_out_and_resume_in_order() {
         .handle_release(now, a, &name("f"), FenceToken(1))
         .unwrap();
     assert_eq!(table.poll_effect(), None, "c must wait for tokens too");
-    table.handle_tokens_reserved(now, TOKEN_BLOCK);
+    table.handle_tokens_reserved(now, FIRST_TOKEN_BLOCK);
     let effects: Vec<_> = std::iter::from_fn(|| table.poll_effect()).collect();
     assert_eq!(
         effects,
         vec![granted(c, 1, "f", 3, X), granted(d, 1, "h", 4, X)]
     );
+}
+
+/// A run reserves as many tokens as it has handed out, from FIRST_TOKEN_BLOCK up to
+/// TOKEN_BLOCK: a short run leaves a small gap for the next one to skip, a busy run fsyncs
+/// its reservation rarely.
+#[test]
+fn reservations_grow_with_the_tokens_a_run_hands_out() {
+    let mut table = LockTable::restore(TableConfig::default(), HashMap::new(), 0);
+    let now = Instant::now();
+    table.raise_token_floor(5_000_000);
+    assert_eq!(table.tokens_wanted(), Some(4_999_999 + FIRST_TOKEN_BLOCK));
+    let mut reserved = 4_999_999 + FIRST_TOKEN_BLOCK;
+    table.handle_tokens_reserved(now, reserved);
+    let s = table.open_session(now);
+    let mut blocks = Vec::new();
+    for id in 1..=16 * FIRST_TOKEN_BLOCK {
+        let acquired = table.handle_acquire(now, s, RequestId(id), name("f"), X, None, None);
+        let Ok(Acquired::Granted(token)) = acquired else {
+            panic!("grant {id}: {acquired:?}");
+        };
+        assert_eq!(token.0, 4_999_999 + id, "tokens count on from the floor");
+        table
+            .handle_release(now, s, &name("f"), token)
+            .expect("released");
+        if let Some(wanted) = table.tokens_wanted() {
+            blocks.push(wanted - token.0);
+            reserved = wanted;
+            table.handle_tokens_reserved(now, reserved);
+        }
+    }
+    assert!(
+        blocks.windows(2).all(|pair| pair[0] < pair[1]),
+        "{blocks:?}"
+    );
+    assert!(
+        *blocks.first().unwrap() < 2 * FIRST_TOKEN_BLOCK,
+        "{blocks:?}"
+    );
+    assert!(
+        *blocks.last().unwrap() > 8 * FIRST_TOKEN_BLOCK,
+        "{blocks:?}"
+    );
+    // A run that has handed out more than TOKEN_BLOCK (as if it had) stops growing there.
+    table.run_first_token = table.next_token - 3 * TOKEN_BLOCK;
+    table.handle_tokens_reserved(now, table.next_token);
+    let issued = table.next_token - 1;
+    assert_eq!(table.tokens_wanted(), Some(issued + TOKEN_BLOCK));
 }
 
 #[test]

@@ -61,6 +61,43 @@ async fn values_and_tokens_survive_sigkill_and_sigterm() {
     }
 }
 
+/// A backup restored after more tokens were handed out still never hands one out twice: a store
+/// that issued tokens before starts above the wall clock in microseconds, which every earlier
+/// token is below. Before, the restored reservation let the next grant repeat a token.
+#[tokio::test]
+async fn a_restored_backup_never_hands_out_a_token_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("lockd.redb");
+    let backup = dir.path().join("backup.redb");
+    let mut lockd = Lockd::start_in(dir.path(), &[]);
+    let mut conn = lockd.connect().await;
+    write_under_lock(&mut conn, "config", "backed up").await;
+    assert!(lockd.signal_and_wait("TERM").success());
+    std::fs::copy(&store, &backup).unwrap();
+
+    let mut issued = Vec::new();
+    for _ in 0..2 {
+        let mut lockd = Lockd::start_in(dir.path(), &[]);
+        let mut conn = lockd.connect().await;
+        for _ in 0..20 {
+            issued.push(write_under_lock(&mut conn, "config", "after the backup").await);
+        }
+        assert!(lockd.signal_and_wait("TERM").success());
+    }
+    let highest = *issued.iter().max().unwrap();
+
+    std::fs::copy(&backup, &store).unwrap();
+    let mut lockd = Lockd::start_in(dir.path(), &[]);
+    let mut conn = lockd.connect().await;
+    let (token, value) = read_under_lock(&mut conn, "config").await;
+    assert_eq!(value, "backed up", "the backup's value is back");
+    assert!(
+        token > highest,
+        "token {token} after a restore, but {highest} was handed out after the backup"
+    );
+    assert!(lockd.signal_and_wait("TERM").success());
+}
+
 #[tokio::test]
 async fn an_acknowledged_write_pipelined_with_its_release_is_durable() {
     let dir = tempfile::tempdir().unwrap();
