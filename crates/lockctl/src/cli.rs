@@ -57,6 +57,9 @@ Examples:
 /// The heading of the options every subcommand shares: where lockd is and how to reach it.
 const CONNECTION: &str = "Connection options";
 
+/// What `--version` says: the version, and the commit it was built from (`build.rs`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LOCKD_COMMIT"), ")");
+
 /// lockctl: take turns on named resources through lockd.
 ///
 /// Takes a lock (READ: shared, WRITE: exclusive), holds it for the sleep time, then reads or
@@ -64,7 +67,7 @@ const CONNECTION: &str = "Connection options";
 #[derive(Debug, Parser)]
 #[command(
     name = "lockctl",
-    version,
+    version = VERSION,
     about,
     after_help = AFTER_HELP,
     subcommand_negates_reqs = true,

@@ -33,11 +33,14 @@ use tracing_subscriber::Layer;
 
 mod config_file;
 
+/// What `--version` says: the version, and the commit it was built from (`build.rs`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LOCKD_COMMIT"), ")");
+
 /// lockd: a lock server with FIFO queues, shared and exclusive locks, and fencing tokens.
 ///
 /// Clients speak newline-delimited JSON over TCP (see docs/protocol.md); `lockctl` is the CLI.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Args {
     /// Read settings from this TOML file: each key is a flag's long name, e.g.
     /// `max-frame-bytes = 1048576` (docs/configuration.md). Flags and LOCKD_* environment

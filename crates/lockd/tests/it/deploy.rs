@@ -58,3 +58,27 @@ fn the_documented_configuration_file_is_one_lockd_accepts() {
         "{printed}"
     );
 }
+
+/// `lockd --version` names the commit it was built from, as an operator reporting a problem
+/// needs to; outside a git checkout it says `unknown`.
+#[test]
+fn the_version_names_the_commit() {
+    let output = Command::new(env!("CARGO_BIN_EXE_lockd"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let expected_commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    assert_eq!(
+        line,
+        format!("lockd {} ({expected_commit})", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -41,6 +41,8 @@ pub(super) struct Cluster {
     /// The nodes named in --peers; later ones joined with add_node.
     founders: usize,
     peers: String,
+    /// The flags every node started with, which a node that joins later gets too.
+    flags: Vec<String>,
     /// The cluster's own loopback network (see [`private_net`]).
     pub(super) net: String,
     _dirs: tempfile::TempDir,
@@ -104,6 +106,7 @@ impl Cluster {
             proxies,
             founders: size as usize,
             peers,
+            flags: extra.iter().map(|flag| (*flag).to_owned()).collect(),
             net,
             _dirs: dirs,
         };
@@ -145,6 +148,8 @@ impl Cluster {
     }
 
     /// Starts one more node, not yet a member; returns its index.
+    /// Starts one more node, with the cluster's flags and only itself in --peers (the cluster
+    /// tells it the rest once it is added).
     pub(super) fn start_joiner(&mut self) -> usize {
         let id = self.specs.len() as u64 + 1;
         let (client, peer) = node_addrs(&self.net, id);
@@ -155,7 +160,8 @@ impl Cluster {
             data_dir: self._dirs.path().join(format!("node{id}")),
         });
         let index = self.specs.len() - 1;
-        let node = self.spawn(index, &[]);
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        let node = self.spawn(index, &flags);
         self.nodes.push(Some(node));
         index
     }
