@@ -35,6 +35,8 @@ mod tls;
 pub use client::{AcquireCall, AcquireProgress, Client, ClientBuilder, Keepalive, DEFAULT_ADDR};
 pub use error::ClientError;
 pub use lock::{LockGuard, LockRequest};
-pub use protocol::cmd::{AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, ResourceStatus};
+pub use protocol::cmd::{
+    AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, Permits, ResourceStatus, MAX_PERMIT_LIMIT,
+};
 pub use protocol::{ErrorBody, ErrorCode, FenceToken, LockMode, ResourceName, SessionId};
 pub use tls::TlsOptions;

@@ -365,6 +365,7 @@ mod tests {
                     token: FenceToken(session),
                     held_ms,
                     lock_delay_ms: 0,
+                    permits: None,
                 })
                 .collect(),
             waiters: waiters
@@ -373,9 +374,12 @@ mod tests {
                     session: SessionId(session),
                     mode: LockMode::Shared,
                     waited_ms,
+                    permits: None,
                 })
                 .collect(),
             delayed_ms: None,
+            limit: None,
+            permits_used: None,
         }
     }
 

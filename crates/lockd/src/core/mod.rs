@@ -13,6 +13,7 @@ mod table;
 pub use effect::{Effect, LockError, WaitFailure};
 pub use image::{ImageError, TableImage};
 pub use observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
+pub use queue::Claim;
 pub use table::{Acquired, ForcedRelease, LockTable, TableConfig, TOKEN_BLOCK, TOKEN_LOW_WATER};
 
 #[cfg(test)]
@@ -25,5 +26,7 @@ mod observe_tests;
 mod proptests;
 #[cfg(test)]
 mod replica_tests;
+#[cfg(test)]
+mod semaphore_tests;
 #[cfg(test)]
 mod tests;

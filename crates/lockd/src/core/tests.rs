@@ -490,13 +490,6 @@ fn status_lists_holders_and_waiters_with_their_ages() {
     assert!(idle[0].holders.is_empty() && idle[0].waiters.is_empty());
 }
 
-fn deadlock(result: Result<Acquired, LockError>) -> String {
-    match result {
-        Err(LockError::Deadlock { cycle, .. }) => cycle,
-        other => panic!("expected a deadlock, got {other:?}"),
-    }
-}
-
 #[test]
 fn a_two_session_cycle_is_refused_and_nothing_changes() {
     let mut h = harness();
