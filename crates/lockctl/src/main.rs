@@ -248,7 +248,7 @@ fn status_table(resources: &[ResourceStatus]) -> String {
                 name.clone(),
                 "holding".into(),
                 holder.session.to_string(),
-                holder.mode.to_string(),
+                mode_cell(holder.mode, holder.permits, entry.limit),
                 holder.token.to_string(),
                 seconds(holder.held_ms),
             ]);
@@ -258,7 +258,7 @@ fn status_table(resources: &[ResourceStatus]) -> String {
                 name.clone(),
                 format!("waiting #{}", place + 1),
                 waiter.session.to_string(),
-                waiter.mode.to_string(),
+                mode_cell(waiter.mode, waiter.permits, entry.limit),
                 "-".into(),
                 seconds(waiter.waited_ms),
             ]);
@@ -268,6 +268,14 @@ fn status_table(resources: &[ResourceStatus]) -> String {
         return "No locks are held or waited for.\n".to_owned();
     }
     aligned(&rows)
+}
+
+/// The mode, or for a semaphore the permits of the limit: `2/4 permits`.
+fn mode_cell(mode: LockMode, permits: Option<u16>, limit: Option<u16>) -> String {
+    match (permits, limit) {
+        (Some(permits), Some(limit)) => format!("{permits}/{limit} permits"),
+        _ => mode.to_string(),
+    }
 }
 
 fn seconds(ms: u64) -> String {

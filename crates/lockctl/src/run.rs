@@ -86,7 +86,12 @@ pub(crate) async fn run(server: &Server, timeout: Option<Duration>, args: RunArg
         Some(asked) => asked,
         None => max_grace(lease),
     };
-    let mut request = client.lock(resource);
+    let mut request = match args.limit {
+        Some(limit) => client
+            .semaphore(resource, limit)
+            .permits(args.permits.unwrap_or(1)),
+        None => client.lock(resource),
+    };
     if args.shared {
         request = request.shared();
     }

@@ -13,4 +13,5 @@ mod failover;
 mod fault_proxy;
 mod library;
 mod safety;
+mod semaphores;
 mod support;

@@ -163,17 +163,17 @@ fn describe_mismatch(
     let forgotten = "a limit is forgotten once nobody holds or waits for the resource";
     match (asked, current) {
         (Some(asked), Some(current)) => format!(
-            "{resource} is a semaphore with limit {current}, not {asked}; every acquirer must \
-             give the same limit ({forgotten})"
+            "semaphore {resource} has limit {current}, not {asked}; every acquirer must give \
+             the same limit ({forgotten})"
         ),
         (Some(_), None) => format!(
-            "{resource} is held or awaited as a lock, not a semaphore; acquire it without a \
-             limit ({forgotten})"
+            "resource {resource} is held or awaited as a lock, not a semaphore; acquire it \
+             without a limit ({forgotten})"
         ),
         (None, Some(current)) => format!(
-            "{resource} is a semaphore with limit {current}; acquire permits with \
-             limit {current} ({forgotten})"
+            "semaphore {resource} has limit {current}; acquire permits with limit {current} \
+             ({forgotten})"
         ),
-        (None, None) => format!("{resource} is a lock"),
+        (None, None) => format!("resource {resource} is a lock"),
     }
 }

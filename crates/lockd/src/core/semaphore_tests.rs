@@ -111,8 +111,8 @@ fn the_first_acquirer_sets_the_limit_and_others_must_agree() {
     assert_eq!(err.code(), ErrorCode::LimitMismatch);
     assert_eq!(
         err.to_string(),
-        "e is a semaphore with limit 4, not 5; every acquirer must give the same limit (a limit \
-         is forgotten once nobody holds or waits for the resource)"
+        "semaphore e has limit 4, not 5; every acquirer must give the same limit (a limit is \
+         forgotten once nobody holds or waits for the resource)"
     );
     // A lock on a semaphore is refused the same way, and so are permits of a lock.
     let err = h.try_acquire(b, 2, "e", X, None).unwrap_err();

@@ -15,6 +15,7 @@ mod ops;
 mod process;
 mod queueing;
 mod safety;
+mod semaphores;
 mod sessions;
 mod support;
 mod tls;
