@@ -512,6 +512,7 @@ impl LockTable {
             session.held.insert(resource);
             self.observations.push_back(Observation::Granted {
                 mode,
+                permits: want.permits,
                 waited: Duration::ZERO,
             });
             return Ok(Acquired::Granted(token));
@@ -1042,6 +1043,7 @@ impl LockTable {
             }
             self.observations.push_back(Observation::Granted {
                 mode: waiter.mode,
+                permits: waiter.permits.map(Permits::count),
                 waited: now.saturating_duration_since(waiter.since),
             });
             self.effects.push_back(Effect::Granted {
