@@ -8,7 +8,7 @@
 //! resume a session. The digest of a 128-bit random secret needs no salt or stretching: there
 //! is nothing to guess from it.
 //!
-//! [`ResumeKeys`] is part of the replicated state (every node knows every session's digest, so
+//! `ResumeKeys` is part of the replicated state (every node knows every session's digest, so
 //! any of them can check a resume as leader). The check itself is the front end's, before it
 //! routes the session to the resuming connection: a wrong secret must not even close the
 //! owner's connection.
