@@ -698,4 +698,39 @@ mod tests {
         assert!(queue.remove_waiter(Ticket(3)).is_some());
         assert!(queue.is_idle());
     }
+
+    #[test]
+    fn a_semaphore_keeps_its_limit_boxed_until_idle_then_forgets_it() {
+        let now = Instant::now();
+        let permits = |count, limit| Claim::Permits(Permits::new(count, limit).unwrap());
+        let holder = |session, count| Holder {
+            permits: NonZeroU16::new(count),
+            ..reader(session, now)
+        };
+        let mut queue = LockQueue::default();
+        assert_eq!(queue.admit(permits(2, 3)), Ok(()));
+        assert!(queue.is_idle(), "admitted, nothing held yet");
+        queue.add_holder(FenceToken(1), holder(1, 2));
+        assert_eq!(
+            shape(&queue),
+            "busy",
+            "one holder, but the limit needs the box"
+        );
+        assert_eq!(
+            (queue.limit(), queue.permits_used()),
+            (NonZeroU16::new(3), Some(2))
+        );
+        assert_eq!(queue.admit(permits(1, 4)), Err(NonZeroU16::new(3)));
+        assert_eq!(
+            queue.admit(Claim::Lock(LockMode::Shared)),
+            Err(NonZeroU16::new(3))
+        );
+        assert!(queue.can_grant_now(permits(1, 3).want()));
+        assert!(!queue.can_grant_now(permits(2, 3).want()));
+        assert_eq!(queue.remove_holder(FenceToken(1)), Some(holder(1, 2)));
+        assert!(queue.is_idle());
+        assert_eq!(shape(&queue), "free");
+        assert_eq!(queue.limit(), None, "forgotten");
+        assert_eq!(queue.admit(Claim::Lock(LockMode::Exclusive)), Ok(()));
+    }
 }
