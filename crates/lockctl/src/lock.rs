@@ -30,7 +30,7 @@ impl Client {
     /// request for many is never overtaken by later requests for fewer.
     pub fn semaphore(&self, resource: &str, limit: u16) -> LockRequest<'_> {
         let mut request = LockRequest::new(self, resource);
-        request.semaphore = Some((1, limit));
+        request.limit = Some(limit);
         request
     }
 }
@@ -42,8 +42,10 @@ pub struct LockRequest<'a> {
     client: &'a Client,
     resource: String,
     mode: LockMode,
-    /// For a semaphore: the permits asked for and the limit, checked by `acquire`.
-    semaphore: Option<(u16, u16)>,
+    /// For a semaphore: its limit; checked with `permits` by `acquire`.
+    limit: Option<u16>,
+    /// The permits asked for (a semaphore's; default 1).
+    permits: Option<u16>,
     timeout: Option<Duration>,
     lock_delay: Option<Duration>,
 }
@@ -54,7 +56,8 @@ impl<'a> LockRequest<'a> {
             client,
             resource: resource.to_owned(),
             mode: LockMode::Exclusive,
-            semaphore: None,
+            limit: None,
+            permits: None,
             timeout: None,
             lock_delay: None,
         }
@@ -63,9 +66,7 @@ impl<'a> LockRequest<'a> {
     /// For a semaphore (see [`Client::semaphore`]): ask for this many permits (default 1; from
     /// 1 to the limit). A lock request has no permits: `acquire` refuses it.
     pub fn permits(mut self, permits: u16) -> Self {
-        let limit = self.semaphore.map(|(_, limit)| limit);
-        // A lock request keeps a limit of 0, which `acquire` turns into the error.
-        self.semaphore = Some((permits, limit.unwrap_or(0)));
+        self.permits = Some(permits);
         self
     }
 
@@ -103,15 +104,16 @@ impl<'a> LockRequest<'a> {
 
     /// Waits for the lock (or the permits) and returns its guard.
     pub async fn acquire(self) -> Result<LockGuard, ClientError> {
-        let permits = match self.semaphore {
-            None => None,
-            Some((_, 0)) => {
+        let permits = match (self.limit, self.permits) {
+            (None, None) => None,
+            (None, Some(_)) => {
                 return Err(ClientError::InvalidInput(
                     "permits need a semaphore: use client.semaphore(name, limit)".to_owned(),
                 ))
             }
-            Some((permits, limit)) => Some(
-                Permits::new(permits.into(), limit.into()).map_err(ClientError::InvalidInput)?,
+            (Some(limit), permits) => Some(
+                Permits::new(permits.unwrap_or(1).into(), limit.into())
+                    .map_err(ClientError::InvalidInput)?,
             ),
         };
         // Permits are held shared, beside other permits.

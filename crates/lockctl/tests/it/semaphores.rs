@@ -44,6 +44,8 @@ async fn semaphore_guards_hold_permits_each_with_its_own_token() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("from 1 to the limit 4"), "{err}");
+    let err = third.semaphore("exports", 0).acquire().await.unwrap_err();
+    assert!(err.to_string().contains("`limit` must be from 1"), "{err}");
 
     // Dropping a guard gives its permits back.
     drop(a);
