@@ -21,6 +21,9 @@ pub enum Mode {
     Uncontended,
     /// Every connection on one resource: grants/s, handoff latency, fairness.
     Contended,
+    /// Every connection asks for one permit of one semaphore of 4: grants/s, handoff latency,
+    /// fairness.
+    Semaphore,
     /// Readers and one writer on one resource.
     Shared,
     /// Many held locks, many queued waiters, many idle connections: cost per op and memory.
@@ -32,9 +35,10 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in the order `--mode all` runs them.
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Uncontended,
         Mode::Contended,
+        Mode::Semaphore,
         Mode::Shared,
         Mode::Scale,
         Mode::Writes,
@@ -45,6 +49,7 @@ impl Mode {
         match self {
             Mode::Uncontended => "uncontended",
             Mode::Contended => "contended",
+            Mode::Semaphore => "semaphore",
             Mode::Shared => "shared",
             Mode::Scale => "scale",
             Mode::Writes => "writes",
@@ -55,7 +60,7 @@ impl Mode {
     pub fn unit(self) -> &'static str {
         match self {
             Mode::Uncontended | Mode::Scale => "pairs",
-            Mode::Contended | Mode::Shared => "grants",
+            Mode::Contended | Mode::Semaphore | Mode::Shared => "grants",
             Mode::Writes => "writes",
         }
     }
@@ -64,7 +69,7 @@ impl Mode {
     /// connections, and at 16 clients for the contended one.
     pub fn default_connections(self) -> usize {
         match self {
-            Mode::Contended => 16,
+            Mode::Contended | Mode::Semaphore => 16,
             Mode::Uncontended | Mode::Shared | Mode::Scale | Mode::Writes => 64,
         }
     }

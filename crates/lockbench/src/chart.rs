@@ -105,8 +105,8 @@ fn throughput_panel(
     Ok(())
 }
 
-/// The latency that best describes a row: the handoff for contended runs (their acquire time
-/// is mostly waiting in line by design), the acquire otherwise.
+/// The latency that best describes a row: the handoff for contended and semaphore runs (their
+/// acquire time is mostly waiting in line by design), the acquire otherwise.
 fn headline_latency(record: &Record) -> Option<(&'static str, f64, f64)> {
     for name in ["handoff", "acquire"] {
         if let Some(summary) = record.latency_us.get(name) {

@@ -116,6 +116,8 @@ pub enum ModeChoice {
     Uncontended,
     /// All connections on one resource.
     Contended,
+    /// All connections on one semaphore of 4 permits, one permit each.
+    Semaphore,
     /// Readers and one writer on one resource.
     Shared,
     /// Many held locks, many waiters, many idle connections.
@@ -132,6 +134,7 @@ impl ModeChoice {
         match self {
             ModeChoice::Uncontended => vec![Mode::Uncontended],
             ModeChoice::Contended => vec![Mode::Contended],
+            ModeChoice::Semaphore => vec![Mode::Semaphore],
             ModeChoice::Shared => vec![Mode::Shared],
             ModeChoice::Scale => vec![Mode::Scale],
             ModeChoice::Writes => vec![Mode::Writes],

@@ -21,7 +21,7 @@ use crate::measure::{LatencySummary, LoopsOutcome, Window, BUSY_MACHINE_CORES};
 /// What one run measured; serialized as one JSON line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    /// `uncontended`, `contended`, `shared`, `scale` or `writes`.
+    /// `uncontended`, `contended`, `semaphore`, `shared`, `scale` or `writes`.
     pub mode: &'static str,
     /// For `scale`: `held_locks`, `queued_waiters` or `idle_connections`; for `writes`:
     /// `writers`.

@@ -243,8 +243,16 @@ pub struct AdminCredential {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Take a shared lock instead of the exclusive one.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "limit")]
     pub shared: bool,
+    /// Treat the resource as a semaphore of N permits: at most N held at once, granted in
+    /// order of arrival. Everyone using the resource must give the same N (lockd answers
+    /// `limit_mismatch` otherwise).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub limit: Option<u16>,
+    /// With --limit: how many of its permits to hold while the command runs (default 1).
+    #[arg(long, value_name = "K", requires = "limit", value_parser = clap::value_parser!(u16).range(1..))]
+    pub permits: Option<u16>,
     /// Fail at once (exit with the conflict code) if the lock is not free.
     #[arg(short, long, conflicts_with = "timeout")]
     pub nonblock: bool,
@@ -570,5 +578,43 @@ mod tests {
         let cli = parse(&["--connect-timeout", "0.5", "--reply-timeout", "2", "status"]);
         assert_eq!(cli.connect_timeout, Duration::from_millis(500));
         assert_eq!(cli.reply_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn run_takes_permits_of_a_semaphore_with_its_limit() {
+        let cli = parse(&[
+            "run",
+            "--permits",
+            "2",
+            "--limit",
+            "4",
+            "exports",
+            "--",
+            "true",
+        ]);
+        let Some(Subcommands::Run(run)) = cli.command else {
+            panic!("not a run command");
+        };
+        assert_eq!((run.permits, run.limit), (Some(2), Some(4)));
+        for args in [
+            &["run", "--permits", "2", "exports", "--", "true"][..],
+            &["run", "--limit", "0", "exports", "--", "true"],
+            &["run", "--limit", "65536", "exports", "--", "true"],
+            &[
+                "run",
+                "--limit",
+                "4",
+                "--permits",
+                "0",
+                "exports",
+                "--",
+                "true",
+            ],
+            &["run", "--limit", "4", "-s", "exports", "--", "true"],
+        ] {
+            let err = Cli::try_parse_from(std::iter::once("lockctl").chain(args.iter().copied()))
+                .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::cmd::{
-    Acquire, AcquireOk, Cancel, Hello, HelloOk, Read, ReadOk, Release, ResourceStatus, Status,
-    StatusOk, Validate, ValidateOk, Write,
+    Acquire, AcquireOk, Cancel, Hello, HelloOk, Permits, Read, ReadOk, Release, ResourceStatus,
+    Status, StatusOk, Validate, ValidateOk, Write,
 };
 use protocol::{Command, FenceToken, Incoming, LockMode, RequestId, ResourceName, SessionId};
 use serde::de::DeserializeOwned;
@@ -367,12 +367,26 @@ impl Client {
         timeout: Option<Duration>,
         lock_delay: Option<Duration>,
     ) -> Result<AcquireCall, ClientError> {
+        self.start_acquire_claim(resource, mode, None, timeout, lock_delay)
+    }
+
+    /// [`start_acquire_with`](Self::start_acquire_with) for a lock (`permits` absent) or for
+    /// permits of a semaphore (then `mode` must be shared).
+    pub(crate) fn start_acquire_claim(
+        &self,
+        resource: &str,
+        mode: LockMode,
+        permits: Option<Permits>,
+        timeout: Option<Duration>,
+        lock_delay: Option<Duration>,
+    ) -> Result<AcquireCall, ClientError> {
         let millis = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
         let command = Command::Acquire(Acquire {
             resource: name(resource)?,
             mode,
             timeout_ms: timeout.map(millis),
             lock_delay_ms: lock_delay.map(millis),
+            permits,
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let (id, reply) = self.send(command, Some(events_tx))?;
@@ -403,7 +417,21 @@ impl Client {
         timeout: Option<Duration>,
         lock_delay: Option<Duration>,
     ) -> Result<AcquireOk, ClientError> {
-        let mut call = self.start_acquire_with(resource, mode, timeout, lock_delay)?;
+        self.acquire_claim(resource, mode, None, timeout, lock_delay)
+            .await
+    }
+
+    /// [`acquire_with`](Self::acquire_with) for a lock or for permits of a semaphore; see
+    /// [`start_acquire_claim`](Self::start_acquire_claim).
+    pub(crate) async fn acquire_claim(
+        &self,
+        resource: &str,
+        mode: LockMode,
+        permits: Option<Permits>,
+        timeout: Option<Duration>,
+        lock_delay: Option<Duration>,
+    ) -> Result<AcquireOk, ClientError> {
+        let mut call = self.start_acquire_claim(resource, mode, permits, timeout, lock_delay)?;
         loop {
             if let AcquireProgress::Done(outcome) = call.next().await {
                 return outcome;

@@ -37,7 +37,9 @@ pub use client::{AcquireCall, AcquireProgress, Client, ClientBuilder, Keepalive,
 pub use error::{ClientError, ConnectFailure};
 pub use link::check_address;
 pub use lock::{LockGuard, LockRequest};
-pub use protocol::cmd::{AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, ResourceStatus};
+pub use protocol::cmd::{
+    AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, Permits, ResourceStatus, MAX_PERMIT_LIMIT,
+};
 pub use protocol::{ErrorBody, ErrorCode, FenceToken, LockMode, ResourceName, SessionId};
 pub use timeouts::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT};
 pub use tls::TlsOptions;

@@ -4,10 +4,13 @@
 //! that knows its fencing token, reads and writes the resource's value, and releases the lock
 //! when dropped (or explicitly, to see the result). A guard never outlives its session
 //! silently: [`LockGuard::lost`] resolves when the connection is gone.
+//!
+//! Semaphores use the same builder and guard: `client.semaphore("exports", 4).permits(2)`
+//! asks for two of the four permits of `exports`, and its guard holds them.
 
 use std::time::Duration;
 
-use protocol::cmd::Release;
+use protocol::cmd::{Permits, Release};
 use protocol::{Command, FenceToken, LockMode, ResourceName};
 
 use crate::client::Client;
@@ -19,6 +22,17 @@ impl Client {
     pub fn lock(&self, resource: &str) -> LockRequest<'_> {
         LockRequest::new(self, resource)
     }
+
+    /// Starts a request for one permit (more with [`LockRequest::permits`]) of the semaphore
+    /// `resource`, of which at most `limit` permits are held at once. Every acquirer must give
+    /// the same limit while anyone holds or waits (else lockd answers `limit_mismatch`); the
+    /// first acquirer of an idle resource sets it. Permits are granted strictly in order: a
+    /// request for many is never overtaken by later requests for fewer.
+    pub fn semaphore(&self, resource: &str, limit: u16) -> LockRequest<'_> {
+        let mut request = LockRequest::new(self, resource);
+        request.limit = Some(limit);
+        request
+    }
 }
 
 /// A lock request being built; see [`Client::lock`].
@@ -28,6 +42,10 @@ pub struct LockRequest<'a> {
     client: &'a Client,
     resource: String,
     mode: LockMode,
+    /// For a semaphore: its limit; checked with `permits` by `acquire`.
+    limit: Option<u16>,
+    /// The permits asked for (a semaphore's; default 1).
+    permits: Option<u16>,
     timeout: Option<Duration>,
     lock_delay: Option<Duration>,
 }
@@ -38,9 +56,18 @@ impl<'a> LockRequest<'a> {
             client,
             resource: resource.to_owned(),
             mode: LockMode::Exclusive,
+            limit: None,
+            permits: None,
             timeout: None,
             lock_delay: None,
         }
+    }
+
+    /// For a semaphore (see [`Client::semaphore`]): ask for this many permits (default 1; from
+    /// 1 to the limit). A lock request has no permits: `acquire` refuses it.
+    pub fn permits(mut self, permits: u16) -> Self {
+        self.permits = Some(permits);
+        self
     }
 
     /// Ask for a shared lock (readers share; the default is exclusive).
@@ -75,11 +102,29 @@ impl<'a> LockRequest<'a> {
         self.timeout(Duration::ZERO)
     }
 
-    /// Waits for the lock and returns its guard.
+    /// Waits for the lock (or the permits) and returns its guard.
     pub async fn acquire(self) -> Result<LockGuard, ClientError> {
+        let permits = match (self.limit, self.permits) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ClientError::InvalidInput(
+                    "permits need a semaphore: use client.semaphore(name, limit)".to_owned(),
+                ))
+            }
+            (Some(limit), permits) => Some(
+                Permits::new(permits.unwrap_or(1).into(), limit.into())
+                    .map_err(ClientError::InvalidInput)?,
+            ),
+        };
+        // Permits are held shared, beside other permits.
+        let mode = if permits.is_some() {
+            LockMode::Shared
+        } else {
+            self.mode
+        };
         let granted = self
             .client
-            .acquire_with(&self.resource, self.mode, self.timeout, self.lock_delay)
+            .acquire_claim(&self.resource, mode, permits, self.timeout, self.lock_delay)
             .await?;
         Ok(LockGuard {
             client: self.client.clone(),
@@ -87,6 +132,7 @@ impl<'a> LockRequest<'a> {
                 .map_err(|err| ClientError::InvalidInput(err.to_string()))?,
             token: granted.token,
             mode: granted.mode,
+            permits: granted.permits,
             released: false,
         })
     }
@@ -101,6 +147,7 @@ pub struct LockGuard {
     resource: ResourceName,
     token: FenceToken,
     mode: LockMode,
+    permits: Option<Permits>,
     released: bool,
 }
 
@@ -116,9 +163,14 @@ impl LockGuard {
         self.resource.as_str()
     }
 
-    /// The mode held.
+    /// The mode held (shared for permits).
     pub fn mode(&self) -> LockMode {
         self.mode
+    }
+
+    /// For a semaphore: the permits held and its limit.
+    pub fn permits(&self) -> Option<Permits> {
+        self.permits
     }
 
     /// The resource's value (`None` when never written).

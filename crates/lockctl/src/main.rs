@@ -260,7 +260,7 @@ fn status_table(resources: &[ResourceStatus]) -> String {
                 holder.session.to_string(),
                 dash(holder.client.as_deref()),
                 dash(holder.peer.as_deref()),
-                holder.mode.to_string(),
+                mode_cell(holder.mode, holder.permits, entry.limit),
                 holder.token.to_string(),
                 seconds(holder.held_ms),
             ]);
@@ -272,7 +272,7 @@ fn status_table(resources: &[ResourceStatus]) -> String {
                 waiter.session.to_string(),
                 dash(waiter.client.as_deref()),
                 dash(waiter.peer.as_deref()),
-                waiter.mode.to_string(),
+                mode_cell(waiter.mode, waiter.permits, entry.limit),
                 "-".into(),
                 seconds(waiter.waited_ms),
             ]);
@@ -287,6 +287,14 @@ fn status_table(resources: &[ResourceStatus]) -> String {
 /// A cell's text, or `-` for a value the server did not give.
 fn dash(text: Option<&str>) -> String {
     text.unwrap_or("-").to_owned()
+}
+
+/// The mode, or for a semaphore the permits of the limit: `2/4 permits`.
+fn mode_cell(mode: LockMode, permits: Option<u16>, limit: Option<u16>) -> String {
+    match (permits, limit) {
+        (Some(permits), Some(limit)) => format!("{permits}/{limit} permits"),
+        _ => mode.to_string(),
+    }
 }
 
 fn seconds(ms: u64) -> String {

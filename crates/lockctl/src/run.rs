@@ -87,7 +87,12 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
         Some(asked) => asked,
         None => max_grace(lease),
     };
-    let mut request = client.lock(resource);
+    let mut request = match args.limit {
+        Some(limit) => client
+            .semaphore(resource, limit)
+            .permits(args.permits.unwrap_or(1)),
+        None => client.lock(resource),
+    };
     if args.shared {
         request = request.shared();
     }

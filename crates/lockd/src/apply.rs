@@ -18,7 +18,7 @@ use protocol::{
 };
 use tracing::{debug, warn};
 
-use crate::core::{Acquired, Effect, LockError, LockTable};
+use crate::core::{Acquired, Claim, Effect, LockError, LockTable};
 use crate::metrics::Metrics;
 
 /// What applying a request gave.
@@ -149,17 +149,22 @@ fn apply(
             })
             .map_err(RequestFailed::from),
         Command::Acquire(acquire) => {
-            let mode = acquire.mode;
+            let (mode, permits) = (acquire.mode, acquire.permits);
+            let claim = permits.map_or(Claim::Lock(mode), Claim::Permits);
             match table.handle_acquire(
                 now,
                 session,
                 request.id,
                 acquire.resource,
-                mode,
+                claim,
                 acquire.timeout_ms.map(Duration::from_millis),
                 acquire.lock_delay_ms.map(Duration::from_millis),
             ) {
-                Ok(Acquired::Granted(token)) => Ok(ReplyBody::Acquired(AcquireOk { token, mode })),
+                Ok(Acquired::Granted(token)) => Ok(ReplyBody::Acquired(AcquireOk {
+                    token,
+                    mode,
+                    permits,
+                })),
                 Ok(Acquired::Queued { position }) => return (Answer::Queued(position), None),
                 Err(err) => {
                     match err {
@@ -280,9 +285,14 @@ fn take_deliveries(table: &mut LockTable, metrics: &Metrics) -> Vec<Delivery> {
                 resource,
                 token,
                 mode,
+                permits,
             } => {
                 debug!(session = session.0, %resource, token = token.0, "granted after waiting");
-                let body = ReplyBody::Acquired(AcquireOk { token, mode });
+                let body = ReplyBody::Acquired(AcquireOk {
+                    token,
+                    mode,
+                    permits,
+                });
                 Delivery::Frame(session, reply_frame(request, Ok(body)))
             }
             Effect::WaitFailed {

@@ -77,6 +77,7 @@ pub struct Metrics {
     /// Stalls of the backend loop (see `pause.rs`) long enough to be credited to the leases.
     pub(crate) server_pauses: Counter,
     lock_delays: Counter,
+    permits_granted: Counter,
     delayed_resources: Gauge,
     grants: [Counter; 2],
     releases: [[Counter; 4]; 2],
@@ -189,6 +190,13 @@ impl Metrics {
             "Holds with a lock-delay that ended other than by release, holding their resource \
              back from the next grant",
             lock_delays.clone(),
+        );
+        let permits_granted = Counter::default();
+        registry.register(
+            "permits_granted",
+            "Semaphore permits granted (a grant of k permits adds k; each grant also counts in \
+             grants, as shared)",
+            permits_granted.clone(),
         );
         let delayed_resources = Gauge::default();
         registry.register(
@@ -343,6 +351,7 @@ impl Metrics {
             expirations,
             server_pauses,
             lock_delays,
+            permits_granted,
             delayed_resources,
             grants,
             releases,
@@ -367,8 +376,15 @@ impl Metrics {
     /// Counts and times one observation of the lock table.
     pub(crate) fn observe(&self, observation: Observation) {
         match observation {
-            Observation::Granted { mode, waited } => {
+            Observation::Granted {
+                mode,
+                permits,
+                waited,
+            } => {
                 self.grants[mode_index(mode)].inc();
+                if let Some(permits) = permits {
+                    self.permits_granted.inc_by(u64::from(permits.get()));
+                }
                 self.wait_seconds[mode_index(mode)].observe(waited.as_secs_f64());
             }
             Observation::HoldEnded { mode, held, reason } => {
@@ -529,7 +545,13 @@ mod tests {
         let metrics = Metrics::new();
         metrics.observe(Observation::Granted {
             mode: LockMode::Shared,
+            permits: None,
             waited: Duration::from_millis(20),
+        });
+        metrics.observe(Observation::Granted {
+            mode: LockMode::Shared,
+            permits: std::num::NonZeroU16::new(3),
+            waited: Duration::ZERO,
         });
         metrics.observe(Observation::HoldEnded {
             mode: LockMode::Exclusive,
@@ -545,8 +567,9 @@ mod tests {
         metrics.request_done(Op::RemoveNode, Duration::from_micros(70));
         let text = metrics.encode();
         for line in [
-            "lockd_grants_total{mode=\"shared\"} 1",
-            "lockd_wait_seconds_bucket{mode=\"shared\",le=\"0.05\"} 1",
+            "lockd_grants_total{mode=\"shared\"} 2",
+            "lockd_permits_granted_total 3",
+            "lockd_wait_seconds_bucket{mode=\"shared\",le=\"0.05\"} 2",
             "lockd_releases_total{mode=\"exclusive\",reason=\"expiry\"} 1",
             "lockd_hold_seconds_sum{mode=\"exclusive\"} 2.0",
             "lockd_cancels_total{mode=\"exclusive\"} 1",

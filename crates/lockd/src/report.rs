@@ -156,6 +156,8 @@ impl LocksReport {
                 holders: Vec::new(),
                 waiters: Vec::new(),
                 delayed_ms: None,
+                limit: None,
+                permits_used: None,
             },
         }
     }
@@ -240,6 +242,7 @@ impl LocksReport {
                         token: holder.token,
                         held_ms: holder.held_ms.saturating_add(age),
                         lock_delay_ms: holder.lock_delay_ms,
+                        permits: holder.permits,
                     }
                 })
                 .collect(),
@@ -256,10 +259,13 @@ impl LocksReport {
                         peer: info.map(|info| info.peer),
                         mode: waiter.mode,
                         waited_ms: waiter.waited_ms.saturating_add(age),
+                        permits: waiter.permits,
                     }
                 })
                 .collect(),
             delayed_ms: status.delayed_ms.map(|ms| ms.saturating_sub(age)),
+            limit: status.limit,
+            permits_used: status.permits_used,
         }
     }
 }
@@ -306,6 +312,12 @@ pub struct ResourceJson<'a> {
     /// While the resource is in lock-delay: how long until it may be granted again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delayed_ms: Option<u64>,
+    /// For a semaphore: how many permits its holders may hold in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u16>,
+    /// For a semaphore: how many permits its holders hold now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permits_used: Option<u32>,
 }
 
 /// A holder, with what the driver knows of its session.
@@ -326,6 +338,9 @@ pub struct HolderJson<'a> {
     /// The lock-delay that follows if it loses the lock other than by `release`; absent when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub lock_delay_ms: u64,
+    /// For a semaphore: how many of its permits this holder holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permits: Option<u16>,
 }
 
 fn is_zero(ms: &u64) -> bool {
@@ -347,6 +362,9 @@ pub struct WaiterJson<'a> {
     pub mode: LockMode,
     /// How long it has waited.
     pub waited_ms: u64,
+    /// For a semaphore: how many permits it asks for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permits: Option<u16>,
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -401,6 +419,7 @@ mod tests {
                     token: FenceToken(session),
                     held_ms,
                     lock_delay_ms: 0,
+                    permits: None,
                 })
                 .collect(),
             waiters: waiters
@@ -411,9 +430,12 @@ mod tests {
                     peer: None,
                     mode: LockMode::Shared,
                     waited_ms,
+                    permits: None,
                 })
                 .collect(),
             delayed_ms: None,
+            limit: None,
+            permits_used: None,
         }
     }
 

@@ -55,6 +55,8 @@ error_codes! {
     NotHeld = "not_held": "The session holds no lock on this resource with this token.",
     /// A `write` was attempted under a shared lock.
     NotExclusive = "not_exclusive": "A `write` was attempted under a shared lock; writing needs the exclusive lock.",
+    /// A semaphore acquire's `limit` differs from the limit the resource has now.
+    LimitMismatch = "limit_mismatch": "An acquire disagrees with the resource's current kind: its `limit` differs from the limit of the semaphore's holders and waiters, or it asks for permits of a resource held or awaited as a lock (or for a lock on a semaphore). The message gives the current limit; nothing was queued.",
     /// Waiting for this lock would close a cycle of sessions waiting for each other.
     Deadlock = "deadlock": "Waiting for this lock would close a cycle of sessions that wait for each other; the message names the cycle, and nothing was queued.",
     /// The server requires authentication and this connection has not given the right token.

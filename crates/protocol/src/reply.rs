@@ -223,6 +223,7 @@ impl Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::Permits;
     use crate::ids::{FenceToken, LockMode};
 
     fn json(frame: &ServerFrame) -> String {
@@ -243,10 +244,22 @@ mod tests {
                 id: RequestId(2),
                 body: ReplyBody::Acquired(AcquireOk {
                     token: FenceToken(7),
-                    mode: LockMode::Shared
+                    mode: LockMode::Shared,
+                    permits: None,
                 })
             }),
             r#"{"id":2,"ok":true,"token":7,"mode":"shared"}"#
+        );
+        assert_eq!(
+            json(&ServerFrame::Ok {
+                id: RequestId(2),
+                body: ReplyBody::Acquired(AcquireOk {
+                    token: FenceToken(8),
+                    mode: LockMode::Shared,
+                    permits: Some(Permits::new(2, 4).unwrap()),
+                })
+            }),
+            r#"{"id":2,"ok":true,"token":8,"mode":"shared","permits":2,"limit":4}"#
         );
         assert_eq!(
             json(&ServerFrame::Ok {
@@ -275,6 +288,7 @@ mod tests {
             body: ReplyBody::Acquired(AcquireOk {
                 token: FenceToken(7),
                 mode: LockMode::Exclusive,
+                permits: None,
             }),
         };
         let Incoming::Reply {
@@ -287,6 +301,25 @@ mod tests {
         assert_eq!(id, Some(RequestId(2)));
         let ok: AcquireOk = Incoming::result(value).unwrap();
         assert_eq!(ok.token, FenceToken(7));
+        assert_eq!(ok.permits, None);
+
+        let permits = Some(Permits::new(3, 5).unwrap());
+        let frame = ServerFrame::Ok {
+            id: RequestId(3),
+            body: ReplyBody::Acquired(AcquireOk {
+                token: FenceToken(8),
+                mode: LockMode::Shared,
+                permits,
+            }),
+        };
+        let Incoming::Reply {
+            result: Ok(value), ..
+        } = Incoming::parse(&frame.to_json()).unwrap()
+        else {
+            panic!("not a success reply");
+        };
+        let ok: AcquireOk = Incoming::result(value).unwrap();
+        assert_eq!(ok.permits, permits);
 
         let err = ServerFrame::error(Some(RequestId(9)), ErrorCode::NotHeld, "not yours");
         assert_eq!(

@@ -32,14 +32,29 @@ pub enum Mode {
     Exclusive,
     /// Any number of shared holders.
     Shared,
+    /// One permit of a semaphore of this many.
+    Permit {
+        /// The semaphore's limit.
+        limit: u16,
+    },
 }
 
 impl Mode {
-    fn wire(self) -> &'static [u8] {
-        match self {
+    /// The fields after the resource that ask for this mode: `,"mode":"..."`, or a semaphore's
+    /// `,"limit":N` (one permit, the default).
+    fn push_fields(self, out: &mut Vec<u8>) {
+        let mode: &[u8] = match self {
             Mode::Exclusive => b"exclusive",
             Mode::Shared => b"shared",
-        }
+            Mode::Permit { limit } => {
+                out.extend_from_slice(b",\"limit\":");
+                out.extend_from_slice(itoa::Buffer::new().format(limit).as_bytes());
+                return;
+            }
+        };
+        out.extend_from_slice(b",\"mode\":\"");
+        out.extend_from_slice(mode);
+        out.push(b'"');
     }
 }
 
@@ -334,9 +349,9 @@ fn push_acquire(out: &mut Vec<u8>, id: u64, resource: &[u8], mode: Mode) {
     push_prefix(out, id, b"acquire");
     out.extend_from_slice(b",\"resource\":\"");
     out.extend_from_slice(resource);
-    out.extend_from_slice(b"\",\"mode\":\"");
-    out.extend_from_slice(mode.wire());
-    out.extend_from_slice(b"\"}\n");
+    out.push(b'"');
+    mode.push_fields(out);
+    out.extend_from_slice(b"}\n");
 }
 
 /// A line from the server as text for an error message, cut short if long.
@@ -448,6 +463,13 @@ mod tests {
         assert_eq!(
             value,
             serde_json::json!({"id":1,"op":"acquire","resource":"r","mode":"exclusive"})
+        );
+        let mut line = Vec::new();
+        push_acquire(&mut line, 7, b"s", Mode::Permit { limit: 4 });
+        let value: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+        assert_eq!(
+            value,
+            serde_json::json!({"id":7,"op":"acquire","resource":"s","limit":4})
         );
         let line = LockdLocker::sample_release_line("r");
         let value: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");

@@ -7,6 +7,7 @@
 
 mod contended;
 mod scale;
+mod semaphore;
 mod shared;
 mod uncontended;
 mod writes;
@@ -21,6 +22,7 @@ pub async fn run(mode: Mode, bench: &mut Bench, report: &mut Report) -> Result<(
     match mode {
         Mode::Uncontended => uncontended::run(bench, report).await,
         Mode::Contended => contended::run(bench, report).await,
+        Mode::Semaphore => semaphore::run(bench, report).await,
         Mode::Shared => shared::run(bench, report).await,
         Mode::Scale => scale::run(bench, report).await,
         Mode::Writes => writes::run(bench, report).await,

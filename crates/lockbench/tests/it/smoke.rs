@@ -126,7 +126,10 @@ fn every_mode_runs_briefly_and_prints_json_lines() {
             _ => String::new(),
         };
         seen.insert(format!("{mode}/{stage}{writers}/{target}"));
-        if mode == "contended" {
+        if mode == "semaphore" {
+            assert_eq!(run["limit"].as_u64(), Some(4), "{line}");
+        }
+        if mode == "contended" || mode == "semaphore" {
             assert!(run["fairness"]["min"].as_u64().is_some(), "{line}");
             assert!(
                 run["latency_us"]["handoff"]["count"].as_u64().is_some(),
@@ -149,6 +152,7 @@ fn every_mode_runs_briefly_and_prints_json_lines() {
         "uncontended//lockd",
         "uncontended//echo",
         "contended//lockd",
+        "semaphore//lockd",
         "shared//lockd",
         "scale/held_locks/lockd",
         "scale/queued_waiters/lockd",

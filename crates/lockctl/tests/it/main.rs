@@ -17,6 +17,7 @@ mod fault_proxy;
 mod library;
 mod readme;
 mod safety;
+mod semaphores;
 mod support;
 mod timeouts;
 mod tls_docs;

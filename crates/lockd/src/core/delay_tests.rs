@@ -71,6 +71,7 @@ fn an_expired_holders_lock_delay_holds_back_the_next_grant() {
         h.observations().last(),
         Some(&Observation::Granted {
             mode: X,
+            permits: None,
             waited: ms(1_500)
         })
     );

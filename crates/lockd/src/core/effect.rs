@@ -1,5 +1,8 @@
 //! What the lock table tells its driver: effects for other sessions, and errors for the caller.
 
+use std::num::NonZeroU16;
+
+use protocol::cmd::Permits;
 use protocol::{ErrorCode, FenceToken, LockMode, RequestId, ResourceName, SessionId};
 
 /// Something the driver must deliver, produced as a consequence of an input. The caller's own
@@ -19,6 +22,8 @@ pub enum Effect {
         token: FenceToken,
         /// The mode granted.
         mode: LockMode,
+        /// For a semaphore: the permits granted, with its limit.
+        permits: Option<Permits>,
     },
     /// A waiting acquire ended without a grant: reply with `reason` as the error.
     WaitFailed {
@@ -95,6 +100,16 @@ pub enum LockError {
         /// held by session 1".
         cycle: String,
     },
+    /// The acquire's limit is not the resource's: another limit, or a lock against a semaphore.
+    #[error("{}", describe_mismatch(.resource, *.asked, *.current))]
+    LimitMismatch {
+        /// The resource asked for.
+        resource: ResourceName,
+        /// The limit the acquire gave; `None` for a lock.
+        asked: Option<NonZeroU16>,
+        /// The limit the resource has; `None` while it is held or awaited as a lock.
+        current: Option<NonZeroU16>,
+    },
     /// The session already holds or waits for as many resources as it may.
     #[error("this session already holds or waits for {held} locks, the limit")]
     TooManyLocks {
@@ -129,11 +144,36 @@ impl LockError {
             LockError::NotExclusive(_) => ErrorCode::NotExclusive,
             LockError::ValueTooLarge(..) => ErrorCode::ValueTooLarge,
             LockError::Deadlock { .. } => ErrorCode::Deadlock,
+            LockError::LimitMismatch { .. } => ErrorCode::LimitMismatch,
             LockError::TooManyLocks { .. } | LockError::TooManyWaits { .. } => {
                 ErrorCode::LimitExceeded
             }
             LockError::NoSuchWaiter(_) | LockError::DuplicateRequestId(_) => ErrorCode::BadRequest,
             LockError::SessionGone => ErrorCode::Internal,
         }
+    }
+}
+
+/// The message of [`LockError::LimitMismatch`]: what the resource is now, and what to do.
+fn describe_mismatch(
+    resource: &ResourceName,
+    asked: Option<NonZeroU16>,
+    current: Option<NonZeroU16>,
+) -> String {
+    let forgotten = "a limit is forgotten once nobody holds or waits for the resource";
+    match (asked, current) {
+        (Some(asked), Some(current)) => format!(
+            "semaphore {resource} has limit {current}, not {asked}; every acquirer must give \
+             the same limit ({forgotten})"
+        ),
+        (Some(_), None) => format!(
+            "resource {resource} is held or awaited as a lock, not a semaphore; acquire it \
+             without a limit ({forgotten})"
+        ),
+        (None, Some(current)) => format!(
+            "semaphore {resource} has limit {current}; acquire permits with limit {current} \
+             ({forgotten})"
+        ),
+        (None, None) => format!("resource {resource} is a lock"),
     }
 }

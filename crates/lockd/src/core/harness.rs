@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use protocol::cmd::Permits;
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 
 use super::*;
@@ -47,6 +48,29 @@ pub(super) fn granted(
         resource: name(resource),
         token: FenceToken(token),
         mode,
+        permits: None,
+    }
+}
+
+pub(super) fn permits_of(permits: u64, limit: u64) -> Permits {
+    Permits::new(permits, limit).unwrap()
+}
+
+/// The grant of a waiting semaphore acquire.
+pub(super) fn granted_permits(
+    session: SessionId,
+    request: u64,
+    resource: &str,
+    token: u64,
+    (permits, limit): (u64, u64),
+) -> Effect {
+    Effect::Granted {
+        session,
+        request: RequestId(request),
+        resource: name(resource),
+        token: FenceToken(token),
+        mode: LockMode::Shared,
+        permits: Some(permits_of(permits, limit)),
     }
 }
 
@@ -87,15 +111,39 @@ impl Harness {
         mode: LockMode,
         timeout_ms: Option<u64>,
     ) -> Result<Acquired, LockError> {
+        self.try_claim(s, request, resource, mode, timeout_ms)
+    }
+
+    fn try_claim(
+        &mut self,
+        s: SessionId,
+        request: u64,
+        resource: &str,
+        claim: impl Into<Claim>,
+        timeout_ms: Option<u64>,
+    ) -> Result<Acquired, LockError> {
         self.table.handle_acquire(
             self.now,
             s,
             RequestId(request),
             name(resource),
-            mode,
+            claim,
             timeout_ms.map(Duration::from_millis),
             None,
         )
+    }
+
+    /// A semaphore acquire of `permits` of `limit`, waiting as long as it takes.
+    pub(super) fn acquire_permits(
+        &mut self,
+        s: SessionId,
+        request: u64,
+        resource: &str,
+        permits: u64,
+        limit: u64,
+        timeout_ms: Option<u64>,
+    ) -> Result<Acquired, LockError> {
+        self.try_claim(s, request, resource, permits_of(permits, limit), timeout_ms)
     }
 
     pub(super) fn release(
@@ -129,6 +177,14 @@ impl Harness {
     pub(super) fn waiters(&self, resource: &str) -> Vec<SessionId> {
         let status = self.table.status(self.now, Some(&name(resource)));
         status[0].waiters.iter().map(|w| w.session).collect()
+    }
+}
+
+/// The cycle a deadlock refusal names.
+pub(super) fn deadlock(result: Result<Acquired, LockError>) -> String {
+    match result {
+        Err(LockError::Deadlock { cycle, .. }) => cycle,
+        other => panic!("expected a deadlock, got {other:?}"),
     }
 }
 

@@ -10,9 +10,11 @@
 //! deadlines, are rebuilt from the queues on the way back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use protocol::cmd::Permits;
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +48,9 @@ struct SessionImage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct QueueImage {
     resource: ResourceName,
+    /// A semaphore's limit; absent for a lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limit: Option<u16>,
     holders: Vec<HolderImage>,
     waiters: Vec<WaiterImage>,
 }
@@ -58,6 +63,9 @@ struct HolderImage {
     since_ms: u64,
     #[serde(default)]
     lock_delay_ms: u32,
+    /// A semaphore holder's permits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    permits: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +78,9 @@ struct WaiterImage {
     deadline_ms: Option<u64>,
     #[serde(default)]
     lock_delay_ms: u32,
+    /// A semaphore waiter's permits (the limit is the queue's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    permits: Option<u16>,
 }
 
 /// Why an image cannot become a table: it contradicts itself (a foreign or corrupt snapshot).
@@ -98,6 +109,7 @@ impl LockTable {
             .iter()
             .map(|(resource, queue)| QueueImage {
                 resource: resource.clone(),
+                limit: queue.limit().map(NonZeroU16::get),
                 holders: queue
                     .holders()
                     .map(|(token, holder)| HolderImage {
@@ -106,6 +118,7 @@ impl LockTable {
                         mode: holder.mode,
                         since_ms: ms(holder.since),
                         lock_delay_ms: holder.lock_delay_ms,
+                        permits: holder.permits.map(NonZeroU16::get),
                     })
                     .collect(),
                 waiters: queue
@@ -118,6 +131,7 @@ impl LockTable {
                         since_ms: ms(waiter.since),
                         deadline_ms: waiter.deadline.map(ms),
                         lock_delay_ms: waiter.lock_delay_ms,
+                        permits: waiter.permits.map(|permits| permits.count().get()),
                     })
                     .collect(),
             })
@@ -169,7 +183,20 @@ impl LockTable {
         let mut queues = BTreeMap::new();
         for queue_image in image.queues {
             let resource = queue_image.resource;
-            let mut queue = LockQueue::default();
+            let limit = queue_image.limit.and_then(NonZeroU16::new);
+            let mut queue = limit.map_or_else(LockQueue::default, LockQueue::new_semaphore);
+            // Permits only in a semaphore, and none past its limit.
+            let permits = |count: Option<u16>| -> Result<Option<Permits>, ImageError> {
+                match (count, limit) {
+                    (None, None) => Ok(None),
+                    (Some(count), Some(limit)) => Permits::new(count.into(), limit.get().into())
+                        .map(Some)
+                        .map_err(|err| ImageError(format!("{resource}: {err}"))),
+                    _ => Err(ImageError(format!(
+                        "{resource} mixes permits and locks or has no limit"
+                    ))),
+                }
+            };
             for holder in queue_image.holders {
                 let session = sessions.get_mut(&holder.session).ok_or_else(|| {
                     ImageError(format!(
@@ -183,6 +210,7 @@ impl LockTable {
                     Holder {
                         session: holder.session,
                         mode: holder.mode,
+                        permits: permits(holder.permits)?.map(Permits::count),
                         lock_delay_ms: holder.lock_delay_ms,
                         since: at(holder.since_ms),
                     },
@@ -208,6 +236,7 @@ impl LockTable {
                         session: waiter.session,
                         request: waiter.request,
                         mode: waiter.mode,
+                        permits: permits(waiter.permits)?,
                         lock_delay_ms: waiter.lock_delay_ms,
                         since: at(waiter.since_ms),
                         deadline,

@@ -13,6 +13,7 @@ mod table;
 pub use effect::{Effect, LockError, WaitFailure};
 pub use image::{ImageError, TableImage};
 pub use observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
+pub use queue::Claim;
 pub use table::{
     Acquired, ForcedRelease, LockTable, StatusPage, TableConfig, DEFAULT_MAX_STATUS_LIMIT,
     FIRST_TOKEN_BLOCK, TOKEN_BLOCK,
@@ -28,5 +29,7 @@ mod observe_tests;
 mod proptests;
 #[cfg(test)]
 mod replica_tests;
+#[cfg(test)]
+mod semaphore_tests;
 #[cfg(test)]
 mod tests;

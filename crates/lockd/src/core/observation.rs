@@ -8,6 +8,7 @@
 //! small `Copy` values with no resource name, so recording one never allocates once the queue
 //! has grown to a turn's worth.
 
+use std::num::NonZeroU16;
 use std::time::Duration;
 
 use protocol::LockMode;
@@ -19,6 +20,8 @@ pub enum Observation {
     Granted {
         /// The mode granted.
         mode: LockMode,
+        /// For a semaphore: the permits granted.
+        permits: Option<NonZeroU16>,
         /// How long the acquire waited in the queue.
         waited: Duration,
     },

@@ -68,10 +68,12 @@ fn a_forced_release_ends_the_holders_session_and_hands_the_lock_to_the_next_wait
             },
             Observation::Granted {
                 mode: X,
+                permits: None,
                 waited: ms(1_500)
             },
             Observation::Granted {
                 mode: X,
+                permits: None,
                 waited: ms(1_500)
             },
         ]
@@ -147,6 +149,7 @@ fn observations_time_every_grant_hold_and_wait_and_say_why_each_ended() {
         vec![
             Granted {
                 mode: X,
+                permits: None,
                 waited: Duration::ZERO
             },
             WaitEnded {
@@ -166,6 +169,7 @@ fn observations_time_every_grant_hold_and_wait_and_say_why_each_ended() {
             },
             Granted {
                 mode: S,
+                permits: None,
                 waited: ms(300)
             },
             HoldEnded {

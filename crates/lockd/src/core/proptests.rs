@@ -2,6 +2,8 @@
 //! invariants checked after every step.
 //!
 //! - never an exclusive holder next to any other holder;
+//! - a semaphore's holders never hold more permits than its limit, only permits are held or
+//!   awaited in a semaphore and none in a lock, and its count of permits in use is exact;
 //! - grants per resource in arrival order (a waiter is never granted before one queued ahead of
 //!   it in a conflicting mode);
 //! - tokens strictly increasing over every grant;
@@ -11,14 +13,19 @@
 //! - every holder and waiter belongs to a live session, and nothing is held or waited for by a
 //!   closed or expired session;
 //! - each session's own index of what it holds and waits for matches the queues exactly;
-//! - the incremental deadlock search agrees with a straightforward one.
+//! - the incremental deadlock search agrees with a straightforward one, for locks and permits;
+//! - once every session has closed and every lock-delay has passed, nothing is held, awaited
+//!   or kept: every hold was given back.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use protocol::cmd::Permits;
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 
+use super::queue::Want;
 use super::*;
 
 #[derive(Debug, Clone)]
@@ -27,6 +34,9 @@ enum Step {
         session: usize,
         resource: usize,
         shared: bool,
+        /// Permits and limit (2 or 3) for a semaphore acquire: any resource may be asked
+        /// either way, so limit mismatches are among the inputs.
+        permits: Option<(u64, u64)>,
         timeout_ms: Option<u64>,
         lock_delay_ms: Option<u64>,
     },
@@ -54,9 +64,10 @@ fn step() -> impl Strategy<Value = Step> {
     let resource = 0..3usize;
     prop_oneof![
         4 => (session.clone(), resource.clone(), any::<bool>(), prop::option::of(0..3_000u64),
-              prop::option::of(0..2_000u64))
-            .prop_map(|(session, resource, shared, timeout_ms, lock_delay_ms)| Step::Acquire {
-                session, resource, shared, timeout_ms, lock_delay_ms
+              prop::option::of(0..2_000u64),
+              prop::option::of((1..=3u64, 2..=3u64).prop_map(|(p, limit)| (p.min(limit), limit))))
+            .prop_map(|(session, resource, shared, timeout_ms, lock_delay_ms, permits)| Step::Acquire {
+                session, resource, shared, permits, timeout_ms, lock_delay_ms
             }),
         3 => (session.clone(), resource).prop_map(|(session, resource)| Step::Release { session, resource }),
         1 => (session.clone(), 0..40u64).prop_map(|(session, request)| Step::Cancel { session, request }),
@@ -95,13 +106,17 @@ proptest! {
 
         for step in steps {
             match step {
-                Step::Acquire { session, resource, shared, timeout_ms, lock_delay_ms } => {
+                Step::Acquire { session, resource, shared, permits, timeout_ms, lock_delay_ms } => {
                     let id = *slots[session].id.get_or_insert_with(|| table.open_session(now));
                     let request = RequestId(next_request);
                     next_request += 1;
                     let mode = if shared { LockMode::Shared } else { LockMode::Exclusive };
+                    let claim = match permits {
+                        Some((permits, limit)) => Claim::Permits(Permits::new(permits, limit).unwrap()),
+                        None => Claim::Lock(mode),
+                    };
                     let delayed = table.status(now, Some(&name(resource)))[0].delayed_ms.is_some();
-                    match table.handle_acquire(now, id, request, name(resource), mode,
+                    match table.handle_acquire(now, id, request, name(resource), claim,
                         timeout_ms.map(Duration::from_millis),
                         lock_delay_ms.map(Duration::from_millis)) {
                         Ok(Acquired::Granted(token)) => {
@@ -179,6 +194,18 @@ proptest! {
             }
             check_invariants(&table, now, &slots)?;
         }
+        // Every guard is given back: close every session, let every lock-delay pass, and
+        // nothing is left.
+        for slot in &mut slots {
+            if let Some(id) = slot.id.take() {
+                table.handle_session_closed(now, id);
+            }
+        }
+        now += Duration::from_secs(3_600);
+        table.handle_timeout(now);
+        while table.poll_effect().is_some() {}
+        prop_assert_eq!(table.status(now, None), vec![]);
+        prop_assert!(table.queues.is_empty() && table.sessions.is_empty());
     }
 }
 
@@ -198,6 +225,40 @@ fn check_invariants(table: &LockTable, now: Instant, slots: &[Slot]) -> Result<(
             .filter(|h| h.mode == LockMode::Exclusive)
             .count();
         prop_assert!(exclusive == 0 || entry.holders.len() == 1, "{entry:?}");
+        let held_permits: u32 = entry
+            .holders
+            .iter()
+            .filter_map(|h| h.permits)
+            .map(u32::from)
+            .sum();
+        match entry.limit {
+            Some(limit) => {
+                prop_assert!(
+                    held_permits <= u32::from(limit),
+                    "over the limit: {entry:?}"
+                );
+                prop_assert_eq!(entry.permits_used, Some(held_permits));
+                prop_assert!(
+                    entry.holders.iter().all(|h| h.permits.is_some()),
+                    "{entry:?}"
+                );
+                prop_assert!(
+                    entry.waiters.iter().all(|w| w.permits.is_some()),
+                    "{entry:?}"
+                );
+            }
+            None => {
+                prop_assert_eq!(entry.permits_used, None);
+                prop_assert!(
+                    entry.holders.iter().all(|h| h.permits.is_none()),
+                    "{entry:?}"
+                );
+                prop_assert!(
+                    entry.waiters.iter().all(|w| w.permits.is_none()),
+                    "{entry:?}"
+                );
+            }
+        }
         for holder in &entry.holders {
             prop_assert!(
                 live.contains(&holder.session),
@@ -214,9 +275,12 @@ fn check_invariants(table: &LockTable, now: Instant, slots: &[Slot]) -> Result<(
         // the resource is in lock-delay.
         if let Some(first) = entry.waiters.first() {
             let blocked = entry.delayed_ms.is_some()
-                || match first.mode {
-                    LockMode::Exclusive => !entry.holders.is_empty(),
-                    LockMode::Shared => exclusive > 0,
+                || match (first.permits, entry.limit, first.mode) {
+                    (Some(permits), Some(limit), _) => {
+                        held_permits + u32::from(permits) > u32::from(limit)
+                    }
+                    (_, _, LockMode::Exclusive) => !entry.holders.is_empty(),
+                    (_, _, LockMode::Shared) => exclusive > 0,
                 };
             prop_assert!(blocked, "a grantable waiter was left waiting: {entry:?}");
         }
@@ -249,16 +313,31 @@ fn check_deadlock_search(table: &LockTable, slots: &[Slot]) -> Result<(), TestCa
             if session.held.contains(&resource) || session.waiting.contains_key(&resource) {
                 continue;
             }
-            for mode in [LockMode::Exclusive, LockMode::Shared] {
-                let found = table.find_wait_cycle(id, &resource, mode);
-                let expected = table.reference_wait_cycle_exists(id, &resource, mode);
+            // Only what the resource would admit: a lock's modes, or a semaphore's permits.
+            let wants: Vec<Want> = match table.queues.get(&resource).and_then(|q| q.limit()) {
+                None => [LockMode::Exclusive, LockMode::Shared]
+                    .map(|mode| Want {
+                        mode,
+                        permits: None,
+                    })
+                    .to_vec(),
+                Some(limit) => (1..=limit.get())
+                    .map(|permits| Want {
+                        mode: LockMode::Shared,
+                        permits: NonZeroU16::new(permits),
+                    })
+                    .collect(),
+            };
+            for want in wants {
+                let found = table.find_wait_cycle(id, &resource, want);
+                let expected = table.reference_wait_cycle_exists(id, &resource, want);
                 prop_assert_eq!(
                     found.is_some(),
                     expected,
-                    "{:?} asking for {} {}: {:?}",
+                    "{:?} asking for {} {:?}: {:?}",
                     id,
                     resource,
-                    mode,
+                    want,
                     found
                 );
             }

@@ -4,11 +4,74 @@
 //! sessions, tokens and deadlines. Invariant, true between calls: the first waiter (if any)
 //! cannot be granted (or waits for a token reservation, or for its resource's lock-delay), so a
 //! new request may skip the queue only when it is empty.
+//!
+//! A resource is a lock (exclusive and shared holders) or a semaphore (holders of permits, at
+//! most its limit in all), never both at once: the first acquirer of an idle resource decides,
+//! and the queue forgets the limit when it is idle again.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU16;
 use std::time::Instant;
 
+use protocol::cmd::Permits;
 use protocol::{FenceToken, LockMode, RequestId, SessionId};
+
+/// What an acquire asks for: a lock in a mode, or permits of a semaphore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// An exclusive or shared lock.
+    Lock(LockMode),
+    /// Some of a semaphore's permits. Permits are held in shared mode, beside other permits.
+    Permits(Permits),
+}
+
+impl Claim {
+    /// The mode a grant of this claim holds: permits are shared.
+    pub fn mode(self) -> LockMode {
+        match self {
+            Claim::Lock(mode) => mode,
+            Claim::Permits(_) => LockMode::Shared,
+        }
+    }
+
+    /// The semaphore limit this claim assumes; `None` for a lock.
+    pub fn limit(self) -> Option<NonZeroU16> {
+        match self {
+            Claim::Lock(_) => None,
+            Claim::Permits(permits) => Some(permits.limit()),
+        }
+    }
+
+    pub(crate) fn want(self) -> Want {
+        Want {
+            mode: self.mode(),
+            permits: match self {
+                Claim::Lock(_) => None,
+                Claim::Permits(permits) => Some(permits.count()),
+            },
+        }
+    }
+}
+
+impl From<LockMode> for Claim {
+    fn from(mode: LockMode) -> Claim {
+        Claim::Lock(mode)
+    }
+}
+
+impl From<Permits> for Claim {
+    fn from(permits: Permits) -> Claim {
+        Claim::Permits(permits)
+    }
+}
+
+/// What one holder holds or one waiter asks for, as the queue weighs it: the mode, and in a
+/// semaphore the number of permits (the limit is the queue's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Want {
+    pub(crate) mode: LockMode,
+    pub(crate) permits: Option<NonZeroU16>,
+}
 
 /// Arrival order in a queue: tickets grow with every request the table queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -19,11 +82,23 @@ pub(crate) struct Ticket(pub(crate) u64);
 pub(crate) struct Holder {
     pub(crate) session: SessionId,
     pub(crate) mode: LockMode,
+    /// In a semaphore: how many permits it holds. Fits, like `lock_delay_ms`, in the padding
+    /// after `mode`.
+    pub(crate) permits: Option<NonZeroU16>,
     /// The lock-delay this holder asked for, in milliseconds (already clamped): how long the
     /// resource stays ungranted if this hold ends other than by `release`. A `u32` fits in the
     /// padding after `mode`, so a held lock costs no more than before.
     pub(crate) lock_delay_ms: u32,
     pub(crate) since: Instant,
+}
+
+impl Holder {
+    pub(crate) fn want(&self) -> Want {
+        Want {
+            mode: self.mode,
+            permits: self.permits,
+        }
+    }
 }
 
 /// A session waiting in line.
@@ -32,10 +107,21 @@ pub(crate) struct Waiter {
     pub(crate) session: SessionId,
     pub(crate) request: RequestId,
     pub(crate) mode: LockMode,
+    /// In a semaphore: the permits it asks for, with the limit (its grant reports both).
+    pub(crate) permits: Option<Permits>,
     /// The lock-delay its hold will carry once granted; see [`Holder::lock_delay_ms`].
     pub(crate) lock_delay_ms: u32,
     pub(crate) since: Instant,
     pub(crate) deadline: Option<Instant>,
+}
+
+impl Waiter {
+    pub(crate) fn want(&self) -> Want {
+        Want {
+            mode: self.mode,
+            permits: self.permits.map(Permits::count),
+        }
+    }
 }
 
 /// Holders in token order (which is grant order) and waiters by ticket (so iteration is arrival
@@ -51,7 +137,9 @@ pub(crate) struct LockQueue {
 }
 
 /// The forms a queue takes. A queue is `Busy` only while it needs to be: as soon as nobody
-/// waits and at most one holder is left, it goes back to `Held` or `Free`.
+/// waits and at most one holder of a lock is left, it goes back to `Held` or `Free`. A
+/// semaphore is `Busy` as long as anyone holds or waits, because only the box has room for
+/// its limit.
 #[derive(Debug, Default)]
 enum Shape {
     /// Nothing held and nobody waiting; the table drops such a queue.
@@ -59,7 +147,7 @@ enum Shape {
     Free,
     /// One holder and nobody waiting: nearly every held lock. Allocates nothing.
     Held(FenceToken, Holder),
-    /// Several holders (readers), or anyone waiting.
+    /// Several holders (readers), anyone waiting, or a semaphore.
     Busy(Box<Busy>),
 }
 
@@ -68,29 +156,86 @@ enum Shape {
 struct Busy {
     holders: Holders,
     waiters: BTreeMap<Ticket, Waiter>,
+    /// Set while the resource is a semaphore.
+    semaphore: Option<Semaphore>,
+}
+
+/// A semaphore's size and how much of it its holders hold.
+#[derive(Debug, Clone, Copy)]
+struct Semaphore {
+    limit: NonZeroU16,
+    /// The sum of the holders' permits, kept so that a grant does not walk the holders.
+    used: u32,
 }
 
 impl LockQueue {
-    /// True when nothing is held and nobody waits, so the entry can be dropped.
-    pub(crate) fn is_idle(&self) -> bool {
-        matches!(self.shape, Shape::Free)
+    /// An idle semaphore of `limit`, to add holders and waiters to (an image's).
+    pub(crate) fn new_semaphore(limit: NonZeroU16) -> LockQueue {
+        LockQueue {
+            shape: Shape::Busy(Box::new(Busy {
+                semaphore: Some(Semaphore { limit, used: 0 }),
+                ..Busy::default()
+            })),
+        }
     }
 
-    /// Whether a new request in `mode` may be granted at once, without queueing.
-    pub(crate) fn can_grant_now(&self, mode: LockMode) -> bool {
-        self.waiter_map().is_none_or(BTreeMap::is_empty) && self.compatible_with_holders(mode)
+    /// True when nothing is held and nobody waits, so the entry can be dropped.
+    pub(crate) fn is_idle(&self) -> bool {
+        match &self.shape {
+            Shape::Free => true,
+            Shape::Held(..) => false,
+            Shape::Busy(busy) => matches!(busy.holders, Holders::None) && busy.waiters.is_empty(),
+        }
+    }
+
+    /// The semaphore's limit, or `None` for a lock.
+    pub(crate) fn limit(&self) -> Option<NonZeroU16> {
+        self.semaphore().map(|semaphore| semaphore.limit)
+    }
+
+    /// How many permits the semaphore's holders hold, or `None` for a lock.
+    pub(crate) fn permits_used(&self) -> Option<u32> {
+        self.semaphore().map(|semaphore| semaphore.used)
+    }
+
+    /// Checks that `claim` fits what the resource is: a lock, or a semaphore of the same limit.
+    /// An idle queue fits anything and becomes what `claim` asks for. On a mismatch, returns
+    /// the current limit (`None`: it is a lock) and changes nothing.
+    pub(crate) fn admit(&mut self, claim: Claim) -> Result<(), Option<NonZeroU16>> {
+        if self.is_idle() {
+            *self = match claim.limit() {
+                Some(limit) => LockQueue::new_semaphore(limit),
+                None => LockQueue::default(),
+            };
+            return Ok(());
+        }
+        let current = self.limit();
+        if current == claim.limit() {
+            Ok(())
+        } else {
+            Err(current)
+        }
+    }
+
+    /// Whether a new request for `want` may be granted at once, without queueing.
+    pub(crate) fn can_grant_now(&self, want: Want) -> bool {
+        self.waiter_map().is_none_or(BTreeMap::is_empty) && self.compatible_with_holders(want)
     }
 
     pub(crate) fn add_holder(&mut self, token: FenceToken, holder: Holder) {
-        debug_assert!(self.compatible_with_holders(holder.mode));
+        debug_assert!(self.compatible_with_holders(holder.want()));
         self.shape = match std::mem::take(&mut self.shape) {
-            Shape::Free => Shape::Held(token, holder),
+            Shape::Free if holder.permits.is_none() => Shape::Held(token, holder),
             other => {
                 let mut busy = other.into_busy();
+                if let (Some(semaphore), Some(permits)) = (&mut busy.semaphore, holder.permits) {
+                    semaphore.used += u32::from(permits.get());
+                }
                 busy.holders.insert(token, holder);
                 Shape::Busy(busy)
             }
         };
+        self.settle();
     }
 
     pub(crate) fn remove_holder(&mut self, token: FenceToken) -> Option<Holder> {
@@ -102,7 +247,16 @@ impl LockQueue {
                 Some(holder)
             }
             Shape::Free | Shape::Held(..) => None,
-            Shape::Busy(busy) => busy.holders.remove(token),
+            Shape::Busy(busy) => {
+                let removed = busy.holders.remove(token);
+                if let (Some(semaphore), Some(permits)) = (
+                    &mut busy.semaphore,
+                    removed.as_ref().and_then(|holder| holder.permits),
+                ) {
+                    semaphore.used -= u32::from(permits.get());
+                }
+                removed
+            }
         };
         self.settle();
         removed
@@ -127,9 +281,11 @@ impl LockQueue {
         removed
     }
 
-    /// Takes the first waiter out of the queue if it can be granted now. Called in a loop after
+    /// Takes the first waiter out of the queue if it can be granted now; the caller must make it
+    /// a holder at once with [`add_holder`](Self::add_holder). Called in a loop after
     /// anything leaves, this grants every waiter that became grantable, in arrival order, and
-    /// stops at the first one that must keep waiting: a later reader never overtakes a writer.
+    /// stops at the first one that must keep waiting: a later reader never overtakes a writer,
+    /// and a later small request for permits never overtakes a larger one.
     pub(crate) fn pop_grantable(&mut self) -> Option<(Ticket, Waiter)> {
         if !self.has_grantable() {
             return None;
@@ -137,16 +293,16 @@ impl LockQueue {
         let Shape::Busy(busy) = &mut self.shape else {
             return None;
         };
-        let first = busy.waiters.pop_first();
-        self.settle();
-        first
+        // Not settled yet: the caller adds the waiter as a holder next, and a semaphore must
+        // keep its limit until then.
+        busy.waiters.pop_first()
     }
 
     /// Whether the first waiter could be granted now.
     pub(crate) fn has_grantable(&self) -> bool {
         self.waiters_by_ticket()
             .next()
-            .is_some_and(|(_, first)| self.compatible_with_holders(first.mode))
+            .is_some_and(|(_, first)| self.compatible_with_holders(first.want()))
     }
 
     /// In token order.
@@ -194,66 +350,83 @@ impl LockQueue {
             .map(|(token, _)| token)
     }
 
-    /// The mode of a waiter still in line.
-    pub(crate) fn waiter_mode(&self, ticket: Ticket) -> Option<LockMode> {
-        self.waiter_map()?.get(&ticket).map(|waiter| waiter.mode)
+    /// What a waiter still in line asks for.
+    pub(crate) fn waiter_want(&self, ticket: Ticket) -> Option<Want> {
+        self.waiter_map()?.get(&ticket).map(Waiter::want)
     }
 
-    /// Holders a request in `mode` waits for: those it conflicts with.
-    pub(crate) fn conflicting_holders(
-        &self,
-        mode: LockMode,
-    ) -> impl Iterator<Item = SessionId> + '_ {
+    /// Holders a request for `want` waits for: each one that alone keeps it from being granted.
+    /// For a lock, those it conflicts with. For a semaphore, those holding so many permits that
+    /// the request does not fit beside them even if every other holder left: the request must
+    /// wait for them to release, whereas any one of several smaller holders may be the one that
+    /// makes room, so none of them alone is a wait-for edge (a cycle through it would be no
+    /// deadlock).
+    pub(crate) fn conflicting_holders(&self, want: Want) -> impl Iterator<Item = SessionId> + '_ {
+        let limit = self.limit();
         self.holders()
-            .filter(move |(_, holder)| conflicts(holder.mode, mode))
+            .filter(move |(_, holder)| blocks(holder.want(), want, limit))
             .map(|(_, holder)| holder.session)
     }
 
     /// Waiters with tickets from `from` (inclusive) up to `to` (exclusive; `None`: to the end of
-    /// the queue) that a request in `mode` conflicts with. A request waits for every such
-    /// waiter ahead of it, since they will be granted first.
+    /// the queue) that a request for `want` waits for. A request waits for every waiter ahead of
+    /// it that is granted before it and conflicts with it: in a lock, readers are granted
+    /// together, so only writers ahead count; in a semaphore, grants are strictly in order, so
+    /// every waiter ahead counts.
     pub(crate) fn conflicting_waiters(
         &self,
         from: Ticket,
         to: Option<Ticket>,
-        mode: LockMode,
+        want: Want,
     ) -> impl Iterator<Item = (Ticket, SessionId)> + '_ {
         use std::ops::Bound;
         let upper = to.map_or(Bound::Unbounded, Bound::Excluded);
         self.waiter_map()
             .into_iter()
             .flat_map(move |waiters| waiters.range((Bound::Included(from), upper)))
-            .filter(move |(_, waiter)| conflicts(waiter.mode, mode))
+            .filter(move |(_, waiter)| want.permits.is_some() || conflicts(waiter.mode, want.mode))
             .map(|(ticket, waiter)| (*ticket, waiter.session))
     }
 
-    /// Everyone a request in `mode` waits for: holders it conflicts with, and waiters ahead of
-    /// it (before `ticket`, or all of them for a request not yet queued) that it conflicts with.
-    /// `true` marks a holder. The straightforward form of what the table's deadlock search
-    /// walks incrementally; kept to check that search against.
+    /// Everyone a request for `want` waits for: holders that block it, and waiters ahead of it
+    /// (before `ticket`, or all of them for a request not yet queued) that it waits for. `true`
+    /// marks a holder. The straightforward form of what the table's deadlock search walks
+    /// incrementally; kept to check that search against.
     #[cfg(test)]
     pub(crate) fn blockers(
         &self,
         ticket: Option<Ticket>,
-        mode: LockMode,
+        want: Want,
     ) -> impl Iterator<Item = (SessionId, bool)> + '_ {
         let holders = self
-            .conflicting_holders(mode)
+            .conflicting_holders(want)
             .map(|session| (session, true));
         let ahead = self
-            .conflicting_waiters(Ticket(0), ticket, mode)
+            .conflicting_waiters(Ticket(0), ticket, want)
             .map(|(_, session)| (session, false));
         holders.chain(ahead)
     }
 
-    fn compatible_with_holders(&self, mode: LockMode) -> bool {
-        match mode {
+    fn compatible_with_holders(&self, want: Want) -> bool {
+        if let Some(permits) = want.permits {
+            return self.semaphore().is_some_and(|semaphore| {
+                semaphore.used + u32::from(permits.get()) <= u32::from(semaphore.limit.get())
+            });
+        }
+        match want.mode {
             LockMode::Exclusive => self.holders().next().is_none(),
             // An exclusive holder is always alone, so looking at any one holder is enough.
             LockMode::Shared => self
                 .holders()
                 .next()
                 .is_none_or(|(_, holder)| holder.mode == LockMode::Shared),
+        }
+    }
+
+    fn semaphore(&self) -> Option<Semaphore> {
+        match &self.shape {
+            Shape::Busy(busy) => busy.semaphore,
+            Shape::Free | Shape::Held(..) => None,
         }
     }
 
@@ -269,7 +442,8 @@ impl LockQueue {
         self.waiter_map().into_iter().flatten()
     }
 
-    /// Back to `Free` or `Held` once a `Busy` queue no longer needs the box.
+    /// Back to `Free` or `Held` once a `Busy` queue no longer needs the box. A semaphore needs
+    /// it until it is idle, and then forgets its limit.
     fn settle(&mut self) {
         let Shape::Busy(busy) = &mut self.shape else {
             return;
@@ -279,7 +453,9 @@ impl LockQueue {
         }
         match std::mem::take(&mut busy.holders) {
             Holders::None => self.shape = Shape::Free,
-            Holders::One(token, holder) => self.shape = Shape::Held(token, holder),
+            Holders::One(token, holder) if busy.semaphore.is_none() => {
+                self.shape = Shape::Held(token, holder);
+            }
             several => busy.holders = several,
         }
     }
@@ -293,6 +469,7 @@ impl Shape {
             Shape::Held(token, holder) => Box::new(Busy {
                 holders: Holders::One(token, holder),
                 waiters: BTreeMap::new(),
+                semaphore: None,
             }),
             Shape::Busy(busy) => busy,
         }
@@ -302,6 +479,17 @@ impl Shape {
 /// Whether two modes cannot hold the lock at the same time.
 fn conflicts(a: LockMode, b: LockMode) -> bool {
     a == LockMode::Exclusive || b == LockMode::Exclusive
+}
+
+/// Whether `held` alone keeps `want` from being granted, in a queue with `limit` (a semaphore)
+/// or without (a lock).
+fn blocks(held: Want, want: Want, limit: Option<NonZeroU16>) -> bool {
+    match (held.permits, want.permits, limit) {
+        (Some(held), Some(want), Some(limit)) => {
+            u32::from(held.get()) + u32::from(want.get()) > u32::from(limit.get())
+        }
+        _ => conflicts(held.mode, want.mode),
+    }
 }
 
 /// The holders of a `Busy` queue. Most busy queues have one holder and waiters behind it, so
@@ -382,6 +570,7 @@ mod tests {
         Holder {
             session: SessionId(session),
             mode: LockMode::Shared,
+            permits: None,
             lock_delay_ms: 0,
             since,
         }
@@ -416,6 +605,7 @@ mod tests {
         Holder {
             session: SessionId(session),
             mode: LockMode::Exclusive,
+            permits: None,
             lock_delay_ms: 0,
             since,
         }
@@ -426,6 +616,7 @@ mod tests {
             session: SessionId(session),
             request: RequestId(session),
             mode,
+            permits: None,
             lock_delay_ms: 0,
             since,
             deadline: None,
@@ -506,5 +697,40 @@ mod tests {
         assert!(!queue.is_idle());
         assert!(queue.remove_waiter(Ticket(3)).is_some());
         assert!(queue.is_idle());
+    }
+
+    #[test]
+    fn a_semaphore_keeps_its_limit_boxed_until_idle_then_forgets_it() {
+        let now = Instant::now();
+        let permits = |count, limit| Claim::Permits(Permits::new(count, limit).unwrap());
+        let holder = |session, count| Holder {
+            permits: NonZeroU16::new(count),
+            ..reader(session, now)
+        };
+        let mut queue = LockQueue::default();
+        assert_eq!(queue.admit(permits(2, 3)), Ok(()));
+        assert!(queue.is_idle(), "admitted, nothing held yet");
+        queue.add_holder(FenceToken(1), holder(1, 2));
+        assert_eq!(
+            shape(&queue),
+            "busy",
+            "one holder, but the limit needs the box"
+        );
+        assert_eq!(
+            (queue.limit(), queue.permits_used()),
+            (NonZeroU16::new(3), Some(2))
+        );
+        assert_eq!(queue.admit(permits(1, 4)), Err(NonZeroU16::new(3)));
+        assert_eq!(
+            queue.admit(Claim::Lock(LockMode::Shared)),
+            Err(NonZeroU16::new(3))
+        );
+        assert!(queue.can_grant_now(permits(1, 3).want()));
+        assert!(!queue.can_grant_now(permits(2, 3).want()));
+        assert_eq!(queue.remove_holder(FenceToken(1)), Some(holder(1, 2)));
+        assert!(queue.is_idle());
+        assert_eq!(shape(&queue), "free");
+        assert_eq!(queue.limit(), None, "forgotten");
+        assert_eq!(queue.admit(Claim::Lock(LockMode::Exclusive)), Ok(()));
     }
 }

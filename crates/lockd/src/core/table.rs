@@ -8,16 +8,17 @@
 //! table command by command.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::num::NonZeroU16;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::cmd::{HolderStatus, ResourceStatus, WaiterStatus};
+use protocol::cmd::{HolderStatus, Permits, ResourceStatus, WaiterStatus};
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 
 use super::effect::{Effect, LockError, WaitFailure};
 use super::observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
-use super::queue::{Holder, LockQueue, Ticket, Waiter};
+use super::queue::{Claim, Holder, LockQueue, Ticket, Waiter, Want};
 use super::session::Session;
 
 /// The table's settings; the driver fills them from the command line.
@@ -472,11 +473,13 @@ impl LockTable {
 
     // ---- Locks ---------------------------------------------------------------------------
 
-    /// `acquire`: grants at once when the queue is empty, the mode fits the holders and the
-    /// resource is not in lock-delay, otherwise queues the request behind everyone already
-    /// waiting. `timeout` of zero never queues (it fails with `Timeout`); `None` waits as long
-    /// as it takes. `lock_delay` is the holder's lock-delay (`None`: the server's default); it is
-    /// clamped to the server's maximum.
+    /// `acquire`: grants at once when the queue is empty, the claim fits beside the holders and
+    /// the resource is not in lock-delay, otherwise queues the request behind everyone already
+    /// waiting. `claim` is a lock mode, or permits of a semaphore: the first acquirer of an idle
+    /// resource sets its limit, and a claim with another limit (or a lock on a semaphore, or
+    /// permits of a lock) fails with `LimitMismatch`. `timeout` of zero never queues (it fails
+    /// with `Timeout`); `None` waits as long as it takes. `lock_delay` is the holder's
+    /// lock-delay (`None`: the server's default); it is clamped to the server's maximum.
     #[allow(
         clippy::too_many_arguments,
         reason = "one argument per field of the request"
@@ -487,10 +490,12 @@ impl LockTable {
         session_id: SessionId,
         request: RequestId,
         resource: ResourceName,
-        mode: LockMode,
+        claim: impl Into<Claim>,
         timeout: Option<Duration>,
         lock_delay: Option<Duration>,
     ) -> Result<Acquired, LockError> {
+        let claim = claim.into();
+        let (mode, want) = (claim.mode(), claim.want());
         let lock_delay_ms = self.lock_delay_ms(lock_delay);
         let delayed = self.delayed.contains_key(&resource);
         let session = self
@@ -511,8 +516,15 @@ impl LockTable {
             });
         }
         let queue = self.queues.entry(resource.clone()).or_default();
+        if let Err(current) = queue.admit(claim) {
+            return Err(LockError::LimitMismatch {
+                resource,
+                asked: claim.limit(),
+                current,
+            });
+        }
         let has_token = self.next_token <= self.token_limit;
-        if queue.can_grant_now(mode) && has_token && !delayed {
+        if queue.can_grant_now(want) && has_token && !delayed {
             let token = FenceToken(self.next_token);
             self.next_token += 1;
             queue.add_holder(
@@ -520,6 +532,7 @@ impl LockTable {
                 Holder {
                     session: session_id,
                     mode,
+                    permits: want.permits,
                     lock_delay_ms,
                     since: now,
                 },
@@ -527,6 +540,7 @@ impl LockTable {
             session.held.insert(resource);
             self.observations.push_back(Observation::Granted {
                 mode,
+                permits: want.permits,
                 waited: Duration::ZERO,
             });
             return Ok(Acquired::Granted(token));
@@ -551,7 +565,7 @@ impl LockTable {
         // Only a session that already holds or waits for something can be waited for, so a
         // first lock costs no graph walk.
         if session.lock_count() > 0 {
-            if let Some(cycle) = self.find_wait_cycle(session_id, &resource, mode) {
+            if let Some(cycle) = self.find_wait_cycle(session_id, &resource, want) {
                 if self.queues.get(&resource).is_some_and(LockQueue::is_idle) {
                     self.queues.remove(&resource);
                 }
@@ -574,6 +588,10 @@ impl LockTable {
                 session: session_id,
                 request,
                 mode,
+                permits: match claim {
+                    Claim::Permits(permits) => Some(permits),
+                    Claim::Lock(_) => None,
+                },
                 lock_delay_ms,
                 since: now,
                 deadline,
@@ -866,6 +884,7 @@ impl LockTable {
                     token,
                     held_ms: millis_since(now, holder.since),
                     lock_delay_ms: u64::from(holder.lock_delay_ms),
+                    permits: holder.permits.map(NonZeroU16::get),
                 })
                 .collect(),
             waiters: queue
@@ -877,16 +896,19 @@ impl LockTable {
                     peer: None,
                     mode: waiter.mode,
                     waited_ms: millis_since(now, waiter.since),
+                    permits: waiter.permits.map(|permits| permits.count().get()),
                 })
                 .collect(),
             delayed_ms: self
                 .delayed
                 .get(resource)
                 .map(|until| millis_since(*until, now)),
+            limit: queue.and_then(LockQueue::limit).map(NonZeroU16::get),
+            permits_used: queue.and_then(LockQueue::permits_used),
         }
     }
 
-    /// Whether `session`, queueing for `resource` in `mode`, would wait (through a chain of
+    /// Whether `session`, queueing for `resource` with `want`, would wait (through a chain of
     /// sessions each waiting for the next) for itself. Returns the cycle as text if so.
     ///
     /// The wait-for graph is never stored: edges are read off the queues. A session waits for
@@ -897,7 +919,7 @@ impl LockTable {
         &self,
         session: SessionId,
         resource: &ResourceName,
-        mode: LockMode,
+        want: Want,
     ) -> Option<String> {
         let mut search = CycleSearch {
             target: session,
@@ -906,7 +928,7 @@ impl LockTable {
             scanned: HashMap::new(),
         };
         let queue = self.queues.get(resource)?;
-        if search.expand(session, resource, queue, None, mode) {
+        if search.expand(session, resource, queue, None, want) {
             return Some(describe_cycle(session, &search.reached));
         }
         while let Some(waiting) = search.frontier.pop() {
@@ -917,10 +939,10 @@ impl LockTable {
                 let Some(queue) = self.queues.get(name) else {
                     continue;
                 };
-                let Some(waiting_mode) = queue.waiter_mode(ticket) else {
+                let Some(waiting_want) = queue.waiter_want(ticket) else {
                     continue;
                 };
-                if search.expand(waiting, name, queue, Some(ticket), waiting_mode) {
+                if search.expand(waiting, name, queue, Some(ticket), waiting_want) {
                     return Some(describe_cycle(session, &search.reached));
                 }
             }
@@ -935,14 +957,14 @@ impl LockTable {
         &self,
         session: SessionId,
         resource: &ResourceName,
-        mode: LockMode,
+        want: Want,
     ) -> bool {
         let Some(queue) = self.queues.get(resource) else {
             return false;
         };
         let mut seen = std::collections::HashSet::new();
         let mut frontier: Vec<SessionId> = queue
-            .blockers(None, mode)
+            .blockers(None, want)
             .map(|(blocker, _)| blocker)
             .filter(|blocker| *blocker != session)
             .collect();
@@ -957,10 +979,10 @@ impl LockTable {
                 let Some(queue) = self.queues.get(name) else {
                     continue;
                 };
-                let Some(waiting_mode) = queue.waiter_mode(ticket) else {
+                let Some(waiting_want) = queue.waiter_want(ticket) else {
                     continue;
                 };
-                for (blocker, _) in queue.blockers(Some(ticket), waiting_mode) {
+                for (blocker, _) in queue.blockers(Some(ticket), waiting_want) {
                     if blocker == session {
                         return true;
                     }
@@ -1085,6 +1107,7 @@ impl LockTable {
                 Holder {
                     session: waiter.session,
                     mode: waiter.mode,
+                    permits: waiter.permits.map(Permits::count),
                     lock_delay_ms: waiter.lock_delay_ms,
                     since: now,
                 },
@@ -1096,6 +1119,7 @@ impl LockTable {
             }
             self.observations.push_back(Observation::Granted {
                 mode: waiter.mode,
+                permits: waiter.permits.map(Permits::count),
                 waited: now.saturating_duration_since(waiter.since),
             });
             self.effects.push_back(Effect::Granted {
@@ -1104,6 +1128,7 @@ impl LockTable {
                 resource: resource.clone(),
                 token,
                 mode: waiter.mode,
+                permits: waiter.permits,
             });
         }
         if queue.is_idle() {
@@ -1142,6 +1167,9 @@ struct Scanned {
     /// Every holder has been listed, or every exclusive holder.
     all_holders: bool,
     exclusive_holders: bool,
+    /// In a semaphore: the largest request (in permits) whose blocking holders have been
+    /// listed; a larger request is blocked by more of them.
+    holders_for_permits: u16,
 }
 
 impl<'t> CycleSearch<'t> {
@@ -1154,13 +1182,19 @@ impl<'t> CycleSearch<'t> {
         resource: &'t ResourceName,
         queue: &LockQueue,
         ticket: Option<Ticket>,
-        mode: LockMode,
+        want: Want,
     ) -> bool {
         let scanned = self.scanned.entry(resource).or_default();
-        let exclusive = mode == LockMode::Exclusive;
+        // A request for permits waits, like an exclusive one, for every waiter ahead.
+        let exclusive = want.mode == LockMode::Exclusive || want.permits.is_some();
         let mut found = Vec::new();
-        if !scanned.all_holders && (exclusive || !scanned.exclusive_holders) {
-            found.extend(queue.conflicting_holders(mode).map(|s| (s, true)));
+        if let Some(permits) = want.permits {
+            if permits.get() > scanned.holders_for_permits {
+                found.extend(queue.conflicting_holders(want).map(|s| (s, true)));
+                scanned.holders_for_permits = permits.get();
+            }
+        } else if !scanned.all_holders && (exclusive || !scanned.exclusive_holders) {
+            found.extend(queue.conflicting_holders(want).map(|s| (s, true)));
             scanned.exclusive_holders = true;
             scanned.all_holders |= exclusive;
         }
@@ -1177,7 +1211,7 @@ impl<'t> CycleSearch<'t> {
             let from = covered.unwrap_or(Ticket(0));
             found.extend(
                 queue
-                    .conflicting_waiters(from, ticket, mode)
+                    .conflicting_waiters(from, ticket, want)
                     .map(|(_, s)| (s, false)),
             );
             let mark = Some(ticket.unwrap_or(Ticket(u64::MAX)));

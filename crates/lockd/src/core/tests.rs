@@ -590,13 +590,6 @@ fn status_pages_follow_the_cursor_even_when_the_table_changes_between_pages() {
     );
 }
 
-fn deadlock(result: Result<Acquired, LockError>) -> String {
-    match result {
-        Err(LockError::Deadlock { cycle, .. }) => cycle,
-        other => panic!("expected a deadlock, got {other:?}"),
-    }
-}
-
 #[test]
 fn a_two_session_cycle_is_refused_and_nothing_changes() {
     let mut h = harness();

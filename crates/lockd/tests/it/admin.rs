@@ -691,3 +691,34 @@ async fn a_stuck_disk_makes_lockd_unready_but_not_dead() {
     stop_tx.send(()).unwrap();
     running.await.unwrap();
 }
+
+#[tokio::test]
+async fn v1_locks_shows_a_semaphores_limit_and_each_holders_permits() {
+    let (lockd, admin) = start_with_admin(&[]);
+    let mut holder = lockd.connect().await;
+    let reply = holder
+        .call(json!({"id": 1, "op": "acquire", "resource": "exports", "permits": 3, "limit": 4}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let mut waiter = lockd.connect().await;
+    waiter
+        .send(json!({"id": 1, "op": "acquire", "resource": "exports", "permits": 2, "limit": 4}))
+        .await;
+    assert_eq!(waiter.recv().await["position"], 1);
+
+    let one = get(admin, "/v1/locks/exports").await.json();
+    assert_eq!(
+        (one["limit"].clone(), one["permits_used"].clone()),
+        (json!(4), json!(3)),
+        "{one}"
+    );
+    assert_eq!(one["holders"][0]["permits"], 3, "{one}");
+    assert_eq!(one["waiters"][0]["permits"], 2, "{one}");
+    // A lock shows none of these fields.
+    holder.lock(2, "plain", "exclusive").await;
+    let plain = get(admin, "/v1/locks/plain").await.json();
+    assert!(
+        plain.get("limit").is_none() && plain["holders"][0].get("permits").is_none(),
+        "{plain}"
+    );
+}

@@ -50,6 +50,7 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
     let audit = client(Some("audit@batch-4")).await;
     let cleanup = client(Some("cleanup@batch-1")).await;
     let anonymous = client(None).await;
+    let exporter = client(Some("export@batch-5")).await;
     lock(&mut conns[runner7], "deploy/prod", "exclusive").await;
     lock(&mut conns[migrate], "db/migrations", "exclusive").await;
     lock(&mut conns[report], "reports/nightly", "shared").await;
@@ -58,6 +59,11 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
     queue(&mut conns[runner9], "deploy/prod", "exclusive", 1).await;
     queue(&mut conns[ana], "deploy/prod", "exclusive", 2).await;
     queue(&mut conns[cleanup], "reports/nightly", "exclusive", 1).await;
+    // Two of the four permits of a semaphore.
+    let reply = conns[exporter]
+        .call(json!({"id": 1, "op": "acquire", "resource": "exports/s3", "permits": 2, "limit": 4}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
     // A holder with a lock-delay that went away without releasing: nobody may take the lock
     // for a minute.
     let mut gone = lockd.connect().await;
@@ -89,7 +95,11 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
 
     assert!(dom.contains("data-state=\"live\""), "not live:\n{dom}");
     assert!(dom.contains("<dd id=\"total-waiters\">3</dd>"), "{dom}");
-    assert!(dom.contains("<dd id=\"total-holders\">5</dd>"), "{dom}");
+    assert!(dom.contains("<dd id=\"total-holders\">6</dd>"), "{dom}");
+    let exports = row(&dom, "exports/s3");
+    for text in ["2 of 4 permits used", "2 permits", "export@batch-5"] {
+        assert!(exports.contains(text), "{text:?} missing from:\n{exports}");
+    }
     let deploy = row(&dom, "deploy/prod");
     for text in [
         "2 waiting",

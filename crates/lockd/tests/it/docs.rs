@@ -371,6 +371,24 @@ async fn start(name: &str) -> Replay {
             replay.open_in_order("session 2").await;
             replay.wait_for("session 2", 1, "file_A").await;
         }
+        "semaphore" | "status-semaphore" => {
+            // Session 1 holds 3 of the 4 permits of exports (and for status, session 2 waits
+            // for 2 of them, session 3 for 1).
+            replay.open_in_order("session 1").await;
+            let acquire = |permits: u64| {
+                json!({"id": 1, "op": "acquire", "resource": "exports", "permits": permits,
+                       "limit": 4})
+            };
+            let granted = replay.call("session 1", acquire(3)).await;
+            assert_eq!(granted["permits"], 3, "{granted}");
+            if name == "status-semaphore" {
+                for (session, permits) in [("session 2", 2), ("session 3", 1)] {
+                    replay.open_in_order(session).await;
+                    let queued = replay.call(session, acquire(permits)).await;
+                    assert_eq!(queued["event"], "queued", "{queued}");
+                }
+            }
+        }
         "status-pages" => {
             // Session 1 holds file_A and jobs/nightly, session 2 waits for file_A.
             replay.session_1_holds(&["file_A", "jobs/nightly"]).await;

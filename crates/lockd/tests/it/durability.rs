@@ -118,6 +118,37 @@ async fn an_acknowledged_write_pipelined_with_its_release_is_durable() {
     assert_eq!(read_under_lock(&mut conn, "r").await.1, "pipelined");
 }
 
+/// A semaphore's limit is lock state, not a value: after a restart the resource is idle, and its
+/// value (written under the exclusive lock of an earlier life as a lock) is still there, so the
+/// next acquirer sets a new limit. A cluster keeps limits in its log instead (cluster tests).
+#[tokio::test]
+async fn a_restart_forgets_semaphore_limits_and_keeps_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lockd = Lockd::start_in(dir.path(), &[]);
+    let mut conn = lockd.connect().await;
+    write_under_lock(&mut conn, "exports", "kept").await;
+    let reply = conn
+        .call(json!({"id": 5, "op": "acquire", "resource": "exports", "permits": 2, "limit": 4}))
+        .await;
+    assert_eq!(reply["limit"], 4, "{reply}");
+    lockd.signal_and_wait("KILL");
+
+    let lockd = Lockd::start_in(dir.path(), &[]);
+    let mut conn = lockd.connect().await;
+    let reply = conn
+        .call(json!({"id": 1, "op": "acquire", "resource": "exports", "permits": 1, "limit": 8}))
+        .await;
+    assert_eq!(reply["limit"], 8, "the old limit is gone: {reply}");
+    let token = reply["token"].as_u64().unwrap();
+    let read = conn
+        .call(json!({"id": 2, "op": "read", "resource": "exports", "token": token}))
+        .await;
+    assert_eq!(
+        read["value"], "kept",
+        "a permit holder reads the value: {read}"
+    );
+}
+
 /// Many clients increment counters under locks while lockd is SIGKILLed at random moments and
 /// restarted. Afterwards every acknowledged write is there, every holder read at least the last
 /// acknowledged value, and tokens never went backwards, within a run or across restarts.

@@ -20,6 +20,7 @@ mod process;
 mod queueing;
 mod replies;
 mod safety;
+mod semaphores;
 mod sessions;
 mod support;
 mod tls;

@@ -1,5 +1,7 @@
 //! Lock commands: `acquire`, `release`, `cancel`, `validate` and `status`.
 
+use std::num::NonZeroU16;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{FenceToken, LockMode, RequestId, SessionId};
@@ -22,6 +24,63 @@ pub struct Acquire {
     /// (`--default-lock-delay-ms`, 0 unless set); clamped to `--max-lock-delay-ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_delay_ms: Option<u64>,
+    /// A semaphore acquire: `permits` of a resource that `limit` holds can share. Its `mode`
+    /// is `shared` (permit holders share the resource: they may `read`, not `write`).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub permits: Option<Permits>,
+}
+
+/// The largest `limit` a semaphore may have.
+pub const MAX_PERMIT_LIMIT: u16 = u16::MAX;
+
+/// How many permits a semaphore acquire asks for, and the semaphore's limit: at least one
+/// permit, at most `limit`, and `limit` at most [`MAX_PERMIT_LIMIT`]. Checked once, when built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawPermits")]
+pub struct Permits {
+    #[serde(rename = "permits")]
+    count: NonZeroU16,
+    limit: NonZeroU16,
+}
+
+#[derive(Deserialize)]
+struct RawPermits {
+    permits: u64,
+    limit: u64,
+}
+
+impl TryFrom<RawPermits> for Permits {
+    type Error = String;
+
+    fn try_from(raw: RawPermits) -> Result<Permits, String> {
+        Permits::new(raw.permits, raw.limit)
+    }
+}
+
+impl Permits {
+    /// `count` permits of a semaphore of `limit`; the error says which rule they break.
+    pub fn new(count: u64, limit: u64) -> Result<Permits, String> {
+        let limit = u16::try_from(limit)
+            .ok()
+            .and_then(NonZeroU16::new)
+            .ok_or_else(|| format!("`limit` must be from 1 to {MAX_PERMIT_LIMIT}, not {limit}"))?;
+        let count = u16::try_from(count)
+            .ok()
+            .and_then(NonZeroU16::new)
+            .filter(|count| *count <= limit)
+            .ok_or_else(|| format!("`permits` must be from 1 to the limit {limit}, not {count}"))?;
+        Ok(Permits { count, limit })
+    }
+
+    /// How many permits are asked for.
+    pub fn count(self) -> NonZeroU16 {
+        self.count
+    }
+
+    /// How many permits the semaphore has in all.
+    pub fn limit(self) -> NonZeroU16 {
+        self.limit
+    }
 }
 
 /// The result of a granted `acquire`.
@@ -29,8 +88,11 @@ pub struct Acquire {
 pub struct AcquireOk {
     /// The fencing token of this grant.
     pub token: FenceToken,
-    /// The mode granted (the one asked for).
+    /// The mode granted (the one asked for; `shared` for permits).
     pub mode: LockMode,
+    /// For a semaphore acquire: the permits granted and the semaphore's limit.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub permits: Option<Permits>,
 }
 
 /// `release`: give back a lock held with `token`.
@@ -143,6 +205,12 @@ pub struct ResourceStatus {
     /// than by `release`): how many milliseconds remain before it can be granted again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delayed_ms: Option<u64>,
+    /// For a semaphore: how many permits its holders share in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u16>,
+    /// For a semaphore: how many permits its holders hold now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permits_used: Option<u32>,
 }
 
 /// A holder in a `status` result.
@@ -167,6 +235,9 @@ pub struct HolderStatus {
     /// `release`); absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lock_delay_ms: u64,
+    /// For a semaphore: how many of its permits this holder holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permits: Option<u16>,
 }
 
 fn is_zero(ms: &u64) -> bool {
@@ -188,4 +259,7 @@ pub struct WaiterStatus {
     pub mode: LockMode,
     /// How long it has waited, in milliseconds.
     pub waited_ms: u64,
+    /// For a semaphore: how many permits it asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permits: Option<u16>,
 }

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub use self::cluster::{AddNode, ClusterMember, ClusterStatusOk, RemoveNode};
 pub use self::lock::{
-    Acquire, AcquireOk, Cancel, HolderStatus, Release, ResourceStatus, Status, StatusOk, Validate,
-    ValidateOk, WaiterStatus, DEFAULT_STATUS_LIMIT,
+    Acquire, AcquireOk, Cancel, HolderStatus, Permits, Release, ResourceStatus, Status, StatusOk,
+    Validate, ValidateOk, WaiterStatus, DEFAULT_STATUS_LIMIT, MAX_PERMIT_LIMIT,
 };
 pub use self::session::{Hello, HelloOk};
 pub use self::value::{Read, ReadOk, Write, DEFAULT_MAX_VALUE_BYTES};
@@ -233,6 +233,9 @@ struct RawRequest<'a> {
     mode: Option<Cow<'a, str>>,
     timeout_ms: Option<u64>,
     lock_delay_ms: Option<u64>,
+    permits: Option<u64>,
+    /// A semaphore's size on `acquire`; a page's size on `status`.
+    limit: Option<u64>,
     token: Option<u64>,
     #[serde(borrow)]
     value: Option<Cow<'a, str>>,
@@ -250,7 +253,6 @@ struct RawRequest<'a> {
     admin_token: Option<Cow<'a, str>>,
     #[serde(borrow)]
     peer: Option<Cow<'a, str>>,
-    limit: Option<u64>,
     #[serde(borrow)]
     after: Option<Cow<'a, str>>,
 }
@@ -275,20 +277,16 @@ impl RawRequest<'_> {
                 session: self.session.map(SessionId),
                 resume_secret: self.resume_secret.map(Cow::into_owned),
             }),
-            Op::Acquire => Command::Acquire(Acquire {
-                resource: resource(self.resource)?,
-                mode: match self.mode.as_deref() {
-                    None => LockMode::Exclusive,
-                    Some(mode) => LockMode::from_wire(mode).ok_or_else(|| {
-                        ErrorBody::new(
-                            ErrorCode::BadRequest,
-                            format!("unknown mode {mode:?}; expected \"exclusive\" or \"shared\""),
-                        )
-                    })?,
-                },
-                timeout_ms: self.timeout_ms,
-                lock_delay_ms: self.lock_delay_ms,
-            }),
+            Op::Acquire => {
+                let permits = semaphore(self.permits, self.limit)?;
+                Command::Acquire(Acquire {
+                    resource: resource(self.resource)?,
+                    mode: acquire_mode(self.mode.as_deref(), permits.is_some())?,
+                    timeout_ms: self.timeout_ms,
+                    lock_delay_ms: self.lock_delay_ms,
+                    permits,
+                })
+            }
             Op::Release => Command::Release(Release {
                 resource: resource(self.resource)?,
                 token: token(self.token)?,
@@ -369,6 +367,45 @@ fn status(
         limit,
         after,
     })
+}
+
+/// The `permits` and `limit` of a semaphore acquire: both absent for a lock; `limit` alone asks
+/// for one permit.
+fn semaphore(permits: Option<u64>, limit: Option<u64>) -> Result<Option<Permits>, ErrorBody> {
+    match (permits, limit) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "`permits` needs `limit`, the semaphore's size (every acquirer must agree on it)",
+        )),
+        (permits, Some(limit)) => Permits::new(permits.unwrap_or(1), limit)
+            .map(Some)
+            .map_err(|message| ErrorBody::new(ErrorCode::BadRequest, message)),
+    }
+}
+
+/// An acquire's mode: exclusive when absent, except that permits are always shared (they are
+/// held beside other permits), so a semaphore acquire may say `shared` or nothing.
+fn acquire_mode(mode: Option<&str>, semaphore: bool) -> Result<LockMode, ErrorBody> {
+    let Some(mode) = mode else {
+        return Ok(if semaphore {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        });
+    };
+    match LockMode::from_wire(mode) {
+        Some(LockMode::Exclusive) if semaphore => Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "permits of a semaphore are shared; drop `mode` (or ask for all `limit` permits to \
+             hold it alone)",
+        )),
+        Some(mode) => Ok(mode),
+        None => Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("unknown mode {mode:?}; expected \"exclusive\" or \"shared\""),
+        )),
+    }
 }
 
 fn missing(field: &str, what: &str) -> ErrorBody {

@@ -36,6 +36,7 @@ fn parses_every_op() {
                 mode: LockMode::Exclusive,
                 timeout_ms: None,
                 lock_delay_ms: None,
+                permits: None,
             }),
         ),
         (
@@ -45,6 +46,7 @@ fn parses_every_op() {
                 mode: LockMode::Shared,
                 timeout_ms: Some(0),
                 lock_delay_ms: Some(250),
+                permits: None,
             }),
         ),
         (
@@ -118,6 +120,14 @@ fn encoding_round_trips() {
             mode: LockMode::Shared,
             timeout_ms: Some(10),
             lock_delay_ms: Some(3_000),
+            permits: None,
+        }),
+        Command::Acquire(Acquire {
+            resource: name("exports"),
+            mode: LockMode::Shared,
+            timeout_ms: None,
+            lock_delay_ms: None,
+            permits: Some(Permits::new(2, 4).unwrap()),
         }),
         Command::Write(Write {
             resource: name("x"),
@@ -147,9 +157,66 @@ fn ignores_unknown_fields_and_treats_null_as_absent() {
             resource: name("f"),
             mode: LockMode::Exclusive,
             timeout_ms: None,
-            lock_delay_ms: None
+            lock_delay_ms: None,
+            permits: None,
         })
     );
+}
+
+#[test]
+fn a_semaphore_acquire_has_shared_permits_and_a_limit() {
+    let cases = [
+        (r#""limit":4"#, 1, 4),
+        (r#""permits":3,"limit":4"#, 3, 4),
+        (r#""permits":4,"limit":4,"mode":"shared""#, 4, 4),
+        (r#""permits":1,"limit":65535"#, 1, MAX_PERMIT_LIMIT),
+    ];
+    for (fields, permits, limit) in cases {
+        let line = format!(r#"{{"id":1,"op":"acquire","resource":"e",{fields}}}"#);
+        let request = parse(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(
+            request.command,
+            Command::Acquire(Acquire {
+                resource: name("e"),
+                mode: LockMode::Shared,
+                timeout_ms: None,
+                lock_delay_ms: None,
+                permits: Some(Permits::new(permits, u64::from(limit)).unwrap()),
+            }),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn bad_permits_and_limits_are_bad_requests_that_say_why() {
+    let cases = [
+        (r#""permits":2"#, "`permits` needs `limit`"),
+        (r#""limit":0"#, "`limit` must be from 1 to 65535, not 0"),
+        (
+            r#""limit":65536"#,
+            "`limit` must be from 1 to 65535, not 65536",
+        ),
+        (
+            r#""permits":0,"limit":4"#,
+            "`permits` must be from 1 to the limit 4, not 0",
+        ),
+        (
+            r#""permits":5,"limit":4"#,
+            "`permits` must be from 1 to the limit 4, not 5",
+        ),
+        (
+            r#""limit":4,"mode":"exclusive""#,
+            "Permits of a semaphore are shared",
+        ),
+        (r#""limit":-1"#, "Ill-typed field"),
+    ];
+    for (fields, message) in cases {
+        let line = format!(r#"{{"id":8,"op":"acquire","resource":"e",{fields}}}"#);
+        let (id, code, text) = err(&line);
+        assert_eq!((id, code), (Some(8), ErrorCode::BadRequest), "{line}");
+        assert!(text.contains(message), "{line}: {text}");
+    }
 }
 
 #[test]

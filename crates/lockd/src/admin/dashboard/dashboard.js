@@ -132,8 +132,9 @@ function shapeKey(data) {
     data.resources.map((r) => [
       r.resource,
       r.delayed_ms != null,
+      r.permits_used,
       r.holders.map((h) => [h.session, h.token, h.client, h.peer]),
-      r.waiters.map((w) => [w.session, w.mode, w.client]),
+      r.waiters.map((w) => [w.session, w.mode, w.permits, w.client]),
     ]),
   );
 }
@@ -166,6 +167,11 @@ function row(r) {
   link.href = "v1/locks/" + r.resource.split("/").map(encodeURIComponent).join("/");
   link.title = "This resource as JSON";
   name.appendChild(link);
+  if (r.limit != null) {
+    // A semaphore: how much of it is taken.
+    name.appendChild(el("br"));
+    name.appendChild(el("span", "permits", `${r.permits_used} of ${r.limit} permits used`));
+  }
   if (r.waiters.length > 0) {
     name.appendChild(el("br"));
     name.appendChild(el("span", "queue-len", `${r.waiters.length} waiting`));
@@ -185,7 +191,7 @@ function row(r) {
     const list = el("ol", "entries");
     for (const h of r.holders) {
       const li = el("li", "holder");
-      li.appendChild(mode(h.mode));
+      li.appendChild(mode(h.mode, h.permits));
       li.appendChild(who(h, `token ${h.token}`));
       li.appendChild(age("held for", h.held_ms));
       if (h.lock_delay_ms) {
@@ -207,7 +213,7 @@ function row(r) {
     for (const w of r.waiters.slice(0, QUEUE_SHOWN)) {
       const li = el("li", "waiter");
       li.appendChild(el("span", "pos", `#${w.position}`));
-      li.appendChild(mode(w.mode));
+      li.appendChild(mode(w.mode, w.permits));
       li.appendChild(who(w));
       li.appendChild(age("waiting for", w.waited_ms));
       list.appendChild(li);
@@ -221,7 +227,9 @@ function row(r) {
   return tr;
 }
 
-function mode(m) {
+/// The mode, or for a semaphore's holder or waiter its permits.
+function mode(m, permits) {
+  if (permits != null) return el("span", `mode ${m}`, `${permits} permit${permits === 1 ? "" : "s"}`);
   return el("span", `mode ${m}`, m);
 }
 

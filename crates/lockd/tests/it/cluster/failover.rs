@@ -304,3 +304,64 @@ async fn a_waiting_acquire_times_out_in_a_cluster() {
         .await;
     assert_eq!(reply["valid"], true, "{reply}");
 }
+
+/// A semaphore's holders, its limit and its FIFO waiter survive a leader kill: the new leader
+/// still refuses another limit, and a release there grants the waiter on its resumed session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_survives_a_leader_kill() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader(None).await;
+    let acquire = |id: u64, permits: u64| json!({"id": id, "op": "acquire", "resource": "exports", "permits": permits, "limit": 3});
+
+    let mut holder = cluster.connect(leader).await;
+    let holder_session = hello(&mut holder, None).await;
+    let reply = holder.call(acquire(1, 2)).await;
+    let token = reply["token"].as_u64().expect("granted");
+    let mut waiter = cluster.connect(leader).await;
+    let waiter_session = hello(&mut waiter, None).await;
+    let queued = waiter.call(acquire(41, 2)).await;
+    assert_eq!(queued["event"], "queued", "{queued}");
+
+    cluster.kill(leader);
+    let new_leader = cluster.leader(Some(leader)).await;
+
+    let mut stranger = cluster.connect(new_leader).await;
+    hello(&mut stranger, None).await;
+    let reply = stranger
+        .call(json!({"id": 5, "op": "acquire", "resource": "exports", "limit": 4}))
+        .await;
+    assert_eq!(
+        error_code(&reply),
+        "limit_mismatch",
+        "the limit survived: {reply}"
+    );
+    let reply = stranger
+        .call(json!({"id": 6, "op": "status", "resource": "exports"}))
+        .await;
+    let exports = &reply["resources"][0];
+    assert_eq!(
+        (exports["limit"].clone(), exports["permits_used"].clone()),
+        (json!(3), json!(2)),
+        "{reply}"
+    );
+
+    let mut holder = cluster.connect(new_leader).await;
+    assert_eq!(hello(&mut holder, Some(&holder_session)).await["ok"], true);
+    let mut waiter = cluster.connect(new_leader).await;
+    assert_eq!(hello(&mut waiter, Some(&waiter_session)).await["ok"], true);
+    let reply = holder
+        .call(json!({"id": 2, "op": "release", "resource": "exports", "token": token}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let granted = waiter.recv().await;
+    assert_eq!(
+        (
+            granted["id"].clone(),
+            granted["permits"].clone(),
+            granted["limit"].clone()
+        ),
+        (json!(41), json!(2), json!(3)),
+        "{granted}"
+    );
+    assert!(granted["token"].as_u64().unwrap() > token, "{granted}");
+}
