@@ -14,6 +14,7 @@
 
 pub mod cluster;
 pub mod core;
+pub mod credentials;
 pub mod data_dir;
 pub mod logging;
 pub mod server;

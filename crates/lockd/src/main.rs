@@ -1,7 +1,7 @@
 //! The `lockd` binary: flags, logging, signals, then [`lockd::server::Server::run`].
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use lockd::cluster::peer_admission::{
 };
 use lockd::cluster::transport::PeerCredentials;
 use lockd::core::{TableConfig, DEFAULT_MAX_STATUS_LIMIT};
+use lockd::credentials::{read_secret, CredentialError, CredentialFiles, LiveCredentials};
 use lockd::data_dir::DataDir;
 use lockd::logging;
 use lockd::server::{
@@ -361,20 +362,22 @@ impl Args {
             max_connections_per_ip: self.max_connections_per_ip,
             first_frame_timeout: Duration::from_millis(self.first_frame_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
-            auth: self
-                .auth_token_file
-                .as_deref()
-                .map(|path| read_secret(path, "--auth-token-file"))
-                .transpose()?,
-            tls: match (&self.tls_cert, &self.tls_key) {
-                (Some(cert), Some(key)) => Some(lockd::tls::server_config(
-                    cert,
-                    key,
-                    self.tls_client_ca.as_deref(),
-                )?),
-                _ => None,
-            },
+            // `serve` hands the server the same credentials, live (reloadable); these are the
+            // ones read at start.
+            auth: None,
+            admin_token: None,
+            tls: None,
         })
+    }
+
+    /// Where the reloadable credentials are read from.
+    fn credential_files(&self) -> CredentialFiles {
+        CredentialFiles {
+            auth_token: self.auth_token_file.clone(),
+            admin_token: self.admin_token_file.clone(),
+            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+            tls_client_ca: self.tls_client_ca.clone(),
+        }
     }
 
     /// The cluster flags, with the peer listener bound; only called with --node-id.
@@ -452,29 +455,16 @@ impl Args {
                 max_connections: self.peer_max_connections,
                 max_handshakes_per_ip: self.peer_max_handshakes_per_ip,
             },
-            admin_token: self.admin_token()?,
         })
     }
 
-    /// The admin credential, if `--admin-token-file` is given.
-    fn admin_token(&self) -> Result<Option<Arc<str>>, FlagError> {
-        self.admin_token_file
-            .as_deref()
-            .map(|path| read_secret(path, "--admin-token-file"))
-            .transpose()
-    }
-
     fn admin_options(&self) -> Result<AdminOptions, FlagError> {
-        let force_release_token = match self.allow_force_release {
-            true => self.admin_token()?,
-            false => None,
-        };
         Ok(AdminOptions {
             limits: AdminLimits {
                 max_connections: self.admin_max_connections,
                 header_timeout: Duration::from_millis(self.admin_header_timeout_ms),
             },
-            force_release_token,
+            allow_force_release: self.allow_force_release,
         })
     }
 }
@@ -492,14 +482,8 @@ enum FlagError {
          that a connection full of waiting acquires can still be read"
     )]
     WaitsAboveInFlight { waits: usize, in_flight: usize },
-    #[error("cannot read {flag} {}: {source}", path.display())]
-    ReadSecret {
-        flag: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{flag} {} is empty", path.display())]
-    EmptySecret { flag: &'static str, path: PathBuf },
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
     #[error(transparent)]
     Tls(#[from] lockd::tls::TlsError),
     #[error("cluster mode needs --node-id, --peer-listen and --peers")]
@@ -616,6 +600,10 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCode {
+    let credentials = match LiveCredentials::from_files(args.credential_files()) {
+        Ok(credentials) => Arc::new(credentials),
+        Err(err) => return fail(err.to_string()),
+    };
     let data_dir = match DataDir::open(&args.data_dir) {
         Ok(data_dir) => data_dir,
         Err(err) => return fail(err.to_string()),
@@ -678,10 +666,14 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
         0
     };
     raise_open_file_limit(args.max_connections, admin_connections);
+    server = server.with_credentials(Arc::clone(&credentials));
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(err) => return fail(err.to_string()),
     };
+    if let Err(err) = reload_on_sighup(credentials) {
+        return fail(err.to_string());
+    }
     let mut stdout = std::io::stdout();
     // Scripts and tests wait for this exact first line to learn the real port, and for the
     // second (only with --http) to learn the admin API's.
@@ -712,33 +704,6 @@ async fn serve(args: Args, config: ServerConfig, admin: AdminOptions) -> ExitCod
     tracing::info!("stopped");
     drop(data_dir);
     ExitCode::SUCCESS
-}
-
-/// Reads a shared secret from `path` (given with `flag`): its contents without surrounding
-/// whitespace.
-fn read_secret(path: &Path, flag: &'static str) -> Result<Arc<str>, FlagError> {
-    let text = std::fs::read_to_string(path).map_err(|source| FlagError::ReadSecret {
-        flag,
-        path: path.to_owned(),
-        source,
-    })?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(FlagError::EmptySecret {
-            flag,
-            path: path.to_owned(),
-        });
-    }
-    if let Ok(meta) = std::fs::metadata(path) {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                "{flag} is readable by other users; chmod 600 it"
-            );
-        }
-    }
-    Ok(Arc::from(secret))
 }
 
 /// Each connection is a file descriptor: raise the soft limit as far as the hard limit allows,
@@ -783,6 +748,26 @@ async fn bind_listener(addr: &str, backlog: u32) -> std::io::Result<TcpListener>
             "the address resolved to nothing",
         )
     }))
+}
+
+/// Reads the credential files again at each SIGHUP (installed now, before the start-up line,
+/// for the same reason as the shutdown handlers). A reload that fails keeps the credentials in
+/// force and says why.
+fn reload_on_sighup(credentials: Arc<LiveCredentials>) -> Result<(), FlagError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).map_err(|source| FlagError::Signal {
+        signal: "SIGHUP",
+        source,
+    })?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match credentials.reload() {
+                Ok(()) => tracing::info!("SIGHUP: credentials reloaded"),
+                Err(err) => tracing::error!("SIGHUP: {err}"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Installs the SIGINT and SIGTERM handlers now, and returns a future that resolves on the

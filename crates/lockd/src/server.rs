@@ -19,6 +19,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::credentials::{Credentials, LiveCredentials};
+
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +67,9 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// The secret every session must give in `hello`, if any.
     pub auth: Option<Arc<str>>,
+    /// The admin credential (`--admin-token-file`), if any: forced releases (when allowed) and
+    /// a cluster's membership changes need it.
+    pub admin_token: Option<Arc<str>>,
     /// Serve TLS instead of plain TCP.
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
@@ -84,6 +89,7 @@ impl Default for ServerConfig {
             first_frame_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             auth: None,
+            admin_token: None,
             tls: None,
         }
     }
@@ -131,27 +137,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const ADMIN_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the admin HTTP API may do beyond reading, and its port's limits.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct AdminOptions {
     /// The connection cap and header timeout of the admin port.
     pub limits: AdminLimits,
-    /// When set, `DELETE /v1/locks/{resource}` with `Authorization: Bearer <this>` forces the
-    /// release of a lock (`--allow-force-release` with `--admin-token-file`). When not set,
-    /// that route answers 403 and the API is read-only.
-    pub force_release_token: Option<Arc<str>>,
-}
-
-/// Hand-written so that the token never reaches a log line.
-impl std::fmt::Debug for AdminOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminOptions")
-            .field("limits", &self.limits)
-            .field(
-                "force_release_token",
-                &self.force_release_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
+    /// Whether `DELETE /v1/locks/{resource}` with `Authorization: Bearer <admin credential>`
+    /// forces the release of a lock (`--allow-force-release`, which needs
+    /// `--admin-token-file`). When not, that route answers 403 and the API is read-only.
+    pub allow_force_release: bool,
 }
 
 /// A server ready to run: its table restored from the store, its first tokens reserved.
@@ -160,6 +153,8 @@ pub struct Server {
     backend: Backend,
     metrics: Arc<Metrics>,
     admin: Option<(TcpListener, AdminOptions)>,
+    /// Those of `config` unless [`with_credentials`](Self::with_credentials) gave live ones.
+    credentials: Option<Arc<LiveCredentials>>,
 }
 
 /// Who owns the lock table.
@@ -221,6 +216,7 @@ impl Server {
             },
             metrics: Arc::new(Metrics::new()),
             admin: None,
+            credentials: None,
         })
     }
 
@@ -249,11 +245,19 @@ impl Server {
             backend: Backend::Cluster(node),
             metrics,
             admin: None,
+            credentials: None,
         })
     }
 
     /// Also serves the admin HTTP API and the dashboard on `listener` (already bound, like the
     /// lock listener) while the server runs.
+    /// Serves with `credentials` (read from files, and read again on a reload) instead of the
+    /// configuration's `auth`, `admin_token` and `tls`.
+    pub fn with_credentials(mut self, credentials: Arc<LiveCredentials>) -> Server {
+        self.credentials = Some(credentials);
+        self
+    }
+
     pub fn with_admin(mut self, listener: TcpListener, options: AdminOptions) -> Server {
         self.admin = Some((listener, options));
         self
@@ -267,7 +271,15 @@ impl Server {
             backend,
             metrics,
             admin,
+            credentials,
         } = self;
+        let credentials = credentials.unwrap_or_else(|| {
+            Arc::new(LiveCredentials::fixed(Credentials {
+                auth: config.auth.clone(),
+                admin_token: config.admin_token.clone(),
+                tls: config.tls.clone(),
+            }))
+        });
         let (backend_tx, backend_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let (backend_task, cluster) = match backend {
@@ -283,7 +295,7 @@ impl Server {
                     Arc::clone(&node.replica),
                     Arc::clone(&metrics),
                     config.table.default_lease,
-                    node.admin_token.clone(),
+                    Arc::clone(&credentials),
                 );
                 (tokio::spawn(frontend.run(backend_rx)), Some(node))
             }
@@ -296,7 +308,8 @@ impl Server {
             let state = AdminState {
                 backend: backend_tx.downgrade(),
                 metrics: Arc::clone(&metrics),
-                force_release_token: options.force_release_token,
+                allow_force_release: options.allow_force_release,
+                credentials: Arc::clone(&credentials),
                 ready: Arc::clone(&ready),
                 max_page: config.table.max_status_limit,
             };
@@ -315,14 +328,13 @@ impl Server {
             max_unauthenticated_frame_bytes: config.max_unauthenticated_frame_bytes,
             first_frame_timeout: config.first_frame_timeout,
             write_timeout: config.write_timeout,
-            auth: config.auth.clone(),
+            auth: None,
         };
         let mut admission = Admission::new(
             config.max_connections,
             config.max_connections_per_ip,
             config.max_auth_failures_per_minute,
         );
-        let tls = config.tls.clone().map(TlsAcceptor::from);
         let tasks = TaskTracker::new();
 
         tokio::pin!(shutdown);
@@ -334,6 +346,10 @@ impl Server {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    // Each connection takes the credentials in force when it arrives: a reload
+                    // changes those of connections made after it, never an established one.
+                    let current = credentials.current();
+                    let tls = current.tls.map(TlsAcceptor::from);
                     let ticket = match admission.admit(peer.ip()) {
                         Ok(ticket) => ticket,
                         Err(refusal) => {
@@ -352,13 +368,15 @@ impl Server {
                     let accepted = Accepted {
                         peer,
                         backend: backend_tx.clone(),
-                        limits: limits.clone(),
+                        limits: ConnectionLimits {
+                            auth: current.auth,
+                            ..limits.clone()
+                        },
                         metrics: Arc::clone(&metrics),
                         shutdown: stop.clone(),
                         on_auth_failure: ticket.auth_failure_recorder(),
                     };
                     let handshake_timeout = limits.first_frame_timeout;
-                    let tls = tls.clone();
                     let counted = Arc::clone(&metrics);
                     tasks.spawn(async move {
                         match tls {

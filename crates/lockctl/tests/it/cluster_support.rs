@@ -212,9 +212,12 @@ impl NodeOptions {
                 snapshot_every: 1_000,
                 credentials: Default::default(),
                 peer_limits: Default::default(),
-                admin_token: Some(ADMIN_TOKEN.into()),
             };
-            let server = Server::open_cluster(self.config, data_dir.path(), options)
+            let config = ServerConfig {
+                admin_token: Some(ADMIN_TOKEN.into()),
+                ..self.config
+            };
+            let server = Server::open_cluster(config, data_dir.path(), options)
                 .await
                 .unwrap();
             let listener = tokio::net::TcpListener::from_std(client).unwrap();

@@ -33,7 +33,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::cmd::DEFAULT_STATUS_LIMIT;
 use protocol::{FenceToken, LockMode, ResourceName, SessionId};
@@ -42,8 +42,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::credentials::LiveCredentials;
 use crate::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::report::{LocksReport, Order, View};
 use crate::seam::{BackendMsg, Evicted, ForceReleaseRefused};
@@ -63,8 +64,10 @@ pub(crate) struct AdminState {
     /// Weak, so that the admin API never keeps the backend running during shutdown.
     pub(crate) backend: mpsc::WeakUnboundedSender<BackendMsg>,
     pub(crate) metrics: Arc<Metrics>,
-    /// The bearer token of forced releases, when they are allowed.
-    pub(crate) force_release_token: Option<Arc<str>>,
+    /// Whether forced releases are allowed (with the admin credential as bearer token).
+    pub(crate) allow_force_release: bool,
+    /// The admin credential, among the others in force.
+    pub(crate) credentials: Arc<LiveCredentials>,
     /// True while the server accepts lock connections.
     pub(crate) ready: Arc<AtomicBool>,
     /// The largest page `GET /v1/locks` may ask for: `status`'s, `--max-status-limit`.
@@ -93,6 +96,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/locks", get(list_locks))
         .route("/v1/locks/{*resource}", get(one_lock).delete(force_release))
+        .route("/v1/reload", post(reload))
         .fallback(not_found)
         .with_state(state)
 }
@@ -321,6 +325,41 @@ struct ForceParams {
     token: Option<u64>,
 }
 
+/// `POST /v1/reload`: reads the credential files again, as SIGHUP does (see
+/// `credentials.rs`). Needs the admin credential as bearer token.
+async fn reload(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(operator): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(expected) = state.credentials.current().admin_token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "reloading through the admin API needs --admin-token-file; send lockd SIGHUP instead",
+        ));
+    };
+    if !bearer_matches(&headers, &expected) {
+        warn!(%operator, "refused a reload without the right admin token");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "reload needs `Authorization: Bearer <token>` with the token of --admin-token-file",
+        ));
+    }
+    match state.credentials.reload() {
+        Ok(()) => {
+            info!(%operator, "credentials reloaded through the admin API");
+            Ok(Json(json!({ "reloaded": true })).into_response())
+        }
+        Err(err) => {
+            error!(%operator, "reload through the admin API failed: {err}");
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                err.to_string(),
+            ))
+        }
+    }
+}
+
 /// `DELETE /v1/locks/{resource}[?token=N]`: an operator's forced release.
 async fn force_release(
     State(state): State<Arc<AdminState>>,
@@ -329,7 +368,8 @@ async fn force_release(
     Path(resource): Path<String>,
     params: Result<Query<ForceParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Some(expected) = &state.force_release_token else {
+    let admin_token = state.credentials.current().admin_token;
+    let Some(expected) = admin_token.filter(|_| state.allow_force_release) else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forced release is disabled; start lockd with --allow-force-release and \
@@ -339,7 +379,7 @@ async fn force_release(
     // Checked first, so that a name is in the log only once it is known to be a valid one:
     // anything else could forge log lines.
     let resource = resource_name(&resource)?;
-    if !bearer_matches(&headers, expected) {
+    if !bearer_matches(&headers, &expected) {
         warn!(%operator, %resource, "refused a forced release without the right admin token");
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

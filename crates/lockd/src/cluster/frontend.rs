@@ -47,6 +47,7 @@ use super::network::PeerNetwork;
 use super::resume::{ResumeCheck, ResumeSecret};
 use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
 use crate::core::ForcedRelease;
+use crate::credentials::LiveCredentials;
 use crate::metrics::Metrics;
 use crate::pause::PauseDetector;
 use crate::report::{LocksReport, SessionInfo};
@@ -167,8 +168,8 @@ pub(crate) struct Frontend {
     /// How long a connection that speaks for no session may stay silent: the default lease,
     /// as for a session on a single server.
     unbound_idle: Duration,
-    /// The admin credential membership changes must carry; none refuses them all.
-    admin_token: Option<Arc<str>>,
+    /// Holds the admin credential membership changes must carry (none refuses them all).
+    credentials: Arc<LiveCredentials>,
     /// When `close_silent_unbound` last walked the connections.
     last_unbound_sweep: Option<std::time::Instant>,
     /// When the loop last turned (every `TICK` at least), to tell the leader's own pauses from
@@ -207,10 +208,10 @@ impl Frontend {
         replica: Arc<Mutex<Replica>>,
         metrics: Arc<Metrics>,
         unbound_idle: Duration,
-        admin_token: Option<Arc<str>>,
+        credentials: Arc<LiveCredentials>,
     ) -> Self {
         Frontend {
-            admin_token,
+            credentials,
             raft,
             network,
             node_id,
@@ -473,7 +474,8 @@ impl Frontend {
             return;
         }
         if let Some(given) = membership::admin_token_of(&request.command) {
-            if let Err(refused) = membership::authorize(self.admin_token.as_deref(), given) {
+            let expected = self.credentials.current().admin_token;
+            if let Err(refused) = membership::authorize(expected.as_deref(), given) {
                 warn!(
                     peer = %connection.record.peer,
                     op = %request.command.op(),

@@ -48,9 +48,6 @@ pub struct ClusterOptions {
     /// The peer port's connection limits (`--peer-max-connections`,
     /// `--peer-max-handshakes-per-ip`).
     pub peer_limits: PeerLimits,
-    /// The admin credential (`--admin-token-file`): `add_node` and `remove_node` must carry
-    /// it, and without it they are refused.
-    pub admin_token: Option<Arc<str>>,
 }
 
 /// A running Raft node and what the front end needs of it.
@@ -58,8 +55,6 @@ pub(crate) struct ClusterNode {
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) node_id: u64,
     pub(crate) replica: Arc<Mutex<Replica>>,
-    /// What membership changes must carry; see [`ClusterOptions::admin_token`].
-    pub(crate) admin_token: Option<Arc<str>>,
     /// A copy of the network Raft uses, for membership's check that a new node answers.
     pub(crate) network: PeerNetwork<TypeConfig>,
     peer_stop: CancellationToken,
@@ -213,7 +208,6 @@ impl ClusterNode {
             raft,
             node_id: options.node_id,
             replica,
-            admin_token: options.admin_token,
             network,
             peer_stop,
             peer_server,

@@ -67,6 +67,46 @@ async fn authentication_is_required_and_the_secret_is_never_logged() {
     );
 }
 
+/// A new client secret takes effect at SIGHUP for new sessions; a session that authenticated
+/// with the old one keeps its connection and its locks.
+#[tokio::test]
+async fn a_reloaded_secret_admits_new_sessions_and_keeps_the_old_ones() {
+    let (lockd, dir, _log) = start_with_secret();
+    let mut friend = lockd.connect().await;
+    let hello = friend
+        .call(json!({"id": 1, "op": "hello", "auth": SECRET}))
+        .await;
+    assert_eq!(hello["ok"], true, "{hello}");
+    let token = friend.lock(2, "f", "exclusive").await;
+
+    std::fs::write(dir.path().join("secret"), "a brand new secret\n").unwrap();
+    lockd.signal("HUP");
+    let deadline = Deadline::new("the new secret to be in force");
+    loop {
+        let mut newcomer = lockd.connect().await;
+        let hello = newcomer
+            .call(json!({"id": 1, "op": "hello", "auth": "a brand new secret"}))
+            .await;
+        if hello["ok"] == true {
+            break;
+        }
+        deadline.tick(hello).await;
+    }
+    let mut stale = lockd.connect().await;
+    let refused = stale
+        .call(json!({"id": 1, "op": "hello", "auth": SECRET}))
+        .await;
+    assert_eq!(error_code(&refused), "unauthorized", "{refused}");
+
+    let valid = friend
+        .call(json!({"id": 3, "op": "validate", "resource": "f", "token": token}))
+        .await;
+    assert_eq!(
+        valid["valid"], true,
+        "the old session keeps its lock: {valid}"
+    );
+}
+
 /// Before a client has authenticated, its lines may only be as long as a `hello`: a stranger
 /// cannot make lockd buffer a megabyte per connection while the first-frame timeout runs.
 #[tokio::test]

@@ -175,3 +175,71 @@ fn unusable_tls_files_stop_lockd_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--tls-cert and --tls-key"), "{stderr}");
 }
+
+/// SIGHUP, or `POST /v1/reload` with the admin credential, puts a new certificate in force for
+/// the connections made after it, without a restart; a bad PEM keeps the one in force.
+#[tokio::test]
+async fn a_reload_serves_a_new_certificate_and_a_bad_one_changes_nothing() {
+    let (old, new) = (TestPki::new(), TestPki::new());
+    let live = tempfile::tempdir().unwrap();
+    let install = |pki: &TestPki| {
+        for file in ["server.pem", "server.key"] {
+            std::fs::copy(pki.path(file), live.path().join(file)).unwrap();
+        }
+    };
+    install(&old);
+    let admin_token = live.path().join("admin-token");
+    std::fs::write(&admin_token, "reload-admin\n").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        live.path().join("server.pem"),
+        live.path().join("server.key"),
+    );
+    let flags = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        admin_token.to_str().unwrap(),
+    ];
+    let mut lockd = Lockd::spawn(
+        lockd_command(data.path(), &flags).stderr(std::process::Stdio::inherit()),
+        data.path(),
+    );
+    let admin = crate::admin::admin_addr(&mut lockd);
+    assert!(tls_call(lockd.addr, &old, false).await.is_ok());
+
+    install(&new);
+    lockd.signal("HUP");
+    let deadline = crate::support::Deadline::new("the new certificate to be served");
+    loop {
+        match tls_call(lockd.addr, &new, false).await {
+            Ok(reply) => {
+                assert_eq!(reply, json!({"id": 1, "ok": true}));
+                break;
+            }
+            Err(err) => deadline.tick(err).await,
+        }
+    }
+    assert!(
+        tls_call(lockd.addr, &old, false).await.is_err(),
+        "the old certificate is gone"
+    );
+
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    let bearer = [("Authorization", "Bearer reload-admin")];
+    let refused = crate::support::http(admin, "POST", "/v1/reload", &bearer).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("--tls-cert"), "{}", refused.body);
+    let wrong = [("Authorization", "Bearer guess")];
+    let unauthorized = crate::support::http(admin, "POST", "/v1/reload", &wrong).await;
+    assert_eq!(unauthorized.status, 401, "{}", unauthorized.body);
+    assert_eq!(
+        tls_call(lockd.addr, &new, false).await.unwrap(),
+        json!({"id": 1, "ok": true}),
+        "a failed reload keeps the certificate in force"
+    );
+}
