@@ -19,6 +19,7 @@ use tracing::Span;
 
 use crate::core::ForcedRelease;
 use crate::report::{LocksReport, SessionInfo};
+use crate::store::{Snapshot, StoreError};
 
 /// What a backend calls a connection: the id it gave the connection at [`BackendMsg::Open`].
 /// On a single server it is the connection's session id (a session is a connection); in a
@@ -74,6 +75,25 @@ pub(crate) enum BackendMsg {
         stuck_after: Duration,
         reply: oneshot::Sender<Result<(), NotReady>>,
     },
+    /// An operator's online backup (`GET /v1/backup`): a consistent view of the durable state,
+    /// to be copied off the backend.
+    Backup {
+        reply: oneshot::Sender<Result<Box<dyn Snapshot>, BackupRefused>>,
+    },
+}
+
+/// Why no backup was taken.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BackupRefused {
+    /// The store could not give a consistent view.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A cluster keeps its state in Raft, on every node; an online backup of it is not built.
+    #[error(
+        "online backup is built for a single server; a cluster keeps every value on each node \
+         and survives the loss of a minority of them (docs/operations.md)"
+    )]
+    Cluster,
 }
 
 /// Where a backend puts frames for one client; the connection's task writes them.

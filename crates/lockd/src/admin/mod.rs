@@ -50,6 +50,7 @@ use crate::report::{LocksReport, Order, View};
 use crate::seam::{BackendMsg, Evicted, ForceReleaseRefused};
 use crate::secret;
 
+mod backup;
 mod limits;
 
 pub use limits::{AdminLimits, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS};
@@ -97,6 +98,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/locks", get(list_locks))
         .route("/v1/locks/{*resource}", get(one_lock).delete(force_release))
         .route("/v1/reload", post(reload))
+        .route("/v1/backup", get(backup::backup))
         .fallback(not_found)
         .with_state(state)
 }
@@ -325,6 +327,32 @@ struct ForceParams {
     token: Option<u64>,
 }
 
+/// Checks that a request for `what` carries the admin credential as its bearer token: `403` on a
+/// lockd without one, `401` (logged with the caller) for a missing or wrong one.
+fn require_admin(
+    state: &AdminState,
+    headers: &HeaderMap,
+    operator: SocketAddr,
+    what: &str,
+) -> Result<(), ApiError> {
+    let Some(expected) = state.credentials.current().admin_token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{what} through the admin API needs lockd's --admin-token-file"),
+        ));
+    };
+    if !bearer_matches(headers, &expected) {
+        warn!(%operator, "refused {what} without the right admin token");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "{what} needs `Authorization: Bearer <token>` with the token of --admin-token-file"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /v1/reload`: reads the credential files again, as SIGHUP does (see
 /// `credentials.rs`). Needs the admin credential as bearer token.
 async fn reload(
@@ -332,19 +360,7 @@ async fn reload(
     ConnectInfo(operator): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(expected) = state.credentials.current().admin_token else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "reloading through the admin API needs --admin-token-file; send lockd SIGHUP instead",
-        ));
-    };
-    if !bearer_matches(&headers, &expected) {
-        warn!(%operator, "refused a reload without the right admin token");
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "reload needs `Authorization: Bearer <token>` with the token of --admin-token-file",
-        ));
-    }
+    require_admin(&state, &headers, operator, "a reload")?;
     match state.credentials.reload() {
         Ok(()) => {
             info!(%operator, "credentials reloaded through the admin API");

@@ -52,7 +52,8 @@ use crate::metrics::Metrics;
 use crate::pause::PauseDetector;
 use crate::report::{LocksReport, SessionInfo};
 use crate::seam::{
-    BackendMsg, ConnectionId, ConnectionRecord, Evicted, ForceReleaseRefused, NotReady,
+    BackendMsg, BackupRefused, ConnectionId, ConnectionRecord, Evicted, ForceReleaseRefused,
+    NotReady,
 };
 
 /// How often the leader looks for expired leases and waits that timed out. Lease expiry and
@@ -372,6 +373,9 @@ impl Frontend {
             } => self.on_force_release(resource, token, operator, reply),
             BackendMsg::Probe { stuck_after, reply } => {
                 let _ = reply.send(self.readiness(stuck_after));
+            }
+            BackendMsg::Backup { reply } => {
+                let _ = reply.send(Err(BackupRefused::Cluster));
             }
         }
     }

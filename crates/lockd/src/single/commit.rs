@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 use super::pipeline::CommitId;
-use crate::store::{CommitBatch, Store, StoreError};
+use tokio::sync::oneshot;
+
+use crate::seam::BackupRefused;
+use crate::store::{CommitBatch, Snapshot, Store, StoreError};
 
 /// Runs the driver's commits, one at a time.
 pub(crate) struct Committer {
@@ -18,7 +21,12 @@ pub(crate) struct Committer {
     /// with it.
     store: Option<Box<dyn Store>>,
     running: Option<RunningCommit>,
+    /// Backups asked for while a commit ran: they get their snapshot when the store is back.
+    waiting_snapshots: Vec<SnapshotReply>,
 }
+
+/// Where a backup's snapshot goes.
+pub(crate) type SnapshotReply = oneshot::Sender<Result<Box<dyn Snapshot>, BackupRefused>>;
 
 /// A commit running on the blocking pool.
 struct RunningCommit {
@@ -45,6 +53,22 @@ impl Committer {
         Committer {
             store: Some(store),
             running: None,
+            waiting_snapshots: Vec::new(),
+        }
+    }
+
+    /// A consistent view of the store for a backup, taken between commits: now if no commit
+    /// runs, else as soon as the running one is done (so it includes every write acknowledged
+    /// before it was asked for).
+    pub(crate) fn snapshot(&mut self, reply: SnapshotReply) {
+        match self.store.as_mut() {
+            Some(store) => {
+                let _ = reply.send(store.snapshot().map_err(BackupRefused::from));
+            }
+            None if self.running.is_some() => self.waiting_snapshots.push(reply),
+            None => {
+                let _ = reply.send(Err(StoreError::Unavailable.into()));
+            }
         }
     }
 
@@ -108,6 +132,9 @@ impl Committer {
             }
             Err(err) => Err(StoreError::Panicked(err.to_string())),
         };
+        for reply in std::mem::take(&mut self.waiting_snapshots) {
+            self.snapshot(reply);
+        }
         CommitOutcome {
             id: commit.id,
             tokens_reserved: commit.tokens_reserved,

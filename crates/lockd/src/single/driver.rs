@@ -206,6 +206,7 @@ impl Driver {
                 let evicted = self.force_release(&resource, token, operator);
                 let _ = reply.send(Ok(evicted));
             }
+            BackendMsg::Backup { reply } => self.committer.snapshot(reply),
             BackendMsg::Probe { stuck_after, reply } => {
                 let answer = match self.committer.running_for() {
                     Some(running) if running > stuck_after => Err(NotReady::CommitStuck(running)),

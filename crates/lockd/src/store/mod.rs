@@ -12,7 +12,7 @@
 mod redb_store;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use protocol::ResourceName;
@@ -75,6 +75,17 @@ pub enum StoreError {
     /// The commit panicked; the text is the panic's.
     #[error("the store failed: {0}")]
     Panicked(String),
+    /// A backup could not be taken or written.
+    #[error("cannot back up the store to {}: {source}", path.display())]
+    Backup {
+        /// Where the copy was going.
+        path: PathBuf,
+        /// The cause.
+        source: Box<redb::Error>,
+    },
+    /// This store keeps nothing that could be copied (stores built for tests).
+    #[error("this store cannot be backed up")]
+    NoBackup,
 }
 
 /// Where values and the token reservation are kept. Implementations must make a batch durable
@@ -82,4 +93,25 @@ pub enum StoreError {
 pub trait Store: Send + 'static {
     /// Makes `batch` durable. On error nothing of it may be visible after a restart.
     fn commit(&mut self, batch: &CommitBatch) -> Result<(), StoreError>;
+
+    /// A consistent view of everything committed so far, to copy while commits go on.
+    fn snapshot(&mut self) -> Result<Box<dyn Snapshot>, StoreError> {
+        Err(StoreError::NoBackup)
+    }
+}
+
+/// A store as it was at one instant (a read transaction), copied while later commits go on.
+pub trait Snapshot: Send + std::fmt::Debug + 'static {
+    /// Writes the copy as a new store file at `dest`, which must not exist yet, durably; says
+    /// what it holds. Slow for a large store: run it off the driver.
+    fn write_to(self: Box<Self>, dest: &Path) -> Result<BackupStats, StoreError>;
+}
+
+/// What a backup holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupStats {
+    /// Values copied.
+    pub values: u64,
+    /// The token reservation copied (a restore starts above it, and above the clock).
+    pub tokens_reserved: u64,
 }

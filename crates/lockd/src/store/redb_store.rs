@@ -11,7 +11,7 @@ use std::sync::Arc;
 use protocol::ResourceName;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{CommitBatch, Store, StoreError, StoredState};
+use super::{BackupStats, CommitBatch, Snapshot, Store, StoreError, StoredState};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "lockd.redb";
@@ -115,6 +115,71 @@ impl Store for RedbStore {
             }
         })
     }
+
+    /// A read transaction: redb keeps its view of the last commit however many commits follow,
+    /// so the copy is consistent without stopping anyone.
+    fn snapshot(&mut self) -> Result<Box<dyn Snapshot>, StoreError> {
+        let path = self.path.clone();
+        let txn = self
+            .database()
+            .and_then(|db| db.begin_read().map_err(redb::Error::from))
+            .map_err(|err| StoreError::Backup {
+                path,
+                source: Box::new(err),
+            })?;
+        Ok(Box::new(RedbSnapshot { txn }))
+    }
+}
+
+/// [`RedbStore`] at one instant.
+#[derive(Debug)]
+struct RedbSnapshot {
+    txn: redb::ReadTransaction,
+}
+
+impl Snapshot for RedbSnapshot {
+    fn write_to(self: Box<Self>, dest: &Path) -> Result<BackupStats, StoreError> {
+        self.copy(dest).map_err(|err| StoreError::Backup {
+            path: dest.to_owned(),
+            source: Box::new(err),
+        })
+    }
+}
+
+impl RedbSnapshot {
+    fn copy(&self, dest: &Path) -> Result<BackupStats, redb::Error> {
+        if dest.exists() {
+            return Err(redb::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a backup never overwrites a file",
+            )));
+        }
+        let copy = Database::create(dest)?;
+        let mut txn = copy.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let mut stats = BackupStats {
+            values: 0,
+            tokens_reserved: 0,
+        };
+        {
+            let mut values = txn.open_table(VALUES)?;
+            for entry in self.txn.open_table(VALUES)?.iter()? {
+                let (name, value) = entry?;
+                values.insert(name.value(), value.value())?;
+                stats.values += 1;
+            }
+            let mut meta = txn.open_table(META)?;
+            for entry in self.txn.open_table(META)?.iter()? {
+                let (key, number) = entry?;
+                meta.insert(key.value(), number.value())?;
+                if key.value() == TOKENS_RESERVED {
+                    stats.tokens_reserved = number.value();
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(stats)
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +211,39 @@ mod tests {
         assert_eq!(stored.values.len(), 2);
         assert_eq!(&*stored.values[&name("a")], "2");
         assert_eq!(&*stored.values[&name("b")], "x");
+    }
+
+    #[test]
+    fn a_snapshot_copies_what_was_committed_before_it_and_nothing_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = RedbStore::open(dir.path()).unwrap();
+        let commit = |store: &mut RedbStore, value: &str, reserved: u64| {
+            store
+                .commit(&CommitBatch {
+                    values: vec![(name("a"), Arc::from(value))],
+                    tokens_reserved: Some(reserved),
+                })
+                .unwrap();
+        };
+        commit(&mut store, "before", 100);
+        let snapshot = store.snapshot().unwrap();
+        commit(&mut store, "after", 200);
+        let copy = dir.path().join("backup");
+        std::fs::create_dir(&copy).unwrap();
+        let stats = snapshot.write_to(&copy.join(DB_FILE)).unwrap();
+        assert_eq!(
+            stats,
+            BackupStats {
+                values: 1,
+                tokens_reserved: 100
+            }
+        );
+        let (_, restored) = RedbStore::open(&copy).unwrap();
+        assert_eq!(&*restored.values[&name("a")], "before");
+        assert_eq!(restored.tokens_reserved, 100);
+        // A backup never overwrites.
+        let again = store.snapshot().unwrap();
+        assert!(again.write_to(&copy.join(DB_FILE)).is_err());
     }
 
     #[test]

@@ -98,6 +98,95 @@ async fn a_restored_backup_never_hands_out_a_token_again() {
     assert!(lockd.signal_and_wait("TERM").success());
 }
 
+/// `GET /v1/backup` copies the store while writers keep writing; a lockd started on the copy
+/// has every value acknowledged before the backup was asked for (or a later one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_backup_under_writes_holds_every_value_acknowledged_before_it() {
+    const WRITERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_token = dir.path().join("admin-token");
+    std::fs::write(&admin_token, "backup-admin\n").unwrap();
+    let data = dir.path().join("data");
+    let mut command = crate::support::lockd_command(
+        &data,
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            admin_token.to_str().unwrap(),
+        ],
+    );
+    let mut lockd = Lockd::spawn(command.stderr(std::process::Stdio::inherit()), &data);
+    let admin = crate::admin::admin_addr(&mut lockd);
+
+    // Each writer holds its own resource and writes 1, 2, 3, ... there; `acked` is the last
+    // value lockd acknowledged (so: durable).
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..WRITERS).map(|_| AtomicUsize::new(0)).collect());
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let mut conn = lockd.connect().await;
+        let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+        writers.push(tokio::spawn(async move {
+            let resource = format!("w{writer}");
+            let token = conn.lock(1, &resource, "exclusive").await;
+            let mut value = 0;
+            while !stop.load(Ordering::Relaxed) {
+                value += 1;
+                let write = json!({"id": 2, "op": "write", "resource": resource, "token": token,
+                                   "value": value.to_string()});
+                assert_eq!(conn.call(write).await["ok"], true);
+                acked[writer].store(value, Ordering::Relaxed);
+            }
+        }));
+    }
+    let deadline = Deadline::new("every writer to have 20 writes acknowledged");
+    while acked.iter().any(|count| count.load(Ordering::Relaxed) < 20) {
+        deadline.tick("fewer").await;
+    }
+
+    let before: Vec<usize> = acked
+        .iter()
+        .map(|count| count.load(Ordering::Relaxed))
+        .collect();
+    let started = std::time::Instant::now();
+    let bearer = [("Authorization", "Bearer backup-admin")];
+    let (status, backup) = crate::support::http_bytes(admin, "GET", "/v1/backup", &bearer).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&backup));
+    let during: usize = acked
+        .iter()
+        .map(|count| count.load(Ordering::Relaxed))
+        .sum::<usize>()
+        - before.iter().sum::<usize>();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    eprintln!(
+        "backup of {WRITERS} values took {took:?} ({} bytes) while {during} writes were \
+         acknowledged",
+        backup.len()
+    );
+    let (wrong, _) = crate::support::http_bytes(admin, "GET", "/v1/backup", &[]).await;
+    assert_eq!(wrong, 401, "a backup needs the admin credential");
+
+    let restored = dir.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    std::fs::write(restored.join("lockd.redb"), &backup).unwrap();
+    let lockd = Lockd::start_in(&restored, &[]);
+    let mut conn = lockd.connect().await;
+    for (writer, acknowledged) in before.iter().enumerate() {
+        let (_, value) = read_under_lock(&mut conn, &format!("w{writer}")).await;
+        let value: usize = value.as_str().unwrap().parse().unwrap();
+        assert!(
+            value >= *acknowledged,
+            "w{writer} restored as {value}, but {acknowledged} was acknowledged before the backup"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_acknowledged_write_pipelined_with_its_release_is_durable() {
     let dir = tempfile::tempdir().unwrap();

@@ -305,14 +305,13 @@ impl HttpReply {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end. Small on
-/// purpose: the admin API is plain HTTP, and a client library would only hide what is sent.
-pub async fn http(
+/// Sends one request (`Connection: close`) and reads the whole answer, head and body.
+async fn http_exchange(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
-) -> HttpReply {
+) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut stream = TcpStream::connect(addr)
         .await
@@ -328,6 +327,45 @@ pub async fn http(
         .await
         .expect("the admin API answers in time")
         .expect("the answer is readable");
+    raw
+}
+
+/// [`http`] for a binary body sent with a `Content-Length` (a backup): the status and the
+/// body's bytes.
+pub async fn http_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<u8>) {
+    let raw = http_exchange(addr, method, path, headers).await;
+    let split = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("a head and a body");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    assert!(
+        !head.to_ascii_lowercase().contains("chunked"),
+        "a body with a length: {head}"
+    );
+    let status = head
+        .lines()
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    (status, raw[split + 4..].to_vec())
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end. Small on
+/// purpose: the admin API is plain HTTP, and a client library would only hide what is sent.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpReply {
+    let raw = http_exchange(addr, method, path, headers).await;
     let raw = String::from_utf8(raw).expect("a UTF-8 answer");
     let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
     let mut lines = head.lines();
