@@ -192,6 +192,17 @@ pub enum Subcommands {
     /// Run a command while holding a lock, like flock(1) across machines.
     #[command(after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
+    /// Fetch a consistent copy of lockd's store from its admin API (lockd --http, with
+    /// --admin-token-file) while it serves: a file to restore lockd.redb from.
+    Backup {
+        /// The admin API's address (lockd's --http), host:port.
+        #[arg(long, env = "LOCKD_HTTP", value_name = "ADDR")]
+        http: String,
+        #[command(flatten)]
+        admin: AdminCredential,
+        /// Where to write the copy; it must not exist yet.
+        out: std::path::PathBuf,
+    },
     /// Look at a cluster and change its members.
     Cluster {
         #[command(subcommand)]

@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use std::collections::HashSet;
 
-use lockctl::cli::{AdminCredential, ClusterAction};
+use lockctl::cli::ClusterAction;
 use lockctl::{ClientError, ClusterStatusOk, ErrorCode};
 
-use crate::common::{aligned, builder, connect, fail, Server};
+use crate::common::{admin_token, aligned, builder, connect, fail, Server};
 
 pub(crate) async fn run(server: &Server, action: ClusterAction) -> ExitCode {
     match action {
@@ -18,7 +18,7 @@ pub(crate) async fn run(server: &Server, action: ClusterAction) -> ExitCode {
             peer,
             admin,
         } => {
-            let token = match admin_token(&admin) {
+            let token = match admin_token(&admin, "membership changes") {
                 Ok(token) => token,
                 Err(code) => return code,
             };
@@ -33,7 +33,7 @@ pub(crate) async fn run(server: &Server, action: ClusterAction) -> ExitCode {
             )
         }
         ClusterAction::RemoveNode { node_id, admin } => {
-            let token = match admin_token(&admin) {
+            let token = match admin_token(&admin, "membership changes") {
                 Ok(token) => token,
                 Err(code) => return code,
             };
@@ -46,28 +46,6 @@ pub(crate) async fn run(server: &Server, action: ClusterAction) -> ExitCode {
             })
         }
     }
-}
-
-/// The admin credential from --admin-token-file, else $LOCKD_ADMIN_TOKEN; without one, a
-/// usage error (exit 2): the cluster would refuse the change anyway.
-fn admin_token(admin: &AdminCredential) -> Result<String, ExitCode> {
-    let token = match &admin.admin_token_file {
-        Some(path) => std::fs::read_to_string(path).map_err(|err| {
-            usage_error(&format!(
-                "cannot read --admin-token-file {}: {err}",
-                path.display()
-            ))
-        })?,
-        None => std::env::var("LOCKD_ADMIN_TOKEN").unwrap_or_default(),
-    };
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(usage_error(
-            "membership changes need the cluster's admin credential (the nodes' \
-             --admin-token-file): give it with --admin-token-file FILE or LOCKD_ADMIN_TOKEN",
-        ));
-    }
-    Ok(token.to_owned())
 }
 
 fn report(outcome: Result<(), lockctl::ClientError>, done: impl Fn() -> String) -> ExitCode {
@@ -180,10 +158,4 @@ fn is_single_server(view: &Result<ClusterStatusOk, ClientError>) -> bool {
 
 fn dash(value: Option<u64>) -> String {
     value.map_or_else(|| "-".to_owned(), |value| value.to_string())
-}
-
-/// A usage error: the one-line message, and exit code 2 as for a bad flag.
-fn usage_error(message: &str) -> ExitCode {
-    eprintln!("lockctl: error: {message}");
-    ExitCode::from(2)
 }

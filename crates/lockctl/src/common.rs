@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lockctl::cli::Cli;
+use lockctl::cli::{AdminCredential, Cli};
 use lockctl::{Client, ClientError};
 
 use crate::hints::explain;
@@ -167,4 +167,32 @@ pub(crate) fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A usage error: the one-line message, and exit code 2 as for a bad flag.
+pub(crate) fn usage_error(message: &str) -> ExitCode {
+    eprintln!("lockctl: error: {message}");
+    ExitCode::from(2)
+}
+
+/// The admin credential from --admin-token-file, else $LOCKD_ADMIN_TOKEN, for `what` (which
+/// needs it); without one, a usage error (exit 2): lockd would refuse anyway.
+pub(crate) fn admin_token(admin: &AdminCredential, what: &str) -> Result<String, ExitCode> {
+    let token = match &admin.admin_token_file {
+        Some(path) => std::fs::read_to_string(path).map_err(|err| {
+            usage_error(&format!(
+                "cannot read --admin-token-file {}: {err}",
+                path.display()
+            ))
+        })?,
+        None => std::env::var("LOCKD_ADMIN_TOKEN").unwrap_or_default(),
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(usage_error(&format!(
+            "{what} need lockd's admin credential (its --admin-token-file): give it with \
+             --admin-token-file FILE or LOCKD_ADMIN_TOKEN"
+        )));
+    }
+    Ok(token.to_owned())
 }

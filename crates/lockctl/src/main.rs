@@ -14,6 +14,7 @@ use lockctl::{
 
 use crate::common::{aligned, connect, fail, fail_call, interrupted, Server};
 
+mod backup;
 mod cluster_cli;
 mod common;
 mod hints;
@@ -56,6 +57,9 @@ async fn run(cli: Cli) -> ExitCode {
             return status(&server, resource.as_deref(), json).await
         }
         (Some(Subcommands::Run(args)), _) => return run::run(&server, args).await,
+        (Some(Subcommands::Backup { http, admin, out }), _) => {
+            return backup::run(&http, &admin, &out).await
+        }
         (Some(Subcommands::Cluster { action }), _) => {
             return cluster_cli::run(&server, action).await
         }

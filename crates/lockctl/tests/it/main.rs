@@ -5,6 +5,7 @@
 // A test that unwraps fails loudly with the value in the message, which is what we want here.
 #![allow(clippy::unwrap_used)]
 
+mod backup;
 mod cli;
 mod cluster_support;
 mod failover;

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use lockd::core::TableConfig;
-use lockd::server::{Server as LockServer, ServerConfig};
+use lockd::server::{AdminOptions, Server as LockServer, ServerConfig};
 
 /// How long any single wait in a test may take before the test fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -35,6 +35,20 @@ impl Server {
     }
 
     pub fn start_with(config: ServerConfig) -> Server {
+        Server::start_serving(config, None)
+    }
+
+    /// A server that also serves the admin API (lockd --http); its address comes second.
+    pub fn start_with_admin(config: ServerConfig) -> (Server, SocketAddr) {
+        let (admin_tx, admin_rx) = std::sync::mpsc::channel();
+        let server = Server::start_serving(config, Some(admin_tx));
+        (server, admin_rx.recv().unwrap())
+    }
+
+    fn start_serving(
+        config: ServerConfig,
+        admin: Option<std::sync::mpsc::Sender<SocketAddr>>,
+    ) -> Server {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -44,8 +58,13 @@ impl Server {
                 .build()
                 .unwrap();
             let data_dir = tempfile::tempdir().unwrap();
-            let server = LockServer::open(config, data_dir.path()).unwrap();
+            let mut server = LockServer::open(config, data_dir.path()).unwrap();
             runtime.block_on(async move {
+                if let Some(admin) = admin {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    admin.send(listener.local_addr().unwrap()).unwrap();
+                    server = server.with_admin(listener, AdminOptions::default());
+                }
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 server
