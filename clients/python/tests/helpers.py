@@ -87,10 +87,11 @@ class Server:
         reader.start()
         reader.join(PATIENCE)
         line = result[0] if result else ""
-        if "tcp://" not in line:
+        # `tcp://ADDR`, or `tls://ADDR` for a TLS lockd.
+        if "://" not in line:
             self.kill()
             raise AssertionError(f"lockd did not start: {line!r}\n{self.log()}")
-        return line.strip().split("tcp://", 1)[1]
+        return line.strip().split("://", 1)[1]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

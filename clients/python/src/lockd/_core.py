@@ -272,30 +272,49 @@ class LineBuffer:
 
 @dataclass(frozen=True)
 class Holder:
-    """A holder in ``status``."""
+    """A holder in ``status``; ``permits`` is set in a semaphore."""
 
     session: int
     mode: str
     token: int
     held_ms: int
+    permits: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class Waiter:
-    """A waiter in ``status``, first in line first."""
+    """A waiter in ``status``, first in line first; ``permits`` is set in a semaphore."""
 
     session: int
     mode: str
     waited_ms: int
+    permits: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class ResourceStatus:
-    """One resource in ``status``: its holders in grant order, its waiters in line."""
+    """One resource in ``status``: its holders in grant order, its waiters in line; for a
+    semaphore, its ``limit`` and the ``permits_used`` by its holders."""
 
     resource: str
     holders: List[Holder]
     waiters: List[Waiter]
+    limit: Optional[int] = None
+    permits_used: Optional[int] = None
+
+
+#: The largest semaphore limit the protocol allows.
+MAX_PERMIT_LIMIT = 65535
+
+
+def check_semaphore(limit: int, permits: int) -> Tuple[int, int]:
+    """``(limit, permits)`` of a semaphore acquire, checked as the server would."""
+    for field, value, top in (("limit", limit, MAX_PERMIT_LIMIT), ("permits", permits, limit)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{field} must be an int, not {value!r}")
+        if not 1 <= value <= top:
+            raise ValueError(f"{field} must be from 1 to {top}, not {value}")
+    return limit, permits
 
 
 @dataclass(frozen=True)
@@ -341,10 +360,15 @@ def parse_status(frame: Dict[str, Any]) -> List[ResourceStatus]:
             ResourceStatus(
                 resource=entry["resource"],
                 holders=[
-                    Holder(h["session"], h["mode"], h["token"], h["held_ms"])
+                    Holder(h["session"], h["mode"], h["token"], h["held_ms"], h.get("permits"))
                     for h in entry["holders"]
                 ],
-                waiters=[Waiter(w["session"], w["mode"], w["waited_ms"]) for w in entry["waiters"]],
+                waiters=[
+                    Waiter(w["session"], w["mode"], w["waited_ms"], w.get("permits"))
+                    for w in entry["waiters"]
+                ],
+                limit=entry.get("limit"),
+                permits_used=entry.get("permits_used"),
             )
             for entry in frame["resources"]
         ]
@@ -389,10 +413,18 @@ def resume_secret_of(hello: Dict[str, Any]) -> Optional[str]:
 
 
 def acquire_request(
-    name: str, mode: str, timeout_ms: Optional[int], lock_delay_ms: Optional[int]
+    name: str,
+    mode: str,
+    timeout_ms: Optional[int],
+    lock_delay_ms: Optional[int],
+    semaphore: Optional[Tuple[int, int]] = None,
 ) -> Dict[str, Any]:
+    """An ``acquire``; with ``semaphore`` (limit, permits), of that many permits (which are
+    shared holds, so ``mode`` is left out)."""
     request: Dict[str, Any] = {"op": "acquire", "resource": name}
-    if mode != "exclusive":
+    if semaphore is not None:
+        request["limit"], request["permits"] = semaphore
+    elif mode != "exclusive":
         request["mode"] = mode
     if timeout_ms is not None:
         request["timeout_ms"] = timeout_ms

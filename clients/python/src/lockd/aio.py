@@ -185,6 +185,19 @@ class Client:
         function or a coroutine function."""
         return Lock(self, name, shared, timeout, lock_delay, on_queued)
 
+    def semaphore(
+        self,
+        name: str,
+        limit: int,
+        permits: int = 1,
+        timeout: Optional[float] = None,
+        lock_delay: Optional[float] = None,
+        *,
+        on_queued: Optional[QueuedCallback] = None,
+    ) -> "Lock":
+        """Permits of a semaphore, as :meth:`lockd.Client.semaphore`."""
+        return Lock(self, name, True, timeout, lock_delay, on_queued, semaphore=(limit, permits))
+
     async def validate(self, name: str, token: int) -> bool:
         request = {
             "op": "validate",
@@ -666,11 +679,17 @@ class Lock:
         timeout: Optional[float] = None,
         lock_delay: Optional[float] = None,
         on_queued: Optional[QueuedCallback] = None,
+        *,
+        semaphore: Optional[Tuple[int, int]] = None,
     ) -> None:
         self._client = client
         self.name = _core.check_name(name)
-        self._mode = _core.check_mode(shared)
-        self.shared = shared
+        self._semaphore = None if semaphore is None else _core.check_semaphore(*semaphore)
+        self._mode = _core.check_mode(shared or semaphore is not None)
+        self.shared = shared or semaphore is not None
+        #: For a semaphore: its limit, and the permits this Lock takes of it.
+        self.limit: Optional[int] = None if semaphore is None else semaphore[0]
+        self.permits: Optional[int] = None if semaphore is None else semaphore[1]
         if timeout is not None:
             _core.acquire_timeout_ms(True, timeout)
         self.timeout = timeout
@@ -700,7 +719,9 @@ class Lock:
             if not self.lost.is_set():
                 raise AlreadyHeld(f"this Lock already holds {self.name} (locks are not re-entrant)")
             self._forget()
-        request = _core.acquire_request(self.name, self._mode, timeout_ms, self._lock_delay_ms)
+        request = _core.acquire_request(
+            self.name, self._mode, timeout_ms, self._lock_delay_ms, self._semaphore
+        )
         call = self._client._start(request, self, self.on_queued)
         self._lost_event().clear()  # nothing can have run since the call was registered
         try:

@@ -207,6 +207,22 @@ class Client:
         it)."""
         return Lock(self, name, shared, timeout, lock_delay, on_queued)
 
+    def semaphore(
+        self,
+        name: str,
+        limit: int,
+        permits: int = 1,
+        timeout: Optional[float] = None,
+        lock_delay: Optional[float] = None,
+        *,
+        on_queued: Optional[QueuedCallback] = None,
+    ) -> "Lock":
+        """``permits`` of the semaphore ``name`` of ``limit`` permits (not yet acquired), used
+        as :meth:`lock`'s: at most ``limit`` permits are held at once, granted strictly in
+        order of arrival, each grant with its own token. Every user of ``name`` must give the
+        same ``limit`` (:class:`lockd.LimitMismatch` otherwise)."""
+        return Lock(self, name, True, timeout, lock_delay, on_queued, semaphore=(limit, permits))
+
     def validate(self, name: str, token: int) -> bool:
         """Whether ``token`` is held on ``name`` by some session now."""
         request = {
@@ -737,11 +753,17 @@ class Lock:
         timeout: Optional[float] = None,
         lock_delay: Optional[float] = None,
         on_queued: Optional[QueuedCallback] = None,
+        *,
+        semaphore: Optional[Tuple[int, int]] = None,
     ) -> None:
         self._client = client
         self.name = _core.check_name(name)
-        self._mode = _core.check_mode(shared)
-        self.shared = shared
+        self._semaphore = None if semaphore is None else _core.check_semaphore(*semaphore)
+        self._mode = _core.check_mode(shared or semaphore is not None)
+        self.shared = shared or semaphore is not None
+        #: For a semaphore: its limit, and the permits this Lock takes of it.
+        self.limit: Optional[int] = None if semaphore is None else semaphore[0]
+        self.permits: Optional[int] = None if semaphore is None else semaphore[1]
         if timeout is not None:
             _core.acquire_timeout_ms(True, timeout)
         self.timeout = timeout
@@ -766,7 +788,9 @@ class Lock:
             if not self.lost.is_set():
                 raise AlreadyHeld(f"this Lock already holds {self.name} (locks are not re-entrant)")
             self._forget()
-        request = _core.acquire_request(self.name, self._mode, timeout_ms, self._lock_delay_ms)
+        request = _core.acquire_request(
+            self.name, self._mode, timeout_ms, self._lock_delay_ms, self._semaphore
+        )
         call = self._client._start(request, self)  # clears `lost` once the call is registered
         try:
             self._client._wait(call, self.on_queued)

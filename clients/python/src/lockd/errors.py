@@ -135,6 +135,13 @@ class LimitExceeded(ServerError):
     code = "limit_exceeded"
 
 
+class LimitMismatch(ServerError):
+    """``limit_mismatch``: the resource is a semaphore of another limit, or a lock asked for as
+    a semaphore (or the other way round); the message gives the current limit."""
+
+    code = "limit_mismatch"
+
+
 class NotLeader(ServerError):
     """``not_leader``: this cluster node is not the leader. ``leader`` is the leader's client
     address when the node knew it. The client follows it by itself; this reaches callers only
@@ -194,6 +201,7 @@ _BY_CODE: Dict[str, Type[ServerError]] = {
         Deadlock,
         Unauthorized,
         LimitExceeded,
+        LimitMismatch,
         NotLeader,
         NoSession,
         Internal,
