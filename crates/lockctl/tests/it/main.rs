@@ -20,3 +20,4 @@ mod safety;
 mod support;
 mod timeouts;
 mod tls_docs;
+mod watch;

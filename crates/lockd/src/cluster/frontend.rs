@@ -464,6 +464,18 @@ impl Frontend {
             });
             return;
         }
+        if let Command::Watch(_) = request.command {
+            // Not yet: a watch would have to survive a failover (be part of the replicated
+            // session, with a `resync` from the new leader), and the snapshot image would have
+            // to carry it. Refused on every node rather than served with gaps.
+            connection.record.outbox.send(ServerFrame::error(
+                Some(request.id),
+                ErrorCode::BadRequest,
+                "`watch` is not supported in cluster mode yet; watch a single server, or poll \
+                 `status`",
+            ));
+            return;
+        }
         if !self.leader {
             let leader = leader_node(&self.raft.metrics().borrow());
             connection
@@ -1027,7 +1039,9 @@ fn encoded_size(op: &EntryOp) -> usize {
             Command::Validate(validate) => validate.resource.as_str().len(),
             Command::Status(status) => status.resource.as_ref().map_or(0, |r| r.as_str().len()),
             Command::AddNode(add) => add.client.len() + add.peer.len(),
+            Command::Watch(watch) => watch.resource.as_str().len(),
             Command::Cancel(_)
+            | Command::Unwatch(_)
             | Command::Ping
             | Command::ClusterStatus
             | Command::RemoveNode(_) => 0,

@@ -215,6 +215,21 @@ impl Replica {
         for delivery in self.applier.take_deliveries(&mut self.table) {
             match delivery {
                 Delivery::Frame(session, frame) => self.send(session, frame),
+                Delivery::Watch {
+                    session,
+                    watch,
+                    event,
+                } => {
+                    // The front end refuses `watch` (see `Frontend::serve_request`), so a
+                    // replicated table has no watches yet; routed all the same, bounded by the
+                    // outbox's watch backlog, should one ever be applied.
+                    if let Some(route) = self.routes.get(&session) {
+                        let table = &self.table;
+                        route
+                            .outbox
+                            .send_watch_event(watch, event, |resource| table.watch_state(resource));
+                    }
+                }
                 Delivery::Expired(session) => self.session_ended(session),
             }
         }

@@ -9,6 +9,7 @@ mod observation;
 mod queue;
 mod session;
 mod table;
+mod watch;
 
 pub use effect::{Effect, LockError, WaitFailure};
 pub use image::{ImageError, TableImage};
@@ -30,3 +31,5 @@ mod proptests;
 mod replica_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod watch_tests;

@@ -76,6 +76,11 @@ impl LockQueue {
         matches!(self.shape, Shape::Free)
     }
 
+    /// How many acquires wait in line.
+    pub(crate) fn waiter_count(&self) -> usize {
+        self.waiter_map().map_or(0, BTreeMap::len)
+    }
+
     /// Whether a new request in `mode` may be granted at once, without queueing.
     pub(crate) fn can_grant_now(&self, mode: LockMode) -> bool {
         self.waiter_map().is_none_or(BTreeMap::is_empty) && self.compatible_with_holders(mode)

@@ -19,6 +19,7 @@ use super::effect::{Effect, LockError, WaitFailure};
 use super::observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 use super::queue::{Holder, LockQueue, Ticket, Waiter};
 use super::session::Session;
+use super::watch::{HoldChange, Watches};
 
 /// The table's settings; the driver fills them from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub struct TableConfig {
     pub max_lock_delay: Duration,
     /// The largest `status` page a client may ask for (`--max-status-limit`), in resources.
     pub max_status_limit: u64,
+    /// How many watches one session may have open at once (`--max-watches-per-session`).
+    pub max_watches_per_session: usize,
 }
 
 impl Default for TableConfig {
@@ -61,6 +64,7 @@ impl Default for TableConfig {
             default_lock_delay: Duration::ZERO,
             max_lock_delay: Duration::from_millis(60_000),
             max_status_limit: DEFAULT_MAX_STATUS_LIMIT,
+            max_watches_per_session: protocol::cmd::DEFAULT_MAX_WATCHES_PER_SESSION,
         }
     }
 }
@@ -172,6 +176,8 @@ pub struct LockTable {
     /// Ordered by name like `queues`, for the same reason.
     pub(super) delayed: BTreeMap<ResourceName, Instant>,
     pub(super) next_ticket: u64,
+    /// Which sessions watch which resources (`watch.rs`).
+    pub(super) watches: Watches,
 }
 
 impl LockTable {
@@ -204,6 +210,7 @@ impl LockTable {
             stalled: BTreeSet::new(),
             delayed: BTreeMap::new(),
             next_ticket: 0,
+            watches: Watches::default(),
         }
     }
 
@@ -374,6 +381,7 @@ impl LockTable {
         };
         self.deadlines
             .remove(&(session.scheduled_expiry, Deadline::Expiry(session_id)));
+        self.forget_watches(session_id);
         // Sorted, so tokens are handed out in the same order on every run. Each resource comes
         // with its ticket if the session waits for it, `None` if the session holds it.
         let mut resources: Vec<(ResourceName, Option<Ticket>)> = session
@@ -398,8 +406,8 @@ impl LockTable {
                 None => {
                     let removed = queue
                         .holding_token(session_id)
-                        .and_then(|token| queue.remove_holder(token));
-                    if let Some(holder) = removed {
+                        .and_then(|token| queue.remove_holder(token).map(|holder| (token, holder)));
+                    if let Some((token, holder)) = removed {
                         if holder.lock_delay_ms > 0 {
                             delays.push((resource.clone(), holder.lock_delay_ms));
                         }
@@ -408,6 +416,8 @@ impl LockTable {
                             held: now.saturating_duration_since(holder.since),
                             reason: HoldEnd::SessionEnded(why),
                         });
+                        let change = HoldChange::session_ended(why);
+                        self.notify_hold(resource, change, token, &holder);
                     }
                 }
                 Some(ticket) => {
@@ -418,6 +428,7 @@ impl LockTable {
                             reason: WaitEnd::SessionEnded(why),
                         });
                         self.forget_wait_deadline(resource, ticket, &waiter);
+                        self.notify_queue(resource);
                     }
                 }
             }
@@ -524,11 +535,18 @@ impl LockTable {
                     since: now,
                 },
             );
-            session.held.insert(resource);
+            session.held.insert(resource.clone());
             self.observations.push_back(Observation::Granted {
                 mode,
                 waited: Duration::ZERO,
             });
+            let holder = Holder {
+                session: session_id,
+                mode,
+                lock_delay_ms,
+                since: now,
+            };
+            self.notify_hold(&resource, HoldChange::Granted, token, &holder);
             return Ok(Acquired::Granted(token));
         }
         if timeout != Some(Duration::ZERO)
@@ -588,7 +606,8 @@ impl LockTable {
             self.stalled.insert(resource.clone());
         }
         session.waits.insert(request, resource.clone());
-        session.waiting.insert(resource, ticket);
+        session.waiting.insert(resource.clone(), ticket);
+        self.notify_queue(&resource);
         Ok(Acquired::Queued { position })
     }
 
@@ -619,6 +638,7 @@ impl LockTable {
                 held: now.saturating_duration_since(holder.since),
                 reason: HoldEnd::Released,
             });
+            self.notify_hold(resource, HoldChange::Released, token, &holder);
         }
         self.grant_waiters(now, resource);
         Ok(())
@@ -695,7 +715,9 @@ impl LockTable {
         if self.held_mode(session_id, resource, token)? != LockMode::Exclusive {
             return Err(LockError::NotExclusive(resource.clone()));
         }
-        Ok(self.values.insert(resource.clone(), value))
+        let previous = self.values.insert(resource.clone(), value);
+        self.notify_written(resource, token);
+        Ok(previous)
     }
 
     /// Puts back the value a [`handle_write`](Self::handle_write) replaced. The driver calls it,
@@ -1043,6 +1065,7 @@ impl LockTable {
             resource: resource.clone(),
             reason,
         });
+        self.notify_queue(resource);
         self.grant_waiters(now, resource);
     }
 
@@ -1061,6 +1084,8 @@ impl LockTable {
         };
         // In lock-delay: the deadline that ends it grants them.
         let delayed = self.delayed.contains_key(resource);
+        // For the watchers, told once the queue is settled.
+        let mut granted = Vec::new();
         loop {
             if delayed {
                 break;
@@ -1105,9 +1130,18 @@ impl LockTable {
                 token,
                 mode: waiter.mode,
             });
+            if let Some(holder) = queue.holder(token) {
+                granted.push((token, holder.clone()));
+            }
         }
         if queue.is_idle() {
             self.queues.remove(resource);
+        }
+        for (token, holder) in &granted {
+            self.notify_hold(resource, HoldChange::Granted, *token, holder);
+        }
+        if !granted.is_empty() {
+            self.notify_queue(resource);
         }
     }
 }

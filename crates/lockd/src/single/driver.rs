@@ -15,12 +15,15 @@
 //! `PAUSE_CHECK` to notice when the server itself stood still (`pause.rs`), and credits such a
 //! pause to every lease before it judges anyone silent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{Command, FenceToken, ReplyBody, Request, ResourceName, ServerFrame, SessionId};
+use protocol::cmd::WatchEvent;
+use protocol::{
+    Command, FenceToken, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -33,7 +36,9 @@ use crate::core::LockTable;
 use crate::metrics::Metrics;
 use crate::pause::{PauseDetector, PAUSE_CHECK};
 use crate::report::LocksReport;
-use crate::seam::{BackendMsg, ConnectionId, ConnectionRecord, Evicted, NotReady, Outbox};
+use crate::seam::{
+    BackendMsg, ConnectionId, ConnectionRecord, Evicted, NotReady, Outbox, WatchSent,
+};
 use crate::store::Store;
 
 /// Owns the table, the committer and the records of all open connections.
@@ -282,8 +287,23 @@ impl Driver {
 
     /// Routes what the table produced since the last call.
     fn deliver(&mut self) {
+        // Watches that got a `resync` in this turn: it shows the table as it is after the
+        // whole turn, so the turn's later events of those watches are already in it.
+        let mut resynced = HashSet::new();
         for delivery in self.applier.take_deliveries(&mut self.table) {
             match delivery {
+                Delivery::Watch {
+                    session,
+                    watch,
+                    event,
+                } => {
+                    if resynced.contains(&(session, watch)) {
+                        continue;
+                    }
+                    if self.send_watch(session, watch, event) == Some(WatchSent::Resynced) {
+                        resynced.insert((session, watch));
+                    }
+                }
                 Delivery::Frame(session, frame) => {
                     let outgoing = Outgoing {
                         session,
@@ -306,6 +326,29 @@ impl Driver {
                 }
             }
         }
+        self.metrics
+            .watches
+            .set(i64::try_from(self.table.watch_count()).unwrap_or(i64::MAX));
+    }
+
+    /// Sends an event of `session`'s watch `watch`: now, or, when its resource has a write not
+    /// yet durable, once that write's commit has finished (so no watcher sees a value that a
+    /// failed commit takes back, and the events after it keep their order). Returns how it was
+    /// sent, `None` if it waits for the commit.
+    fn send_watch(
+        &mut self,
+        session: SessionId,
+        watch: RequestId,
+        event: WatchEvent,
+    ) -> Option<WatchSent> {
+        let shows = self.pipeline.undurable_write(&event.resource);
+        let outgoing = Outgoing {
+            session,
+            frame: ServerFrame::Watch { id: watch, event },
+            answers: None,
+        };
+        let outgoing = self.pipeline.route(outgoing, shows)?;
+        self.send_now(outgoing)
     }
 
     /// Sends `outgoing` now, or once commit `shows` (which saves the value it shows) has
@@ -316,7 +359,9 @@ impl Driver {
         }
     }
 
-    fn send_now(&mut self, outgoing: Outgoing) {
+    /// Puts a frame in its session's outbox; a watch event goes through the outbox's watch
+    /// backlog, and how it went is returned.
+    fn send_now(&mut self, outgoing: Outgoing) -> Option<WatchSent> {
         let Outgoing {
             session,
             frame,
@@ -326,13 +371,25 @@ impl Driver {
             Some(record) => Some(&record.outbox),
             None => self.draining.get(&session),
         };
+        let mut sent = None;
         if let Some(outbox) = outbox {
-            outbox.send(frame);
+            match frame {
+                ServerFrame::Watch { id, event } => {
+                    let table = &self.table;
+                    // FIXME: a resync made while a write of its resource is being committed
+                    // shows that value before it is durable.
+                    sent = Some(
+                        outbox.send_watch_event(id, event, |resource| table.watch_state(resource)),
+                    );
+                }
+                frame => outbox.send(frame),
+            }
         }
         if let Some((op, received)) = answers {
             self.metrics
                 .request_done(op, now().saturating_duration_since(received));
         }
+        sent
     }
 
     /// Starts committing what was written since the last commit, and the token reservation

@@ -23,3 +23,4 @@ mod safety;
 mod sessions;
 mod support;
 mod tls;
+mod watch;
