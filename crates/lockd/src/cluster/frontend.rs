@@ -464,18 +464,6 @@ impl Frontend {
             });
             return;
         }
-        if let Command::Watch(_) = request.command {
-            // Not yet: a watch would have to survive a failover (be part of the replicated
-            // session, with a `resync` from the new leader), and the snapshot image would have
-            // to carry it. Refused on every node rather than served with gaps.
-            connection.record.outbox.send(ServerFrame::error(
-                Some(request.id),
-                ErrorCode::BadRequest,
-                "`watch` is not supported in cluster mode yet; watch a single server, or poll \
-                 `status`",
-            ));
-            return;
-        }
         if !self.leader {
             let leader = leader_node(&self.raft.metrics().borrow());
             connection
@@ -552,7 +540,7 @@ impl Frontend {
                     );
                 }
                 let resume_digest = secret.as_ref().map(ResumeSecret::digest);
-                self.bind(connection_id, session, secret);
+                self.bind(connection_id, session, secret, false);
                 self.propose(
                     Some(connection_id),
                     EntryOp::Open {
@@ -663,7 +651,7 @@ impl Frontend {
             }
         }
         info!(session = asked.0, peer = %connection.record.peer, "session resumed");
-        self.bind(connection_id, asked, None);
+        self.bind(connection_id, asked, None, true);
         true
     }
 
@@ -694,12 +682,14 @@ impl Frontend {
 
     /// Routes the frames of `session` to `connection`, taking it over from any connection that
     /// spoke for it before (which is closed). `resume_secret` is the secret of a session this
-    /// connection opens, for its `hello` reply.
+    /// connection opens, for its `hello` reply. `resumed`: the session spoke through another
+    /// connection before, so its watches are resynced (see `Route::resync_watches`).
     fn bind(
         &mut self,
         connection_id: ConnectionId,
         session: SessionId,
         resume_secret: Option<ResumeSecret>,
+        resumed: bool,
     ) {
         let Some(connection) = self.connections.get(&connection_id) else {
             return;
@@ -708,6 +698,7 @@ impl Frontend {
             outbox: connection.record.outbox.clone(),
             close: connection.record.close.clone(),
             resume_secret,
+            resync_watches: resumed,
         };
         if let Some(connection) = self.connections.get_mut(&connection_id) {
             connection.session = Some(session);

@@ -124,6 +124,54 @@ impl LockTable {
         }
     }
 
+    /// `session`'s open watches, by id: what a resumed session is sent a `resync` for.
+    pub fn session_watches(&self, session: SessionId) -> Vec<(RequestId, ResourceName)> {
+        self.watches
+            .by_session
+            .get(&session)
+            .map(|watches| {
+                watches
+                    .iter()
+                    .map(|(id, resource)| (*id, resource.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every open watch as (session, watch id, resource), in that order: for a table image.
+    pub(super) fn all_watches(&self) -> Vec<(SessionId, RequestId, ResourceName)> {
+        let mut all: Vec<_> = self
+            .watches
+            .by_session
+            .iter()
+            .flat_map(|(session, watches)| {
+                watches
+                    .iter()
+                    .map(|(id, resource)| (*session, *id, resource.clone()))
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Puts back a watch from a table image, without its first event (its watcher had it).
+    pub(super) fn restore_watch(
+        &mut self,
+        session: SessionId,
+        watch: RequestId,
+        resource: ResourceName,
+    ) {
+        self.watches
+            .by_resource
+            .entry(resource.clone())
+            .or_default()
+            .insert((session, watch));
+        let watches = self.watches.by_session.entry(session).or_default();
+        if watches.insert(watch, resource).is_none() {
+            self.watches.count += 1;
+        }
+    }
+
     /// How many watches are open, over all sessions.
     pub fn watch_count(&self) -> usize {
         self.watches.len()

@@ -211,3 +211,21 @@ fn a_session_has_a_limited_number_of_watches_with_distinct_ids() {
         Err(LockError::SessionGone)
     );
 }
+
+#[test]
+fn watches_survive_a_table_image_and_keep_making_events() {
+    let mut h = harness();
+    let [a, w] = [h.session(), h.session()];
+    h.watch(w, 7, "f").unwrap();
+    h.effects();
+    let origin = h.now;
+    let image = h.table.to_image(origin);
+    h.table = LockTable::from_image(h.table.config().clone(), image, origin).unwrap();
+    assert_eq!(h.table.watch_count(), 1);
+    assert_eq!(h.table.session_watches(w), vec![(RequestId(7), name("f"))]);
+    assert_eq!(h.acquire(a, 1, "f", X), granted_now(1));
+    assert_eq!(
+        h.effects(),
+        vec![event(w, 7, "f", WatchChange::Granted(holder(a, 1, X)))]
+    );
+}

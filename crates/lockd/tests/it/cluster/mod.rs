@@ -12,6 +12,7 @@ mod peer_tls;
 mod resume;
 mod safety;
 mod status;
+mod watch;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
