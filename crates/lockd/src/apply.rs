@@ -287,6 +287,9 @@ fn take_deliveries(table: &mut LockTable, metrics: &Metrics) -> Vec<Delivery> {
     while let Some(observation) = table.poll_observation() {
         metrics.observe(observation);
     }
+    metrics
+        .watches
+        .set(i64::try_from(table.watch_count()).unwrap_or(i64::MAX));
     let mut deliveries = Vec::new();
     while let Some(effect) = table.poll_effect() {
         deliveries.push(match effect {

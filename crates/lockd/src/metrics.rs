@@ -73,7 +73,8 @@ pub struct Metrics {
     pub(crate) watch_events: Counter,
     /// Watch backlogs that passed `--max-watch-backlog` and were replaced by one `resync`.
     pub(crate) watch_resyncs: Counter,
-    /// Open watches (set by the backend after every input).
+    /// Open watches (set after every input to the table, in `apply.rs`; on a cluster node, the
+    /// whole cluster's).
     pub(crate) watches: Gauge,
     /// Open connections to the admin HTTP API.
     pub(crate) admin_connections: Gauge,

@@ -326,9 +326,6 @@ impl Driver {
                 }
             }
         }
-        self.metrics
-            .watches
-            .set(i64::try_from(self.table.watch_count()).unwrap_or(i64::MAX));
     }
 
     /// Sends an event of `session`'s watch `watch`: now, or, when its resource has a write not
