@@ -372,12 +372,16 @@ impl Driver {
         if let Some(outbox) = outbox {
             match frame {
                 ServerFrame::Watch { id, event } => {
-                    let table = &self.table;
-                    // FIXME: a resync made while a write of its resource is being committed
-                    // shows that value before it is durable.
-                    sent = Some(
-                        outbox.send_watch_event(id, event, |resource| table.watch_state(resource)),
-                    );
+                    let (table, pipeline) = (&self.table, &self.pipeline);
+                    sent = Some(outbox.send_watch_event(id, event, |resource| {
+                        // The value as it is on disk: the events of later writes are held
+                        // until their commits, and follow the resync.
+                        let mut state = table.watch_state(resource);
+                        if let Some(durable) = pipeline.durable_value(resource) {
+                            state.value = durable.as_deref().map(str::to_owned);
+                        }
+                        state
+                    }));
                 }
                 frame => outbox.send(frame),
             }

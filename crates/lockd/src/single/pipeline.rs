@@ -114,6 +114,16 @@ impl CommitPipeline {
             .map(|write| write.commit)
     }
 
+    /// `resource`'s value as the last finished commit left it (`Some(None)`: no value), if a
+    /// write of it is not yet durable; `None` when its current value is durable. A watch's
+    /// `resync` shows this, so that no watcher sees a value a failed commit could take back.
+    pub(crate) fn durable_value(&self, resource: &ResourceName) -> Option<Option<Arc<str>>> {
+        self.writes
+            .iter()
+            .find(|write| write.resource == *resource)
+            .map(|write| write.previous.clone())
+    }
+
     /// Returns `outgoing` if it may go out now, or holds it until commit `shows` (the one that
     /// saves the value it shows, if any) and every commit its session's earlier held frames
     /// wait for have finished.
@@ -283,6 +293,21 @@ mod tests {
 
     fn is_internal_error(out: &Outgoing) -> bool {
         matches!(&out.frame, ServerFrame::Err { error, .. } if error.code == ErrorCode::Internal)
+    }
+
+    #[test]
+    fn the_durable_value_is_the_one_before_the_first_write_not_yet_durable() {
+        let mut pipeline = CommitPipeline::new();
+        assert_eq!(pipeline.durable_value(&name("r")), None);
+        pipeline.write_applied(name("r"), Arc::from("v1"), Some(Arc::from("v0")));
+        pipeline.write_applied(name("r"), Arc::from("v2"), Some(Arc::from("v1")));
+        pipeline.write_applied(name("s"), Arc::from("w"), None);
+        assert_eq!(
+            pipeline.durable_value(&name("r")),
+            Some(Some(Arc::from("v0")))
+        );
+        assert_eq!(pipeline.durable_value(&name("s")), Some(None));
+        assert_eq!(pipeline.durable_value(&name("t")), None);
     }
 
     #[test]
