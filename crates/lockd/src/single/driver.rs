@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::cmd::WatchEvent;
+use protocol::cmd::{WatchChange, WatchEvent};
 use protocol::{
     Command, FenceToken, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
 };
@@ -435,7 +435,7 @@ impl Driver {
                 for write in undone {
                     self.table.revert_write(&write.resource, write.previous);
                 }
-                released
+                self.fill_resyncs(released)
             }
         };
         for outgoing in released {
@@ -445,6 +445,25 @@ impl Driver {
             .retain(|session, _| self.pipeline.holds_frames_for(*session));
         // Grants that waited for the token reservation.
         self.deliver();
+    }
+
+    /// After a failed commit: the watch events that showed or followed an undone value came
+    /// back from the pipeline as resyncs without a state. Each watch gets one, with the state as
+    /// it is now that the writes are undone.
+    fn fill_resyncs(&self, mut released: Vec<Outgoing>) -> Vec<Outgoing> {
+        let mut resynced = HashSet::new();
+        released.retain_mut(|outgoing| match &mut outgoing.frame {
+            ServerFrame::Watch { id, event } if matches!(event.change, WatchChange::Resync(_)) => {
+                let first = resynced.insert((outgoing.session, *id));
+                if first {
+                    let state = self.table.watch_state(&event.resource);
+                    event.change = WatchChange::Resync(state);
+                }
+                first
+            }
+            _ => true,
+        });
+        released
     }
 
     /// Carries out an operator's forced release: the table ends the holders' sessions and

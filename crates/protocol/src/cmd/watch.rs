@@ -68,7 +68,7 @@ pub enum WatchChange {
 }
 
 /// A resource's state, in `state` and `resync` events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchState {
     /// Its holders, in grant order.
     pub holders: Vec<WatchHolder>,
