@@ -172,6 +172,15 @@ impl LockTable {
         }
     }
 
+    /// How many watches each watched resource has, for the admin API.
+    pub fn watcher_counts(&self) -> HashMap<ResourceName, usize> {
+        self.watches
+            .by_resource
+            .iter()
+            .map(|(resource, watchers)| (resource.clone(), watchers.len()))
+            .collect()
+    }
+
     /// How many watches are open, over all sessions.
     pub fn watch_count(&self) -> usize {
         self.watches.len()

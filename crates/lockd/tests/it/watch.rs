@@ -226,3 +226,35 @@ async fn a_watcher_that_never_reads_gets_a_resync_while_another_keeps_up() {
     assert!(resyncs >= 1, "the slow watcher got no resync");
     fast.expect_silence().await;
 }
+
+#[tokio::test]
+async fn the_admin_api_counts_watchers_and_watches() {
+    let (lockd, admin) = start_with_admin(&[]);
+    let mut holder = lockd.connect().await;
+    holder.lock(1, "busy", "exclusive").await;
+    let mut watcher = lockd.connect().await;
+    for (id, resource) in [(1, "idle"), (2, "busy")] {
+        let watch = json!({"id": id, "op": "watch", "resource": resource});
+        assert_eq!(watcher.call(watch).await["ok"], true);
+        assert_eq!(watcher.recv().await["kind"], "state");
+    }
+    let one = http(admin, "GET", "/v1/locks/idle", &[]).await.json();
+    assert_eq!(
+        one,
+        json!({"resource": "idle", "holders": [], "waiters": [], "watchers": 1})
+    );
+    let all = http(admin, "GET", "/v1/locks", &[]).await.json();
+    assert_eq!(all["totals"]["watches"], 2, "{all}");
+    assert_eq!(all["resources"][0]["watchers"], 1, "{all}");
+    let metrics = http(admin, "GET", "/metrics", &[]).await.body;
+    assert_eq!(sample(&metrics, "lockd_watches"), 2.0);
+
+    let unwatch = json!({"id": 3, "op": "unwatch", "target": 1});
+    assert_eq!(watcher.call(unwatch).await["ok"], true);
+    let one = http(admin, "GET", "/v1/locks/idle", &[]).await.json();
+    assert_eq!(
+        one,
+        json!({"resource": "idle", "holders": [], "waiters": []}),
+        "no watchers: the field is absent"
+    );
+}
