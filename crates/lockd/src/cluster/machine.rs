@@ -24,7 +24,7 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use protocol::cmd::{WatchChange, WatchEvent};
-use protocol::{Command, ErrorCode, ReplyBody, Request, ServerFrame, SessionId};
+use protocol::{Command, ErrorCode, ReplyBody, Request, RequestId, ServerFrame, SessionId};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,13 @@ pub(crate) struct Route {
     /// a client reads first), its watch events are dropped; right after that frame, each of
     /// its watches gets a `resync` with the state as this node has applied it.
     pub(crate) resync_watches: bool,
+}
+
+/// Sends an event of `watch` through `route`'s watch backlog, whose `resync` shows `table`.
+fn send_watch_event(route: &Route, table: &LockTable, watch: RequestId, event: WatchEvent) {
+    route
+        .outbox
+        .send_watch_event(watch, event, |resource| table.watch_state(resource));
 }
 
 /// The lock table and what openraft asks a state machine to remember.
@@ -165,10 +172,7 @@ impl Replica {
                         change: WatchChange::Resync(self.table.watch_state(&resource)),
                         resource,
                     };
-                    let table = &self.table;
-                    route
-                        .outbox
-                        .send_watch_event(watch, event, |resource| table.watch_state(resource));
+                    send_watch_event(route, &self.table, watch, event);
                 }
             }
         }
@@ -241,10 +245,7 @@ impl Replica {
                     // Every node makes the event; the one with the session's route sends it.
                     let route = self.routes.get(&session);
                     if let Some(route) = route.filter(|route| !route.resync_watches) {
-                        let table = &self.table;
-                        route
-                            .outbox
-                            .send_watch_event(watch, event, |resource| table.watch_state(resource));
+                        send_watch_event(route, &self.table, watch, event);
                     }
                 }
                 Delivery::Expired(session) => self.session_ended(session),
