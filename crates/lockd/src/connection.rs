@@ -13,9 +13,10 @@
 //! reply) per request in flight. Watch events are not requests: they wait in the outbox's
 //! watch backlog, at most `--max-watch-backlog` per watch (`seam::Outbox`). It reads nothing
 //! while a write is under way, and one write takes at most `max_unsent_bytes` of replies (plus
-//! the frame that crosses the line); the rest wait in the outbox. A `status` reply grows with its page rather than being a few bytes like
-//! every other reply (but a `read`'s), so a connection has one `status` at a time in flight: a
-//! second one is read but held, and nothing more is read, until the first is written. A client
+//! the frame that crosses the line); the rest wait in the outbox. A `status` reply grows with
+//! its page rather than being a few bytes like every other reply (but a `read`'s), so a
+//! connection has one `status` at a time in flight: a second one is read but held, and nothing
+//! more is read, until the first is written. A client
 //! that pipelines statuses and never reads therefore costs one page plus `max_unsent_bytes`,
 //! not one page per request. A client that stops reading altogether is dropped when one write
 //! stalls for `write_timeout`.
