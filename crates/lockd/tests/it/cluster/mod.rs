@@ -44,6 +44,9 @@ pub(super) struct Cluster {
     peers: String,
     /// The cluster's own loopback network (see [`private_net`]).
     pub(super) net: String,
+    /// The flags every node started with, which a joiner gets too (the admin credential, for
+    /// one: a joiner that became leader without it would refuse membership changes).
+    flags: Vec<String>,
     _dirs: tempfile::TempDir,
 }
 
@@ -106,6 +109,7 @@ impl Cluster {
             founders: size as usize,
             peers,
             net,
+            flags: extra.iter().map(|flag| (*flag).to_owned()).collect(),
             _dirs: dirs,
         };
         for index in 0..cluster.specs.len() {
@@ -156,7 +160,8 @@ impl Cluster {
             data_dir: self._dirs.path().join(format!("node{id}")),
         });
         let index = self.specs.len() - 1;
-        let node = self.spawn(index, &[]);
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        let node = self.spawn(index, &flags);
         self.nodes.push(Some(node));
         index
     }
