@@ -14,6 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use protocol::cmd::WatchEvent;
 use protocol::{Command, ErrorBody, ErrorCode, Incoming, Request, RequestId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -38,6 +39,9 @@ struct State {
     /// `None` once the session is lost, so that no call can be registered after the others
     /// were failed.
     pending: Option<BTreeMap<RequestId, PendingCall>>,
+    /// Open watches, by the `watch` request's id: where their events go. Emptied when the
+    /// session is lost, which ends every watch's stream.
+    watches: BTreeMap<RequestId, mpsc::UnboundedSender<WatchEvent>>,
     /// When the newest call the server has answered was registered. The server heard from
     /// the session no earlier than that, so the session's lease lasts at least until then
     /// plus the lease: the time a failed-over client has to resume it.
@@ -81,6 +85,7 @@ impl Calls {
             next_id: AtomicU64::new(1),
             state: Mutex::new(State {
                 pending: Some(BTreeMap::new()),
+                watches: BTreeMap::new(),
                 heard_since: Instant::now(),
                 lease: Duration::MAX,
             }),
@@ -100,15 +105,45 @@ impl Calls {
         command: Command,
         events: Option<mpsc::UnboundedSender<u64>>,
     ) -> Result<(RequestId, oneshot::Receiver<Reply>), ClientError> {
+        self.register_with(command, events, None)
+    }
+
+    /// Registers a `watch` call and, under the same lock, where its events go, so that none
+    /// that follows the reply is missed.
+    pub(crate) fn register_watch(
+        &self,
+        command: Command,
+        watch_events: mpsc::UnboundedSender<WatchEvent>,
+    ) -> Result<(RequestId, oneshot::Receiver<Reply>), ClientError> {
+        self.register_with(command, None, Some(watch_events))
+    }
+
+    /// Stops routing the events of watch `id` (after `unwatch`, or a refused `watch`).
+    pub(crate) fn forget_watch(&self, id: RequestId) {
+        self.state().watches.remove(&id);
+    }
+
+    fn register_with(
+        &self,
+        command: Command,
+        events: Option<mpsc::UnboundedSender<u64>>,
+        watch_events: Option<mpsc::UnboundedSender<WatchEvent>>,
+    ) -> Result<(RequestId, oneshot::Receiver<Reply>), ClientError> {
         let id = self.next_id();
         let mut frame = Request { id, command }.to_json();
         frame.push(b'\n');
         let frame = Bytes::from(frame);
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut state = self.state();
-        let Some(pending) = state.pending.as_mut() else {
+        let State {
+            pending, watches, ..
+        } = &mut *state;
+        let Some(pending) = pending.as_mut() else {
             return Err(ClientError::ConnectionLost);
         };
+        if let Some(watch_events) = watch_events {
+            watches.insert(id, watch_events);
+        }
         // Queued under the lock: see `requeue_all`.
         if self.outgoing.send(frame.clone()).is_err() {
             return Err(ClientError::ConnectionLost);
@@ -144,12 +179,18 @@ impl Calls {
         let State {
             pending,
             heard_since,
+            watches,
             ..
         } = &mut *state;
         let Some(pending) = pending.as_mut() else {
             return Routed::Delivered;
         };
         match incoming {
+            Incoming::Watch { id, event } => {
+                if let Some(watch) = watches.get(&id) {
+                    let _ = watch.send(event);
+                }
+            }
             Incoming::Queued { id, position } => {
                 if let Some(call) = pending.get(&id) {
                     *heard_since = (*heard_since).max(call.registered);
@@ -238,7 +279,12 @@ impl Calls {
 
     /// The session is lost: fails every call with `error()` and refuses new ones.
     pub(crate) fn fail_all(&self, error: impl Fn() -> ClientError) {
-        let pending = self.state().pending.take();
+        let pending = {
+            let mut state = self.state();
+            // Dropping the senders ends every watch's stream.
+            state.watches.clear();
+            state.pending.take()
+        };
         for (_, call) in pending.into_iter().flatten() {
             let _ = call.reply.send(Err(error()));
         }

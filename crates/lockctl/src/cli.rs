@@ -186,6 +186,12 @@ pub enum Subcommands {
         #[arg(long)]
         json: bool,
     },
+    /// Watch a resource: print its state, then each change, as one JSON object a line
+    /// (docs/protocol.md, "Watches"), until interrupted; exits non-zero if the session is lost.
+    Watch {
+        /// The resource to watch.
+        resource: String,
+    },
     /// Take a lock: the long form of `lockctl <resource> ...`, for a resource whose name is
     /// also a subcommand (`lockctl lock status READ`).
     Lock(LockArgs),

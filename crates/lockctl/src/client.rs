@@ -554,18 +554,27 @@ impl Client {
         // Adding a node answers once the learner has copied the whole log: no fixed limit fits.
         let limit = (!matches!(command, Command::AddNode(_))).then_some(self.reply_timeout);
         let (_, reply) = self.send(command, None)?;
-        let reply = match limit {
-            None => reply.await,
-            Some(limit) => {
-                tokio::time::timeout(limit, reply)
-                    .await
-                    .map_err(|_| ClientError::NoReply {
-                        what: op.to_string(),
-                        waited: limit,
-                    })?
-            }
-        };
+        match limit {
+            None => reply.await.map_err(|_| ClientError::ConnectionLost)?,
+            Some(_) => self.await_reply(op.name(), reply).await,
+        }
+    }
+
+    /// Waits for the reply to a call named `what`, within the reply timeout.
+    pub(crate) async fn await_reply(&self, what: &str, reply: oneshot::Receiver<Reply>) -> Reply {
+        let limit = self.reply_timeout;
+        let reply = tokio::time::timeout(limit, reply)
+            .await
+            .map_err(|_| ClientError::NoReply {
+                what: what.to_owned(),
+                waited: limit,
+            })?;
         reply.map_err(|_| ClientError::ConnectionLost)?
+    }
+
+    /// The session's calls, for the other call types of this crate.
+    pub(crate) fn calls(&self) -> &Calls {
+        &self.calls
     }
 
     pub(crate) fn send(
@@ -584,7 +593,7 @@ fn typed<T: DeserializeOwned>(
     Incoming::result(frame).map_err(|err| ClientError::Protocol(err.to_string()))
 }
 
-fn name(resource: &str) -> Result<ResourceName, ClientError> {
+pub(crate) fn name(resource: &str) -> Result<ResourceName, ClientError> {
     ResourceName::new(resource)
         .map_err(|err| ClientError::InvalidInput(format!("invalid resource name: {err}")))
 }

@@ -32,14 +32,17 @@ mod lock;
 mod session;
 mod timeouts;
 mod tls;
+mod watch;
 
 pub use client::{AcquireCall, AcquireProgress, Client, ClientBuilder, Keepalive, DEFAULT_ADDR};
 pub use error::{ClientError, ConnectFailure};
 pub use link::check_address;
 pub use lock::{LockGuard, LockRequest};
 pub use protocol::cmd::{
-    AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, Permits, ResourceStatus, MAX_PERMIT_LIMIT,
+    AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, Permits, ResourceStatus, WatchChange,
+    WatchEvent, WatchHolder, WatchState, MAX_PERMIT_LIMIT,
 };
 pub use protocol::{ErrorBody, ErrorCode, FenceToken, LockMode, ResourceName, SessionId};
 pub use timeouts::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT};
 pub use tls::TlsOptions;
+pub use watch::WatchStream;

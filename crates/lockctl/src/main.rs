@@ -56,6 +56,7 @@ async fn run(cli: Cli) -> ExitCode {
         (Some(Subcommands::Status { resource, json }), _) => {
             return status(&server, resource.as_deref(), json).await
         }
+        (Some(Subcommands::Watch { resource }), _) => return watch(&server, &resource).await,
         (Some(Subcommands::Run(args)), _) => return run::run(&server, args).await,
         (Some(Subcommands::Backup { http, admin, out }), _) => {
             return backup::run(&http, &admin, &out).await
@@ -228,6 +229,36 @@ async fn status(server: &Server, resource: Option<&str>, json: bool) -> ExitCode
             ExitCode::SUCCESS
         }
         Err(err) => hints::explain(server, &err, None),
+    }
+}
+
+/// `lockctl watch NAME`: every event of the watch as a line of JSON, until the session ends.
+async fn watch(server: &Server, resource: &str) -> ExitCode {
+    let client = match connect(server).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let mut stream = match client.watch(resource).await {
+        Ok(stream) => stream,
+        Err(err) => return hints::explain(server, &err, None),
+    };
+    loop {
+        match stream.next().await {
+            Ok(event) => {
+                // Serialized from the struct, so the fields keep the protocol's order.
+                let line = serde_json::to_string(&event).unwrap_or_default();
+                println!("{line}");
+                // A reader piped to `head` or a file sees each event as it comes.
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
+            Err(lockctl::ClientError::ConnectionLost) => {
+                return fail(&format!(
+                    "lost the session with lockd; the watch of {resource} has ended, and changes \
+                     after the last line were not seen"
+                ))
+            }
+            Err(err) => return hints::explain(server, &err, None),
+        }
     }
 }
 

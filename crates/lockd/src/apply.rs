@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::cmd::{
-    AcquireOk, HelloOk, ReadOk, Status, StatusOk, ValidateOk, DEFAULT_STATUS_LIMIT,
+    AcquireOk, HelloOk, ReadOk, Status, StatusOk, ValidateOk, WatchEvent, DEFAULT_STATUS_LIMIT,
 };
 use protocol::{
     Command, ErrorCode, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
@@ -79,6 +79,7 @@ fn flag_hint(err: &LockError) -> &'static str {
     match err {
         LockError::TooManyLocks { .. } => " (--max-locks-per-session)",
         LockError::TooManyWaits { .. } => " (--max-waits-per-session)",
+        LockError::TooManyWatches { .. } => " (--max-watches-per-session)",
         _ => "",
     }
 }
@@ -210,6 +211,14 @@ fn apply(
             valid: table.validate(&validate.resource, validate.token),
         })),
         Command::Ping => Ok(ReplyBody::EMPTY),
+        Command::Watch(watch) => table
+            .handle_watch(session, request.id, watch.resource)
+            .map(|()| ReplyBody::EMPTY)
+            .map_err(RequestFailed::from),
+        Command::Unwatch(unwatch) => table
+            .handle_unwatch(session, unwatch.target)
+            .map(|()| ReplyBody::EMPTY)
+            .map_err(RequestFailed::from),
         Command::Status(status) => status_reply(table, now, status).map(ReplyBody::Status),
         // A cluster's front end answers these itself; a single server has no cluster.
         Command::ClusterStatus | Command::AddNode(_) | Command::RemoveNode(_) => {
@@ -265,6 +274,13 @@ pub(crate) fn reply_frame(id: RequestId, result: Result<ReplyBody, RequestFailed
 pub(crate) enum Delivery {
     /// Send this frame to the session: a waiting acquire's grant or failure.
     Frame(SessionId, ServerFrame),
+    /// Send this event of the watch `watch` to the session, through its watch backlog
+    /// (`seam::Outbox::send_watch_event`), which bounds what a slow watcher costs.
+    Watch {
+        session: SessionId,
+        watch: RequestId,
+        event: WatchEvent,
+    },
     /// The session's lease ran out and the table has ended it: close its connection.
     Expired(SessionId),
 }
@@ -276,6 +292,9 @@ fn take_deliveries(table: &mut LockTable, metrics: &Metrics) -> Vec<Delivery> {
     while let Some(observation) = table.poll_observation() {
         metrics.observe(observation);
     }
+    metrics
+        .watches
+        .set(i64::try_from(table.watch_count()).unwrap_or(i64::MAX));
     let mut deliveries = Vec::new();
     while let Some(effect) = table.poll_effect() {
         deliveries.push(match effect {
@@ -304,6 +323,15 @@ fn take_deliveries(table: &mut LockTable, metrics: &Metrics) -> Vec<Delivery> {
                 let error = RequestFailed::Lock(reason.to_error(resource));
                 Delivery::Frame(session, reply_frame(request, Err(error)))
             }
+            Effect::Watch {
+                session,
+                watch,
+                event,
+            } => Delivery::Watch {
+                session,
+                watch,
+                event,
+            },
             Effect::SessionExpired { session } => {
                 metrics.expirations.inc();
                 Delivery::Expired(session)

@@ -10,11 +10,13 @@
 //! Backpressure: the task counts the requests it passed to the backend whose final reply it has
 //! not written yet, and stops reading the socket while `max_in_flight` of them are pending. The
 //! replies waiting in its outbox therefore never exceed two frames (a `queued` event and a
-//! reply) per request in flight. It reads nothing while a write is under way, and one write
-//! takes at most `max_unsent_bytes` of replies (plus the frame that crosses the line); the rest
-//! wait in the outbox. A `status` reply grows with its page rather than being a few bytes like
-//! every other reply (but a `read`'s), so a connection has one `status` at a time in flight: a
-//! second one is read but held, and nothing more is read, until the first is written. A client
+//! reply) per request in flight. Watch events are not requests: they wait in the outbox's
+//! watch backlog, at most `--max-watch-backlog` per watch (`seam::Outbox`). It reads nothing
+//! while a write is under way, and one write takes at most `max_unsent_bytes` of replies (plus
+//! the frame that crosses the line); the rest wait in the outbox. A `status` reply grows with
+//! its page rather than being a few bytes like every other reply (but a `read`'s), so a
+//! connection has one `status` at a time in flight: a second one is read but held, and nothing
+//! more is read, until the first is written. A client
 //! that pipelines statuses and never reads therefore costs one page plus `max_unsent_bytes`,
 //! not one page per request. A client that stops reading altogether is dropped when one write
 //! stalls for `write_timeout`.
@@ -43,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
 use crate::metrics::Metrics;
-use crate::seam::{BackendMsg, ConnectionId, ConnectionRecord, Outbox};
+use crate::seam::{BackendMsg, ConnectionId, ConnectionRecord, Outbox, OutboxReceiver};
 use crate::secret;
 
 /// How long a closing connection may take to write its last replies.
@@ -75,6 +77,9 @@ pub(crate) struct ConnectionLimits {
     pub(crate) max_in_flight: usize,
     /// Serialized replies a connection holds for its client at most; see the module docs.
     pub(crate) max_unsent_bytes: usize,
+    /// Watch events each watch of the connection keeps waiting at most before they are
+    /// replaced by one `resync` (`--max-watch-backlog`; see `seam::Outbox`).
+    pub(crate) max_watch_backlog: usize,
     /// The longest client name `hello` may give, in bytes.
     pub(crate) max_client_name_bytes: usize,
     /// The longest line before the client has authenticated (when `auth` is set).
@@ -126,7 +131,7 @@ where
         client = tracing::field::Empty
     );
     let close = shutdown.child_token();
-    let (outbox, outbox_rx) = Outbox::new();
+    let (outbox, outbox_rx) = Outbox::new(limits.max_watch_backlog, Arc::clone(&metrics));
     let (reply_tx, reply_rx) = oneshot::channel();
     let record = ConnectionRecord {
         peer,
@@ -188,7 +193,7 @@ struct Connection<S> {
     /// Frames from the backend. The backend holds the sender until it has handled this
     /// connection's [`BackendMsg::Closed`], so after `Closed` the channel ends once every reply
     /// to an earlier request is in it.
-    outbox: mpsc::UnboundedReceiver<ServerFrame>,
+    outbox: OutboxReceiver,
     /// Requests passed to the backend whose final reply has not been written yet.
     in_flight: usize,
     /// The id of the `status` passed to the backend whose reply has not been written yet: one
@@ -489,7 +494,7 @@ where
     async fn write_batch(&mut self, first: ServerFrame) -> Result<(), Ended> {
         let mut answered = usize::from(self.encode_reply(&first));
         while self.unwritten.len() < self.limits.max_unsent_bytes {
-            let Ok(frame) = self.outbox.try_recv() else {
+            let Some(frame) = self.outbox.try_recv() else {
                 break;
             };
             answered += usize::from(self.encode_reply(&frame));
@@ -510,7 +515,7 @@ where
             // is taken as the answer, which may let a second `status` in early but can never
             // leave the connection waiting for a reply that already went out.
             ServerFrame::Saved(_) => self.status_in_flight,
-            ServerFrame::Queued { .. } => None,
+            ServerFrame::Queued { .. } | ServerFrame::Watch { .. } => None,
         };
         if answered.is_some() && answered == self.status_in_flight {
             self.status_in_flight = None;
@@ -578,7 +583,7 @@ where
         }
         // Closing: send what is already queued (replies to the last requests) without waiting
         // on a client that does not read.
-        while let Ok(frame) = self.outbox.try_recv() {
+        while let Some(frame) = self.outbox.try_recv() {
             encode(&frame, &mut self.unwritten, &self.metrics);
         }
         let socket = self.frames.get_mut();
@@ -624,12 +629,15 @@ impl Drop for Unsent<'_> {
 }
 
 /// Serializes one frame into `buf`, counting it if it is an error. Returns whether it is a
-/// request's final reply (anything but a `queued` event).
+/// request's final reply (anything but an event).
 fn encode(frame: &ServerFrame, buf: &mut Vec<u8>, metrics: &Metrics) -> bool {
     if let ServerFrame::Err { error, .. } = frame {
         metrics.error(error.code);
     }
     frame.write_json(buf);
     buf.push(b'\n');
-    !matches!(frame, ServerFrame::Queued { .. })
+    !matches!(
+        frame,
+        ServerFrame::Queued { .. } | ServerFrame::Watch { .. }
+    )
 }

@@ -22,9 +22,9 @@ use lockd::server::{
     AdminLimits, AdminOptions, Server, ServerConfig, DEFAULT_ADMIN_HEADER_TIMEOUT,
     DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
     DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
-    DEFAULT_MAX_UNSENT_BYTES,
+    DEFAULT_MAX_UNSENT_BYTES, DEFAULT_MAX_WATCH_BACKLOG,
 };
-use protocol::cmd::DEFAULT_MAX_VALUE_BYTES;
+use protocol::cmd::{DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_WATCHES_PER_SESSION};
 use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use tokio::net::{TcpListener, TcpSocket};
 use tracing_subscriber::filter::FilterExt;
@@ -189,6 +189,17 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize))]
     max_waits_per_session: usize,
 
+    /// Watches one session may have open at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_WATCHES_PER_SESSION, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
+    max_watches_per_session: usize,
+
+    /// Watch events one watch may have waiting for a client that reads slowly; past that, they
+    /// are dropped and replaced by one `resync` event with the resource's state.
+    #[arg(long, default_value_t = DEFAULT_MAX_WATCH_BACKLOG, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
+    max_watch_backlog: usize,
+
     /// The lock-delay of an acquire that asks for none: when its holder loses the lock other
     /// than by `release` (expiry, disconnect, eviction), nobody is granted the resource for
     /// this long (docs/safety.md). 0: none.
@@ -351,10 +362,12 @@ impl Args {
                 default_lock_delay: Duration::from_millis(self.default_lock_delay_ms),
                 max_lock_delay: Duration::from_millis(self.max_lock_delay_ms),
                 max_status_limit: self.max_status_limit,
+                max_watches_per_session: self.max_watches_per_session,
             },
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,
             max_unsent_bytes: self.max_unsent_bytes,
+            max_watch_backlog: self.max_watch_backlog,
             max_client_name_bytes: self.max_client_name_bytes,
             max_unauthenticated_frame_bytes: self.max_unauthenticated_frame_bytes,
             max_auth_failures_per_minute: self.max_auth_failures_per_minute,

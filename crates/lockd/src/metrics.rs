@@ -66,6 +66,16 @@ pub struct Metrics {
     pub(crate) connections_refused: Counter,
     /// Bytes of replies serialized for lock clients and not yet taken by their sockets.
     pub(crate) unsent_reply_bytes: Gauge,
+    /// Watch events made by the table and not yet taken by their connections (each watch keeps
+    /// at most `--max-watch-backlog` of them; see `seam.rs`).
+    pub(crate) watch_backlog_events: Gauge,
+    /// Watch events made for watchers (a `resync` counts as one).
+    pub(crate) watch_events: Counter,
+    /// Watch backlogs that passed `--max-watch-backlog` and were replaced by one `resync`.
+    pub(crate) watch_resyncs: Counter,
+    /// Open watches (set after every input to the table, in `apply.rs`; on a cluster node, the
+    /// whole cluster's).
+    pub(crate) watches: Gauge,
     /// Open connections to the admin HTTP API.
     pub(crate) admin_connections: Gauge,
     /// Admin HTTP connections closed at once for `--admin-max-connections`.
@@ -157,6 +167,27 @@ impl Metrics {
              (each connection stops reading past --max-unsent-bytes)",
             unsent_reply_bytes.clone(),
         );
+        let watch_backlog_events = Gauge::default();
+        registry.register(
+            "watch_backlog_events",
+            "Watch events made and not yet taken by their connections (each watch keeps at \
+             most --max-watch-backlog before they are replaced by one resync)",
+            watch_backlog_events.clone(),
+        );
+        let watch_events = Counter::default();
+        registry.register(
+            "watch_events",
+            "Watch events made for watchers, a resync included",
+            watch_events.clone(),
+        );
+        let watch_resyncs = Counter::default();
+        registry.register(
+            "watch_resyncs",
+            "Watches whose backlog passed --max-watch-backlog and was replaced by one resync",
+            watch_resyncs.clone(),
+        );
+        let watches = Gauge::default();
+        registry.register("watches", "Open watches", watches.clone());
         let admin_connections = Gauge::default();
         registry.register(
             "admin_connections",
@@ -345,6 +376,10 @@ impl Metrics {
             connections_accepted,
             connections_refused,
             unsent_reply_bytes,
+            watch_backlog_events,
+            watch_events,
+            watch_resyncs,
+            watches,
             admin_connections,
             admin_connections_refused,
             sessions,

@@ -39,6 +39,8 @@ pub struct LocksReport {
     pub resources: Vec<ResourceStatus>,
     /// Every open session.
     pub sessions: HashMap<SessionId, SessionInfo>,
+    /// How many watches each watched resource has.
+    pub watchers: HashMap<ResourceName, usize>,
     /// Indexes into `resources`, hottest first; computed by the first request that wants it.
     hot: OnceLock<Vec<usize>>,
 }
@@ -76,7 +78,9 @@ impl LocksReport {
         table: &LockTable,
         sessions: impl Iterator<Item = (SessionId, SessionInfo)>,
     ) -> LocksReport {
-        LocksReport::new(now, table.status(now, None), sessions.collect())
+        let mut report = LocksReport::new(now, table.status(now, None), sessions.collect());
+        report.watchers = table.watcher_counts();
+        report
     }
 
     /// A report taken at `taken`.
@@ -89,6 +93,7 @@ impl LocksReport {
             taken,
             resources,
             sessions,
+            watchers: HashMap::new(),
             hot: OnceLock::new(),
         }
     }
@@ -137,6 +142,7 @@ impl LocksReport {
                 holders: gauges.holders.iter().sum(),
                 waiters: gauges.waiters.iter().sum(),
                 sessions: self.sessions.len() as u64,
+                watches: self.watchers.values().sum::<usize>() as u64,
             },
             resources,
             next,
@@ -158,6 +164,7 @@ impl LocksReport {
                 delayed_ms: None,
                 limit: None,
                 permits_used: None,
+                watchers: self.watcher_count(resource),
             },
         }
     }
@@ -266,7 +273,12 @@ impl LocksReport {
             delayed_ms: status.delayed_ms.map(|ms| ms.saturating_sub(age)),
             limit: status.limit,
             permits_used: status.permits_used,
+            watchers: self.watcher_count(&status.resource),
         }
+    }
+
+    fn watcher_count(&self, resource: &ResourceName) -> u64 {
+        self.watchers.get(resource).copied().unwrap_or(0) as u64
     }
 }
 
@@ -298,6 +310,8 @@ pub struct Totals {
     pub waiters: u64,
     /// Open sessions.
     pub sessions: u64,
+    /// Open watches.
+    pub watches: u64,
 }
 
 /// One resource: `GET /v1/locks/{resource}`, and each entry of `GET /v1/locks`.
@@ -318,6 +332,9 @@ pub struct ResourceJson<'a> {
     /// For a semaphore: how many permits its holders hold now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permits_used: Option<u32>,
+    /// How many watches it has (`watch` op); absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub watchers: u64,
 }
 
 /// A holder, with what the driver knows of its session.

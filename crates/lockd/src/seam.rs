@@ -7,17 +7,19 @@
 //! module and never a backend; backends import it and never a connection. Neither backend
 //! answers any message with a stub: what one cannot do, it refuses with an error that says why.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use protocol::cmd::Hello;
-use protocol::{FenceToken, Request, ResourceName, ServerFrame};
+use protocol::cmd::{Hello, WatchChange, WatchEvent, WatchState};
+use protocol::{FenceToken, Request, RequestId, ResourceName, ServerFrame};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
 use crate::core::ForcedRelease;
+use crate::metrics::Metrics;
 use crate::report::{LocksReport, SessionInfo};
 use crate::store::{Snapshot, StoreError};
 
@@ -97,20 +99,211 @@ pub(crate) enum BackupRefused {
 }
 
 /// Where a backend puts frames for one client; the connection's task writes them.
+///
+/// Replies and `queued` events go through an unbounded channel: the connection bounds them by
+/// reading no more requests while `--max-in-flight` are unanswered. Watch events have no such
+/// bound (the client asks for them once and they keep coming), so they wait in the
+/// connection's [`WatchBacklog`] instead, which keeps at most `--max-watch-backlog` of them per
+/// watch: past that, a watch's waiting events are replaced by one `resync`. The channel then
+/// carries only a marker, at the place in the stream where the backlog's events belong.
 #[derive(Debug, Clone)]
-pub(crate) struct Outbox(mpsc::UnboundedSender<ServerFrame>);
+pub(crate) struct Outbox {
+    sender: mpsc::UnboundedSender<OutboxItem>,
+    watch_backlog: Arc<Mutex<WatchBacklog>>,
+}
+
+/// What the channel under an [`Outbox`] carries.
+#[derive(Debug)]
+enum OutboxItem {
+    /// A reply or a `queued` event.
+    Frame(ServerFrame),
+    /// The watch backlog has events: take them all here, in their order.
+    WatchEvents,
+}
+
+/// How [`Outbox::send_watch_event`] delivered an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WatchSent {
+    /// It waits in the backlog behind the watch's earlier events.
+    Queued,
+    /// The watch's backlog was full: its waiting events and this one were replaced by one
+    /// `resync` with the state the backend gave.
+    Resynced,
+}
 
 impl Outbox {
-    /// An outbox and the receiver its connection's task reads.
-    pub(crate) fn new() -> (Outbox, mpsc::UnboundedReceiver<ServerFrame>) {
+    /// An outbox whose watches keep at most `max_watch_backlog` events each (at least 1), and
+    /// the receiver its connection's task reads.
+    pub(crate) fn new(max_watch_backlog: usize, metrics: Arc<Metrics>) -> (Outbox, OutboxReceiver) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        (Outbox(sender), receiver)
+        let watch_backlog = Arc::new(Mutex::new(WatchBacklog {
+            events: VecDeque::new(),
+            per_watch: HashMap::new(),
+            marked: false,
+            limit: max_watch_backlog.max(1),
+            metrics,
+        }));
+        let receiver = OutboxReceiver {
+            receiver,
+            watch_backlog: Arc::clone(&watch_backlog),
+            taken: VecDeque::new(),
+        };
+        (
+            Outbox {
+                sender,
+                watch_backlog,
+            },
+            receiver,
+        )
     }
 
     /// Queues a frame for the connection. A closed connection silently drops it: nobody is left
     /// to read it, and the backend learns of the close through [`BackendMsg::Closed`].
     pub(crate) fn send(&self, frame: ServerFrame) {
-        let _ = self.0.send(frame);
+        let _ = self.sender.send(OutboxItem::Frame(frame));
+    }
+
+    /// Queues an event of watch `watch` behind its earlier ones. If the watch already has
+    /// `--max-watch-backlog` events waiting, they and this one are dropped and replaced by one
+    /// `resync` event built by `resync` (the resource's state now), so the watcher learns that
+    /// it missed events and where things stand, and a watcher that never reads costs at most
+    /// that many events per watch.
+    pub(crate) fn send_watch_event(
+        &self,
+        watch: RequestId,
+        event: WatchEvent,
+        resync: impl FnOnce(&ResourceName) -> WatchState,
+    ) -> WatchSent {
+        // Poisoned only if a holder panicked; the backlog's data stays consistent either way.
+        let mut backlog = self
+            .watch_backlog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let sent = backlog.push(watch, event, resync);
+        if !backlog.marked {
+            backlog.marked = true;
+            let _ = self.sender.send(OutboxItem::WatchEvents);
+        }
+        sent
+    }
+}
+
+/// A connection's watch events not yet taken by its task, in the order they were made.
+#[derive(Debug)]
+struct WatchBacklog {
+    events: VecDeque<(RequestId, WatchEvent)>,
+    /// How many of `events` each watch has.
+    per_watch: HashMap<RequestId, usize>,
+    /// Whether a [`OutboxItem::WatchEvents`] marker is in the channel, not yet received.
+    marked: bool,
+    limit: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl WatchBacklog {
+    fn push(
+        &mut self,
+        watch: RequestId,
+        event: WatchEvent,
+        resync: impl FnOnce(&ResourceName) -> WatchState,
+    ) -> WatchSent {
+        self.metrics.watch_events.inc();
+        let waiting = self.per_watch.entry(watch).or_default();
+        if *waiting < self.limit {
+            *waiting += 1;
+            self.events.push_back((watch, event));
+            self.metrics.watch_backlog_events.inc();
+            return WatchSent::Queued;
+        }
+        let dropped = std::mem::replace(waiting, 1);
+        self.events.retain(|(of, _)| *of != watch);
+        self.metrics
+            .watch_backlog_events
+            .dec_by(i64::try_from(dropped).unwrap_or(i64::MAX) - 1);
+        self.metrics.watch_resyncs.inc();
+        let state = resync(&event.resource);
+        self.events.push_back((
+            watch,
+            WatchEvent {
+                resource: event.resource,
+                change: WatchChange::Resync(state),
+            },
+        ));
+        WatchSent::Resynced
+    }
+
+    /// Takes every waiting event, as frames.
+    fn take(&mut self, into: &mut VecDeque<ServerFrame>) {
+        self.marked = false;
+        self.per_watch.clear();
+        let taken = self.events.len();
+        into.extend(
+            self.events
+                .drain(..)
+                .map(|(id, event)| ServerFrame::Watch { id, event }),
+        );
+        self.metrics
+            .watch_backlog_events
+            .dec_by(i64::try_from(taken).unwrap_or(i64::MAX));
+    }
+}
+
+impl Drop for WatchBacklog {
+    fn drop(&mut self) {
+        let waiting = i64::try_from(self.events.len()).unwrap_or(i64::MAX);
+        self.metrics.watch_backlog_events.dec_by(waiting);
+    }
+}
+
+/// The connection's end of an [`Outbox`]: its frames in order, watch events included.
+#[derive(Debug)]
+pub(crate) struct OutboxReceiver {
+    receiver: mpsc::UnboundedReceiver<OutboxItem>,
+    watch_backlog: Arc<Mutex<WatchBacklog>>,
+    /// Watch events taken from the backlog at their marker and not yet handed out: at most one
+    /// backlog's worth, since the next is taken only when these are gone.
+    taken: VecDeque<ServerFrame>,
+}
+
+impl OutboxReceiver {
+    /// The next frame; `None` once every [`Outbox`] is dropped and all was received.
+    /// Cancel-safe: nothing is taken across an await.
+    pub(crate) async fn recv(&mut self) -> Option<ServerFrame> {
+        loop {
+            if let Some(frame) = self.taken.pop_front() {
+                return Some(frame);
+            }
+            let item = self.receiver.recv().await?;
+            if let Some(frame) = self.open(item) {
+                return Some(frame);
+            }
+        }
+    }
+
+    /// The next frame if one is waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<ServerFrame> {
+        loop {
+            if let Some(frame) = self.taken.pop_front() {
+                return Some(frame);
+            }
+            let item = self.receiver.try_recv().ok()?;
+            if let Some(frame) = self.open(item) {
+                return Some(frame);
+            }
+        }
+    }
+
+    fn open(&mut self, item: OutboxItem) -> Option<ServerFrame> {
+        match item {
+            OutboxItem::Frame(frame) => Some(frame),
+            OutboxItem::WatchEvents => {
+                self.watch_backlog
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(&mut self.taken);
+                self.taken.pop_front()
+            }
+        }
     }
 }
 

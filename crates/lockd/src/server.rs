@@ -52,6 +52,9 @@ pub struct ServerConfig {
     /// Bytes of replies one connection may have waiting for its client before the server stops
     /// reading from it.
     pub max_unsent_bytes: usize,
+    /// Watch events one watch may have waiting for its client before they are replaced by one
+    /// `resync`.
+    pub max_watch_backlog: usize,
     /// The longest client name `hello` may give, in bytes.
     pub max_client_name_bytes: usize,
     /// Failed authentications one client address may make in a minute before its new
@@ -82,6 +85,7 @@ impl Default for ServerConfig {
             max_unauthenticated_frame_bytes: DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_unsent_bytes: DEFAULT_MAX_UNSENT_BYTES,
+            max_watch_backlog: DEFAULT_MAX_WATCH_BACKLOG,
             max_client_name_bytes: DEFAULT_MAX_CLIENT_NAME_BYTES,
             max_auth_failures_per_minute: DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
             max_connections: 10_000,
@@ -102,6 +106,10 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// client that reads slowly is not held back, and far below what a thousand such clients could
 /// cost.
 pub const DEFAULT_MAX_UNSENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The default for [`ServerConfig::max_watch_backlog`]: enough for a burst of changes to a
+/// busy resource; a watcher this far behind gets one `resync` instead.
+pub const DEFAULT_MAX_WATCH_BACKLOG: usize = 256;
 
 /// The default for [`ServerConfig::max_auth_failures_per_minute`]: a person who mistyped the
 /// secret, or a few clients with an old one, are never refused; guessing is.
@@ -324,6 +332,7 @@ impl Server {
             max_frame_bytes: config.max_frame_bytes,
             max_in_flight: config.max_in_flight.max(1),
             max_unsent_bytes: config.max_unsent_bytes,
+            max_watch_backlog: config.max_watch_backlog,
             max_client_name_bytes: config.max_client_name_bytes,
             max_unauthenticated_frame_bytes: config.max_unauthenticated_frame_bytes,
             first_frame_timeout: config.first_frame_timeout,

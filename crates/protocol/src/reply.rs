@@ -3,10 +3,11 @@
 //! - Success: `{"id": <id>, "ok": true, ...result}`
 //! - Failure: `{"id": <id or null>, "ok": false, "error": {"code": "...", "message": "..."}}`
 //! - Event: `{"id": <id>, "event": "queued", "position": <n>}`
+//! - Watch event: `{"id": <watch id>, "event": "watch", "kind": "...", "resource": "...", ...}`
 
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::{AcquireOk, ClusterStatusOk, HelloOk, ReadOk, StatusOk, ValidateOk};
+use crate::cmd::{AcquireOk, ClusterStatusOk, HelloOk, ReadOk, StatusOk, ValidateOk, WatchEvent};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::ids::RequestId;
 
@@ -62,6 +63,13 @@ pub enum ServerFrame {
         /// Its place in the queue.
         position: u64,
     },
+    /// An event of the watch started by request `id`.
+    Watch {
+        /// The `watch` request's id.
+        id: RequestId,
+        /// What happened.
+        event: WatchEvent,
+    },
 }
 
 impl ServerFrame {
@@ -104,6 +112,14 @@ impl ServerFrame {
                     position: *position,
                 },
             ),
+            ServerFrame::Watch { id, event } => serde_json::to_writer(
+                &mut *out,
+                &WatchFrame {
+                    id: *id,
+                    event: "watch",
+                    body: event,
+                },
+            ),
         };
         // Writing plain data with string keys into a Vec cannot fail.
         debug_assert!(
@@ -142,6 +158,14 @@ struct EventFrame {
     position: u64,
 }
 
+#[derive(Serialize)]
+struct WatchFrame<'a> {
+    id: RequestId,
+    event: &'static str,
+    #[serde(flatten)]
+    body: &'a WatchEvent,
+}
+
 /// A server frame as a client sees it, before it knows which result type to expect.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
@@ -158,6 +182,13 @@ pub enum Incoming {
         id: RequestId,
         /// Its place in the queue, 1 = next.
         position: u64,
+    },
+    /// An event of the watch started by request `id`.
+    Watch {
+        /// The `watch` request's id.
+        id: RequestId,
+        /// What happened.
+        event: WatchEvent,
     },
 }
 
@@ -179,6 +210,11 @@ impl Incoming {
                 })?))
             }
         };
+        if let (Some("watch"), Some(id)) = (frame.get("event").and_then(|e| e.as_str()), id) {
+            let event = WatchEvent::deserialize(&frame)
+                .map_err(|err| IncomingError(format!("bad watch event: {err}: {frame}")))?;
+            return Ok(Incoming::Watch { id, event });
+        }
         if let Some(event) = frame.get("event") {
             let (Some("queued"), Some(id), Some(position)) = (
                 event.as_str(),
@@ -340,5 +376,85 @@ mod tests {
                 position: 3
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+    use crate::cmd::{WatchChange, WatchHolder, WatchState};
+    use crate::ids::{FenceToken, LockMode, SessionId};
+    use crate::name::ResourceName;
+
+    fn round_trip(change: WatchChange, expected: &str) {
+        let frame = ServerFrame::Watch {
+            id: RequestId(5),
+            event: WatchEvent {
+                resource: ResourceName::new("jobs/a").unwrap(),
+                change,
+            },
+        };
+        assert_eq!(String::from_utf8(frame.to_json()).unwrap(), expected);
+        let ServerFrame::Watch { id, event } = frame else {
+            unreachable!()
+        };
+        assert_eq!(
+            Incoming::parse(expected.as_bytes()).unwrap(),
+            Incoming::Watch { id, event }
+        );
+    }
+
+    #[test]
+    fn watch_events_serialize_as_documented_and_read_back() {
+        let holder = WatchHolder {
+            session: SessionId(2),
+            token: FenceToken(7),
+            mode: LockMode::Exclusive,
+        };
+        round_trip(
+            WatchChange::State(WatchState {
+                holders: vec![holder.clone()],
+                value: None,
+                queue: 1,
+            }),
+            r#"{"id":5,"event":"watch","resource":"jobs/a","kind":"state","holders":[{"session":2,"token":7,"mode":"exclusive"}],"value":null,"queue":1}"#,
+        );
+        round_trip(
+            WatchChange::Resync(WatchState {
+                holders: Vec::new(),
+                value: Some("v".to_owned()),
+                queue: 0,
+            }),
+            r#"{"id":5,"event":"watch","resource":"jobs/a","kind":"resync","holders":[],"value":"v","queue":0}"#,
+        );
+        round_trip(
+            WatchChange::Granted(holder.clone()),
+            r#"{"id":5,"event":"watch","resource":"jobs/a","kind":"granted","session":2,"token":7,"mode":"exclusive"}"#,
+        );
+        round_trip(
+            WatchChange::Released(holder.clone()),
+            r#"{"id":5,"event":"watch","resource":"jobs/a","kind":"released","session":2,"token":7,"mode":"exclusive"}"#,
+        );
+        round_trip(
+            WatchChange::Expired(holder),
+            r#"{"id":5,"event":"watch","resource":"jobs/a","kind":"expired","session":2,"token":7,"mode":"exclusive"}"#,
+        );
+        round_trip(
+            WatchChange::Written {
+                token: FenceToken(7),
+                value: "x".to_owned(),
+            },
+            r#"{"id":5,"event":"watch","resource":"jobs/a","kind":"written","token":7,"value":"x"}"#,
+        );
+        round_trip(
+            WatchChange::Queue { queue: 3 },
+            r#"{"id":5,"event":"watch","resource":"jobs/a","kind":"queue","queue":3}"#,
+        );
+    }
+
+    #[test]
+    fn a_watch_event_of_an_unknown_kind_is_an_error() {
+        let line = br#"{"id":5,"event":"watch","resource":"a","kind":"bogus"}"#;
+        assert!(Incoming::parse(line).is_err());
     }
 }

@@ -397,3 +397,46 @@ async fn a_session_given_up_in_a_long_failover_gives_its_locks_back_when_a_leade
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_stream_gets_a_resync_when_the_leader_dies_and_goes_on() {
+    let mut cluster = Cluster::start(ServerConfig::default());
+    let leader = cluster.leader(&[]).await;
+    let watcher = cluster_client(&cluster, Duration::from_secs(5)).await;
+    let mut watch = watcher.watch("cfg").await.unwrap();
+    assert!(matches!(
+        watch.next().await.unwrap().change,
+        lockctl::WatchChange::State(_)
+    ));
+    let holder = cluster_client(&cluster, Duration::from_secs(5)).await;
+    let guard = holder.lock("cfg").acquire().await.unwrap();
+    let granted = watch.next().await.unwrap().change;
+    assert!(
+        matches!(&granted, lockctl::WatchChange::Granted(h) if h.token == guard.token()),
+        "{granted:?}"
+    );
+
+    cluster.kill(leader);
+    cluster.leader(&[leader]).await;
+
+    // The watcher's client resumes its session by itself; its watch says so with a resync.
+    let resync = tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("a resync after the failover")
+        .unwrap()
+        .change;
+    let lockctl::WatchChange::Resync(state) = resync else {
+        panic!("expected a resync, got {resync:?}");
+    };
+    assert_eq!(state.holders[0].token, guard.token());
+    guard.write("after").await.unwrap();
+    let written = watch.next().await.unwrap().change;
+    assert_eq!(
+        written,
+        lockctl::WatchChange::Written {
+            token: guard.token(),
+            value: "after".to_owned()
+        }
+    );
+    assert!(!watcher.is_lost());
+}

@@ -22,3 +22,4 @@ mod semaphores;
 mod support;
 mod timeouts;
 mod tls_docs;
+mod watch;

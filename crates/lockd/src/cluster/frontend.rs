@@ -546,7 +546,7 @@ impl Frontend {
                     );
                 }
                 let resume_digest = secret.as_ref().map(ResumeSecret::digest);
-                self.bind(connection_id, session, secret);
+                self.bind(connection_id, session, secret, false);
                 self.propose(
                     Some(connection_id),
                     EntryOp::Open {
@@ -657,7 +657,7 @@ impl Frontend {
             }
         }
         info!(session = asked.0, peer = %connection.record.peer, "session resumed");
-        self.bind(connection_id, asked, None);
+        self.bind(connection_id, asked, None, true);
         true
     }
 
@@ -688,12 +688,14 @@ impl Frontend {
 
     /// Routes the frames of `session` to `connection`, taking it over from any connection that
     /// spoke for it before (which is closed). `resume_secret` is the secret of a session this
-    /// connection opens, for its `hello` reply.
+    /// connection opens, for its `hello` reply. `resumed`: the session spoke through another
+    /// connection before, so its watches are resynced (see `Route::resync_watches`).
     fn bind(
         &mut self,
         connection_id: ConnectionId,
         session: SessionId,
         resume_secret: Option<ResumeSecret>,
+        resumed: bool,
     ) {
         let Some(connection) = self.connections.get(&connection_id) else {
             return;
@@ -702,6 +704,7 @@ impl Frontend {
             outbox: connection.record.outbox.clone(),
             close: connection.record.close.clone(),
             resume_secret,
+            resync_watches: resumed,
         };
         if let Some(connection) = self.connections.get_mut(&connection_id) {
             connection.session = Some(session);
@@ -1033,7 +1036,9 @@ fn encoded_size(op: &EntryOp) -> usize {
             Command::Validate(validate) => validate.resource.as_str().len(),
             Command::Status(status) => status.resource.as_ref().map_or(0, |r| r.as_str().len()),
             Command::AddNode(add) => add.client.len() + add.peer.len(),
+            Command::Watch(watch) => watch.resource.as_str().len(),
             Command::Cancel(_)
+            | Command::Unwatch(_)
             | Command::Ping
             | Command::ClusterStatus
             | Command::RemoveNode(_) => 0,

@@ -23,7 +23,8 @@ use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, StorageError,
     StorageIOError, StoredMembership,
 };
-use protocol::{Command, ErrorCode, ReplyBody, Request, ServerFrame, SessionId};
+use protocol::cmd::{WatchChange, WatchEvent};
+use protocol::{Command, ErrorCode, ReplyBody, Request, RequestId, ServerFrame, SessionId};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -60,6 +61,18 @@ pub(crate) struct Route {
     /// The session's resume secret, on the connection that opened the session: its `hello`
     /// reply carries it. Never saved for retries, never in the log.
     pub(crate) resume_secret: Option<ResumeSecret>,
+    /// The session was resumed on this connection: events sent to the one before may be lost.
+    /// Until the first frame that answers a request here (the resuming `hello`'s reply, which
+    /// a client reads first), its watch events are dropped; right after that frame, each of
+    /// its watches gets a `resync` with the state as this node has applied it.
+    pub(crate) resync_watches: bool,
+}
+
+/// Sends an event of `watch` through `route`'s watch backlog, whose `resync` shows `table`.
+fn send_watch_event(route: &Route, table: &LockTable, watch: RequestId, event: WatchEvent) {
+    route
+        .outbox
+        .send_watch_event(watch, event, |resource| table.watch_state(resource));
 }
 
 /// The lock table and what openraft asks a state machine to remember.
@@ -151,8 +164,17 @@ impl Replica {
                 self.retries.save(session, id, Arc::from(frame.to_json()));
             }
         }
-        if let Some(route) = self.routes.get(&session) {
+        if let Some(route) = self.routes.get_mut(&session) {
             route.outbox.send(with_resume_secret(frame, route));
+            if std::mem::take(&mut route.resync_watches) {
+                for (watch, resource) in self.table.session_watches(session) {
+                    let event = WatchEvent {
+                        change: WatchChange::Resync(self.table.watch_state(&resource)),
+                        resource,
+                    };
+                    send_watch_event(route, &self.table, watch, event);
+                }
+            }
         }
     }
 
@@ -215,6 +237,17 @@ impl Replica {
         for delivery in self.applier.take_deliveries(&mut self.table) {
             match delivery {
                 Delivery::Frame(session, frame) => self.send(session, frame),
+                Delivery::Watch {
+                    session,
+                    watch,
+                    event,
+                } => {
+                    // Every node makes the event; the one with the session's route sends it.
+                    let route = self.routes.get(&session);
+                    if let Some(route) = route.filter(|route| !route.resync_watches) {
+                        send_watch_event(route, &self.table, watch, event);
+                    }
+                }
                 Delivery::Expired(session) => self.session_ended(session),
             }
         }

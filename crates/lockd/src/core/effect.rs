@@ -2,7 +2,7 @@
 
 use std::num::NonZeroU16;
 
-use protocol::cmd::Permits;
+use protocol::cmd::{Permits, WatchEvent};
 use protocol::{ErrorCode, FenceToken, LockMode, RequestId, ResourceName, SessionId};
 
 /// Something the driver must deliver, produced as a consequence of an input. The caller's own
@@ -35,6 +35,15 @@ pub enum Effect {
         resource: ResourceName,
         /// Why it stopped waiting.
         reason: WaitFailure,
+    },
+    /// An event of `session`'s watch `watch` (the id of its `watch` request).
+    Watch {
+        /// The watching session.
+        session: SessionId,
+        /// The watch's id.
+        watch: RequestId,
+        /// What happened.
+        event: WatchEvent,
     },
     /// The session sent nothing for its whole lease: its locks are gone, close its connection.
     SessionExpired {
@@ -128,6 +137,18 @@ pub enum LockError {
     /// An acquire reused the id of an acquire of this session that still waits.
     #[error("request id {0} is already used by a waiting acquire on this connection")]
     DuplicateRequestId(RequestId),
+    /// The session already has as many watches open as it may.
+    #[error("this session already has {watches} watches open, the limit")]
+    TooManyWatches {
+        /// How many it has open.
+        watches: usize,
+    },
+    /// A `watch` reused the id of a watch of this session that is still open.
+    #[error("request id {0} is already used by an open watch on this connection")]
+    DuplicateWatchId(RequestId),
+    /// `unwatch` named no open watch of this session.
+    #[error("no watch with id {0} is open on this connection")]
+    NoSuchWatch(RequestId),
     /// The session is gone (closed or expired) while a request of it was still in flight.
     #[error("the session has ended")]
     SessionGone,
@@ -145,10 +166,13 @@ impl LockError {
             LockError::ValueTooLarge(..) => ErrorCode::ValueTooLarge,
             LockError::Deadlock { .. } => ErrorCode::Deadlock,
             LockError::LimitMismatch { .. } => ErrorCode::LimitMismatch,
-            LockError::TooManyLocks { .. } | LockError::TooManyWaits { .. } => {
-                ErrorCode::LimitExceeded
-            }
-            LockError::NoSuchWaiter(_) | LockError::DuplicateRequestId(_) => ErrorCode::BadRequest,
+            LockError::TooManyLocks { .. }
+            | LockError::TooManyWaits { .. }
+            | LockError::TooManyWatches { .. } => ErrorCode::LimitExceeded,
+            LockError::NoSuchWaiter(_)
+            | LockError::DuplicateRequestId(_)
+            | LockError::DuplicateWatchId(_)
+            | LockError::NoSuchWatch(_) => ErrorCode::BadRequest,
             LockError::SessionGone => ErrorCode::Internal,
         }
     }

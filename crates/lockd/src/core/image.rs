@@ -35,6 +35,9 @@ pub struct TableImage {
     /// Resources in lock-delay, with the time it ends.
     #[serde(default)]
     delayed: Vec<(ResourceName, u64)>,
+    /// Open watches: (session, the `watch` request's id, resource).
+    #[serde(default)]
+    watches: Vec<(SessionId, RequestId, ResourceName)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +161,7 @@ impl LockTable {
             queues,
             values,
             delayed,
+            watches: self.all_watches(),
         }
     }
 
@@ -265,6 +269,14 @@ impl LockTable {
         table.next_token = image.next_token;
         table.run_first_token = image.next_token;
         table.next_ticket = image.next_ticket;
+        for (session, watch, resource) in image.watches {
+            if !table.sessions.contains_key(&session) {
+                return Err(ImageError(format!(
+                    "watch {watch} of session {session}, which is not in the image"
+                )));
+            }
+            table.restore_watch(session, watch, resource);
+        }
         Ok(table)
     }
 }

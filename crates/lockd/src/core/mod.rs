@@ -9,6 +9,7 @@ mod observation;
 mod queue;
 mod session;
 mod table;
+mod watch;
 
 pub use effect::{Effect, LockError, WaitFailure};
 pub use image::{ImageError, TableImage};
@@ -33,3 +34,5 @@ mod replica_tests;
 mod semaphore_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod watch_tests;

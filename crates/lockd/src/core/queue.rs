@@ -217,6 +217,11 @@ impl LockQueue {
         }
     }
 
+    /// How many acquires wait in line.
+    pub(crate) fn waiter_count(&self) -> usize {
+        self.waiter_map().map_or(0, BTreeMap::len)
+    }
+
     /// Whether a new request for `want` may be granted at once, without queueing.
     pub(crate) fn can_grant_now(&self, want: Want) -> bool {
         self.waiter_map().is_none_or(BTreeMap::is_empty) && self.compatible_with_holders(want)

@@ -20,6 +20,7 @@ use super::effect::{Effect, LockError, WaitFailure};
 use super::observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 use super::queue::{Claim, Holder, LockQueue, Ticket, Waiter, Want};
 use super::session::Session;
+use super::watch::{HoldChange, Watches};
 
 /// The table's settings; the driver fills them from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +48,8 @@ pub struct TableConfig {
     pub max_lock_delay: Duration,
     /// The largest `status` page a client may ask for (`--max-status-limit`), in resources.
     pub max_status_limit: u64,
+    /// How many watches one session may have open at once (`--max-watches-per-session`).
+    pub max_watches_per_session: usize,
 }
 
 impl Default for TableConfig {
@@ -62,6 +65,7 @@ impl Default for TableConfig {
             default_lock_delay: Duration::ZERO,
             max_lock_delay: Duration::from_millis(60_000),
             max_status_limit: DEFAULT_MAX_STATUS_LIMIT,
+            max_watches_per_session: protocol::cmd::DEFAULT_MAX_WATCHES_PER_SESSION,
         }
     }
 }
@@ -173,6 +177,8 @@ pub struct LockTable {
     /// Ordered by name like `queues`, for the same reason.
     pub(super) delayed: BTreeMap<ResourceName, Instant>,
     pub(super) next_ticket: u64,
+    /// Which sessions watch which resources (`watch.rs`).
+    pub(super) watches: Watches,
 }
 
 impl LockTable {
@@ -205,6 +211,7 @@ impl LockTable {
             stalled: BTreeSet::new(),
             delayed: BTreeMap::new(),
             next_ticket: 0,
+            watches: Watches::default(),
         }
     }
 
@@ -375,6 +382,7 @@ impl LockTable {
         };
         self.deadlines
             .remove(&(session.scheduled_expiry, Deadline::Expiry(session_id)));
+        self.forget_watches(session_id);
         // Sorted, so tokens are handed out in the same order on every run. Each resource comes
         // with its ticket if the session waits for it, `None` if the session holds it.
         let mut resources: Vec<(ResourceName, Option<Ticket>)> = session
@@ -399,8 +407,8 @@ impl LockTable {
                 None => {
                     let removed = queue
                         .holding_token(session_id)
-                        .and_then(|token| queue.remove_holder(token));
-                    if let Some(holder) = removed {
+                        .and_then(|token| queue.remove_holder(token).map(|holder| (token, holder)));
+                    if let Some((token, holder)) = removed {
                         if holder.lock_delay_ms > 0 {
                             delays.push((resource.clone(), holder.lock_delay_ms));
                         }
@@ -409,6 +417,8 @@ impl LockTable {
                             held: now.saturating_duration_since(holder.since),
                             reason: HoldEnd::SessionEnded(why),
                         });
+                        let change = HoldChange::session_ended(why);
+                        self.notify_hold(resource, change, token, &holder);
                     }
                 }
                 Some(ticket) => {
@@ -419,6 +429,7 @@ impl LockTable {
                             reason: WaitEnd::SessionEnded(why),
                         });
                         self.forget_wait_deadline(resource, ticket, &waiter);
+                        self.notify_queue(resource);
                     }
                 }
             }
@@ -527,22 +538,21 @@ impl LockTable {
         if queue.can_grant_now(want) && has_token && !delayed {
             let token = FenceToken(self.next_token);
             self.next_token += 1;
-            queue.add_holder(
-                token,
-                Holder {
-                    session: session_id,
-                    mode,
-                    permits: want.permits,
-                    lock_delay_ms,
-                    since: now,
-                },
-            );
-            session.held.insert(resource);
+            let holder = Holder {
+                session: session_id,
+                mode,
+                permits: want.permits,
+                lock_delay_ms,
+                since: now,
+            };
+            queue.add_holder(token, holder.clone());
+            session.held.insert(resource.clone());
             self.observations.push_back(Observation::Granted {
                 mode,
                 permits: want.permits,
                 waited: Duration::ZERO,
             });
+            self.notify_hold(&resource, HoldChange::Granted, token, &holder);
             return Ok(Acquired::Granted(token));
         }
         if timeout != Some(Duration::ZERO)
@@ -606,7 +616,8 @@ impl LockTable {
             self.stalled.insert(resource.clone());
         }
         session.waits.insert(request, resource.clone());
-        session.waiting.insert(resource, ticket);
+        session.waiting.insert(resource.clone(), ticket);
+        self.notify_queue(&resource);
         Ok(Acquired::Queued { position })
     }
 
@@ -637,6 +648,7 @@ impl LockTable {
                 held: now.saturating_duration_since(holder.since),
                 reason: HoldEnd::Released,
             });
+            self.notify_hold(resource, HoldChange::Released, token, &holder);
         }
         self.grant_waiters(now, resource);
         Ok(())
@@ -713,7 +725,9 @@ impl LockTable {
         if self.held_mode(session_id, resource, token)? != LockMode::Exclusive {
             return Err(LockError::NotExclusive(resource.clone()));
         }
-        Ok(self.values.insert(resource.clone(), value))
+        let previous = self.values.insert(resource.clone(), value);
+        self.notify_written(resource, token);
+        Ok(previous)
     }
 
     /// Puts back the value a [`handle_write`](Self::handle_write) replaced. The driver calls it,
@@ -1065,6 +1079,7 @@ impl LockTable {
             resource: resource.clone(),
             reason,
         });
+        self.notify_queue(resource);
         self.grant_waiters(now, resource);
     }
 
@@ -1083,6 +1098,8 @@ impl LockTable {
         };
         // In lock-delay: the deadline that ends it grants them.
         let delayed = self.delayed.contains_key(resource);
+        // For the watchers, told once the queue is settled.
+        let mut granted = Vec::new();
         loop {
             if delayed {
                 break;
@@ -1130,9 +1147,18 @@ impl LockTable {
                 mode: waiter.mode,
                 permits: waiter.permits,
             });
+            if let Some(holder) = queue.holder(token) {
+                granted.push((token, holder.clone()));
+            }
         }
         if queue.is_idle() {
             self.queues.remove(resource);
+        }
+        for (token, holder) in &granted {
+            self.notify_hold(resource, HoldChange::Granted, *token, holder);
+        }
+        if !granted.is_empty() {
+            self.notify_queue(resource);
         }
     }
 }

@@ -15,12 +15,15 @@
 //! `PAUSE_CHECK` to notice when the server itself stood still (`pause.rs`), and credits such a
 //! pause to every lease before it judges anyone silent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{Command, FenceToken, ReplyBody, Request, ResourceName, ServerFrame, SessionId};
+use protocol::cmd::{WatchChange, WatchEvent};
+use protocol::{
+    Command, FenceToken, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -33,7 +36,9 @@ use crate::core::LockTable;
 use crate::metrics::Metrics;
 use crate::pause::{PauseDetector, PAUSE_CHECK};
 use crate::report::LocksReport;
-use crate::seam::{BackendMsg, ConnectionId, ConnectionRecord, Evicted, NotReady, Outbox};
+use crate::seam::{
+    BackendMsg, ConnectionId, ConnectionRecord, Evicted, NotReady, Outbox, WatchSent,
+};
 use crate::store::Store;
 
 /// Owns the table, the committer and the records of all open connections.
@@ -283,8 +288,23 @@ impl Driver {
 
     /// Routes what the table produced since the last call.
     fn deliver(&mut self) {
+        // Watches that got a `resync` in this turn: it shows the table as it is after the
+        // whole turn, so the turn's later events of those watches are already in it.
+        let mut resynced = HashSet::new();
         for delivery in self.applier.take_deliveries(&mut self.table) {
             match delivery {
+                Delivery::Watch {
+                    session,
+                    watch,
+                    event,
+                } => {
+                    if resynced.contains(&(session, watch)) {
+                        continue;
+                    }
+                    if self.send_watch(session, watch, event) == Some(WatchSent::Resynced) {
+                        resynced.insert((session, watch));
+                    }
+                }
                 Delivery::Frame(session, frame) => {
                     let outgoing = Outgoing {
                         session,
@@ -309,6 +329,26 @@ impl Driver {
         }
     }
 
+    /// Sends an event of `session`'s watch `watch`: now, or, when its resource has a write not
+    /// yet durable, once that write's commit has finished (so no watcher sees a value that a
+    /// failed commit takes back, and the events after it keep their order). Returns how it was
+    /// sent, `None` if it waits for the commit.
+    fn send_watch(
+        &mut self,
+        session: SessionId,
+        watch: RequestId,
+        event: WatchEvent,
+    ) -> Option<WatchSent> {
+        let shows = self.pipeline.undurable_write(&event.resource);
+        let outgoing = Outgoing {
+            session,
+            frame: ServerFrame::Watch { id: watch, event },
+            answers: None,
+        };
+        let outgoing = self.pipeline.route(outgoing, shows)?;
+        self.send_now(outgoing)
+    }
+
     /// Sends `outgoing` now, or once commit `shows` (which saves the value it shows) has
     /// finished and its session's earlier held frames have gone out (see [`CommitPipeline`]).
     fn send(&mut self, outgoing: Outgoing, shows: Option<CommitId>) {
@@ -317,7 +357,9 @@ impl Driver {
         }
     }
 
-    fn send_now(&mut self, outgoing: Outgoing) {
+    /// Puts a frame in its session's outbox; a watch event goes through the outbox's watch
+    /// backlog, and how it went is returned.
+    fn send_now(&mut self, outgoing: Outgoing) -> Option<WatchSent> {
         let Outgoing {
             session,
             frame,
@@ -327,13 +369,29 @@ impl Driver {
             Some(record) => Some(&record.outbox),
             None => self.draining.get(&session),
         };
+        let mut sent = None;
         if let Some(outbox) = outbox {
-            outbox.send(frame);
+            match frame {
+                ServerFrame::Watch { id, event } => {
+                    let (table, pipeline) = (&self.table, &self.pipeline);
+                    sent = Some(outbox.send_watch_event(id, event, |resource| {
+                        // The value as it is on disk: the events of later writes are held
+                        // until their commits, and follow the resync.
+                        let mut state = table.watch_state(resource);
+                        if let Some(durable) = pipeline.durable_value(resource) {
+                            state.value = durable.as_deref().map(str::to_owned);
+                        }
+                        state
+                    }));
+                }
+                frame => outbox.send(frame),
+            }
         }
         if let Some((op, received)) = answers {
             self.metrics
                 .request_done(op, now().saturating_duration_since(received));
         }
+        sent
     }
 
     /// Starts committing what was written since the last commit, and the token reservation
@@ -378,7 +436,7 @@ impl Driver {
                 for write in undone {
                     self.table.revert_write(&write.resource, write.previous);
                 }
-                released
+                self.fill_resyncs(released)
             }
         };
         for outgoing in released {
@@ -388,6 +446,25 @@ impl Driver {
             .retain(|session, _| self.pipeline.holds_frames_for(*session));
         // Grants that waited for the token reservation.
         self.deliver();
+    }
+
+    /// After a failed commit: the watch events that showed or followed an undone value came
+    /// back from the pipeline as resyncs without a state. Each watch gets one, with the state as
+    /// it is now that the writes are undone.
+    fn fill_resyncs(&self, mut released: Vec<Outgoing>) -> Vec<Outgoing> {
+        let mut resynced = HashSet::new();
+        released.retain_mut(|outgoing| match &mut outgoing.frame {
+            ServerFrame::Watch { id, event } if matches!(event.change, WatchChange::Resync(_)) => {
+                let first = resynced.insert((outgoing.session, *id));
+                if first {
+                    let state = self.table.watch_state(&event.resource);
+                    event.change = WatchChange::Resync(state);
+                }
+                first
+            }
+            _ => true,
+        });
+        released
     }
 
     /// Carries out an operator's forced release: the table ends the holders' sessions and

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use protocol::cmd::{WatchChange, WatchState};
 use protocol::{ErrorCode, Op, RequestId, ResourceName, ServerFrame, SessionId};
 
 use crate::store::CommitBatch;
@@ -114,6 +115,16 @@ impl CommitPipeline {
             .map(|write| write.commit)
     }
 
+    /// `resource`'s value as the last finished commit left it (`Some(None)`: no value), if a
+    /// write of it is not yet durable; `None` when its current value is durable. A watch's
+    /// `resync` shows this, so that no watcher sees a value a failed commit could take back.
+    pub(crate) fn durable_value(&self, resource: &ResourceName) -> Option<Option<Arc<str>>> {
+        self.writes
+            .iter()
+            .find(|write| write.resource == *resource)
+            .map(|write| write.previous.clone())
+    }
+
     /// Returns `outgoing` if it may go out now, or holds it until commit `shows` (the one that
     /// saves the value it shows, if any) and every commit its session's earlier held frames
     /// wait for have finished.
@@ -192,7 +203,7 @@ impl CommitPipeline {
     /// Commit `id` (the running one) failed with `message`. Every write not yet durable must
     /// be undone: they are returned newest first, the order to undo them in. Every held frame
     /// may go out now, those that show a value of commit `id` or later (undone now) replaced by
-    /// an `internal` error.
+    /// an `internal` error, or for a watch event, by a `resync` with a state still to fill in.
     pub(crate) fn commit_failed(
         &mut self,
         id: CommitId,
@@ -225,7 +236,11 @@ impl CommitPipeline {
                 let mut outgoing = held.outgoing;
                 let undone = |(failed, _): (CommitId, &str)| held.shows >= Some(failed);
                 if let Some((_, message)) = failure.filter(|&failure| undone(failure)) {
-                    if let Some(id) = frame_id(&outgoing.frame) {
+                    if let ServerFrame::Watch { event, .. } = &mut outgoing.frame {
+                        // It shows or follows a value taken back: it becomes a resync, whose
+                        // state the driver fills in once the writes are undone.
+                        event.change = WatchChange::Resync(WatchState::default());
+                    } else if let Some(id) = frame_id(&outgoing.frame) {
                         outgoing.frame = ServerFrame::error(
                             Some(id),
                             ErrorCode::Internal,
@@ -247,7 +262,7 @@ fn frame_id(frame: &ServerFrame) -> Option<RequestId> {
     match frame {
         ServerFrame::Ok { id, .. } | ServerFrame::Queued { id, .. } => Some(*id),
         ServerFrame::Err { id, .. } => *id,
-        ServerFrame::Saved(_) => None,
+        ServerFrame::Saved(_) | ServerFrame::Watch { .. } => None,
     }
 }
 
@@ -281,6 +296,21 @@ mod tests {
 
     fn is_internal_error(out: &Outgoing) -> bool {
         matches!(&out.frame, ServerFrame::Err { error, .. } if error.code == ErrorCode::Internal)
+    }
+
+    #[test]
+    fn the_durable_value_is_the_one_before_the_first_write_not_yet_durable() {
+        let mut pipeline = CommitPipeline::new();
+        assert_eq!(pipeline.durable_value(&name("r")), None);
+        pipeline.write_applied(name("r"), Arc::from("v1"), Some(Arc::from("v0")));
+        pipeline.write_applied(name("r"), Arc::from("v2"), Some(Arc::from("v1")));
+        pipeline.write_applied(name("s"), Arc::from("w"), None);
+        assert_eq!(
+            pipeline.durable_value(&name("r")),
+            Some(Some(Arc::from("v0")))
+        );
+        assert_eq!(pipeline.durable_value(&name("s")), Some(None));
+        assert_eq!(pipeline.durable_value(&name("t")), None);
     }
 
     #[test]
@@ -358,6 +388,40 @@ mod tests {
             pipeline.start_commit(None).is_none(),
             "nothing left to commit"
         );
+    }
+
+    #[test]
+    fn a_watch_event_of_an_undone_write_comes_back_as_a_resync_to_fill_in() {
+        use protocol::cmd::WatchEvent;
+        let mut pipeline = CommitPipeline::new();
+        let commit = pipeline.write_applied(name("r"), Arc::from("v"), None);
+        let written = WatchEvent {
+            resource: name("r"),
+            change: WatchChange::Written {
+                token: protocol::FenceToken(1),
+                value: "v".to_owned(),
+            },
+        };
+        let event = Outgoing {
+            session: SessionId(2),
+            frame: ServerFrame::Watch {
+                id: RequestId(7),
+                event: written,
+            },
+            answers: None,
+        };
+        assert!(pipeline.route(event, Some(commit)).is_none());
+        let (running, _) = pipeline.start_commit(None).unwrap();
+        let (_, frames) = pipeline.commit_failed(running, "disk on fire");
+        let [Outgoing {
+            frame: ServerFrame::Watch { id, event },
+            ..
+        }] = &frames[..]
+        else {
+            panic!("{frames:?}");
+        };
+        assert_eq!(*id, RequestId(7));
+        assert_eq!(event.change, WatchChange::Resync(WatchState::default()));
     }
 
     /// Random writes, reads, lock replies, commits and failures, with the pipeline's promises

@@ -249,7 +249,7 @@ async fn v1_locks_shows_holders_and_queues_with_client_names_and_peers() {
     assert_eq!(all["matching"], 2);
     assert_eq!(
         all["totals"],
-        json!({"busy_resources": 2, "delayed_resources": 0, "holders": 2, "waiters": 2, "sessions": 3})
+        json!({"busy_resources": 2, "delayed_resources": 0, "holders": 2, "waiters": 2, "sessions": 3, "watches": 0})
     );
     // Name order by default, as the `status` op.
     let names: Vec<&str> = all["resources"]

@@ -389,6 +389,11 @@ async fn start(name: &str) -> Replay {
                 }
             }
         }
+        "watch" => {
+            // Session 1 holds cfg; session 2 will wait for it; the doc's session is the third.
+            replay.session_1_holds(&["cfg"]).await;
+            replay.open_in_order("session 2").await;
+        }
         "status-pages" => {
             // Session 1 holds file_A and jobs/nightly, session 2 waits for file_A.
             replay.session_1_holds(&["file_A", "jobs/nightly"]).await;
@@ -435,6 +440,27 @@ async fn before(name: &str, block: usize, line: usize, replay: &mut Replay) {
         ("status-lock-delay", 0, 2) => {
             replay.wait_for("doc", 2, "jobs/nightly").await;
             replay.until_free("doc", "jobs/nightly").await;
+        }
+        // Session 1 writes, session 2 queues, session 1 releases, then session 2 asks for the
+        // shortest lease and falls silent until it runs out.
+        ("watch", 0, 3) => {
+            let write =
+                json!({"id": 2, "op": "write", "resource": "cfg", "token": 1, "value": "v2"});
+            let written = replay.call("session 1", write).await;
+            assert_eq!(written["ok"], true, "{written}");
+        }
+        ("watch", 0, 4) => replay.wait_for("session 2", 1, "cfg").await,
+        ("watch", 0, 5) => {
+            let frame = json!({"id": 3, "op": "release", "resource": "cfg", "token": 1});
+            let released = replay.call("session 1", frame).await;
+            assert_eq!(released["ok"], true, "{released}");
+        }
+        ("watch", 0, 8) => {
+            let granted = replay.conn("session 2").recv().await;
+            assert_eq!(granted["token"], 2, "{granted}");
+            let hello = json!({"id": 2, "op": "hello", "lease_ms": 1000});
+            let hello = replay.call("session 2", hello).await;
+            assert_eq!(hello["lease_ms"], 1000, "{hello}");
         }
         // A new connection, after the refused one was closed.
         ("auth", 1, 0) => replay.open("doc").await,

@@ -24,3 +24,4 @@ mod semaphores;
 mod sessions;
 mod support;
 mod tls;
+mod watch;

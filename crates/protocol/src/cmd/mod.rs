@@ -8,6 +8,7 @@ mod cluster;
 mod lock;
 mod session;
 mod value;
+mod watch;
 
 use std::borrow::Cow;
 
@@ -20,6 +21,10 @@ pub use self::lock::{
 };
 pub use self::session::{Hello, HelloOk};
 pub use self::value::{Read, ReadOk, Write, DEFAULT_MAX_VALUE_BYTES};
+pub use self::watch::{
+    Unwatch, Watch, WatchChange, WatchEvent, WatchHolder, WatchState,
+    DEFAULT_MAX_WATCHES_PER_SESSION,
+};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::ids::{FenceToken, LockMode, RequestId, SessionId};
 use crate::name::ResourceName;
@@ -62,6 +67,10 @@ pub enum Command {
     AddNode(AddNode),
     /// Remove a member (cluster mode, leader).
     RemoveNode(RemoveNode),
+    /// Subscribe to a resource's changes.
+    Watch(Watch),
+    /// End a watch.
+    Unwatch(Unwatch),
 }
 
 impl Command {
@@ -80,6 +89,8 @@ impl Command {
             Command::ClusterStatus => Op::ClusterStatus,
             Command::AddNode(_) => Op::AddNode,
             Command::RemoveNode(_) => Op::RemoveNode,
+            Command::Watch(_) => Op::Watch,
+            Command::Unwatch(_) => Op::Unwatch,
         }
     }
 }
@@ -112,11 +123,15 @@ pub enum Op {
     AddNode,
     /// `remove_node`
     RemoveNode,
+    /// `watch`
+    Watch,
+    /// `unwatch`
+    Unwatch,
 }
 
 impl Op {
     /// Every op, in the order of [`Op::index`].
-    pub const ALL: [Op; 12] = [
+    pub const ALL: [Op; 14] = [
         Op::Hello,
         Op::Acquire,
         Op::Release,
@@ -129,6 +144,8 @@ impl Op {
         Op::ClusterStatus,
         Op::AddNode,
         Op::RemoveNode,
+        Op::Watch,
+        Op::Unwatch,
     ];
 
     /// The op's name on the wire.
@@ -146,6 +163,8 @@ impl Op {
             Op::ClusterStatus => "cluster_status",
             Op::AddNode => "add_node",
             Op::RemoveNode => "remove_node",
+            Op::Watch => "watch",
+            Op::Unwatch => "unwatch",
         }
     }
 
@@ -329,6 +348,12 @@ impl RawRequest<'_> {
                 admin_token: self.admin_token.map(Cow::into_owned),
             }),
             Op::Status => Command::Status(status(self.resource, self.limit, self.after)?),
+            Op::Watch => Command::Watch(Watch {
+                resource: resource(self.resource)?,
+            }),
+            Op::Unwatch => Command::Unwatch(Unwatch {
+                target: RequestId(self.target.ok_or_else(|| missing("target", "a u64"))?),
+            }),
         })
     }
 }

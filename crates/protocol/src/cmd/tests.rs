@@ -97,6 +97,18 @@ fn parses_every_op() {
             r#"{"id":1,"op":"status","limit":5,"after":"jobs/a"}"#,
             Command::Status(Status::page(Some(name("jobs/a")), Some(5))),
         ),
+        (
+            r#"{"id":1,"op":"watch","resource":"jobs/a"}"#,
+            Command::Watch(Watch {
+                resource: name("jobs/a"),
+            }),
+        ),
+        (
+            r#"{"id":1,"op":"unwatch","target":4}"#,
+            Command::Unwatch(Unwatch {
+                target: RequestId(4),
+            }),
+        ),
     ];
     for (line, command) in cases {
         let request = parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
@@ -409,4 +421,28 @@ fn admin_tokens_parse_and_never_show_in_debug_output() {
             "{shown}"
         );
     }
+}
+
+#[test]
+fn watch_ops_without_their_fields_are_refused() {
+    assert_eq!(
+        err(r#"{"id":3,"op":"watch"}"#),
+        (
+            Some(3),
+            ErrorCode::BadRequest,
+            "Missing field `resource` (a string)".to_owned()
+        )
+    );
+    assert_eq!(
+        err(r#"{"id":3,"op":"unwatch"}"#),
+        (
+            Some(3),
+            ErrorCode::BadRequest,
+            "Missing field `target` (a u64)".to_owned()
+        )
+    );
+    assert_eq!(
+        err(r#"{"id":3,"op":"watch","resource":""}"#).1,
+        ErrorCode::InvalidResource
+    );
 }

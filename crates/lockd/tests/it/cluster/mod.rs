@@ -12,6 +12,7 @@ mod peer_tls;
 mod resume;
 mod safety;
 mod status;
+mod watch;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -147,7 +148,6 @@ impl Cluster {
         Lockd::spawn(&mut command, &spec.data_dir)
     }
 
-    /// Starts one more node, not yet a member; returns its index.
     /// Starts one more node, with the cluster's flags and only itself in --peers (the cluster
     /// tells it the rest once it is added).
     pub(super) fn start_joiner(&mut self) -> usize {
