@@ -396,7 +396,18 @@ async fn run_stops_the_command_when_the_lock_is_lost() {
     tokio::task::block_in_place(|| server.stop());
     let (code, lines, stderr) = running.finish().await;
     assert_eq!(code, Some(75), "{stderr}");
-    assert_eq!(lines, ["ready", "stopped"]);
+    // lockctl sends the group SIGTERM, then SIGKILL within what is left of the local lease;
+    // whether the trap's `echo stopped` runs before that depends on scheduling (on a loaded
+    // machine it may not), so only what is certain is checked.
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("ready"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().skip(1).all(|line| line == "stopped"),
+        "{lines:?}"
+    );
     assert!(stderr.contains("lost the lock on r"), "{stderr}");
 }
 
