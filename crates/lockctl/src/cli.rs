@@ -196,7 +196,7 @@ pub enum Subcommands {
     /// also a subcommand (`lockctl lock status READ`).
     Lock(LockArgs),
     /// Run a command while holding a lock, like flock(1) across machines.
-    #[command(after_help = RUN_AFTER_HELP)]
+    #[command(after_help = RUN_AFTER_HELP, override_usage = RUN_USAGE)]
     Run(RunArgs),
     /// Fetch a consistent copy of lockd's store from its admin API (lockd --http, with
     /// --admin-token-file) while it serves: a file to restore lockd.redb from.
@@ -254,6 +254,10 @@ pub struct AdminCredential {
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<std::path::PathBuf>,
 }
+
+/// The two forms of `run`, in its usage line (also what a `run` without a command shows).
+const RUN_USAGE: &str = "lockctl run [OPTIONS] <RESOURCE> [--] <COMMAND>...\n       \
+                         lockctl run [OPTIONS] -c <SHELL_COMMAND> <RESOURCE>";
 
 /// `lockctl run [options] RESOURCE [--] COMMAND [ARGS...]` or `lockctl run -c SHELL_COMMAND
 /// RESOURCE`; the flags follow flock(1).

@@ -60,7 +60,7 @@ async fn a_refused_client_certificate_says_which_flags_to_give() {
 #[tokio::test]
 async fn usage_mistakes_exit_2_with_what_to_write() {
     // (arguments, what stderr must say)
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--server", "tls://127.0.0.1:5555", "status"],
             "--server tls://127.0.0.1:5555 needs --tls-ca",
@@ -80,6 +80,11 @@ async fn usage_mistakes_exit_2_with_what_to_write() {
         (
             &["--tls-key", "c.key", "status"],
             "--tls-key needs --tls-ca",
+        ),
+        // A run without a command is shown both forms, the shell one included.
+        (
+            &["run", "r"],
+            "lockctl run [OPTIONS] -c <SHELL_COMMAND> <RESOURCE>",
         ),
     ];
     for (args, said) in cases {
