@@ -456,6 +456,31 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
+    /// Every variable lockctl reads through its flags is in the list lockd keeps clear of, so
+    /// that a shell set up for lockctl never changes a lockd started from it.
+    #[test]
+    fn lockds_variables_keep_clear_of_every_variable_lockctl_reads() {
+        fn envs(command: &clap::Command, found: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    found.push(env.to_string_lossy().into_owned());
+                }
+            }
+            for sub in command.get_subcommands() {
+                envs(sub, found);
+            }
+        }
+        let mut found = Vec::new();
+        envs(&Cli::command(), &mut found);
+        assert!(found.len() >= 5, "{found:?}");
+        for env in found {
+            assert!(
+                protocol::client_env::CLIENT_VARIABLES.contains(&env.as_str()),
+                "{env} is missing from protocol::client_env::CLIENT_VARIABLES"
+            );
+        }
+    }
+
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("lockctl").chain(args.iter().copied())).unwrap()
     }

@@ -41,9 +41,18 @@ pub(crate) enum ConfigError {
     },
 }
 
-/// The name of the environment variable that sets the flag `long`.
+/// The name of the environment variable that sets the flag `long`: `LOCKD_` and the flag in
+/// capitals, or `LOCKD_SERVER_` and the flag where lockctl has a variable of that name (its
+/// `LOCKD_TLS_CERT` is a client certificate, its `LOCKD_HTTP` the admin API it asks): a shell
+/// set up for lockctl must not change a lockd started from it.
 pub(crate) fn env_name(long: &str) -> String {
-    format!("LOCKD_{}", long.to_uppercase().replace('-', "_"))
+    let flag = long.to_uppercase().replace('-', "_");
+    let name = format!("LOCKD_{flag}");
+    if protocol::client_env::CLIENT_VARIABLES.contains(&name.as_str()) {
+        format!("LOCKD_SERVER_{flag}")
+    } else {
+        name
+    }
 }
 
 /// Settings that neither the file nor the environment may give: the ones about the file
@@ -370,6 +379,9 @@ mod tests {
     #[test]
     fn environment_variables_are_the_flags_in_capitals() {
         assert_eq!(env_name("max-frame-bytes"), "LOCKD_MAX_FRAME_BYTES");
+        // lockctl's own variables stay lockctl's.
+        assert_eq!(env_name("tls-cert"), "LOCKD_SERVER_TLS_CERT");
+        assert_eq!(env_name("http"), "LOCKD_SERVER_HTTP");
         let (command, _) = command_with_sources(command(), &argv(&[])).unwrap();
         let listen = command
             .get_arguments()

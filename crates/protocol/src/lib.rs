@@ -10,6 +10,7 @@
 //! - [`reply`]: server frames, and [`reply::Incoming`] for clients reading them.
 //! - [`error`]: the error codes.
 
+pub mod client_env;
 pub mod cmd;
 pub mod error;
 pub mod frame;
