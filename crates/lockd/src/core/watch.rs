@@ -227,12 +227,14 @@ impl LockTable {
 
     /// `resource`'s value was written by the holder of `token`: tells its watchers.
     pub(super) fn notify_written(&mut self, resource: &ResourceName, token: FenceToken) {
-        let Some(value) = self.values.get(resource).map(|value| value.to_string()) else {
+        // The shared value, not a copy: every write passes here, and most resources have no
+        // watcher, so the text is copied only for each event actually made.
+        let Some(value) = self.values.get(resource).cloned() else {
             return;
         };
         self.notify(resource, || WatchChange::Written {
             token,
-            value: value.clone(),
+            value: value.to_string(),
         });
     }
 
