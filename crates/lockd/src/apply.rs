@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::cmd::{
-    AcquireOk, HelloOk, ReadOk, Status, StatusOk, ValidateOk, WatchEvent, DEFAULT_STATUS_LIMIT,
+    AcquireOk, HelloOk, Read, ReadOk, Status, StatusOk, Validate, ValidateOk, WatchEvent,
+    DEFAULT_STATUS_LIMIT,
 };
 use protocol::{
-    Command, ErrorCode, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
+    Command, ErrorCode, Op, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
 };
 use tracing::{debug, warn};
 
@@ -62,6 +63,14 @@ pub(crate) enum RequestFailed {
 }
 
 impl RequestFailed {
+    /// The failure of a request whose session no longer exists: its lease ran out, or it was
+    /// closed, before the request was applied.
+    pub(crate) fn session_gone(session: SessionId) -> RequestFailed {
+        RequestFailed::NoSession(format!(
+            "session {session} expired or was closed; its locks are gone"
+        ))
+    }
+
     /// The wire code for this failure.
     pub(crate) fn code(&self) -> ErrorCode {
         match self {
@@ -181,14 +190,6 @@ fn apply(
             .handle_release(now, session, &release.resource, release.token)
             .map(|()| ReplyBody::EMPTY)
             .map_err(RequestFailed::from),
-        Command::Read(read) => table
-            .read(session, &read.resource, read.token)
-            .map(|value| {
-                ReplyBody::Value(ReadOk {
-                    value: value.map(str::to_owned),
-                })
-            })
-            .map_err(RequestFailed::from),
         Command::Write(write) => {
             let value: Arc<str> = Arc::from(write.value);
             table
@@ -207,10 +208,10 @@ fn apply(
             .handle_cancel(now, session, cancel.target)
             .map(|()| ReplyBody::EMPTY)
             .map_err(RequestFailed::from),
-        Command::Validate(validate) => Ok(ReplyBody::Validated(ValidateOk {
-            valid: table.validate(&validate.resource, validate.token),
-        })),
-        Command::Ping => Ok(ReplyBody::EMPTY),
+        Command::Read(read) => ReadOnly::Read(read).answer(table, now, session),
+        Command::Validate(validate) => ReadOnly::Validate(validate).answer(table, now, session),
+        Command::Status(status) => ReadOnly::Status(status).answer(table, now, session),
+        Command::Ping => ReadOnly::Ping.answer(table, now, session),
         Command::Watch(watch) => table
             .handle_watch(session, request.id, watch.resource)
             .map(|()| ReplyBody::EMPTY)
@@ -219,7 +220,6 @@ fn apply(
             .handle_unwatch(session, unwatch.target)
             .map(|()| ReplyBody::EMPTY)
             .map_err(RequestFailed::from),
-        Command::Status(status) => status_reply(table, now, status).map(ReplyBody::Status),
         // A cluster's front end answers these itself; a single server has no cluster.
         Command::ClusterStatus | Command::AddNode(_) | Command::RemoveNode(_) => {
             Err(RequestFailed::NotACluster)
@@ -228,13 +228,81 @@ fn apply(
     (Answer::Reply(result), written)
 }
 
+/// A request that only reads the table. It changes nothing, so a cluster's leader may answer
+/// it from the state it has applied once it has confirmed that it still leads (a ReadIndex
+/// read), without a log entry.
+#[derive(Debug)]
+pub(crate) enum ReadOnly {
+    Read(Read),
+    Validate(Validate),
+    Status(Status),
+    Ping,
+}
+
+impl ReadOnly {
+    /// The read-only op `command` is, or `command` back if it may change the table.
+    pub(crate) fn from_command(command: Command) -> Result<ReadOnly, Command> {
+        match command {
+            Command::Read(read) => Ok(ReadOnly::Read(read)),
+            Command::Validate(validate) => Ok(ReadOnly::Validate(validate)),
+            Command::Status(status) => Ok(ReadOnly::Status(status)),
+            Command::Ping => Ok(ReadOnly::Ping),
+            other => Err(other),
+        }
+    }
+
+    /// Its name, for metrics and logs.
+    pub(crate) fn op(&self) -> Op {
+        match self {
+            ReadOnly::Read(_) => Op::Read,
+            ReadOnly::Validate(_) => Op::Validate,
+            ReadOnly::Status(_) => Op::Status,
+            ReadOnly::Ping => Op::Ping,
+        }
+    }
+
+    /// The command again, for a backend that sends it through its log after all.
+    pub(crate) fn into_command(self) -> Command {
+        match self {
+            ReadOnly::Read(read) => Command::Read(read),
+            ReadOnly::Validate(validate) => Command::Validate(validate),
+            ReadOnly::Status(status) => Command::Status(status),
+            ReadOnly::Ping => Command::Ping,
+        }
+    }
+
+    /// What `session` is told, from `table` at `now`.
+    pub(crate) fn answer(
+        &self,
+        table: &LockTable,
+        now: Instant,
+        session: SessionId,
+    ) -> Result<ReplyBody, RequestFailed> {
+        match self {
+            ReadOnly::Read(read) => table
+                .read(session, &read.resource, read.token)
+                .map(|value| {
+                    ReplyBody::Value(ReadOk {
+                        value: value.map(str::to_owned),
+                    })
+                })
+                .map_err(RequestFailed::from),
+            ReadOnly::Validate(validate) => Ok(ReplyBody::Validated(ValidateOk {
+                valid: table.validate(&validate.resource, validate.token),
+            })),
+            ReadOnly::Status(status) => status_reply(table, now, status).map(ReplyBody::Status),
+            ReadOnly::Ping => Ok(ReplyBody::EMPTY),
+        }
+    }
+}
+
 /// The answer to `status`: one resource, or one page of busy resources, built in time that
 /// follows the page, not the table (so a client cannot make the backend, or a cluster's state
 /// machine on every node, walk a huge table for one request).
 fn status_reply(
     table: &LockTable,
     now: Instant,
-    status: Status,
+    status: &Status,
 ) -> Result<StatusOk, RequestFailed> {
     if let Some(resource) = &status.resource {
         return Ok(StatusOk {

@@ -3,8 +3,17 @@
 //! Connections talk to it through the same seam as to the driver (`BackendMsg` in, frames out
 //! through their `Outbox`). Instead of calling the table, it turns every request into a log
 //! entry and proposes it to Raft; the reply comes from the state machine when the entry is
-//! committed and applied (`machine.rs`), so every reply reflects state a majority has on disk,
-//! and every read is linearizable (it is ordered in the log like a write).
+//! committed and applied (`machine.rs`), so every reply reflects state a majority has on disk.
+//!
+//! Reads (`read`, `validate`, `status`, `ping`) take no log entry: the leader answers them from
+//! the state it has applied, once it has confirmed that it still leads (openraft's
+//! `ensure_linearizable`: a heartbeat round to a majority, then applying up to the commit index
+//! it had when the read arrived; Raft's ReadIndex). One check covers every read that arrived
+//! while the one before was out, so reads cost a round trip shared by many, and no fsync. A
+//! connection's requests are still answered in the order they arrived: a read waits for the
+//! connection's writes in flight by going through the log behind them, and the connection's
+//! next requests wait for a read's answer. A deposed leader cannot confirm, so it never answers
+//! a read from stale state; a check that finds no majority sends its reads through the log.
 //!
 //! Only the leader serves. A follower answers every request with `not_leader`, naming the
 //! leader's client address when it knows it. When this node stops being leader it closes its
@@ -23,7 +32,7 @@
 //! every lease before the leader judges anyone silent.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -46,6 +55,7 @@ use super::membership::{self, leader_node, not_leader};
 use super::network::PeerNetwork;
 use super::resume::{ResumeCheck, ResumeSecret};
 use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
+use crate::apply::{reply_frame, ReadOnly, RequestFailed};
 use crate::core::ForcedRelease;
 use crate::credentials::LiveCredentials;
 use crate::metrics::Metrics;
@@ -73,7 +83,42 @@ struct Connection {
     /// When this node last heard from the client: a connection that speaks for no session
     /// has no lease in the table, so this is what closes it when it falls silent.
     heard: std::time::Instant,
+    /// Its operations proposed to the log and not yet settled: a read waits behind them by
+    /// going through the log too.
+    unsettled: usize,
+    /// It has a read waiting for a leadership check; what it sends meanwhile waits in `held`,
+    /// so that it is answered after the read.
+    reading: bool,
+    held: VecDeque<(Request, std::time::Instant)>,
 }
+
+/// A read answered without a log entry, waiting for the leadership check that covers it.
+#[derive(Debug)]
+struct LocalRead {
+    connection: ConnectionId,
+    session: SessionId,
+    id: RequestId,
+    read: ReadOnly,
+    /// The op and when its connection read it, for the request latency metric.
+    op: Op,
+    received: std::time::Instant,
+}
+
+/// How a leadership check for reads ended.
+#[derive(Debug)]
+enum LeadershipCheck {
+    /// A majority still follows this node, and it has applied everything committed when the
+    /// check began.
+    Confirmed,
+    /// Another node leads (named if known).
+    NotLeader(Option<LockdNode>),
+    /// No majority answered in time; why.
+    Unconfirmed(String),
+}
+
+/// Leadership checks under way (one at a time).
+type LeadershipChecks =
+    FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = LeadershipCheck> + Send>>>;
 
 /// Most operations in one log entry, and most bytes of them: a batch must stay far below the
 /// peers' frame limit (`wire::MAX_FRAME_BYTES`, 64 MiB) and leave room in the token space (see
@@ -181,6 +226,11 @@ pub(crate) struct Frontend {
     last_at_ms: u64,
     pending: FuturesUnordered<Pending>,
     deferred_resumes: DeferredResumes,
+    /// Reads that arrived since the last leadership check began; the next one covers them.
+    reads_arrived: Vec<LocalRead>,
+    /// Reads the check under way covers.
+    reads_checked: Vec<LocalRead>,
+    leadership_checks: LeadershipChecks,
     /// Operations gathered in this turn, proposed together as one entry.
     batch: Vec<EntryOp>,
     batch_proposers: Vec<Proposer>,
@@ -227,6 +277,9 @@ impl Frontend {
             last_at_ms: 0,
             pending: FuturesUnordered::new(),
             deferred_resumes: FuturesUnordered::new(),
+            reads_arrived: Vec::new(),
+            reads_checked: Vec::new(),
+            leadership_checks: FuturesUnordered::new(),
             batch: Vec::new(),
             batch_proposers: Vec::new(),
             batch_bytes: 0,
@@ -268,6 +321,12 @@ impl Frontend {
                     self.check_pause();
                     self.on_deferred_resume(deferred);
                 }
+                Some(check) = self.leadership_checks.next(),
+                    if !self.leadership_checks.is_empty() =>
+                {
+                    self.check_pause();
+                    self.on_leadership_checked(check);
+                }
                 changed = metrics.changed() => {
                     if changed.is_err() {
                         break;
@@ -282,6 +341,7 @@ impl Frontend {
                 }
             }
             self.flush().await;
+            self.check_leadership_for_reads();
         }
     }
 
@@ -343,6 +403,9 @@ impl Frontend {
                     record,
                     session: None,
                     heard: Instant::now().into_std(),
+                    unsettled: 0,
+                    reading: false,
+                    held: VecDeque::new(),
                 };
                 self.connections.insert(id, connection);
                 let _ = reply.send(id);
@@ -460,6 +523,10 @@ impl Frontend {
             return;
         };
         connection.heard = Instant::now().into_std();
+        if connection.reading {
+            connection.held.push_back((request, received));
+            return;
+        }
         if let Command::ClusterStatus = request.command {
             // Any node answers for itself, so that an operator can ask a follower too.
             let status = membership::status(&self.raft.metrics().borrow());
@@ -527,7 +594,27 @@ impl Frontend {
                 ));
                 return;
             }
-            (Some(bound), _) => bound,
+            (Some(bound), _) => {
+                if connection.unsettled == 0 {
+                    match ReadOnly::from_command(request.command) {
+                        Ok(read) => {
+                            connection.reading = true;
+                            self.leases.heard(now, bound);
+                            self.reads_arrived.push(LocalRead {
+                                connection: connection_id,
+                                session: bound,
+                                id: request.id,
+                                op: read.op(),
+                                read,
+                                received,
+                            });
+                            return;
+                        }
+                        Err(command) => request.command = command,
+                    }
+                }
+                bound
+            }
             (None, Some(asked)) => {
                 if !self.take_over(connection_id, asked, &request, received, stage) {
                     return;
@@ -809,6 +896,114 @@ impl Frontend {
         }
     }
 
+    /// Starts a leadership check for the reads that arrived, unless one is under way (it will
+    /// start when that one ends): one check answers them all.
+    fn check_leadership_for_reads(&mut self) {
+        if self.reads_arrived.is_empty() || !self.leadership_checks.is_empty() {
+            return;
+        }
+        self.reads_checked = std::mem::take(&mut self.reads_arrived);
+        let raft = self.raft.clone();
+        self.leadership_checks.push(Box::pin(async move {
+            match raft.ensure_linearizable().await {
+                Ok(_) => LeadershipCheck::Confirmed,
+                Err(error) => match error.forward_to_leader() {
+                    Some(forward) => LeadershipCheck::NotLeader(forward.leader_node.clone()),
+                    None => LeadershipCheck::Unconfirmed(error.to_string()),
+                },
+            }
+        }));
+    }
+
+    /// Answers the reads a leadership check covered, sends them to the leader, or, if no
+    /// majority answered, proposes them as entries (which commit once a majority is back, or
+    /// fail if another node leads by then).
+    fn on_leadership_checked(&mut self, check: LeadershipCheck) {
+        let reads = std::mem::take(&mut self.reads_checked);
+        let mut answered = Vec::with_capacity(reads.len());
+        match check {
+            LeadershipCheck::Confirmed => {
+                let replica = lock_replica(&self.replica);
+                let now = replica.instant_at(replica.last_at_ms);
+                let done = std::time::Instant::now();
+                for read in reads {
+                    let Some(connection) = self.connections.get_mut(&read.connection) else {
+                        continue;
+                    };
+                    let result = if replica.table.has_session(read.session) {
+                        read.read.answer(&replica.table, now, read.session)
+                    } else {
+                        Err(RequestFailed::session_gone(read.session))
+                    };
+                    connection.record.outbox.send(reply_frame(read.id, result));
+                    connection.reading = false;
+                    self.metrics
+                        .request_done(read.op, done.saturating_duration_since(read.received));
+                    answered.push(read.connection);
+                }
+            }
+            LeadershipCheck::NotLeader(leader) => {
+                for read in reads {
+                    if let Some(connection) = self.connections.get(&read.connection) {
+                        connection
+                            .record
+                            .outbox
+                            .send(not_leader(Some(read.id), leader.clone()));
+                        // Whatever follows cannot be served here either.
+                        connection.record.close.cancel();
+                    }
+                }
+            }
+            LeadershipCheck::Unconfirmed(why) => {
+                debug!(reads = reads.len(), error = %why, "leadership not confirmed: reads go through the log");
+                for read in reads {
+                    let Some(connection) = self.connections.get_mut(&read.connection) else {
+                        continue;
+                    };
+                    connection.reading = false;
+                    let request = Request {
+                        id: read.id,
+                        command: read.read.into_command(),
+                    };
+                    let proposer = Proposer {
+                        connection: Some(read.connection),
+                        request: Some(read.id),
+                        answers: Some((read.op, read.received)),
+                        force_release: None,
+                    };
+                    self.add_to_batch(
+                        proposer,
+                        EntryOp::Request {
+                            session: read.session,
+                            request,
+                        },
+                    );
+                    answered.push(read.connection);
+                }
+            }
+        }
+        for connection in answered {
+            self.serve_held(connection);
+        }
+    }
+
+    /// Serves what `connection` sent while its read waited, until it has none left or waits
+    /// for a read again.
+    fn serve_held(&mut self, connection_id: ConnectionId) {
+        loop {
+            let Some(connection) = self.connections.get_mut(&connection_id) else {
+                return;
+            };
+            if connection.reading {
+                return;
+            }
+            let Some((request, received)) = connection.held.pop_front() else {
+                return;
+            };
+            self.serve_request(connection_id, request, received, ResumeStage::AsReceived);
+        }
+    }
+
     /// The time for a new entry: the wall clock, but never before an earlier entry's.
     fn next_at_ms(&mut self) -> u64 {
         let wall = SystemTime::now()
@@ -835,6 +1030,12 @@ impl Frontend {
 
     /// Adds an operation to this turn's entry (sent by [`flush`](Self::flush)).
     fn add_to_batch(&mut self, proposer: Proposer, op: EntryOp) {
+        if let Some(connection) = proposer
+            .connection
+            .and_then(|id| self.connections.get_mut(&id))
+        {
+            connection.unsettled += 1;
+        }
         self.batch_bytes += encoded_size(&op);
         self.batch.push(op);
         self.batch_proposers.push(proposer);
@@ -884,6 +1085,11 @@ impl Frontend {
         for (op, received) in proposers.iter().filter_map(|proposer| proposer.answers) {
             self.metrics
                 .request_done(op, now.saturating_duration_since(received));
+        }
+        for id in proposers.iter().filter_map(|proposer| proposer.connection) {
+            if let Some(connection) = self.connections.get_mut(&id) {
+                connection.unsettled = connection.unsettled.saturating_sub(1);
+            }
         }
         let failure = match outcome {
             Outcome::Applied(applied) => {

@@ -184,10 +184,10 @@ impl Replica {
         let id = request.id;
         if !self.table.has_session(session) {
             // A resume of a session that is gone, or a request that raced its expiry.
-            let error = RequestFailed::NoSession(format!(
-                "session {session} expired or was closed; its locks are gone"
-            ));
-            self.send(session, reply_frame(id, Err(error)));
+            self.send(
+                session,
+                reply_frame(id, Err(RequestFailed::session_gone(session))),
+            );
             return;
         }
         if let Command::Acquire(_) = &request.command {

@@ -9,6 +9,14 @@
 //! cancels an RPC by dropping its future (it does, at `hard_ttl`), so that the next RPC starts
 //! on a fresh connection and never reads an earlier request's late reply.
 //!
+//! openraft also makes a client for each single RPC outside replication: every leadership check
+//! behind a linearizable read (`Raft::ensure_linearizable`) asks each voter through a new
+//! client. So a client that is dropped with a healthy connection leaves it in a small per-target
+//! pool ([`IdlePeerConnections`]), and a new client takes one from there before it dials: a read
+//! costs a round trip to each follower, not a TCP and TLS handshake. A pooled connection may
+//! have died while idle (the peer restarted); an RPC that fails on one is sent once more on a
+//! fresh connection, which Raft's RPCs allow (they are idempotent).
+//!
 //! Failures are reported the way openraft's replication loop expects: a peer that cannot be
 //! connected to (refused, no route, connect timeout, handshake refused) is `Unreachable`, after
 //! which openraft waits for [`PeerClient::backoff`] before trying again; a connection that fails
@@ -16,8 +24,10 @@
 //! `Timeout`; and an error returned by the remote `Raft` is a `RemoteError`. Snapshots use
 //! openraft's default chunked `full_snapshot`, one `install_snapshot` RPC per chunk.
 
+use std::collections::HashMap;
 use std::fmt::{self, Debug};
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -46,6 +56,39 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// the cluster within this long, and a dead one costs one connect attempt per interval.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Idle connections kept per peer address: enough for the concurrent leadership checks of one
+/// node (the front end runs one at a time) and a vote, few enough to be nothing on the peer's
+/// connection limit.
+const IDLE_PER_PEER: usize = 4;
+
+/// Healthy connections whose client was dropped, by peer address, for the next client to the
+/// same peer (see the module docs). Shared by every client of one [`PeerNetwork`].
+#[derive(Clone, Default)]
+struct IdlePeerConnections {
+    by_address: Arc<Mutex<HashMap<String, Vec<PeerStream>>>>,
+}
+
+impl IdlePeerConnections {
+    fn take(&self, address: &str) -> Option<PeerStream> {
+        let mut idle = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        idle.get_mut(address).and_then(Vec::pop)
+    }
+
+    fn put(&self, address: &str, connection: PeerStream) {
+        let mut idle = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let connections = idle.entry(address.to_owned()).or_default();
+        if connections.len() < IDLE_PER_PEER {
+            connections.push(connection);
+        }
+    }
+}
+
 /// Where a node listens for Raft RPCs from its peers.
 pub trait PeerAddress {
     /// A `host:port` to connect to.
@@ -64,6 +107,7 @@ pub struct PeerNetwork<C: RaftTypeConfig> {
     own_id: C::NodeId,
     /// Presented on every connection: its TLS certificate and its secret, when set.
     credentials: PeerCredentials,
+    idle: IdlePeerConnections,
 }
 
 impl<C: RaftTypeConfig> PeerNetwork<C> {
@@ -72,6 +116,7 @@ impl<C: RaftTypeConfig> PeerNetwork<C> {
         PeerNetwork {
             own_id,
             credentials,
+            idle: IdlePeerConnections::default(),
         }
     }
 }
@@ -81,6 +126,7 @@ impl<C: RaftTypeConfig> Clone for PeerNetwork<C> {
         PeerNetwork {
             own_id: self.own_id.clone(),
             credentials: self.credentials.clone(),
+            idle: self.idle.clone(),
         }
     }
 }
@@ -115,6 +161,8 @@ where
             target,
             node: node.clone(),
             credentials: self.credentials.clone(),
+            idle: self.idle.clone(),
+            address: node.peer_addr().to_owned(),
             connection: None,
             next_request_id: 1,
             _config: PhantomData,
@@ -128,6 +176,10 @@ pub struct PeerClient<C: RaftTypeConfig> {
     target: C::NodeId,
     node: C::Node,
     credentials: PeerCredentials,
+    /// Where this client leaves its connection when it is dropped, and finds one to start with.
+    idle: IdlePeerConnections,
+    /// The target's peer address: the key of its connections in `idle`.
+    address: String,
     /// `Some` only between RPCs that succeeded: an RPC takes it out and puts it back when it
     /// got its reply, so a failed or cancelled RPC leaves `None` and the next one reconnects.
     connection: Option<PeerStream>,
@@ -155,43 +207,45 @@ where
             FrameError::TooLarge(_) => CallError::TooLarge(err),
             FrameError::Json(_) => CallError::Network(AnyError::new(&err)),
         })?;
-        let mut connection = match self.connection.take() {
-            Some(connection) => connection,
-            None => match timeout_at(deadline, self.connect()).await {
-                Ok(connected) => connected?,
-                Err(_) => {
-                    return Err(CallError::Unreachable(AnyError::error(format!(
-                        "cannot connect to {} within {ttl:?}",
-                        self.node.peer_addr()
-                    ))))
-                }
+        // A connection from the pool may have died while it sat there: if the exchange fails
+        // on one, it is tried once more on a fresh connection.
+        let (mut connection, mut reused) = match self.connection.take() {
+            Some(connection) => (connection, false),
+            None => match self.idle.take(&self.address) {
+                Some(connection) => (connection, true),
+                None => (self.connect_before(deadline, ttl).await?, false),
             },
         };
-        let exchange = async {
-            connection.send(frame).await.map_err(network_error)?;
-            let bytes = match connection.next().await {
-                Some(read) => read.map_err(network_error)?,
-                None => {
-                    return Err(CallError::Network(AnyError::error(
-                        "the peer closed the connection",
-                    )))
+        loop {
+            match timeout_at(deadline, exchange(&mut connection, frame.clone(), id)).await {
+                Ok(Ok(reply)) => {
+                    self.connection = Some(connection);
+                    return Ok(reply);
                 }
-            };
-            let reply: ReplyFrame<C> = wire::decode(&bytes).map_err(network_error)?;
-            if reply.id != id {
-                return Err(CallError::Network(AnyError::error(format!(
-                    "the peer answered request {} to request {id}",
-                    reply.id
-                ))));
+                Ok(Err(_)) if reused => {
+                    reused = false;
+                    connection = self.connect_before(deadline, ttl).await?;
+                }
+                Ok(Err(err)) => return Err(err),
+                Err(_) => return Err(CallError::Timeout { action, ttl }),
             }
-            Ok(reply.reply)
-        };
-        let reply = match timeout_at(deadline, exchange).await {
-            Ok(reply) => reply?,
-            Err(_) => return Err(CallError::Timeout { action, ttl }),
-        };
-        self.connection = Some(connection);
-        Ok(reply)
+        }
+    }
+
+    /// Opens a connection by `deadline`; an RPC given `ttl` in all could not reach the peer
+    /// otherwise.
+    async fn connect_before(
+        &self,
+        deadline: Instant,
+        ttl: Duration,
+    ) -> Result<PeerStream, CallError> {
+        match timeout_at(deadline, self.connect()).await {
+            Ok(connected) => connected,
+            Err(_) => Err(CallError::Unreachable(AnyError::error(format!(
+                "cannot connect to {} within {ttl:?}",
+                self.node.peer_addr()
+            )))),
+        }
     }
 
     /// Opens a connection and completes the handshake. Every failure here means the peer is
@@ -308,6 +362,41 @@ where
             Some((*previous * 2).min(BACKOFF_MAX))
         });
         Backoff::new(intervals)
+    }
+}
+
+/// Sends one encoded request on `connection` and reads its reply, which must answer `id`.
+async fn exchange<C: RaftTypeConfig>(
+    connection: &mut PeerStream,
+    frame: bytes::Bytes,
+    id: u64,
+) -> Result<PeerReply<C>, CallError> {
+    connection.send(frame).await.map_err(network_error)?;
+    let bytes = match connection.next().await {
+        Some(read) => read.map_err(network_error)?,
+        None => {
+            return Err(CallError::Network(AnyError::error(
+                "the peer closed the connection",
+            )))
+        }
+    };
+    let reply: ReplyFrame<C> = wire::decode(&bytes).map_err(network_error)?;
+    if reply.id != id {
+        return Err(CallError::Network(AnyError::error(format!(
+            "the peer answered request {} to request {id}",
+            reply.id
+        ))));
+    }
+    Ok(reply.reply)
+}
+
+impl<C: RaftTypeConfig> Drop for PeerClient<C> {
+    /// A connection that finished its last RPC goes to the pool; one dropped mid-RPC was
+    /// taken out of `connection` by the RPC and is closed, as it may still carry a reply.
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.idle.put(&self.address, connection);
+        }
     }
 }
 

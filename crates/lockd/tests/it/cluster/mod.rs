@@ -9,6 +9,7 @@ mod metrics;
 mod peer_entries;
 mod peer_port;
 mod peer_tls;
+mod reads;
 mod resume;
 mod safety;
 mod status;
