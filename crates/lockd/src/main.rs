@@ -302,13 +302,13 @@ struct Args {
     #[arg(long, requires = "node_id")]
     bootstrap: bool,
 
-    /// Cluster mode: a follower that hears no leader for a random time between this and twice
+    /// Cluster mode: a follower that hears no leader for a random time between this and 4/3 of
     /// this starts an election. Failover takes about this long.
     #[arg(long, default_value_t = 1_000, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(20..=60_000))]
     election_timeout_ms: u64,
 
-    /// Cluster mode: how often the leader sends heartbeats; must be below
+    /// Cluster mode: how often the leader sends heartbeats; must be below a third of
     /// --election-timeout-ms. It is also the deadline of every replication message (openraft's
     /// rule), so it must exceed a follower's slowest fsync plus a network round trip.
     #[arg(long, default_value_t = 200, value_name = "MS",
@@ -403,7 +403,7 @@ impl Args {
         if self.max_frame_bytes > MAX_CLUSTER_FRAME_BYTES {
             return Err(FlagError::ClusterFrame(self.max_frame_bytes));
         }
-        if self.heartbeat_ms >= self.election_timeout_ms {
+        if self.heartbeat_ms.saturating_mul(3) >= self.election_timeout_ms {
             return Err(FlagError::HeartbeatAboveElection {
                 heartbeat: self.heartbeat_ms,
                 election: self.election_timeout_ms,
@@ -506,7 +506,10 @@ enum FlagError {
          request becomes part of a log entry, which must fit a peer frame"
     )]
     ClusterFrame(usize),
-    #[error("--heartbeat-ms ({heartbeat}) must be below --election-timeout-ms ({election})")]
+    #[error(
+        "--heartbeat-ms ({heartbeat}) must be below a third of --election-timeout-ms \
+         ({election}), openraft's shortest election timeout"
+    )]
     HeartbeatAboveElection { heartbeat: u64, election: u64 },
     #[error(transparent)]
     Cluster(#[from] lockd::cluster::node::NodeError),

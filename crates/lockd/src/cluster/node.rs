@@ -34,8 +34,8 @@ pub struct ClusterOptions {
     /// Initialize a new cluster with `peers` as its voters, if this node has no Raft state
     /// yet (`--bootstrap`).
     pub bootstrap: bool,
-    /// A follower that hears no leader for a random time between this and twice this starts
-    /// an election (`--election-timeout-ms`).
+    /// A follower that hears no leader for a random time between this and 4/3 of it starts an
+    /// election (`--election-timeout-ms`; see [`openraft_election_timeouts`]).
     pub election_timeout: Duration,
     /// How often the leader sends heartbeats (`--heartbeat-ms`).
     pub heartbeat: Duration,
@@ -149,6 +149,22 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, LockdNode>, NodeError> {
     Ok(peers)
 }
 
+/// openraft's election timeouts for `--election-timeout-ms` `election_ms`: `(min, max)`, such
+/// that a follower that hears no leader starts an election between `election_ms` and 4/3 of it.
+///
+/// A follower that has a leader waits for openraft's leader lease, which is
+/// `election_timeout_max`, plus its random election timeout, between `election_timeout_min`
+/// and `election_timeout_max`, before it runs: `max + [min, max]` in all. openraft's defaults
+/// (and this node's before) took `election_ms` and twice it, so a failover took 3 to 4
+/// election timeouts. With `max + min = election_ms` and `min` a third of it, the wait is
+/// `[election_ms, 4/3 election_ms]` (rounded); the random third keeps two followers from running at once.
+/// The heartbeat must stay below `min`: `lockd` checks that it is below a third of
+/// `election_ms`.
+pub fn openraft_election_timeouts(election_ms: u64) -> (u64, u64) {
+    let min = election_ms.div_ceil(3);
+    (min, election_ms - min)
+}
+
 impl ClusterNode {
     /// Opens the node's Raft state in `db`, starts serving peers, and bootstraps a new
     /// cluster when asked to.
@@ -163,11 +179,12 @@ impl ClusterNode {
         }
         let election_ms = u64::try_from(options.election_timeout.as_millis()).unwrap_or(u64::MAX);
         let heartbeat_ms = u64::try_from(options.heartbeat.as_millis()).unwrap_or(u64::MAX);
+        let (election_timeout_min, election_timeout_max) = openraft_election_timeouts(election_ms);
         let config = Config {
             cluster_name: "lockd".to_owned(),
             heartbeat_interval: heartbeat_ms,
-            election_timeout_min: election_ms,
-            election_timeout_max: election_ms.saturating_mul(2),
+            election_timeout_min,
+            election_timeout_max,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every),
             // Keep some log behind the snapshot, so a follower that is a little behind catches
             // up from the log rather than by a whole snapshot.
@@ -265,6 +282,17 @@ impl ClusterNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_election_starts_between_the_timeout_and_four_thirds_of_it() {
+        for election_ms in [20, 300, 600, 1_000, 1_001, 60_000] {
+            let (min, max) = openraft_election_timeouts(election_ms);
+            assert!(min < max, "{election_ms}: {min} < {max}");
+            // A follower that had a leader waits the leader lease (max) and then [min, max].
+            assert_eq!(max + min, election_ms);
+            assert!(2 * max <= election_ms * 4 / 3 + 1, "{election_ms}: {max}");
+        }
+    }
 
     #[test]
     fn peers_parse_and_bad_ones_are_named() {

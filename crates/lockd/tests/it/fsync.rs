@@ -33,7 +33,7 @@ async fn every_acknowledged_write_in_a_cluster_follows_a_completed_fsync() {
         "--election-timeout-ms",
         "300",
         "--heartbeat-ms",
-        "100",
+        "80",
     ])
     .await;
 }
