@@ -66,6 +66,8 @@ pub struct Metrics {
     pub(crate) connections_refused: Counter,
     /// Bytes of replies serialized for lock clients and not yet taken by their sockets.
     pub(crate) unsent_reply_bytes: Gauge,
+    /// Cluster mode: requests a follower holds until it hears from a leader.
+    pub(crate) requests_awaiting_leader: Gauge,
     /// Watch events made by the table and not yet taken by their connections (each watch keeps
     /// at most `--max-watch-backlog` of them; see `seam.rs`).
     pub(crate) watch_backlog_events: Gauge,
@@ -166,6 +168,13 @@ impl Metrics {
             "Bytes of replies serialized for lock clients and not yet taken by their sockets \
              (each connection stops reading past --max-unsent-bytes)",
             unsent_reply_bytes.clone(),
+        );
+        let requests_awaiting_leader = Gauge::default();
+        registry.register(
+            "requests_awaiting_leader",
+            "Cluster mode: clients' requests this follower holds until it hears from a leader \
+             (it knows none, or its leader missed two heartbeats), to name the new one",
+            requests_awaiting_leader.clone(),
         );
         let watch_backlog_events = Gauge::default();
         registry.register(
@@ -376,6 +385,7 @@ impl Metrics {
             connections_accepted,
             connections_refused,
             unsent_reply_bytes,
+            requests_awaiting_leader,
             watch_backlog_events,
             watch_events,
             watch_resyncs,

@@ -297,10 +297,7 @@ impl Server {
             }
             Backend::Cluster(node) => {
                 let frontend = Frontend::new(
-                    node.raft.clone(),
-                    node.network.clone(),
-                    node.node_id,
-                    Arc::clone(&node.replica),
+                    &node,
                     Arc::clone(&metrics),
                     config.table.default_lease,
                     Arc::clone(&credentials),

@@ -16,7 +16,11 @@
 //! a read from stale state; a check that finds no majority sends its reads through the log.
 //!
 //! Only the leader serves. A follower answers every request with `not_leader`, naming the
-//! leader's client address when it knows it. When this node stops being leader it closes its
+//! leader's client address. While it knows no leader, or its leader has missed its heartbeats
+//! (it may have died, and an election is coming), it holds the request until it hears from a
+//! leader, for up to twice the election timeout: the client is then sent to the new leader as
+//! soon as there is one, rather than to a dead node or into a poll with growing pauses (see
+//! `leader_contact.rs`). When this node stops being leader it closes its
 //! clients' connections, so they find the new leader and resume their sessions there.
 //!
 //! A session outlives its connection until its lease runs out (unlike on a single server,
@@ -49,10 +53,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::leader_contact::LeaderContact;
 use super::leases::LeaseKeeper;
 use super::machine::{lock_replica, Replica, Route};
 use super::membership::{self, leader_node, not_leader};
 use super::network::PeerNetwork;
+use super::node::ClusterNode;
 use super::resume::{ResumeCheck, ResumeSecret};
 use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
 use crate::apply::{reply_frame, ReadOnly, RequestFailed};
@@ -115,6 +121,20 @@ enum LeadershipCheck {
     /// No majority answered in time; why.
     Unconfirmed(String),
 }
+
+/// A request a follower holds until it hears from a leader.
+#[derive(Debug)]
+struct AwaitingLeader {
+    connection: ConnectionId,
+    request: Request,
+    received: std::time::Instant,
+    /// When it began to wait.
+    since: std::time::Instant,
+}
+
+/// Requests held for want of a leader, at most: beyond, a follower answers `not_leader` at
+/// once, as it did before it held any (each costs a connection, which has its own limit).
+const MAX_AWAITING_LEADER: usize = 65_536;
 
 /// Leadership checks under way (one at a time).
 type LeadershipChecks =
@@ -231,6 +251,12 @@ pub(crate) struct Frontend {
     /// Reads the check under way covers.
     reads_checked: Vec<LocalRead>,
     leadership_checks: LeadershipChecks,
+    /// On a follower: requests held until a leader is heard from (see the module docs).
+    awaiting_leader: Vec<AwaitingLeader>,
+    leader_contact: LeaderContact,
+    heartbeat: Duration,
+    /// How long a request is held at most for want of a leader.
+    leader_wait: Duration,
     /// Operations gathered in this turn, proposed together as one entry.
     batch: Vec<EntryOp>,
     batch_proposers: Vec<Proposer>,
@@ -253,22 +279,23 @@ impl std::fmt::Debug for Frontend {
 
 impl Frontend {
     pub(crate) fn new(
-        raft: Raft<TypeConfig>,
-        network: PeerNetwork<TypeConfig>,
-        node_id: u64,
-        replica: Arc<Mutex<Replica>>,
+        node: &ClusterNode,
         metrics: Arc<Metrics>,
         unbound_idle: Duration,
         credentials: Arc<LiveCredentials>,
     ) -> Self {
         Frontend {
+            raft: node.raft.clone(),
+            network: node.network.clone(),
+            node_id: node.node_id,
+            replica: Arc::clone(&node.replica),
+            awaiting_leader: Vec::new(),
+            leader_contact: node.leader_contact.clone(),
+            heartbeat: node.heartbeat,
+            leader_wait: node.election_timeout * 2,
             credentials,
-            raft,
-            network,
-            node_id,
             unbound_idle,
             last_unbound_sweep: None,
-            replica,
             connections: HashMap::new(),
             owners: HashMap::new(),
             leases: LeaseKeeper::default(),
@@ -371,6 +398,7 @@ impl Frontend {
         let leader =
             metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id);
         if leader == self.leader {
+            self.release_awaiting_leader();
             return;
         }
         self.leader = leader;
@@ -538,6 +566,18 @@ impl Frontend {
         }
         if !self.leader {
             let leader = leader_node(&self.raft.metrics().borrow());
+            let now = std::time::Instant::now();
+            let in_doubt = leader.is_none() || self.leader_contact.in_doubt(now, self.heartbeat);
+            if in_doubt && self.awaiting_leader.len() < MAX_AWAITING_LEADER {
+                self.awaiting_leader.push(AwaitingLeader {
+                    connection: connection_id,
+                    request,
+                    received,
+                    since: now,
+                });
+                self.count_awaiting_leader();
+                return;
+            }
             connection
                 .record
                 .outbox
@@ -835,9 +875,11 @@ impl Frontend {
             .in_scope(|| info!("connection closed; the session lives until its lease runs out"));
     }
 
-    /// The leader's periodic work: expire silent sessions and time out waits.
+    /// The leader's periodic work: expire silent sessions and time out waits. Any node's:
+    /// release the requests held for a leader once there is one, or they waited too long.
     fn on_tick(&mut self) {
         self.close_silent_unbound();
+        self.release_awaiting_leader();
         if !self.leader {
             return;
         }
@@ -894,6 +936,48 @@ impl Frontend {
                 connection.record.close.cancel();
             }
         }
+    }
+
+    /// Serves the requests held for want of a leader once this node leads or hears from a
+    /// leader (the follower's answer then names it), and answers `not_leader` to those held for
+    /// `leader_wait` without one. A connection's requests keep their order.
+    fn release_awaiting_leader(&mut self) {
+        if self.awaiting_leader.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let leader = leader_node(&self.raft.metrics().borrow());
+        let leader_known =
+            self.leader || (leader.is_some() && !self.leader_contact.in_doubt(now, self.heartbeat));
+        let oldest = self.awaiting_leader[0].since;
+        if !leader_known && now.saturating_duration_since(oldest) < self.leader_wait {
+            return;
+        }
+        for held in std::mem::take(&mut self.awaiting_leader) {
+            if leader_known {
+                self.serve_request(
+                    held.connection,
+                    held.request,
+                    held.received,
+                    ResumeStage::AsReceived,
+                );
+            } else if now.saturating_duration_since(held.since) >= self.leader_wait {
+                if let Some(connection) = self.connections.get(&held.connection) {
+                    connection
+                        .record
+                        .outbox
+                        .send(not_leader(Some(held.request.id), leader.clone()));
+                }
+            } else {
+                self.awaiting_leader.push(held);
+            }
+        }
+        self.count_awaiting_leader();
+    }
+
+    fn count_awaiting_leader(&self) {
+        let held = i64::try_from(self.awaiting_leader.len()).unwrap_or(i64::MAX);
+        self.metrics.requests_awaiting_leader.set(held);
     }
 
     /// Starts a leadership check for the reads that arrived, unless one is under way (it will

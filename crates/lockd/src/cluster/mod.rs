@@ -13,6 +13,7 @@
 
 pub(crate) mod append_check;
 pub(crate) mod frontend;
+pub mod leader_contact;
 pub(crate) mod leases;
 pub mod log_store;
 pub(crate) mod machine;

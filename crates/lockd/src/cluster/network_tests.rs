@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::cluster::leader_contact::LeaderContact;
 use crate::cluster::log_store::RedbLogStore;
 use crate::cluster::peer_admission::{PeerAdmission, PeerLimits};
 use crate::cluster::peer_server::serve_peers;
@@ -68,6 +69,7 @@ impl TestNode {
             raft.clone(),
             credentials,
             default_admission(),
+            LeaderContact::default(),
             server.clone(),
         ));
         TestNode {
@@ -326,6 +328,7 @@ async fn a_client_reconnects_after_the_peer_server_restarts() {
         node.raft.clone(),
         PeerCredentials::default(),
         default_admission(),
+        LeaderContact::default(),
         server.clone(),
     ));
     client.vote(vote_request(), option(2_000)).await.unwrap();

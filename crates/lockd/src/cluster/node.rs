@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::leader_contact::LeaderContact;
 use super::log_store::RedbLogStore;
 use super::machine::{Replica, ReplicaMachine, SnapshotError};
 use super::network::PeerNetwork;
@@ -57,6 +58,13 @@ pub(crate) struct ClusterNode {
     pub(crate) replica: Arc<Mutex<Replica>>,
     /// A copy of the network Raft uses, for membership's check that a new node answers.
     pub(crate) network: PeerNetwork<TypeConfig>,
+    /// When the leader was last heard from, and how often it sends heartbeats: a follower's
+    /// front end holds clients' requests while its leader is in doubt.
+    pub(crate) leader_contact: LeaderContact,
+    pub(crate) heartbeat: Duration,
+    /// `--election-timeout-ms`: how long a front end holds a request for want of a leader,
+    /// twice over, before it answers `not_leader` without one.
+    pub(crate) election_timeout: Duration,
     peer_stop: CancellationToken,
     peer_server: JoinHandle<()>,
 }
@@ -214,11 +222,13 @@ impl ClusterNode {
         let peer_stop = CancellationToken::new();
         let configured = options.peers.values().map(|node| node.peer.clone());
         let members = watch_member_addresses(&raft, configured.collect());
+        let leader_contact = LeaderContact::default();
         let peer_server = tokio::spawn(serve_peers(
             options.peer_listener,
             raft.clone(),
             options.credentials,
             PeerAdmission::new(options.peer_limits, members),
+            leader_contact.clone(),
             peer_stop.clone(),
         ));
         let node = ClusterNode {
@@ -226,6 +236,9 @@ impl ClusterNode {
             node_id: options.node_id,
             replica,
             network,
+            leader_contact,
+            heartbeat: options.heartbeat,
+            election_timeout: options.election_timeout,
             peer_stop,
             peer_server,
         };

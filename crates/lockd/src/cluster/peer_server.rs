@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use openraft::raft::AppendEntriesResponse;
 use openraft::{Raft, RaftTypeConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::append_check::check_append_entries;
+use super::leader_contact::LeaderContact;
 use super::peer_admission::{PeerAdmission, PeerSlot};
 use super::transport::PeerCredentials;
 use super::wire::{
@@ -45,6 +47,7 @@ pub async fn serve_peers<C: RaftTypeConfig>(
     raft: Raft<C>,
     credentials: PeerCredentials,
     admission: PeerAdmission,
+    leader_contact: LeaderContact,
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -71,6 +74,7 @@ pub async fn serve_peers<C: RaftTypeConfig>(
         let connection = PeerConnection {
             raft: raft.clone(),
             credentials: credentials.clone(),
+            leader_contact: leader_contact.clone(),
             peer,
         };
         let shutdown = shutdown.clone();
@@ -89,6 +93,8 @@ pub async fn serve_peers<C: RaftTypeConfig>(
 struct PeerConnection<C: RaftTypeConfig> {
     raft: Raft<C>,
     credentials: PeerCredentials,
+    /// Told of every AppendEntries this node accepts as its leader's.
+    leader_contact: LeaderContact,
     peer: SocketAddr,
 }
 
@@ -209,7 +215,13 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
     async fn dispatch(&self, request: PeerRequest<C>) -> PeerReply<C> {
         match request {
             PeerRequest::AppendEntries(rpc) => {
-                PeerReply::AppendEntries(self.raft.append_entries(rpc).await)
+                let reply = self.raft.append_entries(rpc).await;
+                // Any answer but a higher vote means the sender is the leader this node follows.
+                if matches!(&reply, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+                {
+                    self.leader_contact.heard(std::time::Instant::now());
+                }
+                PeerReply::AppendEntries(reply)
             }
             PeerRequest::Vote(rpc) => PeerReply::Vote(self.raft.vote(rpc).await),
             PeerRequest::InstallSnapshot(rpc) => {

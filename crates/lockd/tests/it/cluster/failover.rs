@@ -1,12 +1,13 @@
 //! Failover: what a client sees when the leader dies, a session is resumed or abandoned, and
 //! the whole cluster restarts.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use super::{hello, Cluster};
-use crate::support::{error_code, PATIENCE};
+use crate::admin::sample;
+use crate::support::{error_code, http, Deadline, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_name_the_leader_and_the_leader_serves() {
@@ -364,4 +365,69 @@ async fn a_semaphore_survives_a_leader_kill() {
         "{granted}"
     );
     assert!(granted["token"].as_u64().unwrap() > token, "{granted}");
+}
+
+/// A follower whose leader stopped answering does not send clients to it: it holds their
+/// requests until a new leader is elected, and then names that one (or serves, if it is it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_holds_a_request_while_its_leader_is_silent_and_names_the_next_leader() {
+    let mut cluster = Cluster::start(3, &["--http", "127.0.0.1:0"]).await;
+    let old_leader = cluster.leader(None).await;
+    let follower = (old_leader + 1) % 3;
+    let other = (old_leader + 2) % 3;
+    let admin = cluster.admin_addr(follower);
+    let old_address = cluster.specs[old_leader].client.to_string();
+
+    // With the other follower stopped too, no leader can be elected, so the follower's doubt
+    // lasts until the test ends it.
+    cluster.signal(old_leader, "STOP");
+    cluster.signal(other, "STOP");
+    // Until the follower misses two heartbeats it still names the old leader; from then on it
+    // holds each request, which the gauge shows.
+    let deadline = Deadline::new("the follower to hold a hello while its leader is silent");
+    let mut conn = loop {
+        let mut conn = cluster.connect(follower).await;
+        conn.send(json!({"id": 1, "op": "hello"})).await;
+        match conn.try_recv(Duration::from_millis(100)).await {
+            Ok(Some(reply)) => {
+                // Before its doubt (or after holding it for two election timeouts, if this
+                // loop was slow), the follower answers at once.
+                assert_eq!(error_code(&reply), "not_leader", "{reply}");
+                let named = &reply["error"]["leader"];
+                assert!(named.is_null() || named == old_address.as_str(), "{reply}");
+            }
+            Ok(None) => panic!("the follower closed the connection"),
+            Err(()) => {
+                let metrics = http(admin, "GET", "/metrics", &[]).await.body;
+                if sample(&metrics, "lockd_requests_awaiting_leader") >= 1.0 {
+                    break conn;
+                }
+            }
+        }
+        deadline.tick("not held yet").await;
+    };
+
+    // A majority again: the two elect a leader, and the held hello is answered. (Held for
+    // two election timeouts without a leader, it is answered without one: then ask again.)
+    cluster.signal(other, "CONT");
+    let deadline = Deadline::new("the held hello to be answered with the new leader");
+    let reply = loop {
+        let reply = conn.recv().await;
+        if reply["ok"] == true || !reply["error"]["leader"].is_null() {
+            break reply;
+        }
+        conn.send(json!({"id": 2, "op": "hello"})).await;
+        deadline.tick(&reply).await;
+    };
+    cluster.signal(old_leader, "CONT");
+    if reply["ok"] == true {
+        return; // the follower became the leader and served the hello
+    }
+    assert_eq!(error_code(&reply), "not_leader", "{reply}");
+    let new_address = cluster.specs[other].client.to_string();
+    assert_eq!(
+        reply["error"]["leader"],
+        new_address.as_str(),
+        "the held hello names the new leader: {reply}"
+    );
 }
