@@ -242,6 +242,9 @@ pub(crate) struct Frontend {
     /// clients' silence.
     pauses: PauseDetector,
     leader: bool,
+    /// This leader proposed `EntryOp::ClockTokens` (the cluster did not count tokens by the
+    /// clock yet): not again until it is applied, or until leadership changes.
+    clock_tokens_proposed: bool,
     /// The latest entry time proposed, so entry times never go back.
     last_at_ms: u64,
     pending: FuturesUnordered<Pending>,
@@ -301,6 +304,7 @@ impl Frontend {
             leases: LeaseKeeper::default(),
             pauses: PauseDetector::default(),
             leader: false,
+            clock_tokens_proposed: false,
             last_at_ms: 0,
             pending: FuturesUnordered::new(),
             deferred_resumes: FuturesUnordered::new(),
@@ -402,9 +406,12 @@ impl Frontend {
             return;
         }
         self.leader = leader;
+        self.clock_tokens_proposed = false;
         if leader {
             info!(term = metrics.current_term, "this node is now the leader");
             self.leases.reset();
+            // Before any request it serves, so that their grants follow the clock already.
+            self.switch_to_clock_tokens();
         } else {
             info!(
                 leader = ?metrics.current_leader,
@@ -420,6 +427,7 @@ impl Frontend {
             self.owners.clear();
             self.count_sessions();
         }
+        self.release_awaiting_leader();
     }
 
     fn handle(&mut self, msg: BackendMsg) {
@@ -893,6 +901,7 @@ impl Frontend {
                 .is_some_and(|deadline| deadline <= replica.instant_at(at_ms));
             (replica.table.session_leases(), due)
         };
+        self.switch_to_clock_tokens();
         self.leases.sync(now, &leases);
         let expired = self.leases.take_expired(now);
         if !expired.is_empty() {
@@ -1086,6 +1095,17 @@ impl Frontend {
             };
             self.serve_request(connection_id, request, received, ResumeStage::AsReceived);
         }
+    }
+
+    /// On the leader of a cluster that counts tokens by log position: proposes the switch to the
+    /// clock (`EntryOp::ClockTokens`), once per leadership unless it fails.
+    fn switch_to_clock_tokens(&mut self) {
+        if !self.leader || self.clock_tokens_proposed || lock_replica(&self.replica).clock_tokens {
+            return;
+        }
+        info!("this cluster counts fencing tokens by log position: switching to the clock");
+        self.clock_tokens_proposed = true;
+        self.propose(None, EntryOp::ClockTokens);
     }
 
     /// The time for a new entry: the wall clock, but never before an earlier entry's.

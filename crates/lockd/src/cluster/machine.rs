@@ -6,8 +6,9 @@
 //! (`Proposal::at_ms`), and each table instant is `clock_origin + at_ms`, where `clock_origin`
 //! is the one clock read, when the node opens (an `Instant` only anchors the offsets: every
 //! node derives the same deadlines from the same `at_ms`). Fencing tokens are
-//! raised to a floor derived from the entry's log index before it is applied, so they grow
-//! with the log whoever the leader is (see [`token_floor`]).
+//! raised to a floor before each entry is applied, so they grow whoever the leader is: the
+//! entry's time in microseconds, once the cluster has applied `EntryOp::ClockTokens` (see
+//! [`clock_token_floor`]), or in a cluster from before it, its log index (see [`token_floor`]).
 //!
 //! The table lives in memory; what makes it durable is the Raft log (fsynced by the log store
 //! before an entry can commit) and the snapshots, which are kept in the same redb file and
@@ -49,6 +50,17 @@ pub fn token_floor(index: u64) -> u64 {
     index.saturating_mul(1 << TOKEN_SHIFT)
 }
 
+/// The lowest token an entry proposed at `at_ms` may grant, in a cluster that counts tokens by
+/// the clock: its time in microseconds, the unit of a single server's floor. Entry times never
+/// go back, so neither does the floor, and a cluster grants far fewer than a thousand tokens a
+/// millisecond, so its tokens stay near the clock: a cluster restored from a backup, whose
+/// entries are stamped later than any before, starts above every token issued before it
+/// (assuming the leaders' clocks are not set back by more than the time between the backup
+/// and the restore).
+pub fn clock_token_floor(at_ms: u64) -> u64 {
+    at_ms.saturating_mul(1_000)
+}
+
 /// The current snapshot, in the node's redb file: `meta` (JSON `SnapshotMeta`) and `data`.
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
@@ -85,6 +97,8 @@ pub(crate) struct Replica {
     pub(crate) last_at_ms: u64,
     pub(crate) last_applied: Option<LogId<u64>>,
     pub(crate) membership: StoredMembership<u64, LockdNode>,
+    /// The cluster applied `EntryOp::ClockTokens`: token floors follow entry times.
+    pub(crate) clock_tokens: bool,
     /// Sessions connected to this node.
     pub(crate) routes: HashMap<SessionId, Route>,
     /// Each session's last replies, for requests retried after a failover.
@@ -103,6 +117,9 @@ struct SnapshotData {
     /// Absent in snapshots from before resume secrets.
     #[serde(default)]
     resume_keys: ResumeKeysImage,
+    /// Absent (false) in snapshots from before `EntryOp::ClockTokens`.
+    #[serde(default)]
+    clock_tokens: bool,
 }
 
 impl Replica {
@@ -116,7 +133,12 @@ impl Replica {
     pub(crate) fn apply(&mut self, index: u64, proposal: Proposal) -> Applied {
         self.last_at_ms = self.last_at_ms.max(proposal.at_ms);
         let now = self.instant_at(self.last_at_ms);
-        self.table.raise_token_floor(token_floor(index));
+        let floor = if self.clock_tokens {
+            clock_token_floor(proposal.at_ms)
+        } else {
+            token_floor(index)
+        };
+        self.table.raise_token_floor(floor);
         let mut applied = Applied::default();
         for op in proposal.ops {
             match op {
@@ -139,6 +161,12 @@ impl Replica {
                     }
                 }
                 EntryOp::Tick => self.table.handle_timeout(now),
+                EntryOp::ClockTokens => {
+                    // From this op on: the requests after it in this entry count by the clock.
+                    self.clock_tokens = true;
+                    self.table
+                        .raise_token_floor(clock_token_floor(proposal.at_ms));
+                }
                 EntryOp::ForceRelease { resource, token } => {
                     let forced = self.table.handle_force_release(now, &resource, token);
                     for release in &forced {
@@ -278,6 +306,7 @@ impl Replica {
             table: self.table.to_image(self.clock_origin),
             retries: self.retries.to_image(),
             resume_keys: self.resume_keys.to_image(),
+            clock_tokens: self.clock_tokens,
         }
     }
 }
@@ -307,6 +336,7 @@ impl ReplicaMachine {
             last_at_ms: 0,
             last_applied: None,
             membership: StoredMembership::default(),
+            clock_tokens: false,
             routes: HashMap::new(),
             retries: Retries::default(),
             resume_keys: ResumeKeys::default(),
@@ -384,6 +414,7 @@ fn restore(
     replica.last_at_ms = data.last_at_ms;
     replica.retries = Retries::from_image(data.retries);
     replica.resume_keys = ResumeKeys::from_image(data.resume_keys);
+    replica.clock_tokens = data.clock_tokens;
     replica.last_applied = meta.last_log_id;
     replica.membership = meta.last_membership.clone();
     Ok(())

@@ -85,6 +85,13 @@ pub enum EntryOp {
     },
     /// Time passed: waits whose timeout ran out by `at_ms` fail.
     Tick,
+    /// From the entry after this one, a grant's token is at least its entry's time in
+    /// microseconds (`at_ms * 1000`), as on a single server, instead of its log position
+    /// (`index << 24`): a cluster restored from a backup then starts above every token issued
+    /// before it, without being told what was issued. A leader proposes it once, in a cluster
+    /// that does not count this way yet. A node older than this entry cannot read it, so it
+    /// stops following (until it is upgraded) rather than grant other tokens than its peers.
+    ClockTokens,
     /// An operator forced the release of a lock (`DELETE /v1/locks/NAME` on the leader): the
     /// sessions holding it (only the one with `token`, if given) end.
     ForceRelease {

@@ -431,3 +431,33 @@ async fn a_follower_holds_a_request_while_its_leader_is_silent_and_names_the_nex
         "the held hello names the new leader: {reply}"
     );
 }
+
+/// A cluster counts fencing tokens by the clock, as a single server does: every grant's token
+/// is at least its leader's time in microseconds, under every leader, so that a cluster
+/// restored from a backup starts above every token issued before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_above_the_clock_under_every_leader() {
+    let micros_now = || {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970");
+        u64::try_from(since.as_micros()).expect("microseconds fit")
+    };
+    let mut cluster = Cluster::start(3, &[]).await;
+    let first_leader = cluster.leader(None).await;
+    let mut conn = cluster.connect(first_leader).await;
+    hello(&mut conn, None).await;
+    // Entry times are in milliseconds: the floor is the millisecond the leader stamped.
+    let before = micros_now() / 1_000 * 1_000;
+    let first = conn.lock(1, "a", "exclusive").await;
+    assert!(first >= before, "token {first} is below the clock, {before} µs");
+
+    cluster.kill(first_leader);
+    let leader = cluster.leader(Some(first_leader)).await;
+    let mut conn = cluster.connect(leader).await;
+    hello(&mut conn, None).await;
+    let before = micros_now() / 1_000 * 1_000;
+    let second = conn.lock(1, "b", "exclusive").await;
+    assert!(second >= before, "token {second} is below the clock, {before} µs");
+    assert!(second > first, "{second} after {first}");
+}
