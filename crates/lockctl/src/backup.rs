@@ -1,5 +1,6 @@
 //! `lockctl backup --http ADDR OUT`: fetches a consistent copy of lockd's store from its admin
-//! API (`GET /v1/backup`) into OUT, a file `lockd.redb` can be restored from.
+//! API (`GET /v1/backup`) into OUT, a file `lockd.redb` can be restored from; and
+//! `lockctl restore --http ADDR FILE`, which loads one into a new cluster (`POST /v1/restore`).
 //!
 //! Plain HTTP/1.1 over TCP, as the admin API speaks it: one request, a body of known length.
 //! The copy is written to `OUT.partial`, synced, checked against the announced length, then
@@ -41,6 +42,63 @@ pub(crate) async fn run(http: &str, admin: &AdminCredential, out: &Path) -> Exit
         }
         Err(message) => fail(&message),
     }
+}
+
+pub(crate) async fn restore(http: &str, admin: &AdminCredential, file: &Path) -> ExitCode {
+    let backup = match std::fs::read(file) {
+        Ok(backup) => backup,
+        Err(err) => return usage_error(&format!("cannot read {}: {err}", file.display())),
+    };
+    let token = match admin_token(admin, "restores") {
+        Ok(token) => token,
+        Err(code) => return code,
+    };
+    let addr = http.strip_prefix("http://").unwrap_or(http);
+    match post_restore(addr, &token, &backup).await {
+        Ok(answer) => {
+            println!(
+                "Restored {} values from {}; every token from now on is above {}.",
+                answer["restored_values"],
+                file.display(),
+                answer["tokens_above"]
+            );
+            ExitCode::SUCCESS
+        }
+        Err(message) => fail(&message),
+    }
+}
+
+/// Sends `backup` to `POST /v1/restore` and reads the answer: its JSON, or why it was refused.
+/// No time limit once sent: the cluster commits a large backup in many entries, and lockd
+/// answers within its own limit (ten minutes).
+async fn post_restore(addr: &str, token: &str, backup: &[u8]) -> Result<serde_json::Value, String> {
+    let lost = |err: std::io::Error| format!("lost the admin API at {addr}: {err}");
+    let mut stream = tokio::time::timeout(HEAD_PATIENCE, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("cannot reach lockd's admin API at {addr} within {HEAD_PATIENCE:?}"))?
+        .map_err(|err| format!("cannot reach lockd's admin API at {addr}: {err}"))?;
+    let head = format!(
+        "POST /v1/restore HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        backup.len()
+    );
+    stream.write_all(head.as_bytes()).await.map_err(lost)?;
+    stream.write_all(backup).await.map_err(lost)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.map_err(lost)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("the admin API at {addr} closed without answering"))?;
+    let status = head.split(' ').nth(1).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(body.trim())
+        .map_err(|_| format!("the admin API at {addr} answered {status}: {body}"))?;
+    if status != "200" {
+        let reason = json["error"].as_str().unwrap_or(body);
+        return Err(format!("lockd refused the restore ({status}): {reason}"));
+    }
+    Ok(json)
 }
 
 /// Fetches the backup into `out`; its size and the number of values it holds.

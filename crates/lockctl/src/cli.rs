@@ -209,6 +209,18 @@ pub enum Subcommands {
         /// Where to write the copy; it must not exist yet.
         out: std::path::PathBuf,
     },
+    /// Load a backup into a new, empty cluster through its leader's admin API (a single
+    /// server restores by starting on the file instead): every value, and tokens from then on
+    /// above the backup's.
+    Restore {
+        /// The admin API's address (the leader's --http), host:port.
+        #[arg(long, env = "LOCKD_HTTP", value_name = "ADDR")]
+        http: String,
+        #[command(flatten)]
+        admin: AdminCredential,
+        /// The backup (what `lockctl backup` wrote).
+        file: std::path::PathBuf,
+    },
     /// Look at a cluster and change its members.
     Cluster {
         #[command(subcommand)]

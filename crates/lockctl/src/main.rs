@@ -61,6 +61,9 @@ async fn run(cli: Cli) -> ExitCode {
         (Some(Subcommands::Backup { http, admin, out }), _) => {
             return backup::run(&http, &admin, &out).await
         }
+        (Some(Subcommands::Restore { http, admin, file }), _) => {
+            return backup::restore(&http, &admin, &file).await
+        }
         (Some(Subcommands::Cluster { action }), _) => {
             return cluster_cli::run(&server, action).await
         }

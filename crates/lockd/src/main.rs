@@ -20,9 +20,9 @@ use lockd::data_dir::DataDir;
 use lockd::logging;
 use lockd::server::{
     AdminLimits, AdminOptions, Server, ServerConfig, DEFAULT_ADMIN_HEADER_TIMEOUT,
-    DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
-    DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
-    DEFAULT_MAX_UNSENT_BYTES, DEFAULT_MAX_WATCH_BACKLOG,
+    DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_ADMIN_MAX_RESTORE_BYTES,
+    DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE, DEFAULT_MAX_CLIENT_NAME_BYTES, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES, DEFAULT_MAX_UNSENT_BYTES, DEFAULT_MAX_WATCH_BACKLOG,
 };
 use protocol::cmd::{DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_WATCHES_PER_SESSION};
 use protocol::frame::DEFAULT_MAX_FRAME_BYTES;
@@ -113,6 +113,12 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_ADMIN_HEADER_TIMEOUT.as_millis() as u64,
           value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     admin_header_timeout_ms: u64,
+
+    /// The largest backup the admin API's `POST /v1/restore` accepts, in bytes (a cluster
+    /// loads a backup that way).
+    #[arg(long, default_value_t = DEFAULT_ADMIN_MAX_RESTORE_BYTES, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(4096..=(1 << 40)).map(|n| n as usize))]
+    admin_max_restore_bytes: usize,
 
     /// The admin credential, read from this file (trimmed): the bearer token of the admin
     /// API's forced release (with --allow-force-release), and in a cluster the `admin_token`
@@ -476,6 +482,7 @@ impl Args {
             limits: AdminLimits {
                 max_connections: self.admin_max_connections,
                 header_timeout: Duration::from_millis(self.admin_header_timeout_ms),
+                max_restore_bytes: self.admin_max_restore_bytes,
             },
             allow_force_release: self.allow_force_release,
         })

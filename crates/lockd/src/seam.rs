@@ -21,7 +21,7 @@ use tracing::Span;
 use crate::core::ForcedRelease;
 use crate::metrics::Metrics;
 use crate::report::{LocksReport, SessionInfo};
-use crate::store::{Snapshot, StoreError};
+use crate::store::{Snapshot, StoreError, StoredState};
 
 /// What a backend calls a connection: the id it gave the connection at [`BackendMsg::Open`].
 /// On a single server it is the connection's session id (a session is a connection); in a
@@ -82,6 +82,43 @@ pub(crate) enum BackendMsg {
     Backup {
         reply: oneshot::Sender<Result<Box<dyn Snapshot>, BackupRefused>>,
     },
+    /// Load a backup's values into an empty cluster (`POST /v1/restore` on its leader).
+    Restore {
+        state: StoredState,
+        reply: oneshot::Sender<Result<Restored, RestoreRefused>>,
+    },
+}
+
+/// What a restore loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Restored {
+    /// Values loaded.
+    pub(crate) values: u64,
+    /// The backup's token reservation: every token granted from now on is above it.
+    pub(crate) tokens_above: u64,
+}
+
+/// Why a restore was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum RestoreRefused {
+    /// A single server restores by starting on the backup file.
+    #[error(
+        "a single server restores by starting on the backup: stop lockd, put the file in its \
+         data directory as lockd.redb, start lockd (docs/operations.md)"
+    )]
+    SingleServer,
+    /// Only the leader can propose the values.
+    #[error("this node is not the leader; send the restore to the leader{}", leader_hint(.leader.as_deref()))]
+    NotLeader {
+        /// The leader's client address, when known.
+        leader: Option<String>,
+    },
+    /// A restore only fills an empty cluster: it never replaces values written since.
+    #[error("this cluster already holds {0} values; restore into a new cluster")]
+    NotEmpty(usize),
+    /// The cluster could not commit every part of it; what was committed stays.
+    #[error("the cluster could not commit the restore: {0}")]
+    NotCommitted(String),
 }
 
 /// Why no backup was taken.
@@ -90,12 +127,15 @@ pub(crate) enum BackupRefused {
     /// The store could not give a consistent view.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A cluster keeps its state in Raft, on every node; an online backup of it is not built.
-    #[error(
-        "online backup is built for a single server; a cluster keeps every value on each node \
-         and survives the loss of a minority of them (docs/operations.md)"
-    )]
-    Cluster,
+    /// A cluster's backup is taken on its leader, which knows every acknowledged write.
+    #[error("this node is not the leader; ask the leader for a backup{}", leader_hint(.leader.as_deref()))]
+    NotLeader {
+        /// The leader's client address, when known.
+        leader: Option<String>,
+    },
+    /// The leader could not confirm that it still leads (no majority answered).
+    #[error("the leader could not confirm it still leads, so a backup might miss writes: {0}")]
+    Unconfirmed(String),
 }
 
 /// Where a backend puts frames for one client; the connection's task writes them.

@@ -28,7 +28,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
-pub use crate::admin::{AdminLimits, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS};
+pub use crate::admin::{
+    AdminLimits, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS,
+    DEFAULT_ADMIN_MAX_RESTORE_BYTES,
+};
 use crate::cluster::frontend::Frontend;
 use crate::cluster::node::{ClusterNode, ClusterOptions, NodeError};
 use crate::connection::{self, Accepted, ConnectionLimits};

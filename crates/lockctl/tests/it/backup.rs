@@ -66,3 +66,45 @@ async fn backup_writes_a_store_lockd_can_start_from_and_refuses_without_the_cred
 fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
+
+/// `lockctl restore` sends the file to the admin API and says what lockd answered: a single
+/// server refuses, naming how it restores (a cluster's restore is tested in lockd's suite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_reports_the_servers_refusal_and_a_missing_file() {
+    let (server, admin) = Server::start_with_admin(ServerConfig {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..ServerConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let backup = dir.path().join("backup.redb");
+    let (token_arg, http) = (token.to_str().unwrap().to_owned(), admin.to_string());
+    let args = |file: &std::path::Path| {
+        vec![
+            "restore".to_owned(),
+            "--http".to_owned(),
+            http.clone(),
+            "--admin-token-file".to_owned(),
+            token_arg.clone(),
+            file.to_str().unwrap().to_owned(),
+        ]
+    };
+    let addr = server.addr_string();
+
+    let missing = run_lockctl(&addr, &as_strs(&args(&backup))).await;
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("cannot read"),
+        "{missing:?}"
+    );
+
+    let (_store, _) = RedbStore::open(dir.path()).unwrap();
+    let refused = run_lockctl(&addr, &as_strs(&args(&dir.path().join(DB_FILE)))).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("501") && stderr.contains("single server restores by starting"),
+        "{refused:?}"
+    );
+}

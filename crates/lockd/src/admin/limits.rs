@@ -36,6 +36,10 @@ pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// once, and a dashboard polls every second or two, so its connection never idles this long.
 pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The default for [`AdminLimits::max_restore_bytes`]: a backup of a million values of a few
+/// hundred bytes, with room to spare.
+pub const DEFAULT_ADMIN_MAX_RESTORE_BYTES: usize = 1 << 30;
+
 /// What one admin connection may take.
 #[derive(Debug, Clone, Copy)]
 pub struct AdminLimits {
@@ -44,6 +48,9 @@ pub struct AdminLimits {
     /// A connection must send a complete request head within this time of connecting or of
     /// its previous answer, or it is closed (`--admin-header-timeout-ms`).
     pub header_timeout: Duration,
+    /// The largest backup `POST /v1/restore` takes (`--admin-max-restore-bytes`); every other
+    /// request body is limited to axum's default, 2 MB.
+    pub max_restore_bytes: usize,
 }
 
 impl Default for AdminLimits {
@@ -51,6 +58,7 @@ impl Default for AdminLimits {
         AdminLimits {
             max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             header_timeout: DEFAULT_ADMIN_HEADER_TIMEOUT,
+            max_restore_bytes: DEFAULT_ADMIN_MAX_RESTORE_BYTES,
         }
     }
 }

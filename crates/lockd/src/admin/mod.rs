@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -53,7 +53,10 @@ use crate::secret;
 mod backup;
 mod limits;
 
-pub use limits::{AdminLimits, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS};
+pub use limits::{
+    AdminLimits, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS,
+    DEFAULT_ADMIN_MAX_RESTORE_BYTES,
+};
 
 /// How long a request waits for the backend before answering 503: a backend this slow is stuck
 /// (on a disk that does not answer, usually), and saying so beats hanging the caller.
@@ -83,11 +86,11 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let metrics = Arc::clone(&state.metrics);
-    let app = router(Arc::new(state));
+    let app = router(Arc::new(state), limits.max_restore_bytes);
     limits::serve(listener, app, limits, metrics, stop).await;
 }
 
-fn router(state: Arc<AdminState>) -> Router {
+fn router(state: Arc<AdminState>, max_restore_bytes: usize) -> Router {
     Router::new()
         .route("/", get(dashboard_page))
         .route("/dashboard.js", get(dashboard_js))
@@ -99,6 +102,10 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/locks/{*resource}", get(one_lock).delete(force_release))
         .route("/v1/reload", post(reload))
         .route("/v1/backup", get(backup::backup))
+        .route(
+            "/v1/restore",
+            post(backup::restore).layer(DefaultBodyLimit::max(max_restore_bytes)),
+        )
         .fallback(not_found)
         .with_state(state)
 }

@@ -69,8 +69,9 @@ use crate::pause::PauseDetector;
 use crate::report::{LocksReport, SessionInfo};
 use crate::seam::{
     BackendMsg, BackupRefused, ConnectionId, ConnectionRecord, Evicted, ForceReleaseRefused,
-    NotReady,
+    NotReady, RestoreRefused, Restored,
 };
+use crate::store::{Snapshot, StateCopy, StoredState};
 
 /// How often the leader looks for expired leases and waits that timed out. Lease expiry and
 /// acquire timeouts are therefore late by up to this much in cluster mode.
@@ -156,7 +157,7 @@ const MAX_OUTSTANDING_BATCHES: usize = 2;
 
 /// Who is waiting for an operation of a batch: its connection, and its request if it has one
 /// (an `Open` has none), to be told if the batch fails.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Proposer {
     /// `None` for the leader's own entries (`Expire`, `Tick`) and an operator's.
     connection: Option<ConnectionId>,
@@ -167,7 +168,21 @@ struct Proposer {
     /// An operator's forced release: the key of its waiting answer in
     /// [`Frontend::force_releases`].
     force_release: Option<u64>,
+    /// A part of an operator's restore: the key of its waiting answer in [`Frontend::restores`].
+    restore: Option<u64>,
 }
+
+/// An operator's restore: its parts still to be applied, and the answer waiting for them.
+#[derive(Debug)]
+struct RestoreWait {
+    remaining: usize,
+    restored: Restored,
+    reply: oneshot::Sender<Result<Restored, RestoreRefused>>,
+}
+
+/// The most bytes of values in one `RestoreValues` operation: a few go into one entry, which
+/// stays far below the peers' frame limit.
+const RESTORE_PART_BYTES: usize = 1 << 20;
 
 /// An operator's forced release, waiting for its entry to be applied.
 #[derive(Debug)]
@@ -267,6 +282,11 @@ pub(crate) struct Frontend {
     /// Forced releases proposed and not yet applied, by key.
     force_releases: HashMap<u64, ForceReleaseWait>,
     next_force_release: u64,
+    /// Parts of restores waiting for room in an entry (a restore is split, so that no entry
+    /// grows past `MAX_BATCH_BYTES` by much), and the restores not yet all applied, by key.
+    restore_parts: VecDeque<(Proposer, EntryOp)>,
+    restores: HashMap<u64, RestoreWait>,
+    next_restore: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -316,6 +336,9 @@ impl Frontend {
             batch_bytes: 0,
             force_releases: HashMap::new(),
             next_force_release: 0,
+            restore_parts: VecDeque::new(),
+            restores: HashMap::new(),
+            next_restore: 0,
             metrics,
         }
     }
@@ -473,8 +496,142 @@ impl Frontend {
             BackendMsg::Probe { stuck_after, reply } => {
                 let _ = reply.send(self.readiness(stuck_after));
             }
-            BackendMsg::Backup { reply } => {
-                let _ = reply.send(Err(BackupRefused::Cluster));
+            BackendMsg::Backup { reply } => self.on_backup(reply),
+            BackendMsg::Restore { state, reply } => self.on_restore(state, reply),
+        }
+    }
+
+    /// A backup: on the leader, once a majority confirmed that it still leads and it has
+    /// applied everything committed before (the leadership check of a read), a copy of its
+    /// table's durable part, which holds every write acknowledged before the request. The
+    /// check runs on a task of its own; the copy takes the replica's lock for as long as it
+    /// takes to clone the values.
+    fn on_backup(&self, reply: oneshot::Sender<Result<Box<dyn Snapshot>, BackupRefused>>) {
+        if !self.leader {
+            let leader = leader_node(&self.raft.metrics().borrow()).map(|node| node.client);
+            let _ = reply.send(Err(BackupRefused::NotLeader { leader }));
+            return;
+        }
+        let raft = self.raft.clone();
+        let replica = Arc::clone(&self.replica);
+        tokio::spawn(async move {
+            let copy = match check_leadership(raft).await {
+                LeadershipCheck::Confirmed => {
+                    let (values, tokens_reserved) = lock_replica(&replica).table.durable_state();
+                    let state = StoredState {
+                        values,
+                        tokens_reserved,
+                    };
+                    Ok(Box::new(StateCopy { state }) as Box<dyn Snapshot>)
+                }
+                LeadershipCheck::NotLeader(leader) => Err(BackupRefused::NotLeader {
+                    leader: leader.map(|node| node.client),
+                }),
+                LeadershipCheck::Unconfirmed(why) => Err(BackupRefused::Unconfirmed(why)),
+            };
+            let _ = reply.send(copy);
+        });
+    }
+
+    /// An operator's restore of a backup into this cluster, which must hold no value: the
+    /// values go into the log in parts (`EntryOp::RestoreValues`), a few per entry, and the
+    /// answer comes once every part is applied.
+    fn on_restore(
+        &mut self,
+        state: StoredState,
+        reply: oneshot::Sender<Result<Restored, RestoreRefused>>,
+    ) {
+        if !self.leader {
+            let leader = leader_node(&self.raft.metrics().borrow()).map(|node| node.client);
+            let _ = reply.send(Err(RestoreRefused::NotLeader { leader }));
+            return;
+        }
+        let held = lock_replica(&self.replica).table.value_count();
+        if held > 0 {
+            let _ = reply.send(Err(RestoreRefused::NotEmpty(held)));
+            return;
+        }
+        let key = self.next_restore;
+        self.next_restore += 1;
+        let proposer = Proposer {
+            restore: Some(key),
+            ..Proposer::default()
+        };
+        let tokens_above = state.tokens_reserved;
+        let restored = Restored {
+            values: state.values.len() as u64,
+            tokens_above,
+        };
+        let mut parts = Vec::new();
+        let mut part = Vec::new();
+        let mut part_bytes = 0;
+        for (resource, value) in state.values {
+            part_bytes += resource.as_str().len() + value.len();
+            part.push((resource, value.to_string()));
+            if part_bytes >= RESTORE_PART_BYTES {
+                parts.push(std::mem::take(&mut part));
+                part_bytes = 0;
+            }
+        }
+        // The last part, even an empty one: it raises the token floor of an empty backup too.
+        parts.push(part);
+        info!(
+            values = restored.values,
+            tokens_above,
+            parts = parts.len(),
+            "restoring a backup into the cluster"
+        );
+        self.restores.insert(
+            key,
+            RestoreWait {
+                remaining: parts.len(),
+                restored,
+                reply,
+            },
+        );
+        for values in parts {
+            let op = EntryOp::RestoreValues {
+                values,
+                tokens_above,
+            };
+            self.restore_parts.push_back((proposer, op));
+        }
+    }
+
+    /// Moves parts of restores into this turn's entry while it has room, and while few
+    /// entries are on their way (a large restore must not crowd out clients' requests).
+    fn take_restore_parts(&mut self) {
+        while self.pending.len() < MAX_OUTSTANDING_BATCHES && !self.batch_full() {
+            let Some((proposer, op)) = self.restore_parts.pop_front() else {
+                return;
+            };
+            self.add_to_batch(proposer, op);
+        }
+    }
+
+    /// A part of restore `key` was applied, or failed (then the restore fails; what was
+    /// applied stays, and its parts not yet proposed are dropped).
+    fn settle_restore_part(&mut self, key: u64, failure: Option<RestoreRefused>) {
+        match failure {
+            None => {
+                let Some(wait) = self.restores.get_mut(&key) else {
+                    return;
+                };
+                wait.remaining -= 1;
+                if wait.remaining == 0 {
+                    if let Some(wait) = self.restores.remove(&key) {
+                        info!(values = wait.restored.values, "restore applied");
+                        let _ = wait.reply.send(Ok(wait.restored));
+                    }
+                }
+            }
+            Some(refused) => {
+                self.restore_parts
+                    .retain(|(proposer, _)| proposer.restore != Some(key));
+                if let Some(wait) = self.restores.remove(&key) {
+                    warn!(error = %refused, "a restore failed");
+                    let _ = wait.reply.send(Err(refused));
+                }
             }
         }
     }
@@ -532,6 +689,7 @@ impl Frontend {
                 request: None,
                 answers: None,
                 force_release: Some(key),
+                restore: None,
             },
             op,
         );
@@ -712,6 +870,7 @@ impl Frontend {
             request: Some(request.id),
             answers: Some((request.command.op(), received)),
             force_release: None,
+            restore: None,
         };
         self.add_to_batch(proposer, EntryOp::Request { session, request });
     }
@@ -996,16 +1155,8 @@ impl Frontend {
             return;
         }
         self.reads_checked = std::mem::take(&mut self.reads_arrived);
-        let raft = self.raft.clone();
-        self.leadership_checks.push(Box::pin(async move {
-            match raft.ensure_linearizable().await {
-                Ok(_) => LeadershipCheck::Confirmed,
-                Err(error) => match error.forward_to_leader() {
-                    Some(forward) => LeadershipCheck::NotLeader(forward.leader_node.clone()),
-                    None => LeadershipCheck::Unconfirmed(error.to_string()),
-                },
-            }
-        }));
+        self.leadership_checks
+            .push(Box::pin(check_leadership(self.raft.clone())));
     }
 
     /// Answers the reads a leadership check covered, sends them to the leader, or, if no
@@ -1063,6 +1214,7 @@ impl Frontend {
                         request: Some(read.id),
                         answers: Some((read.op, read.received)),
                         force_release: None,
+                        restore: None,
                     };
                     self.add_to_batch(
                         proposer,
@@ -1128,6 +1280,7 @@ impl Frontend {
             request: None,
             answers: None,
             force_release: None,
+            restore: None,
         };
         self.add_to_batch(proposer, op);
     }
@@ -1154,6 +1307,7 @@ impl Frontend {
     /// the machine applies an entry's operations in order, so a connection's requests are
     /// applied in the order they arrived. The outcome is awaited in `pending`.
     async fn flush(&mut self) {
+        self.take_restore_parts();
         if self.batch.is_empty()
             || (self.pending.len() >= MAX_OUTSTANDING_BATCHES && !self.batch_full())
         {
@@ -1207,6 +1361,15 @@ impl Frontend {
             }
         };
         for proposer in proposers {
+            if let Some(key) = proposer.restore {
+                let refusal = match &failure {
+                    Failure::NotLeader(leader) => RestoreRefused::NotLeader {
+                        leader: leader.as_ref().map(|node| node.client.clone()),
+                    },
+                    Failure::Failed(message) => RestoreRefused::NotCommitted(message.clone()),
+                };
+                self.settle_restore_part(key, Some(refusal));
+            }
             if let Some(key) = proposer.force_release {
                 let refusal = match &failure {
                     Failure::NotLeader(leader) => ForceReleaseRefused::NotLeader {
@@ -1235,6 +1398,9 @@ impl Frontend {
 
     /// The rest of settling an applied batch: its clients were answered by the state machine.
     fn settle_applied(&mut self, proposers: &[Proposer], applied: Applied) {
+        for key in proposers.iter().filter_map(|proposer| proposer.restore) {
+            self.settle_restore_part(key, None);
+        }
         for session in &applied.sessions_taken {
             warn!(
                 session = session.0,
@@ -1326,6 +1492,19 @@ impl Frontend {
             Some((*session, connection.record.info()))
         });
         LocksReport::build(now, &replica.table, sessions)
+    }
+}
+
+/// Whether this node still leads, as a linearizable read must know: a heartbeat round that a
+/// majority answers, then applying everything committed when the check began (openraft's
+/// `ensure_linearizable`).
+async fn check_leadership(raft: Raft<TypeConfig>) -> LeadershipCheck {
+    match raft.ensure_linearizable().await {
+        Ok(_) => LeadershipCheck::Confirmed,
+        Err(error) => match error.forward_to_leader() {
+            Some(forward) => LeadershipCheck::NotLeader(forward.leader_node.clone()),
+            None => LeadershipCheck::Unconfirmed(error.to_string()),
+        },
     }
 }
 

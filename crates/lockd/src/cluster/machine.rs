@@ -161,6 +161,15 @@ impl Replica {
                     }
                 }
                 EntryOp::Tick => self.table.handle_timeout(now),
+                EntryOp::RestoreValues {
+                    values,
+                    tokens_above,
+                } => {
+                    self.table.raise_token_floor(tokens_above.saturating_add(1));
+                    for (resource, value) in values {
+                        self.table.restore_value(resource, Arc::from(value));
+                    }
+                }
                 EntryOp::ClockTokens => {
                     // From this op on: the requests after it in this entry count by the clock.
                     self.clock_tokens = true;

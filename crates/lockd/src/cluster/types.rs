@@ -92,6 +92,14 @@ pub enum EntryOp {
     /// that does not count this way yet. A node older than this entry cannot read it, so it
     /// stops following (until it is upgraded) rather than grant other tokens than its peers.
     ClockTokens,
+    /// Part of a backup loaded into the cluster (`POST /v1/restore`): values for resources
+    /// that have none, and the backup's token reservation, which every later grant is above.
+    RestoreValues {
+        /// Resource and value pairs.
+        values: Vec<(ResourceName, String)>,
+        /// The highest token the backup's server may have issued.
+        tokens_above: u64,
+    },
     /// An operator forced the release of a lock (`DELETE /v1/locks/NAME` on the leader): the
     /// sessions holding it (only the one with `token`, if given) end.
     ForceRelease {

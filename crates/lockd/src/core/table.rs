@@ -765,6 +765,23 @@ impl LockTable {
     /// Makes every later grant's token at least `floor`. A replicated table calls it before
     /// each log entry with a floor derived from the entry's log index, so tokens grow with the
     /// log: strictly, across leaders, restarts and snapshots, without any reservation.
+    /// The durable part of the table, as a single server's store keeps it: every value, and a
+    /// token no grant so far is above (what a restore must start above). A cluster's backup.
+    pub fn durable_state(&self) -> (HashMap<ResourceName, Arc<str>>, u64) {
+        (self.values.clone(), self.next_token.saturating_sub(1))
+    }
+
+    /// How many resources have a value.
+    pub fn value_count(&self) -> usize {
+        self.values.len()
+    }
+
+    /// A restore's value for `resource`, kept only if the resource has none: a value written
+    /// since (by a holder, after the restore began) is newer than the backup's.
+    pub fn restore_value(&mut self, resource: ResourceName, value: Arc<str>) {
+        self.values.entry(resource).or_insert(value);
+    }
+
     pub fn raise_token_floor(&mut self, floor: u64) {
         if self.next_token == self.run_first_token {
             // Nothing handed out yet: this run starts at the floor.

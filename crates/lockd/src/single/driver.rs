@@ -37,7 +37,8 @@ use crate::metrics::Metrics;
 use crate::pause::{PauseDetector, PAUSE_CHECK};
 use crate::report::LocksReport;
 use crate::seam::{
-    BackendMsg, ConnectionId, ConnectionRecord, Evicted, NotReady, Outbox, WatchSent,
+    BackendMsg, ConnectionId, ConnectionRecord, Evicted, NotReady, Outbox, RestoreRefused,
+    WatchSent,
 };
 use crate::store::Store;
 
@@ -212,6 +213,9 @@ impl Driver {
                 let _ = reply.send(Ok(evicted));
             }
             BackendMsg::Backup { reply } => self.committer.snapshot(reply),
+            BackendMsg::Restore { reply, .. } => {
+                let _ = reply.send(Err(RestoreRefused::SingleServer));
+            }
             BackendMsg::Probe { stuck_after, reply } => {
                 let answer = match self.committer.running_for() {
                     Some(running) if running > stuck_after => Err(NotReady::CommitStuck(running)),

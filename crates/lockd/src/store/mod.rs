@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use protocol::ResourceName;
 
-pub use self::redb_store::{RedbStore, DB_FILE};
+pub use self::redb_store::{RedbStore, StateCopy, DB_FILE};
 
 /// What a store holds when it is opened.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

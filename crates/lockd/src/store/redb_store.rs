@@ -148,27 +148,12 @@ impl Snapshot for RedbSnapshot {
 
 impl RedbSnapshot {
     fn copy(&self, dest: &Path) -> Result<BackupStats, redb::Error> {
-        if dest.exists() {
-            return Err(redb::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "a backup never overwrites a file",
-            )));
-        }
-        let copy = Database::create(dest)?;
-        let mut txn = copy.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        let mut stats = BackupStats {
-            values: 0,
-            tokens_reserved: 0,
-        };
-        {
-            let mut values = txn.open_table(VALUES)?;
+        create_backup_file(dest, |values, meta, stats| {
             for entry in self.txn.open_table(VALUES)?.iter()? {
                 let (name, value) = entry?;
                 values.insert(name.value(), value.value())?;
                 stats.values += 1;
             }
-            let mut meta = txn.open_table(META)?;
             for entry in self.txn.open_table(META)?.iter()? {
                 let (key, number) = entry?;
                 meta.insert(key.value(), number.value())?;
@@ -176,10 +161,68 @@ impl RedbSnapshot {
                     stats.tokens_reserved = number.value();
                 }
             }
-        }
-        txn.commit()?;
-        Ok(stats)
+            Ok(())
+        })
     }
+}
+
+/// A store's content held in memory (a cluster node's table), written as the file a
+/// [`RedbStore`] keeps: a cluster's backup, which a single server starts from as it is, and a
+/// cluster loads.
+#[derive(Debug)]
+pub struct StateCopy {
+    /// The values, and the highest token issued (the reservation a restore starts above).
+    pub state: StoredState,
+}
+
+impl Snapshot for StateCopy {
+    fn write_to(self: Box<Self>, dest: &Path) -> Result<BackupStats, StoreError> {
+        let written = create_backup_file(dest, |values, meta, stats| {
+            for (name, value) in &self.state.values {
+                values.insert(name.as_str(), &**value)?;
+                stats.values += 1;
+            }
+            meta.insert(TOKENS_RESERVED, self.state.tokens_reserved)?;
+            stats.tokens_reserved = self.state.tokens_reserved;
+            Ok(())
+        });
+        written.map_err(|err| StoreError::Backup {
+            path: dest.to_owned(),
+            source: Box::new(err),
+        })
+    }
+}
+
+/// Creates the store file `dest` (which must not exist), lets `fill` write its values and meta
+/// tables and count what it wrote, and commits it durably.
+fn create_backup_file(
+    dest: &Path,
+    fill: impl FnOnce(
+        &mut redb::Table<'_, &str, &str>,
+        &mut redb::Table<'_, &str, u64>,
+        &mut BackupStats,
+    ) -> Result<(), redb::Error>,
+) -> Result<BackupStats, redb::Error> {
+    if dest.exists() {
+        return Err(redb::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "a backup never overwrites a file",
+        )));
+    }
+    let copy = Database::create(dest)?;
+    let mut txn = copy.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let mut stats = BackupStats {
+        values: 0,
+        tokens_reserved: 0,
+    };
+    {
+        let mut values = txn.open_table(VALUES)?;
+        let mut meta = txn.open_table(META)?;
+        fill(&mut values, &mut meta, &mut stats)?;
+    }
+    txn.commit()?;
+    Ok(stats)
 }
 
 #[cfg(test)]

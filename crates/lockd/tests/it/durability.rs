@@ -24,7 +24,8 @@ async fn write_under_lock(conn: &mut Conn, resource: &str, value: &str) -> u64 {
     token
 }
 
-async fn read_under_lock(conn: &mut Conn, resource: &str) -> (u64, serde_json::Value) {
+/// The value of `resource` read under a shared lock (taken and released here), and its token.
+pub(crate) async fn read_under_lock(conn: &mut Conn, resource: &str) -> (u64, serde_json::Value) {
     let token = conn.lock(10, resource, "shared").await;
     let read = conn
         .call(json!({"id": 11, "op": "read", "resource": resource, "token": token}))

@@ -311,6 +311,7 @@ async fn http_exchange(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
+    body: &[u8],
 ) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut stream = TcpStream::connect(addr)
@@ -320,8 +321,12 @@ async fn http_exchange(
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
         .await
@@ -338,7 +343,7 @@ pub async fn http_bytes(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, Vec<u8>) {
-    let raw = http_exchange(addr, method, path, headers).await;
+    let raw = http_exchange(addr, method, path, headers, &[]).await;
     let split = raw
         .windows(4)
         .position(|window| window == b"\r\n\r\n")
@@ -365,7 +370,18 @@ pub async fn http(
     path: &str,
     headers: &[(&str, &str)],
 ) -> HttpReply {
-    let raw = http_exchange(addr, method, path, headers).await;
+    http_with_body(addr, method, path, headers, &[]).await
+}
+
+/// [`http`] with a request body (sent with its `Content-Length`).
+pub async fn http_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpReply {
+    let raw = http_exchange(addr, method, path, headers, body).await;
     let raw = String::from_utf8(raw).expect("a UTF-8 answer");
     let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
     let mut lines = head.lines();

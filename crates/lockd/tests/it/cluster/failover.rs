@@ -450,7 +450,10 @@ async fn tokens_are_above_the_clock_under_every_leader() {
     // Entry times are in milliseconds: the floor is the millisecond the leader stamped.
     let before = micros_now() / 1_000 * 1_000;
     let first = conn.lock(1, "a", "exclusive").await;
-    assert!(first >= before, "token {first} is below the clock, {before} µs");
+    assert!(
+        first >= before,
+        "token {first} is below the clock, {before} µs"
+    );
 
     cluster.kill(first_leader);
     let leader = cluster.leader(Some(first_leader)).await;
@@ -458,6 +461,9 @@ async fn tokens_are_above_the_clock_under_every_leader() {
     hello(&mut conn, None).await;
     let before = micros_now() / 1_000 * 1_000;
     let second = conn.lock(1, "b", "exclusive").await;
-    assert!(second >= before, "token {second} is below the clock, {before} µs");
+    assert!(
+        second >= before,
+        "token {second} is below the clock, {before} µs"
+    );
     assert!(second > first, "{second} after {first}");
 }

@@ -2,6 +2,7 @@
 //! [`FaultProxy`] so that tests can cut links, with leaders killed and nodes paused on purpose.
 
 mod admin;
+mod backup;
 mod chaos;
 mod failover;
 mod membership;
