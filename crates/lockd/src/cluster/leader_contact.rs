@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 /// Heartbeats a leader may miss before its followers doubt it.
 const MISSED_HEARTBEATS: u32 = 2;
 
-/// When the current leader's last AppendEntries (heartbeat or entries) arrived. Cheap to clone:
-/// the peer server writes it, the front end reads it.
+/// When the current leader's last AppendEntries (heartbeat or entries) arrived, or this node
+/// last granted its vote to a candidate (which may be about to lead). Cheap to clone: the peer
+/// server writes it; the front end and the election timer read it.
 #[derive(Debug, Clone, Default)]
 pub struct LeaderContact {
     last: Arc<Mutex<Option<Instant>>>,
@@ -26,11 +27,16 @@ impl LeaderContact {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
     }
 
+    /// When the leader was last heard from, if ever.
+    pub fn last(&self) -> Option<Instant> {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Whether the leader has missed its heartbeats at `now` (or was never heard from), with
     /// one sent every `heartbeat`.
     pub fn in_doubt(&self, now: Instant, heartbeat: Duration) -> bool {
-        let last = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        last.is_none_or(|last| now.saturating_duration_since(last) > heartbeat * MISSED_HEARTBEATS)
+        self.last()
+            .is_none_or(|last| now.saturating_duration_since(last) > heartbeat * MISSED_HEARTBEATS)
     }
 }
 

@@ -12,6 +12,7 @@
 //! over TCP and [`peer_server`] answers them, in [`wire`]'s frames.
 
 pub(crate) mod append_check;
+pub(crate) mod election_timer;
 pub(crate) mod frontend;
 pub mod leader_contact;
 pub(crate) mod leases;

@@ -12,7 +12,7 @@
 //! openraft also makes a client for each single RPC outside replication: every leadership check
 //! behind a linearizable read (`Raft::ensure_linearizable`) asks each voter through a new
 //! client. So a client that is dropped with a healthy connection leaves it in a small per-target
-//! pool ([`IdlePeerConnections`]), and a new client takes one from there before it dials: a read
+//! pool (`IdlePeerConnections`), and a new client takes one from there before it dials: a read
 //! costs a round trip to each follower, not a TCP and TLS handshake. A pooled connection may
 //! have died while idle (the peer restarted); an RPC that fails on one is sent once more on a
 //! fresh connection, which Raft's RPCs allow (they are idempotent).
@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::fmt::{self, Debug};
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -108,6 +109,10 @@ pub struct PeerNetwork<C: RaftTypeConfig> {
     /// Presented on every connection: its TLS certificate and its secret, when set.
     credentials: PeerCredentials,
     idle: IdlePeerConnections,
+    /// Set when a peer refused this node's vote request because its own log is longer: this
+    /// node cannot win, and should wait longer before it tries again (see
+    /// `election_timer.rs`).
+    greater_log_seen: Arc<AtomicBool>,
 }
 
 impl<C: RaftTypeConfig> PeerNetwork<C> {
@@ -117,7 +122,14 @@ impl<C: RaftTypeConfig> PeerNetwork<C> {
             own_id,
             credentials,
             idle: IdlePeerConnections::default(),
+            greater_log_seen: Arc::default(),
         }
+    }
+
+    /// Set (by any client of this network) when a peer refused a vote for having a longer
+    /// log; the election timer takes it back.
+    pub fn greater_log_seen(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.greater_log_seen)
     }
 }
 
@@ -127,6 +139,7 @@ impl<C: RaftTypeConfig> Clone for PeerNetwork<C> {
             own_id: self.own_id.clone(),
             credentials: self.credentials.clone(),
             idle: self.idle.clone(),
+            greater_log_seen: Arc::clone(&self.greater_log_seen),
         }
     }
 }
@@ -162,6 +175,7 @@ where
             node: node.clone(),
             credentials: self.credentials.clone(),
             idle: self.idle.clone(),
+            greater_log_seen: Arc::clone(&self.greater_log_seen),
             address: node.peer_addr().to_owned(),
             connection: None,
             next_request_id: 1,
@@ -180,6 +194,7 @@ pub struct PeerClient<C: RaftTypeConfig> {
     idle: IdlePeerConnections,
     /// The target's peer address: the key of its connections in `idle`.
     address: String,
+    greater_log_seen: Arc<AtomicBool>,
     /// `Some` only between RPCs that succeeded: an RPC takes it out and puts it back when it
     /// got its reply, so a failed or cancelled RPC leaves `None` and the next one reconnects.
     connection: Option<PeerStream>,
@@ -346,9 +361,15 @@ where
         rpc: VoteRequest<C::NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>> {
+        let last_log_id = rpc.last_log_id.clone();
         let request = PeerRequest::Vote(rpc);
         match self.call(request, RPCTypes::Vote, option.hard_ttl()).await {
-            Ok(PeerReply::Vote(Ok(response))) => Ok(response),
+            Ok(PeerReply::Vote(Ok(response))) => {
+                if !response.vote_granted && response.last_log_id > last_log_id {
+                    self.greater_log_seen.store(true, Ordering::Relaxed);
+                }
+                Ok(response)
+            }
             Ok(PeerReply::Vote(Err(remote))) => Err(self.remote_error(remote)),
             Ok(other) => Err(self.unexpected_reply(&other)),
             Err(err) => Err(self.rpc_error(err)),

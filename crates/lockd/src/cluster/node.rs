@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::election_timer;
 use super::leader_contact::LeaderContact;
 use super::log_store::RedbLogStore;
 use super::machine::{Replica, ReplicaMachine, SnapshotError};
@@ -219,10 +220,20 @@ impl ClusterNode {
             action: "start the Raft node",
             source: Box::new(source),
         })?;
+        // lockd's election timer draws a fresh timeout for every attempt (openraft's draws one
+        // per process, so two nodes can collide again and again): see `election_timer.rs`.
+        raft.runtime_config().elect(false);
         let peer_stop = CancellationToken::new();
         let configured = options.peers.values().map(|node| node.peer.clone());
         let members = watch_member_addresses(&raft, configured.collect());
         let leader_contact = LeaderContact::default();
+        tokio::spawn(election_timer::run(
+            raft.clone(),
+            leader_contact.clone(),
+            network.greater_log_seen(),
+            options.election_timeout,
+            peer_stop.clone(),
+        ));
         let peer_server = tokio::spawn(serve_peers(
             options.peer_listener,
             raft.clone(),

@@ -223,7 +223,15 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                 }
                 PeerReply::AppendEntries(reply)
             }
-            PeerRequest::Vote(rpc) => PeerReply::Vote(self.raft.vote(rpc).await),
+            PeerRequest::Vote(rpc) => {
+                let reply = self.raft.vote(rpc).await;
+                // A vote granted restarts this node's election timer, as hearing from a leader
+                // does: the candidate may be about to lead (see `election_timer.rs`).
+                if matches!(&reply, Ok(response) if response.vote_granted) {
+                    self.leader_contact.heard(std::time::Instant::now());
+                }
+                PeerReply::Vote(reply)
+            }
             PeerRequest::InstallSnapshot(rpc) => {
                 PeerReply::InstallSnapshot(self.raft.install_snapshot(rpc).await)
             }
