@@ -448,6 +448,7 @@ mod tests {
                     mode: LockMode::Shared,
                     waited_ms,
                     permits: None,
+                    group: None,
                 })
                 .collect(),
             delayed_ms: None,
