@@ -621,12 +621,14 @@ mod tests {
             waited: Duration::from_secs(1),
             reason: WaitEnd::Cancelled,
         });
+        metrics.observe(Observation::GroupGranted);
         metrics.error(ErrorCode::NotHeld);
         metrics.request_done(Op::RemoveNode, Duration::from_micros(70));
         let text = metrics.encode();
         for line in [
             "lockd_grants_total{mode=\"shared\"} 2",
             "lockd_permits_granted_total 3",
+            "lockd_multi_acquire_grants_total 1",
             "lockd_wait_seconds_bucket{mode=\"shared\",le=\"0.05\"} 2",
             "lockd_releases_total{mode=\"exclusive\",reason=\"expiry\"} 1",
             "lockd_hold_seconds_sum{mode=\"exclusive\"} 2.0",
