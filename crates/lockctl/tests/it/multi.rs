@@ -40,6 +40,15 @@ async fn a_multi_guard_takes_every_resource_together_and_releases_them_all() {
         .map(ToString::to_string)
         .collect();
     assert_eq!(group, ["accounts/alice", "accounts/bob"]);
+    let output = run_lockctl(&server.addr_string(), &["status"]).await;
+    let lines = stdout_lines(&output);
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.starts_with("accounts/alice")
+                && line.contains("waiting #1 (group of 2)")),
+        "{lines:?}"
+    );
     // A cancel takes it out of both queues.
     waiter.cancel(call.id()).await.unwrap();
     let outcome = tokio::time::timeout(PATIENCE, call.next())
