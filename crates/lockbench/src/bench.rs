@@ -31,17 +31,20 @@ pub enum Mode {
     /// Writers doing acquire / durable write / release on resources of their own: writes/s
     /// and commits/s (group commit).
     Writes,
+    /// Sets of 3 locks taken in one multi-resource acquire, against 3 single acquires.
+    Multi,
 }
 
 impl Mode {
     /// Every mode, in the order `--mode all` runs them.
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Uncontended,
         Mode::Contended,
         Mode::Semaphore,
         Mode::Shared,
         Mode::Scale,
         Mode::Writes,
+        Mode::Multi,
     ];
 
     /// The name used on the command line and in JSON.
@@ -53,6 +56,7 @@ impl Mode {
             Mode::Shared => "shared",
             Mode::Scale => "scale",
             Mode::Writes => "writes",
+            Mode::Multi => "multi",
         }
     }
 
@@ -62,6 +66,7 @@ impl Mode {
             Mode::Uncontended | Mode::Scale => "pairs",
             Mode::Contended | Mode::Semaphore | Mode::Shared => "grants",
             Mode::Writes => "writes",
+            Mode::Multi => "sets",
         }
     }
 
@@ -69,7 +74,7 @@ impl Mode {
     /// connections, and at 16 clients for the contended one.
     pub fn default_connections(self) -> usize {
         match self {
-            Mode::Contended | Mode::Semaphore => 16,
+            Mode::Contended | Mode::Semaphore | Mode::Multi => 16,
             Mode::Uncontended | Mode::Shared | Mode::Scale | Mode::Writes => 64,
         }
     }

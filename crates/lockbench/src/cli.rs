@@ -124,6 +124,8 @@ pub enum ModeChoice {
     Scale,
     /// One writer, then --connections writers, each doing acquire / durable write / release.
     Writes,
+    /// Sets of 3 locks: one multi-resource acquire against 3 single acquires, contended and not.
+    Multi,
     /// Every mode above, in that order.
     All,
 }
@@ -138,6 +140,7 @@ impl ModeChoice {
             ModeChoice::Shared => vec![Mode::Shared],
             ModeChoice::Scale => vec![Mode::Scale],
             ModeChoice::Writes => vec![Mode::Writes],
+            ModeChoice::Multi => vec![Mode::Multi],
             ModeChoice::All => Mode::ALL.to_vec(),
         }
     }

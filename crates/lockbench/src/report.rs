@@ -448,7 +448,45 @@ pub fn check_targets(records: &[Record]) -> Vec<TargetCheck> {
     });
     checks.extend(scale_checks(records));
     checks.push(group_commit_check(records));
+    checks.extend(multi_checks(records));
     checks
+}
+
+/// One multi-resource acquire of 3 against 3 single acquires: it should be no slower.
+fn multi_checks(records: &[Record]) -> Vec<TargetCheck> {
+    let stage = |name: &str| {
+        records
+            .iter()
+            .find(|r| r.mode == "multi" && r.stage == Some(name))
+    };
+    [
+        ("group", "singles", "contended"),
+        ("group-own", "singles-own", "own resources"),
+    ]
+    .into_iter()
+    .map(|(group, singles, shape)| {
+        let (measured, met) = match (stage(group), stage(singles)) {
+            (Some(group), Some(singles)) if singles.ops_per_s > 0.0 => {
+                let ratio = group.ops_per_s / singles.ops_per_s;
+                (
+                    format!(
+                        "{ratio:.2}× ({} vs {} sets/s)",
+                        thousands(group.ops_per_s.round() as u64),
+                        thousands(singles.ops_per_s.round() as u64)
+                    ),
+                    Some(ratio >= 1.0),
+                )
+            }
+            _ => ("not measured".to_owned(), None),
+        };
+        TargetCheck {
+            what: format!("multi-acquire of 3 vs 3 single acquires, {shape}"),
+            goal: "≥ 1×",
+            measured,
+            met,
+        }
+    })
+    .collect()
 }
 
 /// Many writers against one: group commit should multiply writes/s.

@@ -27,9 +27,10 @@ nothing was written`), 130 interrupted.
 
 const RUN_AFTER_HELP: &str = "\
 The command runs with LOCKD_RESOURCE (the resource) and LOCKD_TOKEN (the fencing token) in its
-environment, in a process group of its own. SIGINT, SIGTERM and SIGHUP are passed on to that
-group. The lock is released when the command exits and nothing it started is left in its group.
-If lockctl is killed, a watchdog process kills the group. See docs/safety.md.
+environment (with --and: the first resource's, and LOCKD_TOKENS with NAME=TOKEN for each), in a
+process group of its own. SIGINT, SIGTERM and SIGHUP are passed on to that group. The lock is
+released when the command exits and nothing it started is left in its group. If lockctl is
+killed, a watchdog process kills the group. See docs/safety.md.
 
 Exit codes:
   the command's     when it ran (128 + N when it was killed by signal N)
@@ -286,6 +287,12 @@ pub struct RunArgs {
     /// With --limit: how many of its permits to hold while the command runs (default 1).
     #[arg(long, value_name = "K", requires = "limit", value_parser = clap::value_parser!(u16).range(1..))]
     pub permits: Option<u16>,
+    /// Lock this resource too (repeatable): RESOURCE and every --and resource are taken
+    /// together, all at once or none (one multi-resource acquire, so no deadlock whatever
+    /// order others name them in), in the same mode. The command gets LOCKD_TOKENS, `NAME=TOKEN`
+    /// for each, separated by spaces.
+    #[arg(long = "and", value_name = "RESOURCE", conflicts_with = "limit")]
+    pub and: Vec<String>,
     /// Fail at once (exit with the conflict code) if the lock is not free.
     #[arg(short, long, conflicts_with = "timeout")]
     pub nonblock: bool,

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::cmd::Member;
 use protocol::cmd::{
-    Acquire, AcquireOk, Cancel, Hello, HelloOk, Permits, Read, ReadOk, Release, ResourceStatus,
-    Status, StatusOk, Validate, ValidateOk, Write,
+    Acquire, AcquireMany, AcquireManyOk, AcquireOk, Cancel, Hello, HelloOk, Permits, Read, ReadOk,
+    Release, ResourceStatus, Status, StatusOk, Validate, ValidateOk, Write,
 };
 use protocol::{Command, FenceToken, Incoming, LockMode, RequestId, ResourceName, SessionId};
 use serde::de::DeserializeOwned;
@@ -26,18 +27,21 @@ use crate::tls::TlsOptions;
 /// Where lockd listens unless told otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:5555";
 
-/// A progress report or the outcome of a waiting acquire.
+/// A progress report or the outcome of a waiting acquire (`T`: [`AcquireManyOk`] for a
+/// multi-resource acquire).
 #[derive(Debug)]
-pub enum AcquireProgress {
+pub enum AcquireProgress<T = AcquireOk> {
     /// The request waits in line at this position (1 = next).
     Queued(u64),
     /// The acquire finished.
-    Done(Result<AcquireOk, ClientError>),
+    Done(Result<T, ClientError>),
 }
 
 /// An acquire in flight: read its progress with [`AcquireCall::next`].
 #[derive(Debug)]
-pub struct AcquireCall {
+pub struct AcquireCall<T = AcquireOk> {
+    /// What the grant's reply is read as.
+    result: std::marker::PhantomData<fn() -> T>,
     id: RequestId,
     events: mpsc::UnboundedReceiver<u64>,
     reply: Option<oneshot::Receiver<Reply>>,
@@ -46,7 +50,7 @@ pub struct AcquireCall {
     unanswered: Option<(Instant, Duration)>,
 }
 
-impl AcquireCall {
+impl<T: DeserializeOwned> AcquireCall<T> {
     /// The request id, for [`Client::cancel`].
     pub fn id(&self) -> RequestId {
         self.id
@@ -56,7 +60,7 @@ impl AcquireCall {
     /// `Done(Err(ConnectionLost))` forever. If the server says nothing at all within the
     /// reply timeout, the outcome is [`ClientError::NoReply`]; once it has put the acquire in
     /// line, the wait is as long as the acquire's own timeout.
-    pub async fn next(&mut self) -> AcquireProgress {
+    pub async fn next(&mut self) -> AcquireProgress<T> {
         let Some(reply) = self.reply.as_mut() else {
             return AcquireProgress::Done(Err(ClientError::ConnectionLost));
         };
@@ -388,14 +392,7 @@ impl Client {
             lock_delay_ms: lock_delay.map(millis),
             permits,
         });
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let (id, reply) = self.send(command, Some(events_tx))?;
-        Ok(AcquireCall {
-            id,
-            events,
-            reply: Some(reply),
-            unanswered: Some((Instant::now() + self.reply_timeout, self.reply_timeout)),
-        })
+        self.start_call(command)
     }
 
     /// `acquire`, waiting as long as it takes (or `timeout`; zero tries once).
@@ -437,6 +434,45 @@ impl Client {
                 return outcome;
             }
         }
+    }
+
+    /// `acquire` with `resources`: every member (name and mode) at once or none, waiting as
+    /// long as it takes (or `timeout`; zero tries once). See [`Client::multi`] for the guard.
+    pub fn start_acquire_many(
+        &self,
+        members: &[(&str, LockMode)],
+        timeout: Option<Duration>,
+        lock_delay: Option<Duration>,
+    ) -> Result<AcquireCall<AcquireManyOk>, ClientError> {
+        let millis = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+        let resources = members
+            .iter()
+            .map(|(resource, mode)| {
+                Ok(Member {
+                    resource: name(resource)?,
+                    mode: *mode,
+                })
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        let command = Command::AcquireMany(AcquireMany {
+            resources,
+            timeout_ms: timeout.map(millis),
+            lock_delay_ms: lock_delay.map(millis),
+        });
+        self.start_call(command)
+    }
+
+    /// Sends an acquire whose progress and outcome come back through an [`AcquireCall`].
+    fn start_call<T>(&self, command: Command) -> Result<AcquireCall<T>, ClientError> {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (id, reply) = self.send(command, Some(events_tx))?;
+        Ok(AcquireCall {
+            result: std::marker::PhantomData,
+            id,
+            events,
+            reply: Some(reply),
+            unanswered: Some((Instant::now() + self.reply_timeout, self.reply_timeout)),
+        })
     }
 
     /// `release` of the lock held with `token`.

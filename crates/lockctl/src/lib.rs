@@ -29,6 +29,7 @@ mod leader;
 pub mod lease;
 mod link;
 mod lock;
+mod multi;
 mod session;
 mod timeouts;
 mod tls;
@@ -38,9 +39,10 @@ pub use client::{AcquireCall, AcquireProgress, Client, ClientBuilder, Keepalive,
 pub use error::{ClientError, ConnectFailure};
 pub use link::check_address;
 pub use lock::{LockGuard, LockRequest};
+pub use multi::{MultiLockGuard, MultiLockRequest};
 pub use protocol::cmd::{
-    AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, Permits, ResourceStatus, WatchChange,
-    WatchEvent, WatchHolder, WatchState, MAX_PERMIT_LIMIT,
+    AcquireManyOk, AcquireOk, ClusterMember, ClusterStatusOk, HelloOk, MemberToken, Permits,
+    ResourceStatus, WatchChange, WatchEvent, WatchHolder, WatchState, MAX_PERMIT_LIMIT,
 };
 pub use protocol::{ErrorBody, ErrorCode, FenceToken, LockMode, ResourceName, SessionId};
 pub use timeouts::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT};

@@ -306,7 +306,12 @@ fn status_table(resources: &[ResourceStatus]) -> String {
         for (place, waiter) in entry.waiters.iter().enumerate() {
             rows.push([
                 name.clone(),
-                format!("waiting #{}", place + 1),
+                match &waiter.group {
+                    // A multi-resource acquire: the session's rows on its other resources are
+                    // the same wait.
+                    Some(group) => format!("waiting #{} (group of {})", place + 1, group.len()),
+                    None => format!("waiting #{}", place + 1),
+                },
                 waiter.session.to_string(),
                 dash(waiter.client.as_deref()),
                 dash(waiter.peer.as_deref()),

@@ -26,7 +26,7 @@ use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 
 use lockctl::cli::RunArgs;
-use lockctl::{ClientError, ErrorCode, LockGuard};
+use lockctl::{ClientError, ErrorCode, LockGuard, MultiLockGuard};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
@@ -64,10 +64,18 @@ fn reserve(lease: Duration) -> Duration {
 
 pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
     let timeout = args.timeout;
-    let resource = args.resource.as_str();
-    if let Err(err) = lockctl::ResourceName::new(resource) {
-        return fail(&format!("invalid resource name {resource:?}: {err}"));
+    let first = args.resource.as_str();
+    for name in std::iter::once(&args.resource).chain(&args.and) {
+        if let Err(err) = lockctl::ResourceName::new(name) {
+            return fail(&format!("invalid resource name {name:?}: {err}"));
+        }
     }
+    // What the messages name: the resource, or all of them.
+    let names = std::iter::once(first)
+        .chain(args.and.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let resource = names.as_str();
     let client = match connect(server).await {
         Ok(client) => client,
         Err(code) => return code,
@@ -87,25 +95,31 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
         Some(asked) => asked,
         None => max_grace(lease),
     };
-    let mut request = match args.limit {
-        Some(limit) => client
-            .semaphore(resource, limit)
-            .permits(args.permits.unwrap_or(1)),
-        None => client.lock(resource),
+    let acquire = async {
+        if !args.and.is_empty() {
+            return acquire_all(&client, &args).await.map(Held::Many);
+        }
+        let mut request = match args.limit {
+            Some(limit) => client
+                .semaphore(first, limit)
+                .permits(args.permits.unwrap_or(1)),
+            None => client.lock(first),
+        };
+        if args.shared {
+            request = request.shared();
+        }
+        if let Some(delay) = args.lock_delay {
+            request = request.lock_delay(delay);
+        }
+        if args.nonblock {
+            request = request.try_once();
+        } else if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        request.acquire().await.map(Held::One)
     };
-    if args.shared {
-        request = request.shared();
-    }
-    if let Some(delay) = args.lock_delay {
-        request = request.lock_delay(delay);
-    }
-    if args.nonblock {
-        request = request.try_once();
-    } else if let Some(timeout) = timeout {
-        request = request.timeout(timeout);
-    }
     let granted = tokio::select! {
-        granted = request.acquire() => granted,
+        granted = acquire => granted,
         () = interrupted() => return ExitCode::from(EXIT_INTERRUPTED),
     };
     let guard = match granted {
@@ -144,10 +158,14 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
         let _ = guard.release().await;
         return fail("no command to run");
     };
-    let mut child = match Command::new(program)
+    let mut command = Command::new(program);
+    if let Held::Many(many) = &guard {
+        command.env("LOCKD_TOKENS", tokens_env(many));
+    }
+    let mut child = match command
         .args(program_args)
-        .env("LOCKD_RESOURCE", resource)
-        .env("LOCKD_TOKEN", guard.token().to_string())
+        .env("LOCKD_RESOURCE", first)
+        .env("LOCKD_TOKEN", guard.first_token().to_string())
         // The job gets its fencing token, never the secret lockctl authenticated with (the only
         // secret lockctl reads from its environment; the TLS variables name files).
         .env_remove(AUTH_TOKEN_ENV)
@@ -238,7 +256,80 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
     exit
 }
 
-fn guard_deadline(guard: &LockGuard) -> std::time::Instant {
+/// The locks the command runs under: one (possibly permits of a semaphore), or several taken
+/// together with `--and`.
+enum Held {
+    One(LockGuard),
+    Many(MultiLockGuard),
+}
+
+impl Held {
+    fn first_token(&self) -> lockctl::FenceToken {
+        match self {
+            Held::One(guard) => guard.token(),
+            Held::Many(guard) => guard.tokens()[0].token,
+        }
+    }
+
+    async fn lost(&self) {
+        match self {
+            Held::One(guard) => guard.lost().await,
+            Held::Many(guard) => guard.lost().await,
+        }
+    }
+
+    fn valid_for(&self) -> Duration {
+        match self {
+            Held::One(guard) => guard.valid_for(),
+            Held::Many(guard) => guard.valid_for(),
+        }
+    }
+
+    async fn release(self) -> Result<(), ClientError> {
+        match self {
+            Held::One(guard) => guard.release().await,
+            Held::Many(guard) => guard.release().await,
+        }
+    }
+}
+
+/// `--and`: the resource and every `--and` resource in one multi-resource acquire, all in the
+/// same mode.
+async fn acquire_all(
+    client: &lockctl::Client,
+    args: &RunArgs,
+) -> Result<MultiLockGuard, ClientError> {
+    let mut request = client.multi();
+    for name in std::iter::once(&args.resource).chain(&args.and) {
+        request = if args.shared {
+            request.shared(name)
+        } else {
+            request.exclusive(name)
+        };
+    }
+    if let Some(delay) = args.lock_delay {
+        request = request.lock_delay(delay);
+    }
+    if args.nonblock {
+        request = request.try_once();
+    } else if let Some(timeout) = args.timeout {
+        request = request.timeout(timeout);
+    }
+    request.acquire().await
+}
+
+/// `LOCKD_TOKENS` for a command run under several locks: `NAME=TOKEN` for each, separated by
+/// spaces (resource names never contain one), in the command line's order.
+fn tokens_env(guard: &MultiLockGuard) -> String {
+    guard
+        .tokens()
+        .iter()
+        .map(|member| format!("{}={}", member.resource, member.token))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn guard_deadline(guard: &Held) -> std::time::Instant {
     std::time::Instant::now() + guard.valid_for()
 }
 
@@ -252,7 +343,7 @@ struct Stopping {
 impl Stopping {
     /// SIGTERM to the group, then SIGKILL once it had `grace` or the local deadline is
     /// `reserve` away, whichever comes first; returns when the group is gone.
-    async fn stop(&self, guard: &LockGuard, mut leader: Option<&mut Child>) {
+    async fn stop(&self, guard: &Held, mut leader: Option<&mut Child>) {
         let started = Instant::now();
         pass_on(self.group, Signal::SIGTERM);
         let left = guard.valid_for().saturating_sub(self.reserve);
@@ -285,8 +376,16 @@ impl Stopping {
 }
 
 /// The command exited: release the lock and exit as it did.
-async fn finish(guard: LockGuard, status: Option<ExitStatus>, args: &RunArgs) -> ExitCode {
-    let resource = guard.resource().to_owned();
+async fn finish(guard: Held, status: Option<ExitStatus>, args: &RunArgs) -> ExitCode {
+    let resource = match &guard {
+        Held::One(guard) => guard.resource().to_owned(),
+        Held::Many(guard) => guard
+            .tokens()
+            .iter()
+            .map(|member| member.resource.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
     match guard.release().await {
         Ok(()) => {}
         Err(ClientError::ConnectionLost) => {

@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::cmd::{
-    AcquireOk, HelloOk, Read, ReadOk, Status, StatusOk, Validate, ValidateOk, WatchEvent,
-    DEFAULT_STATUS_LIMIT,
+    AcquireManyOk, AcquireOk, HelloOk, MemberToken, Read, ReadOk, Status, StatusOk, Validate,
+    ValidateOk, WatchEvent, DEFAULT_STATUS_LIMIT,
 };
 use protocol::{
     Command, ErrorCode, Op, ReplyBody, Request, RequestId, ResourceName, ServerFrame, SessionId,
 };
 use tracing::{debug, warn};
 
-use crate::core::{Acquired, Claim, Effect, LockError, LockTable};
+use crate::core::{Acquired, AcquiredMany, Claim, Effect, LockError, LockTable};
 use crate::metrics::Metrics;
 
 /// What applying a request gave.
@@ -89,6 +89,7 @@ fn flag_hint(err: &LockError) -> &'static str {
         LockError::TooManyLocks { .. } => " (--max-locks-per-session)",
         LockError::TooManyWaits { .. } => " (--max-waits-per-session)",
         LockError::TooManyWatches { .. } => " (--max-watches-per-session)",
+        LockError::TooManyResources { .. } => " (--max-resources-per-acquire)",
         _ => "",
     }
 }
@@ -177,6 +178,50 @@ fn apply(
                 })),
                 Ok(Acquired::Queued { position }) => return (Answer::Queued(position), None),
                 Err(err) => {
+                    match err {
+                        LockError::Timeout(_) => metrics.try_once_failed(mode),
+                        LockError::Deadlock { .. } => metrics.deadlock(mode),
+                        _ => {}
+                    }
+                    Err(err.into())
+                }
+            }
+        }
+        Command::AcquireMany(acquire) => {
+            let members: Vec<_> = acquire
+                .resources
+                .iter()
+                .map(|member| (member.resource.clone(), member.mode))
+                .collect();
+            match table.handle_acquire_many(
+                now,
+                session,
+                request.id,
+                members,
+                acquire.timeout_ms.map(Duration::from_millis),
+                acquire.lock_delay_ms.map(Duration::from_millis),
+            ) {
+                Ok(AcquiredMany::Granted(tokens)) => {
+                    let tokens = acquire
+                        .resources
+                        .into_iter()
+                        .zip(tokens)
+                        .map(|(member, token)| MemberToken {
+                            resource: member.resource,
+                            token,
+                            mode: member.mode,
+                        })
+                        .collect();
+                    Ok(ReplyBody::AcquiredMany(AcquireManyOk { tokens }))
+                }
+                Ok(AcquiredMany::Queued { position }) => return (Answer::Queued(position), None),
+                Err(err) => {
+                    // Counted under the mode of the group's first member.
+                    let mode = acquire
+                        .resources
+                        .first()
+                        .map(|m| m.mode)
+                        .unwrap_or_default();
                     match err {
                         LockError::Timeout(_) => metrics.try_once_failed(mode),
                         LockError::Deadlock { .. } => metrics.deadlock(mode),
@@ -363,6 +408,9 @@ fn take_deliveries(table: &mut LockTable, metrics: &Metrics) -> Vec<Delivery> {
     metrics
         .watches
         .set(i64::try_from(table.watch_count()).unwrap_or(i64::MAX));
+    metrics
+        .group_waiters
+        .set(i64::try_from(table.group_waiter_count()).unwrap_or(i64::MAX));
     let mut deliveries = Vec::new();
     while let Some(effect) = table.poll_effect() {
         deliveries.push(match effect {
@@ -380,6 +428,27 @@ fn take_deliveries(table: &mut LockTable, metrics: &Metrics) -> Vec<Delivery> {
                     mode,
                     permits,
                 });
+                Delivery::Frame(session, reply_frame(request, Ok(body)))
+            }
+            Effect::GroupGranted {
+                session,
+                request,
+                tokens,
+            } => {
+                debug!(
+                    session = session.0,
+                    members = tokens.len(),
+                    "group granted after waiting"
+                );
+                let tokens = tokens
+                    .into_iter()
+                    .map(|(resource, token, mode)| MemberToken {
+                        resource,
+                        token,
+                        mode,
+                    })
+                    .collect();
+                let body = ReplyBody::AcquiredMany(AcquireManyOk { tokens });
                 Delivery::Frame(session, reply_frame(request, Ok(body)))
             }
             Effect::WaitFailed {

@@ -14,7 +14,10 @@ use lockd::cluster::peer_admission::{
     PeerLimits, DEFAULT_MAX_HANDSHAKES_PER_IP, DEFAULT_MAX_PEER_CONNECTIONS,
 };
 use lockd::cluster::transport::PeerCredentials;
-use lockd::core::{TableConfig, DEFAULT_MAX_STATUS_LIMIT};
+use lockd::core::{
+    TableConfig, DEFAULT_MAX_RESOURCES_PER_ACQUIRE, DEFAULT_MAX_STATUS_LIMIT,
+    MAX_RESOURCES_PER_ACQUIRE,
+};
 use lockd::credentials::{read_secret, CredentialError, CredentialFiles, LiveCredentials};
 use lockd::data_dir::DataDir;
 use lockd::logging;
@@ -200,6 +203,14 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
     max_watches_per_session: usize,
 
+    /// Resources one multi-resource acquire (`acquire` with `resources`) may name. Its members
+    /// also count toward --max-locks-per-session.
+    #[arg(long, default_value_t = DEFAULT_MAX_RESOURCES_PER_ACQUIRE, value_name = "N",
+          value_parser = clap::value_parser!(u64)
+              .range(1..=MAX_RESOURCES_PER_ACQUIRE as u64)
+              .map(|n| n as usize))]
+    max_resources_per_acquire: usize,
+
     /// Watch events one watch may have waiting for a client that reads slowly; past that, they
     /// are dropped and replaced by one `resync` event with the resource's state.
     #[arg(long, default_value_t = DEFAULT_MAX_WATCH_BACKLOG, value_name = "N",
@@ -369,6 +380,7 @@ impl Args {
                 max_lock_delay: Duration::from_millis(self.max_lock_delay_ms),
                 max_status_limit: self.max_status_limit,
                 max_watches_per_session: self.max_watches_per_session,
+                max_resources_per_acquire: self.max_resources_per_acquire,
             },
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,

@@ -90,6 +90,10 @@ pub struct Metrics {
     pub(crate) server_pauses: Counter,
     lock_delays: Counter,
     permits_granted: Counter,
+    group_grants: Counter,
+    /// Multi-resource acquires waiting now (set after every input to the table, in `apply.rs`,
+    /// like `watches`).
+    pub(crate) group_waiters: Gauge,
     delayed_resources: Gauge,
     grants: [Counter; 2],
     releases: [[Counter; 4]; 2],
@@ -237,6 +241,20 @@ impl Metrics {
             "Semaphore permits granted (a grant of k permits adds k; each grant also counts in \
              grants, as shared)",
             permits_granted.clone(),
+        );
+        let group_grants = Counter::default();
+        registry.register(
+            "multi_acquire_grants",
+            "Multi-resource acquires granted, at once or after waiting (each member also counts \
+             in grants)",
+            group_grants.clone(),
+        );
+        let group_waiters = Gauge::default();
+        registry.register(
+            "multi_acquire_waiters",
+            "Multi-resource acquires waiting now (each waits in every one of its resources' \
+             queues)",
+            group_waiters.clone(),
         );
         let delayed_resources = Gauge::default();
         registry.register(
@@ -397,6 +415,8 @@ impl Metrics {
             server_pauses,
             lock_delays,
             permits_granted,
+            group_grants,
+            group_waiters,
             delayed_resources,
             grants,
             releases,
@@ -457,6 +477,9 @@ impl Metrics {
                         self.abandoned_waits[mode][2].inc()
                     }
                 };
+            }
+            Observation::GroupGranted => {
+                self.group_grants.inc();
             }
             Observation::LockDelayed { .. } => {
                 self.lock_delays.inc();
@@ -608,12 +631,14 @@ mod tests {
             waited: Duration::from_secs(1),
             reason: WaitEnd::Cancelled,
         });
+        metrics.observe(Observation::GroupGranted);
         metrics.error(ErrorCode::NotHeld);
         metrics.request_done(Op::RemoveNode, Duration::from_micros(70));
         let text = metrics.encode();
         for line in [
             "lockd_grants_total{mode=\"shared\"} 2",
             "lockd_permits_granted_total 3",
+            "lockd_multi_acquire_grants_total 1",
             "lockd_wait_seconds_bucket{mode=\"shared\",le=\"0.05\"} 2",
             "lockd_releases_total{mode=\"exclusive\",reason=\"expiry\"} 1",
             "lockd_hold_seconds_sum{mode=\"exclusive\"} 2.0",

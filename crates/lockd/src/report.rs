@@ -267,6 +267,7 @@ impl LocksReport {
                         mode: waiter.mode,
                         waited_ms: waiter.waited_ms.saturating_add(age),
                         permits: waiter.permits,
+                        group: waiter.group.as_deref(),
                     }
                 })
                 .collect(),
@@ -382,6 +383,9 @@ pub struct WaiterJson<'a> {
     /// For a semaphore: how many permits it asks for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permits: Option<u16>,
+    /// For a multi-resource acquire: every resource it waits for together, this one included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<&'a [ResourceName]>,
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -448,6 +452,7 @@ mod tests {
                     mode: LockMode::Shared,
                     waited_ms,
                     permits: None,
+                    group: None,
                 })
                 .collect(),
             delayed_ms: None,

@@ -7,7 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::{AcquireOk, ClusterStatusOk, HelloOk, ReadOk, StatusOk, ValidateOk, WatchEvent};
+use crate::cmd::{
+    AcquireManyOk, AcquireOk, ClusterStatusOk, HelloOk, ReadOk, StatusOk, ValidateOk, WatchEvent,
+};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::ids::RequestId;
 
@@ -21,6 +23,8 @@ pub enum ReplyBody {
     Hello(HelloOk),
     /// `acquire`.
     Acquired(AcquireOk),
+    /// `acquire` with `resources`.
+    AcquiredMany(AcquireManyOk),
     /// `read`.
     Value(ReadOk),
     /// `status`.
@@ -296,6 +300,19 @@ mod tests {
                 })
             }),
             r#"{"id":2,"ok":true,"token":8,"mode":"shared","permits":2,"limit":4}"#
+        );
+        assert_eq!(
+            json(&ServerFrame::Ok {
+                id: RequestId(3),
+                body: ReplyBody::AcquiredMany(crate::cmd::AcquireManyOk {
+                    tokens: vec![crate::cmd::MemberToken {
+                        resource: crate::ResourceName::new("a").unwrap(),
+                        token: FenceToken(9),
+                        mode: LockMode::Exclusive,
+                    }],
+                })
+            }),
+            r#"{"id":3,"ok":true,"tokens":[{"resource":"a","token":9,"mode":"exclusive"}]}"#
         );
         assert_eq!(
             json(&ServerFrame::Ok {

@@ -87,12 +87,30 @@ struct Reply<'a> {
     #[serde(borrow)]
     event: Option<&'a str>,
     position: Option<u64>,
+    /// A multi-resource acquire's grant: each member's token, in the request's order.
+    #[serde(default, deserialize_with = "member_tokens")]
+    tokens: Vec<u64>,
+}
+
+/// The `token` of each member in a multi-resource acquire's `tokens`, skipping the rest.
+fn member_tokens<'de, D: serde::Deserializer<'de>>(input: D) -> Result<Vec<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Member {
+        token: u64,
+    }
+    let members: Vec<Member> = Deserialize::deserialize(input)?;
+    Ok(members.into_iter().map(|member| member.token).collect())
 }
 
 /// What one frame from lockd said about the request it answers.
 enum Answer {
-    Ok { token: Option<u64> },
-    Queued { position: u64 },
+    Ok {
+        token: Option<u64>,
+        tokens: Vec<u64>,
+    },
+    Queued {
+        position: u64,
+    },
 }
 
 impl LockdConn {
@@ -171,8 +189,10 @@ impl LockdConn {
         push_acquire(&mut self.out, id, resource, mode);
         self.flush().await?;
         match self.next_answer().await? {
-            Answer::Ok { token: Some(token) } => Ok(Started::Granted(token)),
-            Answer::Ok { token: None } => bail!("lockd granted an acquire without a token"),
+            Answer::Ok {
+                token: Some(token), ..
+            } => Ok(Started::Granted(token)),
+            Answer::Ok { token: None, .. } => bail!("lockd granted an acquire without a token"),
             Answer::Queued { position } => Ok(Started::Queued(position)),
         }
     }
@@ -181,12 +201,74 @@ impl LockdConn {
     pub async fn wait_grant(&mut self) -> Result<u64> {
         loop {
             match self.next_answer().await? {
-                Answer::Ok { token: Some(token) } => return Ok(token),
-                Answer::Ok { token: None } => bail!("lockd granted an acquire without a token"),
+                Answer::Ok {
+                    token: Some(token), ..
+                } => return Ok(token),
+                Answer::Ok { token: None, .. } => {
+                    bail!("lockd granted an acquire without a token")
+                }
                 // A second event for the same acquire is allowed by the protocol; keep waiting.
                 Answer::Queued { .. } => {}
             }
         }
+    }
+
+    /// Acquires every one of `resources` exclusively in one multi-resource acquire, waiting
+    /// through any `queued` event until all are granted; fills `tokens` in the same order.
+    pub async fn acquire_group(
+        &mut self,
+        resources: &[Vec<u8>],
+        tokens: &mut Vec<u64>,
+    ) -> Result<()> {
+        self.out.clear();
+        let id = self.take_id();
+        self.push_prefix(id, b"acquire");
+        self.out.extend_from_slice(b",\"resources\":[");
+        for (i, resource) in resources.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            self.out.extend_from_slice(b"{\"resource\":\"");
+            self.out.extend_from_slice(resource);
+            self.out.extend_from_slice(b"\"}");
+        }
+        self.out.extend_from_slice(b"]}\n");
+        self.flush().await?;
+        loop {
+            match self.next_answer().await? {
+                Answer::Ok {
+                    tokens: granted, ..
+                } if granted.len() == resources.len() => {
+                    *tokens = granted;
+                    return Ok(());
+                }
+                Answer::Ok { .. } => {
+                    bail!("lockd granted a multi-resource acquire without a token each")
+                }
+                Answer::Queued { .. } => {}
+            }
+        }
+    }
+
+    /// Releases each of `resources`, held with the token at the same place in `tokens`: every
+    /// release is sent in one write, then every reply is read.
+    pub async fn release_all(&mut self, resources: &[Vec<u8>], tokens: &[u64]) -> Result<()> {
+        self.out.clear();
+        for (resource, token) in resources.iter().zip(tokens) {
+            let id = self.take_id();
+            self.push_prefix(id, b"release");
+            self.out.extend_from_slice(b",\"resource\":\"");
+            self.out.extend_from_slice(resource);
+            self.out.extend_from_slice(b"\",\"token\":");
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(*token).as_bytes());
+            self.out.extend_from_slice(b"}\n");
+        }
+        self.flush().await?;
+        for _ in tokens {
+            self.finish_request().await?;
+        }
+        Ok(())
     }
 
     /// Withdraws the acquire sent last, which must be waiting: reads the cancel's reply, then
@@ -253,7 +335,7 @@ impl LockdConn {
             self.flush().await?;
             for _ in next..end {
                 match self.next_answer().await? {
-                    Answer::Ok { token: Some(_) } => {}
+                    Answer::Ok { token: Some(_), .. } => {}
                     _ => bail!("lockd did not grant a fresh resource at once"),
                 }
             }
@@ -329,7 +411,10 @@ impl LockdConn {
             (Some("queued"), _) => Ok(Answer::Queued {
                 position: reply.position.unwrap_or(0),
             }),
-            (None, Some(true)) => Ok(Answer::Ok { token: reply.token }),
+            (None, Some(true)) => Ok(Answer::Ok {
+                token: reply.token,
+                tokens: reply.tokens,
+            }),
             _ => bail!("lockd refused a request: {}", show(line)),
         }
     }
@@ -414,6 +499,61 @@ impl Locker for LockdLocker {
     }
 }
 
+/// A lockd connection that takes several resources exclusively and gives them back: in one
+/// multi-resource acquire (`group`), or in single acquires one after the other, in the order
+/// given (which must be one global order, or two such lockers could deadlock). Either way every
+/// release is sent in one write. The [`Locker`] of the `multi` mode.
+#[derive(Debug)]
+pub struct SetLocker {
+    conn: LockdConn,
+    resources: Vec<Vec<u8>>,
+    group: bool,
+    /// The tokens held, in the order of `resources`; empty when nothing is held.
+    tokens: Vec<u64>,
+}
+
+impl SetLocker {
+    /// Connects and binds the connection to `resources`.
+    pub async fn connect(
+        addr: SocketAddr,
+        resources: Vec<String>,
+        group: bool,
+    ) -> Result<SetLocker> {
+        Ok(SetLocker {
+            conn: LockdConn::connect(addr).await?,
+            resources: resources.into_iter().map(String::into_bytes).collect(),
+            group,
+            tokens: Vec::new(),
+        })
+    }
+}
+
+impl Locker for SetLocker {
+    async fn acquire(&mut self) -> Result<()> {
+        if self.group {
+            return self
+                .conn
+                .acquire_group(&self.resources, &mut self.tokens)
+                .await;
+        }
+        self.tokens.clear();
+        for resource in &self.resources {
+            let token = self.conn.acquire(resource, Mode::Exclusive).await?;
+            self.tokens.push(token);
+        }
+        Ok(())
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        if self.tokens.len() != self.resources.len() {
+            bail!("release without the locks held");
+        }
+        self.conn.release_all(&self.resources, &self.tokens).await?;
+        self.tokens.clear();
+        Ok(())
+    }
+}
+
 /// A lockd connection that takes its own resource, writes a value to it and releases it: the
 /// [`Locker`] of the `writes` mode. Its `acquire` is the lock and the durable write together.
 #[derive(Debug)]
@@ -488,6 +628,11 @@ mod tests {
             (reply.id, reply.ok, reply.token),
             (Some(3), Some(true), Some(9))
         );
+        let reply: Reply<'_> = serde_json::from_slice(
+            br#"{"id":6,"ok":true,"tokens":[{"resource":"a","token":7,"mode":"exclusive"},{"resource":"b","token":8,"mode":"exclusive"}]}"#,
+        )
+        .expect("parses");
+        assert_eq!((reply.token, reply.tokens), (None, vec![7, 8]));
         let reply: Reply<'_> =
             serde_json::from_slice(br#"{"id":4,"event":"queued","position":2}"#).expect("parses");
         assert_eq!((reply.event, reply.position), (Some("queued"), Some(2)));

@@ -6,6 +6,7 @@
 //! this module or each other, and nothing but `main.rs` imports this module.
 
 mod contended;
+mod multi;
 mod scale;
 mod semaphore;
 mod shared;
@@ -26,5 +27,6 @@ pub async fn run(mode: Mode, bench: &mut Bench, report: &mut Report) -> Result<(
         Mode::Shared => shared::run(bench, report).await,
         Mode::Scale => scale::run(bench, report).await,
         Mode::Writes => writes::run(bench, report).await,
+        Mode::Multi => multi::run(bench, report).await,
     }
 }

@@ -1,5 +1,5 @@
-//! A seconds-long run of every lockd mode (the durable `writes` mode too) against a lockd that
-//! lockbench starts itself.
+//! A seconds-long run of every lockd mode (the durable `writes` mode and `multi` too) against a
+//! lockd that lockbench starts itself.
 //!
 //! It asserts only that lockbench exits 0 and prints well-formed JSON lines with positive counts:
 //! timings on a shared CI machine prove nothing, so there are no timing assertions here.
@@ -129,6 +129,9 @@ fn every_mode_runs_briefly_and_prints_json_lines() {
         if mode == "semaphore" {
             assert_eq!(run["limit"].as_u64(), Some(4), "{line}");
         }
+        if mode == "multi" {
+            assert_eq!(run["members"].as_u64(), Some(3), "{line}");
+        }
         if mode == "contended" || mode == "semaphore" {
             assert!(run["fairness"]["min"].as_u64().is_some(), "{line}");
             assert!(
@@ -159,6 +162,10 @@ fn every_mode_runs_briefly_and_prints_json_lines() {
         "scale/idle_connections/lockd",
         "writes/writers=1/lockd",
         "writes/writers=4/lockd",
+        "multi/group/lockd",
+        "multi/singles/lockd",
+        "multi/group-own/lockd",
+        "multi/singles-own/lockd",
     ]
     .into_iter()
     .map(str::to_owned)

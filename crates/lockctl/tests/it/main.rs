@@ -16,6 +16,7 @@ mod hints;
 #[path = "../../../lockd/tests/it/fault_proxy.rs"]
 mod fault_proxy;
 mod library;
+mod multi;
 mod readme;
 mod safety;
 mod semaphores;

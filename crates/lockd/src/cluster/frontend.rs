@@ -1520,6 +1520,12 @@ fn encoded_size(op: &EntryOp) -> usize {
             Command::Write(write) => write.resource.as_str().len() + write.value.len(),
             Command::Hello(hello) => hello.client.as_deref().map_or(0, str::len),
             Command::Acquire(acquire) => acquire.resource.as_str().len(),
+            // Each member's name, and its `{"resource":...,"mode":"exclusive"}` around it.
+            Command::AcquireMany(acquire) => acquire
+                .resources
+                .iter()
+                .map(|member| member.resource.as_str().len() + 40)
+                .sum(),
             Command::Release(release) => release.resource.as_str().len(),
             Command::Read(read) => read.resource.as_str().len(),
             Command::Validate(validate) => validate.resource.as_str().len(),

@@ -227,7 +227,7 @@ impl Replica {
             );
             return;
         }
-        if let Command::Acquire(_) = &request.command {
+        if let Command::Acquire(_) | Command::AcquireMany(_) = &request.command {
             // A retried acquire that still waits keeps its place; it is told so again.
             if let Some(position) = self.table.waiting_position(session, id) {
                 if self.retries.is_retry(session, id) {

@@ -25,6 +25,16 @@ pub enum Effect {
         /// For a semaphore: the permits granted, with its limit.
         permits: Option<Permits>,
     },
+    /// A waiting multi-resource acquire was granted, every member at once: reply to `request`
+    /// of `session` with a token per resource.
+    GroupGranted {
+        /// The session that waited.
+        session: SessionId,
+        /// Its acquire request.
+        request: RequestId,
+        /// Each member's resource, token and mode, in the request's order.
+        tokens: Vec<(ResourceName, FenceToken, LockMode)>,
+    },
     /// A waiting acquire ended without a grant: reply with `reason` as the error.
     WaitFailed {
         /// The session that waited.
@@ -62,6 +72,14 @@ pub enum WaitFailure {
 }
 
 impl WaitFailure {
+    /// How the metrics count a wait that ended this way.
+    pub(crate) fn wait_end(self) -> super::observation::WaitEnd {
+        match self {
+            WaitFailure::Timeout => super::observation::WaitEnd::Timeout,
+            WaitFailure::Cancelled => super::observation::WaitEnd::Cancelled,
+        }
+    }
+
     /// The error to send for it.
     pub fn to_error(self, resource: ResourceName) -> LockError {
         match self {
@@ -149,6 +167,19 @@ pub enum LockError {
     /// `unwatch` named no open watch of this session.
     #[error("no watch with id {0} is open on this connection")]
     NoSuchWatch(RequestId),
+    /// A multi-resource acquire names more resources than the server allows in one.
+    #[error("this acquire names {asked} resources; one acquire may name at most {max}")]
+    TooManyResources {
+        /// How many it names.
+        asked: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A multi-resource acquire that is no group: no resources, or one named twice. The
+    /// protocol refuses both before they reach the table; the table checks again, since it
+    /// must hold its invariants whatever its caller does.
+    #[error("{0}")]
+    BadGroup(String),
     /// The session is gone (closed or expired) while a request of it was still in flight.
     #[error("the session has ended")]
     SessionGone,
@@ -168,11 +199,13 @@ impl LockError {
             LockError::LimitMismatch { .. } => ErrorCode::LimitMismatch,
             LockError::TooManyLocks { .. }
             | LockError::TooManyWaits { .. }
-            | LockError::TooManyWatches { .. } => ErrorCode::LimitExceeded,
+            | LockError::TooManyWatches { .. }
+            | LockError::TooManyResources { .. } => ErrorCode::LimitExceeded,
             LockError::NoSuchWaiter(_)
             | LockError::DuplicateRequestId(_)
             | LockError::DuplicateWatchId(_)
-            | LockError::NoSuchWatch(_) => ErrorCode::BadRequest,
+            | LockError::NoSuchWatch(_)
+            | LockError::BadGroup(_) => ErrorCode::BadRequest,
             LockError::SessionGone => ErrorCode::Internal,
         }
     }

@@ -195,3 +195,43 @@ pub(super) fn granted_now(token: u64) -> Acquired {
 pub(super) fn queued(position: u64) -> Acquired {
     Acquired::Queued { position }
 }
+
+impl Harness {
+    /// A multi-resource acquire of `members` (name and mode), in that order.
+    pub(super) fn acquire_many(
+        &mut self,
+        s: SessionId,
+        request: u64,
+        members: &[(&str, LockMode)],
+        timeout_ms: Option<u64>,
+    ) -> Result<AcquiredMany, LockError> {
+        self.table.handle_acquire_many(
+            self.now,
+            s,
+            RequestId(request),
+            members.iter().map(|(r, mode)| (name(r), *mode)).collect(),
+            timeout_ms.map(Duration::from_millis),
+            None,
+        )
+    }
+}
+
+/// The grant of a waiting multi-resource acquire: each member's name, token and mode.
+pub(super) fn group_granted(
+    session: SessionId,
+    request: u64,
+    tokens: &[(&str, u64, LockMode)],
+) -> Effect {
+    Effect::GroupGranted {
+        session,
+        request: RequestId(request),
+        tokens: tokens
+            .iter()
+            .map(|(r, token, mode)| (name(r), FenceToken(*token), *mode))
+            .collect(),
+    }
+}
+
+pub(super) fn all_now(tokens: &[u64]) -> AcquiredMany {
+    AcquiredMany::Granted(tokens.iter().map(|t| FenceToken(*t)).collect())
+}

@@ -18,6 +18,7 @@ use protocol::cmd::Permits;
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 use serde::{Deserialize, Serialize};
 
+use super::multi::Group;
 use super::queue::{Holder, LockQueue, Ticket, Waiter};
 use super::session::Session;
 use super::table::{Deadline, LockTable, TableConfig};
@@ -38,6 +39,18 @@ pub struct TableImage {
     /// Open watches: (session, the `watch` request's id, resource).
     #[serde(default)]
     watches: Vec<(SessionId, RequestId, ResourceName)>,
+    /// Waiting multi-resource acquires; their waiters are in the queues with their tickets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<GroupImage>,
+}
+
+/// A waiting multi-resource acquire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct GroupImage {
+    ticket: u64,
+    session: SessionId,
+    request: RequestId,
+    members: Vec<(ResourceName, LockMode)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +165,17 @@ impl LockTable {
             .map(|(resource, until)| (resource.clone(), ms(*until)))
             .collect();
         delayed.sort();
+        let mut groups: Vec<GroupImage> = self
+            .groups
+            .iter()
+            .map(|(ticket, group)| GroupImage {
+                ticket: ticket.0,
+                session: group.session,
+                request: group.request,
+                members: group.members.clone(),
+            })
+            .collect();
+        groups.sort_by_key(|group| group.ticket);
         TableImage {
             next_session: self.next_session,
             next_token: self.next_token,
@@ -162,6 +186,7 @@ impl LockTable {
             values,
             delayed,
             watches: self.all_watches(),
+            groups,
         }
     }
 
@@ -184,6 +209,12 @@ impl LockTable {
             }
             sessions.insert(image.id, session);
         }
+        // Each group's first member: where its timeout deadline is kept.
+        let group_first: HashMap<u64, ResourceName> = image
+            .groups
+            .iter()
+            .filter_map(|g| Some((g.ticket, g.members.first()?.0.clone())))
+            .collect();
         let mut queues = BTreeMap::new();
         for queue_image in image.queues {
             let resource = queue_image.resource;
@@ -231,7 +262,10 @@ impl LockTable {
                 session.waiting.insert(resource.clone(), ticket);
                 session.waits.insert(waiter.request, resource.clone());
                 let deadline = waiter.deadline_ms.map(at);
-                if let Some(deadline) = deadline {
+                let keeps_deadline = group_first
+                    .get(&waiter.ticket)
+                    .is_none_or(|first| *first == resource);
+                if let (Some(deadline), true) = (deadline, keeps_deadline) {
                     deadlines.insert((deadline, Deadline::WaitTimeout(resource.clone(), ticket)));
                 }
                 queue.enqueue(
@@ -244,10 +278,42 @@ impl LockTable {
                         lock_delay_ms: waiter.lock_delay_ms,
                         since: at(waiter.since_ms),
                         deadline,
+                        group: group_first.contains_key(&waiter.ticket),
                     },
                 );
             }
             queues.insert(resource, queue);
+        }
+        let mut groups = HashMap::new();
+        for image in image.groups {
+            let ticket = Ticket(image.ticket);
+            let Some((first, _)) = image.members.first() else {
+                return Err(ImageError(format!("group {} has no members", image.ticket)));
+            };
+            let session = sessions.get_mut(&image.session).ok_or_else(|| {
+                ImageError(format!(
+                    "group {} of unknown session {}",
+                    image.ticket, image.session
+                ))
+            })?;
+            for (resource, _) in &image.members {
+                if session.waiting.get(resource) != Some(&ticket) {
+                    return Err(ImageError(format!(
+                        "group {} has no waiter in {resource}",
+                        image.ticket
+                    )));
+                }
+            }
+            // A group's `cancel` entry and timeout are kept under its first member only.
+            session.waits.insert(image.request, first.clone());
+            groups.insert(
+                ticket,
+                Group {
+                    session: image.session,
+                    request: image.request,
+                    members: image.members,
+                },
+            );
         }
         let mut delayed = BTreeMap::new();
         for (resource, until_ms) in image.delayed {
@@ -264,6 +330,7 @@ impl LockTable {
         table.queues = queues;
         table.deadlines = deadlines;
         table.delayed = delayed;
+        table.groups = groups;
         table.effects = VecDeque::new();
         table.next_session = image.next_session;
         table.next_token = image.next_token;

@@ -5,6 +5,7 @@
 
 mod effect;
 mod image;
+mod multi;
 mod observation;
 mod queue;
 mod session;
@@ -13,17 +14,20 @@ mod watch;
 
 pub use effect::{Effect, LockError, WaitFailure};
 pub use image::{ImageError, TableImage};
+pub use multi::AcquiredMany;
 pub use observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 pub use queue::Claim;
 pub use table::{
-    Acquired, ForcedRelease, LockTable, StatusPage, TableConfig, DEFAULT_MAX_STATUS_LIMIT,
-    FIRST_TOKEN_BLOCK, TOKEN_BLOCK,
+    Acquired, ForcedRelease, LockTable, StatusPage, TableConfig, DEFAULT_MAX_RESOURCES_PER_ACQUIRE,
+    DEFAULT_MAX_STATUS_LIMIT, FIRST_TOKEN_BLOCK, MAX_RESOURCES_PER_ACQUIRE, TOKEN_BLOCK,
 };
 
 #[cfg(test)]
 mod delay_tests;
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod multi_tests;
 #[cfg(test)]
 mod observe_tests;
 #[cfg(test)]

@@ -45,6 +45,9 @@ pub enum Observation {
     },
     /// A hold that carried a lock-delay ended other than by `release`: its resource is granted
     /// to nobody for `delay`.
+    /// A multi-resource acquire was granted, at once or after waiting. Each of its members
+    /// is also a `Granted`.
+    GroupGranted,
     LockDelayed {
         /// How long the resource is held back.
         delay: Duration,

@@ -14,6 +14,10 @@
 //!   closed or expired session;
 //! - each session's own index of what it holds and waits for matches the queues exactly;
 //! - the incremental deadlock search agrees with a straightforward one, for locks and permits;
+//! - a multi-resource acquire is all or nothing: granted at once only into empty queues, it
+//!   otherwise waits in every member's queue holding none of them, and its grant (one token per
+//!   member) comes when it is first in line in every one of its queues;
+//! - a waiting group at the head of a queue is blocked in at least one of its queues;
 //! - once every session has closed and every lock-delay has passed, nothing is held, awaited
 //!   or kept: every hold was given back.
 
@@ -39,6 +43,12 @@ enum Step {
         permits: Option<(u64, u64)>,
         timeout_ms: Option<u64>,
         lock_delay_ms: Option<u64>,
+    },
+    /// A multi-resource acquire of distinct resources, each exclusive (`false`) or shared.
+    AcquireMany {
+        session: usize,
+        members: Vec<(usize, bool)>,
+        timeout_ms: Option<u64>,
     },
     Release {
         session: usize,
@@ -68,6 +78,15 @@ fn step() -> impl Strategy<Value = Step> {
               prop::option::of((1..=3u64, 2..=3u64).prop_map(|(p, limit)| (p.min(limit), limit))))
             .prop_map(|(session, resource, shared, timeout_ms, lock_delay_ms, permits)| Step::Acquire {
                 session, resource, shared, permits, timeout_ms, lock_delay_ms
+            }),
+        2 => (session.clone(), prop::collection::btree_map(0..3usize, any::<bool>(), 1..=3),
+              any::<bool>(), prop::option::of(0..3_000u64))
+            .prop_map(|(session, members, reversed, timeout_ms)| {
+                let mut members: Vec<_> = members.into_iter().collect();
+                if reversed {
+                    members.reverse();
+                }
+                Step::AcquireMany { session, members, timeout_ms }
             }),
         3 => (session.clone(), resource).prop_map(|(session, resource)| Step::Release { session, resource }),
         1 => (session.clone(), 0..40u64).prop_map(|(session, request)| Step::Cancel { session, request }),
@@ -101,7 +120,8 @@ proptest! {
         let mut last_token = 0u64;
         // Waiting acquires: who asked, and each resource's queue in arrival order, to check
         // that grants come strictly in that order.
-        let mut arrival: HashMap<RequestId, (usize, usize)> = HashMap::new();
+        // A group's request is in the queue of each of its resources.
+        let mut arrival: HashMap<RequestId, (usize, Vec<usize>)> = HashMap::new();
         let mut queues: HashMap<usize, Vec<RequestId>> = HashMap::new();
 
         for step in steps {
@@ -128,10 +148,45 @@ proptest! {
                             slots[session].held.insert(resource, token);
                         }
                         Ok(Acquired::Queued { position }) => {
-                            arrival.insert(request, (session, resource));
+                            arrival.insert(request, (session, vec![resource]));
                             let queue = queues.entry(resource).or_default();
                             queue.push(request);
                             prop_assert_eq!(position, queue.len() as u64);
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Step::AcquireMany { session, members, timeout_ms } => {
+                    let id = *slots[session].id.get_or_insert_with(|| table.open_session(now));
+                    let request = RequestId(next_request);
+                    next_request += 1;
+                    let asked: Vec<_> = members.iter().map(|&(r, shared)| {
+                        (name(r), if shared { LockMode::Shared } else { LockMode::Exclusive })
+                    }).collect();
+                    match table.handle_acquire_many(now, id, request, asked,
+                        timeout_ms.map(Duration::from_millis), None) {
+                        Ok(AcquiredMany::Granted(tokens)) => {
+                            prop_assert_eq!(tokens.len(), members.len());
+                            for (&(resource, _), token) in members.iter().zip(tokens) {
+                                let waiting = queues.get(&resource).map_or(0, Vec::len);
+                                prop_assert_eq!(waiting, 0, "group granted r{} past a waiter", resource);
+                                prop_assert!(token.0 > last_token);
+                                last_token = token.0;
+                                slots[session].held.insert(resource, token);
+                            }
+                        }
+                        Ok(AcquiredMany::Queued { position }) => {
+                            let resources: Vec<usize> = members.iter().map(|(r, _)| *r).collect();
+                            let mut furthest = 0;
+                            for resource in &resources {
+                                // Holding nothing while it waits.
+                                prop_assert!(!slots[session].held.contains_key(resource));
+                                let queue = queues.entry(*resource).or_default();
+                                queue.push(request);
+                                furthest = furthest.max(queue.len() as u64);
+                            }
+                            prop_assert_eq!(position, furthest);
+                            arrival.insert(request, (session, resources));
                         }
                         Err(_) => {}
                     }
@@ -170,12 +225,30 @@ proptest! {
                     Effect::Granted { session, request, token, .. } => {
                         prop_assert!(token.0 > last_token, "token {} after {}", token.0, last_token);
                         last_token = token.0;
-                        let (slot, resource) = arrival.remove(&request).expect("granted a queued request");
+                        let (slot, resources) = arrival.remove(&request).expect("granted a queued request");
+                        prop_assert_eq!(resources.len(), 1);
+                        let resource = resources[0];
                         let queue = queues.entry(resource).or_default();
                         prop_assert_eq!(queue.first(), Some(&request), "granted out of arrival order");
                         queue.remove(0);
                         prop_assert_eq!(slots[slot].id, Some(session));
                         slots[slot].held.insert(resource, token);
+                    }
+                    Effect::GroupGranted { session, request, tokens } => {
+                        let (slot, resources) = arrival.remove(&request).expect("granted a queued group");
+                        prop_assert_eq!(slots[slot].id, Some(session));
+                        // All at once: a token for every member, each first in its line.
+                        let granted: Vec<String> = tokens.iter().map(|(r, _, _)| r.to_string()).collect();
+                        let asked: Vec<String> = resources.iter().map(|r| name(*r).to_string()).collect();
+                        prop_assert_eq!(granted, asked);
+                        for (resource, (_, token, _)) in resources.into_iter().zip(tokens) {
+                            prop_assert!(token.0 > last_token, "token {} after {}", token.0, last_token);
+                            last_token = token.0;
+                            let queue = queues.entry(resource).or_default();
+                            prop_assert_eq!(queue.first(), Some(&request), "group granted out of arrival order in r{}", resource);
+                            queue.remove(0);
+                            slots[slot].held.insert(resource, token);
+                        }
                     }
                     Effect::WaitFailed { request, .. } => {
                         arrival.remove(&request);
@@ -208,6 +281,7 @@ proptest! {
         while table.poll_effect().is_some() {}
         prop_assert_eq!(table.status(now, None), vec![]);
         prop_assert!(table.queues.is_empty() && table.sessions.is_empty());
+        prop_assert_eq!(table.group_waiter_count(), 0);
     }
 }
 
@@ -220,19 +294,39 @@ fn forget(queues: &mut HashMap<usize, Vec<RequestId>>, requests: &[RequestId]) {
 
 fn check_invariants(table: &LockTable, now: Instant, slots: &[Slot]) -> Result<(), TestCaseError> {
     let live: Vec<SessionId> = slots.iter().filter_map(|slot| slot.id).collect();
-    for entry in table.status(now, None) {
+    let entries = table.status(now, None);
+    // Whether `entry`'s first waiter is kept waiting by this queue alone.
+    let held_permits = |entry: &protocol::cmd::ResourceStatus| -> u32 {
+        entry
+            .holders
+            .iter()
+            .filter_map(|h| h.permits)
+            .map(u32::from)
+            .sum()
+    };
+    let blocked_here = |entry: &protocol::cmd::ResourceStatus| {
+        let Some(first) = entry.waiters.first() else {
+            return true;
+        };
+        let exclusive = entry.holders.iter().any(|h| h.mode == LockMode::Exclusive);
+        let held_permits = held_permits(entry);
+        entry.delayed_ms.is_some()
+            || match (first.permits, entry.limit, first.mode) {
+                (Some(permits), Some(limit), _) => {
+                    held_permits + u32::from(permits) > u32::from(limit)
+                }
+                (_, _, LockMode::Exclusive) => !entry.holders.is_empty(),
+                (_, _, LockMode::Shared) => exclusive,
+            }
+    };
+    for entry in entries.iter().cloned() {
         let exclusive = entry
             .holders
             .iter()
             .filter(|h| h.mode == LockMode::Exclusive)
             .count();
         prop_assert!(exclusive == 0 || entry.holders.len() == 1, "{entry:?}");
-        let held_permits: u32 = entry
-            .holders
-            .iter()
-            .filter_map(|h| h.permits)
-            .map(u32::from)
-            .sum();
+        let held_permits = held_permits(&entry);
         match entry.limit {
             Some(limit) => {
                 prop_assert!(
@@ -274,16 +368,24 @@ fn check_invariants(table: &LockTable, now: Instant, slots: &[Slot]) -> Result<(
             );
         }
         // FIFO: the first waiter could not be granted now (else it would have been), unless
-        // the resource is in lock-delay.
+        // the resource is in lock-delay. A group member at the head may be grantable here if
+        // its group is blocked in another of its queues (not first there, or blocked there).
         if let Some(first) = entry.waiters.first() {
-            let blocked = entry.delayed_ms.is_some()
-                || match (first.permits, entry.limit, first.mode) {
-                    (Some(permits), Some(limit), _) => {
-                        held_permits + u32::from(permits) > u32::from(limit)
-                    }
-                    (_, _, LockMode::Exclusive) => !entry.holders.is_empty(),
-                    (_, _, LockMode::Shared) => exclusive > 0,
-                };
+            let blocked = match &first.group {
+                None => blocked_here(&entry),
+                Some(group) => group.iter().any(|member| {
+                    entries
+                        .iter()
+                        .find(|e| &e.resource == member)
+                        .is_none_or(|other| {
+                            other
+                                .waiters
+                                .first()
+                                .is_none_or(|w| w.session != first.session)
+                                || blocked_here(other)
+                        })
+                }),
+            };
             prop_assert!(blocked, "a grantable waiter was left waiting: {entry:?}");
         }
         prop_assert!(
@@ -330,9 +432,9 @@ fn check_deadlock_search(table: &LockTable, slots: &[Slot]) -> Result<(), TestCa
                     })
                     .collect(),
             };
-            for want in wants {
+            for want in wants.iter().copied() {
                 let found = table.find_wait_cycle(id, &resource, want);
-                let expected = table.reference_wait_cycle_exists(id, &resource, want);
+                let expected = table.reference_wait_cycle_exists(id, &[(&resource, want)]);
                 prop_assert_eq!(
                     found.is_some(),
                     expected,
@@ -340,6 +442,45 @@ fn check_deadlock_search(table: &LockTable, slots: &[Slot]) -> Result<(), TestCa
                     id,
                     resource,
                     want,
+                    found
+                );
+            }
+        }
+        // A group of two free-to-ask resources, in every pair of modes.
+        let askable: Vec<ResourceName> = (0..3)
+            .map(name)
+            .filter(|r| !session.held.contains(r) && !session.waiting.contains_key(r))
+            .filter(|r| table.queues.get(r).and_then(|q| q.limit()).is_none())
+            .collect();
+        for pair in askable.windows(2) {
+            for modes in [
+                (LockMode::Exclusive, LockMode::Shared),
+                (LockMode::Shared, LockMode::Shared),
+            ] {
+                let starts = [
+                    (
+                        &pair[0],
+                        Want {
+                            mode: modes.0,
+                            permits: None,
+                        },
+                    ),
+                    (
+                        &pair[1],
+                        Want {
+                            mode: modes.1,
+                            permits: None,
+                        },
+                    ),
+                ];
+                let found = table.find_wait_cycle_from(id, &starts);
+                let expected = table.reference_wait_cycle_exists(id, &starts);
+                prop_assert_eq!(
+                    found.is_some(),
+                    expected,
+                    "{:?} asking for {:?}: {:?}",
+                    id,
+                    starts,
                     found
                 );
             }
@@ -363,6 +504,7 @@ fn check_session_index(table: &LockTable) -> Result<(), TestCaseError> {
     }
     let mut held_in_sessions = HashSet::new();
     let mut waiting_in_sessions = HashSet::new();
+    let mut groups_seen = 0;
     for (id, session) in &table.sessions {
         for resource in &session.held {
             prop_assert!(
@@ -371,18 +513,38 @@ fn check_session_index(table: &LockTable) -> Result<(), TestCaseError> {
             );
             held_in_sessions.insert((*id, resource.clone()));
         }
-        prop_assert_eq!(session.waits.len(), session.waiting.len());
+        // One wait per request: a group waits for several resources under one ticket.
+        let tickets: HashSet<_> = session.waiting.values().collect();
+        prop_assert_eq!(session.waits.len(), tickets.len());
         for (request, resource) in &session.waits {
             let ticket = session.waiting.get(resource);
             prop_assert!(
                 ticket.is_some(),
                 "{id:?} waits as {request:?} for {resource}, not indexed"
             );
-            if let Some(ticket) = ticket {
-                waiting_in_sessions.insert((*id, resource.clone(), *ticket, *request));
+            let Some(ticket) = ticket else { continue };
+            match table.groups.get(ticket) {
+                Some(group) => {
+                    groups_seen += 1;
+                    prop_assert_eq!(group.session, *id);
+                    prop_assert_eq!(group.request, *request);
+                    prop_assert_eq!(&group.members[0].0, resource);
+                    for (member, _) in &group.members {
+                        prop_assert_eq!(session.waiting.get(member), Some(ticket));
+                        waiting_in_sessions.insert((*id, member.clone(), *ticket, *request));
+                    }
+                }
+                None => {
+                    waiting_in_sessions.insert((*id, resource.clone(), *ticket, *request));
+                }
             }
         }
     }
+    prop_assert_eq!(
+        groups_seen,
+        table.groups.len(),
+        "a group no session waits with"
+    );
     prop_assert_eq!(held_in_queues, held_in_sessions);
     prop_assert_eq!(waiting_in_queues, waiting_in_sessions);
     Ok(())

@@ -2,8 +2,14 @@
 //!
 //! The queue decides who may hold the lock next and nothing else; the table around it keeps
 //! sessions, tokens and deadlines. Invariant, true between calls: the first waiter (if any)
-//! cannot be granted (or waits for a token reservation, or for its resource's lock-delay), so a
+//! cannot be granted (or waits for a token reservation, or for its resource's lock-delay, or is
+//! a member of a multi-resource acquire that cannot be granted in another of its queues), so a
 //! new request may skip the queue only when it is empty.
+//!
+//! A multi-resource acquire (a group) has one waiter in each of its queues, all with the same
+//! ticket. A queue never grants a group member itself: it only says when one is at its head and
+//! fits beside the holders ([`LockQueue::group_head`]), and the table grants the group when that
+//! is true in every one of its queues.
 //!
 //! A resource is a lock (exclusive and shared holders) or a semaphore (holders of permits, at
 //! most its limit in all), never both at once: the first acquirer of an idle resource decides,
@@ -113,6 +119,9 @@ pub(crate) struct Waiter {
     pub(crate) lock_delay_ms: u32,
     pub(crate) since: Instant,
     pub(crate) deadline: Option<Instant>,
+    /// A member of a multi-resource acquire: the table's group with this waiter's ticket says
+    /// which other queues it waits in, and it is granted in all of them at once or not at all.
+    pub(crate) group: bool,
 }
 
 impl Waiter {
@@ -291,8 +300,9 @@ impl LockQueue {
     /// anything leaves, this grants every waiter that became grantable, in arrival order, and
     /// stops at the first one that must keep waiting: a later reader never overtakes a writer,
     /// and a later small request for permits never overtakes a larger one.
+    /// A group member at the head stops the loop: the table grants groups.
     pub(crate) fn pop_grantable(&mut self) -> Option<(Ticket, Waiter)> {
-        if !self.has_grantable() {
+        if self.group_head().is_some() || !self.has_grantable() {
             return None;
         }
         let Shape::Busy(busy) = &mut self.shape else {
@@ -303,7 +313,16 @@ impl LockQueue {
         busy.waiters.pop_first()
     }
 
-    /// Whether the first waiter could be granted now.
+    /// The ticket of the first waiter if it is a group member that fits beside the holders:
+    /// this queue is ready for its group, which is granted if all its other queues are too.
+    pub(crate) fn group_head(&self) -> Option<Ticket> {
+        self.waiters_by_ticket()
+            .next()
+            .filter(|(_, first)| first.group && self.compatible_with_holders(first.want()))
+            .map(|(ticket, _)| *ticket)
+    }
+
+    /// Whether the first waiter could be granted now (a group member: in this queue).
     pub(crate) fn has_grantable(&self) -> bool {
         self.waiters_by_ticket()
             .next()
@@ -319,10 +338,6 @@ impl LockQueue {
         };
         one.into_iter()
             .chain(busy.into_iter().flat_map(Holders::iter))
-    }
-
-    pub(crate) fn waiters(&self) -> impl Iterator<Item = &Waiter> {
-        self.waiters_by_ticket().map(|(_, waiter)| waiter)
     }
 
     /// Waiters with their tickets, in arrival order.
@@ -377,7 +392,7 @@ impl LockQueue {
     /// the queue) that a request for `want` waits for. A request waits for every waiter ahead of
     /// it that is granted before it and conflicts with it: in a lock, readers are granted
     /// together, so only writers ahead count; in a semaphore, grants are strictly in order, so
-    /// every waiter ahead counts.
+    /// every waiter ahead counts. A group member ahead always counts.
     pub(crate) fn conflicting_waiters(
         &self,
         from: Ticket,
@@ -389,7 +404,11 @@ impl LockQueue {
         self.waiter_map()
             .into_iter()
             .flat_map(move |waiters| waiters.range((Bound::Included(from), upper)))
-            .filter(move |(_, waiter)| want.permits.is_some() || conflicts(waiter.mode, want.mode))
+            // A group member ahead is waited for in any mode: while its group cannot be granted
+            // in another queue, it holds up this queue's line (see `group_head`).
+            .filter(move |(_, waiter)| {
+                want.permits.is_some() || waiter.group || conflicts(waiter.mode, want.mode)
+            })
             .map(|(ticket, waiter)| (*ticket, waiter.session))
     }
 
@@ -625,6 +644,7 @@ mod tests {
             lock_delay_ms: 0,
             since,
             deadline: None,
+            group: false,
         }
     }
 

@@ -17,6 +17,7 @@ use protocol::cmd::{HolderStatus, Permits, ResourceStatus, WaiterStatus};
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 
 use super::effect::{Effect, LockError, WaitFailure};
+use super::multi::Group;
 use super::observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 use super::queue::{Claim, Holder, LockQueue, Ticket, Waiter, Want};
 use super::session::Session;
@@ -50,6 +51,9 @@ pub struct TableConfig {
     pub max_status_limit: u64,
     /// How many watches one session may have open at once (`--max-watches-per-session`).
     pub max_watches_per_session: usize,
+    /// How many resources one multi-resource `acquire` may name
+    /// (`--max-resources-per-acquire`).
+    pub max_resources_per_acquire: usize,
 }
 
 impl Default for TableConfig {
@@ -66,9 +70,18 @@ impl Default for TableConfig {
             max_lock_delay: Duration::from_millis(60_000),
             max_status_limit: DEFAULT_MAX_STATUS_LIMIT,
             max_watches_per_session: protocol::cmd::DEFAULT_MAX_WATCHES_PER_SESSION,
+            max_resources_per_acquire: DEFAULT_MAX_RESOURCES_PER_ACQUIRE,
         }
     }
 }
+
+/// The default for [`TableConfig::max_resources_per_acquire`].
+pub const DEFAULT_MAX_RESOURCES_PER_ACQUIRE: usize = 64;
+
+/// The largest [`TableConfig::max_resources_per_acquire`] a server accepts: a group's grant
+/// hands out one token per member at once, and a token reservation is never asked for before
+/// fewer than `FIRST_TOKEN_BLOCK / 2` tokens are left, so a group must fit in that.
+pub const MAX_RESOURCES_PER_ACQUIRE: usize = 1_024;
 
 /// One page of `status`, from [`LockTable::status_page`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +192,9 @@ pub struct LockTable {
     pub(super) next_ticket: u64,
     /// Which sessions watch which resources (`watch.rs`).
     pub(super) watches: Watches,
+    /// Multi-resource acquires still waiting, by their ticket (the same in each of their
+    /// queues); see `multi.rs`.
+    pub(super) groups: HashMap<Ticket, Group>,
 }
 
 impl LockTable {
@@ -212,6 +228,7 @@ impl LockTable {
             delayed: BTreeMap::new(),
             next_ticket: 0,
             watches: Watches::default(),
+            groups: HashMap::new(),
         }
     }
 
@@ -422,6 +439,9 @@ impl LockTable {
                     }
                 }
                 Some(ticket) => {
+                    // A multi-resource acquire waits under this ticket in each of its queues,
+                    // every one of them in `waiting`: all its waiters go in this loop.
+                    self.groups.remove(&ticket);
                     if let Some(waiter) = queue.remove_waiter(ticket) {
                         self.observations.push_back(Observation::WaitEnded {
                             mode: waiter.mode,
@@ -470,7 +490,7 @@ impl LockTable {
 
     /// The lock-delay an acquire asking for `asked` gets, in milliseconds: the server's default
     /// when it asks for none, clamped to the server's maximum.
-    fn lock_delay_ms(&self, asked: Option<Duration>) -> u32 {
+    pub(super) fn lock_delay_ms(&self, asked: Option<Duration>) -> u32 {
         let delay = asked
             .unwrap_or(self.config.default_lock_delay)
             .min(self.config.max_lock_delay);
@@ -605,6 +625,7 @@ impl LockTable {
                 lock_delay_ms,
                 since: now,
                 deadline,
+                group: false,
             },
         );
         if let Some(deadline) = deadline {
@@ -683,6 +704,9 @@ impl LockTable {
         let session = self.sessions.get(&session_id)?;
         let resource = session.waits.get(&request)?;
         let ticket = session.waiting.get(resource)?;
+        if let Some(group) = self.groups.get(ticket) {
+            return self.group_position(*ticket, group);
+        }
         self.queues.get(resource)?.position(*ticket)
     }
 
@@ -920,14 +944,19 @@ impl LockTable {
                 .collect(),
             waiters: queue
                 .into_iter()
-                .flat_map(LockQueue::waiters)
-                .map(|waiter| WaiterStatus {
+                .flat_map(LockQueue::queued)
+                .map(|(ticket, waiter)| WaiterStatus {
                     session: waiter.session,
                     client: self.client_name(waiter.session),
                     peer: None,
                     mode: waiter.mode,
                     waited_ms: millis_since(now, waiter.since),
                     permits: waiter.permits.map(|permits| permits.count().get()),
+                    group: if waiter.group {
+                        self.group_members(ticket)
+                    } else {
+                        None
+                    },
                 })
                 .collect(),
             delayed_ms: self
@@ -952,15 +981,30 @@ impl LockTable {
         resource: &ResourceName,
         want: Want,
     ) -> Option<String> {
+        self.find_wait_cycle_from(session, &[(resource, want)])
+    }
+
+    /// [`find_wait_cycle`](Self::find_wait_cycle) for a request that would wait in several
+    /// queues at once (a multi-resource acquire): it waits for whatever blocks it in any of
+    /// them.
+    pub(super) fn find_wait_cycle_from<'t>(
+        &'t self,
+        session: SessionId,
+        starts: &[(&'t ResourceName, Want)],
+    ) -> Option<String> {
         let mut search = CycleSearch {
             target: session,
             reached: HashMap::new(),
             frontier: Vec::new(),
             scanned: HashMap::new(),
         };
-        let queue = self.queues.get(resource)?;
-        if search.expand(session, resource, queue, None, want) {
-            return Some(describe_cycle(session, &search.reached));
+        for &(resource, want) in starts {
+            let Some(queue) = self.queues.get(resource) else {
+                continue;
+            };
+            if search.expand(session, resource, queue, None, want) {
+                return Some(describe_cycle(session, &search.reached));
+            }
         }
         while let Some(waiting) = search.frontier.pop() {
             let Some(state) = self.sessions.get(&waiting) else {
@@ -987,16 +1031,13 @@ impl LockTable {
     pub(super) fn reference_wait_cycle_exists(
         &self,
         session: SessionId,
-        resource: &ResourceName,
-        want: Want,
+        starts: &[(&ResourceName, Want)],
     ) -> bool {
-        let Some(queue) = self.queues.get(resource) else {
-            return false;
-        };
         let mut seen = std::collections::HashSet::new();
-        let mut frontier: Vec<SessionId> = queue
-            .blockers(None, want)
-            .map(|(blocker, _)| blocker)
+        let mut frontier: Vec<SessionId> = starts
+            .iter()
+            .filter_map(|(resource, want)| Some((self.queues.get(*resource)?, *want)))
+            .flat_map(|(queue, want)| queue.blockers(None, want).map(|(blocker, _)| blocker))
             .filter(|blocker| *blocker != session)
             .collect();
         while let Some(waiting) = frontier.pop() {
@@ -1070,6 +1111,10 @@ impl LockTable {
         ticket: Ticket,
         reason: WaitFailure,
     ) {
+        if self.groups.contains_key(&ticket) {
+            self.end_group_wait(now, ticket, reason);
+            return;
+        }
         let Some(waiter) = self
             .queues
             .get_mut(resource)
@@ -1085,10 +1130,7 @@ impl LockTable {
         self.observations.push_back(Observation::WaitEnded {
             mode: waiter.mode,
             waited: now.saturating_duration_since(waiter.since),
-            reason: match reason {
-                WaitFailure::Timeout => WaitEnd::Timeout,
-                WaitFailure::Cancelled => WaitEnd::Cancelled,
-            },
+            reason: reason.wait_end(),
         });
         self.effects.push_back(Effect::WaitFailed {
             session: waiter.session,
@@ -1100,7 +1142,12 @@ impl LockTable {
         self.grant_waiters(now, resource);
     }
 
-    fn forget_wait_deadline(&mut self, resource: &ResourceName, ticket: Ticket, waiter: &Waiter) {
+    pub(super) fn forget_wait_deadline(
+        &mut self,
+        resource: &ResourceName,
+        ticket: Ticket,
+        waiter: &Waiter,
+    ) {
         if let Some(deadline) = waiter.deadline {
             self.deadlines
                 .remove(&(deadline, Deadline::WaitTimeout(resource.clone(), ticket)));
@@ -1108,11 +1155,19 @@ impl LockTable {
     }
 
     /// Grants, in arrival order, every waiter at the front of the queue that can hold the lock
-    /// now, and drops the queue when it is idle.
-    fn grant_waiters(&mut self, now: Instant, resource: &ResourceName) {
-        let Some(queue) = self.queues.get_mut(resource) else {
-            return;
-        };
+    /// now, and drops the queue when it is idle. A multi-resource acquire that the queue is
+    /// ready for is granted if all its other queues are ready too, and so is whatever its grant
+    /// lets go next in any of them.
+    pub(super) fn grant_waiters(&mut self, now: Instant, resource: &ResourceName) {
+        if let Some(ticket) = self.grant_queue(now, resource) {
+            self.grant_groups(now, ticket);
+        }
+    }
+
+    /// [`grant_waiters`](Self::grant_waiters) in one queue: stops at a group member at its head
+    /// and returns its ticket when the queue is ready for it.
+    pub(super) fn grant_queue(&mut self, now: Instant, resource: &ResourceName) -> Option<Ticket> {
+        let queue = self.queues.get_mut(resource)?;
         // In lock-delay: the deadline that ends it grants them.
         let delayed = self.delayed.contains_key(resource);
         // For the watchers, told once the queue is settled.
@@ -1168,6 +1223,7 @@ impl LockTable {
                 granted.push((token, holder.clone()));
             }
         }
+        let group = if delayed { None } else { queue.group_head() };
         if queue.is_idle() {
             self.queues.remove(resource);
         }
@@ -1177,6 +1233,7 @@ impl LockTable {
         if !granted.is_empty() {
             self.notify_queue(resource);
         }
+        group
     }
 }
 

@@ -295,6 +295,7 @@ async fn start(name: &str) -> Replay {
     match name {
         "hello-clamped" => replay.open_in_order("session 1").await,
         "acquire-wait" | "wait-runs-out" | "cancel" => replay.session_1_holds(&["file_A"]).await,
+        "multi" => replay.session_1_holds(&["accounts/bob"]).await,
         "already-waits" => {
             replay.session_1_holds(&["file_A"]).await;
             replay.open("doc").await;
@@ -461,6 +462,12 @@ async fn before(name: &str, block: usize, line: usize, replay: &mut Replay) {
             let hello = json!({"id": 2, "op": "hello", "lease_ms": 1000});
             let hello = replay.call("session 2", hello).await;
             assert_eq!(hello["lease_ms"], 1000, "{hello}");
+        }
+        // "When session 1 releases accounts/bob, this session gets both"
+        ("multi", 1, 0) => {
+            let frame = json!({"id": 2, "op": "release", "resource": "accounts/bob", "token": 1});
+            let released = replay.call("session 1", frame).await;
+            assert_eq!(released["ok"], true, "{released}");
         }
         // A new connection, after the refused one was closed.
         ("auth", 1, 0) => replay.open("doc").await,

@@ -15,6 +15,7 @@ mod durability;
 mod fault_proxy;
 mod fsync;
 mod hardening;
+mod multi;
 mod ops;
 mod process;
 mod queueing;

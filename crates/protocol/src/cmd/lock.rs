@@ -95,6 +95,54 @@ pub struct AcquireOk {
     pub permits: Option<Permits>,
 }
 
+/// `acquire` with `resources`: several locks granted all at once or not at all.
+///
+/// The request waits, under one ticket, in the queue of every resource it names, and holds
+/// nothing while it waits. It is granted when it can be granted in every one of its queues at
+/// once; until then it keeps its place in each, so a later request for any of them waits
+/// behind it (FIFO, as a later reader waits behind a waiting writer). Members are locks
+/// (exclusive or shared), not semaphore permits. Once granted, each member is an ordinary hold
+/// with its own token, released (and fenced) on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireMany {
+    /// What to lock: at least one resource, each named once.
+    pub resources: Vec<Member>,
+    /// How long to wait for all of them: absent waits as long as it takes, 0 tries once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Every member's lock-delay, as for a single `acquire`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_delay_ms: Option<u64>,
+}
+
+/// One resource of an [`AcquireMany`], with the mode to hold it in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The resource.
+    pub resource: ResourceName,
+    /// Exclusive (the default) or shared.
+    #[serde(default)]
+    pub mode: LockMode,
+}
+
+/// The result of a granted [`AcquireMany`]: one token per resource, in the request's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireManyOk {
+    /// Each member's grant.
+    pub tokens: Vec<MemberToken>,
+}
+
+/// One member's grant in an [`AcquireManyOk`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberToken {
+    /// The resource.
+    pub resource: ResourceName,
+    /// Its fencing token: release, read, write and validate it with this token.
+    pub token: FenceToken,
+    /// The mode granted.
+    pub mode: LockMode,
+}
+
 /// `release`: give back a lock held with `token`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
@@ -262,4 +310,8 @@ pub struct WaiterStatus {
     /// For a semaphore: how many permits it asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permits: Option<u16>,
+    /// For a multi-resource acquire: every resource it waits for, this one included, in its
+    /// request's order. It waits in each of their queues and is granted in all at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Vec<ResourceName>>,
 }

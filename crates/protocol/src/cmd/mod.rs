@@ -16,9 +16,11 @@ use serde::{Deserialize, Serialize};
 
 pub use self::cluster::{AddNode, ClusterMember, ClusterStatusOk, RemoveNode};
 pub use self::lock::{
-    Acquire, AcquireOk, Cancel, HolderStatus, Permits, Release, ResourceStatus, Status, StatusOk,
-    Validate, ValidateOk, WaiterStatus, DEFAULT_STATUS_LIMIT, MAX_PERMIT_LIMIT,
+    Acquire, AcquireMany, AcquireManyOk, AcquireOk, Cancel, HolderStatus, Permits, Release,
+    ResourceStatus, Status, StatusOk, Validate, ValidateOk, WaiterStatus, DEFAULT_STATUS_LIMIT,
+    MAX_PERMIT_LIMIT,
 };
+pub use self::lock::{Member, MemberToken};
 pub use self::session::{Hello, HelloOk};
 pub use self::value::{Read, ReadOk, Write, DEFAULT_MAX_VALUE_BYTES};
 pub use self::watch::{
@@ -47,6 +49,9 @@ pub enum Command {
     Hello(Hello),
     /// Take a lock.
     Acquire(Acquire),
+    /// Take several locks at once: an `acquire` with `resources`.
+    #[serde(rename = "acquire")]
+    AcquireMany(AcquireMany),
     /// Give a lock back.
     Release(Release),
     /// Read the value under a lock.
@@ -78,7 +83,7 @@ impl Command {
     pub fn op(&self) -> Op {
         match self {
             Command::Hello(_) => Op::Hello,
-            Command::Acquire(_) => Op::Acquire,
+            Command::Acquire(_) | Command::AcquireMany(_) => Op::Acquire,
             Command::Release(_) => Op::Release,
             Command::Read(_) => Op::Read,
             Command::Write(_) => Op::Write,
@@ -250,6 +255,8 @@ struct RawRequest<'a> {
     resource: Option<Cow<'a, str>>,
     #[serde(borrow)]
     mode: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    resources: Option<Vec<RawMember<'a>>>,
     timeout_ms: Option<u64>,
     lock_delay_ms: Option<u64>,
     permits: Option<u64>,
@@ -296,6 +303,7 @@ impl RawRequest<'_> {
                 session: self.session.map(SessionId),
                 resume_secret: self.resume_secret.map(Cow::into_owned),
             }),
+            Op::Acquire if self.resources.is_some() => Command::AcquireMany(self.acquire_many()?),
             Op::Acquire => {
                 let permits = semaphore(self.permits, self.limit)?;
                 Command::Acquire(Acquire {
@@ -354,6 +362,64 @@ impl RawRequest<'_> {
             Op::Unwatch => Command::Unwatch(Unwatch {
                 target: RequestId(self.target.ok_or_else(|| missing("target", "a u64"))?),
             }),
+        })
+    }
+}
+
+/// One entry of an `acquire`'s `resources`.
+#[derive(Deserialize)]
+struct RawMember<'a> {
+    #[serde(borrow)]
+    resource: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    mode: Option<Cow<'a, str>>,
+}
+
+impl RawRequest<'_> {
+    /// An `acquire` with `resources`: each member a lock in its own mode, each named once.
+    fn acquire_many(self) -> Result<AcquireMany, ErrorBody> {
+        let bad = |message: String| ErrorBody::new(ErrorCode::BadRequest, message);
+        if self.resource.is_some() {
+            return Err(bad(
+                "an `acquire` names `resource` or `resources`, not both".into(),
+            ));
+        }
+        if self.mode.is_some() {
+            return Err(bad(
+                "an `acquire` with `resources` gives each member its own `mode`; drop the \
+                 top-level `mode`"
+                    .into(),
+            ));
+        }
+        if self.permits.is_some() || self.limit.is_some() {
+            return Err(bad(
+                "`resources` members are locks; `permits` and `limit` are for an `acquire` of \
+                 one semaphore"
+                    .into(),
+            ));
+        }
+        let raw = self.resources.unwrap_or_default();
+        if raw.is_empty() {
+            return Err(bad("`resources` must name at least one resource".into()));
+        }
+        let mut resources: Vec<Member> = Vec::with_capacity(raw.len());
+        for (i, member) in raw.into_iter().enumerate() {
+            let resource = member
+                .resource
+                .ok_or_else(|| bad(format!("missing field `resource` in `resources[{i}]`")))
+                .and_then(|name| valid_name(&name))?;
+            if resources.iter().any(|m| m.resource == resource) {
+                return Err(bad(format!(
+                    "resource {resource} appears twice in `resources`; name each resource once"
+                )));
+            }
+            let mode = acquire_mode(member.mode.as_deref(), false)?;
+            resources.push(Member { resource, mode });
+        }
+        Ok(AcquireMany {
+            resources,
+            timeout_ms: self.timeout_ms,
+            lock_delay_ms: self.lock_delay_ms,
         })
     }
 }

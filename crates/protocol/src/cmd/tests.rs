@@ -446,3 +446,77 @@ fn watch_ops_without_their_fields_are_refused() {
         ErrorCode::InvalidResource
     );
 }
+
+#[test]
+fn an_acquire_with_resources_is_a_multi_acquire_that_serializes_back_to_itself() {
+    let line = r#"{"id":3,"op":"acquire","resources":[{"resource":"a"},{"resource":"b","mode":"shared"}],"timeout_ms":500}"#;
+    let request = parse(line).unwrap();
+    let expected = Command::AcquireMany(AcquireMany {
+        resources: vec![
+            Member {
+                resource: name("a"),
+                mode: LockMode::Exclusive,
+            },
+            Member {
+                resource: name("b"),
+                mode: LockMode::Shared,
+            },
+        ],
+        timeout_ms: Some(500),
+        lock_delay_ms: None,
+    });
+    assert_eq!(request.command, expected);
+    assert_eq!(request.command.op(), Op::Acquire);
+    // A cluster's log carries requests as their JSON: it must parse back to the same request.
+    let json = String::from_utf8(request.to_json()).unwrap();
+    assert_eq!(
+        json,
+        r#"{"id":3,"op":"acquire","resources":[{"resource":"a","mode":"exclusive"},{"resource":"b","mode":"shared"}],"timeout_ms":500}"#
+    );
+    assert_eq!(parse(&json).unwrap(), request);
+}
+
+#[test]
+fn a_multi_acquire_is_refused_with_a_clear_error() {
+    let cases = [
+        (r#""resources":[]"#, "at least one resource"),
+        (
+            r#""resources":[{"resource":"a"},{"resource":"b"},{"resource":"a","mode":"shared"}]"#,
+            "a appears twice in `resources`",
+        ),
+        (
+            r#""resources":[{"resource":"a"}],"resource":"b""#,
+            "`resource` or `resources`, not both",
+        ),
+        (
+            r#""resources":[{"resource":"a"}],"mode":"shared""#,
+            "its own `mode`",
+        ),
+        (
+            r#""resources":[{"resource":"a"}],"limit":3"#,
+            "`permits` and `limit` are for",
+        ),
+        (
+            r#""resources":[{"mode":"shared"}]"#,
+            "field `resource` in `resources[0]`",
+        ),
+        (
+            r#""resources":[{"resource":"a","mode":"x"}]"#,
+            "unknown mode",
+        ),
+        (r#""resources":"a""#, "ill-typed"),
+    ];
+    for (fields, expected) in cases {
+        let line = format!(r#"{{"id":9,"op":"acquire",{fields}}}"#);
+        let (id, code, message) = err(&line);
+        assert_eq!((id, code), (Some(9), ErrorCode::BadRequest), "{line}");
+        // Messages start with a capital letter.
+        let message = message.to_lowercase();
+        assert!(
+            message.contains(&expected.to_lowercase()),
+            "{line}: {message}"
+        );
+    }
+    let (_, code, message) = err(r#"{"id":9,"op":"acquire","resources":[{"resource":"a b"}]}"#);
+    assert_eq!(code, ErrorCode::InvalidResource, "{message}");
+}

@@ -134,7 +134,7 @@ function shapeKey(data) {
       r.delayed_ms != null,
       r.permits_used,
       r.holders.map((h) => [h.session, h.token, h.client, h.peer]),
-      r.waiters.map((w) => [w.session, w.mode, w.permits, w.client]),
+      r.waiters.map((w) => [w.session, w.mode, w.permits, w.client, w.group]),
     ]),
   );
 }
@@ -216,6 +216,8 @@ function row(r) {
       li.appendChild(mode(w.mode, w.permits));
       li.appendChild(who(w));
       li.appendChild(age("waiting for", w.waited_ms));
+      // A multi-resource acquire waits in every one of its queues and is granted in all at once.
+      if (w.group != null) li.appendChild(el("span", "group", `all at once: ${w.group.join(", ")}`));
       list.appendChild(li);
     }
     if (r.waiters.length > QUEUE_SHOWN) {

@@ -7,6 +7,7 @@ mod chaos;
 mod failover;
 mod membership;
 mod metrics;
+mod multi;
 mod peer_entries;
 mod peer_port;
 mod peer_tls;
