@@ -4,6 +4,7 @@
 //! a `now: Instant` argument, and decisions go out as return values and [`Effect`]s.
 
 mod effect;
+mod elect;
 mod image;
 mod observation;
 mod queue;
@@ -22,6 +23,8 @@ pub use table::{
 
 #[cfg(test)]
 mod delay_tests;
+#[cfg(test)]
+mod elect_tests;
 #[cfg(test)]
 mod harness;
 #[cfg(test)]

@@ -17,6 +17,7 @@ use protocol::cmd::{HolderStatus, Permits, ResourceStatus, WaiterStatus};
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 
 use super::effect::{Effect, LockError, WaitFailure};
+use super::elect::Campaigns;
 use super::observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 use super::queue::{Claim, Holder, LockQueue, Ticket, Waiter, Want};
 use super::session::Session;
@@ -179,6 +180,8 @@ pub struct LockTable {
     pub(super) next_ticket: u64,
     /// Which sessions watch which resources (`watch.rs`).
     pub(super) watches: Watches,
+    /// The values of campaigns that wait or hold (`elect.rs`).
+    pub(super) campaigns: Campaigns,
 }
 
 impl LockTable {
@@ -212,6 +215,7 @@ impl LockTable {
             delayed: BTreeMap::new(),
             next_ticket: 0,
             watches: Watches::default(),
+            campaigns: Campaigns::default(),
         }
     }
 
@@ -434,6 +438,8 @@ impl LockTable {
                 }
             }
         }
+        // After the holds' events above, which show their campaigns' values.
+        self.campaigns.forget_session(session_id);
         for (resource, ms) in delays {
             self.start_lock_delay(now, resource, ms);
         }
@@ -1065,6 +1071,7 @@ impl LockTable {
             session.waiting.remove(resource);
             session.waits.remove(&waiter.request);
         }
+        self.campaigns.remove(waiter.session, resource);
         self.observations.push_back(Observation::WaitEnded {
             mode: waiter.mode,
             waited: now.saturating_duration_since(waiter.since),
