@@ -198,6 +198,17 @@ pub enum Subcommands {
     /// Run a command while holding a lock, like flock(1) across machines.
     #[command(after_help = RUN_AFTER_HELP, override_usage = RUN_USAGE)]
     Run(RunArgs),
+    /// Campaign to lead NAME with VALUE, and run a command while leading: it is stopped
+    /// (SIGTERM, then SIGKILL) as soon as leadership is lost, exactly as `run` stops a command
+    /// whose lock is lost. LOCKD_TOKEN is the epoch.
+    #[command(override_usage = ELECT_USAGE)]
+    Elect(ElectArgs),
+    /// Print the leader of NAME, then a line at each change of leader, until interrupted:
+    /// `leader epoch=N value=VALUE` or `no leader`. Exits non-zero if the session is lost.
+    Observe {
+        /// The election's resource.
+        name: String,
+    },
     /// Fetch a consistent copy of lockd's store from its admin API (lockd --http, with
     /// --admin-token-file) while it serves: a file to restore lockd.redb from.
     Backup {
@@ -259,6 +270,67 @@ pub struct AdminCredential {
 const RUN_USAGE: &str = "lockctl run [OPTIONS] <RESOURCE> [--] <COMMAND>...\n       \
                          lockctl run [OPTIONS] -c <SHELL_COMMAND> <RESOURCE>";
 
+/// The two forms of `elect`, in its usage line.
+const ELECT_USAGE: &str = "lockctl elect [OPTIONS] <NAME> <VALUE> [--] <COMMAND>...\n       \
+                           lockctl elect [OPTIONS] -c <SHELL_COMMAND> <NAME> <VALUE>";
+
+/// `lockctl elect [options] NAME VALUE [--] COMMAND [ARGS...]`: `run` under a campaign.
+#[derive(Debug, Clone, Args)]
+pub struct ElectArgs {
+    /// Exit code when leadership is lost while the command runs.
+    #[arg(long, default_value_t = 75, value_name = "N")]
+    pub lost_exit_code: u8,
+    /// Seconds between SIGTERM and SIGKILL when leadership is lost or about to be (default and
+    /// maximum: a quarter of the lease).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub kill_after: Option<Duration>,
+    /// Ask for a lock-delay: if leadership is lost other than by the command's exit, lockd
+    /// makes nobody leader for this many seconds (default: the server's).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub lock_delay: Option<Duration>,
+    /// Run this shell command (with `sh -c`) instead of COMMAND.
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "SHELL_COMMAND",
+        conflicts_with = "command"
+    )]
+    pub shell_command: Option<String>,
+    /// The election's resource.
+    pub name: String,
+    /// What observers see while this candidate leads (its address, say).
+    pub value: String,
+    /// The command and its arguments.
+    #[arg(
+        trailing_var_arg = true,
+        required_unless_present = "shell_command",
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+impl ElectArgs {
+    /// `run`'s arguments for this campaign: an exclusive lock that waits as long as it takes.
+    pub fn into_run(self) -> RunArgs {
+        RunArgs {
+            shared: false,
+            limit: None,
+            permits: None,
+            nonblock: false,
+            timeout: None,
+            conflict_exit_code: 1,
+            lost_exit_code: self.lost_exit_code,
+            kill_after: self.kill_after,
+            lock_delay: self.lock_delay,
+            verbose: false,
+            shell_command: self.shell_command,
+            resource: self.name,
+            command: self.command,
+            campaign: Some(self.value),
+        }
+    }
+}
+
 /// `lockctl run [options] RESOURCE [--] COMMAND [ARGS...]` or `lockctl run -c SHELL_COMMAND
 /// RESOURCE`; the flags follow flock(1).
 #[derive(Debug, Clone, Args)]
@@ -317,6 +389,9 @@ pub struct RunArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<String>,
+    /// Set by `lockctl elect`: campaign with this value instead of taking a plain lock.
+    #[arg(skip)]
+    pub campaign: Option<String>,
 }
 
 impl RunArgs {

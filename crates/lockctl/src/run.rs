@@ -87,6 +87,12 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
         Some(asked) => asked,
         None => max_grace(lease),
     };
+    // `lockctl elect`: the lock is the election's, and losing it is losing leadership.
+    let held = if args.campaign.is_some() {
+        "leadership of"
+    } else {
+        "the lock on"
+    };
     let mut request = match args.limit {
         Some(limit) => client
             .semaphore(resource, limit)
@@ -104,8 +110,27 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
     } else if let Some(timeout) = timeout {
         request = request.timeout(timeout);
     }
+    let acquire = async {
+        match &args.campaign {
+            Some(value) => {
+                let mut election = client.election(resource);
+                if let Some(delay) = args.lock_delay {
+                    election = election.lock_delay(delay);
+                }
+                let leadership = election.campaign(value).await;
+                if let Ok(leadership) = &leadership {
+                    eprintln!(
+                        "lockctl: leading {resource} as {value:?}, epoch {}",
+                        leadership.epoch()
+                    );
+                }
+                leadership.map(lockctl::Leadership::into_guard)
+            }
+            None => request.acquire().await,
+        }
+    };
     let granted = tokio::select! {
-        granted = request.acquire() => granted,
+        granted = acquire => granted,
         () = interrupted() => return ExitCode::from(EXIT_INTERRUPTED),
     };
     let guard = match granted {
@@ -202,7 +227,7 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
             }
             () = guard.lost() => {
                 eprintln!(
-                    "lockctl: lost the lock on {resource} (lockd unreachable or session \
+                    "lockctl: lost {held} {resource} (lockd unreachable or session \
                      expired); stopping {} and its process group",
                     args.display_name()
                 );
@@ -214,7 +239,7 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
                     continue;
                 }
                 eprintln!(
-                    "lockctl: lockd has not answered for {:.1} s; the lock on {resource} will be \
+                    "lockctl: lockd has not answered for {:.1} s; {held} {resource} will be \
                      lost in {:.1} s: stopping {} and its process group before that",
                     (lease.saturating_sub(lockctl::lease::lease_margin(lease)))
                         .saturating_sub(guard.valid_for())
