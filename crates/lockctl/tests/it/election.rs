@@ -156,7 +156,7 @@ async fn election_three_candidates_with_leaders_killed_never_overlap_and_observe
     let mut values = Vec::new();
     // Which candidate led when, on this clock: (candidate, epoch, elected, believed until).
     let mut terms: Vec<(usize, FenceToken, Instant, Option<Instant>)> = Vec::new();
-    let mut epochs = vec![FenceToken(0); 3];
+    let mut epochs = [FenceToken(0); 3];
     for candidate in 0..3 {
         let proxy = FaultProxy::start(server.addr).await;
         let client = Client::builder(&proxy.addr().to_string())

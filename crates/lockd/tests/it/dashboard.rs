@@ -88,6 +88,13 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // An election's observer watches the deploy lock (its first event stays unread).
+    let mut watcher = lockd.connect().await;
+    let reply = watcher
+        .call(json!({"id": 1, "op": "watch", "resource": "deploy/prod"}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+
     let url = format!("http://{admin}/");
     let dom = tokio::task::spawn_blocking(move || chromium(&url, &["--dump-dom"]))
         .await
@@ -96,6 +103,7 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
     assert!(dom.contains("data-state=\"live\""), "not live:\n{dom}");
     assert!(dom.contains("<dd id=\"total-waiters\">3</dd>"), "{dom}");
     assert!(dom.contains("<dd id=\"total-holders\">6</dd>"), "{dom}");
+    assert!(dom.contains("<dd id=\"total-watches\">1</dd>"), "{dom}");
     let exports = row(&dom, "exports/s3");
     for text in ["2 of 4 permits used", "2 permits", "export@batch-5"] {
         assert!(exports.contains(text), "{text:?} missing from:\n{exports}");
@@ -103,6 +111,7 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
     let deploy = row(&dom, "deploy/prod");
     for text in [
         "2 waiting",
+        "1 watching",
         "deploy@ci-runner-7",
         "#1",
         "deploy@ci-runner-9",
@@ -153,6 +162,7 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
         std::fs::write(keep, &bytes).unwrap();
     }
     drop(conns);
+    drop(watcher);
 }
 
 async fn lock(conn: &mut Conn, resource: &str, mode: &str) {

@@ -394,6 +394,14 @@ async fn start(name: &str) -> Replay {
             replay.session_1_holds(&["cfg"]).await;
             replay.open_in_order("session 2").await;
         }
+        "campaign" => {
+            // Session 1 campaigns first and leads; the doc's session is the second.
+            replay.open_in_order("session 1").await;
+            let campaign = json!({"id": 1, "op": "acquire", "resource": "leader",
+                                  "value": "10.0.0.1:8080"});
+            let granted = replay.call("session 1", campaign).await;
+            assert_eq!(granted["token"], 1, "{granted}");
+        }
         "status-pages" => {
             // Session 1 holds file_A and jobs/nightly, session 2 waits for file_A.
             replay.session_1_holds(&["file_A", "jobs/nightly"]).await;
@@ -461,6 +469,12 @@ async fn before(name: &str, block: usize, line: usize, replay: &mut Replay) {
             let hello = json!({"id": 2, "op": "hello", "lease_ms": 1000});
             let hello = replay.call("session 2", hello).await;
             assert_eq!(hello["lease_ms"], 1000, "{hello}");
+        }
+        // Session 1 resigns while the doc's session waits in line.
+        ("campaign", 0, 6) => {
+            let frame = json!({"id": 2, "op": "release", "resource": "leader", "token": 1});
+            let released = replay.call("session 1", frame).await;
+            assert_eq!(released["ok"], true, "{released}");
         }
         // A new connection, after the refused one was closed.
         ("auth", 1, 0) => replay.open("doc").await,

@@ -95,6 +95,7 @@ function render(data) {
   $("total-holders").textContent = t.holders.toLocaleString();
   $("total-waiters").textContent = t.waiters.toLocaleString();
   $("total-sessions").textContent = t.sessions.toLocaleString();
+  $("total-watches").textContent = t.watches.toLocaleString();
   document.title = t.waiters > 0 ? `lockd · ${t.waiters} waiting` : "lockd";
 
   // Rebuild the rows only when who holds and who waits changed, so that text stays selectable
@@ -133,6 +134,7 @@ function shapeKey(data) {
       r.resource,
       r.delayed_ms != null,
       r.permits_used,
+      r.watchers,
       r.holders.map((h) => [h.session, h.token, h.client, h.peer]),
       r.waiters.map((w) => [w.session, w.mode, w.permits, w.client]),
     ]),
@@ -175,6 +177,11 @@ function row(r) {
   if (r.waiters.length > 0) {
     name.appendChild(el("br"));
     name.appendChild(el("span", "queue-len", `${r.waiters.length} waiting`));
+  }
+  if (r.watchers > 0) {
+    // Sessions told of every change (watches, election observers): who a release wakes.
+    name.appendChild(el("br"));
+    name.appendChild(el("span", "watchers", `${r.watchers} watching`));
   }
   tr.appendChild(name);
 
