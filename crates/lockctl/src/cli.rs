@@ -270,6 +270,23 @@ pub struct AdminCredential {
 const RUN_USAGE: &str = "lockctl run [OPTIONS] <RESOURCE> [--] <COMMAND>...\n       \
                          lockctl run [OPTIONS] -c <SHELL_COMMAND> <RESOURCE>";
 
+/// What `run` and `elect` do when the lock (for `elect`, leadership) is lost.
+#[derive(Debug, Clone, Args)]
+pub struct Losing {
+    /// Exit code when the lock (leadership, for `elect`) is lost while the command runs.
+    #[arg(long, default_value_t = 75, value_name = "N")]
+    pub lost_exit_code: u8,
+    /// Seconds between SIGTERM and SIGKILL when the lock is lost or about to be (default and
+    /// maximum: a quarter of the lease; a longer value is cut to that, with a note on stderr,
+    /// so that the command is dead before lockd could give the lock to anyone else).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub kill_after: Option<Duration>,
+    /// Ask for a lock-delay: if the lock is lost other than by a release, lockd grants it to
+    /// nobody for this many seconds (default: the server's, --default-lock-delay-ms).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub lock_delay: Option<Duration>,
+}
+
 /// The two forms of `elect`, in its usage line.
 const ELECT_USAGE: &str = "lockctl elect [OPTIONS] <NAME> <VALUE> [--] <COMMAND>...\n       \
                            lockctl elect [OPTIONS] -c <SHELL_COMMAND> <NAME> <VALUE>";
@@ -277,36 +294,14 @@ const ELECT_USAGE: &str = "lockctl elect [OPTIONS] <NAME> <VALUE> [--] <COMMAND>
 /// `lockctl elect [options] NAME VALUE [--] COMMAND [ARGS...]`: `run` under a campaign.
 #[derive(Debug, Clone, Args)]
 pub struct ElectArgs {
-    /// Exit code when leadership is lost while the command runs.
-    #[arg(long, default_value_t = 75, value_name = "N")]
-    pub lost_exit_code: u8,
-    /// Seconds between SIGTERM and SIGKILL when leadership is lost or about to be (default and
-    /// maximum: a quarter of the lease).
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    pub kill_after: Option<Duration>,
-    /// Ask for a lock-delay: if leadership is lost other than by the command's exit, lockd
-    /// makes nobody leader for this many seconds (default: the server's).
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    pub lock_delay: Option<Duration>,
-    /// Run this shell command (with `sh -c`) instead of COMMAND.
-    #[arg(
-        short = 'c',
-        long = "command",
-        value_name = "SHELL_COMMAND",
-        conflicts_with = "command"
-    )]
-    pub shell_command: Option<String>,
+    #[command(flatten)]
+    pub losing: Losing,
     /// The election's resource.
     pub name: String,
     /// What observers see while this candidate leads (its address, say).
     pub value: String,
-    /// The command and its arguments.
-    #[arg(
-        trailing_var_arg = true,
-        required_unless_present = "shell_command",
-        value_name = "COMMAND"
-    )]
-    pub command: Vec<String>,
+    #[command(flatten)]
+    pub job: Job,
 }
 
 impl ElectArgs {
@@ -319,13 +314,10 @@ impl ElectArgs {
             nonblock: false,
             timeout: None,
             conflict_exit_code: 1,
-            lost_exit_code: self.lost_exit_code,
-            kill_after: self.kill_after,
-            lock_delay: self.lock_delay,
+            losing: self.losing,
             verbose: false,
-            shell_command: self.shell_command,
             resource: self.name,
-            command: self.command,
+            job: self.job,
             campaign: Some(self.value),
         }
     }
@@ -355,22 +347,25 @@ pub struct RunArgs {
     /// Exit code when the lock is not granted (-n, or -w running out).
     #[arg(short = 'E', long, default_value_t = 1, value_name = "N")]
     pub conflict_exit_code: u8,
-    /// Exit code when the lock is lost while the command runs.
-    #[arg(long, default_value_t = 75, value_name = "N")]
-    pub lost_exit_code: u8,
-    /// Seconds between SIGTERM and SIGKILL when the lock is lost or about to be (default and
-    /// maximum: a quarter of the lease; a longer value is cut to that, with a note on stderr,
-    /// so that the command is dead before lockd could give the lock to anyone else).
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    pub kill_after: Option<Duration>,
-    /// Ask for a lock-delay: if the lock is lost other than by a release, lockd grants it to
-    /// nobody for this many seconds (default: the server's, --default-lock-delay-ms).
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    pub lock_delay: Option<Duration>,
+    #[command(flatten)]
+    pub losing: Losing,
     /// Say on stderr why the command did not run when the lock was not granted (by default
     /// that is silent, as with flock(1), so that cron mails nothing for a skipped run).
     #[arg(short, long)]
     pub verbose: bool,
+    /// The resource to lock.
+    pub resource: String,
+    #[command(flatten)]
+    pub job: Job,
+    /// Set by `lockctl elect`: campaign with this value instead of taking a plain lock.
+    #[arg(skip)]
+    pub campaign: Option<String>,
+}
+
+/// The command `run` and `elect` start: COMMAND, or `-c SHELL_COMMAND`. Declared after the
+/// resource, so that COMMAND is the last positional argument.
+#[derive(Debug, Clone, Args)]
+pub struct Job {
     /// Run this shell command (with `sh -c`) instead of COMMAND, as flock(1)'s -c.
     #[arg(
         short = 'c',
@@ -379,8 +374,6 @@ pub struct RunArgs {
         conflicts_with = "command"
     )]
     pub shell_command: Option<String>,
-    /// The resource to lock.
-    pub resource: String,
     /// The command and its arguments. Everything after its first word is the command's, so
     /// `lockctl run r echo -n hi` needs no `--`; a command that starts with `-` does.
     #[arg(
@@ -389,25 +382,22 @@ pub struct RunArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<String>,
-    /// Set by `lockctl elect`: campaign with this value instead of taking a plain lock.
-    #[arg(skip)]
-    pub campaign: Option<String>,
 }
 
 impl RunArgs {
     /// The program and arguments to start: COMMAND, or `sh -c SHELL_COMMAND`.
     pub fn argv(&self) -> Vec<String> {
-        match &self.shell_command {
+        match &self.job.shell_command {
             Some(line) => vec!["sh".to_owned(), "-c".to_owned(), line.clone()],
-            None => self.command.clone(),
+            None => self.job.command.clone(),
         }
     }
 
     /// What the messages call the command: its program, or the whole shell command.
     pub fn display_name(&self) -> &str {
-        match &self.shell_command {
+        match &self.job.shell_command {
             Some(line) => line,
-            None => self.command.first().map_or("", String::as_str),
+            None => self.job.command.first().map_or("", String::as_str),
         }
     }
 }
@@ -653,7 +643,7 @@ mod tests {
         assert!(run.shared && !run.nonblock);
         assert_eq!(run.conflict_exit_code, 9);
         assert_eq!(run.resource, "jobs/x");
-        assert_eq!(run.command, ["echo", "-n", "hi"]);
+        assert_eq!(run.job.command, ["echo", "-n", "hi"]);
         let cli = parse(&["run", "jobs/x", "echo", "-n", "--server", "x"]);
         let Some(Subcommands::Run(run)) = cli.command else {
             panic!("not a run command");

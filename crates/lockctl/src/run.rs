@@ -73,7 +73,7 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     let lease = client.lease();
-    let grace = match args.kill_after {
+    let grace = match args.losing.kill_after {
         Some(asked) if asked > max_grace(lease) => {
             eprintln!(
                 "lockctl: --kill-after {} s is longer than this session's lease allows; using {} \
@@ -102,7 +102,7 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
     if args.shared {
         request = request.shared();
     }
-    if let Some(delay) = args.lock_delay {
+    if let Some(delay) = args.losing.lock_delay {
         request = request.lock_delay(delay);
     }
     if args.nonblock {
@@ -114,7 +114,7 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
         match &args.campaign {
             Some(value) => {
                 let mut election = client.election(resource);
-                if let Some(delay) = args.lock_delay {
+                if let Some(delay) = args.losing.lock_delay {
                     election = election.lock_delay(delay);
                 }
                 let leadership = election.campaign(value).await;
@@ -232,7 +232,7 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
                     args.display_name()
                 );
                 stopping.stop(&guard, Some(&mut child)).await;
-                break ExitCode::from(args.lost_exit_code);
+                break ExitCode::from(args.losing.lost_exit_code);
             }
             () = tokio::time::sleep_until(stop_at) => {
                 if Instant::now() < Instant::from_std(guard_deadline(&guard)) - grace - stopping.reserve {
@@ -250,7 +250,7 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
                 stopping.stop(&guard, Some(&mut child)).await;
                 // Give the lock back if lockd can still hear us; else it expires.
                 let _ = tokio::time::timeout(stopping.reserve, guard.release()).await;
-                break ExitCode::from(args.lost_exit_code);
+                break ExitCode::from(args.losing.lost_exit_code);
             }
             _ = sigint.recv() => pass_on(group, Signal::SIGINT),
             _ = sigterm.recv() => pass_on(group, Signal::SIGTERM),
@@ -318,7 +318,7 @@ async fn finish(guard: LockGuard, status: Option<ExitStatus>, args: &RunArgs) ->
             // The connection went while the command was finishing: it may have run its last
             // part unprotected, so say so rather than report plain success.
             eprintln!("lockctl: the lock on {resource} was lost as the command finished");
-            return ExitCode::from(args.lost_exit_code);
+            return ExitCode::from(args.losing.lost_exit_code);
         }
         Err(err) => eprintln!("lockctl: releasing {resource} failed: {err}"),
     }

@@ -298,6 +298,12 @@ async fn election_three_candidates_with_leaders_killed_never_overlap_and_observe
     }
 }
 
+/// The epoch a `lockctl elect` job printed as its last line, `leading $LOCKD_TOKEN`.
+fn epoch_of(running: &Running) -> String {
+    let line = running.seen.last().expect("the job printed its line");
+    line.trim_start_matches("leading ").to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lockctl_elect_runs_the_command_while_leading_and_observe_prints_each_leader() {
     let mut server = Server::start();
@@ -308,12 +314,7 @@ async fn lockctl_elect_runs_the_command_while_leading_and_observe_prints_each_le
     let job = "echo \"leading $LOCKD_TOKEN\"; while :; do sleep 0.05; done";
     let mut a = Running::spawn(&addr, &["elect", "-c", job, "sched", "node-a"]);
     a.wait_for_line("leading ").await;
-    let epoch_a = a
-        .seen
-        .last()
-        .unwrap()
-        .trim_start_matches("leading ")
-        .to_owned();
+    let epoch_a = epoch_of(&a);
     observe
         .wait_for_line(&format!("leader epoch={epoch_a} value=node-a"))
         .await;
@@ -336,12 +337,7 @@ async fn lockctl_elect_runs_the_command_while_leading_and_observe_prints_each_le
     a.signal("KILL");
     let _ = a.finish().await;
     b.wait_for_line("leading ").await;
-    let epoch_b = b
-        .seen
-        .last()
-        .unwrap()
-        .trim_start_matches("leading ")
-        .to_owned();
+    let epoch_b = epoch_of(&b);
     assert!(epoch_b.parse::<u64>().unwrap() > epoch_a.parse::<u64>().unwrap());
     observe.wait_for_line("no leader").await;
     observe

@@ -71,6 +71,18 @@ impl Harness {
     }
 }
 
+/// Session a leads with `a:80` (token 1), b waits with `b:80`, and w watches as watch 9; the
+/// effects so far are taken.
+fn a_leads_b_waits_w_watches() -> (Harness, [SessionId; 3]) {
+    let mut h = harness();
+    let [a, b, w] = [h.session(), h.session(), h.session()];
+    assert_eq!(h.campaign(a, 1, "a:80", None), Ok(granted_now(1)));
+    assert_eq!(h.campaign(b, 1, "b:80", None), Ok(queued(1)));
+    h.watch_leader(w, 9);
+    h.effects();
+    (h, [a, b, w])
+}
+
 #[test]
 fn elect_a_campaign_grant_shows_its_value_with_its_token_in_one_event() {
     let mut h = harness();
@@ -120,12 +132,7 @@ fn elect_a_campaign_grant_shows_its_value_with_its_token_in_one_event() {
 
 #[test]
 fn elect_an_expired_leader_is_followed_by_the_next_candidate_and_its_value() {
-    let mut h = harness();
-    let [a, b, w] = [h.session(), h.session(), h.session()];
-    assert_eq!(h.campaign(a, 1, "a:80", None), Ok(granted_now(1)));
-    assert_eq!(h.campaign(b, 1, "b:80", None), Ok(queued(1)));
-    h.watch_leader(w, 9);
-    h.effects();
+    let (mut h, [a, b, w]) = a_leads_b_waits_w_watches();
     // b and w keep talking; a goes silent for its whole lease.
     h.advance(600);
     h.table.touch(h.now, b);
@@ -225,12 +232,7 @@ fn elect_a_refused_campaign_changes_nothing_and_says_why() {
 
 #[test]
 fn elect_campaigns_survive_an_image_and_an_image_cannot_invent_one() {
-    let mut h = harness();
-    let [a, b, w] = [h.session(), h.session(), h.session()];
-    assert_eq!(h.campaign(a, 1, "a:80", None), Ok(granted_now(1)));
-    assert_eq!(h.campaign(b, 1, "b:80", None), Ok(queued(1)));
-    h.watch_leader(w, 9);
-    h.effects();
+    let (mut h, [a, b, w]) = a_leads_b_waits_w_watches();
     let origin = h.now;
     let image = h.table.to_image(origin);
     h.table = LockTable::from_image(h.table.config().clone(), image.clone(), origin).unwrap();
