@@ -31,6 +31,10 @@ pub enum Mode {
     /// Writers doing acquire / durable write / release on resources of their own: writes/s
     /// and commits/s (group commit).
     Writes,
+    /// One holder takes and releases a resource that 1 and then 1,000 connections watch: the
+    /// delay from the release to each watcher reading its event, and lockd's memory per watch.
+    /// Not in `--mode all`: it opens its own thousand connections.
+    Watch,
 }
 
 impl Mode {
@@ -53,6 +57,7 @@ impl Mode {
             Mode::Shared => "shared",
             Mode::Scale => "scale",
             Mode::Writes => "writes",
+            Mode::Watch => "watch",
         }
     }
 
@@ -62,6 +67,7 @@ impl Mode {
             Mode::Uncontended | Mode::Scale => "pairs",
             Mode::Contended | Mode::Semaphore | Mode::Shared => "grants",
             Mode::Writes => "writes",
+            Mode::Watch => "releases",
         }
     }
 
@@ -71,6 +77,8 @@ impl Mode {
         match self {
             Mode::Contended | Mode::Semaphore => 16,
             Mode::Uncontended | Mode::Shared | Mode::Scale | Mode::Writes => 64,
+            // The watchers of the second run; the first always has one.
+            Mode::Watch => 1_000,
         }
     }
 }

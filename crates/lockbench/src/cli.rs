@@ -124,6 +124,9 @@ pub enum ModeChoice {
     Scale,
     /// One writer, then --connections writers, each doing acquire / durable write / release.
     Writes,
+    /// Release-to-watcher delay with 1, then --connections (1,000) watchers of one resource,
+    /// and lockd's memory per watch. Not part of `all`.
+    Watch,
     /// Every mode above, in that order.
     All,
 }
@@ -138,6 +141,7 @@ impl ModeChoice {
             ModeChoice::Shared => vec![Mode::Shared],
             ModeChoice::Scale => vec![Mode::Scale],
             ModeChoice::Writes => vec![Mode::Writes],
+            ModeChoice::Watch => vec![Mode::Watch],
             ModeChoice::All => Mode::ALL.to_vec(),
         }
     }

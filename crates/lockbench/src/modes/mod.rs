@@ -10,6 +10,7 @@ mod scale;
 mod semaphore;
 mod shared;
 mod uncontended;
+mod watch;
 mod writes;
 
 use anyhow::Result;
@@ -26,5 +27,6 @@ pub async fn run(mode: Mode, bench: &mut Bench, report: &mut Report) -> Result<(
         Mode::Shared => shared::run(bench, report).await,
         Mode::Scale => scale::run(bench, report).await,
         Mode::Writes => writes::run(bench, report).await,
+        Mode::Watch => watch::run(bench, report).await,
     }
 }
