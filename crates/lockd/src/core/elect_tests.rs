@@ -126,6 +126,9 @@ fn elect_a_campaign_grant_shows_its_value_with_its_token_in_one_event() {
     );
     assert_eq!(h.table.campaign_value(a, &name("leader")), None);
     assert_eq!(h.table.campaign_value(b, &name("leader")), Some("b:80"));
+    // `status` shows the leader's value with its hold.
+    let status = h.table.status(h.now, Some(&name("leader")));
+    assert_eq!(status[0].holders[0].value.as_deref(), Some("b:80"));
     // The resource's stored value is another thing, which campaigns leave alone.
     assert_eq!(h.table.read(b, &name("leader"), FenceToken(2)), Ok(None));
 }

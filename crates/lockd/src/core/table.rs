@@ -905,6 +905,9 @@ impl LockTable {
                     held_ms: millis_since(now, holder.since),
                     lock_delay_ms: u64::from(holder.lock_delay_ms),
                     permits: holder.permits.map(NonZeroU16::get),
+                    value: self
+                        .campaign_value(holder.session, resource)
+                        .map(str::to_owned),
                 })
                 .collect(),
             waiters: queue

@@ -245,6 +245,10 @@ pub struct HolderStatus {
     /// For a semaphore: how many of its permits this holder holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permits: Option<u16>,
+    /// The value its campaign carries (an acquire with `value`: it leads); absent for a plain
+    /// lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 fn is_zero(ms: &u64) -> bool {

@@ -135,7 +135,7 @@ function shapeKey(data) {
       r.delayed_ms != null,
       r.permits_used,
       r.watchers,
-      r.holders.map((h) => [h.session, h.token, h.client, h.peer]),
+      r.holders.map((h) => [h.session, h.token, h.client, h.peer, h.value]),
       r.waiters.map((w) => [w.session, w.mode, w.permits, w.client]),
     ]),
   );
@@ -201,6 +201,12 @@ function row(r) {
       li.appendChild(mode(h.mode, h.permits));
       li.appendChild(who(h, `token ${h.token}`));
       li.appendChild(age("held for", h.held_ms));
+      if (h.value != null) {
+        // A campaign's holder: the election's leader, with what it told observers.
+        const leads = el("span", "campaign", `leads as ${h.value}`);
+        leads.title = "This holder campaigned for the lock (leader election) with this value";
+        li.appendChild(leads);
+      }
       if (h.lock_delay_ms) {
         const note = el("span", "lock-delay", `lock-delay ${duration(h.lock_delay_ms)}`);
         note.title = "If this holder loses the lock without releasing it, nobody gets it for this long";
