@@ -33,6 +33,10 @@ pub enum Mode {
     Writes,
     /// Sets of 3 locks taken in one multi-resource acquire, against 3 single acquires.
     Multi,
+    /// One holder takes and releases a resource that 1 and then 1,000 connections watch: the
+    /// delay from the release to each watcher reading its event, and lockd's memory per watch.
+    /// Not in `--mode all`: it opens its own thousand connections.
+    Watch,
 }
 
 impl Mode {
@@ -57,6 +61,7 @@ impl Mode {
             Mode::Scale => "scale",
             Mode::Writes => "writes",
             Mode::Multi => "multi",
+            Mode::Watch => "watch",
         }
     }
 
@@ -67,6 +72,7 @@ impl Mode {
             Mode::Contended | Mode::Semaphore | Mode::Shared => "grants",
             Mode::Writes => "writes",
             Mode::Multi => "sets",
+            Mode::Watch => "releases",
         }
     }
 
@@ -76,6 +82,8 @@ impl Mode {
         match self {
             Mode::Contended | Mode::Semaphore | Mode::Multi => 16,
             Mode::Uncontended | Mode::Shared | Mode::Scale | Mode::Writes => 64,
+            // The watchers of the second run; the first always has one.
+            Mode::Watch => 1_000,
         }
     }
 }

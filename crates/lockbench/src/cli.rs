@@ -126,6 +126,9 @@ pub enum ModeChoice {
     Writes,
     /// Sets of 3 locks: one multi-resource acquire against 3 single acquires, contended and not.
     Multi,
+    /// Release-to-watcher delay with 1, then --connections (1,000) watchers of one resource,
+    /// and lockd's memory per watch. Not part of `all`.
+    Watch,
     /// Every mode above, in that order.
     All,
 }
@@ -141,6 +144,7 @@ impl ModeChoice {
             ModeChoice::Scale => vec![Mode::Scale],
             ModeChoice::Writes => vec![Mode::Writes],
             ModeChoice::Multi => vec![Mode::Multi],
+            ModeChoice::Watch => vec![Mode::Watch],
             ModeChoice::All => Mode::ALL.to_vec(),
         }
     }

@@ -199,6 +199,17 @@ pub enum Subcommands {
     /// Run a command while holding a lock, like flock(1) across machines.
     #[command(after_help = RUN_AFTER_HELP, override_usage = RUN_USAGE)]
     Run(RunArgs),
+    /// Campaign to lead NAME with VALUE, and run a command while leading: it is stopped
+    /// (SIGTERM, then SIGKILL) as soon as leadership is lost, exactly as `run` stops a command
+    /// whose lock is lost. LOCKD_TOKEN is the epoch.
+    #[command(override_usage = ELECT_USAGE)]
+    Elect(ElectArgs),
+    /// Print the leader of NAME, then a line at each change of leader, until interrupted:
+    /// `leader epoch=N value=VALUE` or `no leader`. Exits non-zero if the session is lost.
+    Observe {
+        /// The election's resource.
+        name: String,
+    },
     /// Fetch a consistent copy of lockd's store from its admin API (lockd --http, with
     /// --admin-token-file) while it serves: a file to restore lockd.redb from.
     Backup {
@@ -272,6 +283,60 @@ pub struct AdminCredential {
 const RUN_USAGE: &str = "lockctl run [OPTIONS] <RESOURCE> [--] <COMMAND>...\n       \
                          lockctl run [OPTIONS] -c <SHELL_COMMAND> <RESOURCE>";
 
+/// What `run` and `elect` do when the lock (for `elect`, leadership) is lost.
+#[derive(Debug, Clone, Args)]
+pub struct Losing {
+    /// Exit code when the lock (leadership, for `elect`) is lost while the command runs.
+    #[arg(long, default_value_t = 75, value_name = "N")]
+    pub lost_exit_code: u8,
+    /// Seconds between SIGTERM and SIGKILL when the lock is lost or about to be (default and
+    /// maximum: a quarter of the lease; a longer value is cut to that, with a note on stderr,
+    /// so that the command is dead before lockd could give the lock to anyone else).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub kill_after: Option<Duration>,
+    /// Ask for a lock-delay: if the lock is lost other than by a release, lockd grants it to
+    /// nobody for this many seconds (default: the server's, --default-lock-delay-ms).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub lock_delay: Option<Duration>,
+}
+
+/// The two forms of `elect`, in its usage line.
+const ELECT_USAGE: &str = "lockctl elect [OPTIONS] <NAME> <VALUE> [--] <COMMAND>...\n       \
+                           lockctl elect [OPTIONS] -c <SHELL_COMMAND> <NAME> <VALUE>";
+
+/// `lockctl elect [options] NAME VALUE [--] COMMAND [ARGS...]`: `run` under a campaign.
+#[derive(Debug, Clone, Args)]
+pub struct ElectArgs {
+    #[command(flatten)]
+    pub losing: Losing,
+    /// The election's resource.
+    pub name: String,
+    /// What observers see while this candidate leads (its address, say).
+    pub value: String,
+    #[command(flatten)]
+    pub job: Job,
+}
+
+impl ElectArgs {
+    /// `run`'s arguments for this campaign: an exclusive lock that waits as long as it takes.
+    pub fn into_run(self) -> RunArgs {
+        RunArgs {
+            shared: false,
+            limit: None,
+            permits: None,
+            and: Vec::new(),
+            nonblock: false,
+            timeout: None,
+            conflict_exit_code: 1,
+            losing: self.losing,
+            verbose: false,
+            resource: self.name,
+            job: self.job,
+            campaign: Some(self.value),
+        }
+    }
+}
+
 /// `lockctl run [options] RESOURCE [--] COMMAND [ARGS...]` or `lockctl run -c SHELL_COMMAND
 /// RESOURCE`; the flags follow flock(1).
 #[derive(Debug, Clone, Args)]
@@ -302,22 +367,25 @@ pub struct RunArgs {
     /// Exit code when the lock is not granted (-n, or -w running out).
     #[arg(short = 'E', long, default_value_t = 1, value_name = "N")]
     pub conflict_exit_code: u8,
-    /// Exit code when the lock is lost while the command runs.
-    #[arg(long, default_value_t = 75, value_name = "N")]
-    pub lost_exit_code: u8,
-    /// Seconds between SIGTERM and SIGKILL when the lock is lost or about to be (default and
-    /// maximum: a quarter of the lease; a longer value is cut to that, with a note on stderr,
-    /// so that the command is dead before lockd could give the lock to anyone else).
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    pub kill_after: Option<Duration>,
-    /// Ask for a lock-delay: if the lock is lost other than by a release, lockd grants it to
-    /// nobody for this many seconds (default: the server's, --default-lock-delay-ms).
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    pub lock_delay: Option<Duration>,
+    #[command(flatten)]
+    pub losing: Losing,
     /// Say on stderr why the command did not run when the lock was not granted (by default
     /// that is silent, as with flock(1), so that cron mails nothing for a skipped run).
     #[arg(short, long)]
     pub verbose: bool,
+    /// The resource to lock.
+    pub resource: String,
+    #[command(flatten)]
+    pub job: Job,
+    /// Set by `lockctl elect`: campaign with this value instead of taking a plain lock.
+    #[arg(skip)]
+    pub campaign: Option<String>,
+}
+
+/// The command `run` and `elect` start: COMMAND, or `-c SHELL_COMMAND`. Declared after the
+/// resource, so that COMMAND is the last positional argument.
+#[derive(Debug, Clone, Args)]
+pub struct Job {
     /// Run this shell command (with `sh -c`) instead of COMMAND, as flock(1)'s -c.
     #[arg(
         short = 'c',
@@ -326,8 +394,6 @@ pub struct RunArgs {
         conflicts_with = "command"
     )]
     pub shell_command: Option<String>,
-    /// The resource to lock.
-    pub resource: String,
     /// The command and its arguments. Everything after its first word is the command's, so
     /// `lockctl run r echo -n hi` needs no `--`; a command that starts with `-` does.
     #[arg(
@@ -341,17 +407,17 @@ pub struct RunArgs {
 impl RunArgs {
     /// The program and arguments to start: COMMAND, or `sh -c SHELL_COMMAND`.
     pub fn argv(&self) -> Vec<String> {
-        match &self.shell_command {
+        match &self.job.shell_command {
             Some(line) => vec!["sh".to_owned(), "-c".to_owned(), line.clone()],
-            None => self.command.clone(),
+            None => self.job.command.clone(),
         }
     }
 
     /// What the messages call the command: its program, or the whole shell command.
     pub fn display_name(&self) -> &str {
-        match &self.shell_command {
+        match &self.job.shell_command {
             Some(line) => line,
-            None => self.command.first().map_or("", String::as_str),
+            None => self.job.command.first().map_or("", String::as_str),
         }
     }
 }
@@ -597,7 +663,7 @@ mod tests {
         assert!(run.shared && !run.nonblock);
         assert_eq!(run.conflict_exit_code, 9);
         assert_eq!(run.resource, "jobs/x");
-        assert_eq!(run.command, ["echo", "-n", "hi"]);
+        assert_eq!(run.job.command, ["echo", "-n", "hi"]);
         let cli = parse(&["run", "jobs/x", "echo", "-n", "--server", "x"]);
         let Some(Subcommands::Run(run)) = cli.command else {
             panic!("not a run command");

@@ -371,11 +371,12 @@ impl Client {
         timeout: Option<Duration>,
         lock_delay: Option<Duration>,
     ) -> Result<AcquireCall, ClientError> {
-        self.start_acquire_claim(resource, mode, None, timeout, lock_delay)
+        self.start_acquire_claim(resource, mode, None, timeout, lock_delay, None)
     }
 
     /// [`start_acquire_with`](Self::start_acquire_with) for a lock (`permits` absent) or for
-    /// permits of a semaphore (then `mode` must be shared).
+    /// permits of a semaphore (then `mode` must be shared); with `value`, a campaign (an
+    /// exclusive lock whose hold carries it).
     pub(crate) fn start_acquire_claim(
         &self,
         resource: &str,
@@ -383,6 +384,7 @@ impl Client {
         permits: Option<Permits>,
         timeout: Option<Duration>,
         lock_delay: Option<Duration>,
+        value: Option<String>,
     ) -> Result<AcquireCall, ClientError> {
         let millis = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
         let command = Command::Acquire(Acquire {
@@ -391,6 +393,7 @@ impl Client {
             timeout_ms: timeout.map(millis),
             lock_delay_ms: lock_delay.map(millis),
             permits,
+            value,
         });
         self.start_call(command)
     }
@@ -414,7 +417,7 @@ impl Client {
         timeout: Option<Duration>,
         lock_delay: Option<Duration>,
     ) -> Result<AcquireOk, ClientError> {
-        self.acquire_claim(resource, mode, None, timeout, lock_delay)
+        self.acquire_claim(resource, mode, None, timeout, lock_delay, None)
             .await
     }
 
@@ -427,8 +430,10 @@ impl Client {
         permits: Option<Permits>,
         timeout: Option<Duration>,
         lock_delay: Option<Duration>,
+        value: Option<String>,
     ) -> Result<AcquireOk, ClientError> {
-        let mut call = self.start_acquire_claim(resource, mode, permits, timeout, lock_delay)?;
+        let mut call =
+            self.start_acquire_claim(resource, mode, permits, timeout, lock_delay, value)?;
         loop {
             if let AcquireProgress::Done(outcome) = call.next().await {
                 return outcome;

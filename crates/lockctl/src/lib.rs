@@ -24,6 +24,7 @@ mod calls;
 pub mod cli;
 mod client;
 mod cluster;
+mod election;
 mod error;
 mod leader;
 pub mod lease;
@@ -36,6 +37,7 @@ mod tls;
 mod watch;
 
 pub use client::{AcquireCall, AcquireProgress, Client, ClientBuilder, Keepalive, DEFAULT_ADDR};
+pub use election::{Election, Leader, LeaderStream, Leadership};
 pub use error::{ClientError, ConnectFailure};
 pub use link::check_address;
 pub use lock::{LockGuard, LockRequest};

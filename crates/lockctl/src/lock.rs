@@ -48,6 +48,8 @@ pub struct LockRequest<'a> {
     permits: Option<u16>,
     timeout: Option<Duration>,
     lock_delay: Option<Duration>,
+    /// A campaign's value (`Election::campaign`): the exclusive hold carries it.
+    pub(crate) value: Option<String>,
 }
 
 impl<'a> LockRequest<'a> {
@@ -60,6 +62,7 @@ impl<'a> LockRequest<'a> {
             permits: None,
             timeout: None,
             lock_delay: None,
+            value: None,
         }
     }
 
@@ -122,9 +125,22 @@ impl<'a> LockRequest<'a> {
         } else {
             self.mode
         };
+        if self.value.is_some() && mode != LockMode::Exclusive {
+            return Err(ClientError::InvalidInput(
+                "a campaign holds the exclusive lock; it cannot be shared or a semaphore's"
+                    .to_owned(),
+            ));
+        }
         let granted = self
             .client
-            .acquire_claim(&self.resource, mode, permits, self.timeout, self.lock_delay)
+            .acquire_claim(
+                &self.resource,
+                mode,
+                permits,
+                self.timeout,
+                self.lock_delay,
+                self.value,
+            )
             .await?;
         Ok(LockGuard {
             client: self.client.clone(),

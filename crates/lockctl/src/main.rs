@@ -58,6 +58,8 @@ async fn run(cli: Cli) -> ExitCode {
         }
         (Some(Subcommands::Watch { resource }), _) => return watch(&server, &resource).await,
         (Some(Subcommands::Run(args)), _) => return run::run(&server, args).await,
+        (Some(Subcommands::Elect(args)), _) => return run::run(&server, args.into_run()).await,
+        (Some(Subcommands::Observe { name }), _) => return observe(&server, &name).await,
         (Some(Subcommands::Backup { http, admin, out }), _) => {
             return backup::run(&http, &admin, &out).await
         }
@@ -258,6 +260,41 @@ async fn watch(server: &Server, resource: &str) -> ExitCode {
                 return fail(&format!(
                     "lost the session with lockd; the watch of {resource} has ended, and changes \
                      after the last line were not seen"
+                ))
+            }
+            Err(err) => return hints::explain(server, &err, None),
+        }
+    }
+}
+
+/// `lockctl observe NAME`: the leader, then each change of leader, one line each.
+async fn observe(server: &Server, name: &str) -> ExitCode {
+    let client = match connect(server).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let mut leaders = match client.election(name).observe().await {
+        Ok(leaders) => leaders,
+        Err(err) => return hints::explain(server, &err, None),
+    };
+    loop {
+        match leaders.next().await {
+            Ok(leader) => {
+                match leader {
+                    // The value last: it may hold spaces, and runs to the end of the line.
+                    Some(leader) => println!(
+                        "leader epoch={} value={}",
+                        leader.epoch,
+                        leader.value.as_deref().unwrap_or("")
+                    ),
+                    None => println!("no leader"),
+                }
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
+            Err(lockctl::ClientError::ConnectionLost) => {
+                return fail(&format!(
+                    "lost the session with lockd; observing {name} has ended, and changes after \
+                     the last line were not seen"
                 ))
             }
             Err(err) => return hints::explain(server, &err, None),

@@ -81,7 +81,7 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     let lease = client.lease();
-    let grace = match args.kill_after {
+    let grace = match args.losing.kill_after {
         Some(asked) if asked > max_grace(lease) => {
             eprintln!(
                 "lockctl: --kill-after {} s is longer than this session's lease allows; using {} \
@@ -95,9 +95,31 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
         Some(asked) => asked,
         None => max_grace(lease),
     };
+    // `lockctl elect`: the lock is the election's, and losing it is losing leadership.
+    let held = if args.campaign.is_some() {
+        "leadership of"
+    } else {
+        "the lock on"
+    };
     let acquire = async {
         if !args.and.is_empty() {
             return acquire_all(&client, &args).await.map(Held::Many);
+        }
+        if let Some(value) = &args.campaign {
+            let mut election = client.election(first);
+            if let Some(delay) = args.losing.lock_delay {
+                election = election.lock_delay(delay);
+            }
+            let leadership = election.campaign(value).await;
+            if let Ok(leadership) = &leadership {
+                eprintln!(
+                    "lockctl: leading {first} as {value:?}, epoch {}",
+                    leadership.epoch()
+                );
+            }
+            return leadership
+                .map(lockctl::Leadership::into_guard)
+                .map(Held::One);
         }
         let mut request = match args.limit {
             Some(limit) => client
@@ -108,7 +130,7 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
         if args.shared {
             request = request.shared();
         }
-        if let Some(delay) = args.lock_delay {
+        if let Some(delay) = args.losing.lock_delay {
             request = request.lock_delay(delay);
         }
         if args.nonblock {
@@ -220,19 +242,19 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
             }
             () = guard.lost() => {
                 eprintln!(
-                    "lockctl: lost the lock on {resource} (lockd unreachable or session \
+                    "lockctl: lost {held} {resource} (lockd unreachable or session \
                      expired); stopping {} and its process group",
                     args.display_name()
                 );
                 stopping.stop(&guard, Some(&mut child)).await;
-                break ExitCode::from(args.lost_exit_code);
+                break ExitCode::from(args.losing.lost_exit_code);
             }
             () = tokio::time::sleep_until(stop_at) => {
                 if Instant::now() < Instant::from_std(guard_deadline(&guard)) - grace - stopping.reserve {
                     continue;
                 }
                 eprintln!(
-                    "lockctl: lockd has not answered for {:.1} s; the lock on {resource} will be \
+                    "lockctl: lockd has not answered for {:.1} s; {held} {resource} will be \
                      lost in {:.1} s: stopping {} and its process group before that",
                     (lease.saturating_sub(lockctl::lease::lease_margin(lease)))
                         .saturating_sub(guard.valid_for())
@@ -243,7 +265,7 @@ pub(crate) async fn run(server: &Server, args: RunArgs) -> ExitCode {
                 stopping.stop(&guard, Some(&mut child)).await;
                 // Give the lock back if lockd can still hear us; else it expires.
                 let _ = tokio::time::timeout(stopping.reserve, guard.release()).await;
-                break ExitCode::from(args.lost_exit_code);
+                break ExitCode::from(args.losing.lost_exit_code);
             }
             _ = sigint.recv() => pass_on(group, Signal::SIGINT),
             _ = sigterm.recv() => pass_on(group, Signal::SIGTERM),
@@ -307,7 +329,7 @@ async fn acquire_all(
             request.exclusive(name)
         };
     }
-    if let Some(delay) = args.lock_delay {
+    if let Some(delay) = args.losing.lock_delay {
         request = request.lock_delay(delay);
     }
     if args.nonblock {
@@ -392,7 +414,7 @@ async fn finish(guard: Held, status: Option<ExitStatus>, args: &RunArgs) -> Exit
             // The connection went while the command was finishing: it may have run its last
             // part unprotected, so say so rather than report plain success.
             eprintln!("lockctl: the lock on {resource} was lost as the command finished");
-            return ExitCode::from(args.lost_exit_code);
+            return ExitCode::from(args.losing.lost_exit_code);
         }
         Err(err) => eprintln!("lockctl: releasing {resource} failed: {err}"),
     }

@@ -162,15 +162,30 @@ fn apply(
         Command::Acquire(acquire) => {
             let (mode, permits) = (acquire.mode, acquire.permits);
             let claim = permits.map_or(Claim::Lock(mode), Claim::Permits);
-            match table.handle_acquire(
-                now,
-                session,
-                request.id,
-                acquire.resource,
-                claim,
-                acquire.timeout_ms.map(Duration::from_millis),
-                acquire.lock_delay_ms.map(Duration::from_millis),
-            ) {
+            let timeout = acquire.timeout_ms.map(Duration::from_millis);
+            let lock_delay = acquire.lock_delay_ms.map(Duration::from_millis);
+            // Parsing allows a value only on an exclusive lock: that is a campaign.
+            let acquired = match acquire.value {
+                Some(value) => table.handle_campaign(
+                    now,
+                    session,
+                    request.id,
+                    acquire.resource,
+                    Arc::from(value),
+                    timeout,
+                    lock_delay,
+                ),
+                None => table.handle_acquire(
+                    now,
+                    session,
+                    request.id,
+                    acquire.resource,
+                    claim,
+                    timeout,
+                    lock_delay,
+                ),
+            };
+            match acquired {
                 Ok(Acquired::Granted(token)) => Ok(ReplyBody::Acquired(AcquireOk {
                     token,
                     mode,

@@ -250,6 +250,7 @@ impl LocksReport {
                         held_ms: holder.held_ms.saturating_add(age),
                         lock_delay_ms: holder.lock_delay_ms,
                         permits: holder.permits,
+                        value: holder.value.as_deref(),
                     }
                 })
                 .collect(),
@@ -359,6 +360,9 @@ pub struct HolderJson<'a> {
     /// For a semaphore: how many of its permits this holder holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permits: Option<u16>,
+    /// The value its campaign carries: it leads an election, as this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<&'a str>,
 }
 
 fn is_zero(ms: &u64) -> bool {
@@ -441,6 +445,7 @@ mod tests {
                     held_ms,
                     lock_delay_ms: 0,
                     permits: None,
+                    value: None,
                 })
                 .collect(),
             waiters: waiters

@@ -427,6 +427,7 @@ mod watch_tests {
             session: SessionId(2),
             token: FenceToken(7),
             mode: LockMode::Exclusive,
+            value: None,
         };
         round_trip(
             WatchChange::State(WatchState {

@@ -166,6 +166,23 @@ impl LockdConn {
         self.flush().await
     }
 
+    /// Sends `watch` of `resource`; its reply is read by [`Self::finish_request`], and the
+    /// events that follow by [`Self::next_event`].
+    pub async fn send_watch(&mut self, resource: &[u8]) -> Result<()> {
+        self.out.clear();
+        let id = self.take_id();
+        self.push_prefix(id, b"watch");
+        self.out.extend_from_slice(b",\"resource\":\"");
+        self.out.extend_from_slice(resource);
+        self.out.extend_from_slice(b"\"}\n");
+        self.flush().await
+    }
+
+    /// The next frame, unread: a watch event, for a connection that sends nothing more.
+    pub async fn next_event(&mut self) -> Result<&[u8]> {
+        self.lines.next_line(&mut self.stream).await
+    }
+
     /// Reads the reply to the oldest request sent and not yet answered, which must succeed.
     pub async fn finish_request(&mut self) -> Result<()> {
         match self.next_answer().await? {

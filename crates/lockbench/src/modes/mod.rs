@@ -11,6 +11,7 @@ mod scale;
 mod semaphore;
 mod shared;
 mod uncontended;
+mod watch;
 mod writes;
 
 use anyhow::Result;
@@ -28,5 +29,6 @@ pub async fn run(mode: Mode, bench: &mut Bench, report: &mut Report) -> Result<(
         Mode::Scale => scale::run(bench, report).await,
         Mode::Writes => writes::run(bench, report).await,
         Mode::Multi => multi::run(bench, report).await,
+        Mode::Watch => watch::run(bench, report).await,
     }
 }

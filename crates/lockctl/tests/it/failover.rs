@@ -440,3 +440,79 @@ async fn a_watch_stream_gets_a_resync_when_the_leader_dies_and_goes_on() {
     );
     assert!(!watcher.is_lost());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_keeps_its_leader_through_a_cluster_failover_and_observers_follow() {
+    let mut cluster = Cluster::start(ServerConfig::default());
+    let leader_node = cluster.leader(&[]).await;
+    let lease = Duration::from_secs(5);
+    let (a, b) = (
+        cluster_client(&cluster, lease).await,
+        cluster_client(&cluster, lease).await,
+    );
+    let mut observers = Vec::new();
+    for _ in 0..2 {
+        let client = cluster_client(&cluster, lease).await;
+        let mut leaders = client.election("sched").observe().await.unwrap();
+        assert_eq!(leaders.next().await.unwrap(), None);
+        observers.push((client, leaders));
+    }
+    let first = a.election("sched").campaign("node-a").await.unwrap();
+    let epoch_a = first.epoch();
+    let leader_a = Some(lockctl::Leader {
+        value: Some("node-a".to_owned()),
+        epoch: epoch_a,
+        session: a.session().unwrap(),
+    });
+    for (_, leaders) in &mut observers {
+        assert_eq!(leaders.next().await.unwrap(), leader_a);
+    }
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { b.election("sched").campaign("node-b").await }
+    });
+    let observer = cluster_client(&cluster, lease).await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while observer.status(Some("sched")).await.unwrap()[0]
+        .waiters
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "b never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    cluster.kill(leader_node);
+    cluster.leader(&[leader_node]).await;
+
+    // The leader's session resumes on the new cluster leader: it still leads, with its epoch.
+    // The observers' watches get a resync, which shows the same leader and so no new item; a
+    // new observer, served by the new cluster leader's table, sees the value the log carried.
+    let mut late = observer.election("sched").observe().await.unwrap();
+    assert_eq!(late.next().await.unwrap(), leader_a);
+    assert!(!a.is_lost(), "the leader's session survives the failover");
+    assert!(observer.validate("sched", first.epoch()).await.unwrap());
+
+    // The leader resigns: every observer sees nobody, then the next candidate and its value.
+    first.resign().await.unwrap();
+    let second = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let leader_b = Some(lockctl::Leader {
+        value: Some("node-b".to_owned()),
+        epoch: second.epoch(),
+        session: b.session().unwrap(),
+    });
+    for (_, leaders) in &mut observers {
+        let next = tokio::time::timeout(PATIENCE, leaders.next())
+            .await
+            .unwrap();
+        assert_eq!(next.unwrap(), None);
+        let next = tokio::time::timeout(PATIENCE, leaders.next())
+            .await
+            .unwrap();
+        assert_eq!(next.unwrap(), leader_b);
+    }
+    assert!(second.epoch() > epoch_a);
+}

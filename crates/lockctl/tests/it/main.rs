@@ -8,6 +8,7 @@
 mod backup;
 mod cli;
 mod cluster_support;
+mod election;
 mod failover;
 mod flock;
 mod help;

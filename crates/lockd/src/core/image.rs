@@ -39,6 +39,9 @@ pub struct TableImage {
     /// Open watches: (session, the `watch` request's id, resource).
     #[serde(default)]
     watches: Vec<(SessionId, RequestId, ResourceName)>,
+    /// The values of campaigns that wait or hold: (session, resource, value).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    campaigns: Vec<(SessionId, ResourceName, String)>,
     /// Waiting multi-resource acquires; their waiters are in the queues with their tickets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     groups: Vec<GroupImage>,
@@ -187,6 +190,7 @@ impl LockTable {
             delayed,
             watches: self.all_watches(),
             groups,
+            campaigns: self.campaigns.all(),
         }
     }
 
@@ -343,6 +347,18 @@ impl LockTable {
                 )));
             }
             table.restore_watch(session, watch, resource);
+        }
+        for (session, resource, value) in image.campaigns {
+            let campaigns = table.sessions.get(&session).is_some_and(|state| {
+                state.held.contains(&resource) || state.waiting.contains_key(&resource)
+            });
+            if !campaigns {
+                return Err(ImageError(format!(
+                    "a campaign of session {session} for {resource}, which it neither holds nor \
+                     awaits"
+                )));
+            }
+            table.campaigns.insert(session, resource, Arc::from(value));
         }
         Ok(table)
     }

@@ -4,6 +4,7 @@
 //! a `now: Instant` argument, and decisions go out as return values and [`Effect`]s.
 
 mod effect;
+mod elect;
 mod image;
 mod multi;
 mod observation;
@@ -24,6 +25,8 @@ pub use table::{
 
 #[cfg(test)]
 mod delay_tests;
+#[cfg(test)]
+mod elect_tests;
 #[cfg(test)]
 mod harness;
 #[cfg(test)]

@@ -43,6 +43,8 @@ enum Step {
         permits: Option<(u64, u64)>,
         timeout_ms: Option<u64>,
         lock_delay_ms: Option<u64>,
+        /// An exclusive lock asked for as a campaign, with a value.
+        campaign: bool,
     },
     /// A multi-resource acquire of distinct resources, each exclusive (`false`) or shared.
     AcquireMany {
@@ -75,9 +77,10 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (session.clone(), resource.clone(), any::<bool>(), prop::option::of(0..3_000u64),
               prop::option::of(0..2_000u64),
-              prop::option::of((1..=3u64, 2..=3u64).prop_map(|(p, limit)| (p.min(limit), limit))))
-            .prop_map(|(session, resource, shared, timeout_ms, lock_delay_ms, permits)| Step::Acquire {
-                session, resource, shared, permits, timeout_ms, lock_delay_ms
+              prop::option::of((1..=3u64, 2..=3u64).prop_map(|(p, limit)| (p.min(limit), limit))),
+              any::<bool>())
+            .prop_map(|(session, resource, shared, timeout_ms, lock_delay_ms, permits, campaign)| Step::Acquire {
+                session, resource, shared, permits, timeout_ms, lock_delay_ms, campaign
             }),
         2 => (session.clone(), prop::collection::btree_map(0..3usize, any::<bool>(), 1..=3),
               any::<bool>(), prop::option::of(0..3_000u64))
@@ -126,7 +129,7 @@ proptest! {
 
         for step in steps {
             match step {
-                Step::Acquire { session, resource, shared, permits, timeout_ms, lock_delay_ms } => {
+                Step::Acquire { session, resource, shared, permits, timeout_ms, lock_delay_ms, campaign } => {
                     let id = *slots[session].id.get_or_insert_with(|| table.open_session(now));
                     let request = RequestId(next_request);
                     next_request += 1;
@@ -136,9 +139,15 @@ proptest! {
                         None => Claim::Lock(mode),
                     };
                     let delayed = table.status(now, Some(&name(resource)))[0].delayed_ms.is_some();
-                    match table.handle_acquire(now, id, request, name(resource), claim,
-                        timeout_ms.map(Duration::from_millis),
-                        lock_delay_ms.map(Duration::from_millis)) {
+                    let (timeout, lock_delay) = (timeout_ms.map(Duration::from_millis),
+                        lock_delay_ms.map(Duration::from_millis));
+                    let acquired = if campaign && claim == Claim::Lock(LockMode::Exclusive) {
+                        let value = std::sync::Arc::from(format!("{id}"));
+                        table.handle_campaign(now, id, request, name(resource), value, timeout, lock_delay)
+                    } else {
+                        table.handle_acquire(now, id, request, name(resource), claim, timeout, lock_delay)
+                    };
+                    match acquired {
                         Ok(Acquired::Granted(token)) => {
                             prop_assert!(!delayed, "r{} granted during its lock-delay", resource);
                             let waiting = queues.get(&resource).map_or(0, Vec::len);
@@ -545,6 +554,20 @@ fn check_session_index(table: &LockTable) -> Result<(), TestCaseError> {
         table.groups.len(),
         "a group no session waits with"
     );
+    // A campaign's value lives exactly as long as its session's hold or wait, and is the one
+    // that session campaigned with.
+    for (session, resource, value) in table.campaigns.all() {
+        let busy = held_in_sessions.contains(&(session, resource.clone()))
+            || table
+                .sessions
+                .get(&session)
+                .is_some_and(|state| state.waiting.contains_key(&resource));
+        prop_assert!(
+            busy,
+            "a campaign of {session:?} for {resource} outlived its hold or wait"
+        );
+        prop_assert_eq!(value, session.to_string());
+    }
     prop_assert_eq!(held_in_queues, held_in_sessions);
     prop_assert_eq!(waiting_in_queues, waiting_in_sessions);
     Ok(())

@@ -17,6 +17,7 @@ use protocol::cmd::{HolderStatus, Permits, ResourceStatus, WaiterStatus};
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 
 use super::effect::{Effect, LockError, WaitFailure};
+use super::elect::Campaigns;
 use super::multi::Group;
 use super::observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 use super::queue::{Claim, Holder, LockQueue, Ticket, Waiter, Want};
@@ -195,6 +196,8 @@ pub struct LockTable {
     /// Multi-resource acquires still waiting, by their ticket (the same in each of their
     /// queues); see `multi.rs`.
     pub(super) groups: HashMap<Ticket, Group>,
+    /// The values of campaigns that wait or hold (`elect.rs`).
+    pub(super) campaigns: Campaigns,
 }
 
 impl LockTable {
@@ -229,6 +232,7 @@ impl LockTable {
             next_ticket: 0,
             watches: Watches::default(),
             groups: HashMap::new(),
+            campaigns: Campaigns::default(),
         }
     }
 
@@ -454,6 +458,8 @@ impl LockTable {
                 }
             }
         }
+        // After the holds' events above, which show their campaigns' values.
+        self.campaigns.forget_session(session_id);
         for (resource, ms) in delays {
             self.start_lock_delay(now, resource, ms);
         }
@@ -940,6 +946,9 @@ impl LockTable {
                     held_ms: millis_since(now, holder.since),
                     lock_delay_ms: u64::from(holder.lock_delay_ms),
                     permits: holder.permits.map(NonZeroU16::get),
+                    value: self
+                        .campaign_value(holder.session, resource)
+                        .map(str::to_owned),
                 })
                 .collect(),
             waiters: queue
@@ -1127,6 +1136,7 @@ impl LockTable {
             session.waiting.remove(resource);
             session.waits.remove(&waiter.request);
         }
+        self.campaigns.remove(waiter.session, resource);
         self.observations.push_back(Observation::WaitEnded {
             mode: waiter.mode,
             waited: now.saturating_duration_since(waiter.since),

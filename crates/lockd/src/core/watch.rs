@@ -117,7 +117,7 @@ impl LockTable {
             holders: queue
                 .into_iter()
                 .flat_map(|queue| queue.holders())
-                .map(|(token, holder)| watch_holder(token, holder))
+                .map(|(token, holder)| self.watch_holder(resource, token, holder))
                 .collect(),
             value: self.values.get(resource).map(|value| value.to_string()),
             queue: queue.map_or(0, |queue| queue.waiter_count() as u64),
@@ -199,7 +199,9 @@ impl LockTable {
         }
     }
 
-    /// A hold of `resource` began or ended: tells its watchers.
+    /// A hold of `resource` began or ended: tells its watchers. Every hold that ends passes
+    /// here, so this is also where a campaign's value goes with its hold (`elect.rs`); the
+    /// event of an ended hold still shows it (who it was that left).
     pub(super) fn notify_hold(
         &mut self,
         resource: &ResourceName,
@@ -207,12 +209,17 @@ impl LockTable {
         token: FenceToken,
         holder: &Holder,
     ) {
-        let holder = watch_holder(token, holder);
-        self.notify(resource, || match change {
-            HoldChange::Granted => WatchChange::Granted(holder.clone()),
-            HoldChange::Released => WatchChange::Released(holder.clone()),
-            HoldChange::Expired => WatchChange::Expired(holder.clone()),
-        });
+        if self.watches.by_resource.contains_key(resource) {
+            let holder = self.watch_holder(resource, token, holder);
+            self.notify(resource, || match change {
+                HoldChange::Granted => WatchChange::Granted(holder.clone()),
+                HoldChange::Released => WatchChange::Released(holder.clone()),
+                HoldChange::Expired => WatchChange::Expired(holder.clone()),
+            });
+        }
+        if change != HoldChange::Granted {
+            self.campaigns.remove(holder.session, resource);
+        }
     }
 
     /// The number of acquires waiting for `resource` changed: tells its watchers how many wait
@@ -278,10 +285,22 @@ impl HoldChange {
     }
 }
 
-fn watch_holder(token: FenceToken, holder: &Holder) -> WatchHolder {
-    WatchHolder {
-        session: holder.session,
-        token,
-        mode: holder.mode,
+impl LockTable {
+    /// A holder as watchers see it: with its campaign's value, if it campaigned.
+    fn watch_holder(
+        &self,
+        resource: &ResourceName,
+        token: FenceToken,
+        holder: &Holder,
+    ) -> WatchHolder {
+        WatchHolder {
+            session: holder.session,
+            token,
+            mode: holder.mode,
+            value: self
+                .campaigns
+                .get(holder.session, resource)
+                .map(|value| value.to_string()),
+        }
     }
 }

@@ -22,6 +22,7 @@ fn holder(session: SessionId, token: u64, mode: LockMode) -> WatchHolder {
         session,
         token: FenceToken(token),
         mode,
+        value: None,
     }
 }
 

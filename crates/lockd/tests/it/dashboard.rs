@@ -51,6 +51,7 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
     let cleanup = client(Some("cleanup@batch-1")).await;
     let anonymous = client(None).await;
     let exporter = client(Some("export@batch-5")).await;
+    let scheduler = client(Some("scheduler@node-a")).await;
     lock(&mut conns[runner7], "deploy/prod", "exclusive").await;
     lock(&mut conns[migrate], "db/migrations", "exclusive").await;
     lock(&mut conns[report], "reports/nightly", "shared").await;
@@ -88,6 +89,18 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // A scheduler leads its election, and an observer watches the deploy lock (its first
+    // event stays unread).
+    let reply = conns[scheduler]
+        .call(json!({"id": 1, "op": "acquire", "resource": "elect/scheduler", "value": "node-a:8080"}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let mut watcher = lockd.connect().await;
+    let reply = watcher
+        .call(json!({"id": 1, "op": "watch", "resource": "deploy/prod"}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+
     let url = format!("http://{admin}/");
     let dom = tokio::task::spawn_blocking(move || chromium(&url, &["--dump-dom"]))
         .await
@@ -95,7 +108,8 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
 
     assert!(dom.contains("data-state=\"live\""), "not live:\n{dom}");
     assert!(dom.contains("<dd id=\"total-waiters\">3</dd>"), "{dom}");
-    assert!(dom.contains("<dd id=\"total-holders\">6</dd>"), "{dom}");
+    assert!(dom.contains("<dd id=\"total-holders\">7</dd>"), "{dom}");
+    assert!(dom.contains("<dd id=\"total-watches\">1</dd>"), "{dom}");
     let exports = row(&dom, "exports/s3");
     for text in ["2 of 4 permits used", "2 permits", "export@batch-5"] {
         assert!(exports.contains(text), "{text:?} missing from:\n{exports}");
@@ -103,6 +117,7 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
     let deploy = row(&dom, "deploy/prod");
     for text in [
         "2 waiting",
+        "1 watching",
         "deploy@ci-runner-7",
         "#1",
         "deploy@ci-runner-9",
@@ -129,6 +144,9 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
         row(&dom, "jobs/sync").contains("nobody: lock-delay, free in"),
         "{dom}"
     );
+    // An election's leader shows the value it campaigned with.
+    let elect = row(&dom, "elect/scheduler");
+    assert!(elect.contains("leads as node-a:8080"), "{elect}");
     // A client without a name shows as its session.
     assert!(row(&dom, "cache/warmup").contains("session "));
     // Hottest first: the longest queue, then the next.
@@ -153,6 +171,7 @@ async fn the_dashboard_shows_holders_and_queues_in_a_real_browser() {
         std::fs::write(keep, &bytes).unwrap();
     }
     drop(conns);
+    drop(watcher);
 }
 
 async fn lock(conn: &mut Conn, resource: &str, mode: &str) {

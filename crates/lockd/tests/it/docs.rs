@@ -395,6 +395,14 @@ async fn start(name: &str) -> Replay {
             replay.session_1_holds(&["cfg"]).await;
             replay.open_in_order("session 2").await;
         }
+        "campaign" => {
+            // Session 1 campaigns first and leads; the doc's session is the second.
+            replay.open_in_order("session 1").await;
+            let campaign = json!({"id": 1, "op": "acquire", "resource": "leader",
+                                  "value": "10.0.0.1:8080"});
+            let granted = replay.call("session 1", campaign).await;
+            assert_eq!(granted["token"], 1, "{granted}");
+        }
         "status-pages" => {
             // Session 1 holds file_A and jobs/nightly, session 2 waits for file_A.
             replay.session_1_holds(&["file_A", "jobs/nightly"]).await;
@@ -466,6 +474,12 @@ async fn before(name: &str, block: usize, line: usize, replay: &mut Replay) {
         // "When session 1 releases accounts/bob, this session gets both"
         ("multi", 1, 0) => {
             let frame = json!({"id": 2, "op": "release", "resource": "accounts/bob", "token": 1});
+            let released = replay.call("session 1", frame).await;
+            assert_eq!(released["ok"], true, "{released}");
+        }
+        // Session 1 resigns while the doc's session waits in line.
+        ("campaign", 0, 6) => {
+            let frame = json!({"id": 2, "op": "release", "resource": "leader", "token": 1});
             let released = replay.call("session 1", frame).await;
             assert_eq!(released["ok"], true, "{released}");
         }

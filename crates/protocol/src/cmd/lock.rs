@@ -28,6 +28,13 @@ pub struct Acquire {
     /// is `shared` (permit holders share the resource: they may `read`, not `write`).
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub permits: Option<Permits>,
+    /// A campaign for leadership: the value (a candidate's address, say) that the hold carries
+    /// from the instant it is granted until it ends. Only on an exclusive lock. Watchers see it
+    /// in the same `granted` event as the token, so the new holder's token is never shown with
+    /// someone else's value; it is not the resource's stored value (`read`/`write`), and it
+    /// goes with the hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// The largest `limit` a semaphore may have.
@@ -286,6 +293,10 @@ pub struct HolderStatus {
     /// For a semaphore: how many of its permits this holder holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permits: Option<u16>,
+    /// The value its campaign carries (an acquire with `value`: it leads); absent for a plain
+    /// lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 fn is_zero(ms: &u64) -> bool {

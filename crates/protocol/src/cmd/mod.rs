@@ -306,12 +306,21 @@ impl RawRequest<'_> {
             Op::Acquire if self.resources.is_some() => Command::AcquireMany(self.acquire_many()?),
             Op::Acquire => {
                 let permits = semaphore(self.permits, self.limit)?;
+                let mode = acquire_mode(self.mode.as_deref(), permits.is_some())?;
+                if self.value.is_some() && mode != LockMode::Exclusive {
+                    return Err(ErrorBody::new(
+                        ErrorCode::BadRequest,
+                        "`value` on an acquire is a campaign for leadership, which needs the \
+                         exclusive lock; drop `mode`, `permits` and `limit`",
+                    ));
+                }
                 Command::Acquire(Acquire {
                     resource: resource(self.resource)?,
-                    mode: acquire_mode(self.mode.as_deref(), permits.is_some())?,
+                    mode,
                     timeout_ms: self.timeout_ms,
                     lock_delay_ms: self.lock_delay_ms,
                     permits,
+                    value: self.value.map(Cow::into_owned),
                 })
             }
             Op::Release => Command::Release(Release {
@@ -395,6 +404,13 @@ impl RawRequest<'_> {
             return Err(bad(
                 "`resources` members are locks; `permits` and `limit` are for an `acquire` of \
                  one semaphore"
+                    .into(),
+            ));
+        }
+        if self.value.is_some() {
+            return Err(bad(
+                "`value` is a campaign for the leadership of one resource; an `acquire` with \
+                 `resources` cannot carry one"
                     .into(),
             ));
         }

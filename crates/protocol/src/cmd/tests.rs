@@ -37,6 +37,7 @@ fn parses_every_op() {
                 timeout_ms: None,
                 lock_delay_ms: None,
                 permits: None,
+                value: None,
             }),
         ),
         (
@@ -47,6 +48,18 @@ fn parses_every_op() {
                 timeout_ms: Some(0),
                 lock_delay_ms: Some(250),
                 permits: None,
+                value: None,
+            }),
+        ),
+        (
+            r#"{"id":1,"op":"acquire","resource":"leader","value":"10.0.0.7:8080"}"#,
+            Command::Acquire(Acquire {
+                resource: name("leader"),
+                mode: LockMode::Exclusive,
+                timeout_ms: None,
+                lock_delay_ms: None,
+                permits: None,
+                value: Some("10.0.0.7:8080".into()),
             }),
         ),
         (
@@ -133,6 +146,7 @@ fn encoding_round_trips() {
             timeout_ms: Some(10),
             lock_delay_ms: Some(3_000),
             permits: None,
+            value: None,
         }),
         Command::Acquire(Acquire {
             resource: name("exports"),
@@ -140,6 +154,15 @@ fn encoding_round_trips() {
             timeout_ms: None,
             lock_delay_ms: None,
             permits: Some(Permits::new(2, 4).unwrap()),
+            value: None,
+        }),
+        Command::Acquire(Acquire {
+            resource: name("election/scheduler"),
+            mode: LockMode::Exclusive,
+            timeout_ms: None,
+            lock_delay_ms: None,
+            permits: None,
+            value: Some("10.0.0.7:8080".into()),
         }),
         Command::Write(Write {
             resource: name("x"),
@@ -171,6 +194,7 @@ fn ignores_unknown_fields_and_treats_null_as_absent() {
             timeout_ms: None,
             lock_delay_ms: None,
             permits: None,
+            value: None,
         })
     );
 }
@@ -194,6 +218,7 @@ fn a_semaphore_acquire_has_shared_permits_and_a_limit() {
                 timeout_ms: None,
                 lock_delay_ms: None,
                 permits: Some(Permits::new(permits, u64::from(limit)).unwrap()),
+                value: None,
             }),
             "{line}"
         );
@@ -222,6 +247,15 @@ fn bad_permits_and_limits_are_bad_requests_that_say_why() {
             "Permits of a semaphore are shared",
         ),
         (r#""limit":-1"#, "Ill-typed field"),
+        (
+            r#""value":"me","mode":"shared""#,
+            "campaign for leadership, which needs the exclusive lock",
+        ),
+        (
+            r#""value":"me","limit":3"#,
+            "campaign for leadership, which needs the exclusive lock",
+        ),
+        (r#""value":7"#, "Ill-typed field"),
     ];
     for (fields, message) in cases {
         let line = format!(r#"{{"id":8,"op":"acquire","resource":"e",{fields}}}"#);
@@ -495,6 +529,10 @@ fn a_multi_acquire_is_refused_with_a_clear_error() {
         (
             r#""resources":[{"resource":"a"}],"limit":3"#,
             "`permits` and `limit` are for",
+        ),
+        (
+            r#""resources":[{"resource":"a"}],"value":"me""#,
+            "cannot carry one",
         ),
         (
             r#""resources":[{"mode":"shared"}]"#,

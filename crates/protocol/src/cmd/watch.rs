@@ -87,6 +87,9 @@ pub struct WatchHolder {
     pub token: FenceToken,
     /// The mode held.
     pub mode: LockMode,
+    /// The value its campaign carries (an acquire with `value`); absent for a plain lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// The default for how many watches one session may have open at once

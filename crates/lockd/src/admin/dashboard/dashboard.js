@@ -95,6 +95,7 @@ function render(data) {
   $("total-holders").textContent = t.holders.toLocaleString();
   $("total-waiters").textContent = t.waiters.toLocaleString();
   $("total-sessions").textContent = t.sessions.toLocaleString();
+  $("total-watches").textContent = t.watches.toLocaleString();
   document.title = t.waiters > 0 ? `lockd · ${t.waiters} waiting` : "lockd";
 
   // Rebuild the rows only when who holds and who waits changed, so that text stays selectable
@@ -133,7 +134,8 @@ function shapeKey(data) {
       r.resource,
       r.delayed_ms != null,
       r.permits_used,
-      r.holders.map((h) => [h.session, h.token, h.client, h.peer]),
+      r.watchers,
+      r.holders.map((h) => [h.session, h.token, h.client, h.peer, h.value]),
       r.waiters.map((w) => [w.session, w.mode, w.permits, w.client, w.group]),
     ]),
   );
@@ -176,6 +178,11 @@ function row(r) {
     name.appendChild(el("br"));
     name.appendChild(el("span", "queue-len", `${r.waiters.length} waiting`));
   }
+  if (r.watchers > 0) {
+    // Sessions told of every change (watches, election observers): who a release wakes.
+    name.appendChild(el("br"));
+    name.appendChild(el("span", "watchers", `${r.watchers} watching`));
+  }
   tr.appendChild(name);
 
   const holders = el("td", "holders");
@@ -194,6 +201,12 @@ function row(r) {
       li.appendChild(mode(h.mode, h.permits));
       li.appendChild(who(h, `token ${h.token}`));
       li.appendChild(age("held for", h.held_ms));
+      if (h.value != null) {
+        // A campaign's holder: the election's leader, with what it told observers.
+        const leads = el("span", "campaign", `leads as ${h.value}`);
+        leads.title = "This holder campaigned for the lock (leader election) with this value";
+        li.appendChild(leads);
+      }
       if (h.lock_delay_ms) {
         const note = el("span", "lock-delay", `lock-delay ${duration(h.lock_delay_ms)}`);
         note.title = "If this holder loses the lock without releasing it, nobody gets it for this long";
