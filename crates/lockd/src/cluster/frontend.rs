@@ -839,7 +839,7 @@ impl Frontend {
                     );
                 }
                 let resume_digest = secret.as_ref().map(ResumeSecret::digest);
-                self.bind(connection_id, session, secret, false);
+                self.bind(connection_id, session, secret, None);
                 self.propose(
                     Some(connection_id),
                     EntryOp::Open {
@@ -951,7 +951,7 @@ impl Frontend {
             }
         }
         info!(session = asked.0, peer = %connection.record.peer, "session resumed");
-        self.bind(connection_id, asked, None, true);
+        self.bind(connection_id, asked, None, Some(request.id));
         true
     }
 
@@ -982,14 +982,16 @@ impl Frontend {
 
     /// Routes the frames of `session` to `connection`, taking it over from any connection that
     /// spoke for it before (which is closed). `resume_secret` is the secret of a session this
-    /// connection opens, for its `hello` reply. `resumed`: the session spoke through another
-    /// connection before, so its watches are resynced (see `Route::resync_watches`).
+    /// connection opens, for its `hello` reply. `resumed_by`: the session spoke through
+    /// another connection before, and this `hello` resumes it here: its reply is the first
+    /// frame the connection gets, and the session's watches are resynced after it (see
+    /// `Route::resumed_by`).
     fn bind(
         &mut self,
         connection_id: ConnectionId,
         session: SessionId,
         resume_secret: Option<ResumeSecret>,
-        resumed: bool,
+        resumed_by: Option<RequestId>,
     ) {
         let Some(connection) = self.connections.get(&connection_id) else {
             return;
@@ -998,7 +1000,8 @@ impl Frontend {
             outbox: connection.record.outbox.clone(),
             close: connection.record.close.clone(),
             resume_secret,
-            resync_watches: resumed,
+            resumed_by,
+            held: Vec::new(),
         };
         if let Some(connection) = self.connections.get_mut(&connection_id) {
             connection.session = Some(session);

@@ -73,11 +73,16 @@ pub(crate) struct Route {
     /// The session's resume secret, on the connection that opened the session: its `hello`
     /// reply carries it. Never saved for retries, never in the log.
     pub(crate) resume_secret: Option<ResumeSecret>,
-    /// The session was resumed on this connection: events sent to the one before may be lost.
-    /// Until the first frame that answers a request here (the resuming `hello`'s reply, which
-    /// a client reads first), its watch events are dropped; right after that frame, each of
-    /// its watches gets a `resync` with the state as this node has applied it.
-    pub(crate) resync_watches: bool,
+    /// The session was resumed on this connection by the `hello` with this id, whose reply
+    /// must be the first frame the connection gets (a client reads it first). Until it is sent,
+    /// the session's other frames wait in `held` (replies to requests the client made before
+    /// the failover, applied by this new leader only now, say; the client sends those requests
+    /// again and gets their saved replies too, and ignores a second answer) and its watch
+    /// events are dropped (events sent to the connection before may be lost anyway): right
+    /// after the reply, each of its watches gets a `resync` with the state as this node has
+    /// applied it, and then the held frames follow in order.
+    pub(crate) resumed_by: Option<RequestId>,
+    pub(crate) held: Vec<ServerFrame>,
 }
 
 /// Sends an event of `watch` through `route`'s watch backlog, whose `resync` shows `table`.
@@ -201,15 +206,30 @@ impl Replica {
                 self.retries.save(session, id, Arc::from(frame.to_json()));
             }
         }
-        if let Some(route) = self.routes.get_mut(&session) {
-            route.outbox.send(with_resume_secret(frame, route));
-            if std::mem::take(&mut route.resync_watches) {
+        self.route(session, frame, reply_to);
+    }
+
+    /// Puts `frame`, the reply to `reply_to` if it is one, on the session's connection here, if
+    /// any; see `Route::resumed_by` for a connection that resumed the session.
+    fn route(&mut self, session: SessionId, frame: ServerFrame, reply_to: Option<RequestId>) {
+        let Some(route) = self.routes.get_mut(&session) else {
+            return;
+        };
+        match route.resumed_by {
+            None => route.outbox.send(with_resume_secret(frame, route)),
+            Some(hello) if reply_to != Some(hello) => route.held.push(frame),
+            Some(_) => {
+                route.resumed_by = None;
+                route.outbox.send(with_resume_secret(frame, route));
                 for (watch, resource) in self.table.session_watches(session) {
                     let event = WatchEvent {
                         change: WatchChange::Resync(self.table.watch_state(&resource)),
                         resource,
                     };
                     send_watch_event(route, &self.table, watch, event);
+                }
+                for held in std::mem::take(&mut route.held) {
+                    route.outbox.send(held);
                 }
             }
         }
@@ -238,7 +258,7 @@ impl Replica {
         }
         match self.retries.check(session, id) {
             Retry::Saved(line) => {
-                self.send(session, ServerFrame::Saved(line));
+                self.route(session, ServerFrame::Saved(line), Some(id));
                 return;
             }
             Retry::TooOld => {
@@ -281,7 +301,7 @@ impl Replica {
                 } => {
                     // Every node makes the event; the one with the session's route sends it.
                     let route = self.routes.get(&session);
-                    if let Some(route) = route.filter(|route| !route.resync_watches) {
+                    if let Some(route) = route.filter(|route| route.resumed_by.is_none()) {
                         send_watch_event(route, &self.table, watch, event);
                     }
                 }
