@@ -140,6 +140,31 @@ impl Record {
         }
     }
 
+    /// A record of something other than a loop (a failover kill): no operations or latencies,
+    /// only the fields added with [`Self::with`].
+    pub fn single(mode: Mode, stage: Option<&'static str>, window: Window) -> Record {
+        Record {
+            mode: mode.name(),
+            stage,
+            target: Target::Lockd.name(),
+            connections: 1,
+            client_threads: 0,
+            lockd_args: Vec::new(),
+            warmup_s: window.warmup.as_secs_f64(),
+            duration_s: 0.0,
+            unit: mode.unit(),
+            ops: 0,
+            ops_per_s: 0.0,
+            latency_us: BTreeMap::new(),
+            fairness: None,
+            client_cpu: None,
+            server_cpu: None,
+            machine_cpu: None,
+            attempts: 1,
+            extra: Map::new(),
+        }
+    }
+
     /// Adds a mode-specific field.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Record {
         self.extra.insert(key.to_owned(), value.into());

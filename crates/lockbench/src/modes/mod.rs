@@ -6,6 +6,8 @@
 //! this module or each other, and nothing but `main.rs` imports this module.
 
 mod contended;
+mod failover;
+mod reads;
 mod scale;
 mod semaphore;
 mod shared;
@@ -26,5 +28,7 @@ pub async fn run(mode: Mode, bench: &mut Bench, report: &mut Report) -> Result<(
         Mode::Shared => shared::run(bench, report).await,
         Mode::Scale => scale::run(bench, report).await,
         Mode::Writes => writes::run(bench, report).await,
+        Mode::Reads => reads::run(bench, report).await,
+        Mode::Failover => failover::run(bench, report).await,
     }
 }
