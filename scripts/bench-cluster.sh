@@ -16,14 +16,16 @@
 # rounds with `lockbench --summarize`, and stops etcd.
 #
 # Outputs (replaced on every run): docs/bench/cluster-results.jsonl (every run's JSON line),
-# docs/bench/cluster-table.md (the medians and ratios), docs/bench/cluster-machine.txt.
-# Usage: scripts/bench-cluster.sh [ROUNDS] [extra lockbench flags, e.g. --duration 2]
+# docs/bench/cluster-table.md (the medians and ratios), docs/bench/cluster-machine.txt; another
+# folder with BENCH_OUT=DIR (to keep a baseline while measuring a change).
+# Usage: scripts/bench-cluster.sh [ROUNDS] [extra lockbench flags, e.g. --duration 2, or
+# --lockd-bin PATH to measure another lockd build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=3
 if [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then rounds=$1; shift; fi
-out=docs/bench
+out=${BENCH_OUT:-docs/bench}
 mkdir -p "$out"
 work=$(mktemp -d)
 etcd_pids=()
@@ -105,6 +107,8 @@ pids=$(IFS=,; echo "${etcd_pids[*]}")
     echo "rustc: $(rustc --version)"
     echo "etcd: $(etcd --version | head -n 1)"
     echo "rounds: $rounds"
+    echo "source: $(git rev-parse --short HEAD 2>/dev/null || echo unknown) (lockd built from it unless --lockd-bin is given)"
+    echo "extra lockbench flags: ${*:-none}"
     echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$out/cluster-machine.txt"
 cat "$out/cluster-machine.txt" >&2

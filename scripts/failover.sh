@@ -8,18 +8,23 @@
 # Each kill prints one JSON line; the last line is the summary (median and worst of every
 # measure, and their ratios to the election timeout), shown as a table at the end.
 #
-# Outputs (replaced): docs/bench/failover.jsonl and docs/bench/failover-table.md.
-# Usage: scripts/failover.sh [KILLS] [ELECTION_TIMEOUT_MS] [extra lockbench flags]
+# Outputs (replaced): docs/bench/failover.jsonl and docs/bench/failover-table.md (another folder
+# with BENCH_OUT=DIR).
+# Usage: scripts/failover.sh [KILLS] [ELECTION_TIMEOUT_MS] [extra lockbench flags, e.g.
+# --lockd-bin PATH to measure another lockd build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 kills=${1:-20}
 timeout_ms=${2:-1000}
 shift $(($# > 2 ? 2 : $#))
-out=docs/bench
+out=${BENCH_OUT:-docs/bench}
 mkdir -p "$out"
 
-cargo build --release --quiet --bin lockd --bin lockbench
+# Two builds, as in bench-cluster.sh: built together, lockd would get the dependency features
+# lockbench unifies into it and be rebuilt (a few minutes of LTO) whenever the scripts alternate.
+cargo build --release --quiet --bin lockd
+cargo build --release --quiet --bin lockbench
 lockbench=${CARGO_TARGET_DIR:-target}/release/lockbench
 
 echo "failover: $kills leader kills, --election-timeout-ms $timeout_ms, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2

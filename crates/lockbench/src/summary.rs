@@ -87,7 +87,18 @@ fn loops_table(runs: &BTreeMap<Key, BTreeMap<String, Runs>>) -> String {
     let mut peak: BTreeMap<&str, f64> = BTreeMap::new();
     let mut read_ratio: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut rounds = 0;
-    for ((mode, stage, connections), by_target) in runs {
+    // The issue's order: the uncontended loops, the contended one, then reads and writes.
+    let rank = |mode: &str| match mode {
+        "uncontended" => 0,
+        "contended" => 1,
+        "reads" => 2,
+        _ => 3,
+    };
+    let mut keys: Vec<&Key> = runs.keys().collect();
+    keys.sort_by_key(|(mode, stage, connections)| (rank(mode), *connections, stage.clone()));
+    for key in keys {
+        let (mode, stage, connections) = key;
+        let by_target = &runs[key];
         let cells: Vec<Option<&Runs>> = targets.iter().map(|t| by_target.get(*t)).collect();
         let medians: Vec<Option<f64>> = cells
             .iter()
@@ -178,7 +189,7 @@ fn failover_table(record: &Value) -> String {
         ("a survivor's log says it is leader", "leader_ms"),
         ("a survivor answers cluster_status as leader", "status_ms"),
         (
-            "the new leader commits a ping (serves a write)",
+            "the new leader commits a probe hello (serves a write)",
             "serves_ms",
         ),
         ("the writer's connection breaks", "writer_detect_ms"),
@@ -204,6 +215,16 @@ fn failover_table(record: &Value) -> String {
             ms(worst),
             of(median),
             of(worst)
+        );
+    }
+    if let (Some(median), Some(worst)) = (
+        record["elections"]["median"].as_f64(),
+        record["elections"]["worst"].as_f64(),
+    ) {
+        let _ = writeln!(
+            out,
+            "\nElections per kill (terms from the old leader's to the new one's): median \
+             {median}, worst {worst}."
         );
     }
     out
@@ -293,6 +314,16 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("Median of 3 rounds"), "{table}");
+        // The issue's order, whatever the order of the lines.
+        let row = |text: &str| table.find(text).expect(text);
+        assert!(
+            row("| 1 client, lock") < row("| 16 clients on one lock"),
+            "{table}"
+        );
+        assert!(
+            row("| 16 clients on one lock") < row("| 64 clients, writes/s"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -302,7 +333,7 @@ mod tests {
         assert!(table.contains("Failover, 20 leader kills"), "{table}");
         assert!(
             table.contains(
-                "| the new leader commits a ping (serves a write) | 3300 | 4100 | 3.30 | 4.10 |"
+                "| the new leader commits a probe hello (serves a write) | 3300 | 4100 | 3.30 | 4.10 |"
             ),
             "{table}"
         );

@@ -35,10 +35,14 @@ pub async fn ask(addr: SocketAddr, request: &str) -> Result<Value> {
         .map_err(|_| anyhow!("{addr} did not answer within {PROBE_PATIENCE:?}"))?
 }
 
-/// Whether the node at `addr` is the leader and serves: it answers a `ping` (a log entry in
-/// cluster mode, so the answer means the leader can commit) with success.
+/// Whether the node at `addr` is the leader and serves a write: it answers a `hello` with
+/// success. A hello opens a session, which in cluster mode is always a log entry, so success
+/// means the node can commit (a `ping` would not do: a leader may answer it without a log entry
+/// once reads skip the log). The probe's session asks for the shortest lease, so the many
+/// probes of a failover run leave nothing behind for long.
 pub async fn serves(addr: SocketAddr) -> bool {
-    matches!(ask(addr, r#"{"id":1,"op":"ping"}"#).await, Ok(reply) if reply["ok"] == true)
+    let hello = r#"{"id":1,"op":"hello","client":"lockbench-probe","lease_ms":1}"#;
+    matches!(ask(addr, hello).await, Ok(reply) if reply["ok"] == true)
 }
 
 /// The address among `addrs` of the node that serves, asking each in turn until one does or

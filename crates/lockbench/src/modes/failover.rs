@@ -8,8 +8,8 @@
 //! 1. waits until the cluster is steady (every node up and following one leader, the writer
 //!    writing), then SIGKILLs the leader;
 //! 2. polls the two survivors every few milliseconds: `cluster_status` (when one calls itself
-//!    leader) and `ping` on that one (a log entry, so its success is the first write the new
-//!    leader serves);
+//!    leader) and a probe `hello` on that one (opening a session is a log entry, so its
+//!    success is the first write the new leader serves);
 //! 3. waits for the writer's first acknowledged write after the kill; its stall is the time
 //!    from its last acknowledged write before the kill to that one;
 //! 4. reads from the new leader's log when it became leader ("this node is now the leader", a
@@ -18,8 +18,8 @@
 //!
 //! Where the time goes, per kill, all from the kill: `leader` (the new leader's log line:
 //! detection of the silence plus the election), `status` (a survivor first answers
-//! `cluster_status` as leader), `serves` (its first `ping` committed: the new leader's first
-//! commit), and for the writer `detect` (its connection broke), `resumed` (its session resumed
+//! `cluster_status` as leader), `serves` (its first probe `hello` committed: the new leader's
+//! first commit), and for the writer `detect` (its connection broke), `resumed` (its session resumed
 //! on the new leader) and `write` (its re-sent write acknowledged). The summary gives each as
 //! median and worst, and the ratio of `serves` and of the stall to `--election-timeout-ms`.
 
@@ -89,6 +89,7 @@ pub async fn run(bench: &mut Bench, report: &mut Report) -> Result<()> {
             .with("kill", round_no)
             .with("killed_node", kill.killed + 1)
             .with("new_leader_node", kill.new_leader + 1)
+            .with("elections", kill.elections)
             .with("election_timeout_ms", election_ms)
             .with("stall_ms", kill.stall_ms)
             .with("serves_ms", kill.serves_ms)
@@ -140,6 +141,7 @@ fn election_timeout_ms(lockd_args: &[String]) -> Result<u64> {
 struct Kill {
     killed: usize,
     new_leader: usize,
+    elections: u64,
     leader_ms: Option<u64>,
     status_ms: u64,
     serves_ms: u64,
@@ -157,7 +159,7 @@ async fn one_kill(
     journal: &Arc<Mutex<Journal>>,
 ) -> Result<Kill> {
     // Steady: every node up, one leader, and the writer writing to it.
-    let leader_addr = steady(addrs, journal).await?;
+    let (leader_addr, old_term) = steady(addrs, journal).await?;
     let killed = index_of(addrs, leader_addr)?;
     let kill_wall = SystemTime::now();
     let kill_at = Instant::now();
@@ -171,13 +173,14 @@ async fn one_kill(
         .collect();
     let deadline = kill_at + KILL_PATIENCE;
     let mut status_at = None;
-    let (new_leader, serves_at) = 'poll: loop {
+    let (new_leader, serves_at, new_term) = 'poll: loop {
         for &addr in &survivors {
             if let Ok(status) = cluster_status(addr).await {
                 if status["role"] == "leader" {
                     status_at.get_or_insert_with(Instant::now);
                     if serves(addr).await {
-                        break 'poll (addr, Instant::now());
+                        let term = status["term"].as_u64().unwrap_or(0);
+                        break 'poll (addr, Instant::now(), term);
                     }
                 }
             }
@@ -221,6 +224,8 @@ async fn one_kill(
     let kill = Kill {
         killed,
         new_leader,
+        // Each term is one election started; more than one means votes were split or lost.
+        elections: new_term.saturating_sub(old_term),
         leader_ms,
         status_ms: since(status_at),
         serves_ms: since(Some(serves_at)),
@@ -242,13 +247,17 @@ async fn one_kill(
 
 /// Waits until every node answers `cluster_status` naming one leader that serves, and the
 /// writer has had a write acknowledged since; returns the leader's address.
-async fn steady(addrs: &[SocketAddr], journal: &Arc<Mutex<Journal>>) -> Result<SocketAddr> {
+async fn steady(addrs: &[SocketAddr], journal: &Arc<Mutex<Journal>>) -> Result<(SocketAddr, u64)> {
     let deadline = Instant::now() + KILL_PATIENCE;
     loop {
         let mut leaders = Vec::new();
+        let mut term = 0;
         for &addr in addrs {
             match cluster_status(addr).await {
-                Ok(status) => leaders.push(status["leader"].as_u64()),
+                Ok(status) => {
+                    leaders.push(status["leader"].as_u64());
+                    term = term.max(status["term"].as_u64().unwrap_or(0));
+                }
                 Err(_) => leaders.push(None),
             }
         }
@@ -260,7 +269,7 @@ async fn steady(addrs: &[SocketAddr], journal: &Arc<Mutex<Journal>>) -> Result<S
             tokio::time::sleep(Duration::from_millis(300)).await;
             let now = journal.lock().map_err(|_| anyhow!("poisoned"))?.writes;
             if now > seen && find_leader(addrs, KILL_PATIENCE).await? == leader {
-                return Ok(leader);
+                return Ok((leader, term));
             }
         }
         if Instant::now() > deadline {
@@ -332,6 +341,10 @@ fn summary(kills: &[Kill], election_ms: u64, bench: &Bench) -> Record {
             ratio(kills.iter().map(|k| k.stall_ms).collect()),
         )
         .with(
+            "elections",
+            stats(kills.iter().map(|k| k.elections).collect()),
+        )
+        .with(
             "writer_new_sessions",
             kills.iter().filter(|k| k.new_session).count(),
         )
@@ -401,10 +414,13 @@ struct Journal {
 }
 
 impl Journal {
-    fn acknowledged(&mut self, at: Instant) {
+    /// A write acknowledged at `at` on a connection opened at `opened`. Only a connection
+    /// opened after the kill can be served by the new leader: a reply read after the kill on
+    /// an older connection was sent by the old leader before it died, so it counts as before.
+    fn acknowledged(&mut self, at: Instant, opened: Instant) {
         self.writes += 1;
         match self.kill_at {
-            Some(kill) if at > kill => {
+            Some(kill) if opened > kill => {
                 self.first_after_kill.get_or_insert(at);
             }
             _ => self.last_before_kill = Some(at),
@@ -417,8 +433,10 @@ impl Journal {
         }
     }
 
-    fn resumed(&mut self, at: Instant, new_session: bool) {
-        if self.kill_at.is_some_and(|kill| at > kill) && self.first_after_kill.is_none() {
+    /// The session resumed (or opened) at `at` on a connection opened at `opened`; as for
+    /// writes, only a connection opened after the kill counts.
+    fn resumed(&mut self, at: Instant, opened: Instant, new_session: bool) {
+        if self.kill_at.is_some_and(|kill| opened > kill) && self.first_after_kill.is_none() {
             self.resumed_at.get_or_insert(at);
             self.new_session |= new_session;
         }
@@ -463,7 +481,7 @@ async fn write_until_stopped(
             return Ok(());
         }
         // Find the leader and (re)establish the session on it.
-        let Some((mut conn, resumed_or_new)) =
+        let Some((mut conn, opened, resumed_or_new)) =
             connect_session(&addrs, &mut hint, &mut session, &mut next_id, &resource).await?
         else {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -475,10 +493,11 @@ async fn write_until_stopped(
                 // A new session holds a new lock: a pending write of the old one is void.
                 pending = None;
             }
-            journal
-                .lock()
-                .map_err(|_| anyhow!("poisoned"))?
-                .resumed(Instant::now(), new_session);
+            journal.lock().map_err(|_| anyhow!("poisoned"))?.resumed(
+                Instant::now(),
+                opened,
+                new_session,
+            );
         }
         // Write until the connection breaks or the run stops.
         loop {
@@ -504,7 +523,7 @@ async fn write_until_stopped(
                     journal
                         .lock()
                         .map_err(|_| anyhow!("poisoned"))?
-                        .acknowledged(Instant::now());
+                        .acknowledged(Instant::now(), opened);
                 }
                 Ok(reply) if reply["error"]["code"] == "not_leader" => {
                     hint = reply["error"]["leader"]
@@ -526,7 +545,8 @@ async fn write_until_stopped(
 }
 
 /// Connects to the leader (the hint first, then every node) and opens or resumes the session.
-/// Returns the connection and whether a session was resumed (`Some(false)`), newly opened
+/// Returns the connection, when it was opened, and whether a session was resumed
+/// (`Some(false)`), newly opened
 /// (`Some(true)`, also the very first one), or `None` when no node serves yet.
 async fn connect_session(
     addrs: &[SocketAddr],
@@ -534,13 +554,14 @@ async fn connect_session(
     session: &mut Option<WriterSession>,
     next_id: &mut u64,
     resource: &str,
-) -> Result<Option<(Conn, Option<bool>)>> {
+) -> Result<Option<(Conn, Instant, Option<bool>)>> {
     let first = hint.take();
     let order: Vec<SocketAddr> = first
         .into_iter()
         .chain(addrs.iter().copied().filter(|&a| Some(a) != first))
         .collect();
     for addr in order {
+        let opened = Instant::now();
         let Ok(mut conn) = Conn::connect(addr).await else {
             continue;
         };
@@ -557,9 +578,9 @@ async fn connect_session(
         };
         if reply["ok"] == true {
             if session.is_some() {
-                return Ok(Some((conn, Some(false))));
+                return Ok(Some((conn, opened, Some(false))));
             }
-            let opened = reply["session"]
+            let session_id = reply["session"]
                 .as_u64()
                 .ok_or_else(|| anyhow!("hello gave no session: {reply}"))?;
             let secret = reply["resume_secret"]
@@ -574,11 +595,11 @@ async fn connect_session(
                 .as_u64()
                 .ok_or_else(|| anyhow!("the writer's lock was not granted: {granted}"))?;
             *session = Some(WriterSession {
-                session: opened,
+                session: session_id,
                 secret,
                 token,
             });
-            return Ok(Some((conn, Some(true))));
+            return Ok(Some((conn, opened, Some(true))));
         }
         match reply["error"]["code"].as_str() {
             Some("not_leader") => continue,
@@ -674,19 +695,27 @@ mod tests {
     fn the_journal_sorts_writes_around_the_kill() {
         let mut journal = Journal::default();
         let start = Instant::now();
-        journal.acknowledged(start);
+        let old = start;
+        let new = start + Duration::from_millis(890);
+        journal.acknowledged(start, old);
         journal.kill_at = Some(start + Duration::from_millis(10));
-        journal.broke(start + Duration::from_millis(11));
-        journal.resumed(start + Duration::from_millis(900), false);
-        journal.acknowledged(start + Duration::from_millis(950));
-        journal.acknowledged(start + Duration::from_millis(960));
-        assert_eq!(journal.last_before_kill, Some(start));
+        // The old leader's last reply, read after the kill: still before.
+        journal.acknowledged(start + Duration::from_millis(11), old);
+        journal.broke(start + Duration::from_millis(12));
+        journal.resumed(start + Duration::from_millis(900), new, false);
+        journal.acknowledged(start + Duration::from_millis(950), new);
+        journal.acknowledged(start + Duration::from_millis(960), new);
+        assert_eq!(
+            journal.last_before_kill,
+            Some(start + Duration::from_millis(11))
+        );
         assert_eq!(
             journal.first_after_kill,
             Some(start + Duration::from_millis(950))
         );
-        assert_eq!(journal.broke_at, Some(start + Duration::from_millis(11)));
-        assert_eq!(journal.writes, 3);
+        assert_eq!(journal.broke_at, Some(start + Duration::from_millis(12)));
+        assert_eq!(journal.resumed_at, Some(start + Duration::from_millis(900)));
+        assert_eq!(journal.writes, 4);
         assert!(!journal.new_session);
     }
 }
