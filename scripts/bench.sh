@@ -3,7 +3,9 @@
 # Redis on a free port (installing redis-server with apt-get first when it is missing and we are
 # root), runs every lockbench mode against lockd with the Redis and echo comparisons, repeats the
 # comparisons with a two-thread client and with lockd on one worker thread, writes
-# docs/bench/{results.jsonl,chart.svg,table.txt,machine.txt}, and stops Redis. Safe to run again: every output file is replaced. Extra
+# docs/bench/{results.jsonl,chart.svg,table.txt,machine.txt}, and stops Redis; then runs
+# scripts/bench-cluster.sh (a 3-node lockd cluster against a 3-node etcd, docs/bench/cluster-*)
+# unless BENCH_CLUSTER=0. Safe to run again: every output file is replaced. Extra
 # arguments go to lockbench, e.g. `--duration 2` for a quicker run or `--scale-locks 100000` for
 # a smaller scale run.
 set -euo pipefail
@@ -91,3 +93,9 @@ cat "$work/worker1.jsonl" >>"$out/results.jsonl"
 } >"$out/table.txt"
 echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/machine.txt"
 echo "bench: wrote $out/results.jsonl, $out/chart.svg, $out/table.txt and $out/machine.txt" >&2
+
+# The cluster comparison (issue 19): its own script, since it needs etcd and protoc and starts
+# clusters rather than one lockd. Same extra arguments.
+if [ "${BENCH_CLUSTER:-1}" != 0 ]; then
+    bash scripts/bench-cluster.sh 3 "$@"
+fi

@@ -11,8 +11,18 @@ use crate::clients::echo::EchoServer;
 use crate::clients::lockd::{LockdConn, LockdLocker, Mode as LockMode};
 use crate::clients::redis::RedisTarget;
 use crate::lockd_metrics::StoreCommits;
+use serde_json::Value;
+
+#[cfg(feature = "etcd")]
+use crate::clients::etcd::EtcdTarget;
+use crate::lockd_cluster::LockdCluster;
+#[cfg(feature = "etcd")]
+use crate::lockd_cluster::CLUSTER_SIZE;
+#[cfg(feature = "etcd")]
+use crate::lockd_process::status_kib;
 use crate::lockd_process::LockdProcess;
 use crate::measure::{ServerCpu, Window};
+use crate::report::{round, Record};
 
 /// One benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +47,10 @@ pub enum Mode {
     /// delay from the release to each watcher reading its event, and lockd's memory per watch.
     /// Not in `--mode all`: it opens its own thousand connections.
     Watch,
+    /// Reads/s against writes/s, each connection on a resource it holds.
+    Reads,
+    /// Leader kills in a cluster lockbench started: time to a new leader and the writes' stall.
+    Failover,
 }
 
 impl Mode {
@@ -54,6 +68,8 @@ impl Mode {
     /// The name used on the command line and in JSON.
     pub fn name(self) -> &'static str {
         match self {
+            Mode::Reads => "reads",
+            Mode::Failover => "failover",
             Mode::Uncontended => "uncontended",
             Mode::Contended => "contended",
             Mode::Semaphore => "semaphore",
@@ -69,6 +85,8 @@ impl Mode {
     pub fn unit(self) -> &'static str {
         match self {
             Mode::Uncontended | Mode::Scale => "pairs",
+            Mode::Reads => "ops",
+            Mode::Failover => "kills",
             Mode::Contended | Mode::Semaphore | Mode::Shared => "grants",
             Mode::Writes => "writes",
             Mode::Multi => "sets",
@@ -81,9 +99,11 @@ impl Mode {
     pub fn default_connections(self) -> usize {
         match self {
             Mode::Contended | Mode::Semaphore | Mode::Multi => 16,
-            Mode::Uncontended | Mode::Shared | Mode::Scale | Mode::Writes => 64,
+            Mode::Uncontended | Mode::Shared | Mode::Scale | Mode::Writes | Mode::Reads => 64,
             // The watchers of the second run; the first always has one.
             Mode::Watch => 1_000,
+            // One writer, the client whose stall is measured.
+            Mode::Failover => 1,
         }
     }
 }
@@ -122,6 +142,19 @@ pub struct Bench {
     pub scale: ScaleSizes,
     /// This process's open-file limit; lockd, when started by lockbench, inherits the same.
     pub fd_limit: u64,
+    /// The 3-node cluster lockbench started (`--cluster`); `lockd_addr` is its leader's.
+    pub cluster: Option<LockdCluster>,
+    /// Every client address of the cluster under test (`--cluster`, or `--server A,B,C`).
+    pub cluster_addrs: Vec<SocketAddr>,
+    /// Leader kills in a failover run (`--kills`).
+    pub kills: u32,
+    /// The flags given to the lockd nodes lockbench started (`--lockd-arg`).
+    pub lockd_args: Vec<String>,
+    /// etcd to compare with (`--compare-etcd`).
+    #[cfg(feature = "etcd")]
+    pub etcd: Option<EtcdTarget>,
+    /// The pids of the etcd members (`--etcd-pids`), to read their CPU time and memory.
+    pub etcd_pids: Vec<u32>,
     /// Counts runs, so that every run uses resource names of its own.
     runs: u32,
 }
@@ -152,6 +185,13 @@ impl Bench {
             redis_retry,
             scale,
             fd_limit,
+            cluster: None,
+            cluster_addrs: Vec::new(),
+            kills: 0,
+            lockd_args: Vec::new(),
+            #[cfg(feature = "etcd")]
+            etcd: None,
+            etcd_pids: Vec::new(),
             runs: 0,
         }
     }
@@ -185,10 +225,50 @@ impl Bench {
         Ok(true)
     }
 
-    /// Where to read lockd's CPU time.
+    /// Where to read lockd's CPU time: the process, or all three nodes of a cluster lockbench
+    /// started.
     pub fn lockd_cpu(&self) -> ServerCpu {
+        if let Some(pids) = self.cluster.as_ref().and_then(LockdCluster::pids) {
+            return ServerCpu::Processes(pids);
+        }
         self.lockd_pid()
             .map_or(ServerCpu::Unknown, ServerCpu::Process)
+    }
+
+    #[cfg(feature = "etcd")]
+    /// Where to read etcd's CPU time: its three members, when their pids were given.
+    pub fn etcd_cpu(&self) -> ServerCpu {
+        <[u32; CLUSTER_SIZE]>::try_from(self.etcd_pids.as_slice())
+            .map_or(ServerCpu::Unknown, ServerCpu::Processes)
+    }
+
+    /// `record` with each cluster node's memory (RSS now and peak, MB) when lockbench started
+    /// the cluster, so that the table shows what a node costs.
+    pub fn with_cluster_memory(&self, record: Record) -> Record {
+        match &self.cluster {
+            Some(cluster) => with_memory(record, &cluster.memory()),
+            None => record,
+        }
+    }
+
+    #[cfg(feature = "etcd")]
+    /// `record` with each etcd member's memory, when their pids were given.
+    pub fn with_etcd_memory(&self, record: Record) -> Record {
+        let memory: Vec<Option<(u64, u64)>> = self
+            .etcd_pids
+            .iter()
+            .map(|&pid| {
+                Some((
+                    status_kib(pid, "VmRSS").ok()? * 1024,
+                    status_kib(pid, "VmHWM").ok()? * 1024,
+                ))
+            })
+            .collect();
+        if memory.is_empty() {
+            record
+        } else {
+            with_memory(record, &memory)
+        }
     }
 
     /// Where to read Redis's CPU time.
@@ -257,6 +337,22 @@ impl Bench {
         }
         Ok(conns)
     }
+}
+
+/// Adds `node_rss_mb` and `node_peak_rss_mb`, one entry per node (null for a node that is down).
+fn with_memory(record: Record, memory: &[Option<(u64, u64)>]) -> Record {
+    let mb = |bytes: u64| round(bytes as f64 / 1e6, 1);
+    let now: Vec<Value> = memory
+        .iter()
+        .map(|m| m.map_or(Value::Null, |(rss, _)| mb(rss).into()))
+        .collect();
+    let peak: Vec<Value> = memory
+        .iter()
+        .map(|m| m.map_or(Value::Null, |(_, peak)| mb(peak).into()))
+        .collect();
+    record
+        .with("node_rss_mb", now)
+        .with("node_peak_rss_mb", peak)
 }
 
 /// Connections opened before waiting for lockd to accept them. lockd listens with a backlog of

@@ -19,12 +19,50 @@ use crate::bench::Mode;
 /// memory (RSS) and CPU time. --compare-redis and --compare-echo run the same loops against
 /// Redis and a built-in echo server in the same run, so the ratios share one machine state.
 /// A flag given twice takes its last value, so scripts can append overrides.
+///
+/// --cluster starts a 3-node lockd cluster instead (or --server A,B,C names a running one), and
+/// every client talks to its leader; --compare-etcd runs the same loops against etcd's lock
+/// service (needs the `etcd` build feature). --mode failover kills the leader of a --cluster
+/// again and again and measures how long writes stall. scripts/bench-cluster.sh and
+/// scripts/failover.sh run both.
 #[derive(Debug, Parser)]
 #[command(version, about, args_override_self = true)]
 pub struct Args {
-    /// Address of a running lockd. Without it, lockbench starts its own.
-    #[arg(long, value_name = "ADDR")]
+    /// Address of a running lockd, or every node of a running cluster (`A,B,C`: the clients
+    /// talk to whichever serves). Without it, lockbench starts its own.
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
     pub server: Option<String>,
+
+    /// Start a 3-node lockd cluster on loopback (temporary data directories, free ports, node
+    /// 1 bootstraps) instead of one lockd, and run against its leader. --lockd-arg flags go to
+    /// every node, e.g. `--lockd-arg=--election-timeout-ms=1000`.
+    #[arg(long, conflicts_with = "server")]
+    pub cluster: bool,
+
+    /// Also run the uncontended, contended and reads loops against etcd's lock service at
+    /// these client endpoints (`host:port`, comma-separated; the leader is found and used).
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    pub compare_etcd: Vec<String>,
+
+    /// The pids of the --compare-etcd members (comma-separated, all three), to report their CPU
+    /// time and memory next to lockd's.
+    #[arg(
+        long,
+        value_name = "PID,PID,PID",
+        value_delimiter = ',',
+        requires = "compare_etcd"
+    )]
+    pub etcd_pids: Vec<u32>,
+
+    /// Print the medians of the JSON lines in FILE (several rounds of lockbench runs, as
+    /// scripts/bench-cluster.sh writes them) as a markdown table, and exit: runs nothing.
+    #[arg(long, value_name = "FILE")]
+    pub summarize: Option<PathBuf>,
+
+    /// Leader kills in `--mode failover`.
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub kills: u32,
 
     /// The lockd binary to start when --server is absent [default: `lockd` next to lockbench].
     #[arg(long, value_name = "PATH")]
@@ -44,9 +82,11 @@ pub struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub mode: Vec<ModeChoice>,
 
-    /// Client connections per run [default: 16 for contended, 64 for the other modes].
-    #[arg(long, value_name = "C", value_parser = clap::value_parser!(u64).range(1..=20_000))]
-    pub connections: Option<u64>,
+    /// Client connections per run [default: 16 for contended, 64 for the other modes]. A
+    /// comma-separated list (`1,64`) runs every mode once per count, in the same run.
+    #[arg(long, value_name = "C[,C...]", value_delimiter = ',',
+          value_parser = clap::value_parser!(u64).range(1..=20_000))]
+    pub connections: Vec<u64>,
 
     /// Seconds measured per run, after the warm-up (fractions allowed).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
@@ -131,6 +171,10 @@ pub enum ModeChoice {
     Watch,
     /// Every mode above, in that order.
     All,
+    /// Reads/s against writes/s, each connection on a lock it holds (not part of `all`).
+    Reads,
+    /// Leader kills in a --cluster, with one writer (not part of `all`).
+    Failover,
 }
 
 impl ModeChoice {
@@ -146,6 +190,8 @@ impl ModeChoice {
             ModeChoice::Multi => vec![Mode::Multi],
             ModeChoice::Watch => vec![Mode::Watch],
             ModeChoice::All => Mode::ALL.to_vec(),
+            ModeChoice::Reads => vec![Mode::Reads],
+            ModeChoice::Failover => vec![Mode::Failover],
         }
     }
 }
@@ -160,6 +206,46 @@ impl Args {
             }
         }
         modes
+    }
+
+    /// The connection counts to run each mode at; `[None]` (each mode's default) when not given.
+    pub fn connection_counts(&self) -> Vec<Option<usize>> {
+        if self.connections.is_empty() {
+            return vec![None];
+        }
+        self.connections.iter().map(|&c| Some(c as usize)).collect()
+    }
+
+    /// The addresses in `--server`, comma-separated.
+    pub fn server_addrs(&self) -> Vec<String> {
+        self.server
+            .as_deref()
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|addr| !addr.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Checks what clap cannot: a failover run needs a cluster of lockbench's own, and etcd's
+    /// pids come three at a time.
+    pub fn check(&self) -> Result<()> {
+        if self.modes().contains(&Mode::Failover) && !self.cluster {
+            bail!("--mode failover kills and restarts the leader, so it needs --cluster");
+        }
+        if !self.etcd_pids.is_empty() && self.etcd_pids.len() != 3 {
+            bail!(
+                "--etcd-pids takes the three members' pids, not {}",
+                self.etcd_pids.len()
+            );
+        }
+        if self.server.is_some() && self.server_addrs().is_empty() {
+            bail!("--server needs at least one address");
+        }
+        Ok(())
     }
 
     /// The measured window of each run.
@@ -178,4 +264,75 @@ fn seconds(flag: &str, value: f64, zero_ok: bool) -> Result<Duration> {
         bail!("{flag} must be a number of seconds above 0 and at most 86400, not {value}");
     }
     Ok(Duration::from_secs_f64(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("lockbench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_server_list_is_split_on_commas() {
+        let args = parse(&["--server", "127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3"]).expect("parses");
+        assert_eq!(
+            args.server_addrs(),
+            ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+        );
+        args.check().expect("valid");
+        assert!(parse(&["--server", ","]).expect("parses").check().is_err());
+    }
+
+    #[test]
+    fn cluster_and_server_exclude_each_other() {
+        assert!(parse(&["--cluster", "--server", "127.0.0.1:1"]).is_err());
+        assert!(parse(&["--cluster"]).expect("parses").cluster);
+    }
+
+    #[test]
+    fn connection_lists_run_each_count() {
+        let args = parse(&["--connections", "1,64"]).expect("parses");
+        assert_eq!(args.connection_counts(), [Some(1), Some(64)]);
+        assert_eq!(parse(&[]).expect("parses").connection_counts(), [None]);
+        assert!(parse(&["--connections", "0"]).is_err());
+    }
+
+    #[test]
+    fn failover_needs_a_cluster_of_our_own() {
+        let args = parse(&["--mode", "failover"]).expect("parses");
+        assert!(args.check().is_err());
+        let args = parse(&["--mode", "failover", "--cluster", "--kills", "3"]).expect("parses");
+        args.check().expect("valid");
+        assert_eq!(args.modes(), [Mode::Failover]);
+        assert_eq!(args.kills, 3);
+    }
+
+    #[test]
+    fn etcd_endpoints_and_pids() {
+        let args = parse(&[
+            "--compare-etcd",
+            "127.0.0.1:2379,127.0.0.1:2381",
+            "--etcd-pids",
+            "1,2,3",
+        ])
+        .expect("parses");
+        assert_eq!(args.compare_etcd.len(), 2);
+        assert_eq!(args.etcd_pids, [1, 2, 3]);
+        args.check().expect("valid");
+        assert!(
+            parse(&["--etcd-pids", "1,2,3"]).is_err(),
+            "pids need endpoints"
+        );
+        let args = parse(&["--compare-etcd", "e:1", "--etcd-pids", "1,2"]).expect("parses");
+        assert!(args.check().is_err());
+    }
+
+    #[test]
+    fn reads_and_failover_are_not_part_of_all() {
+        let args = parse(&["--mode", "all"]).expect("parses");
+        assert!(!args.modes().contains(&Mode::Reads));
+        assert!(!args.modes().contains(&Mode::Failover));
+    }
 }

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// The connection caps lockbench gives the lockd it starts: above the largest scale stage
 /// (`--idle-connections` or `--scale-waiters`, plus a run's connections).
-const BENCH_MAX_CONNECTIONS: &str = "200000";
+pub const BENCH_MAX_CONNECTIONS: &str = "200000";
 
 /// The line lockd prints first, before its address.
 const STARTED_PREFIX: &str = "Lock Server started on tcp://";
@@ -161,7 +161,7 @@ impl Drop for LockdProcess {
 }
 
 /// The lock port's and the admin API's addresses, from lockd's first two lines.
-fn read_addresses(child: &mut Child) -> Result<(SocketAddr, SocketAddr)> {
+pub fn read_addresses(child: &mut Child) -> Result<(SocketAddr, SocketAddr)> {
     let stdout = child
         .stdout
         .take()
@@ -187,13 +187,17 @@ fn read_addresses(child: &mut Child) -> Result<(SocketAddr, SocketAddr)> {
 
 /// A process's resident memory in bytes, from `VmRSS` in `/proc/<pid>/status`.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
+    Ok(status_kib(pid, "VmRSS")? * 1024)
+}
+
+/// A `kB` field of `/proc/<pid>/status`, e.g. `VmRSS` (resident now) or `VmHWM` (the peak).
+pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
-    let kib = status
+    status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().strip_suffix("kB"))
         .and_then(|kib| kib.trim().parse::<u64>().ok())
-        .ok_or_else(|| anyhow!("no VmRSS line in /proc/{pid}/status"))?;
-    Ok(kib * 1024)
+        .ok_or_else(|| anyhow!("no {field} line in /proc/{pid}/status"))
 }

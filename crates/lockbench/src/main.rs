@@ -17,11 +17,13 @@ mod bench;
 mod chart;
 mod cli;
 mod clients;
+mod lockd_cluster;
 mod lockd_metrics;
 mod lockd_process;
 mod measure;
 mod modes;
 mod report;
+mod summary;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -34,6 +36,7 @@ use crate::bench::{Bench, ScaleSizes};
 use crate::cli::Args;
 use crate::clients::echo::EchoServer;
 use crate::clients::redis::RedisTarget;
+use crate::lockd_cluster::LockdCluster;
 use crate::lockd_process::LockdProcess;
 use crate::measure::Window;
 use crate::report::Report;
@@ -50,6 +53,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
+    if let Some(path) = &args.summarize {
+        let jsonl = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        print!("{}", summary::summarize(&jsonl)?);
+        return Ok(());
+    }
+    args.check()?;
     let window = Window {
         warmup: args.warmup()?,
         duration: args.duration()?,
@@ -57,20 +67,28 @@ fn run(args: Args) -> Result<()> {
     };
     // Before lockd starts, so that a lockd started here inherits the raised limit too.
     let fd_limit = raise_open_file_limit();
-    let lockd = match &args.server {
-        Some(_) => None,
-        None => {
-            let binary = match &args.lockd_bin {
-                Some(path) => path.clone(),
-                None => LockdProcess::default_binary()?,
-            };
-            Some(LockdProcess::start(&binary, &args.lockd_arg)?)
-        }
+    let binary = || match &args.lockd_bin {
+        Some(path) => Ok(path.clone()),
+        None => LockdProcess::default_binary(),
     };
-    let lockd_addr = match (&args.server, &lockd) {
-        (_, Some(lockd)) => lockd.addr(),
-        (Some(server), None) => resolve(server)?,
-        (None, None) => unreachable!("lockd is started when --server is absent"),
+    let lockd = match (&args.server, args.cluster) {
+        (None, false) => Some(LockdProcess::start(&binary()?, &args.lockd_arg)?),
+        _ => None,
+    };
+    let cluster = if args.cluster {
+        Some(LockdCluster::start(&binary()?, &args.lockd_arg)?)
+    } else {
+        None
+    };
+    // Every address clients may use: the cluster's nodes, or those given with --server.
+    let addrs: Vec<SocketAddr> = match (&lockd, &cluster) {
+        (Some(lockd), _) => vec![lockd.addr()],
+        (None, Some(cluster)) => cluster.client_addrs(),
+        (None, None) => args
+            .server_addrs()
+            .iter()
+            .map(|server| resolve(server))
+            .collect::<Result<_>>()?,
     };
     let echo = args.compare_echo.then(EchoServer::start).transpose()?;
     let runtime = client_runtime(args.client_threads)?;
@@ -80,13 +98,21 @@ fn run(args: Args) -> Result<()> {
         args.lockd_arg.clone(),
     )?;
     let result = runtime.block_on(async {
+        // With several addresses (a cluster), every client goes to the one that serves.
+        let lockd_addr = if addrs.len() > 1 {
+            clients::cluster::find_leader(&addrs, LEADER_PATIENCE)
+                .await
+                .context("waiting for the cluster's leader")?
+        } else {
+            addrs[0]
+        };
         let redis = match &args.compare_redis {
             Some(addr) => Some(RedisTarget::connect(addr).await?),
             None => None,
         };
         let mut bench = Bench::new(
             window,
-            args.connections.map(|c| c as usize),
+            None,
             lockd_addr,
             lockd,
             redis,
@@ -100,6 +126,18 @@ fn run(args: Args) -> Result<()> {
             },
             fd_limit,
         );
+        bench.cluster = cluster;
+        bench.cluster_addrs = addrs.clone();
+        bench.kills = args.kills;
+        bench.lockd_args = args.lockd_arg.clone();
+        bench.etcd_pids = args.etcd_pids.clone();
+        connect_etcd(&mut bench, &args.compare_etcd).await?;
+        if bench.cluster.is_some() {
+            eprintln!(
+                "lockbench: started a 3-node lockd cluster at {}",
+                clients::cluster::comma_list(&addrs)
+            );
+        }
         eprintln!(
             "lockbench: lockd at {lockd_addr}{}; warm-up {:?}, window {:?} per run",
             bench.lockd_pid().map_or(String::new(), |pid| format!(
@@ -108,10 +146,13 @@ fn run(args: Args) -> Result<()> {
             window.warmup,
             window.duration
         );
-        for mode in args.modes() {
-            modes::run(mode, &mut bench, &mut report)
-                .await
-                .with_context(|| format!("{} run failed", mode.name()))?;
+        for connections in args.connection_counts() {
+            bench.connections = connections;
+            for mode in args.modes() {
+                modes::run(mode, &mut bench, &mut report)
+                    .await
+                    .with_context(|| format!("{} run failed", mode.name()))?;
+            }
         }
         anyhow::Ok(bench)
     });
@@ -131,6 +172,34 @@ fn run(args: Args) -> Result<()> {
     }
     drop(bench);
     Ok(())
+}
+
+/// How long to wait for a cluster to have a leader that serves: a new cluster elects one within
+/// a few election timeouts.
+const LEADER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Connects the etcd comparison, when asked for and built in.
+#[cfg(feature = "etcd")]
+async fn connect_etcd(bench: &mut Bench, endpoints: &[String]) -> Result<()> {
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    let etcd = clients::etcd::EtcdTarget::connect(endpoints).await?;
+    eprintln!("lockbench: etcd leader at {}", etcd.leader());
+    bench.etcd = Some(etcd);
+    Ok(())
+}
+
+/// Without the `etcd` feature, asking for etcd is an error that says how to get it.
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(_bench: &mut Bench, endpoints: &[String]) -> Result<()> {
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "--compare-etcd needs lockbench built with `--features etcd`, which needs protoc \
+         (Debian: apt-get install protobuf-compiler); scripts/bench-cluster.sh does both"
+    )
 }
 
 /// The client's runtime: current-thread for one thread (see the module docs for why).

@@ -469,14 +469,21 @@ pub enum ServerCpu {
     Process(u32),
     /// A thread of lockbench itself (the echo server), by its kernel thread id.
     Thread(u32),
+    /// The three processes of a cluster, added up.
+    Processes([u32; 3]),
 }
 
 impl ServerCpu {
-    fn stat_path(self) -> Option<String> {
+    /// The server's CPU time so far, when it can be read.
+    fn time(self) -> Option<Duration> {
         match self {
             ServerCpu::Unknown => None,
-            ServerCpu::Process(pid) => Some(format!("/proc/{pid}/stat")),
-            ServerCpu::Thread(tid) => Some(format!("/proc/self/task/{tid}/stat")),
+            ServerCpu::Process(pid) => cpu_time(&format!("/proc/{pid}/stat")),
+            ServerCpu::Thread(tid) => cpu_time(&format!("/proc/self/task/{tid}/stat")),
+            ServerCpu::Processes(pids) => pids
+                .iter()
+                .map(|pid| cpu_time(&format!("/proc/{pid}/stat")))
+                .sum(),
         }
     }
 }
@@ -496,7 +503,7 @@ impl CpuMeter {
         CpuMeter {
             server,
             client_start: cpu_time("/proc/self/stat"),
-            server_start: server.stat_path().and_then(|path| cpu_time(&path)),
+            server_start: server.time(),
             machine_start: machine_busy_time(),
         }
     }
@@ -508,10 +515,7 @@ impl CpuMeter {
             (used.as_secs_f64() / elapsed.as_secs_f64().max(1e-9) * 100.0).round() / 100.0
         };
         let client = used(self.client_start, cpu_time("/proc/self/stat"));
-        let server = used(
-            self.server_start,
-            self.server.stat_path().and_then(|path| cpu_time(&path)),
-        );
+        let server = used(self.server_start, self.server.time());
         let client = match (self.server, client, server) {
             // The echo server's thread is part of this process; count it once, as the server.
             (ServerCpu::Thread(_), Some(client), Some(server)) => client.checked_sub(server),

@@ -140,6 +140,31 @@ impl Record {
         }
     }
 
+    /// A record of something other than a loop (a failover kill): no operations or latencies,
+    /// only the fields added with [`Self::with`].
+    pub fn single(mode: Mode, stage: Option<&'static str>, window: Window) -> Record {
+        Record {
+            mode: mode.name(),
+            stage,
+            target: Target::Lockd.name(),
+            connections: 1,
+            client_threads: 0,
+            lockd_args: Vec::new(),
+            warmup_s: window.warmup.as_secs_f64(),
+            duration_s: 0.0,
+            unit: mode.unit(),
+            ops: 0,
+            ops_per_s: 0.0,
+            latency_us: BTreeMap::new(),
+            fairness: None,
+            client_cpu: None,
+            server_cpu: None,
+            machine_cpu: None,
+            attempts: 1,
+            extra: Map::new(),
+        }
+    }
+
     /// Adds a mode-specific field.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Record {
         self.extra.insert(key.to_owned(), value.into());
@@ -379,29 +404,6 @@ pub fn check_targets(records: &[Record]) -> Vec<TargetCheck> {
             .find(|r| r.mode == mode && r.target == target && r.stage.is_none())
     };
     let mut checks = Vec::new();
-    let ratio_check = |what: String, goal, ours: Option<&Record>, theirs: Option<&Record>, min| {
-        let (measured, met) = match (ours, theirs) {
-            (Some(ours), Some(theirs)) if theirs.ops_per_s > 0.0 => {
-                let ratio = ours.ops_per_s / theirs.ops_per_s;
-                (
-                    format!(
-                        "{ratio:.2}× ({} vs {} {}/s)",
-                        thousands(ours.ops_per_s.round() as u64),
-                        thousands(theirs.ops_per_s.round() as u64),
-                        ours.unit
-                    ),
-                    Some(ratio >= min),
-                )
-            }
-            _ => ("not measured".to_owned(), None),
-        };
-        TargetCheck {
-            what,
-            goal,
-            measured,
-            met,
-        }
-    };
     let uncontended = find("uncontended", "lockd");
     let conns = |record: Option<&Record>| {
         record.map_or(String::new(), |r| format!(", {} conns", r.connections))
@@ -449,6 +451,95 @@ pub fn check_targets(records: &[Record]) -> Vec<TargetCheck> {
     checks.extend(scale_checks(records));
     checks.push(group_commit_check(records));
     checks.extend(multi_checks(records));
+    checks.extend(cluster_checks(records));
+    checks
+}
+
+/// `ours` against `theirs` in ops/s: met when the ratio is at least `min`.
+fn ratio_check(
+    what: String,
+    goal: &'static str,
+    ours: Option<&Record>,
+    theirs: Option<&Record>,
+    min: f64,
+) -> TargetCheck {
+    let (measured, met) = match (ours, theirs) {
+        (Some(ours), Some(theirs)) if theirs.ops_per_s > 0.0 => {
+            let ratio = ours.ops_per_s / theirs.ops_per_s;
+            (
+                format!(
+                    "{ratio:.2}× ({} vs {} {}/s)",
+                    thousands(ours.ops_per_s.round() as u64),
+                    thousands(theirs.ops_per_s.round() as u64),
+                    ours.unit
+                ),
+                Some(ratio >= min),
+            )
+        }
+        _ => ("not measured".to_owned(), None),
+    };
+    TargetCheck {
+        what,
+        goal,
+        measured,
+        met,
+    }
+}
+
+/// Issue 19's goals, when the run measured them: lockd's cluster against etcd (1-client pairs at
+/// 1.5×, 64-client pairs and contended grants at 5×), and reads at 3× writes. Nothing when
+/// neither etcd nor the reads mode ran, so single-server runs keep their table.
+fn cluster_checks(records: &[Record]) -> Vec<TargetCheck> {
+    let find = |mode: &str, target: &str, connections: usize| {
+        records.iter().find(|r| {
+            r.mode == mode
+                && r.target == target
+                && r.connections == connections
+                && r.stage.is_none()
+        })
+    };
+    let mut checks = Vec::new();
+    for ours in records
+        .iter()
+        .filter(|r| r.target == "lockd" && r.stage.is_none())
+    {
+        let (goal, min) = match (ours.mode, ours.connections) {
+            ("uncontended", 1) => ("≥ 1.5×", 1.5),
+            ("uncontended" | "contended", _) => ("≥ 5×", 5.0),
+            _ => continue,
+        };
+        let Some(theirs) = find(ours.mode, "etcd", ours.connections) else {
+            continue;
+        };
+        checks.push(ratio_check(
+            format!(
+                "{} {}/s vs etcd, {} conns",
+                ours.mode, ours.unit, ours.connections
+            ),
+            goal,
+            Some(ours),
+            Some(theirs),
+            min,
+        ));
+    }
+    for writes in records
+        .iter()
+        .filter(|r| r.mode == "reads" && r.stage == Some("write") && r.target == "lockd")
+    {
+        let reads = records.iter().find(|r| {
+            r.mode == "reads"
+                && r.stage == Some("read")
+                && r.target == "lockd"
+                && r.connections == writes.connections
+        });
+        checks.push(ratio_check(
+            format!("reads/s vs writes/s, {} conns", writes.connections),
+            "≥ 3×",
+            reads,
+            Some(writes),
+            3.0,
+        ));
+    }
     checks
 }
 
@@ -711,5 +802,57 @@ mod tests {
         let starved = Fairness::of([0, 5]).expect("two loops");
         assert_eq!(starved.max_over_min, None);
         assert!(Fairness::of([]).is_none());
+    }
+
+    fn run(
+        mode: Mode,
+        stage: Option<&'static str>,
+        target: Target,
+        connections: usize,
+        rate: f64,
+    ) -> Record {
+        let window = Window {
+            warmup: std::time::Duration::ZERO,
+            duration: std::time::Duration::from_secs(1),
+            busy_retries: 0,
+        };
+        let mut record = Record::single(mode, stage, window);
+        record.target = target.name();
+        record.connections = connections;
+        record.ops_per_s = rate;
+        record
+    }
+
+    #[test]
+    fn cluster_goals_pair_lockd_with_etcd_at_the_same_connections() {
+        let records = [
+            run(Mode::Uncontended, None, Target::Lockd, 1, 300.0),
+            run(Mode::Uncontended, None, Target::Etcd, 1, 150.0),
+            run(Mode::Uncontended, None, Target::Lockd, 64, 5000.0),
+            run(Mode::Uncontended, None, Target::Etcd, 64, 2000.0),
+            run(Mode::Contended, None, Target::Lockd, 16, 300.0),
+            run(Mode::Reads, Some("read"), Target::Lockd, 64, 9000.0),
+            run(Mode::Reads, Some("write"), Target::Lockd, 64, 3000.0),
+        ];
+        let checks = cluster_checks(&records);
+        let found: Vec<(&str, &str, Option<bool>)> = checks
+            .iter()
+            .map(|c| (c.what.as_str(), c.goal, c.met))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("uncontended pairs/s vs etcd, 1 conns", "≥ 1.5×", Some(true)),
+                ("uncontended pairs/s vs etcd, 64 conns", "≥ 5×", Some(false)),
+                ("reads/s vs writes/s, 64 conns", "≥ 3×", Some(true)),
+            ]
+        );
+        assert!(
+            checks[0].measured.starts_with("2.00×"),
+            "{}",
+            checks[0].measured
+        );
+        // A single-server run (no etcd, no reads) adds nothing.
+        assert!(cluster_checks(&records[..1]).is_empty());
     }
 }

@@ -333,6 +333,15 @@ impl LockdConn {
         self.finish_request().await
     }
 
+    /// Reads `resource`'s value, held with `token`, and waits for the reply (linearizable in a
+    /// cluster). The value itself is skipped.
+    pub async fn read(&mut self, resource: &[u8], token: u64) -> Result<()> {
+        self.start_held_request(b"read", resource, token);
+        self.out.extend_from_slice(b"}\n");
+        self.flush().await?;
+        self.finish_request().await
+    }
+
     /// Acquires `count` fresh resources named `{prefix}{i}` exclusively, pipelining `batch`
     /// acquires per write, and keeps them until the connection is dropped. Every one must be
     /// granted at once (they are fresh); the tokens are not kept.
@@ -606,6 +615,54 @@ impl Locker for WritingLocker {
 
     async fn release(&mut self) -> Result<()> {
         self.locker.release().await
+    }
+}
+
+/// A lockd connection that holds the exclusive lock on a resource of its own and then either
+/// reads its value or writes it, one request per loop turn: the [`Locker`] of the `reads` mode.
+/// Its `acquire` is the one request and its `release` does nothing, so the loop's pairs count
+/// single requests.
+#[derive(Debug)]
+pub struct ReadingLocker {
+    locker: LockdLocker,
+    token: u64,
+    write: bool,
+    written: u64,
+}
+
+impl ReadingLocker {
+    /// Connects, takes `resource`, and writes a first value so that reads find one.
+    pub async fn connect(addr: SocketAddr, resource: String, write: bool) -> Result<ReadingLocker> {
+        let mut locker = LockdLocker::connect(addr, resource, Mode::Exclusive).await?;
+        let token = locker
+            .conn
+            .acquire(&locker.resource, Mode::Exclusive)
+            .await?;
+        locker.conn.write(&locker.resource, token, b"0").await?;
+        Ok(ReadingLocker {
+            locker,
+            token,
+            write,
+            written: 0,
+        })
+    }
+}
+
+impl Locker for ReadingLocker {
+    async fn acquire(&mut self) -> Result<()> {
+        let locker = &mut self.locker;
+        if self.write {
+            self.written += 1;
+            let mut digits = itoa::Buffer::new();
+            let value = digits.format(self.written).as_bytes();
+            locker.conn.write(&locker.resource, self.token, value).await
+        } else {
+            locker.conn.read(&locker.resource, self.token).await
+        }
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 

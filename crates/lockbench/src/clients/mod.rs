@@ -6,8 +6,13 @@
 //!   server, the thing measured on a two-core machine).
 //! - [`redis`]: a Redis lock: `SET key token NX PX` and a compare-and-delete script.
 //! - [`echo`]: an in-process newline echo server and its client: the loopback limit.
+//! - `etcd` (with the `etcd` feature): etcd v3's lock service over gRPC.
+//! - [`cluster`]: finding a lockd cluster's leader, and asking a node for its view.
 
+pub mod cluster;
 pub mod echo;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod lockd;
 pub mod redis;
 
@@ -35,6 +40,9 @@ pub enum Target {
     Redis,
     /// The built-in echo server (`--compare-echo`).
     Echo,
+    /// etcd's lock service, given with `--compare-etcd`.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    Etcd,
 }
 
 impl Target {
@@ -44,6 +52,7 @@ impl Target {
             Target::Lockd => "lockd",
             Target::Redis => "redis",
             Target::Echo => "echo",
+            Target::Etcd => "etcd",
         }
     }
 }

@@ -25,13 +25,30 @@ pub async fn run(bench: &mut Bench, report: &mut Report) -> Result<()> {
         .lockd_lockers(connections, |_| resource.clone(), |_| LockMode::Exclusive)
         .await?;
     let outcome = run_loops(lockers, bench.window, true, bench.lockd_cpu()).await?;
-    report.push(Record::from_loops(
+    report.push(bench.with_cluster_memory(Record::from_loops(
         Mode::Contended,
         None,
         Target::Lockd,
         bench.window,
         &outcome,
-    ))?;
+    )))?;
+
+    // etcd's lock queues waiters by revision, so its grants are FIFO too and every grant is a
+    // handoff, as on lockd.
+    #[cfg(feature = "etcd")]
+    if let Some(etcd) = &bench.etcd {
+        eprintln!("lockbench: contended, etcd, {connections} connections");
+        let name = format!("lockbench/{resource}");
+        let lockers = connect_each(connections, |_| etcd.locker(name.clone())).await?;
+        let outcome = run_loops(lockers, bench.window, true, bench.etcd_cpu()).await?;
+        report.push(bench.with_etcd_memory(Record::from_loops(
+            Mode::Contended,
+            None,
+            Target::Etcd,
+            bench.window,
+            &outcome,
+        )))?;
+    }
 
     if let Some(redis) = &bench.redis {
         eprintln!("lockbench: contended, redis, {connections} connections");

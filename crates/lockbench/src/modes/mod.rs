@@ -6,7 +6,9 @@
 //! this module or each other, and nothing but `main.rs` imports this module.
 
 mod contended;
+mod failover;
 mod multi;
+mod reads;
 mod scale;
 mod semaphore;
 mod shared;
@@ -30,5 +32,7 @@ pub async fn run(mode: Mode, bench: &mut Bench, report: &mut Report) -> Result<(
         Mode::Writes => writes::run(bench, report).await,
         Mode::Multi => multi::run(bench, report).await,
         Mode::Watch => watch::run(bench, report).await,
+        Mode::Reads => reads::run(bench, report).await,
+        Mode::Failover => failover::run(bench, report).await,
     }
 }

@@ -26,13 +26,30 @@ pub async fn run(bench: &mut Bench, report: &mut Report) -> Result<()> {
         )
         .await?;
     let outcome = run_loops(lockers, bench.window, false, bench.lockd_cpu()).await?;
-    report.push(Record::from_loops(
+    report.push(bench.with_cluster_memory(Record::from_loops(
         Mode::Uncontended,
         None,
         Target::Lockd,
         bench.window,
         &outcome,
-    ))?;
+    )))?;
+
+    #[cfg(feature = "etcd")]
+    if let Some(etcd) = &bench.etcd {
+        eprintln!("lockbench: uncontended, etcd, {connections} connections");
+        let lockers = connect_each(connections, |i| {
+            etcd.locker(format!("lockbench/{prefix}u{i}"))
+        })
+        .await?;
+        let outcome = run_loops(lockers, bench.window, false, bench.etcd_cpu()).await?;
+        report.push(bench.with_etcd_memory(Record::from_loops(
+            Mode::Uncontended,
+            None,
+            Target::Etcd,
+            bench.window,
+            &outcome,
+        )))?;
+    }
 
     if let Some(redis) = &bench.redis {
         eprintln!("lockbench: uncontended, redis, {connections} connections");

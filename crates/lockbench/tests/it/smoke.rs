@@ -16,7 +16,7 @@ const PATIENCE: Duration = Duration::from_secs(180);
 
 /// The `lockd` binary next to lockbench's. Cargo builds it only when something needs it, such
 /// as lockd's own integration tests in `cargo nextest run --workspace`.
-fn lockd_binary(lockbench: &Path) -> PathBuf {
+pub(crate) fn lockd_binary(lockbench: &Path) -> PathBuf {
     let lockd = lockbench.with_file_name("lockd");
     assert!(
         lockd.is_file(),
@@ -28,39 +28,12 @@ fn lockd_binary(lockbench: &Path) -> PathBuf {
     lockd
 }
 
-#[test]
-fn every_mode_runs_briefly_and_prints_json_lines() {
-    let lockbench = PathBuf::from(env!("CARGO_BIN_EXE_lockbench"));
-    let lockd = lockd_binary(&lockbench);
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let json_out = dir.path().join("results.jsonl");
-    let svg = dir.path().join("chart.svg");
-    let stdout_path = dir.path().join("stdout");
-    let stderr_path = dir.path().join("stderr");
-    let mut child = Command::new(&lockbench)
-        .arg("--lockd-bin")
-        .arg(&lockd)
-        .args([
-            "--mode",
-            "all",
-            "--duration",
-            "0.3",
-            "--warmup",
-            "0.1",
-            "--connections",
-            "4",
-            "--scale-locks",
-            "1000",
-            "--scale-waiters",
-            "50",
-            "--idle-connections",
-            "50",
-            "--compare-echo",
-        ])
-        .arg("--json-out")
-        .arg(&json_out)
-        .arg("--svg")
-        .arg(&svg)
+/// Runs `command` (lockbench) with its output in files under `dir`, fails the test if it takes
+/// over [`PATIENCE`] or exits unsuccessfully, and returns its stdout.
+pub(crate) fn run_to_success(command: &mut Command, dir: &Path) -> String {
+    let stdout_path = dir.join("stdout");
+    let stderr_path = dir.join("stderr");
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
@@ -87,6 +60,42 @@ fn every_mode_runs_briefly_and_prints_json_lines() {
         status.success(),
         "lockbench failed with {status}; stderr:\n{stderr}\nstdout:\n{stdout}"
     );
+    stdout
+}
+
+#[test]
+fn every_mode_runs_briefly_and_prints_json_lines() {
+    let lockbench = PathBuf::from(env!("CARGO_BIN_EXE_lockbench"));
+    let lockd = lockd_binary(&lockbench);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let json_out = dir.path().join("results.jsonl");
+    let svg = dir.path().join("chart.svg");
+    let mut command = Command::new(&lockbench);
+    command
+        .arg("--lockd-bin")
+        .arg(&lockd)
+        .args([
+            "--mode",
+            "all",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--connections",
+            "4",
+            "--scale-locks",
+            "1000",
+            "--scale-waiters",
+            "50",
+            "--idle-connections",
+            "50",
+            "--compare-echo",
+        ])
+        .arg("--json-out")
+        .arg(&json_out)
+        .arg("--svg")
+        .arg(&svg);
+    let stdout = run_to_success(&mut command, dir.path());
 
     let json_lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
     let mut seen = BTreeSet::new();
