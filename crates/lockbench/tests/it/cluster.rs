@@ -83,7 +83,7 @@ fn a_failover_run_kills_the_leader_and_reports_each_kill_and_a_summary() {
         "--kills",
         "2",
         "--lockd-arg=--election-timeout-ms=300",
-        "--lockd-arg=--heartbeat-ms=100",
+        "--lockd-arg=--heartbeat-ms=90",
     ]);
     assert_eq!(runs.len(), 3, "two kills and the summary: {runs:?}");
     for kill in &runs[..2] {
