@@ -17,7 +17,8 @@ use std::time::Duration;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The reply timeout unless told otherwise: a healthy lockd answers in milliseconds, and a
-/// cluster's failover, during which calls wait for the new leader, takes about four seconds.
+/// cluster's failover, during which calls wait for the new leader, takes one to two seconds
+/// with the default election timeout (docs/cluster.md, "Failover").
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection's time limits; see the module docs.

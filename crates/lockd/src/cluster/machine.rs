@@ -517,9 +517,11 @@ fn read_error(error: impl ToString) -> StorageError<u64> {
 
 impl RaftSnapshotBuilder<TypeConfig> for ReplicaMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let (meta, data) = {
+        // Under the replica's lock only the copy of its state: applying waits for that, not for
+        // the encoding, which runs on the blocking pool after.
+        let (meta, image) = {
             let replica = self.lock();
-            let data = serde_json::to_vec(&replica.snapshot_data()).map_err(read_error)?;
+            let image = replica.snapshot_data();
             let last = replica.last_applied;
             let meta = SnapshotMeta {
                 last_log_id: last,
@@ -531,8 +533,12 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaMachine {
                     replica.last_at_ms
                 ),
             };
-            (meta, data)
+            (meta, image)
         };
+        let data = tokio::task::spawn_blocking(move || serde_json::to_vec(&image))
+            .await
+            .map_err(read_error)?
+            .map_err(read_error)?;
         save_snapshot(Arc::clone(&self.db), meta.clone(), data.clone()).await?;
         Ok(Snapshot {
             meta,
