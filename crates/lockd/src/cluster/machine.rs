@@ -615,3 +615,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaMachine {
         }))
     }
 }
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;
