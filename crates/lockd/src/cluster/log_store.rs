@@ -484,19 +484,17 @@ async fn read_entries<C: RaftTypeConfig>(
     blocking(move || {
         let txn = db.begin_read()?;
         let log = txn.open_table(LOG)?;
-        let mut rows: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut entries: BTreeMap<u64, C::Entry> = BTreeMap::new();
         for row in log.range(bounds)? {
             let (index, bytes) = row?;
-            rows.insert(index.value(), bytes.value().to_vec());
+            if !pending.contains_key(&index.value()) {
+                entries.insert(index.value(), serde_json::from_slice(bytes.value())?);
+            }
         }
         for (index, bytes) in pending {
-            rows.insert(index, bytes.to_vec());
+            entries.insert(index, serde_json::from_slice(&bytes)?);
         }
-        let mut entries = Vec::with_capacity(rows.len());
-        for bytes in rows.values() {
-            entries.push(serde_json::from_slice::<C::Entry>(bytes)?);
-        }
-        Ok(entries)
+        Ok(entries.into_values().collect())
     })
     .await
     .map_err(|fault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Read))
