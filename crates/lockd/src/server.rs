@@ -231,8 +231,8 @@ impl Server {
         })
     }
 
-    /// A cluster node over the data directory's redb file (the caller holds the directory's
-    /// lock): its Raft log, snapshots and the replicated table; see `crate::cluster`.
+    /// A cluster node over the data directory (the caller holds the directory's lock): its
+    /// Raft log in `raft-log/`, its snapshots in the redb file; see `crate::cluster`.
     pub async fn open_cluster(
         config: ServerConfig,
         data_dir: &Path,
@@ -246,6 +246,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let node = ClusterNode::start(
             Arc::new(db),
+            data_dir.join(crate::cluster::log_store::LOG_DIR),
             config.table.clone(),
             Arc::clone(&metrics),
             options,

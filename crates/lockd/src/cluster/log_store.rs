@@ -1,304 +1,485 @@
-//! The Raft log and vote on disk: [`RedbLogStore`], openraft's `RaftLogStorage` over redb.
+//! The Raft log and vote on disk: [`WalLogStore`], openraft's `RaftLogStorage` over the
+//! append-only segment files of `wal.rs`, in the data directory's `raft-log/`.
 //!
-//! It shares the database file of single-node mode (`DIR/lockd.redb`) and keeps to tables of its
-//! own, so a node's log, vote and (in the lead's state machine) applied state commit through one
-//! crash-tested engine. It stores nothing of the state machine and knows nothing of the lock
-//! table: entries are opaque serialized `C::Entry` values keyed by log index.
+//! It stores nothing of the state machine and knows nothing of the lock table: entries are
+//! opaque serialized `C::Entry` values keyed by log index.
 //!
-//! Every write is a redb transaction committed with `Durability::Immediate`, so it is fsynced
-//! (except the committed index, which openraft lets lag: it is written without an fsync and
-//! made durable by the next write): a vote is durable before `save_vote` returns, and `append`
-//! reports its entries flushed only after their commit.
+//! Durability: a vote, a truncate and a purge are durable before their call returns; appended
+//! entries are reported flushed (through openraft's callback) only once durable; the committed
+//! index, which openraft lets lag, is written without a sync of its own and made durable by the
+//! next synced write.
 //!
-//! `append` does not wait for that commit: openraft's core calls it inline, and would stand
-//! still for the whole fsync, and replication (which reads the entries back) would start only
-//! after it, so a commit cost the leader's fsync and then a follower's, one after the other.
-//! Instead `append` puts the entries in `unflushed`, where readers find them at once, and hands
-//! them to the log's writer task, which commits everything queued in one transaction (one
-//! fsync for several appends), then tells openraft through each append's callback and drops
-//! them from `unflushed`. `truncate`, `purge` and `get_log_state` first wait for the writer to
-//! finish what was queued before them, so they see and change the log in order. Readers
-//! ([`RedbLogReader`]) look in `unflushed` before redb (an entry leaves it only once committed,
-//! so it is in one or the other), use redb's snapshot isolation, and never block writes. All
-//! redb work runs on Tokio's blocking pool.
+//! `append` does not wait for the disk: openraft's core calls it inline, and would stand still
+//! for the whole sync, and replication (which reads the entries back) would start only after
+//! it, so a commit would cost the leader's sync and then a follower's, one after the other.
+//! Instead `append` puts the entries in the in-memory index, where readers find them at once,
+//! and hands them to the log's writer thread, which writes everything queued in one batch with
+//! one sync, then tells openraft through each append's callback. The writer is a thread of its
+//! own rather than a task on Tokio's blocking pool: it does nothing but block on the disk, and a
+//! hand-off to the pool for each batch would cost a wake-up each time.
+//!
+//! The index keeps each live entry's bytes until they are written, and then the most recent
+//! ones (up to `CACHED_BYTES`), which is what replication reads; older ones are read back
+//! from their segment. Readers ([`WalLogReader`]) take the index's lock only to find entries,
+//! never while reading a file or decoding.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
+use std::fs::File;
+use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     AnyError, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader,
     RaftTypeConfig, StorageError, StorageIOError, Vote,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-/// Log index → the entry, serialized as JSON.
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// The log's pointers, each serialized as JSON under one of the keys below.
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
-/// The id of the last entry removed by `purge`; the log's start when it is empty.
-const LAST_PURGED: &str = "last_purged";
+use super::wal::{self, Location, Record, Wal, WalError, SEGMENT_BYTES};
 
-/// The Raft log, vote and committed pointer in a redb database.
+/// The log's directory, in the data directory.
+pub const LOG_DIR: &str = "raft-log";
+/// Written entries whose bytes the index keeps, newest first, for readers: enough for every
+/// follower to read what it lacks without touching the disk unless it is far behind.
+pub(crate) const CACHED_BYTES: usize = 32 << 20;
+
+/// Where lockd before 0.1's log files kept the log, in the node's redb file: read once, to
+/// move the log into `raft-log/`, then dropped.
+const LEGACY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const LEGACY_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+/// The Raft log, vote and committed pointer in a directory of segment files.
 ///
 /// Cloning is not offered: openraft must be the only writer, through `&mut self`.
-pub struct RedbLogStore<C: RaftTypeConfig> {
-    db: Arc<Database>,
-    unflushed: Unflushed,
-    writer: mpsc::UnboundedSender<WriterOp<C>>,
+pub struct WalLogStore<C: RaftTypeConfig> {
+    index: Arc<Mutex<Index>>,
+    vote: Option<Vote<C::NodeId>>,
+    committed: Option<LogId<C::NodeId>>,
+    last_purged: Option<LogId<C::NodeId>>,
+    writer: Option<mpsc::UnboundedSender<WriterOp<C>>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// A read-only view of a [`RedbLogStore`]'s log, for openraft's replication tasks.
-pub struct RedbLogReader<C> {
-    db: Arc<Database>,
-    unflushed: Unflushed,
+/// A read-only view of a [`WalLogStore`]'s log, for openraft's replication tasks.
+pub struct WalLogReader<C> {
+    index: Arc<Mutex<Index>>,
     _config: PhantomData<C>,
 }
 
-/// Entries appended and not yet committed, by index, serialized as they will be stored.
-type Unflushed = Arc<Mutex<BTreeMap<u64, Arc<[u8]>>>>;
+/// The live entries, and the files to read them back from.
+#[derive(Debug, Default)]
+struct Index {
+    entries: BTreeMap<u64, Slot>,
+    files: BTreeMap<u64, Arc<File>>,
+    /// Written entries whose bytes are still kept, oldest first (an index may be stale: one
+    /// truncated or replaced since).
+    cached: VecDeque<u64>,
+    /// The bytes kept in `entries`.
+    kept_bytes: usize,
+}
 
-/// What the writer task is asked to do, in order.
+/// One live entry: its bytes until they are dropped from memory, and where it is on disk once
+/// written. At least one of the two is always there.
+#[derive(Debug)]
+struct Slot {
+    bytes: Option<Arc<[u8]>>,
+    at: Option<Location>,
+}
+
+impl Index {
+    fn insert(&mut self, index: u64, bytes: Arc<[u8]>) {
+        self.remove_from(index);
+        self.kept_bytes += bytes.len();
+        self.entries.insert(
+            index,
+            Slot {
+                bytes: Some(bytes),
+                at: None,
+            },
+        );
+    }
+
+    /// Removes the entries from `index` on.
+    fn remove_from(&mut self, index: u64) {
+        let removed = self.entries.split_off(&index);
+        self.forget(removed.into_values());
+    }
+
+    /// Removes the entries up to `index`.
+    fn remove_through(&mut self, index: u64) {
+        let kept = self.entries.split_off(&index.saturating_add(1));
+        let removed = std::mem::replace(&mut self.entries, kept);
+        self.forget(removed.into_values());
+    }
+
+    fn forget(&mut self, slots: impl Iterator<Item = Slot>) {
+        for slot in slots {
+            if let Some(bytes) = slot.bytes {
+                self.kept_bytes -= bytes.len();
+            }
+        }
+    }
+
+    /// Notes that `bytes`, appended at `index`, are on disk at `at`, unless the entry was
+    /// truncated or replaced meanwhile; then drops the oldest kept bytes beyond the budget.
+    fn written(&mut self, index: u64, bytes: &Arc<[u8]>, at: Location) {
+        let Some(slot) = self.entries.get_mut(&index) else {
+            return;
+        };
+        if !slot
+            .bytes
+            .as_ref()
+            .is_some_and(|kept| Arc::ptr_eq(kept, bytes))
+        {
+            return;
+        }
+        slot.at = Some(at);
+        self.cached.push_back(index);
+        // Purged entries leave the queue too, so it stays as long as the live log.
+        while let Some(front) = self.cached.front() {
+            if self.entries.contains_key(front) {
+                break;
+            }
+            self.cached.pop_front();
+        }
+        while self.kept_bytes > CACHED_BYTES {
+            let Some(oldest) = self.cached.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.entries.get_mut(&oldest) {
+                if slot.at.is_some() {
+                    if let Some(bytes) = slot.bytes.take() {
+                        self.kept_bytes -= bytes.len();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the writer thread is asked to do, in order.
 enum WriterOp<C: RaftTypeConfig> {
-    /// Commit these rows, then call back.
+    /// Write these entries, sync, then call back.
     Append {
         rows: Vec<(u64, Arc<[u8]>)>,
         callback: LogFlushed<C>,
     },
-    /// Answer once every op before this one is done.
-    Barrier(oneshot::Sender<()>),
+    Truncate {
+        since: u64,
+        done: oneshot::Sender<io::Result<()>>,
+    },
+    /// Record the purge, sync, then delete the segments it emptied.
+    Purge {
+        index: u64,
+        log_id: Vec<u8>,
+        done: oneshot::Sender<io::Result<()>>,
+    },
+    Vote {
+        bytes: Vec<u8>,
+        done: oneshot::Sender<io::Result<()>>,
+    },
+    /// Written, not synced.
+    Committed { bytes: Vec<u8> },
 }
 
-/// The writer task: commits queued appends, as many as are waiting in one durable transaction,
-/// in order, and calls their callbacks once it is on disk; answers barriers in turn. Ends when
-/// the store is dropped. It keeps only a weak handle on the database between batches, so that
-/// dropping the store (and its readers) closes the file, as before it had a writer.
-async fn write_appends<C: RaftTypeConfig>(
-    db: std::sync::Weak<Database>,
-    unflushed: Unflushed,
+impl<C: RaftTypeConfig> WriterOp<C> {
+    fn record(&self) -> Record<'_> {
+        match self {
+            // Each row is a record of its own; see `write_batch`.
+            WriterOp::Append { .. } => unreachable!("appends are written row by row"),
+            WriterOp::Truncate { since, .. } => Record::Truncate { since: *since },
+            WriterOp::Purge { index, log_id, .. } => Record::Purge {
+                index: *index,
+                log_id,
+            },
+            WriterOp::Vote { bytes, .. } => Record::Vote(bytes),
+            WriterOp::Committed { bytes } => Record::Committed(bytes),
+        }
+    }
+
+    /// Tells the caller how its op went.
+    fn finish(self, outcome: io::Result<()>) {
+        match self {
+            WriterOp::Append { callback, .. } => callback.log_io_completed(outcome),
+            WriterOp::Truncate { done, .. }
+            | WriterOp::Purge { done, .. }
+            | WriterOp::Vote { done, .. } => {
+                let _ = done.send(outcome);
+            }
+            WriterOp::Committed { .. } => {}
+        }
+    }
+}
+
+/// The writer thread: writes queued ops, as many as are waiting, in one batch and one sync, in
+/// order, and tells each caller once its op is durable. After a failed write or sync, what is
+/// on disk is unknown, so every later op fails too (openraft then stops the node). Ends when
+/// the store is dropped.
+fn run_writer<C: RaftTypeConfig>(
+    mut wal: Wal,
+    index: Arc<Mutex<Index>>,
     mut ops: mpsc::UnboundedReceiver<WriterOp<C>>,
 ) {
-    while let Some(first) = ops.recv().await {
-        let mut rows = Vec::new();
-        let mut callbacks = Vec::new();
-        let mut barriers = Vec::new();
-        let mut next = Some(first);
-        while let Some(op) = next.take() {
-            match op {
-                WriterOp::Append {
-                    rows: more,
-                    callback,
-                } => {
-                    rows.extend(more);
-                    callbacks.push(callback);
-                }
-                // Everything before it is in this batch: answered once the batch is done.
-                WriterOp::Barrier(done) => {
-                    barriers.push(done);
-                    break;
-                }
-            }
-            next = ops.try_recv().ok();
+    let mut failed: Option<(io::ErrorKind, String)> = None;
+    while let Some(first) = ops.blocking_recv() {
+        let mut batch = vec![first];
+        while let Ok(op) = ops.try_recv() {
+            batch.push(op);
         }
-        if !rows.is_empty() {
-            let committed = rows.clone();
-            let Some(db) = db.upgrade() else {
-                return;
+        let outcome = match &failed {
+            Some(_) => Ok(()),
+            None => write_batch(&mut wal, &index, &batch),
+        };
+        if let Err(error) = outcome {
+            tracing::error!(%error, "the Raft log cannot be written; this node stops");
+            failed = Some((error.kind(), error.to_string()));
+        }
+        for op in batch {
+            let result = match &failed {
+                Some((kind, message)) => Err(io::Error::new(*kind, message.clone())),
+                None => Ok(()),
             };
-            let outcome = write(&db, Durability::Immediate, move |txn| {
-                let mut log = txn.open_table(LOG)?;
-                for (index, bytes) in &committed {
-                    log.insert(*index, &**bytes)?;
-                }
-                Ok(())
-            })
-            .await;
-            drop(db);
-            {
-                let mut unflushed = unflushed.lock().unwrap_or_else(PoisonError::into_inner);
-                for (index, bytes) in &rows {
-                    // Only the bytes committed here: an index truncated and appended again
-                    // meanwhile keeps its newer entry.
-                    if unflushed
-                        .get(index)
-                        .is_some_and(|kept| Arc::ptr_eq(kept, bytes))
-                    {
-                        unflushed.remove(index);
-                    }
-                }
-            }
-            for callback in callbacks {
-                // The commit above was fsynced: only now may openraft count these as flushed.
-                let result = match &outcome {
-                    Ok(()) => Ok(()),
-                    Err(fault) => Err(std::io::Error::other(fault.to_string())),
-                };
-                callback.log_io_completed(result);
-            }
-        }
-        for done in barriers {
-            let _ = done.send(());
+            op.finish(result);
         }
     }
 }
 
-impl<C: RaftTypeConfig> RedbLogStore<C> {
-    /// Opens the log in `db`, creating its tables on first use (one durable commit), and
-    /// starts its writer task.
-    pub async fn new(db: Arc<Database>) -> Result<Self, StorageError<C::NodeId>> {
-        write(&db, Durability::Immediate, |txn| {
-            txn.open_table(LOG)?;
-            txn.open_table(META)?;
-            Ok(())
-        })
-        .await
-        .map_err(|fault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Write))?;
-        let unflushed = Unflushed::default();
-        let (writer, ops) = mpsc::unbounded_channel();
-        tokio::spawn(write_appends::<C>(
-            Arc::downgrade(&db),
-            Arc::clone(&unflushed),
-            ops,
-        ));
-        Ok(RedbLogStore {
-            db,
-            unflushed,
-            writer,
-        })
-    }
-
-    /// Waits until the writer has done every append queued before this call.
-    async fn drain_writer(&self) -> Result<(), StorageFault> {
-        let (done, finished) = oneshot::channel();
-        let stopped = || StorageFault::WriterStopped;
-        self.writer
-            .send(WriterOp::Barrier(done))
-            .map_err(|_| stopped())?;
-        finished.await.map_err(|_| stopped())
-    }
-
-    async fn read_meta<T>(&self, key: &'static str) -> Result<Option<T>, StorageFault>
-    where
-        T: DeserializeOwned + Send + 'static,
-    {
-        let db = Arc::clone(&self.db);
-        blocking(move || {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(META)?;
-            let value = table.get(key)?;
-            match value {
-                Some(bytes) => Ok(Some(serde_json::from_slice(bytes.value())?)),
-                None => Ok(None),
+fn write_batch<C: RaftTypeConfig>(
+    wal: &mut Wal,
+    index: &Mutex<Index>,
+    batch: &[WriterOp<C>],
+) -> io::Result<()> {
+    let mut records = Vec::new();
+    let mut sync = false;
+    for op in batch {
+        match op {
+            WriterOp::Append { rows, .. } => {
+                records.extend(rows.iter().map(|(index, bytes)| Record::Entry {
+                    index: *index,
+                    bytes,
+                }));
             }
+            other => records.push(other.record()),
+        }
+        sync |= !matches!(op, WriterOp::Committed { .. });
+    }
+    let locations = wal.write(&records, sync)?;
+    let purged = batch
+        .iter()
+        .filter_map(|op| match op {
+            WriterOp::Purge { index, .. } => Some(*index),
+            _ => None,
         })
-        .await
+        .max();
+    if let Some(purged) = purged {
+        wal.delete_purged(purged)?;
     }
-
-    async fn write_meta<T: Serialize>(
-        &self,
-        key: &'static str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), StorageFault> {
-        let bytes = serde_json::to_vec(value)?;
-        write(&self.db, durability, move |txn| {
-            txn.open_table(META)?.insert(key, bytes.as_slice())?;
-            Ok(())
-        })
-        .await
+    let mut index = lock(index);
+    // Before any reader can find an entry in a new segment; without the deleted ones.
+    index.files = wal.files();
+    let rows = batch.iter().flat_map(|op| match op {
+        WriterOp::Append { rows, .. } => rows.as_slice(),
+        _ => &[],
+    });
+    let written = locations.iter().filter_map(|at| *at);
+    for ((at_index, bytes), at) in rows.zip(written) {
+        index.written(*at_index, bytes, at);
     }
+    Ok(())
 }
 
-impl<C: RaftTypeConfig> Debug for RedbLogStore<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbLogStore").finish_non_exhaustive()
-    }
+fn lock(index: &Mutex<Index>) -> MutexGuard<'_, Index> {
+    index.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<C> Debug for RedbLogReader<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbLogReader").finish_non_exhaustive()
+impl<C: RaftTypeConfig> WalLogStore<C> {
+    /// Opens the log in `dir` (created when missing), first moving into it a log that an
+    /// older lockd kept in `legacy`, the node's redb file.
+    pub async fn open(
+        dir: PathBuf,
+        legacy: Option<Arc<Database>>,
+    ) -> Result<Self, StorageError<C::NodeId>> {
+        Self::open_with(dir, legacy, SEGMENT_BYTES).await
     }
-}
 
-impl<C: RaftTypeConfig> RaftLogReader<C> for RedbLogReader<C> {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
-        read_entries::<C>(&self.db, &self.unflushed, range).await
-    }
-}
-
-impl<C: RaftTypeConfig> RaftLogReader<C> for RedbLogStore<C> {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
-        read_entries::<C>(&self.db, &self.unflushed, range).await
-    }
-}
-
-impl<C: RaftTypeConfig> RaftLogStorage<C> for RedbLogStore<C> {
-    type LogReader = RedbLogReader<C>;
-
-    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
-        self.drain_writer()
-            .await
-            .map_err(|fault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Read))?;
-        let db = Arc::clone(&self.db);
-        let read = blocking(move || {
-            let txn = db.begin_read()?;
-            let last_purged = match txn.open_table(META)?.get(LAST_PURGED)? {
-                Some(bytes) => Some(serde_json::from_slice::<LogId<C::NodeId>>(bytes.value())?),
-                None => None,
-            };
-            let last_entry = match txn.open_table(LOG)?.last()? {
-                Some((_, bytes)) => Some(serde_json::from_slice::<C::Entry>(bytes.value())?),
-                None => None,
-            };
-            Ok((last_purged, last_entry))
+    /// [`WalLogStore::open`] with segments of `segment_bytes`.
+    pub(crate) async fn open_with(
+        dir: PathBuf,
+        legacy: Option<Arc<Database>>,
+        segment_bytes: u64,
+    ) -> Result<Self, StorageError<C::NodeId>> {
+        let opened = blocking(move || {
+            if let Some(db) = legacy {
+                move_legacy_log(&db, &dir)?;
+            }
+            Ok(Wal::open(&dir, segment_bytes)?)
         })
         .await;
-        let (last_purged_log_id, last_entry) =
-            read.map_err(|fault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Read))?;
+        let (wal, recovered) =
+            opened.map_err(|fault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Read))?;
+        let decode_pointers = || -> Result<_, StorageFault> {
+            let vote = recovered
+                .pointers
+                .vote
+                .as_deref()
+                .map(serde_json::from_slice);
+            let committed = recovered
+                .pointers
+                .committed
+                .as_deref()
+                .map(serde_json::from_slice::<Option<LogId<C::NodeId>>>);
+            let purged = recovered.pointers.last_purged.as_ref();
+            let last_purged = purged.map(|(_, bytes)| serde_json::from_slice(bytes));
+            Ok((
+                vote.transpose()?,
+                committed.transpose()?.flatten(),
+                last_purged.transpose()?,
+            ))
+        };
+        let (vote, committed, last_purged) = decode_pointers()
+            .map_err(|fault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Read))?;
+        let index = Index {
+            entries: recovered
+                .entries
+                .into_iter()
+                .map(|(i, at)| {
+                    let slot = Slot {
+                        bytes: None,
+                        at: Some(at),
+                    };
+                    (i, slot)
+                })
+                .collect(),
+            files: recovered.files,
+            ..Index::default()
+        };
+        let index = Arc::new(Mutex::new(index));
+        let (writer, ops) = mpsc::unbounded_channel();
+        let writer_index = Arc::clone(&index);
+        let writer_thread = std::thread::Builder::new()
+            .name("raft-log-writer".to_owned())
+            .spawn(move || run_writer::<C>(wal, writer_index, ops))
+            .map_err(|err| {
+                StorageFault::Io(err).into_storage(ErrorSubject::Store, ErrorVerb::Write)
+            })?;
+        Ok(WalLogStore {
+            index,
+            vote,
+            committed,
+            last_purged,
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
+        })
+    }
+
+    fn send(&self, op: WriterOp<C>) -> Result<(), StorageFault> {
+        self.writer
+            .as_ref()
+            .ok_or(StorageFault::WriterStopped)?
+            .send(op)
+            .map_err(|_| StorageFault::WriterStopped)
+    }
+
+    /// Queues an op and waits until it is durable.
+    async fn write_durably(
+        &self,
+        op: impl FnOnce(oneshot::Sender<io::Result<()>>) -> WriterOp<C>,
+    ) -> Result<(), StorageFault> {
+        let (done, finished) = oneshot::channel();
+        self.send(op(done))?;
+        finished.await.map_err(|_| StorageFault::WriterStopped)??;
+        Ok(())
+    }
+}
+
+impl<C: RaftTypeConfig> Drop for WalLogStore<C> {
+    /// Lets the writer finish what was queued, so the files are quiet once the store is gone
+    /// (a node reopened in the same process must not race its old writer).
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl<C: RaftTypeConfig> Debug for WalLogStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalLogStore").finish_non_exhaustive()
+    }
+}
+
+impl<C> Debug for WalLogReader<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalLogReader").finish_non_exhaustive()
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogReader<C> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        read_entries::<C>(&self.index, range).await
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogStore<C> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        read_entries::<C>(&self.index, range).await
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C> {
+    type LogReader = WalLogReader<C>;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
+        let last = lock(&self.index).entries.last_key_value().map(|(i, _)| *i);
+        let last_entry = match last {
+            Some(last) => read_entries::<C>(&self.index, last..=last).await?.pop(),
+            None => None,
+        };
         // An empty log ends where the last purge left it.
         let last_log_id = match last_entry {
             Some(entry) => Some(entry.get_log_id().clone()),
-            None => last_purged_log_id.clone(),
+            None => self.last_purged.clone(),
         };
         Ok(LogState {
-            last_purged_log_id,
+            last_purged_log_id: self.last_purged.clone(),
             last_log_id,
         })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        RedbLogReader {
-            db: Arc::clone(&self.db),
-            unflushed: Arc::clone(&self.unflushed),
+        WalLogReader {
+            index: Arc::clone(&self.index),
             _config: PhantomData,
         }
     }
 
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
-        self.write_meta(VOTE, vote, Durability::Immediate)
+        let to_storage =
+            |fault: StorageFault| fault.into_storage(ErrorSubject::Vote, ErrorVerb::Write);
+        let bytes = encode(vote).map_err(to_storage)?;
+        self.write_durably(|done| WriterOp::Vote { bytes, done })
             .await
-            .map_err(|fault| fault.into_storage(ErrorSubject::Vote, ErrorVerb::Write))
+            .map_err(to_storage)?;
+        self.vote = Some(vote.clone());
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
-        self.read_meta(VOTE)
-            .await
-            .map_err(|fault| fault.into_storage(ErrorSubject::Vote, ErrorVerb::Read))
+        Ok(self.vote.clone())
     }
 
     async fn save_committed(
@@ -306,22 +487,21 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RedbLogStore<C> {
         committed: Option<LogId<C::NodeId>>,
     ) -> Result<(), StorageError<C::NodeId>> {
         // openraft allows the committed index to lag (it is only a hint for re-applying after a
-        // restart), so it rides along with the next durable write instead of costing an fsync
-        // of its own on every commit, on every node.
-        self.write_meta(COMMITTED, &committed, Durability::None)
-            .await
-            .map_err(|fault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Write))
+        // restart), so it rides along with the next durable write instead of costing a sync of
+        // its own on every commit, on every node.
+        let to_storage =
+            |fault: StorageFault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Write);
+        let bytes = encode(&committed).map_err(to_storage)?;
+        self.send(WriterOp::Committed { bytes })
+            .map_err(to_storage)?;
+        self.committed = committed;
+        Ok(())
     }
 
     async fn read_committed(
         &mut self,
     ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
-        // Stored as `Option` because openraft may save `None`; both mean "nothing committed".
-        let stored: Option<Option<LogId<C::NodeId>>> = self
-            .read_meta(COMMITTED)
-            .await
-            .map_err(|fault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Read))?;
-        Ok(stored.flatten())
+        Ok(self.committed.clone())
     }
 
     async fn append<I>(
@@ -337,76 +517,140 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RedbLogStore<C> {
             |fault: StorageFault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Write);
         let mut rows = Vec::new();
         for entry in entries {
-            let bytes: Arc<[u8]> = serde_json::to_vec(&entry)
-                .map_err(|err| to_storage(err.into()))?
-                .into();
+            let bytes: Arc<[u8]> = encode(&entry).map_err(to_storage)?.into();
             rows.push((entry.get_log_id().index, bytes));
         }
         {
-            let mut unflushed = self
-                .unflushed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for (index, bytes) in &rows {
-                unflushed.insert(*index, Arc::clone(bytes));
+            let mut index = lock(&self.index);
+            for (at, bytes) in &rows {
+                index.insert(*at, Arc::clone(bytes));
             }
         }
-        // Readable now; flushed when the writer has committed them (see the module docs).
-        self.writer
-            .send(WriterOp::Append { rows, callback })
-            .map_err(|_| to_storage(StorageFault::WriterStopped))
+        // Readable now; flushed when the writer has synced them (see the module docs).
+        self.send(WriterOp::Append { rows, callback })
+            .map_err(to_storage)
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
-        let from_index = log_id.index;
-        let queued = self.drain_writer().await;
-        let fail = |fault: StorageFault| {
-            fault.into_storage(ErrorSubject::Log(log_id.clone()), ErrorVerb::Delete)
-        };
-        queued.map_err(fail)?;
-        self.unflushed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|index, _| *index < from_index);
-        write(&self.db, Durability::Immediate, move |txn| {
-            txn.open_table(LOG)?.retain_in(from_index.., |_, _| false)?;
-            Ok(())
-        })
-        .await
-        .map_err(fail)
+        let since = log_id.index;
+        lock(&self.index).remove_from(since);
+        self.write_durably(|done| WriterOp::Truncate { since, done })
+            .await
+            .map_err(|fault| fault.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let to_storage =
             |fault: StorageFault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Delete);
-        let bytes = serde_json::to_vec(&log_id).map_err(|err| to_storage(err.into()))?;
-        let up_to_index = log_id.index;
-        self.drain_writer().await.map_err(to_storage)?;
-        // The pointer and the deletion commit together, so the log never looks as if it started
-        // earlier than it does.
-        write(&self.db, Durability::Immediate, move |txn| {
-            txn.open_table(META)?
-                .insert(LAST_PURGED, bytes.as_slice())?;
-            txn.open_table(LOG)?
-                .retain_in(..=up_to_index, |_, _| false)?;
-            Ok(())
+        let bytes = encode(&log_id).map_err(to_storage)?;
+        let index = log_id.index;
+        lock(&self.index).remove_through(index);
+        self.write_durably(|done| WriterOp::Purge {
+            index,
+            log_id: bytes,
+            done,
         })
         .await
-        .map_err(to_storage)
+        .map_err(to_storage)?;
+        self.last_purged = Some(log_id);
+        Ok(())
     }
+}
+
+/// Moves a log kept in the node's redb file by an older lockd into `dir`, then drops its
+/// tables. The new log is built aside and renamed into place, so a crash leaves either the old
+/// log or the whole new one; once `dir` exists the move is done (only the tables may be left).
+fn move_legacy_log(db: &Database, dir: &Path) -> Result<(), StorageFault> {
+    let txn = db.begin_read()?;
+    let log = match txn.open_table(LEGACY_LOG) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(err) => return Err(err.into()),
+    };
+    if !dir.exists() {
+        let meta = txn.open_table(LEGACY_META)?;
+        let get = |key: &str| -> Result<Option<Vec<u8>>, StorageFault> {
+            Ok(meta.get(key)?.map(|bytes| bytes.value().to_vec()))
+        };
+        let vote = get("vote")?;
+        let committed = get("committed")?;
+        let last_purged = get("last_purged")?;
+        let purged_index = match &last_purged {
+            Some(bytes) => Some(serde_json::from_slice::<LogIdIndex>(bytes)?.index),
+            None => None,
+        };
+        let aside = dir.with_extension("moving");
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside)?;
+        }
+        let (mut wal, _) = Wal::open(&aside, SEGMENT_BYTES)?;
+        let mut records = Vec::new();
+        if let Some(vote) = &vote {
+            records.push(Record::Vote(vote));
+        }
+        if let Some(committed) = &committed {
+            records.push(Record::Committed(committed));
+        }
+        if let (Some(index), Some(log_id)) = (purged_index, &last_purged) {
+            records.push(Record::Purge { index, log_id });
+        }
+        wal.write(&records, true)?;
+        let mut rows = Vec::new();
+        for row in log.iter()? {
+            let (index, bytes) = row?;
+            rows.push((index.value(), bytes.value().to_vec()));
+        }
+        let entries: Vec<Record<'_>> = rows
+            .iter()
+            .map(|(index, bytes)| Record::Entry {
+                index: *index,
+                bytes,
+            })
+            .collect();
+        wal.write(&entries, true)?;
+        drop(wal);
+        std::fs::rename(&aside, dir)?;
+        if let Some(parent) = dir.parent() {
+            wal::sync_dir(parent)?;
+        }
+        tracing::info!(
+            entries = rows.len(),
+            dir = %dir.display(),
+            "moved the Raft log out of the redb file into its own log files"
+        );
+    }
+    drop(log);
+    drop(txn);
+    let txn = db.begin_write()?;
+    txn.delete_table(LEGACY_LOG)?;
+    txn.delete_table(LEGACY_META)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// The index of a stored `LogId`, whatever its node id type.
+#[derive(serde::Deserialize)]
+struct LogIdIndex {
+    index: u64,
 }
 
 /// Why a storage operation failed, before it is named for openraft.
 #[derive(Debug, thiserror::Error)]
 enum StorageFault {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Wal(#[from] WalError),
     #[error("redb: {0}")]
     Database(#[from] redb::Error),
     #[error("stored Raft data does not decode: {0}")]
     Codec(#[from] serde_json::Error),
     #[error("the blocking storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-    #[error("the log's writer task stopped")]
+    #[error("the log's writer stopped")]
     WriterStopped,
+    #[error("the log has no entry {0} where its index has one")]
+    Missing(u64),
 }
 
 impl StorageFault {
@@ -433,11 +677,18 @@ redb_fault!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
+    redb::CommitError
 );
 
-/// Runs blocking redb work on Tokio's blocking pool.
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageFault> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageFault> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+/// Runs blocking work on Tokio's blocking pool.
 async fn blocking<T, F>(work: F) -> Result<T, StorageFault>
 where
     T: Send + 'static,
@@ -446,58 +697,53 @@ where
     tokio::task::spawn_blocking(work).await?
 }
 
-/// Runs `work` in one write transaction and commits it with `durability` (`Immediate`: with
-/// fsync before returning).
-async fn write<F>(db: &Arc<Database>, durability: Durability, work: F) -> Result<(), StorageFault>
-where
-    F: FnOnce(&redb::WriteTransaction) -> Result<(), StorageFault> + Send + 'static,
-{
-    let db = Arc::clone(db);
-    blocking(move || {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(durability)?;
-        work(&txn)?;
-        txn.commit()?;
-        Ok(())
-    })
-    .await
+/// An entry found in the index: its bytes, or where to read them.
+enum Found {
+    Kept(Arc<[u8]>),
+    OnDisk(Arc<File>, Location),
 }
 
-/// The entries whose indexes fall in `range`, in order: committed ones from redb, and those
-/// still in `unflushed`.
+/// The entries whose indexes fall in `range`, in order. Entries still in memory are decoded
+/// at once; the others are read from their segments on the blocking pool.
 async fn read_entries<C: RaftTypeConfig>(
-    db: &Arc<Database>,
-    unflushed: &Unflushed,
+    index: &Mutex<Index>,
     range: impl RangeBounds<u64>,
 ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+    let to_storage = |fault: StorageFault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Read);
     let bounds: (Bound<u64>, Bound<u64>) =
         (range.start_bound().cloned(), range.end_bound().cloned());
-    // Before redb's read transaction: an entry leaves `unflushed` only after its commit, so one
-    // missing here is in the transaction begun after.
-    let pending: BTreeMap<u64, Arc<[u8]>> = unflushed
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .range(bounds)
-        .map(|(index, bytes)| (*index, Arc::clone(bytes)))
-        .collect();
-    let db = Arc::clone(db);
-    blocking(move || {
-        let txn = db.begin_read()?;
-        let log = txn.open_table(LOG)?;
-        let mut entries: BTreeMap<u64, C::Entry> = BTreeMap::new();
-        for row in log.range(bounds)? {
-            let (index, bytes) = row?;
-            if !pending.contains_key(&index.value()) {
-                entries.insert(index.value(), serde_json::from_slice(bytes.value())?);
-            }
+    let found = {
+        let index = lock(index);
+        let mut found = Vec::new();
+        for (at_index, slot) in index.entries.range(bounds) {
+            let item = match (&slot.bytes, slot.at) {
+                (Some(bytes), _) => Found::Kept(Arc::clone(bytes)),
+                (None, Some(at)) => match index.files.get(&at.segment) {
+                    Some(file) => Found::OnDisk(Arc::clone(file), at),
+                    None => return Err(to_storage(StorageFault::Missing(*at_index))),
+                },
+                (None, None) => return Err(to_storage(StorageFault::Missing(*at_index))),
+            };
+            found.push(item);
         }
-        for (index, bytes) in pending {
-            entries.insert(index, serde_json::from_slice(&bytes)?);
-        }
-        Ok(entries.into_values().collect())
-    })
-    .await
-    .map_err(|fault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Read))
+        found
+    };
+    let decode_all = |found: Vec<Found>| -> Result<Vec<C::Entry>, StorageFault> {
+        found
+            .into_iter()
+            .map(|item| match item {
+                Found::Kept(bytes) => decode(&bytes),
+                Found::OnDisk(file, at) => decode(&wal::read_at(&file, at)?),
+            })
+            .collect()
+    };
+    let on_disk = found.iter().any(|item| matches!(item, Found::OnDisk(..)));
+    let entries = if on_disk {
+        blocking(move || decode_all(found)).await
+    } else {
+        decode_all(found)
+    };
+    entries.map_err(to_storage)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! [`resume`]); [`node`] starts a node.
 //!
 //! Generic over openraft's `RaftTypeConfig`, knowing nothing of locks: [`log_store`] keeps
-//! the Raft log and vote in the node's redb database, [`network`] sends Raft RPCs to peers
+//! the Raft log and vote in append-only files of its own (`wal.rs`), [`network`] sends Raft RPCs to peers
 //! over TCP and [`peer_server`] answers them, in [`wire`]'s frames.
 
 pub(crate) mod append_check;
@@ -27,6 +27,7 @@ pub mod resume;
 pub(crate) mod retries;
 pub mod transport;
 pub mod types;
+pub(crate) mod wal;
 pub mod wire;
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Tests of the peer network and server: real `openraft::Raft` nodes with [`RedbLogStore`] and
+//! Tests of the peer network and server: real `openraft::Raft` nodes with [`WalLogStore`] and
 //! the test state machine, on 127.0.0.1, wired by [`PeerNetwork`] and [`serve_peers`].
 
 use std::collections::BTreeMap;
@@ -15,10 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::cluster::leader_contact::LeaderContact;
-use crate::cluster::log_store::RedbLogStore;
 use crate::cluster::peer_admission::{PeerAdmission, PeerLimits};
 use crate::cluster::peer_server::serve_peers;
-use crate::cluster::testing::{open_database, KvWrite, MemStateMachine, TestConfig};
+use crate::cluster::testing::{open_log_store, KvWrite, MemStateMachine, TestConfig};
 use crate::cluster::transport::PeerCredentials;
 
 /// The longest any test waits for the cluster to get somewhere.
@@ -53,7 +52,7 @@ fn default_admission() -> PeerAdmission {
 impl TestNode {
     async fn start(id: u64, config: Config, secret: Option<&str>) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
-        let log_store = RedbLogStore::new(open_database(dir.path())).await.unwrap();
+        let log_store = open_log_store(dir.path()).await.unwrap();
         let state = MemStateMachine::default();
         let credentials = PeerCredentials::secret(secret.map(Arc::from));
         let network = PeerNetwork::new(id, credentials.clone());

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::election_timer;
 use super::leader_contact::LeaderContact;
-use super::log_store::RedbLogStore;
+use super::log_store::WalLogStore;
 use super::machine::{Replica, ReplicaMachine, SnapshotError};
 use super::network::PeerNetwork;
 use super::peer_admission::{watch_member_addresses, PeerAdmission, PeerLimits};
@@ -175,10 +175,11 @@ pub fn openraft_election_timeouts(election_ms: u64) -> (u64, u64) {
 }
 
 impl ClusterNode {
-    /// Opens the node's Raft state in `db`, starts serving peers, and bootstraps a new
-    /// cluster when asked to.
+    /// Opens the node's Raft log in `log_dir` and its snapshots and table in `db`, starts
+    /// serving peers, and bootstraps a new cluster when asked to.
     pub(crate) async fn start(
         db: Arc<Database>,
+        log_dir: std::path::PathBuf,
         table: TableConfig,
         metrics: Arc<Metrics>,
         options: ClusterOptions,
@@ -202,7 +203,7 @@ impl ClusterNode {
         }
         .validate()
         .map_err(|err| NodeError::Timing(Box::new(err)))?;
-        let log_store = RedbLogStore::<TypeConfig>::new(Arc::clone(&db))
+        let log_store = WalLogStore::<TypeConfig>::open(log_dir, Some(Arc::clone(&db)))
             .await
             .map_err(|err| NodeError::Log(Box::new(err)))?;
         let state_machine = ReplicaMachine::open(db, table, metrics)?;

@@ -15,7 +15,7 @@ use openraft::{
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
-use super::log_store::RedbLogStore;
+use super::log_store::{WalLogStore, LOG_DIR};
 
 openraft::declare_raft_types!(
     /// Types for the tests of this module: a key-value write, answered with the previous value.
@@ -157,20 +157,27 @@ pub fn open_database(dir: &std::path::Path) -> Arc<Database> {
     Arc::new(Database::create(dir.join(crate::store::DB_FILE)).unwrap())
 }
 
+/// Opens the log store in `dir`, as cluster mode does (without a redb file to move a log from).
+pub async fn open_log_store(
+    dir: &std::path::Path,
+) -> Result<WalLogStore<TestConfig>, StorageError<u64>> {
+    WalLogStore::open(dir.join(LOG_DIR), None).await
+}
+
 /// Builds a fresh log store in a temporary directory and an empty state machine, for
 /// `openraft::testing::Suite`.
 #[derive(Debug)]
 pub struct TempStoreBuilder;
 
-impl StoreBuilder<TestConfig, RedbLogStore<TestConfig>, MemStateMachine, tempfile::TempDir>
+impl StoreBuilder<TestConfig, WalLogStore<TestConfig>, MemStateMachine, tempfile::TempDir>
     for TempStoreBuilder
 {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, RedbLogStore<TestConfig>, MemStateMachine), StorageError<u64>>
+    ) -> Result<(tempfile::TempDir, WalLogStore<TestConfig>, MemStateMachine), StorageError<u64>>
     {
         let dir = tempfile::tempdir().unwrap();
-        let log_store = RedbLogStore::new(open_database(dir.path())).await?;
+        let log_store = open_log_store(dir.path()).await?;
         Ok((dir, log_store, MemStateMachine::default()))
     }
 }
