@@ -18,10 +18,11 @@
 //! own rather than a task on Tokio's blocking pool: it does nothing but block on the disk, and a
 //! hand-off to the pool for each batch would cost a wake-up each time.
 //!
-//! The index keeps each live entry's bytes until they are written, and then the most recent
-//! ones (up to `CACHED_BYTES`), which is what replication reads; older ones are read back
-//! from their segment. Readers ([`WalLogReader`]) take the index's lock only to find entries,
-//! never while reading a file or decoding.
+//! The index keeps each live entry, decoded, until it is written, and then the most recent
+//! ones (up to `CACHED_BYTES` encoded), which is what replication reads: a clone, not a decode
+//! of JSON for each follower. Older ones are read back from their segment and decoded.
+//! Readers ([`WalLogReader`]) take the index's lock only to find and clone entries, never while
+//! reading a file or decoding.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -46,7 +47,7 @@ use super::wal::{self, Location, Record, Wal, WalError, SEGMENT_BYTES};
 
 /// The log's directory, in the data directory.
 pub const LOG_DIR: &str = "raft-log";
-/// Written entries whose bytes the index keeps, newest first, for readers: enough for every
+/// How much of the written log (encoded size) the index keeps in memory for readers: enough for every
 /// follower to read what it lacks without touching the disk unless it is far behind.
 pub(crate) const CACHED_BYTES: usize = 32 << 20;
 
@@ -59,7 +60,7 @@ const LEGACY_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_met
 ///
 /// Cloning is not offered: openraft must be the only writer, through `&mut self`.
 pub struct WalLogStore<C: RaftTypeConfig> {
-    index: Arc<Mutex<Index>>,
+    index: Arc<Mutex<Index<C::Entry>>>,
     vote: Option<Vote<C::NodeId>>,
     committed: Option<LogId<C::NodeId>>,
     last_purged: Option<LogId<C::NodeId>>,
@@ -68,42 +69,71 @@ pub struct WalLogStore<C: RaftTypeConfig> {
 }
 
 /// A read-only view of a [`WalLogStore`]'s log, for openraft's replication tasks.
-pub struct WalLogReader<C> {
-    index: Arc<Mutex<Index>>,
+pub struct WalLogReader<C: RaftTypeConfig> {
+    index: Arc<Mutex<Index<C::Entry>>>,
     _config: PhantomData<C>,
 }
 
 /// The live entries, and the files to read them back from.
-#[derive(Debug, Default)]
-struct Index {
-    entries: BTreeMap<u64, Slot>,
+#[derive(Debug)]
+struct Index<E> {
+    entries: BTreeMap<u64, Slot<E>>,
     files: BTreeMap<u64, Arc<File>>,
-    /// Written entries whose bytes are still kept, oldest first (an index may be stale: one
+    /// Written entries still kept in memory, oldest first (an index may be stale: one
     /// truncated or replaced since).
     cached: VecDeque<u64>,
-    /// The bytes kept in `entries`.
+    /// The encoded size of the entries kept in memory.
     kept_bytes: usize,
+    /// Counts appends, to tell an entry from one appended at the same index after a truncate.
+    appends: u64,
 }
 
-/// One live entry: its bytes until they are dropped from memory, and where it is on disk once
-/// written. At least one of the two is always there.
+/// One live entry: kept in memory, decoded, until written and no longer among the most recent;
+/// and where it is on disk once written. At least one of the two is always there.
 #[derive(Debug)]
-struct Slot {
-    bytes: Option<Arc<[u8]>>,
+struct Slot<E> {
+    entry: Option<E>,
+    /// Its encoded size.
+    size: usize,
+    /// Which append put it here.
+    append: u64,
     at: Option<Location>,
 }
 
-impl Index {
-    fn insert(&mut self, index: u64, bytes: Arc<[u8]>) {
+impl<E> Index<E> {
+    fn new(files: BTreeMap<u64, Arc<File>>, written: BTreeMap<u64, Location>) -> Self {
+        let entries = written.into_iter().map(|(index, at)| {
+            let slot = Slot {
+                entry: None,
+                size: 0,
+                append: 0,
+                at: Some(at),
+            };
+            (index, slot)
+        });
+        Index {
+            entries: entries.collect(),
+            files,
+            cached: VecDeque::new(),
+            kept_bytes: 0,
+            appends: 0,
+        }
+    }
+
+    /// Puts `entry` (`size` bytes encoded) at `index`, replacing it and every entry after it;
+    /// returns the append's number, for [`Index::written`].
+    fn insert(&mut self, index: u64, entry: E, size: usize) -> u64 {
         self.remove_from(index);
-        self.kept_bytes += bytes.len();
-        self.entries.insert(
-            index,
-            Slot {
-                bytes: Some(bytes),
-                at: None,
-            },
-        );
+        self.appends += 1;
+        self.kept_bytes += size;
+        let slot = Slot {
+            entry: Some(entry),
+            size,
+            append: self.appends,
+            at: None,
+        };
+        self.entries.insert(index, slot);
+        self.appends
     }
 
     /// Removes the entries from `index` on.
@@ -119,25 +149,21 @@ impl Index {
         self.forget(removed.into_values());
     }
 
-    fn forget(&mut self, slots: impl Iterator<Item = Slot>) {
+    fn forget(&mut self, slots: impl Iterator<Item = Slot<E>>) {
         for slot in slots {
-            if let Some(bytes) = slot.bytes {
-                self.kept_bytes -= bytes.len();
+            if slot.entry.is_some() {
+                self.kept_bytes -= slot.size;
             }
         }
     }
 
-    /// Notes that `bytes`, appended at `index`, are on disk at `at`, unless the entry was
-    /// truncated or replaced meanwhile; then drops the oldest kept bytes beyond the budget.
-    fn written(&mut self, index: u64, bytes: &Arc<[u8]>, at: Location) {
+    /// Notes that append number `append`, at `index`, is on disk at `at`, unless the entry was
+    /// truncated or replaced meanwhile; then drops the oldest kept entries beyond the budget.
+    fn written(&mut self, index: u64, append: u64, at: Location) {
         let Some(slot) = self.entries.get_mut(&index) else {
             return;
         };
-        if !slot
-            .bytes
-            .as_ref()
-            .is_some_and(|kept| Arc::ptr_eq(kept, bytes))
-        {
+        if slot.append != append {
             return;
         }
         slot.at = Some(at);
@@ -154,10 +180,8 @@ impl Index {
                 break;
             };
             if let Some(slot) = self.entries.get_mut(&oldest) {
-                if slot.at.is_some() {
-                    if let Some(bytes) = slot.bytes.take() {
-                        self.kept_bytes -= bytes.len();
-                    }
+                if slot.at.is_some() && slot.entry.take().is_some() {
+                    self.kept_bytes -= slot.size;
                 }
             }
         }
@@ -166,9 +190,9 @@ impl Index {
 
 /// What the writer thread is asked to do, in order.
 enum WriterOp<C: RaftTypeConfig> {
-    /// Write these entries, sync, then call back.
+    /// Write these entries (index, append number, encoded), sync, then call back.
     Append {
-        rows: Vec<(u64, Arc<[u8]>)>,
+        rows: Vec<(u64, u64, Vec<u8>)>,
         callback: LogFlushed<C>,
     },
     Truncate {
@@ -224,7 +248,7 @@ impl<C: RaftTypeConfig> WriterOp<C> {
 /// the store is dropped.
 fn run_writer<C: RaftTypeConfig>(
     mut wal: Wal,
-    index: Arc<Mutex<Index>>,
+    index: Arc<Mutex<Index<C::Entry>>>,
     mut ops: mpsc::UnboundedReceiver<WriterOp<C>>,
 ) {
     let mut failed: Option<(io::ErrorKind, String)> = None;
@@ -253,7 +277,7 @@ fn run_writer<C: RaftTypeConfig>(
 
 fn write_batch<C: RaftTypeConfig>(
     wal: &mut Wal,
-    index: &Mutex<Index>,
+    index: &Mutex<Index<C::Entry>>,
     batch: &[WriterOp<C>],
 ) -> io::Result<()> {
     let mut records = Vec::new();
@@ -261,7 +285,7 @@ fn write_batch<C: RaftTypeConfig>(
     for op in batch {
         match op {
             WriterOp::Append { rows, .. } => {
-                records.extend(rows.iter().map(|(index, bytes)| Record::Entry {
+                records.extend(rows.iter().map(|(index, _, bytes)| Record::Entry {
                     index: *index,
                     bytes,
                 }));
@@ -289,13 +313,13 @@ fn write_batch<C: RaftTypeConfig>(
         _ => &[],
     });
     let written = locations.iter().filter_map(|at| *at);
-    for ((at_index, bytes), at) in rows.zip(written) {
-        index.written(*at_index, bytes, at);
+    for ((at_index, append, _), at) in rows.zip(written) {
+        index.written(*at_index, *append, at);
     }
     Ok(())
 }
 
-fn lock(index: &Mutex<Index>) -> MutexGuard<'_, Index> {
+fn lock<E>(index: &Mutex<Index<E>>) -> MutexGuard<'_, Index<E>> {
     index.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -345,21 +369,7 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
         };
         let (vote, committed, last_purged) = decode_pointers()
             .map_err(|fault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Read))?;
-        let index = Index {
-            entries: recovered
-                .entries
-                .into_iter()
-                .map(|(i, at)| {
-                    let slot = Slot {
-                        bytes: None,
-                        at: Some(at),
-                    };
-                    (i, slot)
-                })
-                .collect(),
-            files: recovered.files,
-            ..Index::default()
-        };
+        let index = Index::new(recovered.files, recovered.entries);
         let index = Arc::new(Mutex::new(index));
         let (writer, ops) = mpsc::unbounded_channel();
         let writer_index = Arc::clone(&index);
@@ -416,13 +426,16 @@ impl<C: RaftTypeConfig> Debug for WalLogStore<C> {
     }
 }
 
-impl<C> Debug for WalLogReader<C> {
+impl<C: RaftTypeConfig> Debug for WalLogReader<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WalLogReader").finish_non_exhaustive()
     }
 }
 
-impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogReader<C> {
+impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogReader<C>
+where
+    C::Entry: Clone,
+{
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -431,7 +444,10 @@ impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogReader<C> {
     }
 }
 
-impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogStore<C> {
+impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogStore<C>
+where
+    C::Entry: Clone,
+{
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -440,7 +456,10 @@ impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogStore<C> {
     }
 }
 
-impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C> {
+impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C>
+where
+    C::Entry: Clone,
+{
     type LogReader = WalLogReader<C>;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
@@ -515,15 +534,18 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C> {
     {
         let to_storage =
             |fault: StorageFault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Write);
-        let mut rows = Vec::new();
+        let mut encoded = Vec::new();
         for entry in entries {
-            let bytes: Arc<[u8]> = encode(&entry).map_err(to_storage)?.into();
-            rows.push((entry.get_log_id().index, bytes));
+            let bytes = encode(&entry).map_err(to_storage)?;
+            encoded.push((entry, bytes));
         }
+        let mut rows = Vec::with_capacity(encoded.len());
         {
             let mut index = lock(&self.index);
-            for (at, bytes) in &rows {
-                index.insert(*at, Arc::clone(bytes));
+            for (entry, bytes) in encoded {
+                let at = entry.get_log_id().index;
+                let append = index.insert(at, entry, bytes.len());
+                rows.push((at, append, bytes));
             }
         }
         // Readable now; flushed when the writer has synced them (see the module docs).
@@ -697,18 +719,21 @@ where
     tokio::task::spawn_blocking(work).await?
 }
 
-/// An entry found in the index: its bytes, or where to read them.
-enum Found {
-    Kept(Arc<[u8]>),
+/// An entry found in the index: the entry, or where to read it.
+enum Found<E> {
+    Kept(E),
     OnDisk(Arc<File>, Location),
 }
 
-/// The entries whose indexes fall in `range`, in order. Entries still in memory are decoded
-/// at once; the others are read from their segments on the blocking pool.
+/// The entries whose indexes fall in `range`, in order. Entries still in memory are cloned;
+/// the others are read from their segments and decoded, on the blocking pool.
 async fn read_entries<C: RaftTypeConfig>(
-    index: &Mutex<Index>,
+    index: &Mutex<Index<C::Entry>>,
     range: impl RangeBounds<u64>,
-) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+) -> Result<Vec<C::Entry>, StorageError<C::NodeId>>
+where
+    C::Entry: Clone,
+{
     let to_storage = |fault: StorageFault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Read);
     let bounds: (Bound<u64>, Bound<u64>) =
         (range.start_bound().cloned(), range.end_bound().cloned());
@@ -716,8 +741,8 @@ async fn read_entries<C: RaftTypeConfig>(
         let index = lock(index);
         let mut found = Vec::new();
         for (at_index, slot) in index.entries.range(bounds) {
-            let item = match (&slot.bytes, slot.at) {
-                (Some(bytes), _) => Found::Kept(Arc::clone(bytes)),
+            let item = match (&slot.entry, slot.at) {
+                (Some(entry), _) => Found::Kept(entry.clone()),
                 (None, Some(at)) => match index.files.get(&at.segment) {
                     Some(file) => Found::OnDisk(Arc::clone(file), at),
                     None => return Err(to_storage(StorageFault::Missing(*at_index))),
@@ -728,22 +753,25 @@ async fn read_entries<C: RaftTypeConfig>(
         }
         found
     };
-    let decode_all = |found: Vec<Found>| -> Result<Vec<C::Entry>, StorageFault> {
+    if !found.iter().any(|item| matches!(item, Found::OnDisk(..))) {
+        return Ok(found
+            .into_iter()
+            .filter_map(|item| match item {
+                Found::Kept(entry) => Some(entry),
+                Found::OnDisk(..) => None,
+            })
+            .collect());
+    }
+    let read_all = move || -> Result<Vec<C::Entry>, StorageFault> {
         found
             .into_iter()
             .map(|item| match item {
-                Found::Kept(bytes) => decode(&bytes),
+                Found::Kept(entry) => Ok(entry),
                 Found::OnDisk(file, at) => decode(&wal::read_at(&file, at)?),
             })
             .collect()
     };
-    let on_disk = found.iter().any(|item| matches!(item, Found::OnDisk(..)));
-    let entries = if on_disk {
-        blocking(move || decode_all(found)).await
-    } else {
-        decode_all(found)
-    };
-    entries.map_err(to_storage)
+    blocking(read_all).await.map_err(to_storage)
 }
 
 #[cfg(test)]
