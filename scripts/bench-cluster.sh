@@ -5,8 +5,8 @@
 #
 # It installs what is missing when it can (root with apt-get): protobuf-compiler, because
 # lockbench's etcd client compiles etcd's .proto files (the `etcd` feature), and etcd-server,
-# Debian's etcd. It builds lockd and lockbench in release mode, starts three etcd members on
-# free ports with temporary data directories, and runs, ROUNDS times (default 3, alternating
+# Debian's etcd, with etcd-client for etcdctl. It builds lockd and lockbench in release mode,
+# starts three etcd members on free ports with temporary data directories, and runs, ROUNDS times (default 3, alternating
 # the two lockbench invocations so that a slow minute hits both servers):
 #   lockbench --cluster --mode uncontended --connections 1,64   (1 and 64 clients)
 #   lockbench --cluster --mode contended,reads                   (16 clients on one lock; 64
@@ -40,6 +40,8 @@ trap cleanup EXIT
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# etcdctl, to wait until the etcd cluster is healthy: Debian ships it apart from the server.
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "bench-cluster: installing ${need[*]}" >&2
