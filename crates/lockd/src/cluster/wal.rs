@@ -339,7 +339,7 @@ impl Wal {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, capacity)?;
+        allocate(&file, capacity)?;
         file.write_all_at(&header, 0)?;
         file.sync_all()?;
         sync_dir(&self.dir)?;
@@ -509,6 +509,17 @@ fn decode(body: &[u8]) -> Option<Record<'_>> {
 
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:020}.wal"))
+}
+
+/// Gives `file` its blocks up front, so that appends change no file size or block map (whose
+/// journaling each sync would otherwise wait for). A file system without `fallocate` gets a
+/// sparse file of that size instead: slower syncs, the same log.
+fn allocate(file: &File, capacity: u64) -> io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, capacity) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => file.set_len(capacity),
+        Err(errno) => Err(errno.into()),
+    }
 }
 
 fn zero_from(file: &File, from: u64, to: u64) -> io::Result<()> {
