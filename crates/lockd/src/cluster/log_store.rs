@@ -6,8 +6,7 @@
 //!
 //! Durability: a vote, a truncate and a purge are durable before their call returns; appended
 //! entries are reported flushed (through openraft's callback) only once durable; the committed
-//! index, which openraft lets lag, is written without a sync of its own and made durable by the
-//! next synced write.
+//! index, which openraft lets lag, is kept in memory and written with the next of those.
 //!
 //! `append` does not wait for the disk: openraft's core calls it inline, and would stand still
 //! for the whole sync, and replication (which reads the entries back) would start only after
@@ -63,6 +62,8 @@ pub struct WalLogStore<C: RaftTypeConfig> {
     index: Arc<Mutex<Index<C::Entry>>>,
     vote: Option<Vote<C::NodeId>>,
     committed: Option<LogId<C::NodeId>>,
+    /// The committed pointer, encoded, not yet handed to the writer: it goes with the next op.
+    unsent_committed: Option<Vec<u8>>,
     last_purged: Option<LogId<C::NodeId>>,
     writer: Option<mpsc::UnboundedSender<WriterOp<C>>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -209,7 +210,7 @@ enum WriterOp<C: RaftTypeConfig> {
         bytes: Vec<u8>,
         done: oneshot::Sender<io::Result<()>>,
     },
-    /// Written, not synced.
+    /// Written, and synced with the op after it.
     Committed { bytes: Vec<u8> },
 }
 
@@ -383,23 +384,28 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
             index,
             vote,
             committed,
+            unsent_committed: None,
             last_purged,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
         })
     }
 
-    fn send(&self, op: WriterOp<C>) -> Result<(), StorageFault> {
-        self.writer
-            .as_ref()
-            .ok_or(StorageFault::WriterStopped)?
-            .send(op)
-            .map_err(|_| StorageFault::WriterStopped)
+    /// Hands `op` to the writer, after the committed pointer if it changed since the last op.
+    fn send(&mut self, op: WriterOp<C>) -> Result<(), StorageFault> {
+        let writer = self.writer.as_ref().ok_or(StorageFault::WriterStopped)?;
+        let stopped = |_| StorageFault::WriterStopped;
+        if let Some(bytes) = self.unsent_committed.take() {
+            writer
+                .send(WriterOp::Committed { bytes })
+                .map_err(stopped)?;
+        }
+        writer.send(op).map_err(stopped)
     }
 
     /// Queues an op and waits until it is durable.
     async fn write_durably(
-        &self,
+        &mut self,
         op: impl FnOnce(oneshot::Sender<io::Result<()>>) -> WriterOp<C>,
     ) -> Result<(), StorageFault> {
         let (done, finished) = oneshot::channel();
@@ -506,13 +512,12 @@ where
         committed: Option<LogId<C::NodeId>>,
     ) -> Result<(), StorageError<C::NodeId>> {
         // openraft allows the committed index to lag (it is only a hint for re-applying after a
-        // restart), so it rides along with the next durable write instead of costing a sync of
-        // its own on every commit, on every node.
+        // restart), so it goes to the writer with the next op and is synced with it, instead of
+        // costing a sync, or even a write and a wake-up of the writer, on every commit, on
+        // every node.
         let to_storage =
             |fault: StorageFault| fault.into_storage(ErrorSubject::Store, ErrorVerb::Write);
-        let bytes = encode(&committed).map_err(to_storage)?;
-        self.send(WriterOp::Committed { bytes })
-            .map_err(to_storage)?;
+        self.unsent_committed = Some(encode(&committed).map_err(to_storage)?);
         self.committed = committed;
         Ok(())
     }
