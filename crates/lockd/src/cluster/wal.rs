@@ -200,6 +200,13 @@ impl Wal {
         };
         if wal.segments.is_empty() {
             wal.start_segment(0).map_err(io_error)?;
+        } else if wal.position == 0 {
+            // The last segment holds no record: a crash came after it was created and before
+            // its header was durable. Later records must not land in a segment without the
+            // pointers, or deleting the segments before it would lose them (the vote among
+            // them).
+            let mut header = wal.header();
+            wal.flush(&mut header, true).map_err(io_error)?;
         }
         let recovered = Recovered {
             pointers: replay.pointers,
@@ -312,12 +319,10 @@ impl Wal {
         Ok(())
     }
 
-    /// Starts the next segment, with room for a record of `needed` bytes after its header, and
-    /// makes it durable (allocation, header, directory entry) before it takes any record.
-    fn start_segment(&mut self, needed: u64) -> io::Result<()> {
-        let number = self.active + 1;
+    /// The records a segment begins with: the pointers as they are now.
+    fn header(&self) -> Vec<u8> {
         let mut header = Vec::new();
-        let pointers = self.pointers.clone();
+        let pointers = &self.pointers;
         if let Some(vote) = &pointers.vote {
             header.extend(encode(&Record::Vote(vote)));
         }
@@ -330,6 +335,14 @@ impl Wal {
                 log_id,
             }));
         }
+        header
+    }
+
+    /// Starts the next segment, with room for a record of `needed` bytes after its header, and
+    /// makes it durable (allocation, header, directory entry) before it takes any record.
+    fn start_segment(&mut self, needed: u64) -> io::Result<()> {
+        let number = self.active + 1;
+        let header = self.header();
         let capacity = self
             .segment_bytes
             .max(header.len() as u64 + needed + HEADER as u64);

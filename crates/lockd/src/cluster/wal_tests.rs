@@ -189,6 +189,32 @@ fn a_truncate_is_never_deleted_while_the_entries_it_removed_remain() {
 }
 
 #[test]
+fn a_segment_left_without_its_header_by_a_crash_gets_it_before_any_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), 4096).unwrap();
+    wal.write(&[Record::Vote(b"vote"), entry(1, b"a")], true)
+        .unwrap();
+    drop(wal);
+    // A crash while the next segment was being started: allocated, its header not written.
+    let next = segment_path(dir.path(), 2);
+    let file = File::create(&next).unwrap();
+    file.set_len(4096).unwrap();
+    drop(file);
+    let (mut wal, _) = Wal::open(dir.path(), 4096).unwrap();
+    assert_eq!(wal.active, 2);
+    wal.write(&[entry(2, b"b"), purge(1, b"p1")], true).unwrap();
+    assert_eq!(wal.delete_purged(1).unwrap(), [1]);
+    drop(wal);
+    // The first segment, the only one that had the vote, is gone; the second has it.
+    let (_, recovered) = Wal::open(dir.path(), 4096).unwrap();
+    assert_eq!(recovered.pointers.vote.as_deref(), Some(&b"vote"[..]));
+    assert_eq!(
+        entries_in(dir.path(), 4096),
+        BTreeMap::from([(2, b"b".to_vec())])
+    );
+}
+
+#[test]
 fn a_stray_file_in_the_directory_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::File::create(dir.path().join("notes.txt"))
