@@ -586,7 +586,8 @@ where
 
 /// Moves a log kept in the node's redb file by an older lockd into `dir`, then drops its
 /// tables. The new log is built aside and renamed into place, so a crash leaves either the old
-/// log or the whole new one; once `dir` exists the move is done (only the tables may be left).
+/// log or the whole new one; once `dir` holds a segment the move is done (only the tables may be
+/// left).
 fn move_legacy_log(db: &Database, dir: &Path) -> Result<(), StorageFault> {
     let txn = db.begin_read()?;
     let log = match txn.open_table(LEGACY_LOG) {
@@ -594,7 +595,15 @@ fn move_legacy_log(db: &Database, dir: &Path) -> Result<(), StorageFault> {
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
         Err(err) => return Err(err.into()),
     };
-    if !dir.exists() {
+    // The move is done once the directory has a segment; an empty one is no log.
+    let moved = dir.is_dir()
+        && std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .any(|item| item.file_name().to_string_lossy().ends_with(".wal"));
+    if !moved {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
         let meta = txn.open_table(LEGACY_META)?;
         let get = |key: &str| -> Result<Option<Vec<u8>>, StorageFault> {
             Ok(meta.get(key)?.map(|bytes| bytes.value().to_vec()))
