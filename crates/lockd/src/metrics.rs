@@ -68,6 +68,8 @@ pub struct Metrics {
     pub(crate) unsent_reply_bytes: Gauge,
     /// Cluster mode: requests a follower holds until it hears from a leader.
     pub(crate) requests_awaiting_leader: Gauge,
+    /// Cluster mode: one write and sync of the Raft log.
+    pub(crate) raft_log_sync_seconds: Histogram,
     /// Watch events made by the table and not yet taken by their connections (each watch keeps
     /// at most `--max-watch-backlog` of them; see `seam.rs`).
     pub(crate) watch_backlog_events: Gauge,
@@ -369,6 +371,12 @@ impl Metrics {
             "Duration of one store commit (values and token reservations, fsync included)",
             store_commit_seconds.clone(),
         );
+        let raft_log_sync_seconds = Histogram::new(COMMIT_BUCKETS);
+        registry.register(
+            "raft_log_sync_seconds",
+            "Cluster mode: one write and fdatasync of the Raft log (a batch of appends, a vote, a truncate or a purge)",
+            raft_log_sync_seconds.clone(),
+        );
         let store_commit_errors = Counter::default();
         registry.register(
             "store_commit_errors",
@@ -404,6 +412,7 @@ impl Metrics {
             connections_refused,
             unsent_reply_bytes,
             requests_awaiting_leader,
+            raft_log_sync_seconds,
             watch_backlog_events,
             watch_events,
             watch_resyncs,

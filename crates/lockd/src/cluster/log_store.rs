@@ -31,12 +31,14 @@ use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     AnyError, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader,
     RaftTypeConfig, StorageError, StorageIOError, Vote,
 };
+use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -251,6 +253,7 @@ fn run_writer<C: RaftTypeConfig>(
     mut wal: Wal,
     index: Arc<Mutex<Index<C::Entry>>>,
     mut ops: mpsc::UnboundedReceiver<WriterOp<C>>,
+    sync_seconds: Option<Histogram>,
 ) {
     let mut failed: Option<(io::ErrorKind, String)> = None;
     while let Some(first) = ops.blocking_recv() {
@@ -260,7 +263,14 @@ fn run_writer<C: RaftTypeConfig>(
         }
         let outcome = match &failed {
             Some(_) => Ok(()),
-            None => write_batch(&mut wal, &index, &batch),
+            None => {
+                let started = Instant::now();
+                let written = write_batch(&mut wal, &index, &batch);
+                if let Some(histogram) = &sync_seconds {
+                    histogram.observe(started.elapsed().as_secs_f64());
+                }
+                written
+            }
         };
         if let Err(error) = outcome {
             tracing::error!(%error, "the Raft log cannot be written; this node stops");
@@ -326,18 +336,21 @@ fn lock<E>(index: &Mutex<Index<E>>) -> MutexGuard<'_, Index<E>> {
 
 impl<C: RaftTypeConfig> WalLogStore<C> {
     /// Opens the log in `dir` (created when missing), first moving into it a log that an
-    /// older lockd kept in `legacy`, the node's redb file.
+    /// older lockd kept in `legacy`, the node's redb file. Each write's time, sync included,
+    /// goes to `sync_seconds`.
     pub async fn open(
         dir: PathBuf,
         legacy: Option<Arc<Database>>,
+        sync_seconds: Option<Histogram>,
     ) -> Result<Self, StorageError<C::NodeId>> {
-        Self::open_with(dir, legacy, SEGMENT_BYTES).await
+        Self::open_with(dir, legacy, sync_seconds, SEGMENT_BYTES).await
     }
 
     /// [`WalLogStore::open`] with segments of `segment_bytes`.
     pub(crate) async fn open_with(
         dir: PathBuf,
         legacy: Option<Arc<Database>>,
+        sync_seconds: Option<Histogram>,
         segment_bytes: u64,
     ) -> Result<Self, StorageError<C::NodeId>> {
         let opened = blocking(move || {
@@ -376,7 +389,7 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
         let writer_index = Arc::clone(&index);
         let writer_thread = std::thread::Builder::new()
             .name("raft-log-writer".to_owned())
-            .spawn(move || run_writer::<C>(wal, writer_index, ops))
+            .spawn(move || run_writer::<C>(wal, writer_index, ops, sync_seconds))
             .map_err(|err| {
                 StorageFault::Io(err).into_storage(ErrorSubject::Store, ErrorVerb::Write)
             })?;

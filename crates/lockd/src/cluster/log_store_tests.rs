@@ -172,7 +172,7 @@ async fn entries_no_longer_in_memory_are_read_back_from_their_segments() {
     let dir = tempfile::tempdir().unwrap();
     // Small segments, so the log spans several, and entries big enough that most of them
     // leave memory once written.
-    let mut store = Store::open_with(dir.path().join(LOG_DIR), None, 64 << 10)
+    let mut store = Store::open_with(dir.path().join(LOG_DIR), None, None, 64 << 10)
         .await
         .unwrap();
     let big = "x".repeat(1 << 20);
@@ -241,7 +241,7 @@ async fn a_log_an_older_lockd_kept_in_redb_is_moved_into_the_log_files() {
         }
         txn.commit().unwrap();
     }
-    let mut store = Store::open(dir.path().join(LOG_DIR), Some(Arc::clone(&db)))
+    let mut store = Store::open(dir.path().join(LOG_DIR), Some(Arc::clone(&db)), None)
         .await
         .unwrap();
     assert_vote_3_committed_4_purged_2_last_5(&mut store).await;
@@ -254,7 +254,7 @@ async fn a_log_an_older_lockd_kept_in_redb_is_moved_into_the_log_files() {
     ));
     drop(txn);
     drop(store);
-    let mut store = Store::open(dir.path().join(LOG_DIR), Some(db))
+    let mut store = Store::open(dir.path().join(LOG_DIR), Some(db), None)
         .await
         .unwrap();
     assert_eq!(indexes(&mut store).await, [3, 4, 5]);

@@ -203,9 +203,13 @@ impl ClusterNode {
         }
         .validate()
         .map_err(|err| NodeError::Timing(Box::new(err)))?;
-        let log_store = WalLogStore::<TypeConfig>::open(log_dir, Some(Arc::clone(&db)))
-            .await
-            .map_err(|err| NodeError::Log(Box::new(err)))?;
+        let log_store = WalLogStore::<TypeConfig>::open(
+            log_dir,
+            Some(Arc::clone(&db)),
+            Some(metrics.raft_log_sync_seconds.clone()),
+        )
+        .await
+        .map_err(|err| NodeError::Log(Box::new(err)))?;
         let state_machine = ReplicaMachine::open(db, table, metrics)?;
         let replica = state_machine.replica();
         let network = PeerNetwork::new(options.node_id, options.credentials.clone());

@@ -161,7 +161,7 @@ pub fn open_database(dir: &std::path::Path) -> Arc<Database> {
 pub async fn open_log_store(
     dir: &std::path::Path,
 ) -> Result<WalLogStore<TestConfig>, StorageError<u64>> {
-    WalLogStore::open(dir.join(LOG_DIR), None).await
+    WalLogStore::open(dir.join(LOG_DIR), None, None).await
 }
 
 /// Builds a fresh log store in a temporary directory and an empty state machine, for

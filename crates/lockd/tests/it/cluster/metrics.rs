@@ -1,4 +1,5 @@
-//! A cluster node's `/metrics`: the requests its clients sent and the sessions connected to it.
+//! A cluster node's `/metrics`: the requests its clients sent, the sessions connected to it and
+//! its Raft log's syncs.
 
 use serde_json::json;
 
@@ -41,6 +42,10 @@ async fn the_leader_counts_its_requests_and_connected_sessions() {
             .await;
     };
     assert_eq!(sample(&after, "lockd_sessions"), 2.0, "{after}");
+    // Each of those entries was synced to the leader's log before it could commit.
+    let syncs = sample(&after, "lockd_raft_log_sync_seconds_count")
+        - sample(&before, "lockd_raft_log_sync_seconds_count");
+    assert!(syncs >= 1.0, "{syncs} Raft log syncs for 4 entries: {after}");
 
     // A closed connection's session outlives it (until its lease ends), but it is no longer
     // connected here.
