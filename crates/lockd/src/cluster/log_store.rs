@@ -48,9 +48,11 @@ use super::wal::{self, Location, Record, Wal, WalError, SEGMENT_BYTES};
 
 /// The log's directory, in the data directory.
 pub const LOG_DIR: &str = "raft-log";
-/// How much of the written log (encoded size) the index keeps in memory for readers: enough for every
-/// follower to read what it lacks without touching the disk unless it is far behind.
-pub(crate) const CACHED_BYTES: usize = 32 << 20;
+/// How much of the written log (by encoded size) the index keeps in memory, decoded, for
+/// readers: replication reads an entry just after it is appended, so this serves every
+/// follower that is not far behind, without holding much memory when entries carry big values
+/// (a decoded entry takes two or three times its encoded size).
+pub(crate) const CACHED_BYTES: usize = 8 << 20;
 
 /// Where lockd before 0.1's log files kept the log, in the node's redb file: read once, to
 /// move the log into `raft-log/`, then dropped.
