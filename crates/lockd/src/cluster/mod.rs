@@ -25,6 +25,7 @@ pub mod peer_admission;
 pub mod peer_server;
 pub mod resume;
 pub(crate) mod retries;
+pub mod snapshot_store;
 pub mod transport;
 pub mod types;
 pub mod wire;

@@ -179,6 +179,7 @@ impl ClusterNode {
     /// cluster when asked to.
     pub(crate) async fn start(
         db: Arc<Database>,
+        data_dir: &std::path::Path,
         table: TableConfig,
         metrics: Arc<Metrics>,
         options: ClusterOptions,
@@ -205,7 +206,7 @@ impl ClusterNode {
         let log_store = RedbLogStore::<TypeConfig>::new(Arc::clone(&db))
             .await
             .map_err(|err| NodeError::Log(Box::new(err)))?;
-        let state_machine = ReplicaMachine::open(db, table, metrics)?;
+        let state_machine = ReplicaMachine::open(db, data_dir, table, metrics)?;
         let replica = state_machine.replica();
         let network = PeerNetwork::new(options.node_id, options.credentials.clone());
         let raft = Raft::new(

@@ -14,6 +14,7 @@ mod peer_tls;
 mod reads;
 mod resume;
 mod safety;
+mod snapshots;
 mod status;
 mod watch;
 
