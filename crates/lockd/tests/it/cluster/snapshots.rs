@@ -33,9 +33,10 @@ async fn a_new_node_catches_up_from_a_snapshot_of_many_held_locks() {
     let flags = [
         "--admin-token-file",
         token_file.to_str().expect("a UTF-8 path"),
-        // Snapshots, and the log before them dropped, all along the filling.
+        // Snapshots, and the log before them dropped, all along the filling (a node keeps
+        // this many entries behind its snapshot, so the new node cannot catch up by the log).
         "--snapshot-every",
-        "100",
+        "10",
         "--max-locks-per-session",
         &per_session_flag,
     ];
