@@ -174,6 +174,10 @@ pub fn openraft_election_timeouts(election_ms: u64) -> (u64, u64) {
     (min, election_ms - min)
 }
 
+/// How long the leader waits for each chunk of a snapshot it sends, the last one included,
+/// which is answered once the follower has installed the whole snapshot.
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
+
 impl ClusterNode {
     /// Opens the node's Raft state in `db`, starts serving peers, and bootstraps a new
     /// cluster when asked to.
@@ -199,6 +203,10 @@ impl ClusterNode {
             // Keep some log behind the snapshot, so a follower that is a little behind catches
             // up from the log rather than by a whole snapshot.
             max_in_snapshot_log_to_keep: options.snapshot_every.min(1_000),
+            // The last chunk of a snapshot is answered once the follower has decoded it and
+            // rebuilt its table (1.3 s for a million held locks on a 2-core machine); openraft's
+            // 200 ms would time it out, and the leader would send the whole snapshot again.
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
             ..Config::default()
         }
         .validate()

@@ -39,6 +39,8 @@ pub const SNAPSHOT_DIR: &str = "snapshots";
 const PREFIX: &str = "snapshot-";
 const SUFFIX: &str = ".json";
 const TEMP_SUFFIX: &str = ".tmp";
+/// How the temporary file of a snapshot being received starts.
+const RECEIVING: &str = "receiving-";
 
 /// A node's snapshot files and the redb rows that say which one is current. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -137,10 +139,15 @@ impl SnapshotStore {
     }
 
     /// A new temporary file for a snapshot received from the leader, to be made current with
-    /// [`commit`](Self::commit) once it is whole.
+    /// [`commit`](Self::commit) once it is whole. openraft receives one snapshot at a time, so
+    /// the files of earlier receptions, abandoned, are deleted.
     pub(crate) async fn receiving(&self) -> io::Result<SnapshotFile> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.delete_receiving())
+            .await
+            .map_err(io::Error::other)??;
         let n = self.inner.next_temp.fetch_add(1, Ordering::Relaxed);
-        let path = self.inner.dir.join(format!("receiving-{n}{TEMP_SUFFIX}"));
+        let path = self.inner.dir.join(format!("{RECEIVING}{n}{TEMP_SUFFIX}"));
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -238,6 +245,19 @@ impl SnapshotStore {
         })?;
         // The stored one is current: `commit` keeps a newer one, and none is newer.
         self.write(&meta, |writer| writer.write_all(&data))?;
+        Ok(())
+    }
+
+    /// Deletes the temporary files of snapshots being received.
+    fn delete_receiving(&self) -> io::Result<()> {
+        for entry in fs::read_dir(&self.inner.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(RECEIVING) && name.ends_with(TEMP_SUFFIX) {
+                fs::remove_file(entry.path())?;
+            }
+        }
         Ok(())
     }
 
