@@ -578,15 +578,18 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaMachine {
         let store = self.snapshots.clone();
         let signature = meta.signature();
         let written = Instant::now();
-        let meta_copy = meta.clone();
-        let path = tokio::task::spawn_blocking(move || {
-            store.write(&meta_copy, |writer| {
+        let current = tokio::task::spawn_blocking(move || {
+            store.write(&meta, |writer| {
                 serde_json::to_writer(writer, &parts.writer()).map_err(io::Error::from)
-            })
+            })?;
+            // Ours, unless a newer snapshot from the leader was installed meanwhile, which
+            // `write` kept: what is returned is what is stored.
+            store.current::<SnapshotMeta<u64, LockdNode>>()
         })
         .await
         .map_err(|err| write_error(&signature, err))?
         .map_err(|err| write_error(&signature, err))?;
+        let (meta, path) = current.ok_or_else(|| write_error(&signature, "no snapshot stored"))?;
         let file = SnapshotFile::open(path)
             .await
             .map_err(|err| write_error(&signature, err))?;
