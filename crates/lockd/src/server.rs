@@ -246,7 +246,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let node = ClusterNode::start(
             Arc::new(db),
-            data_dir.join(crate::cluster::log_store::LOG_DIR),
+            data_dir,
             config.table.clone(),
             Arc::clone(&metrics),
             options,

@@ -11,11 +11,18 @@
 //! [`clock_token_floor`]), or in a cluster from before it, its log index (see [`token_floor`]).
 //!
 //! The table lives in memory; what makes it durable is the Raft log (fsynced by the log store
-//! before an entry can commit) and the snapshots, which are kept in the same redb file and
-//! from which a restarted node rebuilds the table before openraft re-applies the log after it.
+//! before an entry can commit) and the snapshots (`snapshot_store.rs`: a file each, named in
+//! the same redb file), from which a restarted node rebuilds the table before openraft
+//! re-applies the log after it.
+//!
+//! A snapshot stops applying only for an O(1) copy of the replica's state: the table's maps
+//! are persistent (`LockTable::snapshot`), and the copy is written out as JSON, straight into
+//! the snapshot's file, on the blocking pool while entries keep applying. A snapshot received
+//! from the leader is decoded and rebuilt into a table off the lock too, and swapped in.
 
 use std::collections::HashMap;
-use std::io::Cursor;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,16 +33,17 @@ use openraft::{
 };
 use protocol::cmd::{WatchChange, WatchEvent};
 use protocol::{Command, ErrorCode, ReplyBody, Request, RequestId, ServerFrame, SessionId};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::Database;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::resume::{ResumeCheck, ResumeKeys, ResumeKeysImage, ResumeSecret};
 use super::retries::{Retries, RetriesImage, Retry, SAVED_REPLIES};
+use super::snapshot_store::{SnapshotFile, SnapshotStore};
 use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
 use crate::apply::{reply_frame, Answer, Applier, Delivery, RequestFailed};
-use crate::core::{ImageError, LockTable, TableConfig, TableImage};
+use crate::core::{ImageError, ImageWriter, LockTable, TableConfig, TableImage, TableSnapshot};
 use crate::metrics::Metrics;
 use crate::seam::Outbox;
 
@@ -60,9 +68,6 @@ pub fn token_floor(index: u64) -> u64 {
 pub fn clock_token_floor(at_ms: u64) -> u64 {
     at_ms.saturating_mul(1_000)
 }
-
-/// The current snapshot, in the node's redb file: `meta` (JSON `SnapshotMeta`) and `data`.
-const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
 /// Where frames for a session go on this node: its connection's outbox, and the token that
 /// closes the connection when the session ends (expiry, forced release).
@@ -113,7 +118,7 @@ pub(crate) struct Replica {
     applier: Applier,
 }
 
-/// What a snapshot's data holds.
+/// What a snapshot's data holds (written by [`SnapshotParts`], which gives the same JSON).
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotData {
     last_at_ms: u64,
@@ -329,10 +334,51 @@ impl Replica {
         self.resume_keys.check(session, secret)
     }
 
-    fn snapshot_data(&self) -> SnapshotData {
-        SnapshotData {
+    /// Everything a snapshot holds, as it is now, in O(1): taken under the replica's lock,
+    /// written out after it is released.
+    fn snapshot_parts(&self) -> SnapshotParts {
+        SnapshotParts {
+            origin: self.clock_origin,
             last_at_ms: self.last_at_ms,
-            table: self.table.to_image(self.clock_origin),
+            table: self.table.snapshot(),
+            retries: self.retries.clone(),
+            resume_keys: self.resume_keys.clone(),
+            clock_tokens: self.clock_tokens,
+        }
+    }
+
+    /// Puts a state rebuilt from a snapshot in place of this one. Returns the table it
+    /// replaced, for the caller to drop after releasing the replica's lock.
+    fn install(&mut self, restored: Restored, meta: &SnapshotMeta<u64, LockdNode>) -> LockTable {
+        let old = std::mem::replace(&mut self.table, restored.table);
+        self.last_at_ms = restored.last_at_ms;
+        self.retries = restored.retries;
+        self.resume_keys = restored.resume_keys;
+        self.clock_tokens = restored.clock_tokens;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        old
+    }
+}
+
+/// A replica's state at one log index, sharing the replica's maps (see
+/// [`Replica::snapshot_parts`]).
+#[derive(Debug)]
+struct SnapshotParts {
+    origin: Instant,
+    last_at_ms: u64,
+    table: TableSnapshot,
+    retries: Retries,
+    resume_keys: ResumeKeys,
+    clock_tokens: bool,
+}
+
+impl SnapshotParts {
+    /// The parts as [`SnapshotData`]'s JSON, serialized as they are written.
+    fn writer(&self) -> SnapshotWriter<'_> {
+        SnapshotWriter {
+            last_at_ms: self.last_at_ms,
+            table: self.table.image(self.origin),
             retries: self.retries.to_image(),
             resume_keys: self.resume_keys.to_image(),
             clock_tokens: self.clock_tokens,
@@ -340,20 +386,68 @@ impl Replica {
     }
 }
 
-/// The state machine handed to openraft: the shared [`Replica`] and the redb file that keeps
-/// its snapshot.
+/// [`SnapshotData`], with the table serialized straight from its snapshot.
+#[derive(Debug, Serialize)]
+struct SnapshotWriter<'a> {
+    last_at_ms: u64,
+    table: ImageWriter<'a>,
+    retries: RetriesImage,
+    resume_keys: ResumeKeysImage,
+    clock_tokens: bool,
+}
+
+/// A replica's state rebuilt from a snapshot's data, to be put in place with
+/// [`Replica::install`].
+#[derive(Debug)]
+struct Restored {
+    table: LockTable,
+    last_at_ms: u64,
+    retries: Retries,
+    resume_keys: ResumeKeys,
+    clock_tokens: bool,
+}
+
+impl Restored {
+    /// Decodes a snapshot's data and rebuilds its table, with times after `origin`.
+    fn decode(
+        data: &[u8],
+        config: &TableConfig,
+        origin: Instant,
+    ) -> Result<Restored, SnapshotError> {
+        let data: SnapshotData = serde_json::from_slice(data)?;
+        Ok(Restored {
+            table: LockTable::from_image(config.clone(), data.table, origin)?,
+            last_at_ms: data.last_at_ms,
+            retries: Retries::from_image(data.retries),
+            resume_keys: ResumeKeys::from_image(data.resume_keys),
+            clock_tokens: data.clock_tokens,
+        })
+    }
+
+    /// Reads and decodes a snapshot's file.
+    fn read(path: &Path, config: &TableConfig, origin: Instant) -> Result<Restored, SnapshotError> {
+        let data = std::fs::read(path).map_err(SnapshotError::Read)?;
+        Restored::decode(&data, config, origin)
+    }
+}
+
+/// The state machine handed to openraft: the shared [`Replica`] and the store of its
+/// snapshots.
 #[derive(Debug, Clone)]
 pub(crate) struct ReplicaMachine {
     replica: Arc<Mutex<Replica>>,
-    db: Arc<Database>,
+    snapshots: SnapshotStore,
     config: TableConfig,
+    /// The replica's `clock_origin`, which never changes.
+    clock_origin: Instant,
 }
 
 impl ReplicaMachine {
-    /// Opens the state machine of a node: the table of the node's last snapshot, or an empty
-    /// one.
+    /// Opens the state machine of a node over its redb file and data directory: the table of
+    /// the node's last snapshot, or an empty one.
     pub(crate) fn open(
         db: Arc<Database>,
+        data_dir: &Path,
         mut config: TableConfig,
         metrics: Arc<Metrics>,
     ) -> Result<ReplicaMachine, SnapshotError> {
@@ -371,8 +465,11 @@ impl ReplicaMachine {
             resume_keys: ResumeKeys::default(),
             applier: Applier::new(metrics),
         };
-        if let Some((meta, data)) = read_snapshot(&db).map_err(SnapshotError::Read)? {
-            restore(&mut replica, &config, &meta, &data)?;
+        let snapshots = SnapshotStore::open(db, data_dir).map_err(SnapshotError::Read)?;
+        let current = snapshots.current::<SnapshotMeta<u64, LockdNode>>();
+        if let Some((meta, path)) = current.map_err(SnapshotError::Read)? {
+            let restored = Restored::read(&path, &config, clock_origin)?;
+            drop(replica.install(restored, &meta));
             info!(
                 last_log_id = ?meta.last_log_id,
                 "state machine restored from the last snapshot"
@@ -380,8 +477,9 @@ impl ReplicaMachine {
         }
         Ok(ReplicaMachine {
             replica: Arc::new(Mutex::new(replica)),
-            db,
+            snapshots,
             config,
+            clock_origin,
         })
     }
 
@@ -398,9 +496,9 @@ impl ReplicaMachine {
 /// Why a node's table could not be rebuilt from its snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// The snapshot could not be read from the node's redb file.
+    /// The snapshot could not be read from the node's redb file or its snapshot directory.
     #[error("cannot read the snapshot: {0}")]
-    Read(#[source] redb::Error),
+    Read(#[source] io::Error),
     /// The snapshot's data is not what this lockd writes.
     #[error("the snapshot's data cannot be read: {0}")]
     Decode(#[from] serde_json::Error),
@@ -432,77 +530,17 @@ fn with_resume_secret(mut frame: ServerFrame, route: &Route) -> ServerFrame {
     frame
 }
 
-fn restore(
-    replica: &mut Replica,
-    config: &TableConfig,
-    meta: &SnapshotMeta<u64, LockdNode>,
-    data: &[u8],
-) -> Result<(), SnapshotError> {
-    let data: SnapshotData = serde_json::from_slice(data)?;
-    replica.table = LockTable::from_image(config.clone(), data.table, replica.clock_origin)?;
-    replica.last_at_ms = data.last_at_ms;
-    replica.retries = Retries::from_image(data.retries);
-    replica.resume_keys = ResumeKeys::from_image(data.resume_keys);
-    replica.clock_tokens = data.clock_tokens;
-    replica.last_applied = meta.last_log_id;
-    replica.membership = meta.last_membership.clone();
-    Ok(())
-}
-
-type Stored = (SnapshotMeta<u64, LockdNode>, Vec<u8>);
-
-fn read_snapshot(db: &Database) -> Result<Option<Stored>, redb::Error> {
-    let txn = db.begin_read()?;
-    let table = match txn.open_table(SNAPSHOT) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(err) => return Err(err.into()),
-    };
-    let (Some(meta), Some(data)) = (table.get("meta")?, table.get("data")?) else {
-        return Ok(None);
-    };
-    let meta = serde_json::from_slice(meta.value()).map_err(|err| {
-        redb::Error::Corrupted(format!("the snapshot's metadata cannot be read: {err}"))
-    })?;
-    Ok(Some((meta, data.value().to_vec())))
-}
-
-fn write_snapshot(
-    db: &Database,
-    meta: &SnapshotMeta<u64, LockdNode>,
-    data: &[u8],
-) -> Result<(), redb::Error> {
-    let meta = serde_json::to_vec(meta).map_err(|err| redb::Error::Corrupted(err.to_string()))?;
-    let txn = db.begin_write()?;
-    {
-        let mut table = txn.open_table(SNAPSHOT)?;
-        table.insert("meta", meta.as_slice())?;
-        table.insert("data", data)?;
-    }
-    txn.commit()?;
-    Ok(())
-}
-
-/// Saves a snapshot on the blocking pool.
-async fn save_snapshot(
-    db: Arc<Database>,
-    meta: SnapshotMeta<u64, LockdNode>,
-    data: Vec<u8>,
-) -> Result<(), StorageError<u64>> {
-    let signature = meta.signature();
-    let outcome = tokio::task::spawn_blocking(move || write_snapshot(&db, &meta, &data)).await;
-    let error = match outcome {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err(err)) => err.to_string(),
-        Err(err) => err.to_string(),
-    };
-    Err(StorageError::IO {
+fn write_error(
+    signature: &openraft::storage::SnapshotSignature<u64>,
+    error: impl ToString,
+) -> StorageError<u64> {
+    StorageError::IO {
         source: StorageIOError::new(
-            ErrorSubject::Snapshot(Some(signature)),
+            ErrorSubject::Snapshot(Some(signature.clone())),
             ErrorVerb::Write,
-            openraft::AnyError::error(error),
+            openraft::AnyError::error(error.to_string()),
         ),
-    })
+    }
 }
 
 fn read_error(error: impl ToString) -> StorageError<u64> {
@@ -517,11 +555,12 @@ fn read_error(error: impl ToString) -> StorageError<u64> {
 
 impl RaftSnapshotBuilder<TypeConfig> for ReplicaMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        // Under the replica's lock only the copy of its state: applying waits for that, not for
-        // the encoding, which runs on the blocking pool after.
-        let (meta, image) = {
+        // Under the replica's lock only an O(1) copy of its state; it is written out on the
+        // blocking pool while entries keep applying.
+        let copied = Instant::now();
+        let (meta, parts) = {
             let replica = self.lock();
-            let image = replica.snapshot_data();
+            let parts = replica.snapshot_parts();
             let last = replica.last_applied;
             let meta = SnapshotMeta {
                 last_log_id: last,
@@ -533,16 +572,36 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaMachine {
                     replica.last_at_ms
                 ),
             };
-            (meta, image)
+            (meta, parts)
         };
-        let data = tokio::task::spawn_blocking(move || serde_json::to_vec(&image))
+        let copy = copied.elapsed();
+        let store = self.snapshots.clone();
+        let signature = meta.signature();
+        let written = Instant::now();
+        let current = tokio::task::spawn_blocking(move || {
+            store.write(&meta, |writer| {
+                serde_json::to_writer(writer, &parts.writer()).map_err(io::Error::from)
+            })?;
+            // Ours, unless a newer snapshot from the leader was installed meanwhile, which
+            // `write` kept: what is returned is what is stored.
+            store.current::<SnapshotMeta<u64, LockdNode>>()
+        })
+        .await
+        .map_err(|err| write_error(&signature, err))?
+        .map_err(|err| write_error(&signature, err))?;
+        let (meta, path) = current.ok_or_else(|| write_error(&signature, "no snapshot stored"))?;
+        let file = SnapshotFile::open(path)
             .await
-            .map_err(read_error)?
-            .map_err(read_error)?;
-        save_snapshot(Arc::clone(&self.db), meta.clone(), data.clone()).await?;
+            .map_err(|err| write_error(&signature, err))?;
+        info!(
+            last_log_id = ?meta.last_log_id,
+            copy_us = copy.as_micros(),
+            write_ms = written.elapsed().as_millis(),
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(file),
         })
     }
 }
@@ -582,36 +641,53 @@ impl RaftStateMachine<TypeConfig> for ReplicaMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError<u64>> {
+        let file = self.snapshots.receiving().await.map_err(read_error)?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, LockdNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<u64>> {
-        let data = snapshot.into_inner();
-        {
-            let mut replica = self.lock();
-            restore(&mut replica, &self.config, meta, &data).map_err(read_error)?;
-        }
-        save_snapshot(Arc::clone(&self.db), meta.clone(), data).await
+        // Decoded and rebuilt off the lock, and only then made durable and current: a snapshot
+        // that does not decode is never kept.
+        let temp: PathBuf = snapshot.path().to_owned();
+        drop(snapshot);
+        let store = self.snapshots.clone();
+        let config = self.config.clone();
+        let origin = self.clock_origin;
+        let meta_copy = meta.clone();
+        let restored = tokio::task::spawn_blocking(move || {
+            let restored = Restored::read(&temp, &config, origin).map_err(io::Error::other)?;
+            store.commit(&meta_copy, &temp)?;
+            Ok::<_, io::Error>(restored)
+        })
+        .await
+        .map_err(read_error)?
+        .map_err(read_error)?;
+        let old = self.lock().install(restored, meta);
+        // The old table is freed here, not under the lock.
+        drop(old);
+        Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let db = Arc::clone(&self.db);
-        let stored = tokio::task::spawn_blocking(move || read_snapshot(&db))
+        let store = self.snapshots.clone();
+        let current = tokio::task::spawn_blocking(move || store.current())
             .await
             .map_err(read_error)?
             .map_err(read_error)?;
-        Ok(stored.map(|(meta, data)| Snapshot {
+        let Some((meta, path)) = current else {
+            return Ok(None);
+        };
+        let file = SnapshotFile::open(path).await.map_err(read_error)?;
+        Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(file),
         }))
     }
 }

@@ -2,7 +2,8 @@
 //! nothing and stops nobody for long.
 //!
 //! Lock-specific: [`types`] says what is replicated; `machine.rs` applies committed entries to
-//! the lock table and delivers the resulting frames to the sessions connected here;
+//! the lock table and delivers the resulting frames to the sessions connected here, and
+//! [`snapshot_store`] keeps its snapshots, a file each;
 //! `frontend.rs` is the cluster's stand-in for the single server's driver (it proposes every
 //! request, and on the leader keeps leases, see `leases.rs`, and checks resumes, see
 //! [`resume`]); [`node`] starts a node.
@@ -25,6 +26,7 @@ pub mod peer_admission;
 pub mod peer_server;
 pub mod resume;
 pub(crate) mod retries;
+pub mod snapshot_store;
 pub mod transport;
 pub mod types;
 pub(crate) mod wal;

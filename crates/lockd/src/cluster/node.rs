@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::election_timer;
 use super::leader_contact::LeaderContact;
-use super::log_store::WalLogStore;
+use super::log_store::{WalLogStore, LOG_DIR};
 use super::machine::{Replica, ReplicaMachine, SnapshotError};
 use super::network::PeerNetwork;
 use super::peer_admission::{watch_member_addresses, PeerAdmission, PeerLimits};
@@ -174,12 +174,16 @@ pub fn openraft_election_timeouts(election_ms: u64) -> (u64, u64) {
     (min, election_ms - min)
 }
 
+/// How long the leader waits for each chunk of a snapshot it sends, the last one included,
+/// which is answered once the follower has installed the whole snapshot.
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
+
 impl ClusterNode {
-    /// Opens the node's Raft log in `log_dir` and its snapshots and table in `db`, starts
+    /// Opens the node's Raft log (`data_dir/raft-log/`), its snapshots and its table, starts
     /// serving peers, and bootstraps a new cluster when asked to.
     pub(crate) async fn start(
         db: Arc<Database>,
-        log_dir: std::path::PathBuf,
+        data_dir: &std::path::Path,
         table: TableConfig,
         metrics: Arc<Metrics>,
         options: ClusterOptions,
@@ -199,18 +203,22 @@ impl ClusterNode {
             // Keep some log behind the snapshot, so a follower that is a little behind catches
             // up from the log rather than by a whole snapshot.
             max_in_snapshot_log_to_keep: options.snapshot_every.min(1_000),
+            // The last chunk of a snapshot is answered once the follower has decoded it and
+            // rebuilt its table (1.3 s for a million held locks on a 2-core machine); openraft's
+            // 200 ms would time it out, and the leader would send the whole snapshot again.
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
             ..Config::default()
         }
         .validate()
         .map_err(|err| NodeError::Timing(Box::new(err)))?;
         let log_store = WalLogStore::<TypeConfig>::open(
-            log_dir,
+            data_dir.join(LOG_DIR),
             Some(Arc::clone(&db)),
             Some(metrics.raft_log_sync_seconds.clone()),
         )
         .await
         .map_err(|err| NodeError::Log(Box::new(err)))?;
-        let state_machine = ReplicaMachine::open(db, table, metrics)?;
+        let state_machine = ReplicaMachine::open(db, data_dir, table, metrics)?;
         let replica = state_machine.replica();
         let network = PeerNetwork::new(options.node_id, options.credentials.clone());
         let raft = Raft::new(

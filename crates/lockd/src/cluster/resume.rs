@@ -13,7 +13,6 @@
 //! routes the session to the resuming connection: a wrong secret must not even close the
 //! owner's connection.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use protocol::SessionId;
@@ -87,7 +86,8 @@ pub(crate) enum ResumeCheck {
 /// Every session's resume digest: replicated, and part of snapshots.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct ResumeKeys {
-    digests: HashMap<SessionId, ResumeDigest>,
+    /// Persistent, so that a snapshot copies it in O(1) under the replica's lock.
+    digests: imbl::HashMap<SessionId, ResumeDigest>,
 }
 
 /// [`ResumeKeys`] in a snapshot, in session order.

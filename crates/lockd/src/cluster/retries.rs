@@ -14,7 +14,7 @@
 //!
 //! Part of the replicated state (and of snapshots): every node decides retries the same way.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use protocol::{RequestId, SessionId};
@@ -46,7 +46,8 @@ struct SessionReplies {
 /// Every session's retry state.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Retries {
-    sessions: HashMap<SessionId, SessionReplies>,
+    /// Persistent, so that a snapshot copies it in O(1) under the replica's lock.
+    sessions: imbl::HashMap<SessionId, SessionReplies>,
 }
 
 /// [`Retries`] in a snapshot.

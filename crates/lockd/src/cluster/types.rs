@@ -2,7 +2,6 @@
 //! entries the leader proposes.
 
 use std::fmt;
-use std::io::Cursor;
 
 use protocol::{FenceToken, Request, ResourceName, SessionId};
 use serde::{Deserialize, Serialize};
@@ -18,7 +17,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = LockdNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = super::snapshot_store::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

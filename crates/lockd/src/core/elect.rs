@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imbl::HashMap as PersistentMap;
 use protocol::{LockMode, RequestId, ResourceName, SessionId};
 
 use super::effect::LockError;
@@ -27,10 +28,11 @@ use super::table::{Acquired, LockTable};
 
 /// The value of every campaign that waits or holds, by session then resource. A session holds
 /// or waits for a resource at most once (locks are not re-entrant), so the pair names one
-/// campaign, through its wait and then its hold.
-#[derive(Debug, Default)]
+/// campaign, through its wait and then its hold. Persistent, like the table's other maps, for
+/// its snapshots.
+#[derive(Debug, Default, Clone)]
 pub(super) struct Campaigns {
-    by_session: HashMap<SessionId, HashMap<ResourceName, Arc<str>>>,
+    by_session: PersistentMap<SessionId, HashMap<ResourceName, Arc<str>>>,
 }
 
 impl Campaigns {

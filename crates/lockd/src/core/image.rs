@@ -14,14 +14,18 @@ use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imbl::{HashMap as PersistentMap, OrdMap};
 use protocol::cmd::Permits;
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
+use super::elect::Campaigns;
 use super::multi::Group;
 use super::queue::{Holder, LockQueue, Ticket, Waiter};
 use super::session::Session;
 use super::table::{Deadline, LockTable, TableConfig};
+use super::watch::Watches;
 
 /// The table, ready for serde.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,90 +112,30 @@ struct WaiterImage {
 pub struct ImageError(String);
 
 impl LockTable {
-    /// The table as an image, with times as milliseconds after `origin`. Everything is listed
-    /// in a fixed order, so equal tables give equal images.
-    pub fn to_image(&self, origin: Instant) -> TableImage {
-        let ms = |at: Instant| millis_after(origin, at);
-        let mut sessions: Vec<SessionImage> = self
-            .sessions
-            .iter()
-            .map(|(id, session)| SessionImage {
-                id: *id,
-                client: session.client.clone(),
-                lease_ms: u64::try_from(session.lease.as_millis()).unwrap_or(u64::MAX),
-                last_seen_ms: ms(session.last_seen),
-            })
-            .collect();
-        sessions.sort_by_key(|session| session.id);
-        let mut queues: Vec<QueueImage> = self
-            .queues
-            .iter()
-            .map(|(resource, queue)| QueueImage {
-                resource: resource.clone(),
-                limit: queue.limit().map(NonZeroU16::get),
-                holders: queue
-                    .holders()
-                    .map(|(token, holder)| HolderImage {
-                        token,
-                        session: holder.session,
-                        mode: holder.mode,
-                        since_ms: ms(holder.since),
-                        lock_delay_ms: holder.lock_delay_ms,
-                        permits: holder.permits.map(NonZeroU16::get),
-                    })
-                    .collect(),
-                waiters: queue
-                    .queued()
-                    .map(|(ticket, waiter)| WaiterImage {
-                        ticket: ticket.0,
-                        session: waiter.session,
-                        request: waiter.request,
-                        mode: waiter.mode,
-                        since_ms: ms(waiter.since),
-                        deadline_ms: waiter.deadline.map(ms),
-                        lock_delay_ms: waiter.lock_delay_ms,
-                        permits: waiter.permits.map(|permits| permits.count().get()),
-                    })
-                    .collect(),
-            })
-            .collect();
-        queues.sort_by(|a, b| a.resource.cmp(&b.resource));
-        let mut values: Vec<(ResourceName, String)> = self
-            .values
-            .iter()
-            .map(|(resource, value)| (resource.clone(), value.to_string()))
-            .collect();
-        values.sort();
-        let mut delayed: Vec<(ResourceName, u64)> = self
-            .delayed
-            .iter()
-            .map(|(resource, until)| (resource.clone(), ms(*until)))
-            .collect();
-        delayed.sort();
-        let mut groups: Vec<GroupImage> = self
-            .groups
-            .iter()
-            .map(|(ticket, group)| GroupImage {
-                ticket: ticket.0,
-                session: group.session,
-                request: group.request,
-                members: group.members.clone(),
-            })
-            .collect();
-        groups.sort_by_key(|group| group.ticket);
-        TableImage {
+    /// What an image of the table is made of, as it is now, in O(1): every map it holds is
+    /// persistent (`imbl`), so this copies a few pointers, and the table and the snapshot share
+    /// their nodes until one of them writes to one. A cluster takes this under its replica's
+    /// lock and makes the image after releasing it, while entries keep applying to the table.
+    pub fn snapshot(&self) -> TableSnapshot {
+        TableSnapshot {
             next_session: self.next_session,
             next_token: self.next_token,
             next_ticket: self.next_ticket,
             token_limit: self.token_limit,
-            sessions,
-            queues,
-            values,
-            delayed,
-            watches: self.all_watches(),
-            groups,
-            campaigns: self.campaigns.all(),
+            sessions: self.sessions.clone(),
+            queues: self.queues.clone(),
+            values: self.values.clone(),
+            delayed: self.delayed.clone(),
+            watches: self.watches.clone(),
+            groups: self.groups.clone(),
+            campaigns: self.campaigns.clone(),
         }
+    }
+
+    /// The table as an image, with times as milliseconds after `origin`. Everything is listed
+    /// in a fixed order, so equal tables give equal images.
+    pub fn to_image(&self, origin: Instant) -> TableImage {
+        self.snapshot().to_image(origin)
     }
 
     /// The table an image shows, with times read as milliseconds after `origin`.
@@ -330,11 +274,11 @@ impl LockTable {
             .map(|(resource, value)| (resource, Arc::<str>::from(value)))
             .collect();
         let mut table = LockTable::restore(config, values, image.token_limit);
-        table.sessions = sessions;
-        table.queues = queues;
+        table.sessions = sessions.into_iter().collect();
+        table.queues = queues.into_iter().collect();
         table.deadlines = deadlines;
-        table.delayed = delayed;
-        table.groups = groups;
+        table.delayed = delayed.into_iter().collect();
+        table.groups = groups.into_iter().collect();
         table.effects = VecDeque::new();
         table.next_session = image.next_session;
         table.next_token = image.next_token;
@@ -361,6 +305,183 @@ impl LockTable {
             table.campaigns.insert(session, resource, Arc::from(value));
         }
         Ok(table)
+    }
+}
+
+/// A table's state at one instant, from [`LockTable::snapshot`]: everything an image holds,
+/// sharing its maps' nodes with the table. Making its image reads only the snapshot, so the
+/// table may change meanwhile.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    next_session: u64,
+    next_token: u64,
+    next_ticket: u64,
+    token_limit: u64,
+    sessions: PersistentMap<SessionId, Session>,
+    queues: OrdMap<ResourceName, LockQueue>,
+    values: OrdMap<ResourceName, Arc<str>>,
+    delayed: OrdMap<ResourceName, Instant>,
+    watches: Watches,
+    groups: PersistentMap<Ticket, Group>,
+    campaigns: Campaigns,
+}
+
+impl TableSnapshot {
+    /// The snapshot as an image, with times as milliseconds after `origin`.
+    pub fn to_image(&self, origin: Instant) -> TableImage {
+        TableImage {
+            next_session: self.next_session,
+            next_token: self.next_token,
+            next_ticket: self.next_ticket,
+            token_limit: self.token_limit,
+            sessions: self.session_images(origin),
+            queues: self.queue_images(origin).collect(),
+            values: self.value_images().collect(),
+            delayed: self.delayed_images(origin).collect(),
+            watches: self.watches.all(),
+            groups: self.group_images(),
+            campaigns: self.campaigns.all(),
+        }
+    }
+
+    /// The snapshot's image as a value to serialize, written as it is serialized: the same
+    /// document as [`to_image`](Self::to_image)'s image gives (and reads back as one), without
+    /// a copy of the table's queues, the bulk of it, in memory.
+    pub fn image(&self, origin: Instant) -> ImageWriter<'_> {
+        ImageWriter {
+            snapshot: self,
+            origin,
+        }
+    }
+
+    /// Sessions in id order. Collected, because the session map has no order.
+    fn session_images(&self, origin: Instant) -> Vec<SessionImage> {
+        let mut sessions: Vec<SessionImage> = self
+            .sessions
+            .iter()
+            .map(|(id, session)| SessionImage {
+                id: *id,
+                client: session.client.clone(),
+                lease_ms: u64::try_from(session.lease.as_millis()).unwrap_or(u64::MAX),
+                last_seen_ms: millis_after(origin, session.last_seen),
+            })
+            .collect();
+        sessions.sort_by_key(|session| session.id);
+        sessions
+    }
+
+    /// Queues in name order, the map's own.
+    fn queue_images(&self, origin: Instant) -> impl Iterator<Item = QueueImage> + '_ {
+        let ms = move |at: Instant| millis_after(origin, at);
+        self.queues.iter().map(move |(resource, queue)| QueueImage {
+            resource: resource.clone(),
+            limit: queue.limit().map(NonZeroU16::get),
+            holders: queue
+                .holders()
+                .map(|(token, holder)| HolderImage {
+                    token,
+                    session: holder.session,
+                    mode: holder.mode,
+                    since_ms: ms(holder.since),
+                    lock_delay_ms: holder.lock_delay_ms,
+                    permits: holder.permits.map(NonZeroU16::get),
+                })
+                .collect(),
+            waiters: queue
+                .queued()
+                .map(|(ticket, waiter)| WaiterImage {
+                    ticket: ticket.0,
+                    session: waiter.session,
+                    request: waiter.request,
+                    mode: waiter.mode,
+                    since_ms: ms(waiter.since),
+                    deadline_ms: waiter.deadline.map(ms),
+                    lock_delay_ms: waiter.lock_delay_ms,
+                    permits: waiter.permits.map(|permits| permits.count().get()),
+                })
+                .collect(),
+        })
+    }
+
+    /// Values in name order, the map's own.
+    fn value_images(&self) -> impl Iterator<Item = (ResourceName, String)> + '_ {
+        self.values
+            .iter()
+            .map(|(resource, value)| (resource.clone(), value.to_string()))
+    }
+
+    /// Lock-delays in name order, the map's own.
+    fn delayed_images(&self, origin: Instant) -> impl Iterator<Item = (ResourceName, u64)> + '_ {
+        self.delayed
+            .iter()
+            .map(move |(resource, until)| (resource.clone(), millis_after(origin, *until)))
+    }
+
+    /// Groups in ticket order.
+    fn group_images(&self) -> Vec<GroupImage> {
+        let mut groups: Vec<GroupImage> = self
+            .groups
+            .iter()
+            .map(|(ticket, group)| GroupImage {
+                ticket: ticket.0,
+                session: group.session,
+                request: group.request,
+                members: group.members.clone(),
+            })
+            .collect();
+        groups.sort_by_key(|group| group.ticket);
+        groups
+    }
+}
+
+/// A [`TableSnapshot`]'s image, serialized straight from the snapshot; see
+/// [`TableSnapshot::image`].
+#[derive(Debug)]
+pub struct ImageWriter<'a> {
+    snapshot: &'a TableSnapshot,
+    origin: Instant,
+}
+
+impl Serialize for ImageWriter<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // The fields of `TableImage`, in its order, with its rules for the optional ones.
+        let snapshot = self.snapshot;
+        let origin = self.origin;
+        let watches = snapshot.watches.all();
+        let campaigns = snapshot.campaigns.all();
+        let groups = snapshot.group_images();
+        let fields = 9 + usize::from(!campaigns.is_empty()) + usize::from(!groups.is_empty());
+        let mut image = serializer.serialize_struct("TableImage", fields)?;
+        image.serialize_field("next_session", &snapshot.next_session)?;
+        image.serialize_field("next_token", &snapshot.next_token)?;
+        image.serialize_field("next_ticket", &snapshot.next_ticket)?;
+        image.serialize_field("token_limit", &snapshot.token_limit)?;
+        image.serialize_field("sessions", &snapshot.session_images(origin))?;
+        image.serialize_field("queues", &SeqWith(|| snapshot.queue_images(origin)))?;
+        image.serialize_field("values", &SeqWith(|| snapshot.value_images()))?;
+        image.serialize_field("delayed", &SeqWith(|| snapshot.delayed_images(origin)))?;
+        image.serialize_field("watches", &watches)?;
+        if !campaigns.is_empty() {
+            image.serialize_field("campaigns", &campaigns)?;
+        }
+        if !groups.is_empty() {
+            image.serialize_field("groups", &groups)?;
+        }
+        image.end()
+    }
+}
+
+/// Serializes the items its function yields as a sequence, without collecting them.
+struct SeqWith<F>(F);
+
+impl<F, I> Serialize for SeqWith<F>
+where
+    F: Fn() -> I,
+    I: IntoIterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq((self.0)())
     }
 }
 

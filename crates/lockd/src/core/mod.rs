@@ -14,7 +14,7 @@ mod table;
 mod watch;
 
 pub use effect::{Effect, LockError, WaitFailure};
-pub use image::{ImageError, TableImage};
+pub use image::{ImageError, ImageWriter, TableImage, TableSnapshot};
 pub use multi::AcquiredMany;
 pub use observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 pub use queue::Claim;

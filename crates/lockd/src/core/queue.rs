@@ -140,7 +140,7 @@ impl Waiter {
 /// nearly all have one holder and nobody waiting. That case is kept inline and everything else
 /// is boxed, so a queue is 40 bytes (a table entry 56) instead of the 48 it takes to keep a
 /// holder inline next to a pointer to the waiters.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct LockQueue {
     shape: Shape,
 }
@@ -149,7 +149,7 @@ pub(crate) struct LockQueue {
 /// waits and at most one holder of a lock is left, it goes back to `Held` or `Free`. A
 /// semaphore is `Busy` as long as anyone holds or waits, because only the box has room for
 /// its limit.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 enum Shape {
     /// Nothing held and nobody waiting; the table drops such a queue.
     #[default]
@@ -161,7 +161,7 @@ enum Shape {
 }
 
 /// A queue that is not `Free` or `Held`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Busy {
     holders: Holders,
     waiters: BTreeMap<Ticket, Waiter>,
@@ -519,7 +519,7 @@ fn blocks(held: Want, want: Want, limit: Option<NonZeroU16>) -> bool {
 /// The holders of a `Busy` queue. Most busy queues have one holder and waiters behind it, so
 /// that case is kept inline: a `BTreeMap` allocates a node with room for eleven entries (about
 /// 460 bytes) for its first entry. The map is only built for several readers.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 enum Holders {
     #[default]
     None,

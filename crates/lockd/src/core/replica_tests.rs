@@ -166,3 +166,38 @@ fn a_waiter_can_be_found_by_its_request_id() {
         "b holds now"
     );
 }
+
+/// A snapshot is the table as it was when taken, whatever the table does after: the maps it
+/// shares with the table are copied on the table's writes, never changed under it. And its
+/// streamed image is the same document as its image.
+#[test]
+fn a_snapshot_keeps_the_table_as_it_was_while_the_table_moves_on() {
+    let (mut h, sessions) = busy_table();
+    let origin = h.now - std::time::Duration::from_millis(10);
+    let before = h.table.to_image(origin);
+    let snapshot = h.table.snapshot();
+
+    // Everything the image holds changes: grants, waits, values, lock-delays, new sessions.
+    let [a, d] = [sessions[0], sessions[3]];
+    h.release(a, "f", 1).unwrap();
+    let e = h.session();
+    let Acquired::Granted(token) = h.acquire(e, 9, "w", X) else {
+        panic!("w is free");
+    };
+    h.table
+        .handle_write(e, &name("w"), token, Arc::from("v2"))
+        .unwrap();
+    for i in 0..200 {
+        h.acquire(e, i + 10, &format!("r{i:03}"), X);
+    }
+    h.table.handle_session_expired(h.now, d);
+    h.advance(20);
+    let after = h.table.to_image(origin);
+    assert_ne!(after, before);
+
+    assert_eq!(snapshot.to_image(origin), before);
+    let streamed = serde_json::to_string(&snapshot.image(origin)).unwrap();
+    assert_eq!(streamed, serde_json::to_string(&before).unwrap());
+    let streamed = serde_json::to_string(&h.table.snapshot().image(origin)).unwrap();
+    assert_eq!(streamed, serde_json::to_string(&after).unwrap());
+}

@@ -7,8 +7,9 @@ use protocol::{RequestId, ResourceName};
 
 use super::queue::Ticket;
 
-/// One session's part in the table.
-#[derive(Debug)]
+/// One session's part in the table. Cloned only when a map node shared with a snapshot is
+/// written to (see `LockTable::snapshot`).
+#[derive(Debug, Clone)]
 pub(crate) struct Session {
     pub(crate) client: Option<String>,
     pub(crate) lease: Duration,

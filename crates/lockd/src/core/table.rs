@@ -7,12 +7,13 @@
 //! Tokio driver be thin, lets tests use a fake clock, and lets a later version replicate the
 //! table command by command.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::num::NonZeroU16;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imbl::{HashMap as PersistentMap, OrdMap};
 use protocol::cmd::{HolderStatus, Permits, ResourceStatus, WaiterStatus};
 use protocol::{FenceToken, LockMode, RequestId, ResourceName, SessionId};
 
@@ -166,10 +167,10 @@ pub struct LockTable {
     pub(super) config: TableConfig,
     /// Ordered by name, so that a `status` page is a range: its cost follows the page, not the
     /// table.
-    pub(super) queues: BTreeMap<ResourceName, LockQueue>,
+    pub(super) queues: OrdMap<ResourceName, LockQueue>,
     /// Values outlive locks, so they live apart from the queues (which are dropped when idle).
-    pub(super) values: HashMap<ResourceName, Arc<str>>,
-    pub(super) sessions: HashMap<SessionId, Session>,
+    pub(super) values: OrdMap<ResourceName, Arc<str>>,
+    pub(super) sessions: PersistentMap<SessionId, Session>,
     pub(super) deadlines: BTreeSet<(Instant, Deadline)>,
     pub(super) effects: VecDeque<Effect>,
     /// Grants and ended holds and waits, for metrics; see [`Observation`].
@@ -189,13 +190,13 @@ pub struct LockTable {
     /// lost its lock other than by `release`, and nobody may be granted the resource before
     /// then. Each has a `Deadline::LockDelay` at that instant.
     /// Ordered by name like `queues`, for the same reason.
-    pub(super) delayed: BTreeMap<ResourceName, Instant>,
+    pub(super) delayed: OrdMap<ResourceName, Instant>,
     pub(super) next_ticket: u64,
     /// Which sessions watch which resources (`watch.rs`).
     pub(super) watches: Watches,
     /// Multi-resource acquires still waiting, by their ticket (the same in each of their
     /// queues); see `multi.rs`.
-    pub(super) groups: HashMap<Ticket, Group>,
+    pub(super) groups: PersistentMap<Ticket, Group>,
     /// The values of campaigns that wait or hold (`elect.rs`).
     pub(super) campaigns: Campaigns,
 }
@@ -217,9 +218,9 @@ impl LockTable {
     ) -> LockTable {
         LockTable {
             config,
-            queues: BTreeMap::new(),
-            values,
-            sessions: HashMap::new(),
+            queues: OrdMap::new(),
+            values: values.into_iter().collect(),
+            sessions: PersistentMap::new(),
             deadlines: BTreeSet::new(),
             effects: VecDeque::new(),
             observations: VecDeque::new(),
@@ -228,10 +229,10 @@ impl LockTable {
             token_limit: tokens_reserved,
             run_first_token: tokens_reserved.saturating_add(1),
             stalled: BTreeSet::new(),
-            delayed: BTreeMap::new(),
+            delayed: OrdMap::new(),
             next_ticket: 0,
             watches: Watches::default(),
-            groups: HashMap::new(),
+            groups: PersistentMap::new(),
             campaigns: Campaigns::default(),
         }
     }
@@ -285,7 +286,7 @@ impl LockTable {
     /// caller delivers them next; without this, a session would expire for the server's own
     /// stall (docs/safety.md).
     pub fn handle_pause(&mut self, now: Instant, paused: Duration) {
-        for session in self.sessions.values_mut() {
+        for (_, session) in self.sessions.iter_mut() {
             let credited = session
                 .last_seen
                 .checked_add(paused)
@@ -798,7 +799,12 @@ impl LockTable {
     /// The durable part of the table, as a single server's store keeps it: every value, and a
     /// token no grant so far is above (what a restore must start above). A cluster's backup.
     pub fn durable_state(&self) -> (HashMap<ResourceName, Arc<str>>, u64) {
-        (self.values.clone(), self.next_token.saturating_sub(1))
+        let values = self
+            .values
+            .iter()
+            .map(|(resource, value)| (resource.clone(), Arc::clone(value)))
+            .collect();
+        (values, self.next_token.saturating_sub(1))
     }
 
     /// How many resources have a value.
@@ -896,13 +902,13 @@ impl LockTable {
         let wanted = limit.saturating_add(1);
         let mut names: BTreeSet<&ResourceName> = self
             .queues
-            .range::<ResourceName, _>(range)
+            .range::<_, ResourceName>(range)
             .map(|(name, _)| name)
             .take(wanted)
             .collect();
         names.extend(
             self.delayed
-                .range::<ResourceName, _>(range)
+                .range::<_, ResourceName>(range)
                 .map(|(name, _)| name)
                 .take(wanted),
         );

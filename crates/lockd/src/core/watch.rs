@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use imbl::HashMap as PersistentMap;
+
 use protocol::cmd::{WatchChange, WatchEvent, WatchHolder, WatchState};
 use protocol::{FenceToken, RequestId, ResourceName, SessionId};
 
@@ -17,14 +19,15 @@ use super::observation::SessionEnd;
 use super::queue::Holder;
 use super::table::LockTable;
 
-/// Every open watch, indexed both ways.
-#[derive(Debug, Default)]
+/// Every open watch, indexed both ways. Its maps are persistent, so a table snapshot copies
+/// them in O(1) (see `LockTable::snapshot`).
+#[derive(Debug, Default, Clone)]
 pub(super) struct Watches {
     /// Watchers of each resource, in (session, watch id) order so that events go out in the
     /// same order on every run.
-    by_resource: HashMap<ResourceName, BTreeSet<(SessionId, RequestId)>>,
+    by_resource: PersistentMap<ResourceName, BTreeSet<(SessionId, RequestId)>>,
     /// Each session's watches, by the `watch` request's id.
-    by_session: HashMap<SessionId, BTreeMap<RequestId, ResourceName>>,
+    by_session: PersistentMap<SessionId, BTreeMap<RequestId, ResourceName>>,
     /// How many watches are open, kept so that asking costs nothing.
     count: usize,
 }
@@ -33,6 +36,21 @@ impl Watches {
     /// How many watches are open.
     pub(super) fn len(&self) -> usize {
         self.count
+    }
+
+    /// Every open watch as (session, watch id, resource), in that order.
+    pub(super) fn all(&self) -> Vec<(SessionId, RequestId, ResourceName)> {
+        let mut all: Vec<_> = self
+            .by_session
+            .iter()
+            .flat_map(|(session, watches)| {
+                watches
+                    .iter()
+                    .map(|(id, resource)| (*session, *id, resource.clone()))
+            })
+            .collect();
+        all.sort();
+        all
     }
 
     fn remove(&mut self, session: SessionId, watch: RequestId) -> Option<ResourceName> {
@@ -136,22 +154,6 @@ impl LockTable {
                     .collect()
             })
             .unwrap_or_default()
-    }
-
-    /// Every open watch as (session, watch id, resource), in that order: for a table image.
-    pub(super) fn all_watches(&self) -> Vec<(SessionId, RequestId, ResourceName)> {
-        let mut all: Vec<_> = self
-            .watches
-            .by_session
-            .iter()
-            .flat_map(|(session, watches)| {
-                watches
-                    .iter()
-                    .map(|(id, resource)| (*session, *id, resource.clone()))
-            })
-            .collect();
-        all.sort();
-        all
     }
 
     /// Puts back a watch from a table image, without its first event (its watcher had it).

@@ -45,7 +45,10 @@ async fn the_leader_counts_its_requests_and_connected_sessions() {
     // Each of those entries was synced to the leader's log before it could commit.
     let syncs = sample(&after, "lockd_raft_log_sync_seconds_count")
         - sample(&before, "lockd_raft_log_sync_seconds_count");
-    assert!(syncs >= 1.0, "{syncs} Raft log syncs for 4 entries: {after}");
+    assert!(
+        syncs >= 1.0,
+        "{syncs} Raft log syncs for 4 entries: {after}"
+    );
 
     // A closed connection's session outlives it (until its lease ends), but it is no longer
     // connected here.

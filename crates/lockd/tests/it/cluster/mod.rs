@@ -14,6 +14,7 @@ mod peer_tls;
 mod reads;
 mod resume;
 mod safety;
+mod snapshots;
 mod status;
 mod watch;
 
@@ -140,13 +141,16 @@ impl Cluster {
             .arg("--peer-listen")
             .arg(spec.peer.to_string())
             .args(["--peers", peers])
-            .args(["--election-timeout-ms", "600", "--heartbeat-ms", "150"])
             .args(["--log-level", "warn"])
             .args(extra)
             .stdin(Stdio::null())
             .stderr(Stdio::inherit());
         if spec.id == 1 {
             command.arg("--bootstrap");
+        }
+        // The tests' timing, unless a test sets its own.
+        if !extra.contains(&"--election-timeout-ms") {
+            command.args(["--election-timeout-ms", "600", "--heartbeat-ms", "150"]);
         }
         Lockd::spawn(&mut command, &spec.data_dir)
     }

@@ -1,0 +1,152 @@
+//! Snapshots at scale: a node added to a cluster whose log was compacted catches up from the
+//! leader's snapshot of a table full of held locks.
+//!
+//! `LOCKD_SNAPSHOT_LOCKS` sets how many locks are held (3,000 by default, across 10 sessions;
+//! 100 sessions from 100,000 on), `LOCKD_SNAPSHOT_EVERY` the nodes' `--snapshot-every` (10 by
+//! default; they keep as many entries behind a snapshot, at most 1,000), and the test prints how
+//! long filling the table and adding the node took. It asserts no time: docs/cluster.md ("Snapshots") gives the figures and the
+//! command, a release build with a million locks.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{hello, Cluster};
+
+/// The admin credential the cluster below is given, which `add_node` needs.
+const ADMIN_TOKEN: &str = "snapshots-admin-credential";
+
+/// How long every session's lease is: the whole test, filling included, fits in it.
+const LEASE_MS: u64 = 300_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_catches_up_from_a_snapshot_of_many_held_locks() {
+    let locks: usize = std::env::var("LOCKD_SNAPSHOT_LOCKS")
+        .ok()
+        .and_then(|locks| locks.parse().ok())
+        .unwrap_or(3_000);
+    let sessions = if locks >= 100_000 { 100 } else { 10 };
+    let per_session = locks.div_ceil(sessions);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).expect("the token file");
+    let per_session_flag = per_session.max(10_000).to_string();
+    let snapshot_every = std::env::var("LOCKD_SNAPSHOT_EVERY").unwrap_or_else(|_| "10".to_owned());
+    let mut flags = vec![
+        "--admin-token-file",
+        token_file.to_str().expect("a UTF-8 path"),
+        // Snapshots, and the log before them dropped, all along the filling (a node keeps
+        // this many entries behind its snapshot, so the new node cannot catch up by the log).
+        "--snapshot-every",
+        &snapshot_every,
+        "--max-locks-per-session",
+        &per_session_flag,
+    ];
+    if locks >= 100_000 {
+        // Three nodes and a hundred pipelining clients on a 2-core machine starve each other
+        // for longer than the tests' usual 600 ms election timeout.
+        flags.extend(["--election-timeout-ms", "3000", "--heartbeat-ms", "500"]);
+    }
+    let mut cluster = Cluster::start(3, &flags).await;
+    let leader = cluster.leader(None).await;
+
+    // Each session holds its share of the locks, acquired in pipelined batches.
+    let filling = Instant::now();
+    let mut fillers = Vec::new();
+    for session in 0..sessions {
+        let mut conn = cluster.connect(leader).await;
+        fillers.push(tokio::spawn(async move {
+            let mut opened = json!({"id": 100, "op": "hello", "lease_ms": LEASE_MS});
+            opened = conn.call(opened).await;
+            assert_eq!(opened["ok"], true, "{opened}");
+            let names: Vec<String> = (0..per_session)
+                .map(|i| format!("held/{session:03}/{i:07}"))
+                .collect();
+            for (batch_index, batch) in names.chunks(200).enumerate() {
+                let frames: Vec<_> = batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| {
+                        let id = 1_000 + batch_index * 200 + i;
+                        json!({"id": id, "op": "acquire", "resource": name})
+                    })
+                    .collect();
+                conn.send_batch(&frames).await;
+                for _ in batch {
+                    let reply = conn.recv().await;
+                    assert_eq!(reply["ok"], true, "{reply}");
+                }
+            }
+            conn
+        }));
+    }
+    let mut holders = Vec::new();
+    for filler in fillers {
+        holders.push(filler.await.expect("the filler finished"));
+    }
+    let filled = filling.elapsed();
+    let mut conn = cluster.connect(leader).await;
+    let status = conn.call(json!({"id": 1, "op": "cluster_status"})).await;
+    let applied = status["last_applied"].as_u64().expect("last_applied");
+
+    // A new node joins: add_node answers once it has caught up (through the snapshot: the
+    // log before it is gone) and votes.
+    let joiner = cluster.start_joiner();
+    let spec = &cluster.specs[joiner];
+    let adding = Instant::now();
+    let reply = conn
+        .call(json!({"id": 2, "op": "add_node", "node_id": spec.id,
+                     "client": spec.client.to_string(), "peer": spec.peer.to_string(),
+                     "admin_token": ADMIN_TOKEN}))
+        .await;
+    let added = adding.elapsed();
+    assert_eq!(reply["ok"], true, "{reply}");
+    // It has every entry the leader had applied; applying the log after the snapshot may
+    // take it a little longer.
+    let mut joined = cluster.connect(joiner).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = joined.call(json!({"id": 1, "op": "cluster_status"})).await;
+        if status["last_applied"].as_u64().expect("last_applied") >= applied {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let caught_up = adding.elapsed();
+    eprintln!(
+        "{locks} locks held by {sessions} sessions: filled in {filled:?}; a new node added \
+         (its log matched and it votes) in {added:?}, and it applied all the leader had in \
+         {caught_up:?}"
+    );
+    let snapshots: Vec<_> = std::fs::read_dir(cluster.specs[joiner].data_dir.join("snapshots"))
+        .expect("the new node's snapshot directory")
+        .map(|entry| entry.expect("an entry").file_name())
+        .collect();
+    assert_eq!(snapshots.len(), 1, "one snapshot installed: {snapshots:?}");
+
+    // With the old leader gone, the three others (the new node among them) are the majority
+    // of four that every commit needs, and the locks are still held.
+    cluster.kill(leader);
+    let new_leader = cluster.leader(Some(leader)).await;
+    let mut conn = cluster.connect(new_leader).await;
+    hello(&mut conn, None).await;
+    for session in [0, sessions - 1] {
+        let name = format!("held/{session:03}/{:07}", per_session - 1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = conn
+                .call(json!({"id": 3, "op": "status", "resource": name}))
+                .await;
+            if reply["ok"] == true {
+                let holders = reply["resources"][0]["holders"].as_array();
+                assert_eq!(holders.map(Vec::len), Some(1), "{reply}");
+                break;
+            }
+            // A new leader may still be taking over (not_leader until it serves).
+            assert!(Instant::now() < deadline, "{reply}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop(holders);
+}
