@@ -318,17 +318,58 @@ fn fill_entries(
     entries
 }
 
+/// Entries from `first` on in which `sessions`, each holding `held` locks from `fill_entries`,
+/// acquire `count` more locks in turn.
+fn more_acquires(
+    first: u64,
+    sessions: std::ops::RangeInclusive<u64>,
+    held: u64,
+    count: u64,
+) -> Vec<Entry<TypeConfig>> {
+    let sessions: Vec<u64> = sessions.collect();
+    let ops: Vec<EntryOp> = (0..count)
+        .map(|i| {
+            let session = sessions[(i % sessions.len() as u64) as usize];
+            let id = held + 1 + i / sessions.len() as u64;
+            EntryOp::Request {
+                session: SessionId(session),
+                request: request(&format!(
+                    r#"{{"id":{id},"op":"acquire","resource":"more/{session:03}/{i:07}"}}"#
+                )),
+            }
+        })
+        .collect();
+    let mut index = first;
+    ops.chunks(256)
+        .map(|ops| {
+            let entry = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Proposal {
+                    at_ms: 1_000 + index,
+                    ops: ops.to_vec(),
+                }),
+            };
+            index += 1;
+            entry
+        })
+        .collect()
+}
+
 /// A table of many held locks: what a snapshot stops applying for (the copy under the lock),
 /// what writing it out costs, and the longest an entry waited to apply while a snapshot was
-/// built. `LOCKD_SNAPSHOT_BENCH_LOCKS` sets the number of locks, held by 100 sessions (20,000
-/// by default); the figures are printed, never asserted (docs/cluster.md, "Snapshots").
+/// built, while the sessions that hold them keep acquiring. `LOCKD_SNAPSHOT_BENCH_LOCKS` sets
+/// the number of locks (20,000 by default), `LOCKD_SNAPSHOT_BENCH_SESSIONS` the sessions that
+/// hold them (100); the figures are printed, never asserted (docs/cluster.md, "Snapshots").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_of_many_held_locks_stops_applying_only_for_a_copy() {
     let locks: u64 = std::env::var("LOCKD_SNAPSHOT_BENCH_LOCKS")
         .ok()
         .and_then(|locks| locks.parse().ok())
         .unwrap_or(20_000);
-    let sessions = 100;
+    let sessions: u64 = std::env::var("LOCKD_SNAPSHOT_BENCH_SESSIONS")
+        .ok()
+        .and_then(|sessions| sessions.parse().ok())
+        .unwrap_or(100);
     let dir = tempfile::tempdir().unwrap();
     let db = open_database(dir.path());
     let config = TableConfig {
@@ -372,9 +413,11 @@ async fn a_snapshot_of_many_held_locks_stops_applying_only_for_a_copy() {
     let encode = started.elapsed();
     drop(parts);
 
-    // A real build, while entries keep applying: a new session acquires more locks, one
-    // entry at a time, and each apply is timed (including its wait for the replica's lock).
-    let extra = fill_entries(last + 1, sessions + 1..=sessions + 1, 100_000);
+    // A real build, while entries keep applying: the sessions that hold the locks acquire
+    // more, in turn, one entry at a time, and each apply is timed (including its wait for the
+    // replica's lock). Each session's first write after the copy copies what it shares with
+    // the snapshot.
+    let extra = more_acquires(last + 1, 1..=sessions, locks / sessions, 100_000);
     let mut builder = machine.get_snapshot_builder().await;
     let started = Instant::now();
     let building = tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! What the table remembers about one session: its lease and what it holds or waits for.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use protocol::{RequestId, ResourceName};
@@ -21,9 +21,10 @@ pub(crate) struct Session {
     pub(crate) scheduled_expiry: Instant,
     /// Every resource this session holds. Only the names: the token and mode are in the
     /// resource's queue, which has to keep them anyway. A session may hold thousands of locks,
-    /// and this set is then, after the table's own map, the largest cost of a held lock (17
-    /// bytes a bucket, where a name with its token and mode took 41).
-    pub(crate) held: HashSet<ResourceName>,
+    /// or a million. Persistent like the table's maps, so that a session shared with a snapshot
+    /// is copied in O(1) when it is next touched (every frame touches it), not name by name,
+    /// which stopped apply for as long as the set took to copy.
+    pub(crate) held: imbl::HashSet<ResourceName>,
     /// Every resource this session waits for, with its ticket in that resource's queue. Apart
     /// from `held` because waits are few (at most `max_waits_per_session`) and need the ticket.
     /// A resource is never in both: a session holds or waits for it at most once.
@@ -39,7 +40,7 @@ impl Session {
             lease,
             last_seen: now,
             scheduled_expiry: now + lease,
-            held: HashSet::new(),
+            held: imbl::HashSet::new(),
             waiting: HashMap::new(),
             waits: HashMap::new(),
         }
