@@ -9,8 +9,8 @@
 //! commit, or a temporary file) are deleted when the node opens. A snapshot written by a lockd
 //! from before these files keeps its data inside redb (key `data`); opening moves it to a file.
 //!
-//! Ignorant of what a snapshot holds (`machine.rs` knows): it moves bytes and names files. Its calls block, so async callers run them on the blocking
-//! pool.
+//! Ignorant of what a snapshot holds (`machine.rs` knows): it moves bytes and names files. Its
+//! calls block, so async callers run them on the blocking pool.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
