@@ -54,8 +54,9 @@ pub const LOG_DIR: &str = "raft-log";
 /// (a decoded entry takes two or three times its encoded size).
 pub(crate) const CACHED_BYTES: usize = 8 << 20;
 
-/// Where lockd before 0.1's log files kept the log, in the node's redb file: read once, to
-/// move the log into `raft-log/`, then dropped.
+/// Where a lockd from before `raft-log/` kept the log, in the node's redb file: read once, to
+/// move the log into `raft-log/`, then dropped (`raft_meta` then holds only a vote that an
+/// older lockd cannot read; see [`fence_off_older_lockd`]).
 const LEGACY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const LEGACY_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
@@ -358,6 +359,7 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
         let opened = blocking(move || {
             if let Some(db) = legacy {
                 move_legacy_log(&db, &dir)?;
+                fence_off_older_lockd(&db)?;
             }
             Ok(Wal::open(&dir, segment_bytes)?)
         })
@@ -675,6 +677,36 @@ fn move_legacy_log(db: &Database, dir: &Path) -> Result<(), StorageFault> {
     let txn = db.begin_write()?;
     txn.delete_table(LEGACY_LOG)?;
     txn.delete_table(LEGACY_META)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// What a lockd from before `raft-log/` reads as its vote, in the table where it kept it: not a
+/// vote, so that lockd refuses to start (its error shows this text) instead of finding no log
+/// and no vote, and voting again in a term this node already voted in.
+const OLDER_LOCKD_VOTE: &[u8] =
+    br#""this node's Raft log is in raft-log/, which this lockd is too old to read: run a newer lockd""#;
+
+/// Puts [`OLDER_LOCKD_VOTE`] where an older lockd looks for its vote, once per data directory.
+fn fence_off_older_lockd(db: &Database) -> Result<(), StorageFault> {
+    {
+        let txn = db.begin_read()?;
+        match txn.open_table(LEGACY_META) {
+            Ok(meta) => {
+                if meta
+                    .get("vote")?
+                    .is_some_and(|vote| vote.value() == OLDER_LOCKD_VOTE)
+                {
+                    return Ok(());
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let txn = db.begin_write()?;
+    txn.open_table(LEGACY_META)?
+        .insert("vote", OLDER_LOCKD_VOTE)?;
     txn.commit()?;
     Ok(())
 }

@@ -246,16 +246,43 @@ async fn a_log_an_older_lockd_kept_in_redb_is_moved_into_the_log_files() {
         .unwrap();
     assert_vote_3_committed_4_purged_2_last_5(&mut store).await;
     assert_eq!(store.try_get_log_entries(..).await.unwrap(), entries);
-    // The old tables are gone, and opening again finds the moved log.
+    // The old log table is gone, and opening again finds the moved log.
     let txn = db.begin_read().unwrap();
     assert!(matches!(
         txn.open_table(LEGACY_LOG),
         Err(redb::TableError::TableDoesNotExist(_))
     ));
     drop(txn);
+    assert_an_older_lockd_cannot_read_its_vote(&db);
     drop(store);
     let mut store = Store::open(dir.path().join(LOG_DIR), Some(db), None)
         .await
         .unwrap();
     assert_eq!(indexes(&mut store).await, [3, 4, 5]);
+}
+
+/// What the redb log store before `raft-log/` did first on opening: read its vote as JSON. It
+/// must fail, with a message that says why, rather than find no vote.
+fn assert_an_older_lockd_cannot_read_its_vote(db: &Database) {
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(LEGACY_META).unwrap();
+    let stored = meta
+        .get("vote")
+        .unwrap()
+        .expect("a vote for an older lockd to trip on");
+    let err = serde_json::from_slice::<Vote<u64>>(stored.value()).unwrap_err();
+    assert!(err.to_string().contains("too old to read"), "{err}");
+}
+
+#[tokio::test]
+async fn a_new_nodes_redb_file_also_stops_an_older_lockd() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_database(dir.path());
+    for _ in 0..2 {
+        let store = Store::open(dir.path().join(LOG_DIR), Some(Arc::clone(&db)), None)
+            .await
+            .unwrap();
+        drop(store);
+        assert_an_older_lockd_cannot_read_its_vote(&db);
+    }
 }
