@@ -197,6 +197,25 @@ impl LockdCluster {
     pub fn log(&self, index: usize) -> String {
         std::fs::read_to_string(&self.nodes[index].log_path).unwrap_or_default()
     }
+
+    /// The last `lines` lines of every node's log, each under a heading.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut tails = String::new();
+        for index in 0..self.nodes.len() {
+            let log = self.log(index);
+            let all: Vec<&str> = log.lines().collect();
+            let from = all.len().saturating_sub(lines);
+            tails.push_str(&format!(
+                "lockbench: node {}'s log, last lines:\n",
+                index + 1
+            ));
+            for line in &all[from..] {
+                tails.push_str(line);
+                tails.push('\n');
+            }
+        }
+        tails
+    }
 }
 
 impl Drop for LockdCluster {

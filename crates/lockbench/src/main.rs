@@ -149,9 +149,12 @@ fn run(args: Args) -> Result<()> {
         for connections in args.connection_counts() {
             bench.connections = connections;
             for mode in args.modes() {
-                modes::run(mode, &mut bench, &mut report)
-                    .await
-                    .with_context(|| format!("{} run failed", mode.name()))?;
+                let ran = modes::run(mode, &mut bench, &mut report).await;
+                if let (Err(_), Some(cluster)) = (&ran, &bench.cluster) {
+                    // The nodes' logs go with their temporary directory: show why they failed.
+                    eprint!("{}", cluster.log_tails(LOG_TAIL_LINES));
+                }
+                ran.with_context(|| format!("{} run failed", mode.name()))?;
             }
         }
         anyhow::Ok(bench)
@@ -173,6 +176,9 @@ fn run(args: Args) -> Result<()> {
     drop(bench);
     Ok(())
 }
+
+/// How many of each node's last log lines a failed cluster run prints.
+const LOG_TAIL_LINES: usize = 30;
 
 /// How long to wait for a cluster to have a leader that serves: a new cluster elects one within
 /// a few election timeouts.
