@@ -319,9 +319,12 @@ fn write_batch<C: RaftTypeConfig>(
     if let Some(purged) = purged {
         wal.delete_purged(purged)?;
     }
+    let files_changed = wal.take_files_changed();
     let mut index = lock(index);
-    // Before any reader can find an entry in a new segment; without the deleted ones.
-    index.files = wal.files();
+    if files_changed {
+        // Before any reader can find an entry in a new segment; without the deleted ones.
+        index.files = wal.files();
+    }
     let rows = batch.iter().flat_map(|op| match op {
         WriterOp::Append { rows, .. } => rows.as_slice(),
         _ => &[],

@@ -117,6 +117,8 @@ pub(crate) struct Wal {
     position: u64,
     /// The pointers, repeated at the start of each new segment.
     pointers: Pointers,
+    /// A segment was started or deleted since [`Wal::take_files_changed`] last said so.
+    files_changed: bool,
 }
 
 #[derive(Debug)]
@@ -197,6 +199,7 @@ impl Wal {
             segments,
             position,
             pointers: replay.pointers.clone(),
+            files_changed: false,
         };
         if wal.segments.is_empty() {
             wal.start_segment(0).map_err(io_error)?;
@@ -251,6 +254,12 @@ impl Wal {
         Ok(locations)
     }
 
+    /// Whether a segment was started or deleted since the last call: whether readers need
+    /// [`Wal::files`] again.
+    pub(crate) fn take_files_changed(&mut self) -> bool {
+        std::mem::take(&mut self.files_changed)
+    }
+
     /// Each segment's file, for readers.
     pub(crate) fn files(&self) -> BTreeMap<u64, Arc<File>> {
         self.segments
@@ -277,6 +286,7 @@ impl Wal {
         for number in &doomed {
             std::fs::remove_file(segment_path(&self.dir, *number))?;
             self.segments.remove(number);
+            self.files_changed = true;
         }
         if !doomed.is_empty() {
             sync_dir(&self.dir)?;
@@ -366,6 +376,7 @@ impl Wal {
         );
         self.active = number;
         self.position = header.len() as u64;
+        self.files_changed = true;
         Ok(())
     }
 }
