@@ -1,6 +1,6 @@
 //! What the table remembers about one session: its lease and what it holds or waits for.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use protocol::{RequestId, ResourceName};
@@ -27,8 +27,10 @@ pub(crate) struct Session {
     pub(crate) held: imbl::HashSet<ResourceName>,
     /// Every resource this session waits for, with its ticket in that resource's queue. Apart
     /// from `held` because waits are few (at most `max_waits_per_session`) and need the ticket.
-    /// A resource is never in both: a session holds or waits for it at most once.
-    pub(crate) waiting: HashMap<ResourceName, Ticket>,
+    /// A resource is never in both: a session holds or waits for it at most once. Ordered: the
+    /// deadlock search walks it, and every replica must find the same cycle (a hash map's
+    /// order differs between two copies of one table, and so did the `deadlock` message).
+    pub(crate) waiting: BTreeMap<ResourceName, Ticket>,
     /// Waiting acquires by request id, for `cancel`.
     pub(crate) waits: HashMap<RequestId, ResourceName>,
 }
@@ -41,7 +43,7 @@ impl Session {
             last_seen: now,
             scheduled_expiry: now + lease,
             held: imbl::HashSet::new(),
-            waiting: HashMap::new(),
+            waiting: BTreeMap::new(),
             waits: HashMap::new(),
         }
     }

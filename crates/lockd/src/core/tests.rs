@@ -610,6 +610,28 @@ fn a_two_session_cycle_is_refused_and_nothing_changes() {
     assert_eq!(h.acquire(b, 3, "f", X), queued(1));
 }
 
+/// Every replica must refuse with the same words: a session that waits for several locks is
+/// searched in name order, whatever order its waits were made in or a copy of the table holds
+/// them in (with a hash map, a table rebuilt from a snapshot named another lock).
+#[test]
+fn a_cycle_through_a_session_waiting_for_several_locks_names_the_first_by_name() {
+    let mut h = harness();
+    let [a, b] = [h.session(), h.session()];
+    for (id, name) in [(1, "r"), (2, "p"), (3, "q")] {
+        h.acquire(a, id, name, X);
+    }
+    h.acquire(b, 1, "g", X);
+    // Two waits (the harness's limit), made in the reverse of name order.
+    for (id, name) in [(2, "q"), (3, "p")] {
+        assert_eq!(h.acquire(b, id, name, X), queued(1));
+    }
+    let cycle = deadlock(h.try_acquire(a, 4, "g", X, None));
+    assert_eq!(
+        cycle,
+        format!("session {a} waits for g held by session {b}; session {b} waits for p held by session {a}")
+    );
+}
+
 #[test]
 fn a_three_session_cycle_is_refused() {
     let mut h = harness();
