@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod core;
 pub mod credentials;
 pub mod data_dir;
+pub mod idle_poll;
 pub mod logging;
 pub mod server;
 pub mod store;

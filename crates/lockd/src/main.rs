@@ -20,6 +20,7 @@ use lockd::core::{
 };
 use lockd::credentials::{read_secret, CredentialError, CredentialFiles, LiveCredentials};
 use lockd::data_dir::DataDir;
+use lockd::idle_poll;
 use lockd::logging;
 use lockd::server::{
     AdminLimits, AdminOptions, Server, ServerConfig, DEFAULT_ADMIN_HEADER_TIMEOUT,
@@ -75,6 +76,16 @@ struct Args {
     /// a machine shared with busy clients, one thread can be faster (see docs/benchmarks.md).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
+
+    /// After lockd was last busy, keep one CPU awake this long (microseconds) with a thread
+    /// that spins under SCHED_IDLE, so that the next step of a request does not wait for a
+    /// sleeping CPU to wake. It uses only CPU time no other thread wants, and only while
+    /// requests flow; 0 turns it off. A cluster request crosses many threads and three
+    /// processes, and gains most, above all on virtual machines (docs/cluster.md, "Idle
+    /// polling"). Default: 200 with --node-id, 0 for a single server
+    #[arg(long, value_name = "MICROSECONDS",
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    idle_poll_us: Option<u32>,
 
     /// Directory for lockd's data; created if missing, and owned by one lockd at a time.
     #[arg(long, default_value = "./lockd-data", value_name = "DIR")]
@@ -347,7 +358,21 @@ struct Args {
     tls_client_ca: Option<PathBuf>,
 }
 
+/// `--idle-poll-us` when it is not given: on for a cluster node, whose requests cross threads
+/// and processes; off for a single server, whose requests barely wait (docs/benchmarks.md).
+const CLUSTER_IDLE_POLL_US: u32 = 200;
+
 impl Args {
+    /// How long the idle poller spins after activity; zero for none.
+    fn idle_poll_window(&self) -> Duration {
+        let default = if self.node_id.is_some() {
+            CLUSTER_IDLE_POLL_US
+        } else {
+            0
+        };
+        Duration::from_micros(u64::from(self.idle_poll_us.unwrap_or(default)))
+    }
+
     fn server_config(&self) -> Result<ServerConfig, FlagError> {
         if !(self.min_lease_ms <= self.default_lease_ms
             && self.default_lease_ms <= self.max_lease_ms)
@@ -627,6 +652,12 @@ fn main() -> ExitCode {
         None => tokio::runtime::Builder::new_multi_thread(),
     };
     runtime.enable_all();
+    // Every time a worker goes to sleep or wakes up counts as activity (see `idle_poll`).
+    runtime.on_thread_park(idle_poll::touch);
+    runtime.on_thread_unpark(idle_poll::touch);
+    if let Err(err) = idle_poll::start(args.idle_poll_window()) {
+        return fail(format!("cannot start idle polling: {err}"));
+    }
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(err) => return fail(format!("cannot start the async runtime: {err}")),

@@ -267,6 +267,9 @@ fn run_writer<C: RaftTypeConfig>(
         let outcome = match &failed {
             Some(_) => Ok(()),
             None => {
+                // The sync keeps this thread off the CPU for a while: keep the CPU awake for
+                // when it is done (see `idle_poll`).
+                crate::idle_poll::touch();
                 let started = Instant::now();
                 let written = write_batch(&mut wal, &index, &batch);
                 if let Some(histogram) = &sync_seconds {

@@ -5,6 +5,7 @@ mod admin;
 mod backup;
 mod chaos;
 mod failover;
+mod idle_poll;
 mod membership;
 mod metrics;
 mod multi;
