@@ -30,6 +30,9 @@ pub(crate) enum Answer {
     /// An acquire that waits in line at this position: send a `queued` event now; the reply
     /// comes later as a [`Delivery`].
     Queued(u64),
+    /// An acquire whose reply comes later as a [`Delivery`], with nothing to send now (a
+    /// try-lock awaiting fencing tokens).
+    Later,
 }
 
 /// A value a `write` replaced, for a caller that may have to undo it.
@@ -192,6 +195,7 @@ fn apply(
                     permits,
                 })),
                 Ok(Acquired::Queued { position }) => return (Answer::Queued(position), None),
+                Ok(Acquired::AwaitingTokens) => return (Answer::Later, None),
                 Err(err) => {
                     match err {
                         LockError::Timeout(_) => metrics.try_once_failed(mode),
@@ -230,6 +234,7 @@ fn apply(
                     Ok(ReplyBody::AcquiredMany(AcquireManyOk { tokens }))
                 }
                 Ok(AcquiredMany::Queued { position }) => return (Answer::Queued(position), None),
+                Ok(AcquiredMany::AwaitingTokens) => return (Answer::Later, None),
                 Err(err) => {
                     // Counted under the mode of the group's first member.
                     let mode = acquire

@@ -285,6 +285,7 @@ impl Replica {
         let (answer, _written) = self.applier.apply(&mut self.table, now, session, request);
         match answer {
             Answer::Queued(position) => self.send(session, ServerFrame::Queued { id, position }),
+            Answer::Later => {}
             Answer::Reply(result) => {
                 if resumes && result.is_ok() {
                     self.retries.resumed(session);

@@ -38,6 +38,10 @@ pub enum AcquiredMany {
         /// Its place in line.
         position: u64,
     },
+    /// A try (`timeout` 0) whose members are all free while no fencing tokens may be handed
+    /// out: granted as soon as the next reservation is durable, like
+    /// [`Acquired::AwaitingTokens`](super::Acquired::AwaitingTokens).
+    AwaitingTokens,
 }
 
 /// A waiting multi-resource acquire: what its ticket stands for.
@@ -132,15 +136,17 @@ impl LockTable {
             self.observations.push_back(Observation::GroupGranted);
             return Ok(AcquiredMany::Granted(tokens));
         }
+        // A try whose members are all free waits for tokens only: one fsync, not a holder.
+        let try_awaits_tokens = timeout == Some(Duration::ZERO) && blocked.is_none();
         let blocked = blocked.unwrap_or(first.clone());
-        if timeout == Some(Duration::ZERO) {
+        if timeout == Some(Duration::ZERO) && !try_awaits_tokens {
             return Err(LockError::Timeout(blocked));
         }
         let session = self
             .sessions
             .get(&session_id)
             .ok_or(LockError::SessionGone)?;
-        if session.waits.len() >= self.config.max_waits_per_session {
+        if !try_awaits_tokens && session.waits.len() >= self.config.max_waits_per_session {
             return Err(LockError::TooManyWaits {
                 waiting: session.waits.len(),
             });
@@ -159,8 +165,11 @@ impl LockTable {
         }
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
-        // A timeout too large to represent as an instant waits forever, like no timeout.
-        let deadline = timeout.and_then(|timeout| now.checked_add(timeout));
+        // A timeout too large to represent as an instant waits forever, like no timeout; a
+        // try awaiting tokens waits for them whatever its timeout.
+        let deadline = timeout
+            .filter(|_| !try_awaits_tokens)
+            .and_then(|timeout| now.checked_add(timeout));
         let mut position = 0;
         for (resource, mode) in &members {
             let queue = self.queues.entry(resource.clone()).or_default();
@@ -201,6 +210,9 @@ impl LockTable {
                 members,
             },
         );
+        if try_awaits_tokens {
+            return Ok(AcquiredMany::AwaitingTokens);
+        }
         Ok(AcquiredMany::Queued { position })
     }
 

@@ -401,3 +401,37 @@ fn a_group_waits_for_a_token_reservation_like_any_grant() {
         )]
     );
 }
+
+#[test]
+fn a_try_of_free_members_waits_for_tokens_and_a_busy_one_still_fails_at_once() {
+    let mut h = Harness {
+        table: LockTable::restore(TableConfig::default(), Default::default(), 2),
+        now: std::time::Instant::now(),
+    };
+    h.table.handle_tokens_reserved(h.now, 2);
+    let g = h.session();
+    let other = h.session();
+    let zero = Some(0);
+    // Two tokens left, three wanted, every member free: no holder is in the way, only the
+    // next reservation's fsync, so the try is granted once that is durable, not failed.
+    assert_eq!(
+        h.acquire_many(g, 1, &[("a", X), ("b", X), ("c", X)], zero),
+        Ok(AcquiredMany::AwaitingTokens)
+    );
+    // A try that a holder or waiter is in the way of fails at once, as ever.
+    assert_eq!(
+        h.acquire_many(other, 1, &[("a", X), ("d", X)], zero),
+        Err(LockError::Timeout(name("a")))
+    );
+    h.advance(1_000);
+    assert_eq!(h.effects(), vec![], "no deadline: it waits for tokens only");
+    h.table.handle_tokens_reserved(h.now, 100);
+    assert_eq!(
+        h.effects(),
+        vec![group_granted(
+            g,
+            1,
+            &[("a", 3, X), ("b", 4, X), ("c", 5, X)]
+        )]
+    );
+}

@@ -162,6 +162,9 @@ proptest! {
                             queue.push(request);
                             prop_assert_eq!(position, queue.len() as u64);
                         }
+                        Ok(Acquired::AwaitingTokens) => {
+                            prop_assert!(false, "a table with unlimited tokens awaited tokens");
+                        }
                         Err(_) => {}
                     }
                 }
@@ -196,6 +199,9 @@ proptest! {
                             }
                             prop_assert_eq!(position, furthest);
                             arrival.insert(request, (session, resources));
+                        }
+                        Ok(AcquiredMany::AwaitingTokens) => {
+                            prop_assert!(false, "a table with unlimited tokens awaited tokens");
                         }
                         Err(_) => {}
                     }

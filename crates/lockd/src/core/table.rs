@@ -109,6 +109,11 @@ pub enum Acquired {
         /// Its place in the queue.
         position: u64,
     },
+    /// A try-lock (`timeout` 0) of a free resource while no fencing token may be handed out:
+    /// it is first in line and granted, as an [`Effect`], as soon as the next token
+    /// reservation is durable (see [`LockTable::tokens_wanted`]). Not contention, so not a
+    /// `timeout`, and no `queued` event either: the client asked not to wait in line.
+    AwaitingTokens,
 }
 
 /// The most tokens a reservation covers: one fsync per million grants at full speed.
@@ -562,7 +567,10 @@ impl LockTable {
             });
         }
         let has_token = self.next_token <= self.token_limit;
-        if queue.can_grant_now(want) && has_token && !delayed {
+        let free = queue.can_grant_now(want) && !delayed;
+        // A try-lock of a free resource waits for tokens only: one fsync, not a holder.
+        let try_awaits_tokens = timeout == Some(Duration::ZERO) && free && !has_token;
+        if free && has_token {
             let token = FenceToken(self.next_token);
             self.next_token += 1;
             let holder = Holder {
@@ -592,7 +600,7 @@ impl LockTable {
                 waiting: session.waits.len(),
             });
         }
-        if timeout == Some(Duration::ZERO) {
+        if timeout == Some(Duration::ZERO) && !try_awaits_tokens {
             if queue.is_idle() {
                 // Cannot happen (an idle queue grants), but never leave an empty entry behind.
                 self.queues.remove(&resource);
@@ -617,8 +625,11 @@ impl LockTable {
         };
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
-        // A timeout too large to represent as an instant waits forever, like no timeout.
-        let deadline = timeout.and_then(|timeout| now.checked_add(timeout));
+        // A timeout too large to represent as an instant waits forever, like no timeout; a
+        // try-lock awaiting tokens waits for them whatever its timeout.
+        let deadline = timeout
+            .filter(|_| !try_awaits_tokens)
+            .and_then(|timeout| now.checked_add(timeout));
         let position = queue.enqueue(
             ticket,
             Waiter {
@@ -646,6 +657,9 @@ impl LockTable {
         session.waits.insert(request, resource.clone());
         session.waiting.insert(resource.clone(), ticket);
         self.notify_queue(&resource);
+        if try_awaits_tokens {
+            return Ok(Acquired::AwaitingTokens);
+        }
         Ok(Acquired::Queued { position })
     }
 

@@ -286,6 +286,40 @@ fn grants_pause_when_reserved_tokens_run_out_and_resume_in_order() {
     );
 }
 
+#[test]
+fn a_try_lock_of_a_free_resource_waits_for_tokens_instead_of_failing() {
+    let mut table = LockTable::restore(TableConfig::default(), HashMap::new(), 0);
+    let now = Instant::now();
+    table.handle_tokens_reserved(now, 1);
+    let [a, b, c] = [(); 3].map(|()| table.open_session(now));
+    let zero = Some(Duration::ZERO);
+    let try_lock = |table: &mut LockTable, s, id, resource: &str| {
+        table.handle_acquire(now, s, RequestId(id), name(resource), X, zero, None)
+    };
+    assert_eq!(try_lock(&mut table, a, 1, "f"), Ok(granted_now(1)));
+    // No token left: "g" is free, so the try-lock waits for the reservation's fsync, not for
+    // a holder, and is granted once it is durable.
+    assert_eq!(
+        try_lock(&mut table, b, 1, "g"),
+        Ok(Acquired::AwaitingTokens)
+    );
+    // "f" is held: a try-lock fails at once, tokens or not; and one behind b's fails too.
+    assert_eq!(
+        try_lock(&mut table, c, 1, "f"),
+        Err(LockError::Timeout(name("f")))
+    );
+    assert_eq!(
+        try_lock(&mut table, c, 2, "g"),
+        Err(LockError::Timeout(name("g")))
+    );
+    // No deadline: it waits for tokens only.
+    table.handle_timeout(now + Duration::from_secs(1));
+    assert_eq!(table.poll_effect(), None);
+    table.handle_tokens_reserved(now, FIRST_TOKEN_BLOCK);
+    let effects: Vec<_> = std::iter::from_fn(|| table.poll_effect()).collect();
+    assert_eq!(effects, vec![granted(b, 1, "g", 2, X)]);
+}
+
 /// A run reserves as many tokens as it has handed out, from FIRST_TOKEN_BLOCK up to
 /// TOKEN_BLOCK: a short run leaves a small gap for the next one to skip, a busy run fsyncs
 /// its reservation rarely.

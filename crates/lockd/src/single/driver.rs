@@ -269,6 +269,7 @@ impl Driver {
                 self.send(outgoing(ServerFrame::Queued { id, position }), None);
                 return;
             }
+            Answer::Later => return,
             Answer::Reply(result) => result,
         };
         if let Ok(ReplyBody::Status(status)) = &mut result {
