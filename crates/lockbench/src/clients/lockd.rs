@@ -344,13 +344,17 @@ impl LockdConn {
 
     /// Acquires `count` fresh resources named `{prefix}{i}` exclusively, pipelining `batch`
     /// acquires per write, and keeps them until the connection is dropped. Every one must be
-    /// granted at once (they are fresh); the tokens are not kept.
+    /// granted without a holder ahead of it (they are fresh); a grant may still wait, at the
+    /// head of its queue, for lockd's next fencing-token reservation to be durable (a burst of
+    /// grants can use one up), so a `queued` event at position 1 is followed by the grant. The
+    /// tokens are not kept.
     pub async fn hold_many(&mut self, prefix: &str, count: u64, batch: u64) -> Result<()> {
         let mut name = Vec::with_capacity(prefix.len() + 20);
         let mut next = 0;
         while next < count {
             let end = (next + batch.max(1)).min(count);
             self.out.clear();
+            let first_id = self.next_id;
             for i in next..end {
                 name.clear();
                 name.extend_from_slice(prefix.as_bytes());
@@ -359,10 +363,20 @@ impl LockdConn {
                 push_acquire(&mut self.out, id, &name, Mode::Exclusive);
             }
             self.flush().await?;
-            for _ in next..end {
-                match self.next_answer().await? {
-                    Answer::Ok { token: Some(_), .. } => {}
-                    _ => bail!("lockd did not grant a fresh resource at once"),
+            let mut granted = 0;
+            while granted < end - next {
+                let (id, answer) = self.next_frame().await?;
+                let i = next + id.saturating_sub(first_id);
+                match answer {
+                    Answer::Ok { token: Some(_), .. } => granted += 1,
+                    Answer::Ok { token: None, .. } => {
+                        bail!("lockd granted fresh resource {prefix}{i} without a token")
+                    }
+                    Answer::Queued { position: 1 } => {}
+                    Answer::Queued { position } => bail!(
+                        "lockd queued the acquire of fresh resource {prefix}{i} at position \
+                         {position}, behind another holder or waiter"
+                    ),
                 }
             }
             next = end;
@@ -427,20 +441,31 @@ impl LockdConn {
     /// never has a second request in flight behind a waiting acquire, so the id is not checked
     /// against a table; it is only required to be present.
     async fn next_answer(&mut self) -> Result<Answer> {
+        Ok(self.next_frame().await?.1)
+    }
+
+    /// The next frame from lockd: the id it answers, and what it says.
+    async fn next_frame(&mut self) -> Result<(u64, Answer)> {
         let line = self.lines.next_line(&mut self.stream).await?;
         let reply: Reply<'_> = serde_json::from_slice(line)
             .with_context(|| format!("lockd sent a frame lockbench cannot read: {}", show(line)))?;
-        if reply.id.is_none() {
+        let Some(id) = reply.id else {
             bail!("lockd refused a frame: {}", show(line));
-        }
+        };
         match (reply.event, reply.ok) {
-            (Some("queued"), _) => Ok(Answer::Queued {
-                position: reply.position.unwrap_or(0),
-            }),
-            (None, Some(true)) => Ok(Answer::Ok {
-                token: reply.token,
-                tokens: reply.tokens,
-            }),
+            (Some("queued"), _) => Ok((
+                id,
+                Answer::Queued {
+                    position: reply.position.unwrap_or(0),
+                },
+            )),
+            (None, Some(true)) => Ok((
+                id,
+                Answer::Ok {
+                    token: reply.token,
+                    tokens: reply.tokens,
+                },
+            )),
             _ => bail!("lockd refused a request: {}", show(line)),
         }
     }
