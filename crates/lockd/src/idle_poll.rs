@@ -106,16 +106,19 @@ impl Poller {
     }
 
     fn touch(&self) {
-        self.last_active_ns.store(self.now_ns(), Ordering::Relaxed);
+        // SeqCst here and in the poller's last look before it parks: a toucher that stores and
+        // then sees the poller awake, and a poller that says it sleeps and then looks at
+        // `last_active_ns`, cannot both miss each other (they would only cost a window).
+        self.last_active_ns.store(self.now_ns(), Ordering::SeqCst);
         // Only the toucher that flips `asleep` pays for the wake-up.
-        if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::AcqRel) {
+        if self.asleep.load(Ordering::SeqCst) && self.asleep.swap(false, Ordering::SeqCst) {
             self.thread.unpark();
         }
     }
 
     fn within_window(&self) -> bool {
         self.now_ns()
-            .saturating_sub(self.last_active_ns.load(Ordering::Relaxed))
+            .saturating_sub(self.last_active_ns.load(Ordering::SeqCst))
             < self.window_ns
     }
 
@@ -135,7 +138,7 @@ impl Poller {
             }
             // A touch that flipped `asleep` unparks; a spurious wake-up finds an old
             // `last_active_ns` and parks again.
-            while self.asleep.load(Ordering::Acquire) {
+            while self.asleep.load(Ordering::SeqCst) {
                 std::thread::park();
             }
         }
