@@ -359,7 +359,8 @@ struct Args {
 }
 
 /// `--idle-poll-us` when it is not given: on for a cluster node, whose requests cross threads
-/// and processes; off for a single server, whose requests barely wait (docs/benchmarks.md).
+/// and processes; off for a single server, whose requests barely wait (docs/cluster.md, "Idle
+/// polling", has both measurements).
 const CLUSTER_IDLE_POLL_US: u32 = 200;
 
 impl Args {
