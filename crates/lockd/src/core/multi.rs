@@ -136,8 +136,10 @@ impl LockTable {
             self.observations.push_back(Observation::GroupGranted);
             return Ok(AcquiredMany::Granted(tokens));
         }
-        // A try whose members are all free waits for tokens only: one fsync, not a holder.
-        let try_awaits_tokens = timeout == Some(Duration::ZERO) && blocked.is_none();
+        // Members all free: the wait is for tokens only (one fsync), not for a holder, so a try
+        // waits for it and the waits limit does not count it.
+        let awaits_tokens_only = blocked.is_none();
+        let try_awaits_tokens = timeout == Some(Duration::ZERO) && awaits_tokens_only;
         let blocked = blocked.unwrap_or(first.clone());
         if timeout == Some(Duration::ZERO) && !try_awaits_tokens {
             return Err(LockError::Timeout(blocked));
@@ -146,7 +148,7 @@ impl LockTable {
             .sessions
             .get(&session_id)
             .ok_or(LockError::SessionGone)?;
-        if !try_awaits_tokens && session.waits.len() >= self.config.max_waits_per_session {
+        if !awaits_tokens_only && session.waits.len() >= self.config.max_waits_per_session {
             return Err(LockError::TooManyWaits {
                 waiting: session.waits.len(),
             });

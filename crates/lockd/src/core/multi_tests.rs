@@ -435,3 +435,30 @@ fn a_try_of_free_members_waits_for_tokens_and_a_busy_one_still_fails_at_once() {
         )]
     );
 }
+
+#[test]
+fn a_group_of_free_members_awaiting_tokens_is_not_held_to_the_waits_limit() {
+    let config = TableConfig {
+        max_waits_per_session: 1,
+        ..TableConfig::default()
+    };
+    let mut h = Harness {
+        table: LockTable::restore(config, Default::default(), 1),
+        now: std::time::Instant::now(),
+    };
+    h.table.handle_tokens_reserved(h.now, 3);
+    let [a, g] = [h.session(), h.session()];
+    assert_eq!(h.acquire(a, 1, "held", X), granted_now(2));
+    assert_eq!(h.acquire(a, 2, "other", X), granted_now(3));
+    assert_eq!(h.acquire(g, 1, "held", X), queued(1), "g's one wait");
+    // No token left, both members free: a wait for the fsync, which the limit does not count.
+    assert_eq!(
+        h.acquire_many(g, 2, &[("b", X), ("c", X)], None),
+        Ok(AcquiredMany::Queued { position: 1 })
+    );
+    // Behind a holder, the limit holds.
+    assert_eq!(
+        h.acquire_many(g, 3, &[("other", X), ("d", X)], None),
+        Err(LockError::TooManyWaits { waiting: 2 })
+    );
+}

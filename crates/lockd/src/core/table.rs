@@ -590,7 +590,9 @@ impl LockTable {
             self.notify_hold(&resource, HoldChange::Granted, token, &holder);
             return Ok(Acquired::Granted(token));
         }
+        // A free resource waits for tokens only (one fsync), which the waits limit is not for.
         if timeout != Some(Duration::ZERO)
+            && !free
             && session.waits.len() >= self.config.max_waits_per_session
         {
             if queue.is_idle() {

@@ -320,6 +320,39 @@ fn a_try_lock_of_a_free_resource_waits_for_tokens_instead_of_failing() {
     assert_eq!(effects, vec![granted(b, 1, "g", 2, X)]);
 }
 
+#[test]
+fn a_free_resource_awaiting_tokens_is_not_held_to_the_waits_limit() {
+    let config = TableConfig {
+        max_waits_per_session: 1,
+        ..TableConfig::default()
+    };
+    let mut table = LockTable::restore(config, HashMap::new(), 0);
+    let now = Instant::now();
+    table.handle_tokens_reserved(now, 2);
+    let [a, b] = [(); 2].map(|()| table.open_session(now));
+    let acquire = |table: &mut LockTable, s, id, resource: &str| {
+        table.handle_acquire(now, s, RequestId(id), name(resource), X, None, None)
+    };
+    assert_eq!(acquire(&mut table, a, 1, "f"), Ok(granted_now(1)));
+    assert_eq!(acquire(&mut table, a, 2, "h"), Ok(granted_now(2)));
+    assert_eq!(
+        acquire(&mut table, b, 1, "f"),
+        Ok(queued(1)),
+        "b's one wait"
+    );
+    // No token left: "g" is free, so b waits for the reservation's fsync, not for a holder,
+    // and its waits limit, used up, does not refuse it.
+    assert_eq!(acquire(&mut table, b, 2, "g"), Ok(queued(1)));
+    // Behind a holder, the limit holds.
+    assert_eq!(
+        acquire(&mut table, b, 3, "h"),
+        Err(LockError::TooManyWaits { waiting: 2 })
+    );
+    table.handle_tokens_reserved(now, FIRST_TOKEN_BLOCK);
+    let effects: Vec<_> = std::iter::from_fn(|| table.poll_effect()).collect();
+    assert_eq!(effects, vec![granted(b, 2, "g", 3, X)]);
+}
+
 /// A run reserves as many tokens as it has handed out, from FIRST_TOKEN_BLOCK up to
 /// TOKEN_BLOCK: a short run leaves a small gap for the next one to skip, a busy run fsyncs
 /// its reservation rarely.
