@@ -85,8 +85,9 @@ pub fn start(window: Duration) -> std::io::Result<()> {
         window_ns,
         thread: thread.clone(),
     };
-    // A lost race with another `start` leaves that one's thread in charge; this one's thread
-    // finds that poller and runs it too, which is harmless (two spinners for one window).
+    // main.rs calls this once. Were two calls to race, the loser's thread would spin with the
+    // winner's poller until it first parks, and then stay parked, since touches wake only the
+    // winner's thread: one idle thread too many, nothing worse.
     let _ = POLLER.set(poller);
     thread.unpark();
     Ok(())
