@@ -16,6 +16,20 @@ impl Harness {
         }
     }
 
+    /// A table as a single server restores it: tokens up to `previous` were handed out by an
+    /// earlier run, and only those up to `reserved` may be handed out now (a stalled grant waits
+    /// for `handle_tokens_reserved`).
+    pub(super) fn with_reserved_tokens(
+        config: TableConfig,
+        previous: u64,
+        reserved: u64,
+    ) -> Harness {
+        let now = Instant::now();
+        let mut table = LockTable::restore(config, Default::default(), previous);
+        table.handle_tokens_reserved(now, reserved);
+        Harness { table, now }
+    }
+
     pub(super) fn observations(&mut self) -> Vec<Observation> {
         std::iter::from_fn(|| self.table.poll_observation()).collect()
     }

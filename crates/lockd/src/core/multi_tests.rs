@@ -379,11 +379,7 @@ fn a_waiting_group_survives_an_image() {
 
 #[test]
 fn a_group_waits_for_a_token_reservation_like_any_grant() {
-    let mut h = Harness {
-        table: LockTable::restore(TableConfig::default(), Default::default(), 2),
-        now: std::time::Instant::now(),
-    };
-    h.table.handle_tokens_reserved(h.now, 2);
+    let mut h = Harness::with_reserved_tokens(TableConfig::default(), 2, 2);
     let g = h.session();
     // Two tokens left, three wanted: it waits, holding nothing.
     assert_eq!(
@@ -404,11 +400,7 @@ fn a_group_waits_for_a_token_reservation_like_any_grant() {
 
 #[test]
 fn a_try_of_free_members_waits_for_tokens_and_a_busy_one_still_fails_at_once() {
-    let mut h = Harness {
-        table: LockTable::restore(TableConfig::default(), Default::default(), 2),
-        now: std::time::Instant::now(),
-    };
-    h.table.handle_tokens_reserved(h.now, 2);
+    let mut h = Harness::with_reserved_tokens(TableConfig::default(), 2, 2);
     let g = h.session();
     let other = h.session();
     let zero = Some(0);
@@ -442,11 +434,7 @@ fn a_group_of_free_members_awaiting_tokens_is_not_held_to_the_waits_limit() {
         max_waits_per_session: 1,
         ..TableConfig::default()
     };
-    let mut h = Harness {
-        table: LockTable::restore(config, Default::default(), 1),
-        now: std::time::Instant::now(),
-    };
-    h.table.handle_tokens_reserved(h.now, 3);
+    let mut h = Harness::with_reserved_tokens(config, 1, 3);
     let [a, g] = [h.session(), h.session()];
     assert_eq!(h.acquire(a, 1, "held", X), granted_now(2));
     assert_eq!(h.acquire(a, 2, "other", X), granted_now(3));
