@@ -37,7 +37,7 @@ use crate::cluster::node::{ClusterNode, ClusterOptions, NodeError};
 use crate::connection::{self, Accepted, ConnectionLimits};
 use crate::core::{LockTable, TableConfig};
 use crate::metrics::Metrics;
-use crate::single::Driver;
+use crate::single::{wall_clock_us, Driver};
 use crate::store::{CommitBatch, RedbStore, Store, StoreError, StoredState};
 
 /// Everything the server needs to know; `main.rs` builds it from the command line.
@@ -126,21 +126,6 @@ pub const DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES: usize = 16 * 1024;
 /// job name, far below what would weigh on logs or a cluster's log entries.
 pub const DEFAULT_MAX_CLIENT_NAME_BYTES: usize = 256;
 
-/// The lowest token a store that handed out tokens before may start from: the wall clock in
-/// microseconds since the Unix epoch. lockd issues tokens far slower than one per microsecond,
-/// so every token any copy of this store issued before now is below it, and a restored backup
-/// never hands a token out twice, without anyone telling lockd what was issued since. The
-/// assumption: the clock at a start is later than at any earlier run's start plus its tokens
-/// in microseconds (a clock set back by more than that could repeat tokens after a restore; a
-/// plain restart is still safe, since it also starts above the store's own reservation).
-fn clock_token_floor() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
-        })
-}
-
 /// How long shutdown waits for connections to write their last frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -209,10 +194,16 @@ impl Server {
             LockTable::restore(config.table.clone(), stored.values, stored.tokens_reserved);
         if stored.tokens_reserved > 0 {
             // This store handed out tokens before, and may be a copy restored from a backup,
-            // whose reservation knows nothing of the tokens issued after it was taken.
-            table.raise_token_floor(clock_token_floor());
+            // whose reservation knows nothing of the tokens issued after it was taken. lockd
+            // hands out tokens far slower than one per microsecond and never reserves beyond
+            // the clock by more than FIRST_TOKEN_BLOCK (see `tokens_wanted`), so every token
+            // any copy of this store issued before now is below the clock. The assumption: the
+            // clock at a start is not behind the clock of an earlier run by more than a few
+            // milliseconds (a plain restart is safe anyway: it also starts above the store's
+            // own reservation).
+            table.raise_token_floor(wall_clock_us());
         }
-        if let Some(reserved) = table.tokens_wanted() {
+        if let Some(reserved) = table.tokens_wanted(wall_clock_us()) {
             store.commit(&CommitBatch {
                 values: Vec::new(),
                 tokens_reserved: Some(reserved),

@@ -282,7 +282,6 @@ impl LockTable {
         table.effects = VecDeque::new();
         table.next_session = image.next_session;
         table.next_token = image.next_token;
-        table.run_first_token = image.next_token;
         table.next_ticket = image.next_ticket;
         for (session, watch, resource) in image.watches {
             if !table.sessions.contains_key(&session) {

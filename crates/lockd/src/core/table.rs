@@ -119,12 +119,12 @@ pub enum Acquired {
 /// The most tokens a reservation covers: one fsync per million grants at full speed.
 pub const TOKEN_BLOCK: u64 = 1 << 20;
 
-/// The fewest tokens a reservation covers, and what a run's first one covers. A run reserves
-/// as many tokens as it has handed out so far, between this and [`TOKEN_BLOCK`]: a restarted
-/// server skips what is left of the last reservation, and a run that handed out few tokens
-/// must not leave a large gap, or a crash loop would push tokens ahead of the wall clock,
-/// which a server restored from a backup relies on to start above every token issued since
-/// (see `clock_token_floor` in `server.rs`).
+/// The fewest tokens a reservation covers. A reservation reaches no further than the wall
+/// clock in microseconds, or this far past the last token handed out if that is higher (see
+/// [`LockTable::tokens_wanted`]): a restarted server skips what is left of the last
+/// reservation, and the tokens of a crash loop must not run ahead of the clock, which a server
+/// restored from a backup relies on to start above every token issued since (see
+/// `clock_token_floor` in `server.rs`).
 pub const FIRST_TOKEN_BLOCK: u64 = 1 << 12;
 
 /// A hold ended by [`LockTable::handle_force_release`]. Serializable, because a cluster's
@@ -186,9 +186,6 @@ pub struct LockTable {
     /// it; a grant that would is held back (see `stalled`) until the driver has made a new
     /// reservation durable and called `handle_tokens_reserved`.
     pub(super) token_limit: u64,
-    /// The first token this run could hand out: reservations grow with what it has handed
-    /// out since (see [`FIRST_TOKEN_BLOCK`]).
-    pub(super) run_first_token: u64,
     /// Resources whose next grant waits for a token reservation.
     pub(super) stalled: BTreeSet<ResourceName>,
     /// Resources in lock-delay, with the instant it ends: a holder that asked for a lock-delay
@@ -232,7 +229,6 @@ impl LockTable {
             next_session: 1,
             next_token: tokens_reserved.saturating_add(1),
             token_limit: tokens_reserved,
-            run_first_token: tokens_reserved.saturating_add(1),
             stalled: BTreeSet::new(),
             delayed: OrdMap::new(),
             next_ticket: 0,
@@ -790,11 +786,19 @@ impl LockTable {
 
     /// The reservation to make durable now, if the tokens left under the current one are
     /// running low: the new highest token that may be handed out. Ask after every input.
-    pub fn tokens_wanted(&self) -> Option<u64> {
+    ///
+    /// `clock_us` is the wall clock in microseconds since the Unix epoch. A reservation covers
+    /// the tokens between the last one handed out and the clock, at least
+    /// [`FIRST_TOKEN_BLOCK`] and at most [`TOKEN_BLOCK`]. A data directory's first run counts
+    /// from 1, far below the clock, and reserves a million at once; a restarted one counts from
+    /// the clock, and its reservations grow as the clock moves ahead of its grants. So no
+    /// token is ever reserved beyond the clock by more than [`FIRST_TOKEN_BLOCK`].
+    pub fn tokens_wanted(&self, clock_us: u64) -> Option<u64> {
         let issued = self.next_token - 1;
         let left = self.token_limit.saturating_sub(issued);
-        let this_run = self.next_token - self.run_first_token;
-        let block = this_run.clamp(FIRST_TOKEN_BLOCK, TOKEN_BLOCK);
+        let block = clock_us
+            .saturating_sub(issued)
+            .clamp(FIRST_TOKEN_BLOCK, TOKEN_BLOCK);
         (self.token_limit != u64::MAX && left < block / 2).then(|| issued.saturating_add(block))
     }
 
@@ -834,11 +838,9 @@ impl LockTable {
         self.values.entry(resource).or_insert(value);
     }
 
+    /// Hands out no token below `floor` from now on: a single server's start on a store that
+    /// handed out tokens before (the wall clock), and a cluster's entries (their time).
     pub fn raise_token_floor(&mut self, floor: u64) {
-        if self.next_token == self.run_first_token {
-            // Nothing handed out yet: this run starts at the floor.
-            self.run_first_token = self.run_first_token.max(floor);
-        }
         self.next_token = self.next_token.max(floor);
     }
 

@@ -405,7 +405,7 @@ impl Driver {
         if self.committer.is_running() {
             return;
         }
-        let tokens_reserved = self.table.tokens_wanted();
+        let tokens_reserved = self.table.tokens_wanted(super::wall_clock_us());
         let Some((id, batch)) = self.pipeline.start_commit(tokens_reserved) else {
             return;
         };
