@@ -270,6 +270,8 @@ fn run_writer<C: RaftTypeConfig>(
                 // The sync keeps this thread off the CPU for a while: keep the CPU awake for
                 // when it is done (see `idle_poll`).
                 crate::idle_poll::touch();
+                #[cfg(test)]
+                test_stall::wait_while_stalled();
                 let started = Instant::now();
                 let written = write_batch(&mut wal, &index, &batch);
                 if let Some(histogram) = &sync_seconds {
@@ -362,6 +364,8 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
         sync_seconds: Option<Histogram>,
         segment_bytes: u64,
     ) -> Result<Self, StorageError<C::NodeId>> {
+        #[cfg(test)]
+        let stall_key = dir.clone();
         let opened = blocking(move || {
             if let Some(db) = legacy {
                 move_legacy_log(&db, &dir)?;
@@ -399,7 +403,11 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
         let writer_index = Arc::clone(&index);
         let writer_thread = std::thread::Builder::new()
             .name("raft-log-writer".to_owned())
-            .spawn(move || run_writer::<C>(wal, writer_index, ops, sync_seconds))
+            .spawn(move || {
+                #[cfg(test)]
+                test_stall::writer_of(stall_key);
+                run_writer::<C>(wal, writer_index, ops, sync_seconds)
+            })
             .map_err(|err| {
                 StorageFault::Io(err).into_storage(ErrorSubject::Store, ErrorVerb::Write)
             })?;
@@ -844,3 +852,48 @@ where
 #[cfg(test)]
 #[path = "log_store_tests.rs"]
 mod tests;
+
+/// Tests only: a stuck disk. While a log directory is stalled, its writer thread waits before
+/// each write, as if its sync hung, and whoever waits for the log waits with it.
+#[cfg(test)]
+pub(crate) mod test_stall {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Condvar, Mutex, PoisonError};
+
+    static STALLED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    static CHANGED: Condvar = Condvar::new();
+
+    thread_local! {
+        static WRITER_OF: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    }
+
+    /// This thread writes the log in `dir`.
+    pub(super) fn writer_of(dir: PathBuf) {
+        WRITER_OF.with(|key| *key.borrow_mut() = Some(dir));
+    }
+
+    /// Blocks while this thread's log directory is stalled.
+    pub(super) fn wait_while_stalled() {
+        let Some(dir) = WRITER_OF.with(|key| key.borrow().clone()) else {
+            return;
+        };
+        let stalled = STALLED.lock().unwrap_or_else(PoisonError::into_inner);
+        let _released = CHANGED
+            .wait_while(stalled, |stalled| stalled.contains(&dir))
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
+    /// Stalls the log in `dir` (a store's directory, as given to `open`) until [`release`].
+    pub(crate) fn stall(dir: &Path) {
+        let mut stalled = STALLED.lock().unwrap_or_else(PoisonError::into_inner);
+        stalled.insert(dir.to_path_buf());
+    }
+
+    pub(crate) fn release(dir: &Path) {
+        let mut stalled = STALLED.lock().unwrap_or_else(PoisonError::into_inner);
+        stalled.remove(dir);
+        CHANGED.notify_all();
+    }
+}

@@ -34,3 +34,6 @@ pub mod wire;
 
 #[cfg(test)]
 mod testing;
+
+#[cfg(test)]
+mod disk_stall_tests;

@@ -215,6 +215,16 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
     async fn dispatch(&self, request: PeerRequest<C>) -> PeerReply<C> {
         match request {
             PeerRequest::AppendEntries(rpc) => {
+                // From the leader this node follows (or a newer one): it is alive, whatever
+                // this node's disk does now. The answer waits for this node's log sync, which
+                // can hang for seconds; counting the leader heard only then would let this
+                // node's election timer run out under a live leader, and its election would
+                // unseat that leader as soon as the disk came back.
+                let metrics = self.raft.metrics();
+                let from_leader = rpc.vote.is_committed() && rpc.vote >= metrics.borrow().vote;
+                if from_leader {
+                    self.leader_contact.heard(std::time::Instant::now());
+                }
                 let reply = self.raft.append_entries(rpc).await;
                 // Any answer but a higher vote means the sender is the leader this node follows.
                 if matches!(&reply, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
