@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use openraft::error::ClientWriteError;
 use openraft::ServerState;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -158,10 +159,10 @@ async fn a_follower_whose_disk_stalls_does_not_unseat_a_live_leader() {
     // The follower's log hangs for three election timeouts, long past when it would run for
     // leader if it took its leader for dead, while the other two commit without it.
     let log_dir = nodes[follower].dir.path().join(LOG_DIR);
-    test_stall::stall(&log_dir);
+    let stall = test_stall::stall(&log_dir);
     let during = commit_one(&nodes[leader]).await;
     tokio::time::sleep(3 * ELECTION_TIMEOUT).await;
-    test_stall::release(&log_dir);
+    stall.release();
 
     // It catches up, and a commit after the stall reaches it: any vote it asked for by now
     // has been answered, and any higher term it took has reached the leader.
@@ -178,6 +179,82 @@ async fn a_follower_whose_disk_stalls_does_not_unseat_a_live_leader() {
         nodes[leader].node.node_id
     );
     assert_eq!(agreed_leader(&nodes).await, leader);
+    for node in nodes {
+        node.node.shutdown().await;
+    }
+}
+
+/// openraft 0.9's leader stops when its own log's sync hangs (its core waits for the sync
+/// before it goes on, heartbeats included): the other two elect a new leader and serve, and
+/// the old one, its disk back, follows the new one; what its client asked meanwhile fails
+/// rather than hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_stalls_is_replaced_and_follows_once_its_disk_is_back() {
+    let nodes = start_cluster().await;
+    let old = agreed_leader(&nodes).await;
+    let index = commit_one(&nodes[old]).await;
+    for node in &nodes {
+        wait_applied(node, index).await;
+    }
+    let term = nodes[old].term();
+
+    let stall = test_stall::stall(&nodes[old].dir.path().join(LOG_DIR));
+    let raft = nodes[old].node.raft.clone();
+    let stuck_write = tokio::spawn(async move {
+        let proposal = Proposal {
+            at_ms: 1,
+            ops: vec![EntryOp::Tick],
+        };
+        raft.client_write(proposal).await
+    });
+    // The other two elect one of themselves and commit without the old leader.
+    let others: Vec<&TestNode> = (0..nodes.len())
+        .filter(|&i| i != old)
+        .map(|i| &nodes[i])
+        .collect();
+    let started = Instant::now();
+    let new = loop {
+        let led: Vec<_> = others
+            .iter()
+            .map(|n| {
+                let metrics = n.node.raft.metrics();
+                let metrics = metrics.borrow();
+                (metrics.state, metrics.current_term)
+            })
+            .collect();
+        if let Some(i) = led
+            .iter()
+            .position(|(state, t)| *state == ServerState::Leader && *t > term)
+        {
+            break others[i];
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the two nodes with working disks elected no leader within {DEADLINE:?}: {led:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let committed = commit_one(new).await;
+
+    stall.release();
+    let stuck = tokio::time::timeout(DEADLINE, stuck_write)
+        .await
+        .expect("the write sent to the stalled leader is answered once its disk is back")
+        .unwrap();
+    // Committed after all, if the old leader replicated it before it stopped (then the new
+    // leader has it, by Raft's leader completeness), or refused, naming the new leader.
+    if let Err(err) = &stuck {
+        assert!(
+            matches!(
+                err,
+                openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(_))
+            ),
+            "the write sent to the stalled leader: {err}"
+        );
+    }
+    wait_applied(&nodes[old], committed).await;
+    let position = agreed_leader(&nodes).await;
+    assert_eq!(nodes[position].node.node_id, new.node.node_id);
     for node in nodes {
         node.node.shutdown().await;
     }

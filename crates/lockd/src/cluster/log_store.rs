@@ -885,15 +885,27 @@ pub(crate) mod test_stall {
             .unwrap_or_else(PoisonError::into_inner);
     }
 
-    /// Stalls the log in `dir` (a store's directory, as given to `open`) until [`release`].
-    pub(crate) fn stall(dir: &Path) {
+    /// Stalls the log in `dir` (a store's directory, as given to `open`) until the guard is
+    /// released or dropped (a failing test must not leave a writer stuck, or its runtime
+    /// would never finish shutting down).
+    pub(crate) fn stall(dir: &Path) -> Stall {
         let mut stalled = STALLED.lock().unwrap_or_else(PoisonError::into_inner);
         stalled.insert(dir.to_path_buf());
+        Stall(dir.to_path_buf())
     }
 
-    pub(crate) fn release(dir: &Path) {
-        let mut stalled = STALLED.lock().unwrap_or_else(PoisonError::into_inner);
-        stalled.remove(dir);
-        CHANGED.notify_all();
+    /// A stalled log; see [`stall`].
+    pub(crate) struct Stall(PathBuf);
+
+    impl Stall {
+        pub(crate) fn release(self) {}
+    }
+
+    impl Drop for Stall {
+        fn drop(&mut self) {
+            let mut stalled = STALLED.lock().unwrap_or_else(PoisonError::into_inner);
+            stalled.remove(&self.0);
+            CHANGED.notify_all();
+        }
     }
 }
