@@ -8,14 +8,16 @@
 //! entries are reported flushed (through openraft's callback) only once durable; the committed
 //! index, which openraft lets lag, is kept in memory and written with the next of those.
 //!
-//! `append` does not wait for the disk: openraft's core calls it inline, and would stand still
-//! for the whole sync, and replication (which reads the entries back) would start only after
-//! it, so a commit would cost the leader's sync and then a follower's, one after the other.
-//! Instead `append` puts the entries in the in-memory index, where readers find them at once,
-//! and hands them to the log's writer thread, which writes everything queued in one batch with
-//! one sync, then tells openraft through each append's callback. The writer is a thread of its
-//! own rather than a task on Tokio's blocking pool: it does nothing but block on the disk, and a
-//! hand-off to the pool for each batch would cost a wake-up each time.
+//! `append` does not wait for the disk: it puts the entries in the in-memory index, where
+//! readers find them at once, and hands them to the log's writer thread, which writes
+//! everything queued in one batch with one sync, then tells openraft through each append's
+//! callback. The writer is a thread of its own rather than a task on Tokio's blocking pool: it
+//! does nothing but block on the disk, and a hand-off to the pool for each batch would cost a
+//! wake-up each time. openraft 0.9.25's core still waits for the callback before it goes on
+//! (its `append_to_log` awaits it), so on a leader replication starts only after the leader's
+//! sync: a commit costs the leader's sync and then a follower's (docs/cluster.md, "Where the
+//! time of one request goes"). What returning early buys is the batching, and a store ready
+//! for an openraft that does not wait.
 //!
 //! The index keeps each live entry, decoded, until it is written, and then the most recent
 //! ones (up to `CACHED_BYTES` encoded), which is what replication reads: a clone, not a decode
