@@ -109,17 +109,21 @@ async fn agreed_leader(nodes: &[TestNode]) -> usize {
     }
 }
 
-/// Commits an entry through `leader` and returns its index, or says why it could not.
-async fn try_commit_one(leader: &TestNode) -> Result<u64, String> {
+/// A `Tick` stamped with the wall clock, as a leader's front end stamps its entries.
+fn tick_now() -> Proposal {
     let at_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    let proposal = Proposal {
+    Proposal {
         at_ms: u64::try_from(at_ms).unwrap(),
         ops: vec![EntryOp::Tick],
-    };
-    match tokio::time::timeout(DEADLINE, leader.node.raft.client_write(proposal)).await {
+    }
+}
+
+/// Commits an entry through `leader` and returns its index, or says why it could not.
+async fn try_commit_one(leader: &TestNode) -> Result<u64, String> {
+    match tokio::time::timeout(DEADLINE, leader.node.raft.client_write(tick_now())).await {
         Ok(Ok(written)) => Ok(written.log_id.index),
         Ok(Err(err)) => Err(err.to_string()),
         Err(_) => Err(format!("no commit within {DEADLINE:?}")),
@@ -200,13 +204,7 @@ async fn a_leader_whose_disk_stalls_is_replaced_and_follows_once_its_disk_is_bac
 
     let stall = test_stall::stall(&nodes[old].dir.path().join(LOG_DIR));
     let raft = nodes[old].node.raft.clone();
-    let stuck_write = tokio::spawn(async move {
-        let proposal = Proposal {
-            at_ms: 1,
-            ops: vec![EntryOp::Tick],
-        };
-        raft.client_write(proposal).await
-    });
+    let stuck_write = tokio::spawn(async move { raft.client_write(tick_now()).await });
     // The other two elect one of themselves and commit without the old leader.
     let others: Vec<&TestNode> = (0..nodes.len())
         .filter(|&i| i != old)
