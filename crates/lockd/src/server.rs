@@ -195,12 +195,12 @@ impl Server {
         if stored.tokens_reserved > 0 {
             // This store handed out tokens before, and may be a copy restored from a backup,
             // whose reservation knows nothing of the tokens issued after it was taken. lockd
-            // hands out tokens far slower than one per microsecond and never reserves beyond
-            // the clock by more than FIRST_TOKEN_BLOCK (see `tokens_wanted`), so every token
-            // any copy of this store issued before now is below the clock. The assumption: the
-            // clock at a start is not behind the clock of an earlier run by more than a few
-            // milliseconds (a plain restart is safe anyway: it also starts above the store's
-            // own reservation).
+            // hands out tokens far slower than one per microsecond and reserves past the clock
+            // by at most MIN_TOKEN_BLOCK, 4 ms' worth (see `tokens_wanted` for when that
+            // holds), so every token any copy of this store issued is below the clock a few
+            // milliseconds later. The assumption: the clock at a start is not behind the clock
+            // of an earlier run by more than that (a plain restart is safe anyway: it also
+            // starts above the store's own reservation).
             table.raise_token_floor(wall_clock_us());
         }
         if let Some(reserved) = table.tokens_wanted(wall_clock_us()) {

@@ -20,7 +20,7 @@ pub use observation::{HoldEnd, Observation, SessionEnd, WaitEnd};
 pub use queue::Claim;
 pub use table::{
     Acquired, ForcedRelease, LockTable, StatusPage, TableConfig, DEFAULT_MAX_RESOURCES_PER_ACQUIRE,
-    DEFAULT_MAX_STATUS_LIMIT, FIRST_TOKEN_BLOCK, MAX_RESOURCES_PER_ACQUIRE, TOKEN_BLOCK,
+    DEFAULT_MAX_STATUS_LIMIT, MAX_RESOURCES_PER_ACQUIRE, MIN_TOKEN_BLOCK, TOKEN_BLOCK,
 };
 
 #[cfg(test)]

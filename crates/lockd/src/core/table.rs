@@ -82,7 +82,7 @@ pub const DEFAULT_MAX_RESOURCES_PER_ACQUIRE: usize = 64;
 
 /// The largest [`TableConfig::max_resources_per_acquire`] a server accepts: a group's grant
 /// hands out one token per member at once, and a token reservation is never asked for before
-/// fewer than `FIRST_TOKEN_BLOCK / 2` tokens are left, so a group must fit in that.
+/// fewer than `MIN_TOKEN_BLOCK / 2` tokens are left, so a group must fit in that.
 pub const MAX_RESOURCES_PER_ACQUIRE: usize = 1_024;
 
 /// One page of `status`, from [`LockTable::status_page`].
@@ -119,13 +119,13 @@ pub enum Acquired {
 /// The most tokens a reservation covers: one fsync per million grants at full speed.
 pub const TOKEN_BLOCK: u64 = 1 << 20;
 
-/// The fewest tokens a reservation covers. A reservation reaches no further than the wall
-/// clock in microseconds, or this far past the last token handed out if that is higher (see
-/// [`LockTable::tokens_wanted`]): a restarted server skips what is left of the last
-/// reservation, and the tokens of a crash loop must not run ahead of the clock, which a server
-/// restored from a backup relies on to start above every token issued since (see
-/// `clock_token_floor` in `server.rs`).
-pub const FIRST_TOKEN_BLOCK: u64 = 1 << 12;
+/// The fewest tokens a reservation covers, so that a run near the clock still fsyncs a
+/// reservation only every few thousand grants. A reservation otherwise reaches no further than
+/// the wall clock in microseconds (see [`LockTable::tokens_wanted`]): a restarted server skips
+/// what is left of the last reservation, and a crash loop must not push tokens ahead of the
+/// clock, which a server restored from a backup relies on to start above every token issued
+/// since (see `Server::with_store`).
+pub const MIN_TOKEN_BLOCK: u64 = 1 << 12;
 
 /// A hold ended by [`LockTable::handle_force_release`]. Serializable, because a cluster's
 /// state machine hands it back to the node that proposed the forced release.
@@ -788,17 +788,19 @@ impl LockTable {
     /// running low: the new highest token that may be handed out. Ask after every input.
     ///
     /// `clock_us` is the wall clock in microseconds since the Unix epoch. A reservation covers
-    /// the tokens between the last one handed out and the clock, at least
-    /// [`FIRST_TOKEN_BLOCK`] and at most [`TOKEN_BLOCK`]. A data directory's first run counts
-    /// from 1, far below the clock, and reserves a million at once; a restarted one counts from
-    /// the clock, and its reservations grow as the clock moves ahead of its grants. So no
-    /// token is ever reserved beyond the clock by more than [`FIRST_TOKEN_BLOCK`].
+    /// the tokens between the last one handed out and the clock, at least [`MIN_TOKEN_BLOCK`]
+    /// and at most [`TOKEN_BLOCK`]. A data directory's first run counts from 1, far below the
+    /// clock, and reserves [`TOKEN_BLOCK`] at once; a restarted one counts from the clock, and
+    /// its reservations grow as the clock moves ahead of its grants. So a reservation reaches
+    /// past the clock by at most [`MIN_TOKEN_BLOCK`], as long as grants come slower than one a
+    /// microsecond and each run lives longer than [`MIN_TOKEN_BLOCK`] microseconds (4 ms): a
+    /// crash loop faster than that could step further ahead, one minimum block per run.
     pub fn tokens_wanted(&self, clock_us: u64) -> Option<u64> {
         let issued = self.next_token - 1;
         let left = self.token_limit.saturating_sub(issued);
         let block = clock_us
             .saturating_sub(issued)
-            .clamp(FIRST_TOKEN_BLOCK, TOKEN_BLOCK);
+            .clamp(MIN_TOKEN_BLOCK, TOKEN_BLOCK);
         (self.token_limit != u64::MAX && left < block / 2).then(|| issued.saturating_add(block))
     }
 

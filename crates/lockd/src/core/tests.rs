@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use protocol::{FenceToken, LockMode, RequestId, SessionId};
 
 use super::harness::*;
-use super::table::{FIRST_TOKEN_BLOCK, TOKEN_BLOCK};
+use super::table::{MIN_TOKEN_BLOCK, TOKEN_BLOCK};
 use super::*;
 
 use LockMode::{Exclusive as X, Shared as S};
@@ -241,14 +241,14 @@ fn a_restored_table_grants_above_the_old_reservation_once_a_new_one_is_durable()
     let now = Instant::now();
     let s = table.open_session(now);
     // The clock at the old reservation, as on a restart that raised the floor to the clock.
-    assert_eq!(table.tokens_wanted(1000), Some(1000 + FIRST_TOKEN_BLOCK));
+    assert_eq!(table.tokens_wanted(1000), Some(1000 + MIN_TOKEN_BLOCK));
     // Free, but no token is durable yet: the acquire waits instead of reusing a token.
     assert_eq!(
         table.handle_acquire(now, s, RequestId(1), name("f"), X, None, None),
         Ok(queued(1))
     );
     assert_eq!(table.poll_effect(), None);
-    table.handle_tokens_reserved(now, 1000 + FIRST_TOKEN_BLOCK);
+    table.handle_tokens_reserved(now, 1000 + MIN_TOKEN_BLOCK);
     assert_eq!(table.poll_effect(), Some(granted(s, 1, "f", 1001, X)));
     assert_eq!(table.tokens_wanted(1000), None);
     assert_eq!(
@@ -264,7 +264,7 @@ fn grants_pause_when_reserved_tokens_run_out_and_resume_in_order() {
     table.handle_tokens_reserved(now, 2);
     assert_eq!(
         table.tokens_wanted(0),
-        Some(FIRST_TOKEN_BLOCK),
+        Some(MIN_TOKEN_BLOCK),
         "running low: ask early"
     );
     let [a, b, c, d] = [(); 4].map(|()| table.open_session(now));
@@ -279,7 +279,7 @@ fn grants_pause_when_reserved_tokens_run_out_and_resume_in_order() {
         .handle_release(now, a, &name("f"), FenceToken(1))
         .unwrap();
     assert_eq!(table.poll_effect(), None, "c must wait for tokens too");
-    table.handle_tokens_reserved(now, FIRST_TOKEN_BLOCK);
+    table.handle_tokens_reserved(now, MIN_TOKEN_BLOCK);
     let effects: Vec<_> = std::iter::from_fn(|| table.poll_effect()).collect();
     assert_eq!(
         effects,
@@ -316,7 +316,7 @@ fn a_try_lock_of_a_free_resource_waits_for_tokens_instead_of_failing() {
     // No deadline: it waits for tokens only.
     table.handle_timeout(now + Duration::from_secs(1));
     assert_eq!(table.poll_effect(), None);
-    table.handle_tokens_reserved(now, FIRST_TOKEN_BLOCK);
+    table.handle_tokens_reserved(now, MIN_TOKEN_BLOCK);
     let effects: Vec<_> = std::iter::from_fn(|| table.poll_effect()).collect();
     assert_eq!(effects, vec![granted(b, 1, "g", 2, X)]);
 }
@@ -349,12 +349,12 @@ fn a_free_resource_awaiting_tokens_is_not_held_to_the_waits_limit() {
         acquire(&mut table, b, 3, "h"),
         Err(LockError::TooManyWaits { waiting: 2 })
     );
-    table.handle_tokens_reserved(now, FIRST_TOKEN_BLOCK);
+    table.handle_tokens_reserved(now, MIN_TOKEN_BLOCK);
     let effects: Vec<_> = std::iter::from_fn(|| table.poll_effect()).collect();
     assert_eq!(effects, vec![granted(b, 2, "g", 3, X)]);
 }
 
-/// A reservation reaches up to the wall clock, at least FIRST_TOKEN_BLOCK and at most
+/// A reservation reaches up to the wall clock, at least MIN_TOKEN_BLOCK and at most
 /// TOKEN_BLOCK past the last token handed out: a fresh data directory, far below the clock,
 /// fsyncs a reservation once per million grants; one that starts at the clock reserves more as
 /// the clock moves ahead of its grants.
@@ -369,17 +369,17 @@ fn reservations_reach_up_to_the_clock() {
     table.raise_token_floor(clock);
     assert_eq!(
         table.tokens_wanted(clock),
-        Some(clock - 1 + FIRST_TOKEN_BLOCK)
+        Some(clock - 1 + MIN_TOKEN_BLOCK)
     );
-    table.handle_tokens_reserved(now, clock - 1 + FIRST_TOKEN_BLOCK);
+    table.handle_tokens_reserved(now, clock - 1 + MIN_TOKEN_BLOCK);
     let s = table.open_session(now);
     let mut issued = clock - 1;
-    for id in 1..=FIRST_TOKEN_BLOCK / 2 {
+    for id in 1..=MIN_TOKEN_BLOCK / 2 {
         issued = grant_and_release(&mut table, now, s, id);
     }
-    assert_eq!(issued, clock - 1 + FIRST_TOKEN_BLOCK / 2);
+    assert_eq!(issued, clock - 1 + MIN_TOKEN_BLOCK / 2);
     assert_eq!(table.tokens_wanted(clock), None, "half the block is left");
-    issued = grant_and_release(&mut table, now, s, FIRST_TOKEN_BLOCK / 2 + 1);
+    issued = grant_and_release(&mut table, now, s, MIN_TOKEN_BLOCK / 2 + 1);
     // 100 ms later the clock is 100,000 µs ahead: that much is reserved.
     assert_eq!(
         table.tokens_wanted(clock + 100_000),
@@ -394,7 +394,7 @@ fn reservations_reach_up_to_the_clock() {
 }
 
 /// A server that hands out at most half a token a microsecond (500,000 a second, several times
-/// what lockd can) never reserves more than FIRST_TOKEN_BLOCK beyond the wall clock, through a
+/// what lockd can) never reserves more than MIN_TOKEN_BLOCK beyond the wall clock, through a
 /// long busy run and a crash loop of runs that each live 10 ms. So a copy restored from a
 /// backup, which starts at the clock, never hands out a token twice (operations.md, "Backup
 /// and restore").
@@ -414,7 +414,7 @@ fn reservations_stay_within_a_first_block_of_the_clock() {
         for id in 0..grants {
             if let Some(wanted) = table.tokens_wanted(clock) {
                 assert!(
-                    wanted <= clock + FIRST_TOKEN_BLOCK,
+                    wanted <= clock + MIN_TOKEN_BLOCK,
                     "run {run}, grant {id}: reserved {} past the clock",
                     wanted - clock
                 );
