@@ -399,7 +399,7 @@ fn reservations_reach_up_to_the_clock() {
 /// backup, which starts at the clock, never hands out a token twice (operations.md, "Backup
 /// and restore").
 #[test]
-fn reservations_stay_within_a_first_block_of_the_clock() {
+fn reservations_stay_within_a_minimum_block_of_the_clock() {
     let now = Instant::now();
     let mut clock: u64 = 1_800_000_000_000_000;
     let mut reserved = 0;
