@@ -37,3 +37,7 @@ mod testing;
 
 #[cfg(test)]
 mod disk_stall_tests;
+#[cfg(test)]
+mod election_tests;
+#[cfg(test)]
+mod test_cluster;

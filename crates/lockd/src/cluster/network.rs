@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::fmt::{self, Debug};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -45,6 +44,7 @@ use openraft::{AnyError, BasicNode, RaftTypeConfig};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use super::election_timer::ElectionSignals;
 use super::transport::PeerCredentials;
 use super::wire::{
     self, FrameError, Hello, PeerReply, PeerRequest, PeerStream, ReplyFrame, RequestFrame, Welcome,
@@ -109,10 +109,9 @@ pub struct PeerNetwork<C: RaftTypeConfig> {
     /// Presented on every connection: its TLS certificate and its secret, when set.
     credentials: PeerCredentials,
     idle: IdlePeerConnections,
-    /// Set when a peer refused this node's vote request because its own log is longer: this
-    /// node cannot win, and should wait longer before it tries again (see
-    /// `election_timer.rs`).
-    greater_log_seen: Arc<AtomicBool>,
+    /// Told when a peer refuses this node's vote request in a way that bears on when this node
+    /// should next run (see `election_timer.rs`).
+    election_signals: Arc<ElectionSignals>,
 }
 
 impl<C: RaftTypeConfig> PeerNetwork<C> {
@@ -122,14 +121,13 @@ impl<C: RaftTypeConfig> PeerNetwork<C> {
             own_id,
             credentials,
             idle: IdlePeerConnections::default(),
-            greater_log_seen: Arc::default(),
+            election_signals: Arc::default(),
         }
     }
 
-    /// Set (by any client of this network) when a peer refused a vote for having a longer
-    /// log; the election timer takes it back.
-    pub fn greater_log_seen(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.greater_log_seen)
+    /// What this network's clients tell the election timer of the votes peers refuse.
+    pub(crate) fn election_signals(&self) -> Arc<ElectionSignals> {
+        Arc::clone(&self.election_signals)
     }
 }
 
@@ -139,7 +137,7 @@ impl<C: RaftTypeConfig> Clone for PeerNetwork<C> {
             own_id: self.own_id.clone(),
             credentials: self.credentials.clone(),
             idle: self.idle.clone(),
-            greater_log_seen: Arc::clone(&self.greater_log_seen),
+            election_signals: Arc::clone(&self.election_signals),
         }
     }
 }
@@ -175,7 +173,7 @@ where
             node: node.clone(),
             credentials: self.credentials.clone(),
             idle: self.idle.clone(),
-            greater_log_seen: Arc::clone(&self.greater_log_seen),
+            election_signals: Arc::clone(&self.election_signals),
             address: node.peer_addr().to_owned(),
             connection: None,
             next_request_id: 1,
@@ -194,7 +192,7 @@ pub struct PeerClient<C: RaftTypeConfig> {
     idle: IdlePeerConnections,
     /// The target's peer address: the key of its connections in `idle`.
     address: String,
-    greater_log_seen: Arc<AtomicBool>,
+    election_signals: Arc<ElectionSignals>,
     /// `Some` only between RPCs that succeeded: an RPC takes it out and puts it back when it
     /// got its reply, so a failed or cancelled RPC leaves `None` and the next one reconnects.
     connection: Option<PeerStream>,
@@ -361,12 +359,22 @@ where
         rpc: VoteRequest<C::NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>> {
-        let last_log_id = rpc.last_log_id.clone();
+        let (vote, last_log_id) = (rpc.vote.clone(), rpc.last_log_id.clone());
         let request = PeerRequest::Vote(rpc);
         match self.call(request, RPCTypes::Vote, option.hard_ttl()).await {
             Ok(PeerReply::Vote(Ok(response))) => {
-                if !response.vote_granted && response.last_log_id > last_log_id {
-                    self.greater_log_seen.store(true, Ordering::Relaxed);
+                if !response.vote_granted {
+                    if response.last_log_id > last_log_id {
+                        self.election_signals.greater_log_seen();
+                    } else if response.last_log_id < last_log_id
+                        && response.vote > vote
+                        && !response.vote.is_committed()
+                        && response.vote.leader_id().voted_for().as_ref() == Some(&self.target)
+                    {
+                        // The peer voted for itself in a higher term and cannot win with its
+                        // shorter log: it grants the next term.
+                        self.election_signals.run_now();
+                    }
                 }
                 Ok(response)
             }

@@ -69,6 +69,7 @@ impl TestNode {
             credentials,
             default_admission(),
             LeaderContact::default(),
+            Arc::default(),
             server.clone(),
         ));
         TestNode {
@@ -328,6 +329,7 @@ async fn a_client_reconnects_after_the_peer_server_restarts() {
         PeerCredentials::default(),
         default_admission(),
         LeaderContact::default(),
+        Arc::default(),
         server.clone(),
     ));
     client.vote(vote_request(), option(2_000)).await.unwrap();

@@ -243,8 +243,9 @@ impl ClusterNode {
         tokio::spawn(election_timer::run(
             raft.clone(),
             leader_contact.clone(),
-            network.greater_log_seen(),
+            network.election_signals(),
             options.election_timeout,
+            options.heartbeat,
             peer_stop.clone(),
         ));
         let peer_server = tokio::spawn(serve_peers(
@@ -253,6 +254,7 @@ impl ClusterNode {
             options.credentials,
             PeerAdmission::new(options.peer_limits, members),
             leader_contact.clone(),
+            network.election_signals(),
             peer_stop.clone(),
         ));
         let node = ClusterNode {

@@ -10,6 +10,7 @@
 //! entries mean.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -21,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::append_check::check_append_entries;
+use super::election_timer::ElectionSignals;
 use super::leader_contact::LeaderContact;
 use super::peer_admission::{PeerAdmission, PeerSlot};
 use super::transport::PeerCredentials;
@@ -48,6 +50,7 @@ pub async fn serve_peers<C: RaftTypeConfig>(
     credentials: PeerCredentials,
     admission: PeerAdmission,
     leader_contact: LeaderContact,
+    election_signals: Arc<ElectionSignals>,
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -75,6 +78,7 @@ pub async fn serve_peers<C: RaftTypeConfig>(
             raft: raft.clone(),
             credentials: credentials.clone(),
             leader_contact: leader_contact.clone(),
+            election_signals: Arc::clone(&election_signals),
             peer,
         };
         let shutdown = shutdown.clone();
@@ -95,6 +99,8 @@ struct PeerConnection<C: RaftTypeConfig> {
     credentials: PeerCredentials,
     /// Told of every AppendEntries this node accepts as its leader's.
     leader_contact: LeaderContact,
+    /// Told when this node refuses a candidate whose log is shorter than its own.
+    election_signals: Arc<ElectionSignals>,
     peer: SocketAddr,
 }
 
@@ -234,11 +240,20 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                 PeerReply::AppendEntries(reply)
             }
             PeerRequest::Vote(rpc) => {
+                let candidate_log = rpc.last_log_id.clone();
                 let reply = self.raft.vote(rpc).await;
-                // A vote granted restarts this node's election timer, as hearing from a leader
-                // does: the candidate may be about to lead (see `election_timer.rs`).
-                if matches!(&reply, Ok(response) if response.vote_granted) {
-                    self.leader_contact.heard(std::time::Instant::now());
+                match &reply {
+                    // A vote granted restarts this node's election timer, as hearing from a
+                    // leader does: the candidate may be about to lead (see `election_timer.rs`).
+                    Ok(response) if response.vote_granted => {
+                        self.leader_contact.heard(std::time::Instant::now());
+                    }
+                    // The candidate cannot win with its shorter log, and its timer ran out:
+                    // this node may run at once (see `election_timer.rs`).
+                    Ok(response) if response.last_log_id > candidate_log => {
+                        self.election_signals.run_now();
+                    }
+                    _ => {}
                 }
                 PeerReply::Vote(reply)
             }
