@@ -15,12 +15,12 @@ use super::test_cluster::{
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The survivor behind runs first (its timer happened to run out first, which the test makes
-/// certain by starting its election by hand). The up-to-date survivor refuses it, and runs at
-/// once rather than when its own timer runs out. It has the lower node id, so its first term
-/// is one the behind node already voted itself in, and refuses; it runs again at once, in the
-/// term after, and wins.
+/// certain by starting its election by hand). The up-to-date survivor refuses it, and runs a
+/// heartbeat later rather than when its own timer runs out. It has the lower node id, so its
+/// first term is one the behind node already voted itself in, and refuses; it runs again a
+/// heartbeat later, in the term after, and wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_up_to_date_survivor_runs_at_once_when_the_one_behind_runs_first() {
+async fn the_up_to_date_survivor_runs_soon_when_the_one_behind_runs_first() {
     let mut nodes: Vec<Option<TestNode>> = start_cluster(ELECTION_TIMEOUT)
         .await
         .into_iter()

@@ -373,7 +373,7 @@ where
                     {
                         // The peer voted for itself in a higher term and cannot win with its
                         // shorter log: it grants the next term.
-                        self.election_signals.run_now();
+                        self.election_signals.run_soon();
                     }
                 }
                 Ok(response)

@@ -251,7 +251,7 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                     // The candidate cannot win with its shorter log, and its timer ran out:
                     // this node may run at once (see `election_timer.rs`).
                     Ok(response) if response.last_log_id > candidate_log => {
-                        self.election_signals.run_now();
+                        self.election_signals.run_soon();
                     }
                     _ => {}
                 }
