@@ -76,8 +76,11 @@ async fn a_leader_whose_disk_stalls_is_replaced_and_follows_once_its_disk_is_bac
         .filter(|&i| i != old)
         .map(|i| &nodes[i])
         .collect();
+    // The two may need more than one election: on openraft 0.9 a node whose own timer fires
+    // while it grants another's vote runs in the next term and deposes the leader it just
+    // voted for (seen beside CPU burners). So the write follows the leader, as a client does.
     let started = Instant::now();
-    let new = loop {
+    let committed = loop {
         let led: Vec<_> = others
             .iter()
             .map(|n| {
@@ -86,19 +89,23 @@ async fn a_leader_whose_disk_stalls_is_replaced_and_follows_once_its_disk_is_bac
                 (metrics.state, metrics.current_term)
             })
             .collect();
-        if let Some(i) = led
+        let leader = led
             .iter()
-            .position(|(state, t)| *state == ServerState::Leader && *t > term)
-        {
-            break others[i];
+            .position(|(state, t)| *state == ServerState::Leader && *t > term);
+        if let Some(i) = leader {
+            match try_commit_one(others[i]).await {
+                Ok(index) => break index,
+                Err(err) if err.contains("forward") => {}
+                Err(err) => panic!("node {}: {err}", others[i].id()),
+            }
         }
         assert!(
             started.elapsed() < DEADLINE,
-            "the two nodes with working disks elected no leader within {DEADLINE:?}: {led:?}"
+            "the two nodes with working disks elected no leader that committed within \
+             {DEADLINE:?}: {led:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let committed = commit_one(new).await;
 
     stall.release();
     let stuck = tokio::time::timeout(DEADLINE, stuck_write)
@@ -118,7 +125,10 @@ async fn a_leader_whose_disk_stalls_is_replaced_and_follows_once_its_disk_is_bac
     }
     wait_applied(&nodes[old], committed).await;
     let position = agreed_leader(&nodes).await;
-    assert_eq!(nodes[position].node.node_id, new.node.node_id);
+    assert_ne!(
+        position, old,
+        "the old leader's log lacks the new leader's entries: it cannot lead again"
+    );
     for node in nodes {
         node.node.shutdown().await;
     }
