@@ -15,10 +15,14 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=LOCKD_COMMIT={commit}");
-    // Built again when HEAD moves: a new commit, a checkout, a branch switch.
+    // Built again when HEAD moves: a new commit, a checkout, a branch switch. Only paths that
+    // exist: cargo runs the script again on every build for one that does not (a repository
+    // without packed refs has no `packed-refs`), and rebuilds the crate each time.
     for path in ["HEAD", "refs/heads", "packed-refs"] {
         if let Some(path) = git(&["rev-parse", "--git-path", path]) {
-            println!("cargo:rerun-if-changed={path}");
+            if std::path::Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
         }
     }
 }
