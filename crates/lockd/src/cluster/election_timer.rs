@@ -36,7 +36,7 @@
 //! It runs only if no leader (nor a candidate it voted for) was heard from in that heartbeat and
 //! its leader has missed two heartbeats. The heartbeat's wait is for a whole cluster, where the
 //! candidate with the shorter log can still win with a third node's vote: its first message
-//! then arrives in time, and this node does not depose it (running at once did, in 3 of 10
+//! then arrives in time, and this node does not depose it (running at once did, in 2 of 10
 //! soak runs of a test that restarts a whole cluster). After a leader death with the other
 //! survivor behind, the candidate needs this node's vote and cannot win.
 //!
