@@ -371,8 +371,9 @@ where
                         && !response.vote.is_committed()
                         && response.vote.leader_id().voted_for().as_ref() == Some(&self.target)
                     {
-                        // The peer voted for itself in a higher term and cannot win with its
-                        // shorter log: it grants the next term.
+                        // The peer voted itself into a higher term, and with its shorter log
+                        // it needs another node's vote to win; it grants this node the next
+                        // term (the timer waits a heartbeat first: see `election_timer.rs`).
                         self.election_signals.run_soon();
                     }
                 }
