@@ -21,12 +21,7 @@ const ELECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// heartbeat later, in the term after, and wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_up_to_date_survivor_runs_soon_when_the_one_behind_runs_first() {
-    let mut nodes: Vec<Option<TestNode>> = start_cluster(ELECTION_TIMEOUT)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
-    let live: Vec<TestNode> = nodes.iter_mut().map(|n| n.take().unwrap()).collect();
+    let live = start_cluster(ELECTION_TIMEOUT).await;
     let leader = agreed_leader(&live).await;
     let mut nodes: Vec<Option<TestNode>> = live.into_iter().map(Some).collect();
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
