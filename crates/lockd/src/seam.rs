@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use protocol::cmd::{Hello, WatchChange, WatchEvent, WatchState};
@@ -138,14 +138,18 @@ pub(crate) enum BackupRefused {
     Unconfirmed(String),
 }
 
-/// Where a backend puts frames for one client; the connection's task writes them.
+/// Where a backend puts frames for one client; the connection's task writes them, in the order
+/// they were put here.
 ///
 /// Replies and `queued` events go through an unbounded channel: the connection bounds them by
 /// reading no more requests while `--max-in-flight` are unanswered. Watch events have no such
 /// bound (the client asks for them once and they keep coming), so they wait in the
 /// connection's [`WatchBacklog`] instead, which keeps at most `--max-watch-backlog` of them per
 /// watch: past that, a watch's waiting events are replaced by one `resync`. The channel then
-/// carries only a marker, at the place in the stream where the backlog's events belong.
+/// carries only markers, each at the place in the stream where a run of the backlog's events
+/// belongs: the events put here between two other frames form one run (a *segment*), and its
+/// marker hands out those events and no later ones, so that a reply never passes an event made
+/// before it, nor an event one made after it.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     sender: mpsc::UnboundedSender<OutboxItem>,
@@ -157,9 +161,12 @@ pub(crate) struct Outbox {
 enum OutboxItem {
     /// A reply or a `queued` event.
     Frame(ServerFrame),
-    /// The watch backlog has events: take them all here, in their order.
-    WatchEvents,
+    /// The backlog's events of this segment and earlier ones: take them here, in their order.
+    WatchEvents(Segment),
 }
+
+/// Numbers the runs of watch events between other frames, from 1 (see [`Outbox`]).
+type Segment = u64;
 
 /// How [`Outbox::send_watch_event`] delivered an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +186,8 @@ impl Outbox {
         let watch_backlog = Arc::new(Mutex::new(WatchBacklog {
             events: VecDeque::new(),
             per_watch: HashMap::new(),
-            marked: false,
+            open_segment: None,
+            last_segment: 0,
             limit: max_watch_backlog.max(1),
             metrics,
         }));
@@ -197,9 +205,14 @@ impl Outbox {
         )
     }
 
-    /// Queues a frame for the connection. A closed connection silently drops it: nobody is left
-    /// to read it, and the backend learns of the close through [`BackendMsg::Closed`].
+    /// Queues a frame for the connection, after every watch event queued before it. A closed
+    /// connection silently drops it: nobody is left to read it, and the backend learns of the
+    /// close through [`BackendMsg::Closed`].
     pub(crate) fn send(&self, frame: ServerFrame) {
+        // Under the backlog's lock, so that closing the segment and queueing the frame are one
+        // step for every sender of this outbox.
+        let mut backlog = self.lock_backlog();
+        backlog.open_segment = None;
         let _ = self.sender.send(OutboxItem::Frame(frame));
     }
 
@@ -214,35 +227,55 @@ impl Outbox {
         event: WatchEvent,
         resync: impl FnOnce(&ResourceName) -> WatchState,
     ) -> WatchSent {
+        let mut backlog = self.lock_backlog();
+        let segment = match backlog.open_segment {
+            Some(segment) => segment,
+            None => {
+                backlog.last_segment += 1;
+                let segment = backlog.last_segment;
+                backlog.open_segment = Some(segment);
+                let _ = self.sender.send(OutboxItem::WatchEvents(segment));
+                segment
+            }
+        };
+        backlog.push(segment, watch, event, resync)
+    }
+
+    fn lock_backlog(&self) -> MutexGuard<'_, WatchBacklog> {
         // Poisoned only if a holder panicked; the backlog's data stays consistent either way.
-        let mut backlog = self
-            .watch_backlog
+        self.watch_backlog
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let sent = backlog.push(watch, event, resync);
-        if !backlog.marked {
-            backlog.marked = true;
-            let _ = self.sender.send(OutboxItem::WatchEvents);
-        }
-        sent
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// A connection's watch events not yet taken by its task, in the order they were made.
 #[derive(Debug)]
 struct WatchBacklog {
-    events: VecDeque<(RequestId, WatchEvent)>,
+    events: VecDeque<Waiting>,
     /// How many of `events` each watch has.
     per_watch: HashMap<RequestId, usize>,
-    /// Whether a [`OutboxItem::WatchEvents`] marker is in the channel, not yet received.
-    marked: bool,
+    /// The segment that new events join: its marker is in the channel, not yet received, and
+    /// no other frame was queued after it. `None` when the next event must open a new one.
+    open_segment: Option<Segment>,
+    /// The last segment opened.
+    last_segment: Segment,
     limit: usize,
     metrics: Arc<Metrics>,
+}
+
+/// A watch event in the backlog.
+#[derive(Debug)]
+struct Waiting {
+    segment: Segment,
+    watch: RequestId,
+    event: WatchEvent,
 }
 
 impl WatchBacklog {
     fn push(
         &mut self,
+        segment: Segment,
         watch: RequestId,
         event: WatchEvent,
         resync: impl FnOnce(&ResourceName) -> WatchState,
@@ -251,37 +284,58 @@ impl WatchBacklog {
         let waiting = self.per_watch.entry(watch).or_default();
         if *waiting < self.limit {
             *waiting += 1;
-            self.events.push_back((watch, event));
+            self.events.push_back(Waiting {
+                segment,
+                watch,
+                event,
+            });
             self.metrics.watch_backlog_events.inc();
             return WatchSent::Queued;
         }
+        // The resync takes the place of the newest event, in the open segment: it shows the
+        // state after every frame queued so far. Earlier segments may be left with no events;
+        // their markers then hand out nothing.
         let dropped = std::mem::replace(waiting, 1);
-        self.events.retain(|(of, _)| *of != watch);
+        self.events.retain(|waiting| waiting.watch != watch);
         self.metrics
             .watch_backlog_events
             .dec_by(i64::try_from(dropped).unwrap_or(i64::MAX) - 1);
         self.metrics.watch_resyncs.inc();
         let state = resync(&event.resource);
-        self.events.push_back((
+        self.events.push_back(Waiting {
+            segment,
             watch,
-            WatchEvent {
+            event: WatchEvent {
                 resource: event.resource,
                 change: WatchChange::Resync(state),
             },
-        ));
+        });
         WatchSent::Resynced
     }
 
-    /// Takes every waiting event, as frames.
-    fn take(&mut self, into: &mut VecDeque<ServerFrame>) {
-        self.marked = false;
-        self.per_watch.clear();
-        let taken = self.events.len();
-        into.extend(
-            self.events
-                .drain(..)
-                .map(|(id, event)| ServerFrame::Watch { id, event }),
-        );
+    /// Takes the waiting events of `segment` and earlier ones, as frames. Once the open
+    /// segment is taken, the next event opens a new one: its marker is gone.
+    fn take(&mut self, segment: Segment, into: &mut VecDeque<ServerFrame>) {
+        if self.open_segment == Some(segment) {
+            self.open_segment = None;
+        }
+        let mut taken: usize = 0;
+        while let Some(waiting) = self.events.front() {
+            if waiting.segment > segment {
+                break;
+            }
+            let Some(Waiting { watch, event, .. }) = self.events.pop_front() else {
+                break;
+            };
+            if let Some(count) = self.per_watch.get_mut(&watch) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_watch.remove(&watch);
+                }
+            }
+            into.push_back(ServerFrame::Watch { id: watch, event });
+            taken += 1;
+        }
         self.metrics
             .watch_backlog_events
             .dec_by(i64::try_from(taken).unwrap_or(i64::MAX));
@@ -336,11 +390,11 @@ impl OutboxReceiver {
     fn open(&mut self, item: OutboxItem) -> Option<ServerFrame> {
         match item {
             OutboxItem::Frame(frame) => Some(frame),
-            OutboxItem::WatchEvents => {
+            OutboxItem::WatchEvents(segment) => {
                 self.watch_backlog
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .take(&mut self.taken);
+                    .take(segment, &mut self.taken);
                 self.taken.pop_front()
             }
         }
@@ -428,3 +482,7 @@ pub(crate) enum NotReady {
     #[error("this node is the leader but no majority has acknowledged it for {} ms", .0.as_millis())]
     NoQuorum(Duration),
 }
+
+#[cfg(test)]
+#[path = "seam_tests.rs"]
+mod tests;
