@@ -8,7 +8,10 @@
 //! so the peer server refuses the message (and closes the connection) before openraft sees it.
 //! This module reads the message and nothing else: no log, no socket.
 
-use openraft::{LogId, RaftLogId, RaftTypeConfig};
+use openraft::entry::RaftEntry;
+use openraft::type_config::alias::{CommittedLeaderIdOf, LogIdOf};
+use openraft::vote::{RaftLeaderId, RaftVote};
+use openraft::RaftTypeConfig;
 
 use openraft::raft::AppendEntriesRequest;
 
@@ -52,13 +55,18 @@ pub enum MalformedAppend {
 /// Checks that `rpc`'s entries follow on from its `prev_log_id` and from each other: consecutive
 /// indexes, terms that never go down, and none after the sender's own term. An empty message (a
 /// heartbeat) always passes.
-pub fn check_append_entries<C: RaftTypeConfig>(
-    rpc: &AppendEntriesRequest<C>,
-) -> Result<(), MalformedAppend> {
-    let vote = rpc.vote.leader_id().get_term();
-    let mut before: Option<LogId<C::NodeId>> = rpc.prev_log_id.clone();
+///
+/// For openraft's default (`leader_id_adv`) leader ids, which lockd uses: a log id's committed
+/// leader id is a whole leader id, whose term this reads.
+pub fn check_append_entries<C>(rpc: &AppendEntriesRequest<C>) -> Result<(), MalformedAppend>
+where
+    C: RaftTypeConfig<Term = u64>,
+    CommittedLeaderIdOf<C>: RaftLeaderId<Term = u64>,
+{
+    let vote = rpc.vote.leader_id().term();
+    let mut before: Option<LogIdOf<C>> = rpc.prev_log_id.clone();
     for (position, entry) in rpc.entries.iter().enumerate() {
-        let log_id = entry.get_log_id();
+        let log_id = entry.log_id();
         // openraft's first entry has index 0, after no `prev_log_id` at all.
         let expected = before.as_ref().map_or(0, |before| before.index + 1);
         if log_id.index != expected {
@@ -68,12 +76,12 @@ pub fn check_append_entries<C: RaftTypeConfig>(
                 found: log_id.index,
             });
         }
-        let term = log_id.leader_id.term;
+        let term = log_id.leader_id.term();
         if let Some(before) = &before {
-            if term < before.leader_id.term {
+            if term < before.leader_id.term() {
                 return Err(MalformedAppend::TermGoesDown {
                     position,
-                    before: before.leader_id.term,
+                    before: before.leader_id.term(),
                     found: term,
                 });
             }
@@ -85,7 +93,7 @@ pub fn check_append_entries<C: RaftTypeConfig>(
                 found: term,
             });
         }
-        before = Some(log_id.clone());
+        before = Some(log_id);
     }
     Ok(())
 }
@@ -97,7 +105,7 @@ mod tests {
     use super::*;
     use crate::cluster::types::TypeConfig;
 
-    fn log_id(term: u64, index: u64) -> LogId<u64> {
+    fn log_id(term: u64, index: u64) -> LogIdOf<TypeConfig> {
         LogId::new(CommittedLeaderId::new(term, 1), index)
     }
 

@@ -55,13 +55,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::Raft;
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::leader_contact::LeaderContact;
-use super::types::TypeConfig;
+use super::types::LockdRaft;
 
 /// When this node should next start an election; see the module docs.
 #[derive(Debug)]
@@ -216,14 +216,14 @@ impl ElectionSignals {
 /// `stop`; openraft's own election timer must be off. The leader is in doubt once it has missed
 /// two `heartbeat`s (see `leader_contact.rs`).
 pub(crate) async fn run(
-    raft: Raft<TypeConfig>,
+    raft: LockdRaft,
     contact: LeaderContact,
     signals: Arc<ElectionSignals>,
     election_timeout: Duration,
     heartbeat: Duration,
     stop: CancellationToken,
 ) {
-    let node = raft.metrics().borrow().id;
+    let node = raft.metrics().borrow_watched().id;
     let mut timer = ElectionTimer::new(Instant::now(), election_timeout);
     loop {
         if timer.heard(contact.last()) {
@@ -245,7 +245,7 @@ pub(crate) async fn run(
         };
         if campaign {
             let leads = {
-                let metrics = raft.metrics().borrow().clone();
+                let metrics = raft.metrics().borrow_watched().clone();
                 metrics.current_leader == Some(metrics.id)
             };
             if leads {
@@ -253,7 +253,7 @@ pub(crate) async fn run(
             } else {
                 timer.attempted(now);
                 debug!(node, "starting an election");
-                if let Err(fatal) = raft.trigger().elect().await {
+                if let Err(fatal) = raft.trigger().elect(false).await {
                     warn!(error = %fatal, "cannot start an election: Raft stopped");
                     return;
                 }

@@ -43,8 +43,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
-use openraft::{Raft, RaftMetrics, ServerState};
+use openraft::impls::ProgressResponder;
+use openraft::{RaftMetrics, ReadPolicy, ServerState};
 use protocol::{
     Command, ErrorCode, FenceToken, Op, ReplyBody, Request, RequestId, ResourceName, ServerFrame,
     SessionId,
@@ -57,10 +59,10 @@ use super::leader_contact::LeaderContact;
 use super::leases::LeaseKeeper;
 use super::machine::{lock_replica, Replica, Route};
 use super::membership::{self, leader_node, not_leader};
-use super::network::PeerNetwork;
+
 use super::node::ClusterNode;
 use super::resume::{ResumeCheck, ResumeSecret};
-use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
+use super::types::{Applied, EntryOp, LockdNetwork, LockdNode, LockdRaft, Proposal, TypeConfig};
 use crate::apply::{reply_frame, ReadOnly, RequestFailed};
 use crate::core::ForcedRelease;
 use crate::credentials::LiveCredentials;
@@ -237,9 +239,9 @@ enum Failure {
 
 /// The front end of a cluster node; see the module docs.
 pub(crate) struct Frontend {
-    raft: Raft<TypeConfig>,
+    raft: LockdRaft,
     /// Raft's network, for `add_node`'s check that the new node answers.
-    network: PeerNetwork<TypeConfig>,
+    network: LockdNetwork,
     node_id: u64,
     replica: Arc<Mutex<Replica>>,
     connections: HashMap<ConnectionId, Connection>,
@@ -421,7 +423,7 @@ impl Frontend {
 
     /// Follows this node's role: becoming leader restarts every lease (grace period); losing
     /// it closes every client connection, so that clients go to the new leader.
-    fn observe_role(&mut self, metrics: &RaftMetrics<u64, LockdNode>) {
+    fn observe_role(&mut self, metrics: &RaftMetrics<TypeConfig>) {
         let leader =
             metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id);
         if leader == self.leader {
@@ -508,7 +510,7 @@ impl Frontend {
     /// takes to clone the values.
     fn on_backup(&self, reply: oneshot::Sender<Result<Box<dyn Snapshot>, BackupRefused>>) {
         if !self.leader {
-            let leader = leader_node(&self.raft.metrics().borrow()).map(|node| node.client);
+            let leader = leader_node(&self.raft.metrics().borrow_watched()).map(|node| node.client);
             let _ = reply.send(Err(BackupRefused::NotLeader { leader }));
             return;
         }
@@ -542,7 +544,7 @@ impl Frontend {
         reply: oneshot::Sender<Result<Restored, RestoreRefused>>,
     ) {
         if !self.leader {
-            let leader = leader_node(&self.raft.metrics().borrow()).map(|node| node.client);
+            let leader = leader_node(&self.raft.metrics().borrow_watched()).map(|node| node.client);
             let _ = reply.send(Err(RestoreRefused::NotLeader { leader }));
             return;
         }
@@ -639,9 +641,12 @@ impl Frontend {
     /// Ready when this node can serve or redirect a client: it knows a leader, and if it is
     /// the leader, a majority acknowledged it within `stuck_after` (else it may be deposed).
     fn readiness(&self, stuck_after: Duration) -> Result<(), NotReady> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics().borrow_watched().clone();
         if self.leader {
-            let since_ack = metrics.millis_since_quorum_ack.map(Duration::from_millis);
+            let since_ack = metrics
+                .last_quorum_acked
+                .as_ref()
+                .map(|acked| openraft::Instant::elapsed(&**acked));
             return match since_ack {
                 Some(since) if since > stuck_after => Err(NotReady::NoQuorum(since)),
                 _ => Ok(()),
@@ -663,7 +668,7 @@ impl Frontend {
         reply: oneshot::Sender<Result<Vec<Evicted>, ForceReleaseRefused>>,
     ) {
         if !self.leader {
-            let leader = leader_node(&self.raft.metrics().borrow()).map(|node| node.client);
+            let leader = leader_node(&self.raft.metrics().borrow_watched()).map(|node| node.client);
             let _ = reply.send(Err(ForceReleaseRefused::NotLeader { leader }));
             return;
         }
@@ -723,7 +728,7 @@ impl Frontend {
         }
         if let Command::ClusterStatus = request.command {
             // Any node answers for itself, so that an operator can ask a follower too.
-            let status = membership::status(&self.raft.metrics().borrow());
+            let status = membership::status(&self.raft.metrics().borrow_watched());
             connection.record.outbox.send(ServerFrame::Ok {
                 id: request.id,
                 body: ReplyBody::Cluster(status),
@@ -731,7 +736,7 @@ impl Frontend {
             return;
         }
         if !self.leader {
-            let leader = leader_node(&self.raft.metrics().borrow());
+            let leader = leader_node(&self.raft.metrics().borrow_watched());
             let now = std::time::Instant::now();
             let in_doubt = leader.is_none() || self.leader_contact.in_doubt(now, self.heartbeat);
             if in_doubt && self.awaiting_leader.len() < MAX_AWAITING_LEADER {
@@ -932,7 +937,7 @@ impl Frontend {
                 let request = request.clone();
                 self.deferred_resumes.push(Box::pin(async move {
                     let barrier = raft
-                        .ensure_linearizable()
+                        .ensure_linearizable(ReadPolicy::ReadIndex)
                         .await
                         .map(|_| ())
                         .map_err(|error| {
@@ -1117,7 +1122,7 @@ impl Frontend {
             return;
         }
         let now = std::time::Instant::now();
-        let leader = leader_node(&self.raft.metrics().borrow());
+        let leader = leader_node(&self.raft.metrics().borrow_watched());
         let leader_known =
             self.leader || (leader.is_some() && !self.leader_contact.in_doubt(now, self.heartbeat));
         let oldest = self.awaiting_leader[0].since;
@@ -1322,13 +1327,20 @@ impl Frontend {
         };
         let proposers = std::mem::take(&mut self.batch_proposers);
         self.batch_bytes = 0;
-        match self.raft.client_write_ff(proposal).await {
-            Ok(receiver) => self.pending.push(Box::pin(async move {
+        let (responder, receiver) = ProgressResponder::complete_only();
+        match self.raft.client_write_ff(proposal, Some(responder)).await {
+            Ok(()) => self.pending.push(Box::pin(async move {
                 let outcome = match receiver.await {
                     Ok(Ok(response)) => Outcome::Applied(response.data),
-                    Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
-                        Outcome::NotLeader(forward.leader_node)
-                    }
+                    // openraft 0.10 tells apart an entry refused before it was appended and one
+                    // appended here and then dropped for another leader's log (which may still
+                    // commit it): either way this node no longer leads, and the client resumes
+                    // on the leader and re-sends, where a retry is applied once (`retries.rs`),
+                    // as after openraft 0.9's `ForwardToLeader` for both.
+                    Ok(Err(
+                        ClientWriteError::ForwardToLeader(forward)
+                        | ClientWriteError::LogEntryDiscarded(forward),
+                    )) => Outcome::NotLeader(forward.leader_node),
                     Ok(Err(err)) => Outcome::Failed(err.to_string()),
                     Err(_) => Outcome::Failed("the Raft node stopped".to_owned()),
                 };
@@ -1501,8 +1513,8 @@ impl Frontend {
 /// Whether this node still leads, as a linearizable read must know: a heartbeat round that a
 /// majority answers, then applying everything committed when the check began (openraft's
 /// `ensure_linearizable`).
-async fn check_leadership(raft: Raft<TypeConfig>) -> LeadershipCheck {
-    match raft.ensure_linearizable().await {
+async fn check_leadership(raft: LockdRaft) -> LeadershipCheck {
+    match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
         Ok(_) => LeadershipCheck::Confirmed,
         Err(error) => match error.forward_to_leader() {
             Some(forward) => LeadershipCheck::NotLeader(forward.leader_node.clone()),

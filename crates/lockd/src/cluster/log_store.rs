@@ -35,11 +35,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{
-    AnyError, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader,
-    RaftTypeConfig, StorageError, StorageIOError, Vote,
-};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::type_config::alias::{LogIdOf, VoteOf};
+use openraft::{OptionalSend, RaftTypeConfig};
 use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -67,11 +66,12 @@ const LEGACY_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_met
 /// Cloning is not offered: openraft must be the only writer, through `&mut self`.
 pub struct WalLogStore<C: RaftTypeConfig> {
     index: Arc<Mutex<Index<C::Entry>>>,
-    vote: Option<Vote<C::NodeId>>,
-    committed: Option<LogId<C::NodeId>>,
+    /// The vote, once durable; shared with the readers, which openraft asks for it.
+    vote: Arc<Mutex<Option<VoteOf<C>>>>,
+    committed: Option<LogIdOf<C>>,
     /// The committed pointer, encoded, not yet handed to the writer: it goes with the next op.
     unsent_committed: Option<Vec<u8>>,
-    last_purged: Option<LogId<C::NodeId>>,
+    last_purged: Option<LogIdOf<C>>,
     writer: Option<mpsc::UnboundedSender<WriterOp<C>>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -79,6 +79,7 @@ pub struct WalLogStore<C: RaftTypeConfig> {
 /// A read-only view of a [`WalLogStore`]'s log, for openraft's replication tasks.
 pub struct WalLogReader<C: RaftTypeConfig> {
     index: Arc<Mutex<Index<C::Entry>>>,
+    vote: Arc<Mutex<Option<VoteOf<C>>>>,
     _config: PhantomData<C>,
 }
 
@@ -201,7 +202,7 @@ enum WriterOp<C: RaftTypeConfig> {
     /// Write these entries (index, append number, encoded), sync, then call back.
     Append {
         rows: Vec<(u64, u64, Vec<u8>)>,
-        callback: LogFlushed<C>,
+        callback: IOFlushed<C>,
     },
     Truncate {
         since: u64,
@@ -239,7 +240,7 @@ impl<C: RaftTypeConfig> WriterOp<C> {
     /// Tells the caller how its op went.
     fn finish(self, outcome: io::Result<()>) {
         match self {
-            WriterOp::Append { callback, .. } => callback.log_io_completed(outcome),
+            WriterOp::Append { callback, .. } => callback.io_completed(outcome),
             WriterOp::Truncate { done, .. }
             | WriterOp::Purge { done, .. }
             | WriterOp::Vote { done, .. } => {
@@ -355,7 +356,7 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
         dir: PathBuf,
         legacy: Option<Arc<Database>>,
         sync_seconds: Option<Histogram>,
-    ) -> Result<Self, StorageError<C::NodeId>> {
+    ) -> Result<Self, io::Error> {
         Self::open_with(dir, legacy, sync_seconds, SEGMENT_BYTES).await
     }
 
@@ -365,7 +366,7 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
         legacy: Option<Arc<Database>>,
         sync_seconds: Option<Histogram>,
         segment_bytes: u64,
-    ) -> Result<Self, StorageError<C::NodeId>> {
+    ) -> Result<Self, io::Error> {
         #[cfg(test)]
         let stall_key = dir.clone();
         let opened = blocking(move || {
@@ -388,7 +389,7 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
                 .pointers
                 .committed
                 .as_deref()
-                .map(serde_json::from_slice::<Option<LogId<C::NodeId>>>);
+                .map(serde_json::from_slice::<Option<LogIdOf<C>>>);
             let purged = recovered.pointers.last_purged.as_ref();
             let last_purged = purged.map(|(_, bytes)| serde_json::from_slice(bytes));
             Ok((
@@ -415,7 +416,7 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
             })?;
         Ok(WalLogStore {
             index,
-            vote,
+            vote: Arc::new(Mutex::new(vote)),
             committed,
             unsent_committed: None,
             last_purged,
@@ -478,8 +479,12 @@ where
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+    ) -> Result<Vec<C::Entry>, io::Error> {
         read_entries::<C>(&self.index, range).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        Ok(self.vote.lock().unwrap_or_else(PoisonError::into_inner).clone())
     }
 }
 
@@ -490,8 +495,12 @@ where
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+    ) -> Result<Vec<C::Entry>, io::Error> {
         read_entries::<C>(&self.index, range).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        Ok(self.vote.lock().unwrap_or_else(PoisonError::into_inner).clone())
     }
 }
 
@@ -501,7 +510,7 @@ where
 {
     type LogReader = WalLogReader<C>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let last = lock(&self.index).entries.last_key_value().map(|(i, _)| *i);
         let last_entry = match last {
             Some(last) => read_entries::<C>(&self.index, last..=last).await?.pop(),
@@ -509,7 +518,7 @@ where
         };
         // An empty log ends where the last purge left it.
         let last_log_id = match last_entry {
-            Some(entry) => Some(entry.get_log_id().clone()),
+            Some(entry) => Some(entry.log_id()),
             None => self.last_purged.clone(),
         };
         Ok(LogState {
@@ -521,29 +530,26 @@ where
     async fn get_log_reader(&mut self) -> Self::LogReader {
         WalLogReader {
             index: Arc::clone(&self.index),
+            vote: Arc::clone(&self.vote),
             _config: PhantomData,
         }
     }
 
-    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
         let to_storage =
             |fault: StorageFault| fault.into_storage(ErrorSubject::Vote, ErrorVerb::Write);
         let bytes = encode(vote).map_err(to_storage)?;
         self.write_durably(|done| WriterOp::Vote { bytes, done })
             .await
             .map_err(to_storage)?;
-        self.vote = Some(vote.clone());
+        *self.vote.lock().unwrap_or_else(PoisonError::into_inner) = Some(vote.clone());
         Ok(())
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
-        Ok(self.vote.clone())
     }
 
     async fn save_committed(
         &mut self,
-        committed: Option<LogId<C::NodeId>>,
-    ) -> Result<(), StorageError<C::NodeId>> {
+        committed: Option<LogIdOf<C>>,
+    ) -> Result<(), io::Error> {
         // openraft allows the committed index to lag (it is only a hint for re-applying after a
         // restart), so it goes to the writer with the next op and is synced with it, instead of
         // costing a sync, or even a write and a wake-up of the writer, on every commit, on
@@ -557,15 +563,15 @@ where
 
     async fn read_committed(
         &mut self,
-    ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+    ) -> Result<Option<LogIdOf<C>>, io::Error> {
         Ok(self.committed.clone())
     }
 
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<C>,
-    ) -> Result<(), StorageError<C::NodeId>>
+        callback: IOFlushed<C>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -581,7 +587,7 @@ where
         {
             let mut index = lock(&self.index);
             for (entry, bytes) in encoded {
-                let at = entry.get_log_id().index;
+                let at = entry.index();
                 let append = index.insert(at, entry, bytes.len());
                 rows.push((at, append, bytes));
             }
@@ -591,19 +597,19 @@ where
             .map_err(to_storage)
     }
 
-    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
-        let since = log_id.index;
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let since = last_log_id.as_ref().map_or(0, |log_id| log_id.index() + 1);
         lock(&self.index).remove_from(since);
         self.write_durably(|done| WriterOp::Truncate { since, done })
             .await
-            .map_err(|fault| fault.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
+            .map_err(|fault| fault.into_storage(ErrorSubject::Log(since), ErrorVerb::Delete))
     }
 
-    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         let to_storage =
             |fault: StorageFault| fault.into_storage(ErrorSubject::Logs, ErrorVerb::Delete);
         let bytes = encode(&log_id).map_err(to_storage)?;
-        let index = log_id.index;
+        let index = log_id.index();
         lock(&self.index).remove_through(index);
         self.write_durably(|done| WriterOp::Purge {
             index,
@@ -753,12 +759,54 @@ enum StorageFault {
 }
 
 impl StorageFault {
-    fn into_storage<NID: openraft::NodeId>(
-        self,
-        subject: ErrorSubject<NID>,
-        verb: ErrorVerb,
-    ) -> StorageError<NID> {
-        StorageIOError::new(subject, verb, AnyError::new(&self)).into()
+    /// The fault as openraft 0.10 takes a storage error: an `io::Error` that says what was
+    /// being done to what ("when writing the vote: ..."), as openraft 0.9's storage errors
+    /// did.
+    fn into_storage(self, subject: ErrorSubject, verb: ErrorVerb) -> io::Error {
+        let kind = match &self {
+            StorageFault::Io(err) => err.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, format!("when {verb} {subject}: {self}"))
+    }
+}
+
+/// What a storage operation was done to, for its error.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ErrorSubject {
+    Store,
+    Logs,
+    Vote,
+    /// The log from this index on.
+    Log(u64),
+}
+
+/// What a storage operation was doing, for its error.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ErrorVerb {
+    Read,
+    Write,
+    Delete,
+}
+
+impl std::fmt::Display for ErrorSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorSubject::Store => f.write_str("the log store"),
+            ErrorSubject::Logs => f.write_str("the log"),
+            ErrorSubject::Vote => f.write_str("the vote"),
+            ErrorSubject::Log(from) => write!(f, "the log from index {from}"),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorVerb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorVerb::Read => "reading",
+            ErrorVerb::Write => "writing",
+            ErrorVerb::Delete => "deleting",
+        })
     }
 }
 
@@ -807,7 +855,7 @@ enum Found<E> {
 async fn read_entries<C: RaftTypeConfig>(
     index: &Mutex<Index<C::Entry>>,
     range: impl RangeBounds<u64>,
-) -> Result<Vec<C::Entry>, StorageError<C::NodeId>>
+) -> Result<Vec<C::Entry>, io::Error>
 where
     C::Entry: Clone,
 {

@@ -28,7 +28,7 @@ async fn append_blanks(store: &mut Store, term: u64, indexes: std::ops::RangeInc
         .unwrap();
 }
 
-fn state(last_purged: Option<LogId<u64>>, last: Option<LogId<u64>>) -> LogState<TestConfig> {
+fn state(last_purged: Option<LogIdOf<TypeConfig>>, last: Option<LogIdOf<TypeConfig>>) -> LogState<TestConfig> {
     LogState {
         last_purged_log_id: last_purged,
         last_log_id: last,

@@ -26,11 +26,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, StorageError,
-    StorageIOError, StoredMembership,
-};
+use futures_util::StreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use protocol::cmd::{WatchChange, WatchEvent};
 use protocol::{Command, ErrorCode, ReplyBody, Request, RequestId, ServerFrame, SessionId};
 use redb::Database;
@@ -41,7 +41,7 @@ use tracing::info;
 use super::resume::{ResumeCheck, ResumeKeys, ResumeKeysImage, ResumeSecret};
 use super::retries::{Retries, RetriesImage, Retry, SAVED_REPLIES};
 use super::snapshot_store::{SnapshotFile, SnapshotStore};
-use super::types::{Applied, EntryOp, LockdNode, Proposal, TypeConfig};
+use super::types::{Applied, EntryOp, Proposal, TypeConfig};
 use crate::apply::{reply_frame, Answer, Applier, Delivery, RequestFailed};
 use crate::core::{ImageError, ImageWriter, LockTable, TableConfig, TableImage, TableSnapshot};
 use crate::metrics::Metrics;
@@ -105,8 +105,8 @@ pub(crate) struct Replica {
     pub(crate) clock_origin: Instant,
     /// The newest entry time applied: entry times never go back, even across leaders.
     pub(crate) last_at_ms: u64,
-    pub(crate) last_applied: Option<LogId<u64>>,
-    pub(crate) membership: StoredMembership<u64, LockdNode>,
+    pub(crate) last_applied: Option<LogIdOf<TypeConfig>>,
+    pub(crate) membership: StoredMembershipOf<TypeConfig>,
     /// The cluster applied `EntryOp::ClockTokens`: token floors follow entry times.
     pub(crate) clock_tokens: bool,
     /// Sessions connected to this node.
@@ -350,13 +350,13 @@ impl Replica {
 
     /// Puts a state rebuilt from a snapshot in place of this one. Returns the table it
     /// replaced, for the caller to drop after releasing the replica's lock.
-    fn install(&mut self, restored: Restored, meta: &SnapshotMeta<u64, LockdNode>) -> LockTable {
+    fn install(&mut self, restored: Restored, meta: &SnapshotMetaOf<TypeConfig>) -> LockTable {
         let old = std::mem::replace(&mut self.table, restored.table);
         self.last_at_ms = restored.last_at_ms;
         self.retries = restored.retries;
         self.resume_keys = restored.resume_keys;
         self.clock_tokens = restored.clock_tokens;
-        self.last_applied = meta.last_log_id;
+        self.last_applied = meta.last_log_id.clone();
         self.membership = meta.last_membership.clone();
         old
     }
@@ -459,7 +459,7 @@ impl ReplicaMachine {
             clock_origin,
             last_at_ms: 0,
             last_applied: None,
-            membership: StoredMembership::default(),
+            membership: StoredMembershipOf::<TypeConfig>::default(),
             clock_tokens: false,
             routes: HashMap::new(),
             retries: Retries::default(),
@@ -467,7 +467,7 @@ impl ReplicaMachine {
             applier: Applier::new(metrics),
         };
         let snapshots = SnapshotStore::open(db, data_dir).map_err(SnapshotError::Read)?;
-        let current = snapshots.current::<SnapshotMeta<u64, LockdNode>>();
+        let current = snapshots.current::<SnapshotMetaOf<TypeConfig>>();
         if let Some((meta, path)) = current.map_err(SnapshotError::Read)? {
             let restored = Restored::read(&path, &config, clock_origin)?;
             drop(replica.install(restored, &meta));
@@ -531,69 +531,71 @@ fn with_resume_secret(mut frame: ServerFrame, route: &Route) -> ServerFrame {
     frame
 }
 
-fn write_error(
-    signature: &openraft::storage::SnapshotSignature<u64>,
-    error: impl ToString,
-) -> StorageError<u64> {
-    StorageError::IO {
-        source: StorageIOError::new(
-            ErrorSubject::Snapshot(Some(signature.clone())),
-            ErrorVerb::Write,
-            openraft::AnyError::error(error.to_string()),
-        ),
-    }
+/// A snapshot that could not be written, as openraft 0.10 takes a storage error.
+fn write_error(meta: &SnapshotMetaOf<TypeConfig>, error: impl ToString) -> io::Error {
+    io::Error::other(format!(
+        "cannot write the snapshot at {:?}: {}",
+        meta.last_log_id,
+        error.to_string()
+    ))
 }
 
-fn read_error(error: impl ToString) -> StorageError<u64> {
-    StorageError::IO {
-        source: StorageIOError::new(
-            ErrorSubject::Snapshot(None),
-            ErrorVerb::Read,
-            openraft::AnyError::error(error.to_string()),
-        ),
-    }
+/// A snapshot that could not be read, likewise.
+fn read_error(error: impl ToString) -> io::Error {
+    io::Error::other(format!("cannot read the snapshot: {}", error.to_string()))
+}
+
+/// The name a snapshot built here gets for its file (with its last log index): openraft 0.9
+/// called it the snapshot's id, and 0.10 has none.
+fn built_snapshot_id(last: Option<&LogIdOf<TypeConfig>>, last_at_ms: u64) -> String {
+    format!(
+        "{}-{}-{}",
+        last.map_or(0, |id| id.leader_id.term),
+        last.map_or(0, |id| id.index),
+        last_at_ms
+    )
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ReplicaMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error>
+    {
         // Under the replica's lock only an O(1) copy of its state; it is written out on the
         // blocking pool while entries keep applying.
         let copied = Instant::now();
-        let (meta, parts) = {
+        let (meta, id, parts) = {
             let replica = self.lock();
             let parts = replica.snapshot_parts();
-            let last = replica.last_applied;
-            let meta = SnapshotMeta {
+            let last = replica.last_applied.clone();
+            let id = built_snapshot_id(last.as_ref(), replica.last_at_ms);
+            let meta = SnapshotMetaOf::<TypeConfig> {
                 last_log_id: last,
                 last_membership: replica.membership.clone(),
-                snapshot_id: format!(
-                    "{}-{}-{}",
-                    last.map_or(0, |id| id.leader_id.term),
-                    last.map_or(0, |id| id.index),
-                    replica.last_at_ms
-                ),
             };
-            (meta, parts)
+            (meta, id, parts)
         };
         let copy = copied.elapsed();
         let store = self.snapshots.clone();
-        let signature = meta.signature();
+        let built = meta.clone();
         let written = Instant::now();
         let current = tokio::task::spawn_blocking(move || {
-            store.write(&meta, |writer| {
+            store.write(&meta, &id, |writer| {
                 serde_json::to_writer(writer, &parts.writer()).map_err(io::Error::from)
             })?;
             // Ours, unless a newer snapshot from the leader was installed meanwhile, which
             // `write` kept: what is returned is what is stored.
-            store.current::<SnapshotMeta<u64, LockdNode>>()
+            store.current::<SnapshotMetaOf<TypeConfig>>()
         })
         .await
-        .map_err(|err| write_error(&signature, err))?
-        .map_err(|err| write_error(&signature, err))?;
-        let (meta, path) = current.ok_or_else(|| write_error(&signature, "no snapshot stored"))?;
+        .map_err(|err| write_error(&built, err))?
+        .map_err(|err| write_error(&built, err))?;
+        let (meta, path) = current.ok_or_else(|| write_error(&built, "no snapshot stored"))?;
         let file = SnapshotFile::open(path)
             .await
-            .map_err(|err| write_error(&signature, err))?;
+            .map_err(|err| write_error(&built, err))?;
         info!(
             last_log_id = ?meta.last_log_id,
             copy_us = copy.as_micros(),
@@ -602,56 +604,61 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaMachine {
         );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: file,
         })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for ReplicaMachine {
+    type SnapshotData = SnapshotFile;
     type SnapshotBuilder = ReplicaMachine;
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, LockdNode>), StorageError<u64>> {
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
         let replica = self.lock();
-        Ok((replica.last_applied, replica.membership.clone()))
+        Ok((replica.last_applied.clone(), replica.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<u64>>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
-        I::IntoIter: Send,
+        Strm: futures_util::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
     {
-        let mut replica = self.lock();
-        let mut results = Vec::new();
-        for entry in entries {
-            replica.last_applied = Some(entry.log_id);
-            results.push(match entry.payload {
-                EntryPayload::Blank => Applied::default(),
-                EntryPayload::Membership(membership) => {
-                    replica.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Applied::default()
+        // openraft 0.10 streams the entries; each is applied under the replica's lock, which
+        // is not held across the wait for the next one.
+        while let Some(next) = entries.next().await {
+            let (entry, responder) = next?;
+            let applied = {
+                let mut replica = self.lock();
+                replica.last_applied = Some(entry.log_id.clone());
+                match entry.payload {
+                    EntryPayload::Blank => Applied::default(),
+                    EntryPayload::Membership(membership) => {
+                        replica.membership =
+                            StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), membership);
+                        Applied::default()
+                    }
+                    EntryPayload::Normal(proposal) => replica.apply(entry.log_id.index, proposal),
                 }
-                EntryPayload::Normal(proposal) => replica.apply(entry.log_id.index, proposal),
-            });
+            };
+            if let Some(responder) = responder {
+                responder.send(applied);
+            }
         }
-        Ok(results)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError<u64>> {
-        let file = self.snapshots.receiving().await.map_err(read_error)?;
-        Ok(Box::new(file))
-    }
-
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, LockdNode>,
-        snapshot: Box<SnapshotFile>,
-    ) -> Result<(), StorageError<u64>> {
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
         // Decoded and rebuilt off the lock, and only then made durable and current: a snapshot
         // that does not decode is never kept.
         let temp: PathBuf = snapshot.path().to_owned();
@@ -660,9 +667,10 @@ impl RaftStateMachine<TypeConfig> for ReplicaMachine {
         let config = self.config.clone();
         let origin = self.clock_origin;
         let meta_copy = meta.clone();
+        let id = self.snapshots.received_id(meta);
         let restored = tokio::task::spawn_blocking(move || {
             let restored = Restored::read(&temp, &config, origin).map_err(io::Error::other)?;
-            store.commit(&meta_copy, &temp)?;
+            store.commit(&meta_copy, &id, &temp)?;
             Ok::<_, io::Error>(restored)
         })
         .await
@@ -676,7 +684,8 @@ impl RaftStateMachine<TypeConfig> for ReplicaMachine {
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, io::Error>
+    {
         let store = self.snapshots.clone();
         let current = tokio::task::spawn_blocking(move || store.current())
             .await
@@ -688,8 +697,18 @@ impl RaftStateMachine<TypeConfig> for ReplicaMachine {
         let file = SnapshotFile::open(path).await.map_err(read_error)?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: file,
         }))
+    }
+}
+
+/// Receives a snapshot sent in chunks (openraft 0.9's `install_snapshot` RPC, which lockd
+/// keeps on the peer wire) into a temporary file of the snapshot directory.
+impl SnapshotReceiverFactory<TypeConfig> for ReplicaMachine {
+    type SnapshotReceiver = SnapshotFile;
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<SnapshotFile, io::Error> {
+        self.snapshots.receiving().await
     }
 }
 

@@ -156,7 +156,7 @@ async fn apply_history(machine: &mut ReplicaMachine, from: u64, to: u64) {
 }
 
 /// Everything a snapshot of the machine would hold, as JSON, with its last applied entry.
-fn state(machine: &ReplicaMachine) -> (Option<LogId<u64>>, serde_json::Value) {
+fn state(machine: &ReplicaMachine) -> (Option<LogIdOf<TypeConfig>>, serde_json::Value) {
     let replica = machine.lock();
     let parts = replica.snapshot_parts();
     (
@@ -234,7 +234,7 @@ async fn a_snapshot_kept_inside_redb_is_read_and_moved_to_a_file() {
     let (last, expected) = state(&reference);
     let meta = SnapshotMeta {
         last_log_id: last,
-        last_membership: StoredMembership::<u64, LockdNode>::default(),
+        last_membership: StoredMembershipOf::<TypeConfig>::default(),
         snapshot_id: "1-50-1050".to_owned(),
     };
 
@@ -440,7 +440,7 @@ async fn a_snapshot_of_many_held_locks_stops_applying_only_for_a_copy() {
     let snapshot = snapshot.unwrap();
     let path = machine
         .snapshots
-        .current::<SnapshotMeta<u64, LockdNode>>()
+        .current::<SnapshotMetaOf<TypeConfig>>()
         .unwrap()
         .unwrap()
         .1;

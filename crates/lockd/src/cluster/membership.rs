@@ -5,14 +5,15 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Raft, RaftMetrics, ServerState};
+use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use protocol::cmd::{AddNode, ClusterMember, ClusterStatusOk, RemoveNode};
 use protocol::{Command, ErrorCode, ReplyBody, RequestId, ServerFrame};
 use tracing::{info, warn};
 
-use super::network::PeerNetwork;
-use super::types::{LockdNode, TypeConfig};
+
+use super::types::{LockdNetwork, LockdNode, LockdRaft, TypeConfig};
 use crate::seam::Outbox;
 
 /// How long `add_node` waits for the new node to catch up before answering that it stays a
@@ -55,7 +56,7 @@ pub(crate) fn authorize(expected: Option<&str>, given: Option<&str>) -> Result<(
 }
 
 /// The cluster as this node sees it.
-pub(crate) fn status(metrics: &RaftMetrics<u64, LockdNode>) -> ClusterStatusOk {
+pub(crate) fn status(metrics: &RaftMetrics<TypeConfig>) -> ClusterStatusOk {
     let membership = metrics.membership_config.membership();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let members = membership
@@ -68,7 +69,7 @@ pub(crate) fn status(metrics: &RaftMetrics<u64, LockdNode>) -> ClusterStatusOk {
             matched: metrics
                 .replication
                 .as_ref()
-                .and_then(|replication| replication.get(id).copied().flatten())
+                .and_then(|replication| replication.get(id).cloned().flatten())
                 .map(|log_id| log_id.index)
                 .or_else(|| {
                     (*id == metrics.id)
@@ -90,15 +91,15 @@ pub(crate) fn status(metrics: &RaftMetrics<u64, LockdNode>) -> ClusterStatusOk {
         term: metrics.current_term,
         leader: metrics.current_leader,
         last_log_index: metrics.last_log_index,
-        last_applied: metrics.last_applied.map(|log_id| log_id.index),
+        last_applied: metrics.last_applied.as_ref().map(|log_id| log_id.index),
         members,
     }
 }
 
 /// Adds a member in the background and answers `id` on `outbox` when it is a voter.
 pub(crate) fn spawn_add(
-    raft: Raft<TypeConfig>,
-    network: PeerNetwork<TypeConfig>,
+    raft: LockdRaft,
+    network: LockdNetwork,
     outbox: Outbox,
     id: RequestId,
     add: AddNode,
@@ -131,8 +132,8 @@ type Refusal = Box<dyn FnOnce(RequestId) -> ServerFrame + Send>;
 /// (its secret, its TLS certificate), is not added at all, and one that does not catch up stays
 /// a learner: a voter that is not there would stop the cluster at the next failure.
 async fn add_voter(
-    raft: &Raft<TypeConfig>,
-    network: &PeerNetwork<TypeConfig>,
+    raft: &LockdRaft,
+    network: &LockdNetwork,
     node_id: u64,
     node: LockdNode,
 ) -> Result<(), Refusal> {
@@ -154,7 +155,7 @@ async fn add_voter(
             )
         }));
     }
-    let target = raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let target = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
     if let Err(err) = raft.add_learner(node_id, node, false).await {
         return Err(Box::new(move |id| refusal(id, err)));
     }
@@ -167,7 +168,7 @@ async fn add_voter(
                 .borrow_and_update()
                 .replication
                 .as_ref()
-                .and_then(|replication| replication.get(&node_id).copied().flatten())
+                .and_then(|replication| replication.get(&node_id).cloned().flatten())
                 .map(|log_id| log_id.index);
             if matched.is_some_and(|index| index >= target) {
                 return true;
@@ -203,7 +204,7 @@ async fn add_voter(
 
 /// Removes a member in the background and answers `id` on `outbox`.
 pub(crate) fn spawn_remove(
-    raft: Raft<TypeConfig>,
+    raft: LockdRaft,
     outbox: Outbox,
     id: RequestId,
     remove: RemoveNode,
@@ -211,7 +212,7 @@ pub(crate) fn spawn_remove(
     tokio::spawn(async move {
         let is_member = raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .membership_config
             .membership()
             .get_node(&remove.node_id)
@@ -241,12 +242,26 @@ pub(crate) fn spawn_remove(
 }
 
 /// The reply to a membership change openraft refused.
-fn refusal(id: RequestId, err: RaftError<u64, ClientWriteError<u64, LockdNode>>) -> ServerFrame {
+fn refusal(id: RequestId, err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ServerFrame {
     match err {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
             not_leader(Some(id), forward.leader_node)
         }
+        // openraft 0.10: the change's entry was appended here, and then this node followed
+        // another leader whose log does not have it; it may still commit there.
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => {
+            let leader = forward.leader_node.map(|node| node.client);
+            let message = format!(
+                "the leader changed while the membership change was in flight, and it may or \
+                 may not take effect; check `cluster status` (leader: {})",
+                leader.as_deref().unwrap_or("not known yet")
+            );
+            ServerFrame::error(Some(id), ErrorCode::Internal, message)
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => {
+            ServerFrame::error(Some(id), ErrorCode::BadRequest, err.to_string())
+        }
+        RaftError::APIError(ClientWriteError::PreconditionFailed(err)) => {
             ServerFrame::error(Some(id), ErrorCode::BadRequest, err.to_string())
         }
         RaftError::Fatal(fatal) => {
@@ -257,7 +272,7 @@ fn refusal(id: RequestId, err: RaftError<u64, ClientWriteError<u64, LockdNode>>)
 }
 
 /// The leader's node entry, from a node's Raft metrics.
-pub(crate) fn leader_node(metrics: &RaftMetrics<u64, LockdNode>) -> Option<LockdNode> {
+pub(crate) fn leader_node(metrics: &RaftMetrics<TypeConfig>) -> Option<LockdNode> {
     let leader = metrics.current_leader?;
     metrics
         .membership_config

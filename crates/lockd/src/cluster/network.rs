@@ -21,8 +21,15 @@
 //! connected to (refused, no route, connect timeout, handshake refused) is `Unreachable`, after
 //! which openraft waits for [`PeerClient::backoff`] before trying again; a connection that fails
 //! mid-RPC is a `NetworkError`, retried on the next heartbeat; no reply within `hard_ttl` is a
-//! `Timeout`; and an error returned by the remote `Raft` is a `RemoteError`. Snapshots use
-//! openraft's default chunked `full_snapshot`, one `install_snapshot` RPC per chunk.
+//! `Timeout`; and an error returned by the remote `Raft` is a `RemoteError`. Snapshots go in
+//! chunks, one `install_snapshot` RPC each, as openraft 0.9 sent them, so that 0.9 and 0.10
+//! nodes exchange them during a rolling upgrade.
+//!
+//! openraft 0.10 calls networks through `RaftNetworkV2`; [`PeerClient`] implements the v1
+//! `RaftNetwork` of `openraft-legacy`, whose `Adapter` turns it into a `RaftNetworkV2` (sending
+//! a snapshot in chunks through `install_snapshot`, and a remote `Fatal` error as
+//! `Unreachable`). Replication still sends one AppendEntries at a time on a connection: the
+//! adapter uses openraft's sequential `stream_append`.
 
 use std::collections::HashMap;
 use std::fmt::{self, Debug};
@@ -31,16 +38,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
-    Unreachable,
+use openraft::entry::RaftEntry;
+use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::vote::{RaftLeaderId, RaftVote};
+use openraft::{AnyError, BasicNode, OptionalSend, RaftTypeConfig};
+use openraft_legacy::network_v1::{
+    Adapter, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse, RaftNetwork,
 };
-use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{AnyError, BasicNode, RaftTypeConfig};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
@@ -102,8 +108,8 @@ impl PeerAddress for BasicNode {
     }
 }
 
-/// Makes a [`PeerClient`] per target. Cheap to clone.
-pub struct PeerNetwork<C: RaftTypeConfig> {
+/// Makes a [`PeerClient`] per target, for snapshots whose data is an `SD`. Cheap to clone.
+pub struct PeerNetwork<C: RaftTypeConfig, SD> {
     /// This node's id, which openraft's `Timeout` error names as the sender.
     own_id: C::NodeId,
     /// Presented on every connection: its TLS certificate and its secret, when set.
@@ -112,9 +118,10 @@ pub struct PeerNetwork<C: RaftTypeConfig> {
     /// Told when a peer refuses this node's vote request in a way that bears on when this node
     /// should next run (see `election_timer.rs`).
     election_signals: Arc<ElectionSignals>,
+    _snapshot_data: PhantomData<fn() -> SD>,
 }
 
-impl<C: RaftTypeConfig> PeerNetwork<C> {
+impl<C: RaftTypeConfig, SD> PeerNetwork<C, SD> {
     /// A network for the node `own_id`, whose every connection presents `credentials`.
     pub fn new(own_id: C::NodeId, credentials: PeerCredentials) -> Self {
         PeerNetwork {
@@ -122,6 +129,7 @@ impl<C: RaftTypeConfig> PeerNetwork<C> {
             credentials,
             idle: IdlePeerConnections::default(),
             election_signals: Arc::default(),
+            _snapshot_data: PhantomData,
         }
     }
 
@@ -131,18 +139,19 @@ impl<C: RaftTypeConfig> PeerNetwork<C> {
     }
 }
 
-impl<C: RaftTypeConfig> Clone for PeerNetwork<C> {
+impl<C: RaftTypeConfig, SD> Clone for PeerNetwork<C, SD> {
     fn clone(&self) -> Self {
         PeerNetwork {
             own_id: self.own_id.clone(),
             credentials: self.credentials.clone(),
             idle: self.idle.clone(),
             election_signals: Arc::clone(&self.election_signals),
+            _snapshot_data: PhantomData,
         }
     }
 }
 
-impl<C: RaftTypeConfig> Debug for PeerNetwork<C> {
+impl<C: RaftTypeConfig, SD> Debug for PeerNetwork<C, SD> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeerNetwork")
             .field("own_id", &self.own_id)
@@ -151,7 +160,7 @@ impl<C: RaftTypeConfig> Debug for PeerNetwork<C> {
     }
 }
 
-impl<C: RaftTypeConfig> PeerNetwork<C> {
+impl<C: RaftTypeConfig, SD> PeerNetwork<C, SD> {
     /// Checks that a node answers on the peer address `address` and accepts this node's
     /// credentials, as a connection for Raft would; says why not.
     pub async fn probe(&self, address: &str) -> Result<(), String> {
@@ -159,15 +168,21 @@ impl<C: RaftTypeConfig> PeerNetwork<C> {
     }
 }
 
-impl<C> RaftNetworkFactory<C> for PeerNetwork<C>
+impl<C, SD> RaftNetworkFactory<C> for PeerNetwork<C, SD>
 where
     C: RaftTypeConfig,
     C::Node: PeerAddress,
+    SD: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tokio::io::AsyncSeek
+        + Unpin
+        + OptionalSend
+        + 'static,
 {
-    type Network = PeerClient<C>;
+    type Network = Adapter<C, PeerClient<C>, SD>;
 
-    async fn new_client(&mut self, target: C::NodeId, node: &C::Node) -> PeerClient<C> {
-        PeerClient {
+    async fn new_client(&mut self, target: C::NodeId, node: &C::Node) -> Self::Network {
+        Adapter::new(PeerClient {
             own_id: self.own_id.clone(),
             target,
             node: node.clone(),
@@ -178,7 +193,7 @@ where
             connection: None,
             next_request_id: 1,
             _config: PhantomData,
-        }
+        })
     }
 }
 
@@ -211,15 +226,37 @@ where
         request: PeerRequest<C>,
         action: RPCTypes,
         ttl: Duration,
-    ) -> Result<PeerReply<C>, CallError> {
-        let deadline = Instant::now() + ttl;
+    ) -> Result<PeerReply<C>, CallError<C>> {
+        let (id, frame) = self
+            .encode(request)
+            .map_err(|(err, _)| CallError::encoding(err))?;
+        self.send_frame(id, frame, action, ttl).await
+    }
+
+    /// Numbers and encodes `request`; gives it back with the error if it does not fit a
+    /// frame. Encoded before connecting, so a frame too large to send costs no connection.
+    fn encode(
+        &mut self,
+        request: PeerRequest<C>,
+    ) -> Result<(u64, bytes::Bytes), (FrameError, PeerRequest<C>)> {
         let id = self.next_request_id;
         self.next_request_id += 1;
-        // Encoded before connecting, so a frame too large to send costs no connection.
-        let frame = wire::encode(&RequestFrame { id, request }).map_err(|err| match err {
-            FrameError::TooLarge(_) => CallError::TooLarge(err),
-            FrameError::Json(_) => CallError::Network(AnyError::new(&err)),
-        })?;
+        let frame = RequestFrame { id, request };
+        match wire::encode(&frame) {
+            Ok(bytes) => Ok((id, bytes)),
+            Err(err) => Err((err, frame.request)),
+        }
+    }
+
+    /// Sends the encoded request `id` and waits for its reply, all within `ttl`.
+    async fn send_frame(
+        &mut self,
+        id: u64,
+        frame: bytes::Bytes,
+        action: RPCTypes,
+        ttl: Duration,
+    ) -> Result<PeerReply<C>, CallError<C>> {
+        let deadline = Instant::now() + ttl;
         // A connection from the pool may have died while it sat there: if the exchange fails
         // on one, it is tried once more on a fresh connection.
         let (mut connection, mut reused) = match self.connection.take() {
@@ -251,7 +288,7 @@ where
         &self,
         deadline: Instant,
         ttl: Duration,
-    ) -> Result<PeerStream, CallError> {
+    ) -> Result<PeerStream, CallError<C>> {
         match timeout_at(deadline, self.connect()).await {
             Ok(connected) => connected,
             Err(_) => Err(CallError::Unreachable(AnyError::error(format!(
@@ -263,41 +300,40 @@ where
 
     /// Opens a connection and completes the handshake. Every failure here means the peer is
     /// unreachable, and openraft should wait before trying again.
-    async fn connect(&self) -> Result<PeerStream, CallError> {
+    async fn connect(&self) -> Result<PeerStream, CallError<C>> {
         dial(self.node.peer_addr(), &self.credentials)
             .await
             .map_err(|why| CallError::Unreachable(AnyError::error(why)))
     }
 
-    fn unexpected_reply<E: std::error::Error>(
-        &self,
-        reply: &PeerReply<C>,
-    ) -> RPCError<C::NodeId, C::Node, E> {
+    fn unexpected_reply<E: std::error::Error>(&self, reply: &PeerReply<C>) -> RPCError<C, E> {
         let variant = match reply {
             PeerReply::AppendEntries(_) => "append_entries",
             PeerReply::Vote(_) => "vote",
             PeerReply::InstallSnapshot(_) => "install_snapshot",
         };
-        RPCError::Network(NetworkError::from(AnyError::error(format!(
+        RPCError::Network(NetworkError::new(&AnyError::error(format!(
             "the peer answered with a {variant} reply to another RPC"
         ))))
     }
 
-    fn rpc_error<E: std::error::Error>(&self, err: CallError) -> RPCError<C::NodeId, C::Node, E> {
+    fn rpc_error<E: std::error::Error>(&self, err: CallError<C>) -> RPCError<C, E> {
         match err {
-            CallError::Unreachable(source) => RPCError::Unreachable(Unreachable::from(source)),
-            CallError::Network(source) => RPCError::Network(NetworkError::from(source)),
+            CallError::Unreachable(source) => RPCError::Unreachable(Unreachable::new(&source)),
+            CallError::Network(source) => RPCError::Network(NetworkError::new(&source)),
             CallError::Timeout { action, ttl } => RPCError::Timeout(Timeout {
                 action,
                 id: self.own_id.clone(),
                 target: self.target.clone(),
                 timeout: ttl,
             }),
-            CallError::TooLarge(source) => RPCError::Network(NetworkError::new(&source)),
+            CallError::TooLarge(source) | CallError::Shrink(source, _) => {
+                RPCError::Network(NetworkError::new(&source))
+            }
         }
     }
 
-    fn remote_error<E: std::error::Error>(&self, err: E) -> RPCError<C::NodeId, C::Node, E> {
+    fn remote_error<E: std::error::Error>(&self, err: E) -> RPCError<C, E> {
         RPCError::RemoteError(RemoteError::new_with_node(
             self.target.clone(),
             self.node.clone(),
@@ -311,26 +347,48 @@ where
     C: RaftTypeConfig,
     C::Node: PeerAddress,
 {
+    /// Sends the entries; if they make a frame over [`wire::MAX_FRAME_BYTES`], sends the first
+    /// half of them (and so on) and reports that part as a partial success, which openraft
+    /// follows with the rest at once. (openraft 0.9 had a `PayloadTooLarge` error for this.)
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<C>,
+        mut rpc: AppendEntriesRequest<C>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>>
-    {
-        let entry_count = rpc.entries.len() as u64;
-        let request = PeerRequest::AppendEntries(rpc);
-        match self
-            .call(request, RPCTypes::AppendEntries, option.hard_ttl())
-            .await
-        {
-            Ok(PeerReply::AppendEntries(Ok(response))) => Ok(response),
-            Ok(PeerReply::AppendEntries(Err(remote))) => Err(self.remote_error(remote)),
-            Ok(other) => Err(self.unexpected_reply(&other)),
-            // Ask openraft to send fewer entries at a time; it retries at once.
-            Err(CallError::TooLarge(source)) if entry_count > 1 => Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(entry_count / 2).with_source_error(&source),
-            )),
-            Err(err) => Err(self.rpc_error(err)),
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C, RaftError<C>>> {
+        let all = rpc.entries.len();
+        loop {
+            let sent = rpc.entries.len();
+            let last_sent = rpc.entries.last().map(RaftEntry::log_id);
+            let call = match self.encode(PeerRequest::AppendEntries(rpc)) {
+                Ok((id, frame)) => {
+                    self.send_frame(id, frame, RPCTypes::AppendEntries, option.hard_ttl())
+                        .await
+                }
+                Err((err @ FrameError::TooLarge(_), PeerRequest::AppendEntries(rpc)))
+                    if sent > 1 =>
+                {
+                    Err(CallError::Shrink(err, rpc))
+                }
+                Err((err, _)) => Err(CallError::encoding(err)),
+            };
+            rpc = match call {
+                Ok(PeerReply::AppendEntries(Ok(AppendEntriesResponse::Success))) if sent < all => {
+                    return Ok(AppendEntriesResponse::PartialSuccess(last_sent));
+                }
+                Ok(PeerReply::AppendEntries(Ok(response))) => return Ok(response),
+                Ok(PeerReply::AppendEntries(Err(remote))) => return Err(self.remote_error(remote)),
+                Ok(other) => return Err(self.unexpected_reply(&other)),
+                Err(CallError::Shrink(source, mut rpc)) => {
+                    tracing::debug!(
+                        entries = sent,
+                        error = %source,
+                        "an AppendEntries is too large for a frame: sending half of it"
+                    );
+                    rpc.entries.truncate(sent / 2);
+                    rpc
+                }
+                Err(err) => return Err(self.rpc_error(err)),
+            };
         }
     }
 
@@ -338,10 +396,7 @@ where
         &mut self,
         rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<C::NodeId>,
-        RPCError<C::NodeId, C::Node, RaftError<C::NodeId, InstallSnapshotError>>,
-    > {
+    ) -> Result<InstallSnapshotResponse<C>, RPCError<C, RaftError<C, InstallSnapshotError>>> {
         let request = PeerRequest::InstallSnapshot(rpc);
         match self
             .call(request, RPCTypes::InstallSnapshot, option.hard_ttl())
@@ -356,9 +411,9 @@ where
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<C::NodeId>,
+        rpc: VoteRequest<C>,
         option: RPCOption,
-    ) -> Result<VoteResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>> {
+    ) -> Result<VoteResponse<C>, RPCError<C, RaftError<C>>> {
         let (vote, last_log_id) = (rpc.vote.clone(), rpc.last_log_id.clone());
         let request = PeerRequest::Vote(rpc);
         match self.call(request, RPCTypes::Vote, option.hard_ttl()).await {
@@ -367,9 +422,10 @@ where
                     if response.last_log_id > last_log_id {
                         self.election_signals.greater_log_seen();
                     } else if response.last_log_id < last_log_id
-                        && response.vote > vote
+                        && RaftVote::partial_cmp(&response.vote, &vote)
+                            == Some(std::cmp::Ordering::Greater)
                         && !response.vote.is_committed()
-                        && response.vote.leader_id().voted_for().as_ref() == Some(&self.target)
+                        && response.vote.leader_id().node_id() == &self.target
                     {
                         // The peer voted itself into a higher term, and with its shorter log
                         // it needs another node's vote to win; it grants this node the next
@@ -386,7 +442,7 @@ where
     }
 
     /// Exponential, from `BACKOFF_FIRST` to `BACKOFF_MAX`, in place of openraft's constant
-    /// 500 ms: a peer that blinked is retried sooner, a dead one less often.
+    /// interval: a peer that blinked is retried sooner, a dead one less often.
     fn backoff(&self) -> Backoff {
         let intervals = std::iter::successors(Some(BACKOFF_FIRST), |previous| {
             Some((*previous * 2).min(BACKOFF_MAX))
@@ -400,7 +456,7 @@ async fn exchange<C: RaftTypeConfig>(
     connection: &mut PeerStream,
     frame: bytes::Bytes,
     id: u64,
-) -> Result<PeerReply<C>, CallError> {
+) -> Result<PeerReply<C>, CallError<C>> {
     connection.send(frame).await.map_err(network_error)?;
     let bytes = match connection.next().await {
         Some(read) => read.map_err(network_error)?,
@@ -484,14 +540,25 @@ async fn dial(address: &str, credentials: &PeerCredentials) -> Result<PeerStream
 }
 
 /// How one RPC failed, before it is put in the error type of its method.
-enum CallError {
+enum CallError<C: RaftTypeConfig> {
     Unreachable(AnyError),
     Network(AnyError),
     Timeout { action: RPCTypes, ttl: Duration },
     TooLarge(FrameError),
+    /// An AppendEntries of several entries too large for a frame, given back to be split.
+    Shrink(FrameError, AppendEntriesRequest<C>),
 }
 
-fn network_error(err: impl std::error::Error + 'static) -> CallError {
+impl<C: RaftTypeConfig> CallError<C> {
+    fn encoding(err: FrameError) -> Self {
+        match err {
+            FrameError::TooLarge(_) => CallError::TooLarge(err),
+            FrameError::Json(_) => CallError::Network(AnyError::new(&err)),
+        }
+    }
+}
+
+fn network_error<C: RaftTypeConfig>(err: impl std::error::Error + 'static) -> CallError<C> {
     CallError::Network(AnyError::new(&err))
 }
 

@@ -152,7 +152,7 @@ fn option(ttl_ms: u64) -> RPCOption {
     RPCOption::new(Duration::from_millis(ttl_ms))
 }
 
-type VoteResult = Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>>;
+type VoteResult = Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<TypeConfig>>>;
 
 /// Sends a vote with a `hard_ttl` of `ttl_ms` and checks that the answer, whatever it is, came
 /// well within 2 s: a failing peer must never make a client hang.

@@ -16,11 +16,12 @@ use super::election_timer;
 use super::leader_contact::LeaderContact;
 use super::log_store::{WalLogStore, LOG_DIR};
 use super::machine::{Replica, ReplicaMachine, SnapshotError};
-use super::network::PeerNetwork;
+
 use super::peer_admission::{watch_member_addresses, PeerAdmission, PeerLimits};
 use super::peer_server::serve_peers;
 use super::transport::PeerCredentials;
-use super::types::{LockdNode, TypeConfig};
+use super::network::PeerNetwork;
+use super::types::{LockdNetwork, LockdNode, LockdRaft, TypeConfig};
 use crate::core::TableConfig;
 use crate::metrics::Metrics;
 
@@ -54,11 +55,11 @@ pub struct ClusterOptions {
 
 /// A running Raft node and what the front end needs of it.
 pub(crate) struct ClusterNode {
-    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) raft: LockdRaft,
     pub(crate) node_id: u64,
     pub(crate) replica: Arc<Mutex<Replica>>,
     /// A copy of the network Raft uses, for membership's check that a new node answers.
-    pub(crate) network: PeerNetwork<TypeConfig>,
+    pub(crate) network: LockdNetwork,
     /// When the leader was last heard from, and how often it sends heartbeats: a follower's
     /// front end holds clients' requests while its leader is in doubt.
     pub(crate) leader_contact: LeaderContact,
@@ -111,7 +112,7 @@ pub enum NodeError {
     },
     /// The Raft log cannot be opened.
     #[error("cannot open the Raft log: {0}")]
-    Log(#[source] Box<openraft::StorageError<u64>>),
+    Log(#[source] std::io::Error),
     /// The table cannot be rebuilt from the last snapshot.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -121,11 +122,11 @@ pub enum NodeError {
         /// What it was doing.
         action: &'static str,
         /// openraft's error.
-        source: Box<openraft::error::Fatal<u64>>,
+        source: Box<openraft::error::Fatal<TypeConfig>>,
     },
     /// The cluster could not be initialized.
     #[error("cannot bootstrap the cluster: {0}")]
-    Bootstrap(#[source] Box<openraft::error::InitializeError<u64, LockdNode>>),
+    Bootstrap(#[source] Box<openraft::error::InitializeError<TypeConfig>>),
 }
 
 /// Parses `--peers`: `ID=CLIENT_ADDR/PEER_ADDR` items separated by commas, e.g.
@@ -217,7 +218,7 @@ impl ClusterNode {
             Some(metrics.raft_log_sync_seconds.clone()),
         )
         .await
-        .map_err(|err| NodeError::Log(Box::new(err)))?;
+        .map_err(NodeError::Log)?;
         let state_machine = ReplicaMachine::open(db, data_dir, table, metrics)?;
         let replica = state_machine.replica();
         let network = PeerNetwork::new(options.node_id, options.credentials.clone());

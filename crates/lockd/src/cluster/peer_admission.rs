@@ -18,6 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use openraft::async_runtime::WatchReceiver;
+use openraft::storage::RaftStateMachine;
 use openraft::{Raft, RaftTypeConfig};
 use tokio::sync::watch;
 use tracing::warn;
@@ -197,12 +199,13 @@ fn lock(counts: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
 /// The IP addresses of the cluster's members, kept current: those of `configured` (the
 /// `--peers` addresses) and of every node in `raft`'s membership, resolved again whenever the
 /// membership changes. The task ends with the Raft node.
-pub fn watch_member_addresses<C>(
-    raft: &Raft<C>,
+pub fn watch_member_addresses<C, SM>(
+    raft: &Raft<C, SM>,
     configured: Vec<String>,
 ) -> watch::Receiver<HashSet<IpAddr>>
 where
     C: RaftTypeConfig,
+    SM: RaftStateMachine<C>,
     C::Node: PeerAddress,
 {
     let (sender, receiver) = watch::channel(HashSet::new());

@@ -14,8 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use openraft::async_runtime::WatchReceiver;
 use openraft::raft::AppendEntriesResponse;
+use openraft::type_config::alias::{CommittedLeaderIdOf, SnapshotDataOf};
+use openraft::vote::{RaftLeaderId, RaftVote};
 use openraft::{Raft, RaftTypeConfig};
+use openraft_legacy::network_v1::{ChunkedSnapshotReceiver, SnapshotReceiverFactory};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,15 +48,20 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// A peer must meet `credentials`: with TLS, present a certificate signed by the peer CA; with a
 /// secret, present the same one in its first frame; or be disconnected. `admission` decides
 /// which connections get a slot (see `peer_admission.rs`).
-pub async fn serve_peers<C: RaftTypeConfig>(
+pub async fn serve_peers<C, SM>(
     listener: TcpListener,
-    raft: Raft<C>,
+    raft: Raft<C, SM>,
     credentials: PeerCredentials,
     admission: PeerAdmission,
     leader_contact: LeaderContact,
     election_signals: Arc<ElectionSignals>,
     shutdown: CancellationToken,
-) {
+) where
+    C: RaftTypeConfig<Term = u64>,
+    CommittedLeaderIdOf<C>: RaftLeaderId<Term = u64>,
+    SM: SnapshotReceiverFactory<C, SnapshotReceiver = SnapshotDataOf<C, SM>>,
+    SnapshotDataOf<C, SM>: tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+{
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -94,8 +103,8 @@ pub async fn serve_peers<C: RaftTypeConfig>(
 }
 
 /// One accepted peer connection.
-struct PeerConnection<C: RaftTypeConfig> {
-    raft: Raft<C>,
+struct PeerConnection<C: RaftTypeConfig, SM: SnapshotReceiverFactory<C>> {
+    raft: Raft<C, SM>,
     credentials: PeerCredentials,
     /// Told of every AppendEntries this node accepts as its leader's.
     leader_contact: LeaderContact,
@@ -104,7 +113,13 @@ struct PeerConnection<C: RaftTypeConfig> {
     peer: SocketAddr,
 }
 
-impl<C: RaftTypeConfig> PeerConnection<C> {
+impl<C, SM> PeerConnection<C, SM>
+where
+    C: RaftTypeConfig<Term = u64>,
+    CommittedLeaderIdOf<C>: RaftLeaderId<Term = u64>,
+    SM: SnapshotReceiverFactory<C, SnapshotReceiver = SnapshotDataOf<C, SM>>,
+    SnapshotDataOf<C, SM>: tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+{
     /// Serves the connection while it holds `slot`, which it tells when the handshake is done.
     async fn serve(self, stream: TcpStream, mut slot: PeerSlot) {
         if let Err(err) = stream.set_nodelay(true) {
@@ -227,7 +242,11 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                 // node's election timer run out under a live leader, and its election would
                 // unseat that leader as soon as the disk came back.
                 let metrics = self.raft.metrics();
-                let from_leader = rpc.vote.is_committed() && rpc.vote >= metrics.borrow().vote;
+                let from_leader = rpc.vote.is_committed()
+                    && matches!(
+                        RaftVote::partial_cmp(&rpc.vote, &metrics.borrow_watched().vote),
+                        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+                    );
                 if from_leader {
                     self.leader_contact.heard(std::time::Instant::now());
                 }
@@ -258,7 +277,9 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                 PeerReply::Vote(reply)
             }
             PeerRequest::InstallSnapshot(rpc) => {
-                PeerReply::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+                // Chunks, as openraft 0.9 sent them: `openraft-legacy` writes them into the
+                // state machine's file and installs the snapshot with the last one.
+                PeerReply::InstallSnapshot(ChunkedSnapshotReceiver::install_snapshot(&self.raft, rpc).await)
             }
         }
     }

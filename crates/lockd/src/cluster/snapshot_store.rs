@@ -20,12 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use openraft::{LogId, SnapshotMeta};
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
-use super::types::LockdNode;
+use super::types::TypeConfig;
 
 /// The current snapshot, in the node's redb file: `meta` (JSON `SnapshotMeta`) and `file` (the
 /// data's file name in the snapshot directory), or, as a lockd from before snapshot files wrote
@@ -118,24 +118,25 @@ impl SnapshotStore {
         Ok(Some((meta, self.inner.dir.join(name))))
     }
 
-    /// Writes a snapshot with `write` and makes it current (see [`commit`](Self::commit)).
-    /// Returns its file.
+    /// Writes a snapshot with `write` and makes it current (see [`commit`](Self::commit)),
+    /// in a file named after its last log index and `id`. Returns its file.
     pub(crate) fn write(
         &self,
-        meta: &SnapshotMeta<u64, LockdNode>,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        id: &str,
         write: impl FnOnce(&mut BufWriter<&File>) -> io::Result<()>,
     ) -> io::Result<PathBuf> {
         let temp = self
             .inner
             .dir
-            .join(format!("{}{TEMP_SUFFIX}", snapshot_name(meta)));
+            .join(format!("{}{TEMP_SUFFIX}", snapshot_name(meta, id)));
         let file = File::create(&temp)?;
         let mut writer = BufWriter::with_capacity(1 << 20, &file);
         write(&mut writer)?;
         writer.flush()?;
         drop(writer);
         drop(file);
-        self.commit(meta, &temp)
+        self.commit(meta, id, &temp)
     }
 
     /// A new temporary file for a snapshot received from the leader, to be made current with
@@ -158,17 +159,35 @@ impl SnapshotStore {
         Ok(SnapshotFile { file, path })
     }
 
-    /// Makes the whole snapshot in `temp` current: fsyncs it, renames it to its final name,
+    /// A file name id for a snapshot received from the leader: its term and index, and a
+    /// number no earlier reception of this process used. (openraft 0.9 named a snapshot by the
+    /// id the leader sent; 0.10 gives the state machine none.)
+    pub(crate) fn received_id(&self, meta: &SnapshotMetaOf<TypeConfig>) -> String {
+        let n = self.inner.next_temp.fetch_add(1, Ordering::Relaxed);
+        let last = meta.last_log_id.as_ref();
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis());
+        format!(
+            "{}-{}-r{millis}-{n}",
+            last.map_or(0, |id| id.leader_id.term),
+            last.map_or(0, |id| id.index),
+        )
+    }
+
+    /// Makes the whole snapshot in `temp` current: fsyncs it, renames it to its final name
+    /// (its last log index and `id`),
     /// fsyncs the directory, and names it in redb, unless the current snapshot is newer (then
     /// `temp` is deleted and the current one kept). Every other snapshot file is deleted after.
     /// Returns the current snapshot's file.
     pub(crate) fn commit(
         &self,
-        meta: &SnapshotMeta<u64, LockdNode>,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        id: &str,
         temp: &Path,
     ) -> io::Result<PathBuf> {
         File::open(temp)?.sync_all()?;
-        let name = format!("{}{SUFFIX}", snapshot_name(meta));
+        let name = format!("{}{SUFFIX}", snapshot_name(meta, id));
         let path = self.inner.dir.join(&name);
         let _commit = self
             .inner
@@ -198,10 +217,10 @@ impl SnapshotStore {
     }
 
     /// The `last_log_id` of the current snapshot, if any.
-    fn current_last_log_id(&self) -> io::Result<Option<LogId<u64>>> {
+    fn current_last_log_id(&self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
         #[derive(serde::Deserialize)]
         struct LastLogId {
-            last_log_id: Option<LogId<u64>>,
+            last_log_id: Option<LogIdOf<TypeConfig>>,
         }
         Ok(self
             .current::<LastLogId>()?
@@ -237,14 +256,23 @@ impl SnapshotStore {
         let Some((meta, data)) = inline else {
             return Ok(());
         };
-        let meta: SnapshotMeta<u64, LockdNode> = serde_json::from_slice(&meta).map_err(|err| {
+        let unreadable = |err: serde_json::Error| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("the snapshot's metadata cannot be read: {err}"),
             )
-        })?;
+        };
+        let parsed: SnapshotMetaOf<TypeConfig> = serde_json::from_slice(&meta).map_err(unreadable)?;
+        // openraft 0.9 wrote the snapshot's id into its metadata; 0.10 has none, so the file is
+        // named after the id that was stored.
+        #[derive(serde::Deserialize)]
+        struct StoredId {
+            #[serde(default)]
+            snapshot_id: String,
+        }
+        let id: StoredId = serde_json::from_slice(&meta).map_err(unreadable)?;
         // The stored one is current: `commit` keeps a newer one, and none is newer.
-        self.write(&meta, |writer| writer.write_all(&data))?;
+        self.write(&parsed, &id.snapshot_id, |writer| writer.write_all(&data))?;
         Ok(())
     }
 
@@ -329,12 +357,10 @@ impl AsyncSeek for SnapshotFile {
 }
 
 /// A snapshot's file name without its suffix: its last log index (zero-padded, so names sort
-/// by it) and its id, kept to the characters a file name may safely have (an id comes from the
-/// leader).
-fn snapshot_name(meta: &SnapshotMeta<u64, LockdNode>) -> String {
-    let index = meta.last_log_id.map_or(0, |id| id.index);
-    let id: String = meta
-        .snapshot_id
+/// by it) and `id`, kept to the characters a file name may safely have.
+fn snapshot_name(meta: &SnapshotMetaOf<TypeConfig>, id: &str) -> String {
+    let index = meta.last_log_id.as_ref().map_or(0, |log_id| log_id.index);
+    let id: String = id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .take(64)

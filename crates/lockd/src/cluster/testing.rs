@@ -42,7 +42,7 @@ pub struct MemStateMachine {
 
 #[derive(Debug, Default)]
 struct MemState {
-    last_applied: Option<LogId<u64>>,
+    last_applied: Option<LogIdOf<TypeConfig>>,
     membership: StoredMembership<u64, BasicNode>,
     data: BTreeMap<String, String>,
     snapshot: Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>,
@@ -87,7 +87,7 @@ impl RaftStateMachine<TestConfig> for MemStateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
         let state = self.state.lock().unwrap();
         Ok((state.last_applied, state.membership.clone()))
     }

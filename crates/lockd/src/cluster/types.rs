@@ -10,16 +10,22 @@ use super::resume::ResumeDigest;
 use crate::core::ForcedRelease;
 
 openraft::declare_raft_types!(
-    /// openraft's types for lockd.
+    /// openraft's types for lockd. The rest are openraft's defaults (term `u64`, the
+    /// `leader_id_adv` leader id, `Entry`, `Vote`, the tokio runtime), whose JSON is the same
+    /// as openraft 0.9's (`compat_tests.rs`).
     pub TypeConfig:
         D = Proposal,
         R = Applied,
         NodeId = u64,
         Node = LockdNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = super::snapshot_store::SnapshotFile,
-        AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// lockd's Raft: the type config and the state machine, which openraft 0.10 names in the type.
+pub(crate) type LockdRaft = openraft::Raft<TypeConfig, super::machine::ReplicaMachine>;
+
+/// lockd's peer network: snapshots travel as their files.
+pub(crate) type LockdNetwork =
+    super::network::PeerNetwork<TypeConfig, super::snapshot_store::SnapshotFile>;
 
 /// A cluster member's two addresses, as kept in the replicated membership.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +113,12 @@ pub enum EntryOp {
         /// Only the hold with this token, if given.
         token: Option<FenceToken>,
     },
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "proposal at {} ms, {} ops", self.at_ms, self.ops.len())
+    }
 }
 
 /// What applying an entry gave back to the proposer. Replies to clients do not travel this

@@ -9,12 +9,12 @@
 //! whose `id` must match. This module only defines the frames; it owns no socket.
 
 use bytes::Bytes;
-use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::RaftTypeConfig;
+use openraft_legacy::network_v1::{
+    InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -67,12 +67,16 @@ pub struct ReplyFrame<C: RaftTypeConfig> {
     pub reply: PeerReply<C>,
 }
 
-/// The three Raft RPCs.
+/// The three Raft RPCs. Their JSON is openraft 0.9's (`compat_tests.rs`), so that nodes of
+/// lockd on openraft 0.9 and on 0.10 talk during a rolling upgrade: snapshots still travel in
+/// 0.9's chunks (`openraft-legacy`'s `InstallSnapshotRequest`, the same JSON), and a vote
+/// request's `leadership_transfer`, new in 0.10, is ignored by a 0.9 node (lockd never
+/// transfers leadership).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub enum PeerRequest<C: RaftTypeConfig> {
     AppendEntries(AppendEntriesRequest<C>),
-    Vote(VoteRequest<C::NodeId>),
+    Vote(VoteRequest<C>),
     InstallSnapshot(InstallSnapshotRequest<C>),
 }
 
@@ -80,11 +84,9 @@ pub enum PeerRequest<C: RaftTypeConfig> {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub enum PeerReply<C: RaftTypeConfig> {
-    AppendEntries(Result<AppendEntriesResponse<C::NodeId>, RaftError<C::NodeId>>),
-    Vote(Result<VoteResponse<C::NodeId>, RaftError<C::NodeId>>),
-    InstallSnapshot(
-        Result<InstallSnapshotResponse<C::NodeId>, RaftError<C::NodeId, InstallSnapshotError>>,
-    ),
+    AppendEntries(Result<AppendEntriesResponse<C>, RaftError<C>>),
+    Vote(Result<VoteResponse<C>, RaftError<C>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<C>, RaftError<C, InstallSnapshotError>>),
 }
 
 /// A peer connection (plain TCP or TLS) cut into frames of at most [`MAX_FRAME_BYTES`].
