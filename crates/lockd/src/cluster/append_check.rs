@@ -100,13 +100,14 @@ where
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, Vote};
+    use openraft::type_config::alias::{EntryOf, VoteOf};
+    use openraft::EntryPayload;
 
     use super::*;
     use crate::cluster::types::TypeConfig;
 
     fn log_id(term: u64, index: u64) -> LogIdOf<TypeConfig> {
-        LogId::new(CommittedLeaderId::new(term, 1), index)
+        openraft::testing::log_id::<TypeConfig>(term, 1, index)
     }
 
     fn request(
@@ -115,11 +116,11 @@ mod tests {
         entries: &[(u64, u64)],
     ) -> AppendEntriesRequest<TypeConfig> {
         AppendEntriesRequest {
-            vote: Vote::new_committed(vote_term, 1),
+            vote: VoteOf::<TypeConfig>::new_committed(vote_term, 1),
             prev_log_id: prev.map(|(term, index)| log_id(term, index)),
             entries: entries
                 .iter()
-                .map(|&(term, index)| Entry {
+                .map(|&(term, index)| EntryOf::<TypeConfig> {
                     log_id: log_id(term, index),
                     payload: EntryPayload::Blank,
                 })

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::ServerState;
 
@@ -85,7 +86,7 @@ async fn a_leader_whose_disk_stalls_is_replaced_and_follows_once_its_disk_is_bac
             .iter()
             .map(|n| {
                 let metrics = n.node.raft.metrics();
-                let metrics = metrics.borrow();
+                let metrics = metrics.borrow_watched();
                 (metrics.state, metrics.current_term)
             })
             .collect();

@@ -55,7 +55,7 @@ async fn the_up_to_date_survivor_runs_soon_when_the_one_behind_runs_first() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    behind_node.node.raft.trigger().elect().await.unwrap();
+    behind_node.node.raft.trigger().elect(false).await.unwrap();
 
     let started = Instant::now();
     while ahead_node.state() != ServerState::Leader

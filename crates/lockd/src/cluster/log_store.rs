@@ -484,7 +484,11 @@ where
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
-        Ok(self.vote.lock().unwrap_or_else(PoisonError::into_inner).clone())
+        Ok(self
+            .vote
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone())
     }
 }
 
@@ -500,7 +504,11 @@ where
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
-        Ok(self.vote.lock().unwrap_or_else(PoisonError::into_inner).clone())
+        Ok(self
+            .vote
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone())
     }
 }
 
@@ -546,10 +554,7 @@ where
         Ok(())
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogIdOf<C>>,
-    ) -> Result<(), io::Error> {
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         // openraft allows the committed index to lag (it is only a hint for re-applying after a
         // restart), so it goes to the writer with the next op and is synced with it, instead of
         // costing a sync, or even a write and a wake-up of the writer, on every commit, on
@@ -561,17 +566,11 @@ where
         Ok(())
     }
 
-    async fn read_committed(
-        &mut self,
-    ) -> Result<Option<LogIdOf<C>>, io::Error> {
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
         Ok(self.committed.clone())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<C>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -356,7 +356,7 @@ impl Replica {
         self.retries = restored.retries;
         self.resume_keys = restored.resume_keys;
         self.clock_tokens = restored.clock_tokens;
-        self.last_applied = meta.last_log_id.clone();
+        self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         old
     }
@@ -559,17 +559,14 @@ fn built_snapshot_id(last: Option<&LogIdOf<TypeConfig>>, last_at_ms: u64) -> Str
 impl RaftSnapshotBuilder<TypeConfig> for ReplicaMachine {
     type SnapshotData = SnapshotFile;
 
-    async fn build_snapshot(
-        &mut self,
-    ) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error>
-    {
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {
         // Under the replica's lock only an O(1) copy of its state; it is written out on the
         // blocking pool while entries keep applying.
         let copied = Instant::now();
         let (meta, id, parts) = {
             let replica = self.lock();
             let parts = replica.snapshot_parts();
-            let last = replica.last_applied.clone();
+            let last = replica.last_applied;
             let id = built_snapshot_id(last.as_ref(), replica.last_at_ms);
             let meta = SnapshotMetaOf::<TypeConfig> {
                 last_log_id: last,
@@ -617,7 +614,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaMachine {
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
         let replica = self.lock();
-        Ok((replica.last_applied.clone(), replica.membership.clone()))
+        Ok((replica.last_applied, replica.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -632,7 +629,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaMachine {
             let (entry, responder) = next?;
             let applied = {
                 let mut replica = self.lock();
-                replica.last_applied = Some(entry.log_id.clone());
+                replica.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => Applied::default(),
                     EntryPayload::Membership(membership) => {
@@ -684,8 +681,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaMachine {
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, io::Error>
-    {
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
         let store = self.snapshots.clone();
         let current = tokio::task::spawn_blocking(move || store.current())
             .await

@@ -1,6 +1,8 @@
 //! The replica's routing of frames to a session's connection, and its snapshots.
 
-use openraft::{CommittedLeaderId, Entry, Membership};
+use openraft::testing::log_id;
+use openraft::type_config::alias::EntryOf;
+use openraft::Membership;
 use protocol::ResourceName;
 use redb::{ReadableDatabase, TableDefinition};
 use tokio::io::AsyncWriteExt;
@@ -9,6 +11,20 @@ use super::*;
 use crate::cluster::snapshot_store::SNAPSHOT_DIR;
 use crate::cluster::testing::open_database;
 use crate::seam::OutboxReceiver;
+
+/// Applies `entries` as openraft 0.10 hands them over: a stream, without responders.
+async fn apply(
+    machine: &mut ReplicaMachine,
+    entries: impl IntoIterator<Item = EntryOf<TypeConfig>>,
+) {
+    let stream = futures_util::stream::iter(
+        entries
+            .into_iter()
+            .map(|entry| Ok::<_, io::Error>((entry, None)))
+            .collect::<Vec<_>>(),
+    );
+    machine.apply(stream).await.unwrap();
+}
 
 fn request(line: &str) -> Request {
     Request::parse(line.as_bytes()).expect("a valid request")
@@ -109,7 +125,7 @@ fn open_machine(dir: &Path) -> ReplicaMachine {
 
 /// The log entry at `index` of a deterministic busy history: sessions open, acquire locks
 /// (some wait behind others), write values, and some expire, which grants their waiters.
-fn history_entry(index: u64) -> Entry<TypeConfig> {
+fn history_entry(index: u64) -> EntryOf<TypeConfig> {
     // Seven sessions; every tenth entry one of them expires, and the next opens it again.
     let again = SessionId(1 + (index / 10) % 7);
     let ops = match index % 10 {
@@ -139,8 +155,8 @@ fn history_entry(index: u64) -> Entry<TypeConfig> {
             )),
         }],
     };
-    Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+    EntryOf::<TypeConfig> {
+        log_id: log_id::<TypeConfig>(1, 1, index),
         payload: EntryPayload::Normal(Proposal {
             at_ms: 1_000 + index,
             ops,
@@ -151,7 +167,7 @@ fn history_entry(index: u64) -> Entry<TypeConfig> {
 /// Applies entries `from..=to` of the history, as openraft would.
 async fn apply_history(machine: &mut ReplicaMachine, from: u64, to: u64) {
     for index in from..=to {
-        machine.apply([history_entry(index)]).await.unwrap();
+        apply(machine, [history_entry(index)]).await;
     }
 }
 
@@ -175,9 +191,9 @@ async fn a_snapshot_built_while_entries_apply_is_the_state_at_its_index() {
     apply_history(&mut leader, 1, 100).await;
     {
         let mut replica = leader.lock();
-        replica.membership = StoredMembership::new(
-            Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
-            Membership::new(vec![[1].into()], None),
+        replica.membership = StoredMembershipOf::<TypeConfig>::new(
+            Some(log_id::<TypeConfig>(1, 1, 1)),
+            Membership::new_with_defaults(vec![[1].into()], [1]),
         );
     }
     let mut builder = leader.get_snapshot_builder().await;
@@ -189,7 +205,7 @@ async fn a_snapshot_built_while_entries_apply_is_the_state_at_its_index() {
         tokio::task::yield_now().await;
     }
     let snapshot = building.await.unwrap().unwrap();
-    let index = snapshot.meta.last_log_id.unwrap().index;
+    let index = snapshot.meta.last_log_id.as_ref().unwrap().index;
     assert!((100..=last).contains(&index), "{index} of {last}");
 
     // A fresh node installs it, through openraft's calls.
@@ -232,10 +248,15 @@ async fn a_snapshot_kept_inside_redb_is_read_and_moved_to_a_file() {
     let mut reference = open_machine(old.path());
     apply_history(&mut reference, 1, 50).await;
     let (last, expected) = state(&reference);
-    let meta = SnapshotMeta {
+    // As openraft 0.9 wrote it, with its snapshot id (0.10's `SnapshotMeta` has none).
+    let meta_09 = serde_json::json!({
+        "last_log_id": last,
+        "last_membership": StoredMembershipOf::<TypeConfig>::default(),
+        "snapshot_id": "1-50-1050",
+    });
+    let meta = SnapshotMetaOf::<TypeConfig> {
         last_log_id: last,
         last_membership: StoredMembershipOf::<TypeConfig>::default(),
-        snapshot_id: "1-50-1050".to_owned(),
     };
 
     let dir = tempfile::tempdir().unwrap();
@@ -245,7 +266,7 @@ async fn a_snapshot_kept_inside_redb_is_read_and_moved_to_a_file() {
         {
             let table: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
             let mut table = txn.open_table(table).unwrap();
-            let meta = serde_json::to_vec(&meta).unwrap();
+            let meta = serde_json::to_vec(&meta_09).unwrap();
             table.insert("meta", meta.as_slice()).unwrap();
             let data = serde_json::to_vec(&expected).unwrap();
             table.insert("data", data.as_slice()).unwrap();
@@ -283,7 +304,7 @@ fn fill_entries(
     first: u64,
     sessions: std::ops::RangeInclusive<u64>,
     per_session: u64,
-) -> Vec<Entry<TypeConfig>> {
+) -> Vec<EntryOf<TypeConfig>> {
     let mut ops: Vec<EntryOp> = sessions
         .clone()
         .map(|session| EntryOp::Open {
@@ -306,8 +327,8 @@ fn fill_entries(
     let mut ops = ops.into_iter().peekable();
     let mut index = first;
     while ops.peek().is_some() {
-        entries.push(Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        entries.push(EntryOf::<TypeConfig> {
+            log_id: log_id::<TypeConfig>(1, 1, index),
             payload: EntryPayload::Normal(Proposal {
                 at_ms: 1_000 + index,
                 ops: ops.by_ref().take(256).collect(),
@@ -325,7 +346,7 @@ fn more_acquires(
     sessions: std::ops::RangeInclusive<u64>,
     held: u64,
     count: u64,
-) -> Vec<Entry<TypeConfig>> {
+) -> Vec<EntryOf<TypeConfig>> {
     let sessions: Vec<u64> = sessions.collect();
     let ops: Vec<EntryOp> = (0..count)
         .map(|i| {
@@ -342,8 +363,8 @@ fn more_acquires(
     let mut index = first;
     ops.chunks(256)
         .map(|ops| {
-            let entry = Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            let entry = EntryOf::<TypeConfig> {
+                log_id: log_id::<TypeConfig>(1, 1, index),
                 payload: EntryPayload::Normal(Proposal {
                     at_ms: 1_000 + index,
                     ops: ops.to_vec(),
@@ -381,7 +402,7 @@ async fn a_snapshot_of_many_held_locks_stops_applying_only_for_a_copy() {
     let started = Instant::now();
     let entries = fill_entries(1, 1..=sessions, locks / sessions);
     let last = entries.len() as u64;
-    machine.apply(entries).await.unwrap();
+    apply(&mut machine, entries).await;
     let filled = started.elapsed();
     let last_name = format!("held/{sessions:03}/{:07}", locks / sessions - 1);
     let held = {
@@ -428,7 +449,7 @@ async fn a_snapshot_of_many_held_locks_stops_applying_only_for_a_copy() {
     let mut applied = 0;
     for entry in extra {
         let one = Instant::now();
-        machine.apply([entry]).await.unwrap();
+        apply(&mut machine, [entry]).await;
         longest = longest.max(one.elapsed());
         applied += 1;
         tokio::task::yield_now().await;
@@ -448,7 +469,7 @@ async fn a_snapshot_of_many_held_locks_stops_applying_only_for_a_copy() {
     let started = Instant::now();
     let restored = Restored::read(&path, &config, machine.clock_origin).unwrap();
     let restore = started.elapsed();
-    let index = snapshot.meta.last_log_id.unwrap().index;
+    let index = snapshot.meta.last_log_id.as_ref().unwrap().index;
     assert!(index >= last, "{index}");
     drop(restored);
     eprintln!(

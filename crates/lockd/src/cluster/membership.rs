@@ -12,7 +12,6 @@ use protocol::cmd::{AddNode, ClusterMember, ClusterStatusOk, RemoveNode};
 use protocol::{Command, ErrorCode, ReplyBody, RequestId, ServerFrame};
 use tracing::{info, warn};
 
-
 use super::types::{LockdNetwork, LockdNode, LockdRaft, TypeConfig};
 use crate::seam::Outbox;
 
@@ -203,12 +202,7 @@ async fn add_voter(
 }
 
 /// Removes a member in the background and answers `id` on `outbox`.
-pub(crate) fn spawn_remove(
-    raft: LockdRaft,
-    outbox: Outbox,
-    id: RequestId,
-    remove: RemoveNode,
-) {
+pub(crate) fn spawn_remove(raft: LockdRaft, outbox: Outbox, id: RequestId, remove: RemoveNode) {
     tokio::spawn(async move {
         let is_member = raft
             .metrics()

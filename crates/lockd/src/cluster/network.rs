@@ -229,22 +229,19 @@ where
     ) -> Result<PeerReply<C>, CallError<C>> {
         let (id, frame) = self
             .encode(request)
-            .map_err(|(err, _)| CallError::encoding(err))?;
+            .map_err(|refused| CallError::encoding(refused.0))?;
         self.send_frame(id, frame, action, ttl).await
     }
 
     /// Numbers and encodes `request`; gives it back with the error if it does not fit a
     /// frame. Encoded before connecting, so a frame too large to send costs no connection.
-    fn encode(
-        &mut self,
-        request: PeerRequest<C>,
-    ) -> Result<(u64, bytes::Bytes), (FrameError, PeerRequest<C>)> {
+    fn encode(&mut self, request: PeerRequest<C>) -> Result<(u64, bytes::Bytes), Box<Unsent<C>>> {
         let id = self.next_request_id;
         self.next_request_id += 1;
         let frame = RequestFrame { id, request };
         match wire::encode(&frame) {
             Ok(bytes) => Ok((id, bytes)),
-            Err(err) => Err((err, frame.request)),
+            Err(err) => Err(Box::new((err, frame.request))),
         }
     }
 
@@ -364,12 +361,14 @@ where
                     self.send_frame(id, frame, RPCTypes::AppendEntries, option.hard_ttl())
                         .await
                 }
-                Err((err @ FrameError::TooLarge(_), PeerRequest::AppendEntries(rpc)))
-                    if sent > 1 =>
-                {
-                    Err(CallError::Shrink(err, rpc))
-                }
-                Err((err, _)) => Err(CallError::encoding(err)),
+                Err(refused) => match *refused {
+                    (err @ FrameError::TooLarge(_), PeerRequest::AppendEntries(rpc))
+                        if sent > 1 =>
+                    {
+                        Err(CallError::Shrink(err, Box::new(rpc)))
+                    }
+                    (err, _) => Err(CallError::encoding(err)),
+                },
             };
             rpc = match call {
                 Ok(PeerReply::AppendEntries(Ok(AppendEntriesResponse::Success))) if sent < all => {
@@ -378,7 +377,8 @@ where
                 Ok(PeerReply::AppendEntries(Ok(response))) => return Ok(response),
                 Ok(PeerReply::AppendEntries(Err(remote))) => return Err(self.remote_error(remote)),
                 Ok(other) => return Err(self.unexpected_reply(&other)),
-                Err(CallError::Shrink(source, mut rpc)) => {
+                Err(CallError::Shrink(source, rpc)) => {
+                    let mut rpc = *rpc;
                     tracing::debug!(
                         entries = sent,
                         error = %source,
@@ -539,14 +539,20 @@ async fn dial(address: &str, credentials: &PeerCredentials) -> Result<PeerStream
     Ok(connection)
 }
 
+/// A request that could not be encoded, given back with why.
+type Unsent<C> = (FrameError, PeerRequest<C>);
+
 /// How one RPC failed, before it is put in the error type of its method.
 enum CallError<C: RaftTypeConfig> {
     Unreachable(AnyError),
     Network(AnyError),
-    Timeout { action: RPCTypes, ttl: Duration },
+    Timeout {
+        action: RPCTypes,
+        ttl: Duration,
+    },
     TooLarge(FrameError),
     /// An AppendEntries of several entries too large for a frame, given back to be split.
-    Shrink(FrameError, AppendEntriesRequest<C>),
+    Shrink(FrameError, Box<AppendEntriesRequest<C>>),
 }
 
 impl<C: RaftTypeConfig> CallError<C> {

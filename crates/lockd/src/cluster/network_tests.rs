@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use openraft::raft::ClientWriteResponse;
-use openraft::{Config, Raft, ServerState, SnapshotPolicy, Vote};
+use openraft::type_config::alias::VoteOf;
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -35,7 +36,7 @@ fn fast_config() -> Config {
 /// One node: its Raft, a handle on its state machine, and its peer server.
 struct TestNode {
     id: u64,
-    raft: Raft<TestConfig>,
+    raft: Raft<TestConfig, MemStateMachine>,
     state: MemStateMachine,
     addr: SocketAddr,
     server: CancellationToken,
@@ -139,20 +140,25 @@ async fn wait_for_leader<'a>(nodes: &[&'a TestNode], not: Option<u64>) -> &'a Te
 
 /// A client from node 1 to the node at `target`, which it takes for node 2.
 async fn client(target: SocketAddr, secret: Option<&str>) -> PeerClient<TestConfig> {
-    let mut network =
-        PeerNetwork::<TestConfig>::new(1, PeerCredentials::secret(secret.map(Arc::from)));
-    network.new_client(2, &BasicNode::new(target)).await
+    let mut network = PeerNetwork::<TestConfig, std::io::Cursor<Vec<u8>>>::new(
+        1,
+        PeerCredentials::secret(secret.map(Arc::from)),
+    );
+    network
+        .new_client(2, &BasicNode::new(target))
+        .await
+        .into_inner()
 }
 
-fn vote_request() -> VoteRequest<u64> {
-    VoteRequest::new(Vote::new(1, 1), None)
+fn vote_request() -> VoteRequest<TestConfig> {
+    VoteRequest::new(VoteOf::<TestConfig>::new(1, 1), None)
 }
 
 fn option(ttl_ms: u64) -> RPCOption {
     RPCOption::new(Duration::from_millis(ttl_ms))
 }
 
-type VoteResult = Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<TypeConfig>>>;
+type VoteResult = Result<VoteResponse<TestConfig>, RPCError<TestConfig, RaftError<TestConfig>>>;
 
 /// Sends a vote with a `hard_ttl` of `ttl_ms` and checks that the answer, whatever it is, came
 /// well within 2 s: a failing peer must never make a client hang.

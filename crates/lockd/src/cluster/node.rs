@@ -17,10 +17,10 @@ use super::leader_contact::LeaderContact;
 use super::log_store::{WalLogStore, LOG_DIR};
 use super::machine::{Replica, ReplicaMachine, SnapshotError};
 
+use super::network::PeerNetwork;
 use super::peer_admission::{watch_member_addresses, PeerAdmission, PeerLimits};
 use super::peer_server::serve_peers;
 use super::transport::PeerCredentials;
-use super::network::PeerNetwork;
 use super::types::{LockdNetwork, LockdNode, LockdRaft, TypeConfig};
 use crate::core::TableConfig;
 use crate::metrics::Metrics;

@@ -279,7 +279,9 @@ where
             PeerRequest::InstallSnapshot(rpc) => {
                 // Chunks, as openraft 0.9 sent them: `openraft-legacy` writes them into the
                 // state machine's file and installs the snapshot with the last one.
-                PeerReply::InstallSnapshot(ChunkedSnapshotReceiver::install_snapshot(&self.raft, rpc).await)
+                PeerReply::InstallSnapshot(
+                    ChunkedSnapshotReceiver::install_snapshot(&self.raft, rpc).await,
+                )
             }
         }
     }

@@ -262,7 +262,8 @@ impl SnapshotStore {
                 format!("the snapshot's metadata cannot be read: {err}"),
             )
         };
-        let parsed: SnapshotMetaOf<TypeConfig> = serde_json::from_slice(&meta).map_err(unreadable)?;
+        let parsed: SnapshotMetaOf<TypeConfig> =
+            serde_json::from_slice(&meta).map_err(unreadable)?;
         // openraft 0.9 wrote the snapshot's id into its metadata; 0.10 has none, so the file is
         // named after the id that was stored.
         #[derive(serde::Deserialize)]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use redb::Database;
 use tempfile::TempDir;
@@ -46,26 +47,26 @@ impl TestNode {
     }
 
     pub(super) fn term(&self) -> u64 {
-        self.node.raft.metrics().borrow().current_term
+        self.node.raft.metrics().borrow_watched().current_term
     }
 
     pub(super) fn state(&self) -> ServerState {
-        self.node.raft.metrics().borrow().state
+        self.node.raft.metrics().borrow_watched().state
     }
 
     pub(super) fn current_leader(&self) -> Option<u64> {
-        self.node.raft.metrics().borrow().current_leader
+        self.node.raft.metrics().borrow_watched().current_leader
     }
 
     pub(super) fn applied(&self) -> u64 {
         let metrics = self.node.raft.metrics();
-        let applied = metrics.borrow().last_applied;
+        let applied = metrics.borrow_watched().last_applied;
         applied.map_or(0, |log_id| log_id.index)
     }
 
     pub(super) fn last_log_index(&self) -> u64 {
         let metrics = self.node.raft.metrics();
-        let last = metrics.borrow().last_log_index;
+        let last = metrics.borrow_watched().last_log_index;
         last.unwrap_or(0)
     }
 

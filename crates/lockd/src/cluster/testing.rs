@@ -6,12 +6,15 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
-use openraft::storage::RaftStateMachine;
-use openraft::testing::StoreBuilder;
+use futures_util::StreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::testing::log::StoreBuilder;
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
-    StorageError, StorageIOError, StoredMembership,
+    BasicNode, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
+    StorageError,
 };
+use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +36,14 @@ pub struct KvWrite {
     pub value: String,
 }
 
+impl std::fmt::Display for KvWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+
+type TestSnapshot = SnapshotOf<TestConfig, Cursor<Vec<u8>>>;
+
 /// An in-memory key-value state machine. Clones share the state, so a test can keep one to look
 /// inside while Raft owns another.
 #[derive(Debug, Clone, Default)]
@@ -42,10 +53,10 @@ pub struct MemStateMachine {
 
 #[derive(Debug, Default)]
 struct MemState {
-    last_applied: Option<LogIdOf<TypeConfig>>,
-    membership: StoredMembership<u64, BasicNode>,
+    last_applied: Option<LogIdOf<TestConfig>>,
+    membership: StoredMembershipOf<TestConfig>,
     data: BTreeMap<String, String>,
-    snapshot: Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>,
+    snapshot: Option<(SnapshotMetaOf<TestConfig>, Vec<u8>)>,
     snapshots_built: u64,
     snapshots_installed: u64,
 }
@@ -63,75 +74,74 @@ impl MemStateMachine {
 }
 
 impl RaftSnapshotBuilder<TestConfig> for MemStateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TestConfig>, StorageError<u64>> {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(&mut self) -> Result<TestSnapshot, std::io::Error> {
         let mut state = self.state.lock().unwrap();
         state.snapshots_built += 1;
-        let data = serde_json::to_vec(&state.data)
-            .map_err(|err| StorageIOError::write_snapshot(None, &err))?;
-        let last_index = state.last_applied.map_or(0, |log_id| log_id.index);
-        let meta = SnapshotMeta {
+        let data = serde_json::to_vec(&state.data)?;
+        let meta = SnapshotMetaOf::<TestConfig> {
             last_log_id: state.last_applied,
             last_membership: state.membership.clone(),
-            snapshot_id: format!("{last_index}-{}", state.snapshots_built),
         };
         state.snapshot = Some((meta.clone(), data.clone()));
-        Ok(Snapshot {
+        Ok(TestSnapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Cursor::new(data),
         })
     }
 }
 
 impl RaftStateMachine<TestConfig> for MemStateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
     type SnapshotBuilder = Self;
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+    ) -> Result<(Option<LogIdOf<TestConfig>>, StoredMembershipOf<TestConfig>), std::io::Error> {
         let state = self.state.lock().unwrap();
         Ok((state.last_applied, state.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Option<String>>, StorageError<u64>>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry<TestConfig>> + Send,
+        Strm: futures_util::Stream<Item = Result<EntryResponder<TestConfig>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
     {
-        let mut state = self.state.lock().unwrap();
-        let mut replies = Vec::new();
-        for entry in entries {
-            state.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => replies.push(None),
-                EntryPayload::Normal(write) => {
-                    replies.push(state.data.insert(write.key, write.value));
+        while let Some(next) = entries.next().await {
+            let (entry, responder) = next?;
+            let reply = {
+                let mut state = self.state.lock().unwrap();
+                state.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => None,
+                    EntryPayload::Normal(write) => state.data.insert(write.key, write.value),
+                    EntryPayload::Membership(membership) => {
+                        state.membership =
+                            StoredMembershipOf::<TestConfig>::new(Some(entry.log_id), membership);
+                        None
+                    }
                 }
-                EntryPayload::Membership(membership) => {
-                    state.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    replies.push(None);
-                }
+            };
+            if let Some(responder) = responder {
+                responder.send(reply);
             }
         }
-        Ok(replies)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError<u64>> {
+        meta: &SnapshotMetaOf<TestConfig>,
+        snapshot: Cursor<Vec<u8>>,
+    ) -> Result<(), std::io::Error> {
         let bytes = snapshot.into_inner();
-        let data = serde_json::from_slice(&bytes)
-            .map_err(|err| StorageIOError::read_snapshot(Some(meta.signature()), &err))?;
+        let data = serde_json::from_slice(&bytes)?;
         let mut state = self.state.lock().unwrap();
         state.data = data;
         state.last_applied = meta.last_log_id;
@@ -141,14 +151,22 @@ impl RaftStateMachine<TestConfig> for MemStateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TestConfig>>, StorageError<u64>> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<TestSnapshot>, std::io::Error> {
         let state = self.state.lock().unwrap();
-        Ok(state.snapshot.as_ref().map(|(meta, data)| Snapshot {
+        Ok(state.snapshot.as_ref().map(|(meta, data)| TestSnapshot {
             meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
+            snapshot: Cursor::new(data.clone()),
         }))
+    }
+}
+
+/// Snapshots sent in chunks (openraft 0.9's RPC, kept on lockd's peer wire) are received into
+/// memory.
+impl SnapshotReceiverFactory<TestConfig> for MemStateMachine {
+    type SnapshotReceiver = Cursor<Vec<u8>>;
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Cursor<Vec<u8>>, std::io::Error> {
+        Ok(Cursor::new(Vec::new()))
     }
 }
 
@@ -160,7 +178,7 @@ pub fn open_database(dir: &std::path::Path) -> Arc<Database> {
 /// Opens the log store in `dir`, as cluster mode does (without a redb file to move a log from).
 pub async fn open_log_store(
     dir: &std::path::Path,
-) -> Result<WalLogStore<TestConfig>, StorageError<u64>> {
+) -> Result<WalLogStore<TestConfig>, std::io::Error> {
     WalLogStore::open(dir.join(LOG_DIR), None, None).await
 }
 
@@ -174,10 +192,14 @@ impl StoreBuilder<TestConfig, WalLogStore<TestConfig>, MemStateMachine, tempfile
 {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, WalLogStore<TestConfig>, MemStateMachine), StorageError<u64>>
-    {
+    ) -> Result<
+        (tempfile::TempDir, WalLogStore<TestConfig>, MemStateMachine),
+        StorageError<TestConfig>,
+    > {
         let dir = tempfile::tempdir().unwrap();
-        let log_store = open_log_store(dir.path()).await?;
+        let log_store = open_log_store(dir.path())
+            .await
+            .map_err(|err| StorageError::from_io_error(ErrorSubject::Logs, ErrorVerb::Read, err))?;
         Ok((dir, log_store, MemStateMachine::default()))
     }
 }

@@ -9,7 +9,8 @@ use lockd::cluster::wire::{
     PROTOCOL_VERSION,
 };
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::EntryPayload;
 use serde_json::json;
 use tokio::net::TcpStream;
 
@@ -36,12 +37,12 @@ async fn an_append_entries_with_a_gap_is_refused_and_the_node_restarts_cleanly()
     let last = last_log_id(&mut peer).await;
     // A leader of a later term whose entries skip index `last + 1`.
     let term = last.leader_id.term + 1;
-    let forged = Entry::<TypeConfig> {
-        log_id: LogId::new(CommittedLeaderId::new(term, 2), last.index + 2),
+    let forged = EntryOf::<TypeConfig> {
+        log_id: openraft::testing::log_id::<TypeConfig>(term, 2, last.index + 2),
         payload: EntryPayload::Blank,
     };
     let request = PeerRequest::<TypeConfig>::AppendEntries(AppendEntriesRequest {
-        vote: Vote::new_committed(term, 2),
+        vote: VoteOf::<TypeConfig>::new_committed(term, 2),
         prev_log_id: Some(last),
         entries: vec![forged],
         leader_commit: None,
@@ -103,8 +104,9 @@ async fn authenticated_peer(addr: std::net::SocketAddr) -> PeerStream {
 
 /// The node's last log id, which it tells anyone who asks for its vote (a stale vote request
 /// that it refuses, so that nothing changes).
-async fn last_log_id(peer: &mut PeerStream) -> LogId<u64> {
-    let request = PeerRequest::<TypeConfig>::Vote(VoteRequest::new(Vote::new(0, 2), None));
+async fn last_log_id(peer: &mut PeerStream) -> LogIdOf<TypeConfig> {
+    let request =
+        PeerRequest::<TypeConfig>::Vote(VoteRequest::new(VoteOf::<TypeConfig>::new(0, 2), None));
     peer.send(wire::encode(&RequestFrame { id: 1, request }).unwrap())
         .await
         .unwrap();
