@@ -41,3 +41,6 @@ mod disk_stall_tests;
 mod election_tests;
 #[cfg(test)]
 mod test_cluster;
+
+#[cfg(test)]
+mod compat_tests;
