@@ -423,9 +423,20 @@ impl Frontend {
 
     /// Follows this node's role: becoming leader restarts every lease (grace period); losing
     /// it closes every client connection, so that clients go to the new leader.
+    ///
+    /// openraft 0.10 refuses a leader's writes until a majority has acknowledged it (its
+    /// leader lease, `ForwardReason::LeaseExpired`), which 0.9 did not: a node elected a moment
+    /// ago would refuse the first entries it was given. So this node counts as leader once a
+    /// majority acknowledged it (or it is the only voter); until then its clients' requests
+    /// wait, as while no leader is known.
     fn observe_role(&mut self, metrics: &RaftMetrics<TypeConfig>) {
-        let leader =
-            metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id);
+        let sole_voter = {
+            let mut voters = metrics.membership_config.membership().voter_ids();
+            voters.next() == Some(self.node_id) && voters.next().is_none()
+        };
+        let leader = metrics.state == ServerState::Leader
+            && metrics.current_leader == Some(self.node_id)
+            && (metrics.last_quorum_acked.is_some() || sole_voter);
         if leader == self.leader {
             self.release_awaiting_leader();
             return;

@@ -132,7 +132,11 @@ async fn wait_for_leader<'a>(nodes: &[&'a TestNode], not: Option<u64>) -> &'a Te
     leader
         .raft
         .wait(Some(PATIENCE))
-        .metrics(|m| m.state == ServerState::Leader, "the leader leads")
+        // openraft 0.10 takes writes once a majority acknowledged the leader (its lease).
+        .metrics(
+            |m| m.state == ServerState::Leader && m.last_quorum_acked.is_some(),
+            "the leader leads, acknowledged by a majority",
+        )
         .await
         .unwrap();
     leader

@@ -54,6 +54,17 @@ impl TestNode {
         self.node.raft.metrics().borrow_watched().state
     }
 
+    /// Whether a majority has acknowledged this node as leader (openraft 0.10 refuses a
+    /// leader's writes before).
+    pub(super) fn quorum_acked(&self) -> bool {
+        self.node
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_quorum_acked
+            .is_some()
+    }
+
     pub(super) fn current_leader(&self) -> Option<u64> {
         self.node.raft.metrics().borrow_watched().current_leader
     }
@@ -180,7 +191,9 @@ pub(super) async fn agreed_leader(nodes: &[TestNode]) -> usize {
             let position = nodes.iter().position(|n| n.id() == leader);
             if let Some(position) = position.filter(|_| leaders.iter().all(|l| *l == Some(leader)))
             {
-                if nodes[position].state() == ServerState::Leader {
+                // openraft 0.10 takes writes once a majority acknowledged the leader.
+                if nodes[position].state() == ServerState::Leader && nodes[position].quorum_acked()
+                {
                     return position;
                 }
             }
