@@ -55,10 +55,11 @@ async fn a_follower_whose_disk_stalls_does_not_unseat_a_live_leader() {
     }
 }
 
-/// openraft 0.9's leader stops when its own log's sync hangs (its core waits for the sync
-/// before it goes on, heartbeats included): the other two elect a new leader and serve, and
-/// the old one, its disk back, follows the new one; what its client asked meanwhile fails
-/// rather than hangs.
+/// A leader whose own log's sync hangs is replaced: the other two elect a new leader and
+/// serve, and the old one, its disk back, follows the new one; what its client asked meanwhile
+/// fails rather than hangs. (openraft 0.9's leader stopped by itself: its core waited for the
+/// sync, heartbeats included. 0.10's does not wait, so lockd stops its heartbeats and
+/// proposals while the write hangs: `node.rs`, `watch_own_disk`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_disk_stalls_is_replaced_and_follows_once_its_disk_is_back() {
     let nodes = super::test_cluster::start_cluster(ELECTION_TIMEOUT).await;
@@ -87,12 +88,17 @@ async fn a_leader_whose_disk_stalls_is_replaced_and_follows_once_its_disk_is_bac
             .map(|n| {
                 let metrics = n.node.raft.metrics();
                 let metrics = metrics.borrow_watched();
-                (metrics.state, metrics.current_term)
+                (
+                    metrics.state,
+                    metrics.current_term,
+                    metrics.last_quorum_acked.is_some(),
+                )
             })
             .collect();
+        // openraft 0.10 takes writes once a majority acknowledged the leader.
         let leader = led
             .iter()
-            .position(|(state, t)| *state == ServerState::Leader && *t > term);
+            .position(|(state, t, acked)| *state == ServerState::Leader && *t > term && *acked);
         if let Some(i) = leader {
             match try_commit_one(others[i]).await {
                 Ok(index) => break index,

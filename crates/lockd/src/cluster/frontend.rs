@@ -274,6 +274,8 @@ pub(crate) struct Frontend {
     /// On a follower: requests held until a leader is heard from (see the module docs).
     awaiting_leader: Vec<AwaitingLeader>,
     leader_contact: LeaderContact,
+    /// Set while this node's own log write hangs (`node.rs`, `watch_own_disk`).
+    disk_stalled: Arc<std::sync::atomic::AtomicBool>,
     heartbeat: Duration,
     /// How long a request is held at most for want of a leader.
     leader_wait: Duration,
@@ -316,6 +318,7 @@ impl Frontend {
             replica: Arc::clone(&node.replica),
             awaiting_leader: Vec::new(),
             leader_contact: node.leader_contact.clone(),
+            disk_stalled: Arc::clone(&node.disk_stalled),
             heartbeat: node.heartbeat,
             leader_wait: node.election_timeout * 2,
             credentials,
@@ -1330,6 +1333,11 @@ impl Frontend {
         if self.batch.is_empty()
             || (self.pending.len() >= MAX_OUTSTANDING_BATCHES && !self.batch_full())
         {
+            return;
+        }
+        // While this node's own disk hangs it proposes nothing, so that the others notice it
+        // is gone and replace it (`node.rs`, `watch_own_disk`); the batch waits.
+        if self.disk_stalled.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         let proposal = Proposal {

@@ -74,6 +74,26 @@ pub struct WalLogStore<C: RaftTypeConfig> {
     last_purged: Option<LogIdOf<C>>,
     writer: Option<mpsc::UnboundedSender<WriterOp<C>>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    probe: WriteProbe,
+}
+
+/// When the log's writer started the write (and sync) it is still doing, if any: how a node
+/// notices that its own disk hangs. Cheap to clone; every clone sees the same writer.
+#[derive(Debug, Clone, Default)]
+pub struct WriteProbe {
+    started: Arc<Mutex<Option<Instant>>>,
+}
+
+impl WriteProbe {
+    /// How long the write under way has taken by `now`; `None` while the writer is idle.
+    pub fn busy_for(&self, now: Instant) -> Option<std::time::Duration> {
+        let started = *self.started.lock().unwrap_or_else(PoisonError::into_inner);
+        started.map(|started| now.saturating_duration_since(started))
+    }
+
+    fn set(&self, started: Option<Instant>) {
+        *self.started.lock().unwrap_or_else(PoisonError::into_inner) = started;
+    }
 }
 
 /// A read-only view of a [`WalLogStore`]'s log, for openraft's replication tasks.
@@ -260,6 +280,7 @@ fn run_writer<C: RaftTypeConfig>(
     index: Arc<Mutex<Index<C::Entry>>>,
     mut ops: mpsc::UnboundedReceiver<WriterOp<C>>,
     sync_seconds: Option<Histogram>,
+    probe: WriteProbe,
 ) {
     let mut failed: Option<(io::ErrorKind, String)> = None;
     while let Some(first) = ops.blocking_recv() {
@@ -273,10 +294,12 @@ fn run_writer<C: RaftTypeConfig>(
                 // The sync keeps this thread off the CPU for a while: keep the CPU awake for
                 // when it is done (see `idle_poll`).
                 crate::idle_poll::touch();
+                probe.set(Some(Instant::now()));
                 #[cfg(test)]
                 test_stall::wait_while_stalled();
                 let started = Instant::now();
                 let written = write_batch(&mut wal, &index, &batch);
+                probe.set(None);
                 if let Some(histogram) = &sync_seconds {
                     histogram.observe(started.elapsed().as_secs_f64());
                 }
@@ -404,12 +427,14 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
         let index = Arc::new(Mutex::new(index));
         let (writer, ops) = mpsc::unbounded_channel();
         let writer_index = Arc::clone(&index);
+        let probe = WriteProbe::default();
+        let writer_probe = probe.clone();
         let writer_thread = std::thread::Builder::new()
             .name("raft-log-writer".to_owned())
             .spawn(move || {
                 #[cfg(test)]
                 test_stall::writer_of(stall_key);
-                run_writer::<C>(wal, writer_index, ops, sync_seconds)
+                run_writer::<C>(wal, writer_index, ops, sync_seconds, writer_probe)
             })
             .map_err(|err| {
                 StorageFault::Io(err).into_storage(ErrorSubject::Store, ErrorVerb::Write)
@@ -422,7 +447,13 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
             last_purged,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
+            probe,
         })
+    }
+
+    /// Tells how long the writer's current write has taken (see [`WriteProbe`]).
+    pub fn write_probe(&self) -> WriteProbe {
+        self.probe.clone()
     }
 
     /// Hands `op` to the writer, after the committed pointer if it changed since the last op.

@@ -2,6 +2,7 @@
 //! and the bootstrap of a new cluster.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 
 use super::election_timer;
 use super::leader_contact::LeaderContact;
-use super::log_store::{WalLogStore, LOG_DIR};
+use super::log_store::{WalLogStore, WriteProbe, LOG_DIR};
 use super::machine::{Replica, ReplicaMachine, SnapshotError};
 
 use super::network::PeerNetwork;
@@ -67,6 +68,9 @@ pub(crate) struct ClusterNode {
     /// `--election-timeout-ms`: how long a front end holds a request for want of a leader,
     /// twice over, before it answers `not_leader` without one.
     pub(crate) election_timeout: Duration,
+    /// Set while this node's own log write has hung for over a heartbeat interval (see
+    /// [`watch_own_disk`]): its front end proposes nothing meanwhile.
+    pub(crate) disk_stalled: Arc<AtomicBool>,
     peer_stop: CancellationToken,
     peer_server: JoinHandle<()>,
 }
@@ -219,6 +223,7 @@ impl ClusterNode {
         )
         .await
         .map_err(NodeError::Log)?;
+        let write_probe = log_store.write_probe();
         let state_machine = ReplicaMachine::open(db, data_dir, table, metrics)?;
         let replica = state_machine.replica();
         let network = PeerNetwork::new(options.node_id, options.credentials.clone());
@@ -249,6 +254,14 @@ impl ClusterNode {
             options.heartbeat,
             peer_stop.clone(),
         ));
+        let disk_stalled = Arc::new(AtomicBool::new(false));
+        tokio::spawn(watch_own_disk(
+            raft.clone(),
+            write_probe,
+            Arc::clone(&disk_stalled),
+            options.heartbeat,
+            peer_stop.clone(),
+        ));
         let peer_server = tokio::spawn(serve_peers(
             options.peer_listener,
             raft.clone(),
@@ -266,6 +279,7 @@ impl ClusterNode {
             leader_contact,
             heartbeat: options.heartbeat,
             election_timeout: options.election_timeout,
+            disk_stalled,
             peer_stop,
             peer_server,
         };
@@ -316,6 +330,49 @@ impl ClusterNode {
         }
         self.peer_stop.cancel();
         let _ = self.peer_server.await;
+    }
+}
+
+/// A leader whose own log write hangs stops leading in effect, so that the others replace it,
+/// as under openraft 0.9 (whose core waited for the leader's sync, heartbeats included).
+///
+/// openraft 0.10 does not wait for the leader's sync: its heartbeats go on, and the followers
+/// commit the entries it sends, but it cannot apply them before its own log has them, and its
+/// clients' replies come from what it applies. So while its writer has been in one write for
+/// over `heartbeat`, this node sends no heartbeats and its front end proposes nothing
+/// (`disk_stalled`); the followers then hear nothing and elect one of themselves after an
+/// election timeout. Once the write is done, heartbeats resume: if no one was elected
+/// meanwhile, nothing changed; if someone was, this node's vote was taken over and it follows.
+async fn watch_own_disk(
+    raft: LockdRaft,
+    probe: WriteProbe,
+    disk_stalled: Arc<AtomicBool>,
+    heartbeat: Duration,
+    stop: CancellationToken,
+) {
+    let mut check = tokio::time::interval(heartbeat / 4);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = check.tick() => {}
+        }
+        let hung = probe
+            .busy_for(std::time::Instant::now())
+            .is_some_and(|busy| busy > heartbeat);
+        if hung == disk_stalled.load(Ordering::Relaxed) {
+            continue;
+        }
+        if hung {
+            warn!(
+                "this node's Raft log write has hung for over {heartbeat:?}: no heartbeats and \
+                 no proposals until it is done"
+            );
+        } else {
+            info!("this node's Raft log write is done: heartbeats resume");
+        }
+        disk_stalled.store(hung, Ordering::Relaxed);
+        raft.runtime_config().heartbeat(!hung);
     }
 }
 
