@@ -13,11 +13,11 @@
 //! everything queued in one batch with one sync, then tells openraft through each append's
 //! callback. The writer is a thread of its own rather than a task on Tokio's blocking pool: it
 //! does nothing but block on the disk, and a hand-off to the pool for each batch would cost a
-//! wake-up each time. openraft 0.9.25's core still waits for the callback before it goes on
-//! (its `append_to_log` awaits it), so on a leader replication starts only after the leader's
-//! sync: a commit costs the leader's sync and then a follower's (docs/cluster.md, "Where the
-//! time of one request goes"). What returning early buys is the batching, and a store ready
-//! for an openraft that does not wait.
+//! wake-up each time. openraft 0.10's core does not wait for the callback either (its
+//! `run_append_entries` submits the append and goes on), so a leader replicates an entry while
+//! its own sync runs; openraft 0.9.25's core waited for it (its `append_to_log`), and a commit
+//! cost the leader's sync and then a follower's (docs/cluster.md, "Where the time of one
+//! request goes").
 //!
 //! The index keeps each live entry, decoded, until it is written, and then the most recent
 //! ones (up to `CACHED_BYTES` encoded), which is what replication reads: a clone, not a decode
