@@ -91,6 +91,8 @@ pub(crate) fn status(metrics: &RaftMetrics<TypeConfig>) -> ClusterStatusOk {
         leader: metrics.current_leader,
         last_log_index: metrics.last_log_index,
         last_applied: metrics.last_applied.as_ref().map(|log_id| log_id.index),
+        snapshot_index: metrics.snapshot.as_ref().map(|log_id| log_id.index),
+        purged_index: metrics.purged.as_ref().map(|log_id| log_id.index),
         members,
     }
 }

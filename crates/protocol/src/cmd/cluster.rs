@@ -70,6 +70,14 @@ pub struct ClusterStatusOk {
     pub last_log_index: Option<u64>,
     /// The index of the last entry applied to its lock table.
     pub last_applied: Option<u64>,
+    /// The last log index its latest snapshot covers (none before its first snapshot).
+    #[serde(default)]
+    pub snapshot_index: Option<u64>,
+    /// The last log index it has dropped from its log, every entry up to it being in its
+    /// snapshot (none while it has dropped nothing). A node that lacks the entry after it can
+    /// catch up from this node only through a snapshot.
+    #[serde(default)]
+    pub purged_index: Option<u64>,
     /// The members, in id order.
     pub members: Vec<ClusterMember>,
 }
