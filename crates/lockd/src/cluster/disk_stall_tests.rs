@@ -12,6 +12,7 @@ use openraft::ServerState;
 use super::log_store::{test_stall, LOG_DIR};
 use super::test_cluster::{
     agreed_leader, commit_one, tick_now, try_commit_one, wait_applied, TestNode, DEADLINE,
+    HEARTBEAT,
 };
 
 const ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
@@ -136,6 +137,50 @@ async fn a_leader_whose_disk_stalls_is_replaced_and_follows_once_its_disk_is_bac
         position, old,
         "the old leader's log lacks the new leader's entries: it cannot lead again"
     );
+    for node in nodes {
+        node.node.shutdown().await;
+    }
+}
+
+/// A leader whose sync is slow, but takes less than a third of the election timeout, keeps its
+/// heartbeats and its proposals going (`node.rs`, `disk_stall_threshold`): a write of three
+/// heartbeat intervals stopped both while the threshold was one heartbeat interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_sync_is_slow_but_shorter_than_a_third_of_the_timeout_keeps_heartbeating() {
+    // A wide margin between the slow write and the threshold, for a loaded machine.
+    let election_timeout = Duration::from_millis(1_500);
+    let slow = 3 * HEARTBEAT;
+    assert!(slow * 3 < super::node::disk_stall_threshold(election_timeout));
+    let nodes = super::test_cluster::start_cluster(election_timeout).await;
+    let leader = agreed_leader(&nodes).await;
+    let index = commit_one(&nodes[leader]).await;
+    wait_applied(&nodes[leader], index).await;
+    let term = nodes[leader].term();
+
+    let stall = test_stall::stall(&nodes[leader].dir.path().join(LOG_DIR));
+    let raft = nodes[leader].node.raft.clone();
+    let write = tokio::spawn(async move { raft.client_write(tick_now()).await });
+    let started = Instant::now();
+    while started.elapsed() < slow {
+        assert!(
+            !nodes[leader]
+                .node
+                .disk_stalled
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "the leader stopped its heartbeats after {:?} of a slow write",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stall.release();
+    let written = tokio::time::timeout(DEADLINE, write)
+        .await
+        .expect("the slow write is answered")
+        .unwrap()
+        .expect("the slow write commits");
+    assert!(written.log_id.index > index);
+    assert_eq!(nodes[leader].term(), term, "no election");
+    assert_eq!(agreed_leader(&nodes).await, leader);
     for node in nodes {
         node.node.shutdown().await;
     }

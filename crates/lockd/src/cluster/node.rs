@@ -68,8 +68,8 @@ pub(crate) struct ClusterNode {
     /// `--election-timeout-ms`: how long a front end holds a request for want of a leader,
     /// twice over, before it answers `not_leader` without one.
     pub(crate) election_timeout: Duration,
-    /// Set while this node's own log write has hung for over a heartbeat interval (see
-    /// [`watch_own_disk`]): its front end proposes nothing meanwhile.
+    /// Set while this node's own log write has hung for over a third of the election timeout
+    /// (see [`watch_own_disk`]): its front end proposes nothing meanwhile.
     pub(crate) disk_stalled: Arc<AtomicBool>,
     peer_stop: CancellationToken,
     peer_server: JoinHandle<()>,
@@ -259,7 +259,8 @@ impl ClusterNode {
             raft.clone(),
             write_probe,
             Arc::clone(&disk_stalled),
-            options.heartbeat,
+            disk_stall_threshold(options.election_timeout),
+            options.heartbeat / 4,
             peer_stop.clone(),
         ));
         let peer_server = tokio::spawn(serve_peers(
@@ -333,24 +334,41 @@ impl ClusterNode {
     }
 }
 
+/// How long this node's own log write may take before [`watch_own_disk`] stops its heartbeats
+/// and proposals: a third of the election timeout.
+///
+/// Stopping them starts no election for a write that ends sooner than the followers' election
+/// timeout, but it holds the front end's proposals, and a pause past the leader lease (two
+/// thirds of the election timeout after the last heartbeat a majority answered) makes openraft
+/// refuse the writes that follow with `not_leader` naming no leader, until the next heartbeat
+/// round. At `--heartbeat-ms` (the threshold before: 200 ms by default) an ordinary slow sync
+/// did the first, and one of about 0.9 s the second. A third of the election timeout is never
+/// below the heartbeat (lockd requires the heartbeat below it), and a hung leader is replaced
+/// at most that much minus a heartbeat later than before (133 ms by default).
+pub(crate) fn disk_stall_threshold(election_timeout: Duration) -> Duration {
+    election_timeout / 3
+}
+
 /// A leader whose own log write hangs stops leading in effect, so that the others replace it,
 /// as under openraft 0.9 (whose core waited for the leader's sync, heartbeats included).
 ///
 /// openraft 0.10 does not wait for the leader's sync: its heartbeats go on, and the followers
 /// commit the entries it sends, but it cannot apply them before its own log has them, and its
 /// clients' replies come from what it applies. So while its writer has been in one write for
-/// over `heartbeat`, this node sends no heartbeats and its front end proposes nothing
-/// (`disk_stalled`); the followers then hear nothing and elect one of themselves after an
-/// election timeout. Once the write is done, heartbeats resume: if no one was elected
-/// meanwhile, nothing changed; if someone was, this node's vote was taken over and it follows.
+/// over `threshold` ([`disk_stall_threshold`]), checked every `every`, this node sends no
+/// heartbeats and its front end proposes nothing (`disk_stalled`); the followers then hear
+/// nothing and elect one of themselves after an election timeout. Once the write is done,
+/// heartbeats resume: if no one was elected meanwhile, nothing changed; if someone was, this
+/// node's vote was taken over and it follows.
 async fn watch_own_disk(
     raft: LockdRaft,
     probe: WriteProbe,
     disk_stalled: Arc<AtomicBool>,
-    heartbeat: Duration,
+    threshold: Duration,
+    every: Duration,
     stop: CancellationToken,
 ) {
-    let mut check = tokio::time::interval(heartbeat / 4);
+    let mut check = tokio::time::interval(every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -359,13 +377,13 @@ async fn watch_own_disk(
         }
         let hung = probe
             .busy_for(std::time::Instant::now())
-            .is_some_and(|busy| busy > heartbeat);
+            .is_some_and(|busy| busy > threshold);
         if hung == disk_stalled.load(Ordering::Relaxed) {
             continue;
         }
         if hung {
             warn!(
-                "this node's Raft log write has hung for over {heartbeat:?}: no heartbeats and \
+                "this node's Raft log write has hung for over {threshold:?}: no heartbeats and \
                  no proposals until it is done"
             );
         } else {
