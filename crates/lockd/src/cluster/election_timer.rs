@@ -25,7 +25,8 @@
 //!
 //! - it refused its vote to a candidate whose log is shorter than its own. That candidate's
 //!   timer ran out, so the leader is likely gone, and this node, which could win, would
-//!   otherwise wait out its own timer while the candidate retried in vain. openraft 0.9 does not
+//!   otherwise wait out its own timer while the candidate retried in vain. openraft (0.9, and
+//!   0.10: its `handle_vote_req` refuses by the log before it looks at the term) does not
 //!   raise the term of a node that refuses a vote for the log, as Raft's paper does, so this
 //!   node's first attempt may land on the term the candidate already holds, hence the second
 //!   rule;
