@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use openraft::raft::ClientWriteResponse;
-use openraft::type_config::alias::VoteOf;
-use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::{Config, EntryPayload, Raft, ServerState, SnapshotPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::cluster::leader_contact::LeaderContact;
+use crate::cluster::log_store::{test_stall, LOG_DIR};
 use crate::cluster::peer_admission::{PeerAdmission, PeerLimits};
 use crate::cluster::peer_server::serve_peers;
 use crate::cluster::testing::{open_log_store, KvWrite, MemStateMachine, TestConfig};
@@ -41,7 +42,7 @@ struct TestNode {
     addr: SocketAddr,
     server: CancellationToken,
     server_task: JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// The default limits, with no member addresses: every test peer is a stranger.
@@ -80,7 +81,7 @@ impl TestNode {
             addr,
             server,
             server_task,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -152,6 +153,29 @@ async fn client(target: SocketAddr, secret: Option<&str>) -> PeerClient<TestConf
         .new_client(2, &BasicNode::new(target))
         .await
         .into_inner()
+}
+
+fn log_id(index: u64) -> LogIdOf<TestConfig> {
+    openraft::testing::log_id::<TestConfig>(1, 1, index)
+}
+
+/// An AppendEntries from node 1, leader in term 1, of blank entries at `indexes`, after the
+/// entry at `prev` (none: from the start of the log).
+fn append(
+    prev: Option<u64>,
+    indexes: std::ops::RangeInclusive<u64>,
+) -> AppendEntriesRequest<TestConfig> {
+    AppendEntriesRequest {
+        vote: VoteOf::<TestConfig>::new_committed(1, 1),
+        prev_log_id: prev.map(log_id),
+        entries: indexes
+            .map(|index| EntryOf::<TestConfig> {
+                log_id: log_id(index),
+                payload: EntryPayload::Blank,
+            })
+            .collect(),
+        leader_commit: None,
+    }
 }
 
 fn vote_request() -> VoteRequest<TestConfig> {
@@ -419,4 +443,74 @@ async fn bad_frames_close_the_connection_and_the_server_keeps_serving() {
         .vote(vote_request(), option(2_000))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reads_the_next_append_entries_while_its_sync_for_the_one_before_hangs() {
+    let node = TestNode::start(2, fast_config(), None).await;
+    let mut connection = dial(&node.addr.to_string(), &PeerCredentials::default())
+        .await
+        .unwrap();
+    let request = |id: u64, rpc: AppendEntriesRequest<TestConfig>| {
+        wire::encode(&RequestFrame::<TestConfig> {
+            id,
+            request: PeerRequest::AppendEntries(rpc),
+        })
+        .unwrap()
+    };
+    async fn answer(connection: &mut PeerStream) -> ReplyFrame<TestConfig> {
+        let bytes = tokio::time::timeout(PATIENCE, connection.next())
+            .await
+            .expect("an answer")
+            .unwrap()
+            .unwrap();
+        wire::decode(&bytes).unwrap()
+    }
+    // The follower takes node 1 for its leader (a vote it must write before it takes
+    // entries), and a first entry.
+    connection
+        .send(request(1, append(None, 0..=0)))
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut connection).await.id, 1);
+
+    let stall = test_stall::stall(&node.dir.path().join(LOG_DIR));
+    let taken =
+        |index: u64| move |m: &openraft::RaftMetrics<TestConfig>| m.last_log_index >= Some(index);
+    connection
+        .send(request(2, append(Some(0), 1..=1)))
+        .await
+        .unwrap();
+    node.raft
+        .wait(Some(PATIENCE))
+        .metrics(taken(1), "the follower takes the second AppendEntries")
+        .await
+        .unwrap();
+    // Its answer waits for the stalled sync; a server that answered one request at a time
+    // would not read the next before it.
+    connection
+        .send(request(3, append(Some(1), 2..=2)))
+        .await
+        .unwrap();
+    node.raft
+        .wait(Some(PATIENCE))
+        .metrics(
+            taken(2),
+            "the follower takes the third AppendEntries while its sync for the second hangs",
+        )
+        .await
+        .unwrap();
+    stall.release();
+    for expected in [2, 3] {
+        let reply = answer(&mut connection).await;
+        assert_eq!(reply.id, expected);
+        assert!(
+            matches!(
+                reply.reply,
+                PeerReply::AppendEntries(Ok(AppendEntriesResponse::Success))
+            ),
+            "{:?}",
+            reply.reply
+        );
+    }
 }
