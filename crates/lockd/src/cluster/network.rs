@@ -1,21 +1,25 @@
 //! The client side of Raft RPC: [`PeerNetwork`], openraft's `RaftNetworkFactory` over TCP (or
 //! mutual TLS, see `transport.rs`).
 //!
-//! openraft asks the factory for one [`PeerClient`] per target and per purpose (a replication
-//! stream, an election) and calls it through `&mut self`, so a client never has two RPCs in
-//! flight. Each client therefore keeps one TCP connection and sends its requests one after
-//! another on it: multiplexing would buy nothing and would need a reader task per connection.
-//! The connection is opened on the first RPC, and dropped after any failure, or when openraft
-//! cancels an RPC by dropping its future (it does, at `hard_ttl`), so that the next RPC starts
-//! on a fresh connection and never reads an earlier request's late reply.
+//! openraft asks the factory for one client per target and per purpose (a replication stream,
+//! heartbeats, an election, a snapshot) and calls it through `&mut self`, so a client has one
+//! RPC at a time. Each client therefore keeps one TCP connection: a vote or a snapshot chunk is
+//! sent and its reply awaited before the next request; a `stream_append` (replication and
+//! heartbeats) keeps up to 16 AppendEntries on it at once (`append_stream::MAX_APPENDS_IN_FLIGHT`),
+//! answered in order. Multiplexing several RPCs would buy nothing and would need a reader task
+//! per connection. The connection is opened on the first RPC, and dropped after any failure,
+//! when a stream ends with requests unanswered, or when openraft cancels an RPC by dropping its
+//! future (it does, at `hard_ttl`), so that the next RPC starts on a fresh connection and never
+//! reads an earlier request's late reply.
 //!
-//! openraft also makes a client for each single RPC outside replication: every leadership check
-//! behind a linearizable read (`Raft::ensure_linearizable`) asks each voter through a new
-//! client. So a client that is dropped with a healthy connection leaves it in a small per-target
-//! pool (`IdlePeerConnections`), and a new client takes one from there before it dials: a read
-//! costs a round trip to each follower, not a TCP and TLS handshake. A pooled connection may
-//! have died while idle (the peer restarted); an RPC that fails on one is sent once more on a
-//! fresh connection, which Raft's RPCs allow (they are idempotent).
+//! openraft also makes a client for single RPCs outside replication: every round of vote
+//! requests asks each voter through a new client (and openraft 0.9 did so for every leadership
+//! check behind a linearizable read; 0.10 checks through its heartbeat clients). So a client
+//! that is dropped with a healthy connection leaves it in a small per-target pool
+//! (`IdlePeerConnections`), and a new client takes one from there before it dials: such an RPC
+//! costs a round trip, not a TCP and TLS handshake. A pooled connection may have died while
+//! idle (the peer restarted); an RPC that fails on one before any reply came on it is sent once
+//! more on a fresh connection, which Raft's RPCs allow (they are idempotent).
 //!
 //! Failures are reported the way openraft's replication loop expects: a peer that cannot be
 //! connected to (refused, no route, connect timeout, handshake refused) is `Unreachable`, after
@@ -28,20 +32,34 @@
 //! openraft 0.10 calls networks through `RaftNetworkV2`; [`PeerClient`] implements the v1
 //! `RaftNetwork` of `openraft-legacy`, whose `Adapter` turns it into a `RaftNetworkV2` (sending
 //! a snapshot in chunks through `install_snapshot`, and a remote `Fatal` error as
-//! `Unreachable`). Replication still sends one AppendEntries at a time on a connection: the
-//! adapter uses openraft's sequential `stream_append`.
+//! `Unreachable`). [`PeerLink`], what the factory hands openraft, wraps that adapter and
+//! replaces one method: `stream_append`, through which openraft replicates (and sends
+//! heartbeats), is pipelined (`append_stream.rs`): several AppendEntries are on the connection
+//! at once and their replies come back in order. The adapter would send them one at a time
+//! (openraft's `stream_append_sequential`), each waiting for the reply before it, and so for
+//! the follower's sync.
 
 use std::collections::HashMap;
 use std::fmt::{self, Debug};
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures_util::{SinkExt, Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::entry::RaftEntry;
-use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
-use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::error::{
+    NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Timeout,
+    Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{LogIdOf, SnapshotOf, VoteOf};
 use openraft::vote::{RaftLeaderId, RaftVote};
 use openraft::{AnyError, BasicNode, OptionalSend, RaftTypeConfig};
 use openraft_legacy::network_v1::{
@@ -108,7 +126,24 @@ impl PeerAddress for BasicNode {
     }
 }
 
-/// Makes a [`PeerClient`] per target, for snapshots whose data is an `SD`. Cheap to clone.
+/// What a snapshot's data must be for a [`PeerLink`] to send it in chunks: a file, or bytes in
+/// memory.
+pub trait SnapshotBytes:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin + OptionalSend + 'static
+{
+}
+
+impl<T> SnapshotBytes for T where
+    T: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tokio::io::AsyncSeek
+        + Unpin
+        + OptionalSend
+        + 'static
+{
+}
+
+/// Makes a [`PeerLink`] per target, for snapshots whose data is an `SD`. Cheap to clone.
 pub struct PeerNetwork<C: RaftTypeConfig, SD> {
     /// This node's id, which openraft's `Timeout` error names as the sender.
     own_id: C::NodeId,
@@ -172,17 +207,12 @@ impl<C, SD> RaftNetworkFactory<C> for PeerNetwork<C, SD>
 where
     C: RaftTypeConfig,
     C::Node: PeerAddress,
-    SD: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tokio::io::AsyncSeek
-        + Unpin
-        + OptionalSend
-        + 'static,
+    SD: SnapshotBytes,
 {
-    type Network = Adapter<C, PeerClient<C>, SD>;
+    type Network = PeerLink<C, SD>;
 
     async fn new_client(&mut self, target: C::NodeId, node: &C::Node) -> Self::Network {
-        Adapter::new(PeerClient {
+        PeerLink::new(PeerClient {
             own_id: self.own_id.clone(),
             target,
             node: node.clone(),
@@ -194,6 +224,102 @@ where
             next_request_id: 1,
             _config: PhantomData,
         })
+    }
+}
+
+/// openraft's client to one peer: a [`PeerClient`] in `openraft-legacy`'s `Adapter` (chunked
+/// snapshots, v1 errors), whose `stream_append` is pipelined (`append_stream.rs`) instead of
+/// the adapter's one AppendEntries at a time.
+pub struct PeerLink<C: RaftTypeConfig, SD> {
+    adapter: Adapter<C, PeerClient<C>, SD>,
+}
+
+impl<C, SD> PeerLink<C, SD>
+where
+    C: RaftTypeConfig,
+    C::Node: PeerAddress,
+    SD: OptionalSend + 'static,
+{
+    fn new(client: PeerClient<C>) -> Self {
+        PeerLink {
+            adapter: Adapter::new(client),
+        }
+    }
+
+    /// The client inside, which speaks openraft's v1 `RaftNetwork`.
+    pub fn into_inner(self) -> PeerClient<C> {
+        self.adapter.into_inner()
+    }
+}
+
+impl<C, SD> RaftNetworkV2<C> for PeerLink<C, SD>
+where
+    C: RaftTypeConfig,
+    C::Node: PeerAddress,
+    SD: SnapshotBytes,
+{
+    type SnapshotData = SD;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        RaftNetworkV2::append_entries(&mut self.adapter, rpc, option).await
+    }
+
+    /// Pipelined: see `append_stream.rs`.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<C>, RPCError<C>>>, RPCError<C>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
+    {
+        let stream = append_stream::stream_append(self.adapter.inner_mut(), input, option);
+        Box::pin(std::future::ready(Ok(stream)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        RaftNetworkV2::vote(&mut self.adapter, rpc, option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, SD>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        RaftNetworkV2::full_snapshot(&mut self.adapter, vote, snapshot, cancel, option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        RaftNetworkV2::transfer_leader(&mut self.adapter, rpc, option).await
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        RaftNetworkV2::backoff(&self.adapter)
+    }
+}
+
+impl<C, SD> Debug for PeerLink<C, SD>
+where
+    C: RaftTypeConfig,
+    C::Node: PeerAddress,
+    SD: OptionalSend + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Debug::fmt(self.adapter.inner(), f)
     }
 }
 
@@ -226,7 +352,7 @@ where
         request: PeerRequest<C>,
         action: RPCTypes,
         ttl: Duration,
-    ) -> Result<PeerReply<C>, CallError<C>> {
+    ) -> Result<PeerReply<C>, CallError> {
         let (id, frame) = self
             .encode(request)
             .map_err(|refused| CallError::encoding(refused.0))?;
@@ -235,7 +361,7 @@ where
 
     /// Numbers and encodes `request`; gives it back with the error if it does not fit a
     /// frame. Encoded before connecting, so a frame too large to send costs no connection.
-    fn encode(&mut self, request: PeerRequest<C>) -> Result<(u64, bytes::Bytes), Box<Unsent<C>>> {
+    fn encode(&mut self, request: PeerRequest<C>) -> Result<(u64, Bytes), Box<Unsent<C>>> {
         let id = self.next_request_id;
         self.next_request_id += 1;
         let frame = RequestFrame { id, request };
@@ -245,14 +371,52 @@ where
         }
     }
 
+    /// Numbers and encodes an AppendEntries; if its entries make a frame over
+    /// [`wire::MAX_FRAME_BYTES`], only the first half of them (and so on), which the answer
+    /// must then report as a partial success ([`Cut::apply`]).
+    fn encode_append(
+        &mut self,
+        mut rpc: AppendEntriesRequest<C>,
+    ) -> Result<EncodedAppend<C>, CallError> {
+        let all = rpc.entries.len();
+        loop {
+            let sent = rpc.entries.len();
+            let last_sent = rpc.entries.last().map(RaftEntry::log_id);
+            let refused = match self.encode(PeerRequest::AppendEntries(rpc)) {
+                Ok((id, frame)) => {
+                    let cut = match last_sent {
+                        Some(last_sent) if sent < all => Cut(Some(last_sent)),
+                        _ => Cut(None),
+                    };
+                    return Ok(EncodedAppend { id, frame, cut });
+                }
+                Err(refused) => refused,
+            };
+            rpc = match *refused {
+                (err @ FrameError::TooLarge(_), PeerRequest::AppendEntries(mut rpc))
+                    if sent > 1 =>
+                {
+                    tracing::debug!(
+                        entries = sent,
+                        error = %err,
+                        "an AppendEntries is too large for a frame: sending half of it"
+                    );
+                    rpc.entries.truncate(sent / 2);
+                    rpc
+                }
+                (err, _) => return Err(CallError::encoding(err)),
+            };
+        }
+    }
+
     /// Sends the encoded request `id` and waits for its reply, all within `ttl`.
     async fn send_frame(
         &mut self,
         id: u64,
-        frame: bytes::Bytes,
+        frame: Bytes,
         action: RPCTypes,
         ttl: Duration,
-    ) -> Result<PeerReply<C>, CallError<C>> {
+    ) -> Result<PeerReply<C>, CallError> {
         let deadline = Instant::now() + ttl;
         // A connection from the pool may have died while it sat there: if the exchange fails
         // on one, it is tried once more on a fresh connection.
@@ -285,7 +449,7 @@ where
         &self,
         deadline: Instant,
         ttl: Duration,
-    ) -> Result<PeerStream, CallError<C>> {
+    ) -> Result<PeerStream, CallError> {
         match timeout_at(deadline, self.connect()).await {
             Ok(connected) => connected,
             Err(_) => Err(CallError::Unreachable(AnyError::error(format!(
@@ -297,7 +461,7 @@ where
 
     /// Opens a connection and completes the handshake. Every failure here means the peer is
     /// unreachable, and openraft should wait before trying again.
-    async fn connect(&self) -> Result<PeerStream, CallError<C>> {
+    async fn connect(&self) -> Result<PeerStream, CallError> {
         dial(self.node.peer_addr(), &self.credentials)
             .await
             .map_err(|why| CallError::Unreachable(AnyError::error(why)))
@@ -314,7 +478,7 @@ where
         ))))
     }
 
-    fn rpc_error<E: std::error::Error>(&self, err: CallError<C>) -> RPCError<C, E> {
+    fn rpc_error<E: std::error::Error>(&self, err: CallError) -> RPCError<C, E> {
         match err {
             CallError::Unreachable(source) => RPCError::Unreachable(Unreachable::new(&source)),
             CallError::Network(source) => RPCError::Network(NetworkError::new(&source)),
@@ -324,9 +488,7 @@ where
                 target: self.target.clone(),
                 timeout: ttl,
             }),
-            CallError::TooLarge(source) | CallError::Shrink(source, _) => {
-                RPCError::Network(NetworkError::new(&source))
-            }
+            CallError::TooLarge(source) => RPCError::Network(NetworkError::new(&source)),
         }
     }
 
@@ -349,46 +511,23 @@ where
     /// follows with the rest at once. (openraft 0.9 had a `PayloadTooLarge` error for this.)
     async fn append_entries(
         &mut self,
-        mut rpc: AppendEntriesRequest<C>,
+        rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C, RaftError<C>>> {
-        let all = rpc.entries.len();
-        loop {
-            let sent = rpc.entries.len();
-            let last_sent = rpc.entries.last().map(RaftEntry::log_id);
-            let call = match self.encode(PeerRequest::AppendEntries(rpc)) {
-                Ok((id, frame)) => {
-                    self.send_frame(id, frame, RPCTypes::AppendEntries, option.hard_ttl())
-                        .await
-                }
-                Err(refused) => match *refused {
-                    (err @ FrameError::TooLarge(_), PeerRequest::AppendEntries(rpc))
-                        if sent > 1 =>
-                    {
-                        Err(CallError::Shrink(err, Box::new(rpc)))
-                    }
-                    (err, _) => Err(CallError::encoding(err)),
-                },
-            };
-            rpc = match call {
-                Ok(PeerReply::AppendEntries(Ok(AppendEntriesResponse::Success))) if sent < all => {
-                    return Ok(AppendEntriesResponse::PartialSuccess(last_sent));
-                }
-                Ok(PeerReply::AppendEntries(Ok(response))) => return Ok(response),
-                Ok(PeerReply::AppendEntries(Err(remote))) => return Err(self.remote_error(remote)),
-                Ok(other) => return Err(self.unexpected_reply(&other)),
-                Err(CallError::Shrink(source, rpc)) => {
-                    let mut rpc = *rpc;
-                    tracing::debug!(
-                        entries = sent,
-                        error = %source,
-                        "an AppendEntries is too large for a frame: sending half of it"
-                    );
-                    rpc.entries.truncate(sent / 2);
-                    rpc
-                }
-                Err(err) => return Err(self.rpc_error(err)),
-            };
+        let append = self.encode_append(rpc).map_err(|err| self.rpc_error(err))?;
+        let call = self
+            .send_frame(
+                append.id,
+                append.frame,
+                RPCTypes::AppendEntries,
+                option.hard_ttl(),
+            )
+            .await;
+        match call {
+            Ok(PeerReply::AppendEntries(Ok(response))) => Ok(append.cut.apply(response)),
+            Ok(PeerReply::AppendEntries(Err(remote))) => Err(self.remote_error(remote)),
+            Ok(other) => Err(self.unexpected_reply(&other)),
+            Err(err) => Err(self.rpc_error(err)),
         }
     }
 
@@ -454,9 +593,9 @@ where
 /// Sends one encoded request on `connection` and reads its reply, which must answer `id`.
 async fn exchange<C: RaftTypeConfig>(
     connection: &mut PeerStream,
-    frame: bytes::Bytes,
+    frame: Bytes,
     id: u64,
-) -> Result<PeerReply<C>, CallError<C>> {
+) -> Result<PeerReply<C>, CallError> {
     connection.send(frame).await.map_err(network_error)?;
     let bytes = match connection.next().await {
         Some(read) => read.map_err(network_error)?,
@@ -542,20 +681,39 @@ async fn dial(address: &str, credentials: &PeerCredentials) -> Result<PeerStream
 /// A request that could not be encoded, given back with why.
 type Unsent<C> = (FrameError, PeerRequest<C>);
 
-/// How one RPC failed, before it is put in the error type of its method.
-enum CallError<C: RaftTypeConfig> {
-    Unreachable(AnyError),
-    Network(AnyError),
-    Timeout {
-        action: RPCTypes,
-        ttl: Duration,
-    },
-    TooLarge(FrameError),
-    /// An AppendEntries of several entries too large for a frame, given back to be split.
-    Shrink(FrameError, Box<AppendEntriesRequest<C>>),
+/// An AppendEntries numbered and encoded, ready to send.
+struct EncodedAppend<C: RaftTypeConfig> {
+    id: u64,
+    frame: Bytes,
+    cut: Cut<C>,
 }
 
-impl<C: RaftTypeConfig> CallError<C> {
+/// Where an AppendEntries was cut to fit a frame: the last entry sent, or `None` when it went
+/// whole.
+struct Cut<C: RaftTypeConfig>(Option<LogIdOf<C>>);
+
+impl<C: RaftTypeConfig> Cut<C> {
+    /// The follower's answer to what was sent, as an answer to the whole request: a success
+    /// for a cut request is a partial success up to its last entry sent.
+    fn apply(&self, response: AppendEntriesResponse<C>) -> AppendEntriesResponse<C> {
+        match (response, &self.0) {
+            (AppendEntriesResponse::Success, Some(last_sent)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last_sent.clone()))
+            }
+            (response, _) => response,
+        }
+    }
+}
+
+/// How one RPC failed, before it is put in the error type of its method.
+enum CallError {
+    Unreachable(AnyError),
+    Network(AnyError),
+    Timeout { action: RPCTypes, ttl: Duration },
+    TooLarge(FrameError),
+}
+
+impl CallError {
     fn encoding(err: FrameError) -> Self {
         match err {
             FrameError::TooLarge(_) => CallError::TooLarge(err),
@@ -564,9 +722,12 @@ impl<C: RaftTypeConfig> CallError<C> {
     }
 }
 
-fn network_error<C: RaftTypeConfig>(err: impl std::error::Error + 'static) -> CallError<C> {
+fn network_error(err: impl std::error::Error + 'static) -> CallError {
     CallError::Network(AnyError::new(&err))
 }
+
+#[path = "append_stream.rs"]
+mod append_stream;
 
 #[cfg(test)]
 #[path = "network_tests.rs"]

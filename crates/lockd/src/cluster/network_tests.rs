@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use openraft::raft::ClientWriteResponse;
-use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::type_config::alias::{EntryOf, VoteOf};
 use openraft::{Config, EntryPayload, Raft, ServerState, SnapshotPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -89,6 +89,24 @@ impl TestNode {
         BasicNode::new(self.addr)
     }
 
+    /// Stops the peer server, which closes every peer connection to this node, and starts it
+    /// again on the same address; Raft runs on throughout.
+    async fn restart_server(&mut self) {
+        self.server.cancel();
+        (&mut self.server_task).await.unwrap();
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.server = CancellationToken::new();
+        self.server_task = tokio::spawn(serve_peers(
+            listener,
+            self.raft.clone(),
+            PeerCredentials::default(),
+            default_admission(),
+            LeaderContact::default(),
+            Arc::default(),
+            self.server.clone(),
+        ));
+    }
+
     /// Stops answering peers and stops Raft, as if the process had died.
     async fn crash(self) {
         self.server.cancel();
@@ -143,16 +161,77 @@ async fn wait_for_leader<'a>(nodes: &[&'a TestNode], not: Option<u64>) -> &'a Te
     leader
 }
 
-/// A client from node 1 to the node at `target`, which it takes for node 2.
-async fn client(target: SocketAddr, secret: Option<&str>) -> PeerClient<TestConfig> {
+type TestLink = PeerLink<TestConfig, std::io::Cursor<Vec<u8>>>;
+
+/// What openraft gets from node 1's network for the node at `target`, which it takes for node 2.
+async fn link(target: SocketAddr, secret: Option<&str>) -> TestLink {
     let mut network = PeerNetwork::<TestConfig, std::io::Cursor<Vec<u8>>>::new(
         1,
         PeerCredentials::secret(secret.map(Arc::from)),
     );
-    network
-        .new_client(2, &BasicNode::new(target))
+    network.new_client(2, &BasicNode::new(target)).await
+}
+
+/// A client from node 1 to the node at `target`, which it takes for node 2.
+async fn client(target: SocketAddr, secret: Option<&str>) -> PeerClient<TestConfig> {
+    link(target, secret).await.into_inner()
+}
+
+/// A fake peer on 127.0.0.1 that welcomes every connection and hands it to `serve`, with the
+/// connection's number (from 0). Returns its address and a count of the connections it took.
+async fn fake_peer<F, Fut>(serve: F) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(usize, PeerStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let number = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut connection = wire::frame_stream(stream);
+            connection.next().await.unwrap().unwrap();
+            let welcome = Welcome {
+                version: PROTOCOL_VERSION,
+            };
+            connection
+                .send(wire::encode(&welcome).unwrap())
+                .await
+                .unwrap();
+            tokio::spawn(serve(number, connection));
+        }
+    });
+    (addr, connections)
+}
+
+/// The next request's id on a fake peer's connection, or `None` once the client closed it.
+async fn read_request(connection: &mut PeerStream) -> Option<u64> {
+    let bytes = connection.next().await?.ok()?;
+    let frame: RequestFrame<TestConfig> = wire::decode(&bytes).unwrap();
+    Some(frame.id)
+}
+
+/// A fake peer that answers each AppendEntries with success once it has read it, and reads the
+/// next only then, as a server that answers one request at a time.
+async fn answer_each(connection: &mut PeerStream) {
+    while let Some(id) = read_request(connection).await {
+        answer_success(connection, id).await;
+    }
+}
+
+/// A fake peer's answer to the AppendEntries `id`: success.
+async fn answer_success(connection: &mut PeerStream, id: u64) {
+    let reply = ReplyFrame::<TestConfig> {
+        id,
+        reply: PeerReply::AppendEntries(Ok(AppendEntriesResponse::Success)),
+    };
+    connection
+        .send(wire::encode(&reply).unwrap())
         .await
-        .into_inner()
+        .unwrap();
 }
 
 fn log_id(index: u64) -> LogIdOf<TestConfig> {
@@ -176,6 +255,40 @@ fn append(
             .collect(),
         leader_commit: None,
     }
+}
+
+/// `count` AppendEntries of one entry each, from the start of the log.
+fn appends(count: u64) -> Vec<AppendEntriesRequest<TestConfig>> {
+    (0..count)
+        .map(|index| append(index.checked_sub(1), index..=index))
+        .collect()
+}
+
+type StreamItem = Result<StreamAppendResult<TestConfig>, RPCError<TestConfig>>;
+
+/// Streams `requests` through `link` with a `hard_ttl` of `ttl_ms`, and collects what the
+/// stream yields until it ends.
+async fn stream(
+    link: &mut TestLink,
+    requests: Vec<AppendEntriesRequest<TestConfig>>,
+    ttl_ms: u64,
+) -> Vec<StreamItem> {
+    let input = futures_util::stream::iter(requests);
+    let answers = link.stream_append(input, option(ttl_ms)).await.unwrap();
+    tokio::time::timeout(PATIENCE, answers.collect())
+        .await
+        .expect("the stream of answers ends")
+}
+
+/// What a stream matched, each answer a success.
+fn matched(items: Vec<StreamItem>) -> Vec<Option<LogIdOf<TestConfig>>> {
+    items
+        .into_iter()
+        .map(|item| match item {
+            Ok(Ok(matched)) => matched,
+            other => panic!("expected a success, got {other:?}"),
+        })
+        .collect()
 }
 
 fn vote_request() -> VoteRequest<TestConfig> {
@@ -309,31 +422,15 @@ async fn a_peer_silent_at_the_handshake_is_unreachable_within_the_ttl() {
     );
 }
 
+/// A fake peer that reads requests and never answers.
+async fn silent_peer() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    fake_peer(|_, mut connection| async move { while let Some(Ok(_)) = connection.next().await {} })
+        .await
+}
+
 #[tokio::test]
 async fn a_peer_that_stops_answering_times_out_and_the_next_call_reconnects() {
-    // A fake peer that welcomes every connection, then reads requests and never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = Arc::clone(&connections);
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut connection = wire::frame_stream(stream);
-                connection.next().await.unwrap().unwrap();
-                let welcome = Welcome {
-                    version: PROTOCOL_VERSION,
-                };
-                connection
-                    .send(wire::encode(&welcome).unwrap())
-                    .await
-                    .unwrap();
-                while let Some(Ok(_)) = connection.next().await {}
-            });
-        }
-    });
+    let (addr, connections) = silent_peer().await;
     let mut client = client(addr, None).await;
     for _ in 0..2 {
         let result = quick_vote(&mut client, 300).await;
@@ -445,6 +542,130 @@ async fn bad_frames_close_the_connection_and_the_server_keeps_serving() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn a_stream_sends_the_next_append_entries_before_the_answer_to_the_one_before() {
+    // Answers nothing until it holds three requests: a client that waits for each answer
+    // before it sends the next never gets one.
+    let (addr, connections) = fake_peer(|_, mut connection| async move {
+        let mut ids = Vec::new();
+        while ids.len() < 3 {
+            match read_request(&mut connection).await {
+                Some(id) => ids.push(id),
+                None => return,
+            }
+        }
+        for id in ids {
+            answer_success(&mut connection, id).await;
+        }
+        answer_each(&mut connection).await;
+    })
+    .await;
+    let mut link = link(addr, None).await;
+    let requests = vec![
+        append(None, 0..=0),
+        append(Some(0), 1..=2),
+        append(Some(2), 3..=3),
+    ];
+    let answers = stream(&mut link, requests, 5_000).await;
+    assert_eq!(
+        matched(answers),
+        vec![Some(log_id(0)), Some(log_id(2)), Some(log_id(3))]
+    );
+    // Every request was answered: the next stream goes on the same connection.
+    let answers = stream(&mut link, vec![append(Some(3), 4..=4)], 5_000).await;
+    assert_eq!(matched(answers), vec![Some(log_id(4))]);
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_server_that_answers_one_request_at_a_time_serves_a_pipelined_stream() {
+    // As lockd on openraft 0.9 (or before pipelining) serves: it reads a request only once it
+    // has answered the one before.
+    let (addr, _) = fake_peer(|_, mut connection| async move {
+        answer_each(&mut connection).await;
+    })
+    .await;
+    let mut link = link(addr, None).await;
+    let answers = stream(&mut link, appends(40), 5_000).await;
+    let expected: Vec<_> = (0..40).map(|index| Some(log_id(index))).collect();
+    assert_eq!(matched(answers), expected);
+}
+
+#[tokio::test]
+async fn an_answer_out_of_order_or_to_no_request_sent_ends_the_stream() {
+    // Reads two requests and answers the second first.
+    let (swapped, _) = fake_peer(|_, mut connection| async move {
+        let (Some(first), Some(second)) = (
+            read_request(&mut connection).await,
+            read_request(&mut connection).await,
+        ) else {
+            return;
+        };
+        answer_success(&mut connection, second).await;
+        answer_success(&mut connection, first).await;
+        while let Some(Ok(_)) = connection.next().await {}
+    })
+    .await;
+    // Answers each request with another id.
+    let (stranger, _) = fake_peer(|_, mut connection| async move {
+        while let Some(id) = read_request(&mut connection).await {
+            answer_success(&mut connection, id + 100).await;
+        }
+    })
+    .await;
+    for (what, addr, requests) in [
+        ("answers out of order", swapped, appends(2)),
+        ("an answer to no request sent", stranger, appends(1)),
+    ] {
+        let mut link = link(addr, None).await;
+        let answers = stream(&mut link, requests, 5_000).await;
+        assert!(
+            matches!(answers.as_slice(), [Err(RPCError::Network(_))]),
+            "{what}: {answers:?}"
+        );
+        // Its answers cannot be trusted: the connection is not kept.
+        assert!(link.into_inner().connection.is_none(), "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_connection_dropped_mid_stream_ends_it_and_the_next_stream_reconnects() {
+    // The first connection takes two requests and closes; later ones answer everything.
+    let (addr, connections) = fake_peer(|number, mut connection| async move {
+        if number == 0 {
+            read_request(&mut connection).await;
+            read_request(&mut connection).await;
+            return;
+        }
+        answer_each(&mut connection).await;
+    })
+    .await;
+    let mut link = link(addr, None).await;
+    let answers = stream(&mut link, appends(3), 5_000).await;
+    assert!(
+        matches!(answers.as_slice(), [Err(RPCError::Network(_))]),
+        "{answers:?}"
+    );
+    let answers = stream(&mut link, appends(1), 5_000).await;
+    assert_eq!(matched(answers), vec![Some(log_id(0))]);
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_append_entries_unanswered_within_the_ttl_ends_the_stream_with_a_timeout() {
+    let (addr, connections) = silent_peer().await;
+    let mut link = link(addr, None).await;
+    for _ in 0..2 {
+        let answers = stream(&mut link, appends(2), 300).await;
+        assert!(
+            matches!(answers.as_slice(), [Err(RPCError::Timeout(_))]),
+            "{answers:?}"
+        );
+    }
+    // A timed-out connection may still carry late answers: it is never reused.
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_reads_the_next_append_entries_while_its_sync_for_the_one_before_hangs() {
     let node = TestNode::start(2, fast_config(), None).await;
@@ -513,4 +734,62 @@ async fn a_follower_reads_the_next_append_entries_while_its_sync_for_the_one_bef
             reply.reply
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_recovers_when_a_followers_connections_are_cut_mid_stream() {
+    let mut nodes = [
+        TestNode::start(1, fast_config(), None).await,
+        TestNode::start(2, fast_config(), None).await,
+        TestNode::start(3, fast_config(), None).await,
+    ];
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    nodes[0].raft.initialize(members(&all)).await.unwrap();
+    let leader = wait_for_leader(&all, None).await.id;
+    let at = |id: u64| usize::try_from(id - 1).unwrap();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let first = nodes[at(leader)].write("first", "write").await.log_id.index;
+
+    // Writers keep the leader replicating while the follower's connections are cut.
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let raft = nodes[at(leader)].raft.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let write = KvWrite {
+                        key: format!("w{writer}-{i}"),
+                        value: "during".to_owned(),
+                    };
+                    raft.client_write(write).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    nodes[at(leader)]
+        .raft
+        .wait(Some(PATIENCE))
+        .metrics(
+            |m| {
+                m.last_applied
+                    .is_some_and(|applied| applied.index >= first + 20)
+            },
+            "the writers are under way",
+        )
+        .await
+        .unwrap();
+    nodes[at(follower)].restart_server().await;
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    let last = nodes[at(leader)]
+        .write("after", "the cut")
+        .await
+        .log_id
+        .index;
+    nodes[at(follower)].wait_applied(last).await;
+    assert_eq!(
+        nodes[at(follower)].state.data(),
+        nodes[at(leader)].state.data()
+    );
 }

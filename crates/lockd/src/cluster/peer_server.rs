@@ -6,7 +6,7 @@
 //! order they came, each [`ReplyFrame`] carrying its request's id. AppendEntries are pipelined:
 //! they go into openraft's `Raft::stream_append` as they are read, so that the next one is read
 //! and appended while the one before waits for this node's log sync, and a leader that keeps
-//! several on the connection is not held to one round trip each. A vote or
+//! several on the connection (`append_stream.rs`) is not held to one round trip each. A vote or
 //! a snapshot chunk is answered alone, after every AppendEntries before it.
 //!
 //! The frames are those of a server that answered one request at a time, and so is the order of
@@ -52,8 +52,9 @@ use super::wire::{
 /// How long a new connection may take to send its [`Hello`].
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The most AppendEntries a connection reads ahead of its answers: above what a leader is meant
-/// to keep unanswered (16), so that only a peer that sends more is held back, and below the 64 that openraft's `Raft::stream_append` buffers, so that handing one over
+/// The most AppendEntries a connection reads ahead of its answers: above a lockd leader's
+/// `append_stream::MAX_APPENDS_IN_FLIGHT` (16), so that only a peer that sends more is held back,
+/// and below the 64 that openraft's `Raft::stream_append` buffers, so that handing one over
 /// never waits. What a peer can make this node hold is bounded by it.
 const MAX_APPENDS_READ_AHEAD: usize = 32;
 

@@ -5,8 +5,12 @@
 //! frames (tokio-util's
 //! `LengthDelimitedCodec`: a 4-byte big-endian length, then that many bytes), each a JSON
 //! document. The client speaks first with a [`Hello`]; the server answers [`Welcome`] or closes.
-//! After that, the client sends one [`RequestFrame`] at a time and reads its [`ReplyFrame`],
-//! whose `id` must match. This module only defines the frames; it owns no socket.
+//! After that, the client sends [`RequestFrame`]s, each with an `id` of its own, and the server
+//! answers each with a [`ReplyFrame`] of the same `id`, in the order of the requests. A client
+//! may send the next request before the answer to the one before (lockd's leader does with
+//! AppendEntries, see `append_stream.rs`); a server that reads one request at a time serves it
+//! all the same, so this changed no frame and no [`PROTOCOL_VERSION`]. This module only defines
+//! the frames; it owns no socket.
 
 use bytes::Bytes;
 use openraft::error::RaftError;
