@@ -515,11 +515,7 @@ where
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
-        Ok(self
-            .vote
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone())
+        Ok(current_vote::<C>(&self.vote))
     }
 }
 
@@ -535,11 +531,7 @@ where
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
-        Ok(self
-            .vote
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone())
+        Ok(current_vote::<C>(&self.vote))
     }
 }
 
@@ -878,6 +870,11 @@ where
 enum Found<E> {
     Kept(E),
     OnDisk(Arc<File>, Location),
+}
+
+/// The vote last saved, as the store and its readers share it.
+fn current_vote<C: RaftTypeConfig>(vote: &Mutex<Option<VoteOf<C>>>) -> Option<VoteOf<C>> {
+    vote.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 /// The entries whose indexes fall in `range`, in order. Entries still in memory are cloned;
