@@ -59,7 +59,6 @@ use super::leader_contact::LeaderContact;
 use super::leases::LeaseKeeper;
 use super::machine::{lock_replica, Replica, Route};
 use super::membership::{self, leader_node, not_leader};
-
 use super::node::ClusterNode;
 use super::resume::{ResumeCheck, ResumeSecret};
 use super::types::{Applied, EntryOp, LockdNetwork, LockdNode, LockdRaft, Proposal, TypeConfig};
