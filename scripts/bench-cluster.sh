@@ -57,15 +57,11 @@ cargo build --release --quiet --bin lockd
 cargo build --release --quiet -p lockbench --features etcd
 lockbench=${CARGO_TARGET_DIR:-target}/release/lockbench
 
-# Six free ports on 127.0.0.1 (a client and a peer port per member): the first that nothing
-# answers on, from a range well away from the ephemeral ports lockd's own nodes get.
-ports=()
-for port in $(seq 23790 23990); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
-    ports+=("$port")
-    [ ${#ports[@]} -eq 6 ] && break
-done
-[ ${#ports[@]} -eq 6 ] || { echo "bench-cluster: no six free ports in 23790-23990" >&2; exit 1; }
+# Six free ports on 127.0.0.1 (a client and a peer port per member), from a range well away
+# from the ephemeral ports lockd's own nodes get.
+. scripts/free-ports.sh
+mapfile -t ports < <(free_ports 6 23790 23990)
+[ ${#ports[@]} -eq 6 ] || exit 1
 cluster=""
 for i in 1 2 3; do
     cluster+="${cluster:+,}e$i=http://127.0.0.1:${ports[$((2 * i - 1))]}"

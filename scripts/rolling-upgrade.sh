@@ -35,13 +35,9 @@ cleanup() {
 trap cleanup EXIT
 
 # Six free ports on 127.0.0.1 (a client and a peer port per node).
-ports=()
-for port in $(seq 24790 24990); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
-    ports+=("$port")
-    [ ${#ports[@]} -eq 6 ] && break
-done
-[ ${#ports[@]} -eq 6 ] || { echo "rolling-upgrade: no six free ports in 24790-24990" >&2; exit 1; }
+. scripts/free-ports.sh
+mapfile -t ports < <(free_ports 6 24790 24990)
+[ ${#ports[@]} -eq 6 ] || exit 1
 client() { echo "127.0.0.1:${ports[$((2 * $1 - 2))]}"; }
 peer() { echo "127.0.0.1:${ports[$((2 * $1 - 1))]}"; }
 members="1=$(client 1)/$(peer 1),2=$(client 2)/$(peer 2),3=$(client 3)/$(peer 3)"
