@@ -545,17 +545,6 @@ fn read_error(error: impl ToString) -> io::Error {
     io::Error::other(format!("cannot read the snapshot: {}", error.to_string()))
 }
 
-/// The name a snapshot built here gets for its file (with its last log index): openraft 0.9
-/// called it the snapshot's id, and 0.10 has none.
-fn built_snapshot_id(last: Option<&LogIdOf<TypeConfig>>, last_at_ms: u64) -> String {
-    format!(
-        "{}-{}-{}",
-        last.map_or(0, |id| id.leader_id.term),
-        last.map_or(0, |id| id.index),
-        last_at_ms
-    )
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for ReplicaMachine {
     type SnapshotData = SnapshotFile;
 
@@ -567,11 +556,11 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaMachine {
             let replica = self.lock();
             let parts = replica.snapshot_parts();
             let last = replica.last_applied;
-            let id = built_snapshot_id(last.as_ref(), replica.last_at_ms);
             let meta = SnapshotMetaOf::<TypeConfig> {
                 last_log_id: last,
                 last_membership: replica.membership.clone(),
             };
+            let id = SnapshotStore::built_id(&meta, replica.last_at_ms);
             (meta, id, parts)
         };
         let copy = copied.elapsed();

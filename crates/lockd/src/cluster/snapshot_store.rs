@@ -159,20 +159,21 @@ impl SnapshotStore {
         Ok(SnapshotFile { file, path })
     }
 
-    /// A file name id for a snapshot received from the leader: its term and index, and a
+    /// The file name id of a snapshot built here: its term and index, and the time of the last
+    /// entry it covers. (openraft 0.9 called it the snapshot's id; 0.10 has none.)
+    pub(crate) fn built_id(meta: &SnapshotMetaOf<TypeConfig>, last_at_ms: u64) -> String {
+        snapshot_id(meta, &last_at_ms.to_string())
+    }
+
+    /// The file name id of a snapshot received from the leader: its term and index, and a
     /// number no earlier reception of this process used. (openraft 0.9 named a snapshot by the
     /// id the leader sent; 0.10 gives the state machine none.)
     pub(crate) fn received_id(&self, meta: &SnapshotMetaOf<TypeConfig>) -> String {
         let n = self.inner.next_temp.fetch_add(1, Ordering::Relaxed);
-        let last = meta.last_log_id.as_ref();
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_millis());
-        format!(
-            "{}-{}-r{millis}-{n}",
-            last.map_or(0, |id| id.leader_id.term),
-            last.map_or(0, |id| id.index),
-        )
+        snapshot_id(meta, &format!("r{millis}-{n}"))
     }
 
     /// Makes the whole snapshot in `temp` current: fsyncs it, renames it to its final name
@@ -355,6 +356,16 @@ impl AsyncSeek for SnapshotFile {
     fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
         Pin::new(&mut self.file).poll_complete(cx)
     }
+}
+
+/// A snapshot's id: its last log id's term and index, then `tail`.
+fn snapshot_id(meta: &SnapshotMetaOf<TypeConfig>, tail: &str) -> String {
+    let last = meta.last_log_id.as_ref();
+    format!(
+        "{}-{}-{tail}",
+        last.map_or(0, |id| id.leader_id.term),
+        last.map_or(0, |id| id.index),
+    )
 }
 
 /// A snapshot's file name without its suffix: its last log index (zero-padded, so names sort
