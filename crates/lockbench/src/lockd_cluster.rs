@@ -1,8 +1,8 @@
 //! A 3-node lockd cluster of our own on loopback (`--cluster`), for the cluster benchmark and
 //! the failover runs.
 //!
-//! Every node gets a temporary data directory, a client port and a peer port on 127.0.0.1, and
-//! an admin port. The ports are chosen before any node starts, because `--peers` must name every
+//! Every node gets a temporary data directory, a client port and a peer port on loopback IPs of
+//! the run's own (`free_addresses`), and an admin port. The ports are chosen before any node starts, because `--peers` must name every
 //! node's addresses and is the same on all of them (docs/cluster.md); a node that is killed is
 //! started again on the same ports and data directory, as an operator would restart it. Node 1
 //! bootstraps the cluster. Logs are JSON lines in a file per node (its timestamps are what the
@@ -60,12 +60,12 @@ impl LockdCluster {
             .prefix("lockbench-cluster-")
             .tempdir()
             .context("cannot create a temporary directory for the cluster")?;
-        let ports = free_ports(2 * CLUSTER_SIZE)?;
+        let addresses = free_addresses(CLUSTER_SIZE)?;
         let nodes: Vec<Node> = (0..CLUSTER_SIZE)
             .map(|index| Node {
                 id: index as u64 + 1,
-                client: ports[2 * index],
-                peer: ports[2 * index + 1],
+                client: addresses[index].0,
+                peer: addresses[index].1,
                 data_dir: dir.path().join(format!("node{}", index + 1)),
                 log_path: dir.path().join(format!("node{}.log", index + 1)),
                 child: None,
@@ -230,19 +230,43 @@ impl Drop for LockdCluster {
     }
 }
 
-/// `count` distinct free ports on 127.0.0.1. Every listener is held until all are found, so the
-/// kernel cannot hand out one port twice; the ports are free again (and could in principle be
-/// taken by someone else) between this call and the nodes binding them, a window of a few
-/// milliseconds on a machine where nothing else picks ports at random.
-fn free_ports(count: usize) -> Result<Vec<SocketAddr>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("cannot find free ports on 127.0.0.1")?;
+/// A free client and peer address for each of `nodes` nodes, each address on a loopback IP of
+/// its own in a random `127.X.Y.0/24`.
+///
+/// Not 127.0.0.1: a node that is killed and started again (`restart`) binds its old ports
+/// again, and on 127.0.0.1 those are ports the kernel also hands out as the source ports of
+/// outgoing connections (they were found by binding port 0), so while the node was down any
+/// connection on the machine could take one and the restart would fail with "address in use".
+/// Connections to these IPs leave from 127.0.0.1, so nothing else ever binds a port on them;
+/// and a network no other run picks keeps two runs at once from finding the same port.
+/// Every listener is held until all are found, so no port is handed out twice.
+fn free_addresses(nodes: usize) -> Result<Vec<(SocketAddr, SocketAddr)>> {
+    let net = private_net();
+    let bind = |host: usize| {
+        TcpListener::bind((format!("{net}.{host}").as_str(), 0))
+            .with_context(|| format!("cannot find a free port on {net}.{host}"))
+    };
+    let listeners = (1..=nodes)
+        .map(|id| Ok((bind(10 + id)?, bind(110 + id)?)))
+        .collect::<Result<Vec<_>>>()?;
     listeners
         .iter()
-        .map(|listener| listener.local_addr().context("a bound port has no address"))
+        .map(|(client, peer)| {
+            let address = |listener: &TcpListener| {
+                listener.local_addr().context("a bound port has no address")
+            };
+            Ok((address(client)?, address(peer)?))
+        })
         .collect()
+}
+
+/// `127.X.Y` with X and Y random, as lockd's own cluster tests pick theirs.
+fn private_net() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let random = hasher.finish();
+    format!("127.{}.{}", 1 + random % 254, 1 + (random >> 8) % 254)
 }
 
 /// The last time a node's log says it became leader, as the log's RFC 3339 timestamp.
@@ -259,9 +283,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn free_ports_are_distinct() {
-        let ports = free_ports(6).expect("ports");
-        let mut sorted: Vec<u16> = ports.iter().map(SocketAddr::port).collect();
+    fn free_addresses_are_distinct_and_off_127_0_0_1() {
+        let addresses = free_addresses(3).expect("addresses");
+        let mut sorted: Vec<SocketAddr> = addresses
+            .iter()
+            .flat_map(|(client, peer)| [*client, *peer])
+            .collect();
+        assert!(
+            sorted
+                .iter()
+                .all(|address| address.ip() != std::net::Ipv4Addr::LOCALHOST),
+            "{sorted:?}"
+        );
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), 6);
