@@ -151,12 +151,28 @@ async fn start_node(
     }
 }
 
+/// A loopback network of the cluster's own, `127.X.Y` with random X and Y, as the integration
+/// tests' clusters have (`tests/it/cluster/mod.rs`): a node restarts on its peer port, and no
+/// other socket ever binds a port on these IPs, nor another test's cluster picks the same one.
+fn private_net() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let random = hasher.finish();
+    format!("127.{}.{}", 1 + random % 254, 1 + (random >> 8) % 254)
+}
+
 /// Three nodes with `--election-timeout-ms` `election_timeout`; node 1 bootstraps the cluster.
 pub(super) async fn start_cluster(election_timeout: Duration) -> Vec<TestNode> {
     let mut listeners = Vec::new();
     let mut peers = BTreeMap::new();
+    let net = private_net();
     for id in 1..=3 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Not 127.0.0.1, where the port could be taken as an outgoing connection's source port
+        // while the node is stopped; connections to this IP leave from 127.0.0.1.
+        let listener = TcpListener::bind((format!("{net}.{}", 110 + id).as_str(), 0))
+            .await
+            .unwrap();
         let node = LockdNode {
             client: "127.0.0.1:1".to_owned(),
             peer: listener.local_addr().unwrap().to_string(),
