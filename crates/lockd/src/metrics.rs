@@ -68,6 +68,10 @@ pub struct Metrics {
     pub(crate) unsent_reply_bytes: Gauge,
     /// Cluster mode: requests a follower holds until it hears from a leader.
     pub(crate) requests_awaiting_leader: Gauge,
+    /// Cluster mode: this node's Raft term.
+    pub(crate) raft_term: Gauge,
+    /// Cluster mode: times this node's election timer ran out and it asked for votes.
+    pub(crate) raft_campaigns: Counter,
     /// Cluster mode: one write and sync of the Raft log.
     pub(crate) raft_log_sync_seconds: Histogram,
     /// Watch events made by the table and not yet taken by their connections (each watch keeps
@@ -181,6 +185,21 @@ impl Metrics {
             "Cluster mode: clients' requests this follower holds until it hears from a leader \
              (it knows none, or its leader missed two heartbeats), to name the new one",
             requests_awaiting_leader.clone(),
+        );
+        let raft_term = Gauge::default();
+        registry.register(
+            "raft_term",
+            "Cluster mode: this node's Raft term, which each election raises; a term that rises \
+             while the leader lives means elections that served no one",
+            raft_term.clone(),
+        );
+        let raft_campaigns = Counter::default();
+        registry.register(
+            "raft_campaigns",
+            "Cluster mode: times this node heard no leader for an election timeout and asked the \
+             others whether they would vote for it (a pre-vote; an election follows if a \
+             majority would)",
+            raft_campaigns.clone(),
         );
         let watch_backlog_events = Gauge::default();
         registry.register(
@@ -412,6 +431,8 @@ impl Metrics {
             connections_refused,
             unsent_reply_bytes,
             requests_awaiting_leader,
+            raft_term,
+            raft_campaigns,
             raft_log_sync_seconds,
             watch_backlog_events,
             watch_events,

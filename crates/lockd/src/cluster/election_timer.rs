@@ -46,6 +46,18 @@
 //! elections and over four election timeouts; with these rules the up-to-date survivor leads
 //! one or two heartbeats after the other's first attempt.
 //!
+//! When its wait runs out, a node asks for a pre-vote first (openraft's `trigger().elect(true)`):
+//! whether the others *would* vote for it at the next term. Only if a majority would does it
+//! raise its term and run. A node cut off from a live leader (its links into it down, the
+//! others still hearing from the leader) is refused, keeps its term, and so does not depose the
+//! leader when the link comes back, as it did with a term raised at every attempt
+//! (docs/cluster.md, "Pre-votes"). A run asked for by a refusal is an election at once, without
+//! a pre-vote: the refusal came from a node whose own timer ran out (or that raised its term),
+//! and this node's leader has missed two heartbeats too, so the leader is gone; and this node's
+//! own leader lease, which a pre-vote honours, may not have run out yet (a candidate forced by
+//! hand, as `election_tests.rs` does). The refusals above read the same on a pre-vote as on a
+//! vote.
+//!
 //! It only decides when; [`ElectionTimer`] is a pure function of the times it is given, and
 //! [`run`] is the task that sleeps and calls openraft. openraft ignores an election trigger on
 //! a leader and on a node that is not a voter.
@@ -57,6 +69,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -220,6 +233,7 @@ pub(crate) async fn run(
     raft: LockdRaft,
     contact: LeaderContact,
     signals: Arc<ElectionSignals>,
+    campaigns: Counter,
     election_timeout: Duration,
     heartbeat: Duration,
     stop: CancellationToken,
@@ -232,19 +246,19 @@ pub(crate) async fn run(
             signals.greater_log_seen.store(false, Ordering::Relaxed);
         }
         let now = Instant::now();
+        // `Some(pre_vote)` to run: see the module docs for which runs ask for a pre-vote.
         let campaign = match timer.due(now) {
-            None => false,
-            Some(Due::RunSoon) => {
-                contact.in_doubt(now, heartbeat)
-                    && !signals.greater_log_seen.load(Ordering::Relaxed)
-            }
+            None => None,
+            Some(Due::RunSoon) => (contact.in_doubt(now, heartbeat)
+                && !signals.greater_log_seen.load(Ordering::Relaxed))
+            .then_some(false),
             Some(Due::WaitOver) if signals.greater_log_seen.swap(false, Ordering::Relaxed) => {
                 timer.defer(now);
-                false
+                None
             }
-            Some(Due::WaitOver) => true,
+            Some(Due::WaitOver) => Some(true),
         };
-        if campaign {
+        if let Some(pre_vote) = campaign {
             let leads = {
                 let metrics = raft.metrics().borrow_watched().clone();
                 metrics.current_leader == Some(metrics.id)
@@ -253,8 +267,9 @@ pub(crate) async fn run(
                 timer.restart(now);
             } else {
                 timer.attempted(now);
-                debug!(node, "starting an election");
-                if let Err(fatal) = raft.trigger().elect(false).await {
+                debug!(node, pre_vote, "starting an election");
+                campaigns.inc();
+                if let Err(fatal) = raft.trigger().elect(pre_vote).await {
                     warn!(error = %fatal, "cannot start an election: Raft stopped");
                     return;
                 }

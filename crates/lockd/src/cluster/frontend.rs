@@ -278,6 +278,9 @@ pub(crate) struct Frontend {
     heartbeat: Duration,
     /// How long a request is held at most for want of a leader.
     leader_wait: Duration,
+    /// How long a follower's leader may be silent before this node stops naming it
+    /// ([`Frontend::known_leader`]): the election timeout.
+    leader_lost_after: Duration,
     /// Operations gathered in this turn, proposed together as one entry.
     batch: Vec<EntryOp>,
     batch_proposers: Vec<Proposer>,
@@ -320,6 +323,7 @@ impl Frontend {
             disk_stalled: Arc::clone(&node.disk_stalled),
             heartbeat: node.heartbeat,
             leader_wait: node.election_timeout * 2,
+            leader_lost_after: node.election_timeout,
             credentials,
             unbound_idle,
             last_unbound_sweep: None,
@@ -432,6 +436,9 @@ impl Frontend {
     /// majority acknowledged it (or it is the only voter); until then its clients' requests
     /// wait, as while no leader is known.
     fn observe_role(&mut self, metrics: &RaftMetrics<TypeConfig>) {
+        self.metrics
+            .raft_term
+            .set(i64::try_from(metrics.current_term).unwrap_or(i64::MAX));
         let sole_voter = {
             let mut voters = metrics.membership_config.membership().voter_ids();
             voters.next() == Some(self.node_id) && voters.next().is_none()
@@ -523,7 +530,7 @@ impl Frontend {
     /// takes to clone the values.
     fn on_backup(&self, reply: oneshot::Sender<Result<Box<dyn Snapshot>, BackupRefused>>) {
         if !self.leader {
-            let leader = leader_node(&self.raft.metrics().borrow_watched()).map(|node| node.client);
+            let leader = self.known_leader().map(|node| node.client);
             let _ = reply.send(Err(BackupRefused::NotLeader { leader }));
             return;
         }
@@ -557,7 +564,7 @@ impl Frontend {
         reply: oneshot::Sender<Result<Restored, RestoreRefused>>,
     ) {
         if !self.leader {
-            let leader = leader_node(&self.raft.metrics().borrow_watched()).map(|node| node.client);
+            let leader = self.known_leader().map(|node| node.client);
             let _ = reply.send(Err(RestoreRefused::NotLeader { leader }));
             return;
         }
@@ -665,10 +672,30 @@ impl Frontend {
                 _ => Ok(()),
             };
         }
-        match metrics.current_leader {
+        match self.known_leader() {
             Some(_) => Ok(()),
             None => Err(NotReady::NoLeader),
         }
+    }
+
+    /// The leader to name to clients and operators: openraft's current leader, unless this node
+    /// follows it and has heard nothing from it for an election timeout. openraft keeps naming
+    /// a leader until another one is elected, and with pre-votes a follower cut off from its
+    /// leader changes nothing on itself (its pre-votes fail), so it would name that leader
+    /// for as long as the cut lasts; the silence is what says the leader is lost to it.
+    fn known_leader(&self) -> Option<LockdNode> {
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow_watched();
+        let leader = metrics.current_leader?;
+        let lost = leader != self.node_id
+            && self
+                .leader_contact
+                .last()
+                .is_none_or(|heard| heard.elapsed() > self.leader_lost_after);
+        if lost {
+            return None;
+        }
+        leader_node(&metrics)
     }
 
     /// An operator's forced release: proposed as an entry like any request, so that every node
@@ -681,7 +708,7 @@ impl Frontend {
         reply: oneshot::Sender<Result<Vec<Evicted>, ForceReleaseRefused>>,
     ) {
         if !self.leader {
-            let leader = leader_node(&self.raft.metrics().borrow_watched()).map(|node| node.client);
+            let leader = self.known_leader().map(|node| node.client);
             let _ = reply.send(Err(ForceReleaseRefused::NotLeader { leader }));
             return;
         }
@@ -722,6 +749,13 @@ impl Frontend {
         self.serve_request(connection_id, request, received, ResumeStage::AsReceived);
     }
 
+    /// Puts `frame` on the connection's outbox, if it is still open.
+    fn send_to(&self, connection_id: ConnectionId, frame: ServerFrame) {
+        if let Some(connection) = self.connections.get(&connection_id) {
+            connection.record.outbox.send(frame);
+        }
+    }
+
     /// Serves one request; `stage` says whether a resume in it was already deferred until
     /// this node had applied everything committed before it.
     fn serve_request(
@@ -741,15 +775,21 @@ impl Frontend {
         }
         if let Command::ClusterStatus = request.command {
             // Any node answers for itself, so that an operator can ask a follower too.
-            let status = membership::status(&self.raft.metrics().borrow_watched());
-            connection.record.outbox.send(ServerFrame::Ok {
-                id: request.id,
-                body: ReplyBody::Cluster(status),
-            });
+            let mut status = membership::status(&self.raft.metrics().borrow_watched());
+            if self.known_leader().is_none() {
+                status.leader = None;
+            }
+            self.send_to(
+                connection_id,
+                ServerFrame::Ok {
+                    id: request.id,
+                    body: ReplyBody::Cluster(status),
+                },
+            );
             return;
         }
         if !self.leader {
-            let leader = leader_node(&self.raft.metrics().borrow_watched());
+            let leader = self.known_leader();
             let now = std::time::Instant::now();
             let in_doubt = leader.is_none() || self.leader_contact.in_doubt(now, self.heartbeat);
             if in_doubt && self.awaiting_leader.len() < MAX_AWAITING_LEADER {
@@ -762,10 +802,7 @@ impl Frontend {
                 self.count_awaiting_leader();
                 return;
             }
-            connection
-                .record
-                .outbox
-                .send(not_leader(Some(request.id), leader));
+            self.send_to(connection_id, not_leader(Some(request.id), leader));
             return;
         }
         if let Some(given) = membership::admin_token_of(&request.command) {
@@ -987,14 +1024,7 @@ impl Frontend {
             Ok(()) => {
                 self.serve_request(connection, request, received, ResumeStage::AfterBarrier);
             }
-            Err(leader) => {
-                if let Some(connection) = self.connections.get(&connection) {
-                    connection
-                        .record
-                        .outbox
-                        .send(not_leader(Some(request.id), leader));
-                }
-            }
+            Err(leader) => self.send_to(connection, not_leader(Some(request.id), leader)),
         }
     }
 
@@ -1135,7 +1165,7 @@ impl Frontend {
             return;
         }
         let now = std::time::Instant::now();
-        let leader = leader_node(&self.raft.metrics().borrow_watched());
+        let leader = self.known_leader();
         let leader_known =
             self.leader || (leader.is_some() && !self.leader_contact.in_doubt(now, self.heartbeat));
         let oldest = self.awaiting_leader[0].since;
@@ -1151,12 +1181,10 @@ impl Frontend {
                     ResumeStage::AsReceived,
                 );
             } else if now.saturating_duration_since(held.since) >= self.leader_wait {
-                if let Some(connection) = self.connections.get(&held.connection) {
-                    connection
-                        .record
-                        .outbox
-                        .send(not_leader(Some(held.request.id), leader.clone()));
-                }
+                self.send_to(
+                    held.connection,
+                    not_leader(Some(held.request.id), leader.clone()),
+                );
             } else {
                 self.awaiting_leader.push(held);
             }

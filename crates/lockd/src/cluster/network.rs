@@ -50,6 +50,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::entry::RaftEntry;
+use openraft::error::decompose::DecomposeResult;
 use openraft::error::{
     NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Timeout,
     Unreachable,
@@ -114,6 +115,33 @@ impl IdlePeerConnections {
     }
 }
 
+/// Which peers answer a pre-vote, by peer address, as each said in the welcome of the last
+/// connection made to it ([`Welcome::pre_vote`]): a peer restarted on another version is
+/// connected to again, and says again. Shared by every client of one [`PeerNetwork`].
+#[derive(Clone, Default)]
+struct PreVotePeers {
+    by_address: Arc<Mutex<HashMap<String, bool>>>,
+}
+
+impl PreVotePeers {
+    /// Whether the peer at `address` answers pre-votes; `None` until a connection to it is made.
+    fn answers(&self, address: &str) -> Option<bool> {
+        let peers = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        peers.get(address).copied()
+    }
+
+    fn welcomed(&self, address: &str, welcome: &Welcome) {
+        let mut peers = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        peers.insert(address.to_owned(), welcome.pre_vote);
+    }
+}
+
 /// Where a node listens for Raft RPCs from its peers.
 pub trait PeerAddress {
     /// A `host:port` to connect to.
@@ -150,6 +178,7 @@ pub struct PeerNetwork<C: RaftTypeConfig, SD> {
     /// Presented on every connection: its TLS certificate and its secret, when set.
     credentials: PeerCredentials,
     idle: IdlePeerConnections,
+    pre_vote_peers: PreVotePeers,
     /// Told when a peer refuses this node's vote request in a way that bears on when this node
     /// should next run (see `election_timer.rs`).
     election_signals: Arc<ElectionSignals>,
@@ -163,6 +192,7 @@ impl<C: RaftTypeConfig, SD> PeerNetwork<C, SD> {
             own_id,
             credentials,
             idle: IdlePeerConnections::default(),
+            pre_vote_peers: PreVotePeers::default(),
             election_signals: Arc::default(),
             _snapshot_data: PhantomData,
         }
@@ -180,6 +210,7 @@ impl<C: RaftTypeConfig, SD> Clone for PeerNetwork<C, SD> {
             own_id: self.own_id.clone(),
             credentials: self.credentials.clone(),
             idle: self.idle.clone(),
+            pre_vote_peers: self.pre_vote_peers.clone(),
             election_signals: Arc::clone(&self.election_signals),
             _snapshot_data: PhantomData,
         }
@@ -218,6 +249,7 @@ where
             node: node.clone(),
             credentials: self.credentials.clone(),
             idle: self.idle.clone(),
+            pre_vote_peers: self.pre_vote_peers.clone(),
             election_signals: Arc::clone(&self.election_signals),
             address: node.peer_addr().to_owned(),
             connection: None,
@@ -289,6 +321,18 @@ where
         RaftNetworkV2::vote(&mut self.adapter, rpc, option).await
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.adapter
+            .inner_mut()
+            .pre_vote(rpc, option)
+            .await
+            .decompose_infallible()
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<C>,
@@ -333,6 +377,7 @@ pub struct PeerClient<C: RaftTypeConfig> {
     idle: IdlePeerConnections,
     /// The target's peer address: the key of its connections in `idle`.
     address: String,
+    pre_vote_peers: PreVotePeers,
     election_signals: Arc<ElectionSignals>,
     /// `Some` only between RPCs that succeeded: an RPC takes it out and puts it back when it
     /// got its reply, so a failed or cancelled RPC leaves `None` and the next one reconnects.
@@ -462,9 +507,74 @@ where
     /// Opens a connection and completes the handshake. Every failure here means the peer is
     /// unreachable, and openraft should wait before trying again.
     async fn connect(&self) -> Result<PeerStream, CallError> {
-        dial(self.node.peer_addr(), &self.credentials)
+        let (connection, welcome) = dial(self.node.peer_addr(), &self.credentials)
             .await
-            .map_err(|why| CallError::Unreachable(AnyError::error(why)))
+            .map_err(|why| CallError::Unreachable(AnyError::error(why)))?;
+        self.pre_vote_peers.welcomed(&self.address, &welcome);
+        Ok(connection)
+    }
+
+    /// Asks the peer whether it would grant `rpc`'s vote, which changes nothing on either side
+    /// (see `election_timer.rs`). A peer that does not answer pre-votes (a lockd from before
+    /// them, during a rolling upgrade) is not asked and counts as granting, as openraft counts
+    /// a network without pre-votes: otherwise an up-to-date node of the new version could not
+    /// win an election while the others still run the old one. A peer that cannot be reached
+    /// does not count.
+    pub(crate) async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C, RaftError<C>>> {
+        let ttl = option.hard_ttl();
+        if self.pre_vote_peers.answers(&self.address).is_none() {
+            // No connection was made to the peer yet: its welcome tells.
+            let connection = self
+                .connect_before(Instant::now() + ttl, ttl)
+                .await
+                .map_err(|err| self.rpc_error(err))?;
+            self.connection = Some(connection);
+        }
+        if self.pre_vote_peers.answers(&self.address) == Some(false) {
+            return Ok(VoteResponse::new(rpc.vote, None, true));
+        }
+        let (vote, last_log_id) = (rpc.vote.clone(), rpc.last_log_id.clone());
+        match self
+            .call(PeerRequest::PreVote(rpc), RPCTypes::Vote, ttl)
+            .await
+        {
+            Ok(PeerReply::PreVote(Ok(response))) => {
+                self.note_refusal(&response, &vote, &last_log_id);
+                Ok(response)
+            }
+            Ok(PeerReply::PreVote(Err(remote))) => Err(self.remote_error(remote)),
+            Ok(other) => Err(self.unexpected_reply(&other)),
+            Err(err) => Err(self.rpc_error(err)),
+        }
+    }
+
+    /// Tells the election timer what a refusal of this node's vote (or pre-vote) for `vote`,
+    /// with its log at `last_log_id`, says about when to run next.
+    fn note_refusal(
+        &self,
+        response: &VoteResponse<C>,
+        vote: &VoteOf<C>,
+        last_log_id: &Option<LogIdOf<C>>,
+    ) {
+        if response.vote_granted {
+            return;
+        }
+        if response.last_log_id > *last_log_id {
+            self.election_signals.greater_log_seen();
+        } else if response.last_log_id < *last_log_id
+            && RaftVote::partial_cmp(&response.vote, vote) == Some(std::cmp::Ordering::Greater)
+            && !response.vote.is_committed()
+            && response.vote.leader_id().node_id() == &self.target
+        {
+            // The peer voted itself into a higher term, and with its shorter log it needs
+            // another node's vote to win; it grants this node the next term (the timer waits a
+            // heartbeat first: see `election_timer.rs`).
+            self.election_signals.run_soon();
+        }
     }
 
     fn unexpected_reply<E: std::error::Error>(&self, reply: &PeerReply<C>) -> RPCError<C, E> {
@@ -472,6 +582,7 @@ where
             PeerReply::AppendEntries(_) => "append_entries",
             PeerReply::Vote(_) => "vote",
             PeerReply::InstallSnapshot(_) => "install_snapshot",
+            PeerReply::PreVote(_) => "pre_vote",
         };
         RPCError::Network(NetworkError::new(&AnyError::error(format!(
             "the peer answered with a {variant} reply to another RPC"
@@ -557,21 +668,7 @@ where
         let request = PeerRequest::Vote(rpc);
         match self.call(request, RPCTypes::Vote, option.hard_ttl()).await {
             Ok(PeerReply::Vote(Ok(response))) => {
-                if !response.vote_granted {
-                    if response.last_log_id > last_log_id {
-                        self.election_signals.greater_log_seen();
-                    } else if response.last_log_id < last_log_id
-                        && RaftVote::partial_cmp(&response.vote, &vote)
-                            == Some(std::cmp::Ordering::Greater)
-                        && !response.vote.is_committed()
-                        && response.vote.leader_id().node_id() == &self.target
-                    {
-                        // The peer voted itself into a higher term, and with its shorter log
-                        // it needs another node's vote to win; it grants this node the next
-                        // term (the timer waits a heartbeat first: see `election_timer.rs`).
-                        self.election_signals.run_soon();
-                    }
-                }
+                self.note_refusal(&response, &vote, &last_log_id);
                 Ok(response)
             }
             Ok(PeerReply::Vote(Err(remote))) => Err(self.remote_error(remote)),
@@ -637,7 +734,10 @@ impl<C: RaftTypeConfig> Debug for PeerClient<C> {
 
 /// Connects to the peer port at `address` and completes the handshake with `credentials`: TLS
 /// when they have it, then hello and welcome. Says why it failed, naming the address.
-async fn dial(address: &str, credentials: &PeerCredentials) -> Result<PeerStream, String> {
+async fn dial(
+    address: &str,
+    credentials: &PeerCredentials,
+) -> Result<(PeerStream, Welcome), String> {
     let failed = |what: &str, err: &dyn fmt::Display| format!("{what} {address}: {err}");
     let stream = TcpStream::connect(address)
         .await
@@ -675,7 +775,7 @@ async fn dial(address: &str, credentials: &PeerCredentials) -> Result<PeerStream
     if welcome.version != PROTOCOL_VERSION {
         return Err(failed("protocol version mismatch with", &welcome.version));
     }
-    Ok(connection)
+    Ok((connection, welcome))
 }
 
 /// A request that could not be encoded, given back with why.

@@ -184,6 +184,22 @@ where
     F: Fn(usize, PeerStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let welcome = Welcome {
+        version: PROTOCOL_VERSION,
+        pre_vote: true,
+    };
+    fake_peer_welcoming(wire::encode(&welcome).unwrap(), serve).await
+}
+
+/// [`fake_peer`], with `welcome` for its welcome frame.
+async fn fake_peer_welcoming<F, Fut>(
+    welcome: bytes::Bytes,
+    serve: F,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(usize, PeerStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -194,13 +210,7 @@ where
             let number = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut connection = wire::frame_stream(stream);
             connection.next().await.unwrap().unwrap();
-            let welcome = Welcome {
-                version: PROTOCOL_VERSION,
-            };
-            connection
-                .send(wire::encode(&welcome).unwrap())
-                .await
-                .unwrap();
+            connection.send(welcome.clone()).await.unwrap();
             tokio::spawn(serve(number, connection));
         }
     });
@@ -404,6 +414,87 @@ async fn a_closed_port_is_unreachable_at_once() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let result = quick_vote(&mut client(addr, None).await, 5_000).await;
+    assert!(
+        matches!(result, Err(RPCError::Unreachable(_))),
+        "{result:?}"
+    );
+}
+
+/// A fake peer that counts the requests it reads and answers each pre-vote with a refusal.
+async fn refuse_pre_votes(
+    mut connection: PeerStream,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    while let Some(Ok(bytes)) = connection.next().await {
+        requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let frame: RequestFrame<TestConfig> = wire::decode(&bytes).unwrap();
+        let PeerRequest::PreVote(rpc) = frame.request else {
+            return; // as a lockd from before pre-votes would, on one
+        };
+        let refused = VoteResponse::new(VoteOf::<TestConfig>::new(1, 2), rpc.last_log_id, false);
+        let reply = ReplyFrame::<TestConfig> {
+            id: frame.id,
+            reply: PeerReply::PreVote(Ok(refused)),
+        };
+        connection
+            .send(wire::encode(&reply).unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_pre_vote_asks_a_peer_that_answers_them() {
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    let (addr, _) =
+        fake_peer(move |_, connection| refuse_pre_votes(connection, Arc::clone(&counted))).await;
+    let mut client = client(addr, None).await;
+    let response = client
+        .pre_vote(vote_request(), option(5_000))
+        .await
+        .unwrap();
+    assert!(!response.vote_granted, "{response:?}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// A lockd from before pre-votes welcomes without `pre_vote` and closes the connection on a
+/// request it does not know: it is not asked, and counts as granting, so that an election can
+/// still be won in a cluster in the middle of a rolling upgrade.
+#[tokio::test]
+async fn a_peer_from_before_pre_votes_is_not_asked_and_counts_as_granting() {
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    let welcome = bytes::Bytes::from_static(br#"{"version":1}"#);
+    let (addr, connections) = fake_peer_welcoming(welcome, move |_, connection| {
+        refuse_pre_votes(connection, Arc::clone(&counted))
+    })
+    .await;
+    let mut client = client(addr, None).await;
+    for _ in 0..2 {
+        let response = client
+            .pre_vote(vote_request(), option(5_000))
+            .await
+            .unwrap();
+        assert!(response.vote_granted, "{response:?}");
+    }
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Its votes still go to it.
+    let result = quick_vote(&mut client, 5_000).await;
+    assert!(result.is_err(), "the fake closes on a vote: {result:?}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_pre_vote_to_a_peer_that_cannot_be_reached_is_not_a_grant() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let result = client(addr, None)
+        .await
+        .pre_vote(vote_request(), option(5_000))
+        .await;
     assert!(
         matches!(result, Err(RPCError::Unreachable(_))),
         "{result:?}"
@@ -669,7 +760,7 @@ async fn an_append_entries_unanswered_within_the_ttl_ends_the_stream_with_a_time
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_reads_the_next_append_entries_while_its_sync_for_the_one_before_hangs() {
     let node = TestNode::start(2, fast_config(), None).await;
-    let mut connection = dial(&node.addr.to_string(), &PeerCredentials::default())
+    let (mut connection, _) = dial(&node.addr.to_string(), &PeerCredentials::default())
         .await
         .unwrap();
     let request = |id: u64, rpc: AppendEntriesRequest<TestConfig>| {

@@ -224,6 +224,7 @@ impl ClusterNode {
         .await
         .map_err(NodeError::Log)?;
         let write_probe = log_store.write_probe();
+        let campaigns = metrics.raft_campaigns.clone();
         let state_machine = ReplicaMachine::open(db, data_dir, table, metrics)?;
         let replica = state_machine.replica();
         let network = PeerNetwork::new(options.node_id, options.credentials.clone());
@@ -250,6 +251,7 @@ impl ClusterNode {
             raft.clone(),
             leader_contact.clone(),
             network.election_signals(),
+            campaigns,
             options.election_timeout,
             options.heartbeat,
             peer_stop.clone(),

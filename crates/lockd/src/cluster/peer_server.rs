@@ -28,8 +28,10 @@ use futures_util::stream::BoxStream;
 use futures_util::{SinkExt, StreamExt};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{Fatal, RaftError};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendResult};
-use openraft::type_config::alias::{CommittedLeaderIdOf, SnapshotDataOf};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendResult, VoteResponse,
+};
+use openraft::type_config::alias::{CommittedLeaderIdOf, LogIdOf, SnapshotDataOf};
 use openraft::vote::{RaftLeaderId, RaftVote};
 use openraft::{Raft, RaftTypeConfig};
 use openraft_legacy::network_v1::{ChunkedSnapshotReceiver, SnapshotReceiverFactory};
@@ -356,6 +358,7 @@ where
         }
         let welcome = wire::encode(&Welcome {
             version: PROTOCOL_VERSION,
+            pre_vote: true,
         })
         .map_err(HandshakeError::BadHello)?;
         connection
@@ -364,6 +367,14 @@ where
             .map_err(HandshakeError::BadFrame)?;
         debug!(peer = %self.peer, "peer authenticated");
         Ok(())
+    }
+
+    /// This node refused a vote or a pre-vote: if the candidate cannot win with its shorter
+    /// log, its timer ran out, and this node may run at once (see `election_timer.rs`).
+    fn refused(&self, response: &VoteResponse<C>, candidate_log: Option<LogIdOf<C>>) {
+        if response.last_log_id > candidate_log {
+            self.election_signals.run_soon();
+        }
     }
 
     /// Answers a request other than an AppendEntries.
@@ -382,14 +393,22 @@ where
                     Ok(response) if response.vote_granted => {
                         self.leader_contact.heard(std::time::Instant::now());
                     }
-                    // The candidate cannot win with its shorter log, and its timer ran out:
-                    // this node may run at once (see `election_timer.rs`).
-                    Ok(response) if response.last_log_id > candidate_log => {
-                        self.election_signals.run_soon();
-                    }
-                    _ => {}
+                    Ok(response) => self.refused(response, candidate_log),
+                    Err(_) => {}
                 }
                 PeerReply::Vote(reply)
+            }
+            PeerRequest::PreVote(rpc) => {
+                // A pre-vote changes nothing here, granted or not: the candidate's election, if
+                // it follows, is what this node hears from next.
+                let candidate_log = rpc.last_log_id.clone();
+                let reply = self.raft.pre_vote(rpc).await;
+                if let Ok(response) = &reply {
+                    if !response.vote_granted {
+                        self.refused(response, candidate_log);
+                    }
+                }
+                PeerReply::PreVote(reply)
             }
             PeerRequest::InstallSnapshot(rpc) => {
                 // Chunks, as openraft 0.9 sent them: `openraft-legacy` writes them into the

@@ -53,6 +53,11 @@ pub struct Hello {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Welcome {
     pub version: u32,
+    /// The server answers [`PeerRequest::PreVote`]. A lockd from before pre-votes sends no
+    /// such field (so it reads as `false`), ignores it in a welcome it reads, and closes the
+    /// connection on a request it does not know: its peers must not send it one.
+    #[serde(default)]
+    pub pre_vote: bool,
 }
 
 /// One Raft RPC, numbered by the client.
@@ -71,17 +76,21 @@ pub struct ReplyFrame<C: RaftTypeConfig> {
     pub reply: PeerReply<C>,
 }
 
-/// The three Raft RPCs. Their JSON is openraft 0.9's (`compat_tests.rs`), so that nodes of
-/// lockd on openraft 0.9 and on 0.10 talk during a rolling upgrade: snapshots still travel in
-/// 0.9's chunks (`openraft-legacy`'s `InstallSnapshotRequest`, the same JSON), and a vote
-/// request's `leadership_transfer`, new in 0.10, is ignored by a 0.9 node (lockd never
-/// transfers leadership).
+/// The Raft RPCs. Their JSON is openraft 0.9's (`compat_tests.rs`), so that nodes of lockd on
+/// openraft 0.9 and on 0.10 talk during a rolling upgrade: snapshots still travel in 0.9's
+/// chunks (`openraft-legacy`'s `InstallSnapshotRequest`, the same JSON), and a vote request's
+/// `leadership_transfer`, new in 0.10, is ignored by a 0.9 node (lockd never transfers
+/// leadership). `PreVote` is newer than both: it goes only to a peer whose [`Welcome`] says it
+/// answers one.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub enum PeerRequest<C: RaftTypeConfig> {
     AppendEntries(AppendEntriesRequest<C>),
     Vote(VoteRequest<C>),
     InstallSnapshot(InstallSnapshotRequest<C>),
+    /// Would the peer grant this vote? Asked before an election, changing nothing on either
+    /// side (`election_timer.rs`).
+    PreVote(VoteRequest<C>),
 }
 
 /// What the remote `Raft` answered, error included: a remote error travels back as data.
@@ -91,6 +100,7 @@ pub enum PeerReply<C: RaftTypeConfig> {
     AppendEntries(Result<AppendEntriesResponse<C>, RaftError<C>>),
     Vote(Result<VoteResponse<C>, RaftError<C>>),
     InstallSnapshot(Result<InstallSnapshotResponse<C>, RaftError<C, InstallSnapshotError>>),
+    PreVote(Result<VoteResponse<C>, RaftError<C>>),
 }
 
 /// A peer connection (plain TCP or TLS) cut into frames of at most [`MAX_FRAME_BYTES`].

@@ -9,6 +9,7 @@ mod idle_poll;
 mod membership;
 mod metrics;
 mod multi;
+mod partition;
 mod peer_entries;
 mod peer_port;
 mod peer_tls;
