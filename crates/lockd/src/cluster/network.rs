@@ -519,15 +519,17 @@ where
     /// them, during a rolling upgrade) is not asked and counts as granting, as openraft counts
     /// a network without pre-votes: otherwise an up-to-date node of the new version could not
     /// win an election while the others still run the old one. A peer that cannot be reached
-    /// does not count.
+    /// does not count, whatever it runs.
     pub(crate) async fn pre_vote(
         &mut self,
         rpc: VoteRequest<C>,
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C, RaftError<C>>> {
         let ttl = option.hard_ttl();
-        if self.pre_vote_peers.answers(&self.address).is_none() {
-            // No connection was made to the peer yet: its welcome tells.
+        if self.pre_vote_peers.answers(&self.address) != Some(true) {
+            // Never connected to, or it ran a lockd from before pre-votes when last connected
+            // to: connect now, which shows that it is reachable, and its welcome says what it
+            // runs now.
             let connection = self
                 .connect_before(Instant::now() + ttl, ttl)
                 .await
