@@ -51,12 +51,13 @@
 //! raise its term and run. A node cut off from a live leader (its links into it down, the
 //! others still hearing from the leader) is refused, keeps its term, and so does not depose the
 //! leader when the link comes back, as it did with a term raised at every attempt
-//! (docs/cluster.md, "Pre-votes"). A run asked for by a refusal is an election at once, without
-//! a pre-vote: the refusal came from a node whose own timer ran out (or that raised its term),
-//! and this node's leader has missed two heartbeats too, so the leader is gone; and this node's
-//! own leader lease, which a pre-vote honours, may not have run out yet (a candidate forced by
-//! hand, as `election_tests.rs` does). The refusals above read the same on a pre-vote as on a
-//! vote.
+//! (docs/cluster.md, "Pre-votes"). The refusals above read the same on a pre-vote as on a
+//! vote, and a run they ask for is a pre-vote first too when this node refused a pre-vote: that
+//! shows only that one more node has not heard from the leader lately, and this node may have
+//! merely missed two heartbeats. When it refused a real vote (which a candidate asks for only
+//! once a majority granted its pre-vote, or when forced by hand, as `election_tests.rs` does),
+//! or a peer refused it for a term the peer raised itself, the leader is gone, and the run is an
+//! election at once ([`SoonRun`]).
 //!
 //! It only decides when; [`ElectionTimer`] is a pure function of the times it is given, and
 //! [`run`] is the task that sleeps and calls openraft. openraft ignores an election trigger on
@@ -87,9 +88,9 @@ pub(crate) struct ElectionTimer {
     after_attempt: bool,
     /// The wait drawn for the current interval.
     wait: Duration,
-    /// A refused vote asked this node to run soon: when it was asked, and when to run unless a
-    /// leader (or a candidate this node voted for) is heard from after it was asked.
-    soon: Option<(Instant, Instant)>,
+    /// A refused vote asked this node to run soon: when it was asked, when to run unless a
+    /// leader (or a candidate this node voted for) is heard from after it was asked, and how.
+    soon: Option<(Instant, Instant, SoonRun)>,
 }
 
 impl ElectionTimer {
@@ -126,7 +127,7 @@ impl ElectionTimer {
         let Some(heard) = heard else {
             return false;
         };
-        if self.soon.is_some_and(|(asked, _)| heard > asked) {
+        if self.soon.is_some_and(|(asked, _, _)| heard > asked) {
             self.soon = None;
         }
         if heard <= self.since {
@@ -140,25 +141,29 @@ impl ElectionTimer {
         true
     }
 
-    /// A refused vote at `now` says this node can win: it runs after `delay`, unless a leader
-    /// is heard from first (one may have been elected without this node's vote, and its first
-    /// message is on the way). An earlier request stands.
-    pub(crate) fn run_soon(&mut self, now: Instant, delay: Duration) {
-        self.soon.get_or_insert((now, now + delay));
+    /// A refused vote at `now` says this node can win: it runs after `delay`, `how` it says,
+    /// unless a leader is heard from first (one may have been elected without this node's
+    /// vote, and its first message is on the way). An earlier request keeps its time, and runs
+    /// at once if either request says so.
+    pub(crate) fn run_soon(&mut self, now: Instant, delay: Duration, how: SoonRun) {
+        let (_, _, earlier) = self.soon.get_or_insert((now, now + delay, how));
+        if how == SoonRun::ElectionAtOnce {
+            *earlier = how;
+        }
     }
 
     /// When the next thing is due: the wait running out, or a run asked for by a refused vote.
     pub(crate) fn deadline(&self) -> Instant {
         let wait_over = self.since + self.wait;
         self.soon
-            .map_or(wait_over, |(_, run_at)| run_at.min(wait_over))
+            .map_or(wait_over, |(_, run_at, _)| run_at.min(wait_over))
     }
 
     /// What is due at `now`, if anything: a run asked for by a refused vote comes first.
     pub(crate) fn due(&mut self, now: Instant) -> Option<Due> {
-        if self.soon.is_some_and(|(_, run_at)| now >= run_at) {
+        if let Some((_, _, how)) = self.soon.filter(|&(_, run_at, _)| now >= run_at) {
             self.soon = None;
-            Some(Due::RunSoon)
+            Some(Due::RunSoon(how))
         } else if now >= self.since + self.wait {
             Some(Due::WaitOver)
         } else {
@@ -198,7 +203,21 @@ pub(crate) enum Due {
     /// The wait ran out with no leader heard from.
     WaitOver,
     /// A refused vote asked this node to run, and no leader was heard from since.
-    RunSoon,
+    RunSoon(SoonRun),
+}
+
+/// How a node that a refused vote told to run soon runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoonRun {
+    /// A pre-vote first, as when its wait runs out: the refusal was of a pre-vote, which shows
+    /// only that one more node has not heard from the leader lately, and one that merely
+    /// missed two heartbeats must not depose a leader the others still follow.
+    PreVoteFirst,
+    /// An election at once: the refusal was of a real vote, which a candidate asks for only
+    /// once a majority granted its pre-vote (or when forced), or a peer refused this node for
+    /// a term it raised itself. Either way the leader is gone, and this node's own leader
+    /// lease, which a pre-vote honours, need not be waited out.
+    ElectionAtOnce,
 }
 
 /// What the peer network and the peer server tell the election timer about votes refused, on
@@ -210,6 +229,9 @@ pub struct ElectionSignals {
     /// A refusal says this node can win, and should run soon rather than when its timer runs
     /// out.
     run_soon: Notify,
+    /// One of the refusals since the timer last took `run_soon` says to run without a pre-vote
+    /// ([`SoonRun::ElectionAtOnce`]).
+    soon_at_once: AtomicBool,
 }
 
 impl ElectionSignals {
@@ -218,11 +240,24 @@ impl ElectionSignals {
         self.greater_log_seen.store(true, Ordering::Relaxed);
     }
 
-    /// This node refused its vote to a candidate with a shorter log, or a peer with a shorter
-    /// log refused this node's only for holding a higher term: this node should run a heartbeat
-    /// from now, if no leader is heard from by then and its leader is in doubt.
-    pub fn run_soon(&self) {
+    /// This node refused its vote (or pre-vote) to a candidate with a shorter log, or a peer
+    /// with a shorter log refused this node's only for holding a higher term: this node should
+    /// run a heartbeat from now, `how` says, if no leader is heard from by then and its leader
+    /// is in doubt.
+    pub fn run_soon(&self, how: SoonRun) {
+        if how == SoonRun::ElectionAtOnce {
+            self.soon_at_once.store(true, Ordering::Relaxed);
+        }
         self.run_soon.notify_one();
+    }
+
+    /// How to run for the requests since the last call.
+    fn take_soon_run(&self) -> SoonRun {
+        if self.soon_at_once.swap(false, Ordering::Relaxed) {
+            SoonRun::ElectionAtOnce
+        } else {
+            SoonRun::PreVoteFirst
+        }
     }
 }
 
@@ -249,9 +284,9 @@ pub(crate) async fn run(
         // `Some(pre_vote)` to run: see the module docs for which runs ask for a pre-vote.
         let campaign = match timer.due(now) {
             None => None,
-            Some(Due::RunSoon) => (contact.in_doubt(now, heartbeat)
+            Some(Due::RunSoon(how)) => (contact.in_doubt(now, heartbeat)
                 && !signals.greater_log_seen.load(Ordering::Relaxed))
-            .then_some(false),
+            .then_some(how == SoonRun::PreVoteFirst),
             Some(Due::WaitOver) if signals.greater_log_seen.swap(false, Ordering::Relaxed) => {
                 timer.defer(now);
                 None
@@ -280,7 +315,7 @@ pub(crate) async fn run(
             () = tokio::time::sleep_until(timer.deadline().into()) => {}
             () = signals.run_soon.notified() => {
                 debug!(node, "a refused vote says this node can win: it runs a heartbeat from now");
-                timer.run_soon(Instant::now(), heartbeat);
+                timer.run_soon(Instant::now(), heartbeat, signals.take_soon_run());
             }
         }
     }
@@ -333,18 +368,36 @@ mod tests {
         let heartbeat = Duration::from_millis(50);
         let mut timer = ElectionTimer::new(start, T);
         let asked = start + Duration::from_millis(100);
-        timer.run_soon(asked, heartbeat);
+        timer.run_soon(asked, heartbeat, SoonRun::PreVoteFirst);
         assert_eq!(timer.deadline(), asked + heartbeat);
         assert_eq!(timer.due(asked), None);
-        // A second request does not push the first one back.
-        timer.run_soon(asked + Duration::from_millis(20), heartbeat);
+        // A second request does not push the first one back, but one to run at once makes
+        // the run one at once.
+        timer.run_soon(
+            asked + Duration::from_millis(20),
+            heartbeat,
+            SoonRun::ElectionAtOnce,
+        );
+        timer.run_soon(
+            asked + Duration::from_millis(30),
+            heartbeat,
+            SoonRun::PreVoteFirst,
+        );
         // A contact from before the request does not cancel it.
         timer.heard(Some(asked - Duration::from_millis(1)));
-        assert_eq!(timer.due(asked + heartbeat), Some(Due::RunSoon));
+        assert_eq!(
+            timer.due(asked + heartbeat),
+            Some(Due::RunSoon(SoonRun::ElectionAtOnce))
+        );
         assert_eq!(timer.due(asked + heartbeat), None, "taken once");
+        timer.run_soon(asked, heartbeat, SoonRun::PreVoteFirst);
+        assert_eq!(
+            timer.due(asked + heartbeat),
+            Some(Due::RunSoon(SoonRun::PreVoteFirst))
+        );
 
         // A leader heard from after the request cancels it.
-        timer.run_soon(asked, heartbeat);
+        timer.run_soon(asked, heartbeat, SoonRun::PreVoteFirst);
         timer.heard(Some(asked + Duration::from_millis(10)));
         assert_eq!(timer.due(asked + heartbeat), None);
         assert!(
@@ -355,7 +408,7 @@ mod tests {
 
         // An attempt of the node's own takes its place.
         let mut timer = ElectionTimer::new(start, T);
-        timer.run_soon(asked, heartbeat);
+        timer.run_soon(asked, heartbeat, SoonRun::ElectionAtOnce);
         timer.attempted(asked);
         assert_eq!(timer.due(asked + heartbeat), None);
         // The wait running out is due as before.

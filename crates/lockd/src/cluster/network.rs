@@ -69,7 +69,7 @@ use openraft_legacy::network_v1::{
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use super::election_timer::ElectionSignals;
+use super::election_timer::{ElectionSignals, SoonRun};
 use super::transport::PeerCredentials;
 use super::wire::{
     self, FrameError, Hello, PeerReply, PeerRequest, PeerStream, ReplyFrame, RequestFrame, Welcome,
@@ -575,7 +575,7 @@ where
             // The peer voted itself into a higher term, and with its shorter log it needs
             // another node's vote to win; it grants this node the next term (the timer waits a
             // heartbeat first: see `election_timer.rs`).
-            self.election_signals.run_soon();
+            self.election_signals.run_soon(SoonRun::ElectionAtOnce);
         }
     }
 

@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::append_check::check_append_entries;
-use super::election_timer::ElectionSignals;
+use super::election_timer::{ElectionSignals, SoonRun};
 use super::leader_contact::LeaderContact;
 use super::peer_admission::{PeerAdmission, PeerSlot};
 use super::transport::PeerCredentials;
@@ -370,10 +370,10 @@ where
     }
 
     /// This node refused a vote or a pre-vote: if the candidate cannot win with its shorter
-    /// log, its timer ran out, and this node may run at once (see `election_timer.rs`).
-    fn refused(&self, response: &VoteResponse<C>, candidate_log: Option<LogIdOf<C>>) {
+    /// log, its timer ran out, and this node may run soon, `how` says (see `election_timer.rs`).
+    fn refused(&self, response: &VoteResponse<C>, candidate_log: Option<LogIdOf<C>>, how: SoonRun) {
         if response.last_log_id > candidate_log {
-            self.election_signals.run_soon();
+            self.election_signals.run_soon(how);
         }
     }
 
@@ -393,7 +393,9 @@ where
                     Ok(response) if response.vote_granted => {
                         self.leader_contact.heard(std::time::Instant::now());
                     }
-                    Ok(response) => self.refused(response, candidate_log),
+                    Ok(response) => {
+                        self.refused(response, candidate_log, SoonRun::ElectionAtOnce);
+                    }
                     Err(_) => {}
                 }
                 PeerReply::Vote(reply)
@@ -405,7 +407,7 @@ where
                 let reply = self.raft.pre_vote(rpc).await;
                 if let Ok(response) = &reply {
                     if !response.vote_granted {
-                        self.refused(response, candidate_log);
+                        self.refused(response, candidate_log, SoonRun::PreVoteFirst);
                     }
                 }
                 PeerReply::PreVote(reply)
