@@ -231,7 +231,7 @@ where
         if self.connection.is_none() {
             let (connection, from_pool) = match self.client.connection.take() {
                 Some(connection) => (connection, false),
-                None => match self.client.idle.take(&self.client.address) {
+                None => match self.client.peers.take_idle(&self.client.address) {
                     Some(connection) => (connection, true),
                     None => (self.client.connect_before(deadline, self.ttl).await?, false),
                 },

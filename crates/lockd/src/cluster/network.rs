@@ -16,7 +16,7 @@
 //! requests asks each voter through a new client (and openraft 0.9 did so for every leadership
 //! check behind a linearizable read; 0.10 checks through its heartbeat clients). So a client
 //! that is dropped with a healthy connection leaves it in a small per-target pool
-//! (`IdlePeerConnections`), and a new client takes one from there before it dials: such an RPC
+//! (`KnownPeers`), and a new client takes one from there before it dials: such an RPC
 //! costs a round trip, not a TCP and TLS handshake. A pooled connection may have died while
 //! idle (the peer restarted); an RPC that fails on one before any reply came on it is sent once
 //! more on a fresh connection, which Raft's RPCs allow (they are idempotent).
@@ -87,58 +87,53 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// connection limit.
 const IDLE_PER_PEER: usize = 4;
 
-/// Healthy connections whose client was dropped, by peer address, for the next client to the
-/// same peer (see the module docs). Shared by every client of one [`PeerNetwork`].
+/// What the clients of one [`PeerNetwork`] keep of each peer, by peer address, shared by all of
+/// them.
 #[derive(Clone, Default)]
-struct IdlePeerConnections {
-    by_address: Arc<Mutex<HashMap<String, Vec<PeerStream>>>>,
+struct KnownPeers {
+    by_address: Arc<Mutex<HashMap<String, KnownPeer>>>,
 }
 
-impl IdlePeerConnections {
-    fn take(&self, address: &str) -> Option<PeerStream> {
-        let mut idle = self
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        idle.get_mut(address).and_then(Vec::pop)
-    }
-
-    fn put(&self, address: &str, connection: PeerStream) {
-        let mut idle = self
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let connections = idle.entry(address.to_owned()).or_default();
-        if connections.len() < IDLE_PER_PEER {
-            connections.push(connection);
-        }
-    }
+#[derive(Default)]
+struct KnownPeer {
+    /// Healthy connections whose client was dropped, for the next client to the same peer
+    /// (see the module docs); at most [`IDLE_PER_PEER`].
+    idle: Vec<PeerStream>,
+    /// Whether the peer answers a pre-vote, as it said in the welcome of the last connection
+    /// made to it ([`Welcome::pre_vote`]): a peer restarted on another version is connected to
+    /// again, and says again. `None` until a connection to it is made.
+    answers_pre_votes: Option<bool>,
 }
 
-/// Which peers answer a pre-vote, by peer address, as each said in the welcome of the last
-/// connection made to it ([`Welcome::pre_vote`]): a peer restarted on another version is
-/// connected to again, and says again. Shared by every client of one [`PeerNetwork`].
-#[derive(Clone, Default)]
-struct PreVotePeers {
-    by_address: Arc<Mutex<HashMap<String, bool>>>,
-}
-
-impl PreVotePeers {
-    /// Whether the peer at `address` answers pre-votes; `None` until a connection to it is made.
-    fn answers(&self, address: &str) -> Option<bool> {
-        let peers = self
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        peers.get(address).copied()
-    }
-
-    fn welcomed(&self, address: &str, welcome: &Welcome) {
+impl KnownPeers {
+    fn with<T>(&self, address: &str, f: impl FnOnce(&mut KnownPeer) -> T) -> T {
         let mut peers = self
             .by_address
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        peers.insert(address.to_owned(), welcome.pre_vote);
+        f(peers.entry(address.to_owned()).or_default())
+    }
+
+    fn take_idle(&self, address: &str) -> Option<PeerStream> {
+        self.with(address, |peer| peer.idle.pop())
+    }
+
+    fn put_idle(&self, address: &str, connection: PeerStream) {
+        self.with(address, |peer| {
+            if peer.idle.len() < IDLE_PER_PEER {
+                peer.idle.push(connection);
+            }
+        });
+    }
+
+    fn answers_pre_votes(&self, address: &str) -> Option<bool> {
+        self.with(address, |peer| peer.answers_pre_votes)
+    }
+
+    fn welcomed(&self, address: &str, welcome: &Welcome) {
+        self.with(address, |peer| {
+            peer.answers_pre_votes = Some(welcome.pre_vote)
+        });
     }
 }
 
@@ -177,8 +172,7 @@ pub struct PeerNetwork<C: RaftTypeConfig, SD> {
     own_id: C::NodeId,
     /// Presented on every connection: its TLS certificate and its secret, when set.
     credentials: PeerCredentials,
-    idle: IdlePeerConnections,
-    pre_vote_peers: PreVotePeers,
+    peers: KnownPeers,
     /// Told when a peer refuses this node's vote request in a way that bears on when this node
     /// should next run (see `election_timer.rs`).
     election_signals: Arc<ElectionSignals>,
@@ -191,8 +185,7 @@ impl<C: RaftTypeConfig, SD> PeerNetwork<C, SD> {
         PeerNetwork {
             own_id,
             credentials,
-            idle: IdlePeerConnections::default(),
-            pre_vote_peers: PreVotePeers::default(),
+            peers: KnownPeers::default(),
             election_signals: Arc::default(),
             _snapshot_data: PhantomData,
         }
@@ -209,8 +202,7 @@ impl<C: RaftTypeConfig, SD> Clone for PeerNetwork<C, SD> {
         PeerNetwork {
             own_id: self.own_id.clone(),
             credentials: self.credentials.clone(),
-            idle: self.idle.clone(),
-            pre_vote_peers: self.pre_vote_peers.clone(),
+            peers: self.peers.clone(),
             election_signals: Arc::clone(&self.election_signals),
             _snapshot_data: PhantomData,
         }
@@ -248,8 +240,7 @@ where
             target,
             node: node.clone(),
             credentials: self.credentials.clone(),
-            idle: self.idle.clone(),
-            pre_vote_peers: self.pre_vote_peers.clone(),
+            peers: self.peers.clone(),
             election_signals: Arc::clone(&self.election_signals),
             address: node.peer_addr().to_owned(),
             connection: None,
@@ -373,11 +364,11 @@ pub struct PeerClient<C: RaftTypeConfig> {
     target: C::NodeId,
     node: C::Node,
     credentials: PeerCredentials,
-    /// Where this client leaves its connection when it is dropped, and finds one to start with.
-    idle: IdlePeerConnections,
-    /// The target's peer address: the key of its connections in `idle`.
+    /// Where this client leaves its connection when it is dropped, finds one to start with,
+    /// and learns whether the target answers pre-votes.
+    peers: KnownPeers,
+    /// The target's peer address: its key in `peers`.
     address: String,
-    pre_vote_peers: PreVotePeers,
     election_signals: Arc<ElectionSignals>,
     /// `Some` only between RPCs that succeeded: an RPC takes it out and puts it back when it
     /// got its reply, so a failed or cancelled RPC leaves `None` and the next one reconnects.
@@ -467,7 +458,7 @@ where
         // on one, it is tried once more on a fresh connection.
         let (mut connection, mut reused) = match self.connection.take() {
             Some(connection) => (connection, false),
-            None => match self.idle.take(&self.address) {
+            None => match self.peers.take_idle(&self.address) {
                 Some(connection) => (connection, true),
                 None => (self.connect_before(deadline, ttl).await?, false),
             },
@@ -510,7 +501,7 @@ where
         let (connection, welcome) = dial(self.node.peer_addr(), &self.credentials)
             .await
             .map_err(|why| CallError::Unreachable(AnyError::error(why)))?;
-        self.pre_vote_peers.welcomed(&self.address, &welcome);
+        self.peers.welcomed(&self.address, &welcome);
         Ok(connection)
     }
 
@@ -526,7 +517,7 @@ where
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C, RaftError<C>>> {
         let ttl = option.hard_ttl();
-        if self.pre_vote_peers.answers(&self.address) != Some(true) {
+        if self.peers.answers_pre_votes(&self.address) != Some(true) {
             // Never connected to, or it ran a lockd from before pre-votes when last connected
             // to: connect now, which shows that it is reachable, and its welcome says what it
             // runs now.
@@ -536,7 +527,7 @@ where
                 .map_err(|err| self.rpc_error(err))?;
             self.connection = Some(connection);
         }
-        if self.pre_vote_peers.answers(&self.address) == Some(false) {
+        if self.peers.answers_pre_votes(&self.address) == Some(false) {
             return Ok(VoteResponse::new(rpc.vote, None, true));
         }
         let (vote, last_log_id) = (rpc.vote.clone(), rpc.last_log_id.clone());
@@ -719,7 +710,7 @@ impl<C: RaftTypeConfig> Drop for PeerClient<C> {
     /// taken out of `connection` by the RPC and is closed, as it may still carry a reply.
     fn drop(&mut self) {
         if let Some(connection) = self.connection.take() {
-            self.idle.put(&self.address, connection);
+            self.peers.put_idle(&self.address, connection);
         }
     }
 }
