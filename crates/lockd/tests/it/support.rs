@@ -180,7 +180,13 @@ pub struct Conn {
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> Conn {
-        Conn::from_stream(TcpStream::connect(addr).await.expect("connects"))
+        // With a deadline: a connect whose handshake is never answered would otherwise wait out
+        // the kernel's SYN retries (minutes), and a test would hang rather than say why.
+        let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|_| panic!("connecting to {addr} took over {PATIENCE:?}"))
+            .unwrap_or_else(|err| panic!("cannot connect to {addr}: {err}"));
+        Conn::from_stream(stream)
     }
 
     pub fn from_stream(stream: TcpStream) -> Conn {

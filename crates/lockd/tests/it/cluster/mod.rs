@@ -195,7 +195,9 @@ impl Cluster {
                 if Some(index) == not {
                     continue;
                 }
-                let Ok(stream) = tokio::net::TcpStream::connect(node.addr).await else {
+                let connect = tokio::net::TcpStream::connect(node.addr);
+                let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(2), connect).await
+                else {
                     continue;
                 };
                 let mut conn = Conn::from_stream(stream);

@@ -103,9 +103,11 @@ async fn an_election_and_its_observer_carry_on_after_the_cluster_leader_dies() {
 
     // The waiting candidate resumes, then the leader resumes and resigns.
     let mut b = cluster.connect(new_leader).await;
-    assert_eq!(hello(&mut b, Some(&b_session)).await["ok"], true);
+    let resumed = hello(&mut b, Some(&b_session)).await;
+    assert_eq!(resumed["ok"], true, "{resumed}");
     let mut a = cluster.connect(new_leader).await;
-    assert_eq!(hello(&mut a, Some(&a_session)).await["ok"], true);
+    let resumed = hello(&mut a, Some(&a_session)).await;
+    assert_eq!(resumed["ok"], true, "{resumed}");
     let resign = json!({"id": 2, "op": "release", "resource": "sched", "token": epoch_a});
     assert_eq!(a.call(resign).await["ok"], true);
     let granted = b.recv().await;
